@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+HOME_DIR ?= var
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Run the whole network locally on embedded defaults (home in ./var, SQLite, supervisord).
+run: setup
+	@test -f $(HOME_DIR)/config.toml || $(BIN)/dctrl init --home $(HOME_DIR)
+	$(BIN)/dctrl up --home $(HOME_DIR)
+
+# Run the whole suite (SQLite and PostgreSQL, real broker and actors over loopback).
+test: setup
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/dctrl bench --json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,461 @@
+"""The actor runtime: an actor is a plain class; the runtime owns everything else.
+
+An actor declares handlers and jobs with decorators that only record metadata::
+
+    class Greeter(Actor):
+        @on("debug.hello")
+        def hello(self, msg):
+            '''debug.hello {"who": "vm1"} -> debug.greeting'''
+            self.publish("debug.greeting", {"to": msg.body["who"]})
+
+        @every(60)
+        def tick(self):
+            ...
+
+The runtime owns the context, the sockets, the poller, framing, signing and
+verification (the AuthProxy), token requests and renewal, heartbeats
+(``health.NAME``), reconnects with backoff and jitter, key rotation, clean
+shutdown on SIGTERM and error isolation: a message that fails verification
+or a handler that raises is logged and reported on ``error.NAME``; the actor
+keeps running. Handlers marked ``blocking=True`` run on a thread pool so the
+loop never stalls; :meth:`Actor.publish` is safe from any thread.
+
+Handlers never touch zmq, so tests can call them with a decoded message.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import schedule
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from keys.files import file_stamp
+from keys.home import BusSettings, next_boot
+from keys.identity import IdentityKeys
+from proto import wire
+from proto.authproxy import AuthProxy, NoToken, ReplayGuard, describe_rejection
+from proto.errors import DctrlError
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+OUTBOX_LIMIT = 10_000
+DRAIN = 1000
+
+
+def on(prefix: str, *, blocking=False, raw=False):
+    """Register a handler for topics under ``prefix`` (whole segments; ``""`` for all).
+
+    ``raw=True`` handlers also receive refused messages: they are called with
+    a :class:`Delivery` (frames, message or None, error or None).
+    """
+    def mark(fn):
+        fn._dctrl_on = (prefix, blocking, raw)
+        return fn
+    return mark
+
+
+def every(seconds: float):
+    """Register a job run every ``seconds`` by the loop (never overlapping itself)."""
+    def mark(fn):
+        fn._dctrl_every = seconds
+        return fn
+    return mark
+
+
+class Delivery:
+    __slots__ = ("frames", "message", "error")
+
+    def __init__(self, frames, message, error):
+        self.frames, self.message, self.error = frames, message, error
+
+
+class Actor:
+    """Base class. Subclasses may override :meth:`setup`, :meth:`teardown`,
+    :meth:`health` and :meth:`after_batch`, and add ``@on``/``@every`` methods."""
+
+    role = "actor"
+    runtime: "Runtime"
+
+    @property
+    def name(self) -> str:
+        return self.runtime.proxy.name
+
+    def publish(self, topic: str, body: dict) -> None:
+        self.runtime.publish(topic, body)
+
+    def setup(self) -> None:
+        """Called once in the loop thread before the first message."""
+
+    def teardown(self) -> None:
+        """Called once on shutdown, before the sockets close."""
+
+    def health(self) -> tuple[str, str | None]:
+        """(status, detail) for the heartbeat; status is ok or degraded."""
+        return "ok", None
+
+    def after_batch(self) -> None:
+        """Called after each batch of received messages (e.g. to flush a log)."""
+
+    def untokened_key(self, sender, key_version):
+        """Only the Vault overrides this (see AuthProxy.registry_auth)."""
+        raise NotImplementedError
+
+    def issue_own_token(self) -> bytes | None:
+        """Only the Vault overrides this: it signs its own token instead of asking."""
+        return None
+
+
+class Runtime:
+    def __init__(self, actor: Actor, settings: BusSettings, *, clock=time.time, workers=4):
+        self.actor = actor
+        self.settings = settings
+        self.keys = IdentityKeys.load(settings.key_file)
+        self._key_stamp = file_stamp(settings.key_file)
+        auth = actor.untokened_key if type(actor).untokened_key is not Actor.untokened_key else None
+        self.proxy = AuthProxy(self.keys, settings.vault_public, next_boot(settings.boot_file),
+                               clock=clock, registry_auth=auth,
+                               replay=ReplayGuard(journal_file=settings.journal_file))
+        self.clock = clock
+        self.handlers = []  # (prefix frame, fn, blocking, raw)
+        self.scheduler = schedule.Scheduler()
+        for attr in dir(type(actor)):
+            fn = getattr(actor, attr, None)
+            if hasattr(fn, "_dctrl_on"):
+                prefix, blocking, raw = fn._dctrl_on
+                self.handlers.append((wire.prefix_frame(prefix), fn, blocking, raw))
+            if hasattr(fn, "_dctrl_every"):
+                self.scheduler.every(fn._dctrl_every).seconds.do(self._guarded, fn, "job")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.keys.name}-work")
+        self.outbox: collections.deque = collections.deque()  # (topic, body) awaiting a token
+        self.crossthread: collections.deque = collections.deque()
+        self.counters = collections.Counter(received=0, accepted=0, rejected=0, handler_errors=0, published=0)
+        self._errors_window: dict = {}
+        self._loop_thread = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.started = time.monotonic()
+        self.connected = False
+        self.ctx = zmq.Context()
+        self.pub = self.sub = self.monitor = None
+        self._reconnect_at = None
+        self._backoff = 1.0
+        actor.runtime = self
+
+    # -- sockets --------------------------------------------------------------
+
+    def _client(self, kind, endpoint):
+        s = self.ctx.socket(kind)
+        s.linger = 500
+        s.curve_serverkey = self.settings.broker_public
+        s.curve_publickey = self.keys.curve_public
+        s.curve_secretkey = self.keys.curve_secret
+        s.heartbeat_ivl = self.settings.heartbeat_ivl_ms
+        s.heartbeat_timeout = self.settings.heartbeat_timeout_ms
+        s.maxmsgsize = self.settings.max_message_bytes
+        s.reconnect_ivl = 100 + random.randrange(100)  # jitter: peers do not reconnect in lockstep
+        s.reconnect_ivl_max = 5000
+        s.sndhwm = s.rcvhwm = 50_000
+        s.connect(endpoint)
+        return s
+
+    def _open_sockets(self):
+        self.pub = self._client(zmq.PUB, self.settings.publish_endpoint)
+        self.sub = self._client(zmq.SUB, self.settings.subscribe_endpoint)
+        self.monitor = self.sub.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        name = self.keys.name
+        prefixes = {wire.prefix_frame(p) for p in (f"vault.token.{name}", f"vault.secret.{name}", "vault.revoked")}
+        prefixes |= {h[0] for h in self.handlers}
+        for p in sorted(prefixes):
+            self.sub.setsockopt(zmq.SUBSCRIBE, p)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+        self._next_token_request = time.monotonic()
+        self._token_retry = 0.1
+
+    def _close_sockets(self):
+        for s in (self.monitor, self.sub, self.pub):
+            if s is not None:
+                if s is self.sub:
+                    s.disable_monitor()
+                s.close(linger=500 if self._stop.is_set() else 0)
+        self.pub = self.sub = self.monitor = None
+        self.connected = False
+
+    # -- public API -----------------------------------------------------------
+
+    def publish(self, topic: str, body: dict) -> None:
+        """Sign and send; queued until a token arrives. Safe from any thread."""
+        if threading.get_ident() != self._loop_thread:
+            self.call_soon(self.publish, topic, body)
+            return
+        if not self.proxy.token_valid() or self.pub is None:
+            if len(self.outbox) >= OUTBOX_LIMIT:
+                log.error("outbox full without a token; dropping %s", topic)
+                return
+            self.outbox.append((topic, body))
+            return
+        try:
+            frames = self.proxy.seal(topic, body)
+        except NoToken:
+            self.outbox.append((topic, body))
+            return
+        self.pub.send_multipart(frames)
+        self.counters["published"] += 1
+
+    def call_soon(self, fn, *args) -> None:
+        """Run ``fn(*args)`` in the loop thread (sockets are not thread-safe). Any thread."""
+        self.crossthread.append((fn, args))
+        self._wake()
+
+    def stop(self):
+        self._stop.set()
+        self._wake()
+
+    def _wake(self):
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # already awake
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self, *, handle_signals=False):
+        """Run until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``)."""
+        self._loop_thread = threading.get_ident()
+        if handle_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self._open_sockets()
+        log.info("%s starting (boot %d), broker %s", self.keys.name, self.proxy.boot, self.settings.subscribe_endpoint)
+        try:
+            self.actor.setup()
+            next_health = time.monotonic()
+            next_keycheck = time.monotonic() + 2
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if self._reconnect_at is not None and now >= self._reconnect_at:
+                    self._reconnect_at = None
+                    self._open_sockets()
+                if self.sub is not None and now >= self._next_token_request:
+                    self._maybe_request_token()
+                if now >= next_health and self.proxy.token_valid():
+                    next_health = now + self.settings.heartbeat_interval
+                    self._heartbeat()
+                if now >= next_keycheck:
+                    next_keycheck = now + 2
+                    self._check_key_rotation()
+                self.scheduler.run_pending()
+                timeout = self._timeout(next_health)
+                events = dict(self.poller.poll(timeout)) if self.sub is not None else self._idle(timeout)
+                if self.sub is not None and self.sub in events:
+                    self._drain()
+                if self.monitor is not None and self.monitor in events:
+                    self._monitor_events()
+                if events.get(self._wake_r):
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                self._run_crossthread()
+        finally:
+            self._shutdown()
+
+    def _run_crossthread(self):
+        while self.crossthread:
+            fn, args = self.crossthread.popleft()
+            self._guarded(fn, "call_soon", *args)
+
+    def _idle(self, timeout_ms):
+        self._stop.wait(timeout_ms / 1000)
+        return {}
+
+    def _timeout(self, next_health) -> int:
+        now = time.monotonic()
+        deadlines = [next_health, self._next_token_request, now + 1.0]
+        idle = self.scheduler.idle_seconds
+        if idle is not None:
+            deadlines.append(now + max(0.0, idle))
+        if self._reconnect_at is not None:
+            deadlines.append(self._reconnect_at)
+        return max(0, int((min(deadlines) - now) * 1000))
+
+    def _drain(self):
+        recv = self.sub.recv_multipart
+        for _ in range(DRAIN):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._deliver(frames)
+        self._guarded(self.actor.after_batch, "after_batch")
+
+    def _deliver(self, frames):
+        self.counters["received"] += 1
+        try:
+            msg, error = self.proxy.open(frames), None
+        except DctrlError as exc:
+            msg, error = None, exc
+        except Exception as exc:  # a bug, not bad input: still never kill the loop
+            log.exception("verifier failed on a message")
+            msg, error = None, exc
+        topic = frames[0] if frames else b""
+        raw_handlers = [h for h in self.handlers if h[3] and topic.startswith(h[0])]
+        if error is not None:
+            self.counters["rejected"] += 1
+            self._report("rejected", topic, "?", error)
+            for _, fn, blocking, _ in raw_handlers:
+                self._dispatch(fn, Delivery(frames, None, error), blocking)
+            return
+        self.counters["accepted"] += 1
+        if msg.topic.startswith("vault."):
+            self._vault_message(msg)
+        for prefix, fn, blocking, raw in self.handlers:
+            if msg.topic_bytes.startswith(prefix):
+                self._dispatch(fn, Delivery(frames, msg, None) if raw else msg, blocking)
+
+    def _dispatch(self, fn, arg, blocking):
+        if blocking:
+            self.pool.submit(self._guarded, fn, "handler", arg)
+        else:
+            self._guarded(fn, "handler", arg)
+
+    def _guarded(self, fn, kind, *args):
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.counters["handler_errors"] += 1
+            log.exception("%s %s failed", kind, getattr(fn, "__name__", fn))
+            topic = args[0].topic_bytes if args and isinstance(args[0], wire.Message) else b""
+            self._report("handler", topic, args[0].sender if topic else "-", exc)
+
+    def _report(self, kind, topic: bytes, sender, exc):
+        """Log and publish on error.NAME, at most once a second per (kind, code)."""
+        code, reason = describe_rejection(exc)
+        if kind == "handler":
+            code = "handler_error"
+        if kind == "rejected":
+            log.warning("refused %s: %s (%s)", topic[:80].decode(errors="replace"), reason, code)
+        key = (kind, code)
+        now = time.monotonic()
+        window = self._errors_window.get(key)
+        if window and now - window[0] < 1.0:
+            window[1] += 1
+            return
+        self._errors_window[key] = [now, 0]
+        self.publish(f"error.{self.keys.name}", {
+            "kind": kind, "topic": topic[:255].decode(errors="replace").rstrip("."), "sender": sender,
+            "code": code, "reason": reason, "suppressed": window[1] if window else 0})
+
+    # -- tokens, revocations, keys ------------------------------------------
+
+    def _vault_message(self, msg):
+        if msg.topic == f"vault.token.{self.keys.name}":
+            try:
+                tok = self.proxy.accept_token_reply(msg)
+            except DctrlError as exc:
+                log.error("no token: %s", exc)
+                return
+            if tok is None:
+                return  # an answer to another process with our name
+            log.info("token received (key v%d), expires in %d s", tok.key_version, tok.expires_at - self.clock())
+            self._token_installed()
+        elif msg.topic == "vault.revoked" and msg.sender == "vault":
+            for r in msg.body["revocations"]:
+                self.proxy.verifier.revoke(r["identity"], r["up_to"])
+
+    def _token_installed(self):
+        self._token_retry = 0.1
+        self._next_token_request = time.monotonic() + self.proxy.renew_in()
+        while self.outbox and self.proxy.token_valid():
+            self.publish(*self.outbox.popleft())
+
+    def _maybe_request_token(self):
+        if self.proxy.renew_in() > 0:
+            self._next_token_request = time.monotonic() + self.proxy.renew_in()
+            return
+        own = self.actor.issue_own_token()
+        if own is not None:
+            self.proxy.set_token(own)
+            self._token_installed()
+            return
+        self.pub.send_multipart(self.proxy.request("token"))
+        # Until the Vault answers, ask again with backoff and jitter: the first request
+        # of a fresh connection is often lost (slow joiner), a down Vault is not hammered.
+        self._token_retry = min(self._token_retry * 2, 5.0)
+        self._next_token_request = time.monotonic() + self._token_retry * random.uniform(0.8, 1.2)
+
+    def _check_key_rotation(self):
+        stamp = file_stamp(self.settings.key_file)
+        if stamp == self._key_stamp:
+            return
+        self._key_stamp = stamp
+        try:
+            keys = IdentityKeys.load(self.settings.key_file)
+        except DctrlError as exc:
+            log.error("key file changed but cannot be loaded, keeping current keys: %s", exc)
+            return
+        if keys.version == self.keys.version:
+            return
+        log.warning("keys rotated to v%d: reconnecting and renewing the token", keys.version)
+        self.keys = keys
+        self.proxy.set_keys(keys)
+        self.proxy.token = None
+        self._close_sockets()
+        self._open_sockets()
+
+    def _monitor_events(self):
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected, self._backoff = True, 1.0
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self.connected = False
+            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                          zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                # A refused handshake is final for a libzmq socket: start over later.
+                delay = self._backoff * random.uniform(0.8, 1.2)
+                self._backoff = min(self._backoff * 2, 60.0)
+                log.error("broker refused our key (unknown or revoked?): retrying in %.1f s", delay)
+                self._close_sockets()
+                self._reconnect_at = time.monotonic() + delay
+                return
+
+    def _heartbeat(self):
+        status, detail = self.actor.health()
+        tok = self.proxy.token
+        self.publish(f"health.{self.keys.name}", {
+            "name": self.keys.name, "role": self.actor.role, "version": VERSION, "pid": os.getpid(),
+            "uptime": int(time.monotonic() - self.started), "interval": self.settings.heartbeat_interval,
+            "token_exp": tok.expires_at if tok else None, "status": status, "detail": detail,
+            "counters": dict(self.counters),
+        })
+
+    def _shutdown(self):
+        log.info("%s stopping", self.keys.name)
+        self._guarded(self.actor.teardown, "teardown")
+        self.pool.shutdown(wait=True, cancel_futures=False)
+        self._run_crossthread()
+        self._close_sockets()
+        self.ctx.term()
+        os.close(self._wake_r)
+        os.close(self._wake_w)

@@ -1,0 +1,166 @@
+"""Vault: issues capability tokens, publishes revocations, hands out secrets.
+
+Token requests arrive on ``vault.req.NAME`` without a token, signed with
+NAME's registered Ed25519 key of the version the request names; the Vault
+checks that signature against the registry (refusing unknown, revoked or
+expired keys), looks up NAME's grants in the policy and answers on
+``vault.token.NAME`` with a token signed by its own pinned token key.
+
+Secrets (SMTP, RPC passwords) live encrypted at rest in a
+:class:`~actors.secretstore.SecretStore`. A secret request is answered only
+for identities the policy's ``[secrets]`` table names, sealed to the
+requester's Curve public key, so the plaintext never crosses the bus or
+reaches the event log.
+
+The Vault issues its own token directly. The registry and policy are
+reloaded when their files change; every revocation in force is published on
+``vault.revoked`` at once and again every ``revocations_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import nacl.signing
+
+from keys.files import file_stamp
+from keys.home import Home
+from keys.policy import Policy
+from keys.registry import Registry
+from proto import token as tokens
+from proto.errors import DctrlError, UnknownIdentity
+
+from .runtime import Actor, every, on
+from .secretstore import SecretStore, SecretStoreError, UnknownSecret, load_key_file, seal_for
+
+log = logging.getLogger(__name__)
+
+
+class Vault(Actor):
+    def __init__(self, home: Home, *, clock=time.time, requests_per_minute=30):
+        self.home = home
+        self.clock = clock
+        cfg = home.config["vault"]
+        self.lifetime = int(cfg["token_lifetime"])
+        self.revocations_interval = cfg["revocations_interval"]
+        self.token_key: nacl.signing.SigningKey = home.vault_signing_key()
+        if bytes(self.token_key.verify_key) != bytes(home.vault_public):
+            raise DctrlError("vault/token.key does not match [vault] token_public_key in config.toml")
+        self.registry = Registry.load(home.registry_path)
+        self.policy = Policy.load(home.policy_path)
+        self._stamps = (file_stamp(home.registry_path), file_stamp(home.policy_path))
+        self.secrets = SecretStore.open(home.vault_dir / "secrets.json",
+                                        key=load_key_file(home.vault_dir / "secrets.key"))
+        self.requests_per_minute = requests_per_minute
+        self._recent: dict[str, list[float]] = {}
+        self._last_revocations = None
+        self.issued = 0
+
+    # -- the Vault's own token ----------------------------------------------
+
+    def setup(self):
+        self.publish_revocations()  # queued until the runtime installs our own token
+
+    def issue_own_token(self) -> bytes:
+        return self.issue(self.name, self.runtime.proxy.keys.version)
+
+    def issue(self, name: str, key_version: int) -> bytes:
+        key = self.registry.key(name, key_version)  # raises if unknown, revoked or expired
+        grants = self.policy.grants(name, key.role)
+        self.issued += 1
+        return tokens.issue(self.token_key, identity=name, role=key.role, key=key.sign, key_version=key.version,
+                            publish=grants.publish, subscribe=grants.subscribe,
+                            issued_at=int(self.clock()), lifetime=self.lifetime)
+
+    def untokened_key(self, sender: str, key_version: int):
+        """Verify key for an untokened vault.req from ``sender`` (used by the AuthProxy)."""
+        return nacl.signing.VerifyKey(self.registry.key(sender, key_version).sign)
+
+    # -- requests -----------------------------------------------------------
+
+    @on("vault.req")
+    def request(self, msg):
+        """vault.req.NAME {"rid": <16 bytes>, "op": "token"|"secret", "key_version": 1, "secret": null}"""
+        name = msg.sender
+        if not self._within_rate(name):
+            log.warning("%s sends too many vault requests; ignored", name)
+            return
+        if msg.body["op"] == "token":
+            self._answer_token(msg)
+        else:
+            self._answer_secret(msg)
+
+    def _within_rate(self, name) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._recent.get(name, ()) if now - t < 60]
+        recent.append(now)
+        self._recent[name] = recent
+        return len(recent) <= self.requests_per_minute
+
+    def _answer_token(self, msg):
+        name, rid = msg.sender, msg.body["rid"]
+        try:
+            raw = self.issue(name, msg.body["key_version"])
+        except DctrlError as exc:
+            log.warning("token refused for %s: %s", name, exc)
+            self.publish(f"vault.token.{name}", {"rid": rid, "token": None, "exp": None,
+                                                 "code": exc.code, "reason": str(exc)})
+            return
+        log.info("token issued to %s (key v%d, %d s)", name, msg.body["key_version"], self.lifetime)
+        self.publish(f"vault.token.{name}", {"rid": rid, "token": raw, "exp": int(self.clock()) + self.lifetime,
+                                             "code": None, "reason": None})
+
+    def _answer_secret(self, msg):
+        name, rid, secret = msg.sender, msg.body["rid"], msg.body.get("secret") or ""
+        reply = {"rid": rid, "secret": secret, "sealed": None, "code": None, "reason": None}
+        if name not in self.policy.secret_readers(secret):
+            reply.update(code="not_granted", reason=f"policy does not let {name} read secret {secret!r}")
+        else:
+            try:
+                self.secrets.reload_if_changed()
+                value = self.secrets.get(secret)
+                curve = self.registry.key(name, msg.body["key_version"]).curve
+                reply["sealed"] = seal_for(curve, value)
+            except UnknownSecret:
+                reply.update(code="unknown_secret", reason=f"no secret {secret!r} in the vault")
+            except (SecretStoreError, UnknownIdentity) as exc:
+                reply.update(code="vault_error", reason=str(exc))
+        if reply["code"]:
+            log.warning("secret %r refused to %s: %s", secret, name, reply["reason"])
+        else:
+            log.info("secret %r sealed for %s", secret, name)
+        self.publish(f"vault.secret.{name}", reply)
+
+    # -- registry, policy, revocations ---------------------------------------
+
+    @every(1)
+    def reload(self):
+        stamps = (file_stamp(self.home.registry_path), file_stamp(self.home.policy_path))
+        if stamps == self._stamps:
+            return
+        try:
+            registry, policy = Registry.load(self.home.registry_path), Policy.load(self.home.policy_path)
+        except DctrlError as exc:
+            log.error("reload failed, keeping the previous registry and policy: %s", exc)
+        else:
+            self.registry, self.policy = registry, policy
+            log.info("reloaded registry and policy")
+        self._stamps = stamps
+        self.publish_revocations()
+
+    def publish_revocations(self, force=False):
+        revs = self.registry.revocations()
+        if revs != self._last_revocations:
+            for r in revs:
+                self.runtime.proxy.verifier.revoke(r["identity"], r["up_to"])
+            log.info("revocations in force: %s", revs or "none")
+        self._last_revocations = revs
+        self.publish("vault.revoked", {"revocations": revs})
+
+    @every(30)
+    def republish_revocations(self):
+        self.publish_revocations()
+
+    def health(self):
+        return "ok", f"{self.issued} tokens issued"

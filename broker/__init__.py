@@ -1,0 +1,1 @@
+"""SubscriptionMgr: the checking XSUB/XPUB broker (`dctrl broker`)."""

@@ -1,0 +1,388 @@
+"""SubscriptionMgr: an XSUB/XPUB broker that checks every message and subscription.
+
+* Transport: both sockets are CURVE servers with the broker's key. A ZAP
+  authenticator on the same context admits only valid keys of the registry
+  and names the identity as the connection's ``User-Id``
+  (``ZAP_ENFORCE_DOMAIN`` on, so no handler means no entry).
+* Publish ACL: each message on XSUB must be exactly two frames and its topic
+  frame must be granted to the publisher's ``User-Id``; else it is dropped and
+  ``broker.denied`` says why. The loop works frame by frame with bound methods
+  (see notes/zeromq.md) and caches the per-identity topic verdicts.
+* Subscribe ACL: XPUB runs with ``XPUB_MANUAL``; a subscription is applied
+  only within the subscriber's grants (``b""`` is narrowed to them). XSUB
+  subscribes to everything once; individual (un)subscriptions never go
+  upstream. Anything else a subscriber sends is dropped.
+* Hot reload: the registry and policy are re-read when their files change.
+  When a key stops being valid (revoked, or a rotated key's grace ends) or the
+  policy changes, both endpoints are unbound and bound again: every peer must
+  handshake anew, revoked keys are refused, valid peers are back within a
+  fraction of a second and their subscriptions are re-checked.
+
+The broker is also an identity on its own bus: it asks the Vault for a token
+(its request goes straight out of XPUB), catches the reply on XSUB, and signs
+its ``broker.denied`` and ``health.broker`` events like any actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import signal
+import time
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from keys.files import file_stamp
+from keys.home import Home, next_boot
+from keys.identity import IdentityKeys
+from keys.policy import Policy
+from keys.registry import Registry
+from proto.authproxy import AuthProxy, NoToken
+from proto.errors import DctrlError
+
+log = logging.getLogger(__name__)
+
+ZAP_DOMAIN = "dctrl"
+DRAIN = 2000  # messages per poll wake-up before looking at the other socket
+VERSION = "0.1.0"
+
+
+class RegistryAuthenticator(ThreadAuthenticator):
+    """ZAP handler: admits valid registry keys; the User-Id is the identity name."""
+
+    def __init__(self, context, broker: "Broker"):
+        super().__init__(context, log=logging.getLogger("broker.zap"))
+        self.broker = broker
+
+    def callback(self, domain, z85_key: bytes) -> bool:
+        key = self.broker.registry.by_curve(z85_key)
+        if key is None:
+            self.broker.refusals.put(z85_key.decode(errors="replace"))
+        return key is not None
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        key = self.broker.registry.by_curve(z85.encode(client_public_key))
+        return key.name if key else "?"
+
+
+class Broker:
+    def __init__(self, home: Home, *, name="broker"):
+        self.home = home
+        cfg = home.config
+        self.bus = cfg["bus"]
+        self.reload_interval = cfg["broker"]["reload_interval"]
+        self.denied_rate = cfg["broker"]["denied_events_per_second"]
+        self.heartbeat_interval = cfg["runtime"]["heartbeat_interval"]
+        self.keys = IdentityKeys.load(home.key_file(name))
+        self.registry = Registry.load(home.registry_path)
+        self.policy = Policy.load(home.policy_path)
+        self._stamps = (file_stamp(home.registry_path), file_stamp(home.policy_path))
+        self._valid = self._valid_keys()
+        self._key_expiry = self.registry.next_expiry()
+        self.proxy = AuthProxy(self.keys, home.vault_public, next_boot(home.boot_file(name)))
+        self.refusals: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._pub_acl: dict[str, dict[bytes, bool]] = {}
+        self._denied_window: dict[tuple, list] = {}
+        self.counters = {"forwarded": 0, "denied_publish": 0, "denied_subscribe": 0,
+                         "refused_connect": 0, "malformed": 0, "reloads": 0, "rebinds": 0}
+        self.started = time.monotonic()
+        self.stopping = False
+        self.ctx = None
+
+    # -- sockets --------------------------------------------------------------
+
+    def _server_socket(self, kind):
+        s = self.ctx.socket(kind)
+        s.linger = 0
+        s.curve_server = True
+        s.curve_secretkey = self.keys.curve_secret
+        s.curve_publickey = self.keys.curve_public
+        s.zap_domain = ZAP_DOMAIN.encode()
+        s.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        s.maxmsgsize = self.bus["max_message_bytes"]
+        s.heartbeat_ivl = self.bus["heartbeat_ivl_ms"]
+        s.heartbeat_timeout = self.bus["heartbeat_timeout_ms"]
+        s.handshake_ivl = self.bus["handshake_ivl_ms"]
+        s.sndhwm = s.rcvhwm = 100_000
+        return s
+
+    def start(self):
+        self.ctx = zmq.Context()
+        self.auth = RegistryAuthenticator(self.ctx, self)
+        self.auth.start()  # before any bind: without a ZAP handler CURVE admits every key
+        self.auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self.auth)
+        self.xsub = self._server_socket(zmq.XSUB)
+        self.xpub = self._server_socket(zmq.XPUB)
+        self.xpub.setsockopt(zmq.XPUB_MANUAL, 1)
+        self._bind()
+        self.xsub.send(b"\x01")  # everything, once; subscriptions are never forwarded upstream
+        self.poller = zmq.Poller()
+        self.poller.register(self.xsub, zmq.POLLIN)
+        self.poller.register(self.xpub, zmq.POLLIN)
+        log.info("broker up: publish endpoint %s, subscribe endpoint %s, %d identities",
+                 self.bus["publish_endpoint"], self.bus["subscribe_endpoint"], len(self.registry.names()))
+
+    def _bind(self):
+        for sock, endpoint in ((self.xsub, self.bus["publish_endpoint"]), (self.xpub, self.bus["subscribe_endpoint"])):
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    sock.bind(endpoint)
+                    break
+                except zmq.ZMQError as exc:  # unbind is asynchronous: the port frees shortly
+                    if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+
+    def rebind(self, why: str):
+        """Force every peer to handshake again (revocations take effect now)."""
+        log.warning("rebinding both endpoints: %s", why)
+        for sock, endpoint in ((self.xsub, self.bus["publish_endpoint"]), (self.xpub, self.bus["subscribe_endpoint"])):
+            sock.unbind(endpoint)
+        self._bind()
+        self.counters["rebinds"] += 1
+
+    def close(self):
+        if self.ctx is None:
+            return
+        for s in (self.xsub, self.xpub):
+            s.close(linger=0)
+        self.auth.stop()
+        self.ctx.term()
+        self.ctx = None
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self):
+        if self.ctx is None:
+            self.start()
+        if hasattr(signal, "SIGTERM"):
+            try:
+                signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            except ValueError:  # not the main thread (tests run brokers in threads)
+                pass
+        next_reload = next_token = next_health = 0.0
+        poll = self.poller.poll
+        xsub, xpub = self.xsub, self.xpub
+        try:
+            while not self.stopping:
+                for sock, _ in poll(100):
+                    if sock is xsub:
+                        self._drain_publish()
+                    else:
+                        self._drain_subscriptions()
+                now = time.monotonic()
+                if now >= next_reload:
+                    next_reload = now + self.reload_interval
+                    self._maybe_reload()
+                    self._report_refusals()
+                if now >= next_token:
+                    next_token = now + self._token_step()
+                if now >= next_health:
+                    next_health = now + self.heartbeat_interval
+                    self._publish_health()
+        finally:
+            self.close()
+        log.info("broker stopped")
+
+    def stop(self):
+        self.stopping = True
+
+    def _drain_publish(self):
+        recv, send = self.xsub.recv, self.xpub.send
+        acl = self._pub_acl
+        NOBLOCK, SNDMORE = zmq.NOBLOCK, zmq.SNDMORE
+        forwarded = 0
+        for _ in range(DRAIN):
+            try:
+                f0 = recv(NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            if not f0.more:
+                self._deny_frames(f0, "a message must have 2 frames, got 1")
+                continue
+            f1 = recv(copy=False)
+            if f1.more:
+                n = 2
+                while recv(copy=False).more:
+                    n += 1
+                self._deny_frames(f0, f"a message must have 2 frames, got {n + 1}")
+                continue
+            uid = f0.get("User-Id")
+            topic = f0.bytes
+            verdicts = acl.get(uid)
+            if verdicts is None:
+                verdicts = acl[uid] = {}
+            ok = verdicts.get(topic)
+            if ok is None:
+                ok = self._may_publish(uid, topic)
+                if len(verdicts) > 10_000:
+                    verdicts.clear()
+                verdicts[topic] = ok
+            if ok:
+                send(f0, SNDMORE, copy=False)
+                send(f1, copy=False)
+                forwarded += 1
+                if topic == self._token_topic:
+                    self._token_reply(f0, f1)
+            else:
+                self.counters["denied_publish"] += 1
+                self.deny(uid, "publish", topic, "not_granted", f"{uid} may not publish this topic")
+        self.counters["forwarded"] += forwarded
+
+    def _may_publish(self, uid, topic: bytes) -> bool:
+        if len(topic) > 255 or not topic.endswith(b"."):
+            return False
+        try:
+            grants = self.policy.grants(uid, self.registry.role(uid))
+        except DctrlError:
+            return False
+        return grants.may_publish(topic)
+
+    def _deny_frames(self, f0, reason):
+        self.counters["malformed"] += 1
+        try:
+            uid = f0.get("User-Id")
+        except zmq.ZMQError:
+            uid = "?"
+        self.deny(uid, "publish", f0.bytes[:64], "bad_frames", reason)
+
+    def _drain_subscriptions(self):
+        recv = self.xpub.recv_multipart
+        for _ in range(DRAIN):
+            try:
+                frames = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            data = frames[0].bytes
+            if len(frames) != 1 or not data or data[0] not in (0, 1):
+                log.debug("dropped a non-subscription message from a subscriber")
+                continue
+            try:
+                uid = frames[0].get("User-Id")
+            except zmq.ZMQError:
+                continue  # XPUB's own unsubscribes for a departed peer: nothing to forward
+            subscribe, prefix = data[0] == 1, data[1:]
+            try:
+                grants = self.policy.grants(uid, self.registry.role(uid))
+                applied = grants.subscription(prefix)
+            except DctrlError:
+                applied = ()
+            option = zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE
+            for p in applied:
+                self.xpub.setsockopt(option, p)  # applies to the pipe of the frame just received
+            if subscribe:
+                if applied:
+                    log.info("%s subscribed %r%s", uid, prefix.decode(errors="replace"),
+                             "" if applied == (prefix,) else f" (narrowed to {[p.decode() for p in applied]})")
+                else:
+                    self.counters["denied_subscribe"] += 1
+                    self.deny(uid, "subscribe", prefix, "not_granted", f"{uid} may not subscribe this prefix")
+
+    # -- broker.denied --------------------------------------------------------
+
+    def deny(self, identity, direction, topic: bytes, code, reason):
+        """Log and publish a refusal, at most ``denied_rate`` events per second per kind."""
+        topic_s = topic.decode("utf-8", errors="replace").rstrip(".") if isinstance(topic, bytes) else topic
+        key = (identity, direction, code)
+        now = time.monotonic()
+        window = self._denied_window.get(key)
+        if window and now - window[0] < 1.0 / self.denied_rate:
+            window[1] += 1
+            return
+        suppressed = window[1] if window else 0
+        self._denied_window[key] = [now, 0]
+        if len(self._denied_window) > 10_000:
+            self._denied_window.clear()
+        log.warning("denied %s %s %r: %s (%s)%s", direction, identity, topic_s, reason, code,
+                    f", {suppressed} similar suppressed" if suppressed else "")
+        self.emit("broker.denied", {"identity": str(identity)[:64], "direction": direction,
+                                    "topic": topic_s[:255], "code": code, "reason": reason,
+                                    "suppressed": suppressed})
+
+    def _report_refusals(self):
+        while True:
+            try:
+                key = self.refusals.get_nowait()
+            except queue.Empty:
+                return
+            self.counters["refused_connect"] += 1
+            self.deny(f"key:{key[:12]}", "connect", b"", "unknown_key",
+                      "handshake refused: key unknown, revoked or past its grace period")
+
+    # -- our own identity on the bus -----------------------------------------
+
+    @property
+    def _token_topic(self) -> bytes:
+        return b"vault.token.%s." % self.proxy.name.encode()
+
+    def emit(self, topic, body):
+        """Publish a signed event straight out of XPUB."""
+        try:
+            frames = self.proxy.seal(topic, body)
+        except NoToken:
+            log.debug("no token yet; %s not published", topic)
+            return
+        self.xpub.send_multipart(frames)
+
+    def _token_step(self) -> float:
+        """Ask for a token when due; returns seconds until the next check."""
+        due = self.proxy.renew_in()
+        if due > 0:
+            return min(due, 5.0)
+        self.xpub.send_multipart(self.proxy.request("token"))
+        return 1.0 + random.random()  # retry with jitter until the Vault answers
+
+    def _token_reply(self, f0, f1):
+        try:
+            msg = self.proxy.open([f0.bytes, f1.bytes])
+            tok = self.proxy.accept_token_reply(msg)
+            if tok is None:
+                return
+            log.info("token received, expires in %d s", tok.expires_at - time.time())
+        except DctrlError as exc:
+            log.warning("token reply refused: %s", exc)
+
+    def _publish_health(self):
+        tok = self.proxy.token
+        self.emit("health.broker", {
+            "name": self.proxy.name, "role": "actor", "version": VERSION, "pid": os.getpid(),
+            "uptime": int(time.monotonic() - self.started), "interval": self.heartbeat_interval,
+            "token_exp": tok.expires_at if tok else None, "status": "ok", "detail": None,
+            "counters": dict(self.counters),
+        })
+
+    # -- hot reload -----------------------------------------------------------
+
+    def _maybe_reload(self):
+        stamps = (file_stamp(self.home.registry_path), file_stamp(self.home.policy_path))
+        expired = self._key_expiry is not None and time.time() >= self._key_expiry
+        if stamps == self._stamps and not expired:
+            return
+        try:
+            registry = Registry.load(self.home.registry_path)
+            policy = Policy.load(self.home.policy_path)
+        except DctrlError as exc:
+            log.error("reload failed, keeping the previous keys and policy: %s", exc)
+            self._stamps = stamps
+            return
+        policy_changed = stamps[1] != self._stamps[1]
+        self.registry, self.policy, self._stamps = registry, policy, stamps
+        self._pub_acl.clear()
+        self.counters["reloads"] += 1
+        valid = self._valid_keys()
+        lost, self._valid = self._valid - valid, valid
+        self._key_expiry = registry.next_expiry()
+        log.info("reloaded keys and policy (%d identities)", len(registry.names()))
+        if lost or policy_changed:
+            self.rebind("policy changed" if policy_changed and not lost else
+                        f"keys no longer valid: {sorted({n for n, _ in lost})}")
+
+    def _valid_keys(self):
+        now = time.time()
+        return {(k.name, k.curve) for n in self.registry.names()
+                for k in self.registry.keys_of(n) if self.registry.is_valid(k, now)}

@@ -1,0 +1,1 @@
+"""Identities, their key files, the public key registry and the policy."""

@@ -1,0 +1,251 @@
+"""The dctrl home directory (``$DCTRL_HOME``, else ``./var``) and its config.
+
+Layout::
+
+    HOME/config.toml        bus endpoints and tunables (embedded defaults below)
+    HOME/policy.toml        grants (keys.policy)
+    HOME/keys/registry.json public keys of every identity (keys.registry)
+    HOME/keys/NAME.key      an identity's secret keys, 0600
+    HOME/vault/             token signing key, secret store and its key, 0700
+    HOME/events/            the event log (segments)
+    HOME/run/NAME.boot      per-identity boot counter (only grows)
+    HOME/log/               supervisord and actor logs
+    HOME/dctrl.sqlite3      the embedded database
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.signing
+
+from proto.errors import ConfigError
+
+from .files import atomic_write, read_secret_file, write_json
+from .identity import IdentityKeys
+
+SERVER_ACTORS = ("broker", "vault", "event_logger")
+DEMO_MACHINE = "vm1"
+ADMIN = "admin"
+
+DEFAULTS = {
+    "bus": {
+        # Actors' PUB sockets connect to the broker's XSUB, their SUB sockets to its XPUB.
+        "publish_endpoint": "tcp://127.0.0.1:7401",
+        "subscribe_endpoint": "tcp://127.0.0.1:7402",
+        "max_message_bytes": 65536,
+        "heartbeat_ivl_ms": 2000,
+        "heartbeat_timeout_ms": 6000,
+        "handshake_ivl_ms": 5000,
+    },
+    "broker": {"reload_interval": 1.0, "denied_events_per_second": 10},
+    "runtime": {"heartbeat_interval": 5},
+    "vault": {"token_lifetime": 900, "key_grace": 86400, "revocations_interval": 30},
+    "event_logger": {"segment_mb": 16, "fsync_interval_ms": 50},
+    "database": {"url": ""},
+}
+
+CONFIG_TEMPLATE = """\
+# dctrl home configuration. Every key has an embedded default; see keys/home.py.
+
+[bus]
+publish_endpoint = "{pub}"    # broker XSUB: actors publish here
+subscribe_endpoint = "{sub}"  # broker XPUB: actors subscribe here
+
+[vault]
+token_lifetime = 900   # seconds a capability token lives (renewed at half-life)
+key_grace = 86400      # seconds old keys stay valid after `dctrl keys rotate`
+# The Vault's token-signing key, pinned by every process (also in machine agent configs).
+token_public_key = "{token_pub}"
+
+[database]
+url = "{db_url}"
+"""
+
+POLICY_TEMPLATE = """\
+# Who may publish and subscribe what. Prefixes match whole dot-separated segments:
+# "machine.{{self}}" grants machine.vm1 and machine.vm1.* to vm1, never machine.vm10.
+# {{self}} is the identity's own name; "" grants everything. An identity's grants are
+# [all] + [role.ROLE] + [identity.NAME]. The broker and the Vault reload this file live.
+
+[all]
+publish = ["health.{{self}}", "error.{{self}}", "vault.req.{{self}}"]
+subscribe = ["vault.token.{{self}}", "vault.secret.{{self}}", "vault.revoked"]
+
+[role.machine]
+publish = ["machine.{{self}}"]
+subscribe = ["cmd.machine.{{self}}"]
+
+[role.admin]
+publish = ["debug"]
+subscribe = [""]
+
+[identity.broker]
+publish = ["broker"]
+
+[identity.vault]
+publish = ["vault"]
+subscribe = ["vault.req"]
+
+[identity.event_logger]
+publish = ["events"]
+subscribe = [""]
+
+# secret name = identities that may read it from the Vault
+[secrets]
+"""
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    """What a process needs to join the bus; built from a home or an agent config."""
+
+    name: str
+    key_file: Path
+    boot_file: Path
+    publish_endpoint: str
+    subscribe_endpoint: str
+    broker_public: bytes  # z85
+    vault_public: nacl.signing.VerifyKey
+    max_message_bytes: int = 65536
+    heartbeat_ivl_ms: int = 2000
+    heartbeat_timeout_ms: int = 6000
+    heartbeat_interval: int = 5
+    journal_file: Path | None = None  # persist the replay window (command receivers)
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("DCTRL_HOME") or "var").absolute()
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def next_boot(path) -> int:
+    """Increment and persist a boot counter; it only grows, across crashes too."""
+    path = Path(path)
+    try:
+        boot = int(path.read_text().strip() or 0) + 1
+    except FileNotFoundError:
+        boot = 1
+    except ValueError:
+        raise ConfigError(f"{path} is corrupt; it must hold one integer") from None
+    atomic_write(path, f"{boot}\n".encode(), mode=0o600)
+    return boot
+
+
+class Home:
+    def __init__(self, root=None):
+        self.root = Path(root).absolute() if root else default_home()
+        path = self.root / "config.toml"
+        try:
+            with open(path, "rb") as f:
+                self.config = merge(DEFAULTS, tomllib.load(f))
+        except FileNotFoundError:
+            raise ConfigError(f"{self.root} is not a dctrl home (no config.toml): run `dctrl init --home {self.root}`") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    # paths
+    keys_dir = property(lambda self: self.root / "keys")
+    registry_path = property(lambda self: self.root / "keys" / "registry.json")
+    policy_path = property(lambda self: self.root / "policy.toml")
+    vault_dir = property(lambda self: self.root / "vault")
+    events_dir = property(lambda self: self.root / "events")
+    log_dir = property(lambda self: self.root / "log")
+    run_dir = property(lambda self: self.root / "run")
+
+    def key_file(self, name) -> Path:
+        return self.keys_dir / f"{name}.key"
+
+    def boot_file(self, name) -> Path:
+        return self.run_dir / f"{name}.boot"
+
+    @property
+    def database_url(self) -> str:
+        return self.config["database"]["url"] or f"sqlite:///{self.root / 'dctrl.sqlite3'}"
+
+    @property
+    def vault_public(self) -> nacl.signing.VerifyKey:
+        hexkey = self.config["vault"].get("token_public_key")
+        if not hexkey:
+            raise ConfigError(f"{self.root}/config.toml has no [vault] token_public_key")
+        return nacl.signing.VerifyKey(bytes.fromhex(hexkey))
+
+    def vault_signing_key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(bytes.fromhex(read_secret_file(self.vault_dir / "token.key").decode().strip()))
+
+    def bus_settings(self, name: str) -> BusSettings:
+        from .registry import Registry
+
+        bus = self.config["bus"]
+        broker = Registry.load(self.registry_path).current("broker")
+        return BusSettings(
+            name=name,
+            key_file=self.key_file(name),
+            boot_file=self.boot_file(name),
+            publish_endpoint=bus["publish_endpoint"],
+            subscribe_endpoint=bus["subscribe_endpoint"],
+            broker_public=broker.curve,
+            vault_public=self.vault_public,
+            max_message_bytes=bus["max_message_bytes"],
+            heartbeat_ivl_ms=bus["heartbeat_ivl_ms"],
+            heartbeat_timeout_ms=bus["heartbeat_timeout_ms"],
+            heartbeat_interval=self.config["runtime"]["heartbeat_interval"],
+        )
+
+    @classmethod
+    def init(cls, root, *, publish_endpoint=None, subscribe_endpoint=None, database_url=None) -> "Home":
+        """Create a new home with keys for every server actor, ``admin`` and ``vm1``.
+
+        Refuses to touch an existing home (its keys would be replaced).
+        """
+        from .registry import Registry
+
+        root = Path(root).absolute()
+        if (root / "config.toml").exists():
+            raise ConfigError(f"{root} is already a dctrl home; remove it first to start over")
+        for sub, mode in (("", 0o755), ("keys", 0o700), ("vault", 0o700), ("events", 0o700),
+                          ("run", 0o700), ("log", 0o755)):
+            (root / sub).mkdir(mode=mode, parents=True, exist_ok=True)
+            os.chmod(root / sub, mode)
+        token_key = nacl.signing.SigningKey.generate()
+        atomic_write(root / "vault" / "token.key", bytes(token_key).hex().encode() + b"\n", mode=0o600)
+        db_url = database_url or f"sqlite:///{root / 'dctrl.sqlite3'}"
+        atomic_write(root / "config.toml", CONFIG_TEMPLATE.format(
+            pub=publish_endpoint or DEFAULTS["bus"]["publish_endpoint"],
+            sub=subscribe_endpoint or DEFAULTS["bus"]["subscribe_endpoint"],
+            token_pub=bytes(token_key.verify_key).hex(),
+            db_url=db_url,
+        ).encode())
+        atomic_write(root / "policy.toml", POLICY_TEMPLATE.format().encode())
+        registry = Registry(root / "keys" / "registry.json")
+        for name, role in [*((a, "actor") for a in SERVER_ACTORS), (ADMIN, "admin"), (DEMO_MACHINE, "machine")]:
+            keys = IdentityKeys.generate(name)
+            keys.save(root / "keys" / f"{name}.key")
+            registry.add(keys, role)
+        registry.save()
+        home = cls(root)
+        from actors.secretstore import SecretStore, create_key_file
+
+        create_key_file(home.vault_dir / "secrets.key")
+        SecretStore.create(home.vault_dir / "secrets.json",
+                           key=_load_store_key(home.vault_dir / "secrets.key"))
+        return home
+
+
+def _load_store_key(path):
+    from actors.secretstore import load_key_file
+
+    return load_key_file(path)
+
+
+__all__ = ["Home", "BusSettings", "next_boot", "default_home", "SERVER_ACTORS", "write_json"]

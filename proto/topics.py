@@ -1,0 +1,95 @@
+"""Every topic family on the bus and the schema of its body.
+
+This is the single source for docs/protocol.md's topic table: a message
+whose topic has no family here is refused (``unknown_topic``).
+"""
+
+from .schema import Any, Bool, Bytes, Int, List, Map, Opt, Registry, Str
+
+NAME = Str(max=32, pattern=r"[a-z][a-z0-9_-]{0,31}")
+TOPICISH = Str(max=255)
+CODE = Str(max=64, pattern=r"[a-z_]+")
+REASON = Str(max=512)
+RID = Bytes(size=16)
+
+REGISTRY = Registry()
+register = REGISTRY.register
+
+# health.NAME: heartbeat of every process, every few seconds.
+register("health", Map({
+    "name": NAME,
+    "role": Str(max=16),
+    "version": Str(max=32),
+    "pid": Int(min=0),
+    "uptime": Int(min=0),
+    "interval": Int(min=1, max=3600),
+    "token_exp": Opt(Int(min=0)),
+    "status": Str(choices=("starting", "ok", "degraded")),
+    "detail": Opt(REASON),
+    "counters": Map({}, extra=Int(min=0)),
+}))
+
+# error.NAME: a receiver refused a message, or a handler failed (rate limited).
+register("error", Map({
+    "kind": Str(choices=("rejected", "handler")),
+    "topic": TOPICISH,
+    "sender": Str(max=64),
+    "code": CODE,
+    "reason": REASON,
+    "suppressed": Int(min=0),
+}))
+
+# broker.denied: the broker refused a publish or a subscription.
+register("broker.denied", Map({
+    "identity": Str(max=64),
+    "direction": Str(choices=("publish", "subscribe", "connect")),
+    "topic": TOPICISH,
+    "code": CODE,
+    "reason": REASON,
+    "suppressed": Int(min=0),
+}))
+
+# vault.req.NAME: a token or secret request, signed with NAME's registered key (tok is nil).
+register("vault.req", Map({
+    "rid": RID,
+    "op": Str(choices=("token", "secret")),
+    "key_version": Int(min=1),
+    "secret": Opt(Str(max=64)),
+}))
+
+# vault.token.NAME: the answer to a token request.
+register("vault.token", Map({
+    "rid": RID,
+    "token": Opt(Bytes(max=4096)),
+    "exp": Opt(Int(min=0)),
+    "code": Opt(CODE),
+    "reason": Opt(REASON),
+}))
+
+# vault.secret.NAME: a secret sealed to NAME's Curve public key (never plaintext).
+register("vault.secret", Map({
+    "rid": RID,
+    "secret": Str(max=64),
+    "sealed": Opt(Bytes(max=8192)),
+    "code": Opt(CODE),
+    "reason": Opt(REASON),
+}))
+
+# vault.revoked: every revocation in force; re-published periodically.
+register("vault.revoked", Map({
+    "revocations": List(Map({"identity": NAME, "up_to": Int(min=0)}), max=4096),
+}))
+
+# events.gap: the event logger saw a hole in a sender's sequence.
+register("events.gap", Map({
+    "sender": NAME,
+    "boot": Int(min=0),
+    "expected": Int(min=0),
+    "got": Int(min=0),
+    "missing": Int(min=1),
+}))
+
+# debug.*: free-form bodies from `dctrl pub` (bounded nesting, no floats).
+register("debug", Map({}, extra=Any(), max=256))
+
+__all__ = ["REGISTRY", "register", "Any", "Bool", "Bytes", "Int", "List", "Map", "Opt", "Str"]

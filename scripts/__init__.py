@@ -1,0 +1,1 @@
+"""Command-line tools: `dctrl` (operations) and the benchmarks."""

@@ -1,0 +1,359 @@
+"""`dctrl`: the operator's command line. `dctrl --help` and `dctrl CMD --help` explain each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from proto.errors import DctrlError
+
+log = logging.getLogger("dctrl")
+
+ACTORS = {
+    # name -> "module:Class"; the broker is not an Actor but runs the same way.
+    "vault": "actors.vault:Vault",
+    "event_logger": "actors.event_logger:EventLogger",
+}
+
+
+def _home(args):
+    from keys.home import Home
+
+    return Home(args.home)
+
+
+def _load(spec):
+    import importlib
+
+    mod, cls = spec.split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+# -- init, run, up, status ---------------------------------------------------
+
+def cmd_init(args):
+    from keys.home import Home
+
+    home = Home.init(args.home or os.environ.get("DCTRL_HOME") or "var",
+                     publish_endpoint=args.publish_endpoint, subscribe_endpoint=args.subscribe_endpoint,
+                     database_url=args.database_url)
+    from keys.registry import Registry
+
+    names = Registry.load(home.registry_path).names()
+    print(f"initialised {home.root}: identities {', '.join(names)}")
+    print(f"start everything with: dctrl up --home {home.root}")
+
+
+def cmd_run(args):
+    home = _home(args)
+    if args.name == "broker":
+        from broker.broker import Broker
+
+        Broker(home).run()
+        return
+    spec = ACTORS.get(args.name)
+    if spec is None:
+        raise DctrlError(f"unknown actor {args.name!r}; known: broker, {', '.join(sorted(ACTORS))}")
+    from actors.runtime import Runtime
+
+    actor = _load(spec)(home)
+    Runtime(actor, home.bus_settings(args.name)).run(handle_signals=True)
+
+
+def cmd_supervisor_config(args):
+    from scripts.supervise import supervisor_config
+
+    print(supervisor_config(_home(args)), end="")
+
+
+def cmd_up(args):
+    from scripts.supervise import run_supervisord
+
+    run_supervisord(_home(args))
+
+
+def cmd_status(args):
+    from actors.runtime import Runtime
+    from keys.home import SERVER_ACTORS
+    from keys.registry import Registry
+    from scripts.tools import StatusCollector
+
+    home = _home(args)
+    wait = args.wait or home.config["runtime"]["heartbeat_interval"] + 1.5
+    expected = set(args.expect.split(",")) if args.expect else set(SERVER_ACTORS)
+    deadline = time.monotonic() + (args.until or 0)
+    registry = Registry.load(home.registry_path)
+    while True:
+        collector = StatusCollector(wait)
+        Runtime(collector, home.bus_settings(args.as_name)).run()
+        rows = collector.latest
+        missing = sorted(n for n in expected if rows.get(n, {}).get("status") != "ok")
+        if not missing or time.monotonic() >= deadline:
+            break
+    now = time.time()
+    if args.json:
+        print(json.dumps({"actors": rows, "missing": missing}, sort_keys=True, default=str))
+    else:
+        print(f"{'NAME':<14} {'ROLE':<8} {'STATUS':<9} {'LAST SEEN':>9} {'VERSION':<8} {'TOKEN EXPIRES':>13} {'PID':>7} {'UPTIME':>7}")
+        for name in sorted(set(rows) | expected | set(n for n in registry.names() if registry.role(n) == "actor")):
+            r = rows.get(name)
+            if r is None:
+                print(f"{name:<14} {registry.role(name) if name in registry.names() else '?':<8} {'down':<9} {'-':>9}")
+                continue
+            exp = f"{int(r['token_exp'] - now)} s" if r.get("token_exp") else "-"
+            ago = f"{now - r['seen']:.1f} s ago"
+            print(f"{name:<14} {r['role']:<8} {r['status']:<9} {ago:>9} "
+                  f"{r['version']:<8} {exp:>13} {r['pid']:>7} {r['uptime']:>6}s")
+    return 1 if missing else 0
+
+
+# -- keys --------------------------------------------------------------------
+
+def cmd_keys(args):
+    from keys.identity import IdentityKeys
+    from keys.registry import Registry
+
+    home = _home(args)
+    registry = Registry.load(home.registry_path)
+    if args.keys_cmd == "add":
+        keys = IdentityKeys.generate(args.name)
+        if home.key_file(args.name).exists():
+            raise DctrlError(f"{home.key_file(args.name)} exists; use `dctrl keys rotate {args.name}`")
+        registry.add(keys, args.role)
+        keys.save(home.key_file(args.name))
+        registry.save()
+        print(f"added {args.name} ({args.role}), key v1, curve public {keys.curve_public.decode()}")
+        print(f"secret key file: {home.key_file(args.name)} (0600)")
+    elif args.keys_cmd == "list":
+        now = time.time()
+        print(f"{'NAME':<14} {'ROLE':<8} {'VERSION':>7} {'STATE':<22} CURVE PUBLIC KEY")
+        for name in registry.names():
+            for k in sorted(registry.keys_of(name), key=lambda k: -k.version):
+                if k.version <= registry.revoked_up_to(name):
+                    state = "revoked"
+                elif k.not_after is None:
+                    state = "current"
+                elif k.not_after > now:
+                    state = f"grace, {int(k.not_after - now)} s left"
+                else:
+                    state = "expired"
+                print(f"{name:<14} {k.role:<8} {k.version:>7} {state:<22} {k.curve.decode()}")
+    elif args.keys_cmd == "rotate":
+        grace = args.grace if args.grace is not None else home.config["vault"]["key_grace"]
+        new = registry.rotate(args.name, grace)
+        new.save(home.key_file(args.name))
+        registry.save()
+        print(f"rotated {args.name} to key v{new.version}; older keys stay valid for {grace} s")
+        if registry.role(args.name) == "machine":
+            print(f"copy {home.key_file(args.name)} to the machine; its agent reloads it")
+    elif args.keys_cmd == "revoke":
+        upto = registry.revoke(args.name)
+        registry.save()
+        print(f"revoked {args.name} (key versions up to {upto}); the broker cuts it off within seconds")
+        print(f"to re-admit it later: dctrl keys rotate {args.name}")
+
+
+# -- pub / sub ---------------------------------------------------------------
+
+def cmd_pub(args):
+    from actors.runtime import Runtime
+    from scripts.tools import PublishOnce
+
+    try:
+        body = json.loads(args.body)
+    except json.JSONDecodeError as exc:
+        raise DctrlError(f"JSON_BODY is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise DctrlError("JSON_BODY must be a JSON object")
+    home = _home(args)
+    actor = PublishOnce(args.topic, body)
+    from proto.topics import REGISTRY
+
+    schema = REGISTRY.schema_for(args.topic)
+    if schema is None:
+        raise DctrlError(f"no topic family for {args.topic!r}; see docs/protocol.md")
+    schema.check(body)
+    rt = Runtime(actor, home.bus_settings(args.as_name))
+    _with_deadline(rt, args.timeout)
+    rt.run(handle_signals=True)
+    if not actor.sent:
+        raise DctrlError(f"not published within {args.timeout} s: no token from the Vault (is the bus up?)")
+    print(f"published {args.topic} as {args.as_name}")
+
+
+def cmd_sub(args):
+    from scripts.tools import run_subscriber
+
+    home = _home(args)
+    actor = run_subscriber(home.bus_settings(args.as_name), args.prefix, count=args.count,
+                           timeout=args.timeout, json_lines=args.json,
+                           sink=lambda line: print(line, flush=True))
+    return 0 if (not args.count or actor.seen >= args.count) else 1
+
+
+def _with_deadline(rt, seconds):
+    import threading
+
+    t = threading.Timer(seconds, rt.stop)
+    t.daemon = True
+    t.start()
+
+
+# -- events ------------------------------------------------------------------
+
+def cmd_events(args):
+    from actors.event_logger import query, tail
+
+    home = _home(args)
+    if args.events_cmd == "query":
+        n = 0
+        for rec in query(home.events_dir, topic=args.topic, since=args.since, sender=args.sender):
+            n += 1
+            print(json.dumps(rec, sort_keys=True) if args.json else _event_line(rec))
+            if args.limit and n >= args.limit:
+                break
+    else:
+        for rec in tail(home.events_dir, topic=args.topic):
+            print(json.dumps(rec, sort_keys=True) if args.json else _event_line(rec), flush=True)
+
+
+def _event_line(rec):
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["logged"] / 1000))
+    what = json.dumps(rec["body"]) if rec["body"] is not None else rec["reason"]
+    return f"{when} #{rec['seq']} {rec['verdict']:<8} {rec['topic']} {rec['sender']}: {what}"
+
+
+# -- vault secrets -----------------------------------------------------------
+
+def cmd_vault(args):
+    from actors.secretstore import SecretStore, load_key_file
+
+    home = _home(args)
+    store = SecretStore.open(home.vault_dir / "secrets.json", key=load_key_file(home.vault_dir / "secrets.key"))
+    if args.vault_cmd == "set-secret":
+        value = sys.stdin.buffer.read().rstrip(b"\n") if not sys.stdin.isatty() else \
+            __import__("getpass").getpass(f"value of {args.name}: ").encode()
+        if not value:
+            raise DctrlError("empty secret refused")
+        store.set(args.name, value)
+        print(f"stored secret {args.name} ({len(value)} bytes); readers come from [secrets] in policy.toml")
+    elif args.vault_cmd == "list":
+        for name in store.names():
+            print(name)
+
+
+def cmd_bench(args):
+    from scripts.bench import main as bench_main
+
+    return bench_main(args)
+
+
+# -- parser ------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="dctrl", description=(
+        "dctrl: DCTRL's services network. Every command takes --home "
+        "(default $DCTRL_HOME, else ./var)."))
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def cmd(name, fn, help):
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--home", default=None, help="dctrl home (default $DCTRL_HOME, else ./var)")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = cmd("init", cmd_init, "create a home: config, policy, keys for every server actor, admin and machine vm1")
+    sp.add_argument("--publish-endpoint", help="broker XSUB endpoint (default tcp://127.0.0.1:7401)")
+    sp.add_argument("--subscribe-endpoint", help="broker XPUB endpoint (default tcp://127.0.0.1:7402)")
+    sp.add_argument("--database-url", help="peewee database URL (default: SQLite file in the home)")
+
+    sp = cmd("run", cmd_run, "run one server process in the foreground (broker, vault, event_logger)")
+    sp.add_argument("name")
+    cmd("broker", lambda a: cmd_run(argparse.Namespace(home=a.home, name="broker")),
+        "run the broker (SubscriptionMgr) in the foreground")
+    cmd("up", cmd_up, "run every server actor under supervisord in the foreground")
+    cmd("supervisor-config", cmd_supervisor_config, "print the supervisord config (for /etc/supervisor/conf.d)")
+
+    sp = cmd("status", cmd_status, "a table of every actor from its heartbeats; exit 1 if an expected one is not ok")
+    sp.add_argument("--as", dest="as_name", default="admin", help="identity to listen as (default admin)")
+    sp.add_argument("--wait", type=float, help="seconds to listen (default heartbeat interval + 1.5)")
+    sp.add_argument("--until", type=float, help="keep trying up to this many seconds until all are ok")
+    sp.add_argument("--expect", help="comma-separated names that must be ok (default: broker,vault,event_logger)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("keys", cmd_keys, "manage identities and their keys")
+    ks = sp.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
+    k = ks.add_parser("add", help="new identity with Curve and Ed25519 keys")
+    k.add_argument("name")
+    k.add_argument("--role", required=True, choices=("actor", "machine", "admin"))
+    ks.add_parser("list", help="identities, key versions and their state")
+    k = ks.add_parser("rotate", help="new keys valid at once; old keys accepted for a grace period")
+    k.add_argument("name")
+    k.add_argument("--grace", type=int, help="seconds the old keys stay valid (default [vault] key_grace)")
+    k = ks.add_parser("revoke", help="refuse every key of NAME; connected peers are cut off")
+    k.add_argument("name")
+    for k in ks.choices.values():
+        k.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    sp = cmd("pub", cmd_pub, "publish one signed message as an identity (debugging a policy)")
+    sp.add_argument("topic")
+    sp.add_argument("body", metavar="JSON_BODY")
+    sp.add_argument("--as", dest="as_name", required=True, help="identity to publish as")
+    sp.add_argument("--timeout", type=float, default=10.0)
+
+    sp = cmd("sub", cmd_sub, "print every message under PREFIX that reaches an identity, with its verdict")
+    sp.add_argument("prefix")
+    sp.add_argument("--as", dest="as_name", required=True, help="identity to subscribe as")
+    sp.add_argument("--count", type=int, help="stop after N messages (exit 1 if fewer arrived)")
+    sp.add_argument("--timeout", type=float, help="stop after S seconds")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    sp = cmd("events", cmd_events, "query or follow the event log")
+    es = sp.add_subparsers(dest="events_cmd", required=True, metavar="ACTION")
+    for name, help in (("query", "print logged events"), ("tail", "follow new events")):
+        e = es.add_parser(name, help=help)
+        e.add_argument("--topic", default="", help="topic prefix (whole segments)")
+        e.add_argument("--json", action="store_true")
+        e.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name == "query":
+            e.add_argument("--since", help="ISO time (2026-11-25T10:00) or seconds ago (300s)")
+            e.add_argument("--sender")
+            e.add_argument("--limit", type=int)
+
+    sp = cmd("vault", cmd_vault, "the Vault's encrypted secrets")
+    vs = sp.add_subparsers(dest="vault_cmd", required=True, metavar="ACTION")
+    v = vs.add_parser("set-secret", help="store a secret (value from stdin or a prompt)")
+    v.add_argument("name")
+    vs.add_parser("list", help="secret names")
+    for v in vs.choices.values():
+        v.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    sp = cmd("bench", cmd_bench, "benchmarks; prints one JSON object")
+    sp.add_argument("suite", nargs="?", default="bus", choices=("bus",))
+    sp.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
+    sp.add_argument("--quick", action="store_true", help="finish in under 30 s")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        rc = args.fn(args)
+    except DctrlError as exc:
+        print(f"dctrl: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return rc or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Short-lived bus clients for the CLI: publish once, subscribe and print, status.
+
+They run on the same :class:`~actors.runtime.Runtime` as every actor, so what
+they show is exactly what an actor with that identity would see.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from actors.runtime import Actor, Delivery, Runtime, every, on
+from proto import wire
+from proto.describe import describe_frames, jsonable
+
+
+class PublishOnce(Actor):
+    """Publishes one message as soon as it has a token, then stops."""
+
+    def __init__(self, topic, body):
+        self.topic, self.body, self.sent = topic, body, False
+
+    def setup(self):
+        self.publish(self.topic, self.body)
+
+    @every(0.05)
+    def done(self):
+        if self.runtime.proxy.token_valid() and not self.runtime.outbox:
+            self.sent = True
+            self.runtime.stop()
+
+
+class Subscriber(Actor):
+    """Prints (or collects) every message under a prefix with its verdict."""
+
+    def __init__(self, prefix, *, count=None, timeout=None, sink=print, json_lines=True):
+        self.prefix, self.count, self.sink, self.json_lines = prefix, count, sink, json_lines
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.seen = 0
+
+    def deliver(self, d: Delivery):
+        """Raw handler on ``prefix`` (registered by :func:`run_subscriber`)."""
+        rec = describe_frames(d.frames, d.message, d.error)
+        self.seen += 1
+        if self.json_lines:
+            self.sink(json.dumps(rec, sort_keys=True))
+        else:
+            self.sink(f"{rec['verdict']:<8} {rec['topic']} from {rec['sender']}: "
+                      f"{json.dumps(rec['body']) if rec['body'] is not None else rec['reason']}")
+        if self.count and self.seen >= self.count:
+            self.runtime.stop()
+
+    @every(0.1)
+    def check_timeout(self):
+        if self.deadline and time.monotonic() >= self.deadline:
+            self.runtime.stop()
+
+
+def run_subscriber(settings, prefix, **kw) -> Subscriber:
+    actor = Subscriber(prefix, **kw)
+    rt = Runtime(actor, settings)
+    rt.handlers.append((wire.prefix_frame(prefix), actor.deliver, False, True))
+    rt.run(handle_signals=True)
+    return actor
+
+
+class StatusCollector(Actor):
+    """Collects ``health.*`` heartbeats for a while."""
+
+    def __init__(self, duration):
+        self.until = time.monotonic() + duration
+        self.latest: dict[str, dict] = {}
+
+    @on("health")
+    def beat(self, msg):
+        self.latest[msg.sender] = {**msg.body, "seen": time.time(), "ts": msg.ts}
+
+    @every(0.1)
+    def check(self):
+        if time.monotonic() >= self.until:
+            self.runtime.stop()
+
+
+__all__ = ["PublishOnce", "Subscriber", "StatusCollector", "describe_frames", "jsonable"]
