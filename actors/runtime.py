@@ -146,7 +146,7 @@ class Runtime:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.started = time.monotonic()
-        self.connected = False
+        self.connected = self._was_connected = self._force_renew = False
         self.ctx = zmq.Context()
         self.pub = self.sub = self.monitor = None
         self._reconnect_at = None
@@ -373,20 +373,25 @@ class Runtime:
                 return
             if tok is None:
                 return  # an answer to another process with our name
+            self._apply_revocations(msg.body.get("revocations") or ())
             log.info("token received (key v%d), expires in %d s", tok.key_version, tok.expires_at - self.clock())
             self._token_installed()
         elif msg.topic == "vault.revoked" and msg.sender == "vault":
-            for r in msg.body["revocations"]:
-                self.proxy.verifier.revoke(r["identity"], r["up_to"])
+            self._apply_revocations(msg.body["revocations"])
+
+    def _apply_revocations(self, revocations):
+        for r in revocations:
+            self.proxy.verifier.revoke(r["identity"], r["up_to"])
 
     def _token_installed(self):
         self._token_retry = 0.1
+        self._force_renew = False
         self._next_token_request = time.monotonic() + self.proxy.renew_in()
         while self.outbox and self.proxy.token_valid():
             self.publish(*self.outbox.popleft())
 
     def _maybe_request_token(self):
-        if self.proxy.renew_in() > 0:
+        if self.proxy.renew_in() > 0 and not self._force_renew:
             self._next_token_request = time.monotonic() + self.proxy.renew_in()
             return
         own = self.actor.issue_own_token()
@@ -427,7 +432,14 @@ class Runtime:
                 return
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.connected, self._backoff = True, 1.0
+                if self._was_connected:
+                    # The broker rebinds when keys or policy change: renew the token so its
+                    # grants follow the current policy.
+                    log.info("reconnected to the broker; renewing the token")
+                    self._force_renew = True
+                    self._next_token_request = time.monotonic()
+                self.connected = self._was_connected = True
+                self._backoff = 1.0
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.connected = False
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,

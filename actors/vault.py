@@ -109,6 +109,7 @@ class Vault(Actor):
             return
         log.info("token issued to %s (key v%d, %d s)", name, msg.body["key_version"], self.lifetime)
         self.publish(f"vault.token.{name}", {"rid": rid, "token": raw, "exp": int(self.clock()) + self.lifetime,
+                                             "revocations": self.registry.revocations(),
                                              "code": None, "reason": None})
 
     def _answer_secret(self, msg):

@@ -231,7 +231,10 @@ class Broker:
                     self._token_reply(f0, f1)
             else:
                 self.counters["denied_publish"] += 1
-                self.deny(uid, "publish", topic, "not_granted", f"{uid} may not publish this topic")
+                if len(topic) > 255 or not topic.endswith(b"."):
+                    self.deny(uid, "publish", topic, "bad_topic", "topic frame must be dot-terminated, at most 255 bytes")
+                else:
+                    self.deny(uid, "publish", topic, "not_granted", f"{uid} may not publish this topic")
         self.counters["forwarded"] += forwarded
 
     def _may_publish(self, uid, topic: bytes) -> bool:

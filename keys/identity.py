@@ -72,6 +72,6 @@ class IdentityKeys:
                        d["curve_secret"].encode(), bytes.fromhex(d["sign_seed"]))
             if len(keys.sign_seed) != 32 or zmq.curve_public(keys.curve_secret) != keys.curve_public:
                 raise ValueError("keys do not match")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path} is not a valid key file: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, zmq.ZMQError) as exc:
+            raise ConfigError(f"{path} is not a valid key file: {type(exc).__name__}") from None
         return keys

@@ -59,6 +59,10 @@ class Policy:
         for section in ("all", "role", "identity", "secrets"):
             if not isinstance(data.get(section, {}), dict):
                 raise ConfigError(f"{source}: [{section}] must be a table")
+        for section in ("role", "identity"):
+            for key, table in data.get(section, {}).items():
+                if not isinstance(table, dict):
+                    raise ConfigError(f"{source}: [{section}.{key}] must be a table")
         self._cache: dict[tuple[str, str], Grants] = {}
         # Validate every grant now so a typo fails the reload, not a message later.
         for table in [data.get("all", {}), *data.get("role", {}).values(), *data.get("identity", {}).values()]:

@@ -50,13 +50,13 @@ class Registry:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
-            if not isinstance(data.get("identities"), dict):
+            if not isinstance(data, dict) or not isinstance(data.get("identities"), dict):
                 raise ValueError("no identities map")
+            return cls(path, data)
         except FileNotFoundError:
             raise ConfigError(f"no key registry at {path}: run `dctrl init`") from None
-        except ValueError as exc:
-            raise ConfigError(f"{path} is not a valid registry: {exc}") from None
-        return cls(path, data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{path} is not a valid registry: {type(exc).__name__}: {exc}") from None
 
     def save(self) -> None:
         write_json(self.path, self.data, mode=0o644)

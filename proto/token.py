@@ -88,10 +88,10 @@ def parse(raw: bytes, vault_verify: nacl.signing.VerifyKey) -> Token:
         p = unpack(payload)
     except DecodeError as exc:
         raise BadToken(f"token payload: {exc}") from None
-    if not isinstance(p, dict) or set(p) != TOKEN_KEYS or p["v"] != 1:
+    if not isinstance(p, dict) or set(p) != TOKEN_KEYS or type(p["v"]) is not int or p["v"] != 1:
         raise BadToken("token payload has the wrong fields")
     ok = (
-        isinstance(p["tid"], bytes) and isinstance(p["sub"], str) and NAME_RE.match(p["sub"])
+        isinstance(p["tid"], bytes) and isinstance(p["sub"], str) and NAME_RE.fullmatch(p["sub"])
         and isinstance(p["role"], str) and isinstance(p["key"], bytes) and len(p["key"]) == 32
         and type(p["kv"]) is int and type(p["iat"]) is int and type(p["exp"]) is int
         and isinstance(p["pub"], list) and isinstance(p["subs"], list)

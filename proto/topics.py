@@ -57,11 +57,15 @@ register("vault.req", Map({
     "secret": Opt(Str(max=64)),
 }))
 
-# vault.token.NAME: the answer to a token request.
+REVOCATIONS = List(Map({"identity": NAME, "up_to": Int(min=0)}), max=4096)
+
+# vault.token.NAME: the answer to a token request, with every revocation in force
+# (so a receiver that starts after a revocation knows it from its first token).
 register("vault.token", Map({
     "rid": RID,
     "token": Opt(Bytes(max=4096)),
     "exp": Opt(Int(min=0)),
+    "revocations": Opt(REVOCATIONS),
     "code": Opt(CODE),
     "reason": Opt(REASON),
 }))
@@ -76,9 +80,7 @@ register("vault.secret", Map({
 }))
 
 # vault.revoked: every revocation in force; re-published periodically.
-register("vault.revoked", Map({
-    "revocations": List(Map({"identity": NAME, "up_to": Int(min=0)}), max=4096),
-}))
+register("vault.revoked", Map({"revocations": REVOCATIONS}))
 
 # events.gap: the event logger saw a hole in a sender's sequence.
 register("events.gap", Map({

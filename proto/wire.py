@@ -54,7 +54,7 @@ _UNPACK_LIMITS = dict(
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid identity name, else raise ProtocolError."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ProtocolError(
             f"invalid identity name {name!r}: lowercase letter first, then up to 31 of a-z 0-9 _ -"
         )
@@ -63,7 +63,7 @@ def check_name(name: str) -> str:
 
 def topic_frame(topic: str) -> bytes:
     """The wire frame for ``topic`` (``"chain.tx.seen"`` -> ``b"chain.tx.seen."``)."""
-    if not isinstance(topic, str) or not TOPIC_RE.match(topic):
+    if not isinstance(topic, str) or not TOPIC_RE.fullmatch(topic):
         raise ProtocolError(f"invalid topic {topic!r}: dot-separated segments of A-Z a-z 0-9 _ -")
     frame = topic.encode() + b"."
     if len(frame) > MAX_TOPIC:
@@ -81,7 +81,7 @@ def frame_topic(frame: bytes) -> str:
         topic = frame[:-1].decode("ascii")
     except UnicodeDecodeError:
         raise FrameError("topic frame is not ASCII") from None
-    if not TOPIC_RE.match(topic):
+    if not TOPIC_RE.fullmatch(topic):
         raise FrameError(f"invalid topic {topic!r}")
     return topic
 
@@ -173,12 +173,12 @@ def decode(frames: list[bytes]) -> Message:
         raise DecodeError("payload is not a map")
     if set(p) != HEADER_KEYS:
         raise DecodeError(f"payload keys {sorted(map(str, p))} != {sorted(HEADER_KEYS)}")
-    if p["v"] != VERSION:
+    if type(p["v"]) is not int or p["v"] != VERSION:
         raise DecodeError(f"unsupported version {p['v']!r}")
     mid, src, boot, seq, ts, tok, body = (p[k] for k in ("id", "src", "boot", "seq", "ts", "tok", "body"))
     if not isinstance(mid, bytes) or len(mid) != MSG_ID_LEN:
         raise DecodeError("id must be 16 bytes")
-    if not isinstance(src, str) or not NAME_RE.match(src):
+    if not isinstance(src, str) or not NAME_RE.fullmatch(src):
         raise DecodeError("src is not a valid identity name")
     for key, val in (("boot", boot), ("seq", seq), ("ts", ts)):
         if type(val) is not int or not 0 <= val < 2**63:

@@ -1,0 +1,132 @@
+"""EventLogger, the runtime's isolation and shutdown, and `dctrl up` under supervisord."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from actors.runtime import Actor, Runtime, on
+from tests.harness import ROOT, dctrl, topic_is, wait_for
+
+
+def _events(home, *args):
+    return [json.loads(line) for line in dctrl(home, "events", "query", "--json", *args).stdout.splitlines()]
+
+
+def test_event_logger_records_everything_with_verdicts(home, network, clients):
+    tx = clients(home, "admin")
+    tx.publish("debug.logged", {"n": 42})
+    tx.send_raw([b"debug.garbage.", b"\xc1" * 80])
+    rows = wait_for(lambda: [r for r in _events(home, "--topic", "debug") if r["topic"].startswith("debug.")]
+                    if len(_events(home, "--topic", "debug")) >= 2 else None, what="both debug events in the log")
+    good = next(r for r in rows if r["topic"] == "debug.logged")
+    bad = next(r for r in rows if r["topic"] == "debug.garbage")
+    assert (good["verdict"], good["sender"], good["body"]) == ("accepted", "admin", {"n": 42})
+    assert (bad["verdict"], bad["code"]) == ("rejected", "bad_encoding")
+    # --since and --sender filter; the plain format prints one line per event.
+    assert _events(home, "--topic", "debug", "--since", "1d", "--sender", "nobody") == []
+    plain = dctrl(home, "events", "query", "--topic", "debug.logged").stdout
+    assert "accepted" in plain and '{"n": 42}' in plain
+
+
+def test_event_logger_survives_kill_9_and_keeps_every_synced_record(home, network, clients):
+    tx = clients(home, "admin")
+    for i in range(50):
+        tx.publish("debug.before", {"i": i})
+    wait_for(lambda: len(_events(home, "--topic", "debug.before")) == 50, what="50 events logged")
+    # kill -9 mid-stream, then restart: the torn tail (if any) is cut, nothing synced is lost.
+    network.signal("event_logger", signal.SIGKILL)
+    network.start("event_logger")
+    watch = clients(home, "admin", prefixes=["health.event_logger"])
+    watch.expect(topic_is("health.event_logger", status="ok"))
+    tx.publish("debug.after", {"i": 1})
+    wait_for(lambda: _events(home, "--topic", "debug.after"), what="logging to resume after restart")
+    assert [r["body"]["i"] for r in _events(home, "--topic", "debug.before")] == list(range(50))
+    seqs = [r["seq"] for r in _events(home)]
+    assert seqs == list(range(len(seqs)))
+
+
+def test_event_logger_detects_sequence_gaps(home, network, clients):
+    watch = clients(home, "admin", prefixes=["events.gap"])
+    tx = clients(home, "admin")
+    tx.publish("debug.gap", {"n": 1})
+    tx.runtime.call_soon(lambda: setattr(tx.runtime.proxy, "seq", tx.runtime.proxy.seq + 5))  # 5 messages "lost"
+    tx.publish("debug.gap", {"n": 2})
+    d = watch.expect(lambda d: d.message and d.message.topic == "events.gap" and d.message.body["sender"] == "admin")
+    assert d.message.body["missing"] == 5
+    wait_for(lambda: _events(home, "--topic", "events.gap"), what="the gap event in the log")
+
+
+class Fragile(Actor):
+    """Raises on bad input, blocks on slow input; must keep serving."""
+
+    def __init__(self):
+        self.handled = []
+        self.release = threading.Event()
+
+    @on("debug.fragile.boom")
+    def boom(self, msg):
+        raise RuntimeError("handler bug")
+
+    @on("debug.fragile.ok")
+    def ok(self, msg):
+        self.handled.append(msg.body["n"])
+
+    @on("debug.fragile.slow", blocking=True)
+    def slow(self, msg):
+        self.release.wait(30)
+        self.handled.append("slow")
+
+
+def test_failing_and_blocking_handlers_do_not_stop_the_actor(home, network, clients):
+    watch = clients(home, "admin", prefixes=["error.admin"])
+    actor = Fragile()
+    rt = Runtime(actor, home.bus_settings("admin"))
+    t = threading.Thread(target=rt.run, daemon=True)
+    t.start()
+    try:
+        wait_for(rt.proxy.token_valid, what="the fragile actor's token")
+        tx = clients(home, "admin")
+        tx.publish("debug.fragile.slow", {})
+        tx.publish("debug.fragile.boom", {})
+        tx.publish("debug.fragile.ok", {"n": 1})
+        wait_for(lambda: actor.handled == [1], what="ok handled while slow still blocks")
+        d = watch.expect(topic_is("error.admin", kind="handler", code="handler_error"))
+        assert "handler bug" in d.message.body["reason"] and d.message.body["topic"] == "debug.fragile.boom"
+        actor.release.set()
+        wait_for(lambda: actor.handled == [1, "slow"], what="the slow handler to finish")
+        assert rt.counters["handler_errors"] == 1
+    finally:
+        actor.release.set()
+        rt.stop()
+        t.join(10)
+    assert not t.is_alive()
+
+
+def test_sigterm_stops_actors_and_broker_cleanly(home, network):
+    assert network.signal("vault", signal.SIGTERM) == 0
+    assert network.signal("event_logger", signal.SIGTERM) == 0
+    assert network.signal("broker", signal.SIGTERM) == 0
+    assert "vault stopping" in network.log("vault") and "broker stopped" in network.log("broker")
+
+
+def test_dctrl_up_runs_everything_under_supervisord(home):
+    conf = dctrl(home, "supervisor-config").stdout
+    assert "[program:broker]" in conf and "[program:vault]" in conf and "[program:event_logger]" in conf
+    up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--home", str(home.root)], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    try:
+        out = dctrl(home, "status", "--until", "30", check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        for name in ("broker", "vault", "event_logger"):
+            line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
+            assert " ok " in line
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(30) == 0
+    # supervisord stopped its children too: nothing answers any more.
+    out = dctrl(home, "status", "--wait", "2", check=False)
+    assert out.returncode == 1 and "down" in out.stdout

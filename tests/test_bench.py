@@ -1,0 +1,51 @@
+"""`dctrl bench --json --quick` end to end, with tiny sizes: shape of the JSON, not the targets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import pytest
+
+from scripts.bench import main
+
+NUMBERS = ("msgs_per_s", "broker_cpu_us_per_msg")
+
+
+@pytest.mark.slow
+def test_bench_prints_one_json_object_with_positive_numbers(monkeypatch, capsys):
+    monkeypatch.setenv("DCTRL_BENCH_MESSAGES", "5000")
+    monkeypatch.setenv("DCTRL_BENCH_LATENCY_SAMPLES", "500")
+    monkeypatch.setenv("DCTRL_BENCH_PAIRS", "1")
+    started = time.monotonic()
+    rc = main(argparse.Namespace(suite="bus", quick=True, json=True))
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.count("\n") == 1, "stdout must hold exactly one JSON object"
+    result = json.loads(out)
+
+    for key in ("suite", "quick", "messages", "body_bytes", "envelope_bytes", "baseline", "broker",
+                "ratio_throughput", "added_p99_latency_us", "sign_verify_us_per_msg", "targets",
+                "meets_targets", "machine"):
+        assert key in result, key
+    assert result["suite"] == "bus" and result["quick"] is True and result["messages"] == 5000
+    assert result["body_bytes"] > 0 and result["envelope_bytes"] > result["body_bytes"]
+    for side in ("baseline", "broker"):
+        r = result[side]
+        assert r["name"]
+        for key in NUMBERS:
+            assert r[key] > 0, (side, key, r[key])
+        assert r["latency_us"]["p50"] > 0 and r["latency_us"]["p99"] >= r["latency_us"]["p50"]
+        assert r["latency_us"]["samples"] > 0
+        assert 0 < r["received"] <= r["sent"]
+        assert r["clean_exit"], r
+    assert result["ratio_throughput"] > 0
+    assert isinstance(result["added_p99_latency_us"], (int, float))
+    for key in ("sign", "verify", "authproxy_open"):
+        assert result["sign_verify_us_per_msg"][key] > 0, key
+    assert result["targets"] == {"ratio_throughput_min": 0.8, "added_p99_latency_us_max": 100}
+    assert isinstance(result["meets_targets"], bool)
+    assert result["machine"]["cpus"] >= 1 and result["machine"]["python"]
+    assert elapsed < 20, f"the tiny bench took {elapsed:.1f} s"

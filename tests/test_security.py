@@ -1,0 +1,289 @@
+"""The bus under a hostile network: every refusal has a reason and an event; nothing valid is lost.
+
+Real broker, Vault and EventLogger processes; real CURVE and Ed25519 keys.
+Receivers here are real Runtimes (BusClient) in the test process.
+"""
+
+import dataclasses
+import os
+import time
+
+import msgpack
+import nacl.signing
+import pytest
+
+from keys.identity import IdentityKeys
+from proto import token as tokens
+from proto import wire
+from tests.harness import dctrl, topic_is, wait_for
+
+
+def denied(direction, code=None, identity=None):
+    def pred(d):
+        m = d.message
+        return (m is not None and m.topic == "broker.denied" and m.body["direction"] == direction
+                and (code is None or m.body["code"] == code)
+                and (identity is None or m.body["identity"].startswith(identity)))
+    return pred
+
+
+def rejected(code):
+    return lambda d: d.error is not None and d.error.code == code
+
+
+def forged(client, topic, body, *, token=None, key=None, sender=None, seq_bump=1000):
+    """Frames signed by ``key`` (default: the client's own) carrying ``token`` (default: its own)."""
+    proxy = client.runtime.proxy
+    proxy.seq += seq_bump
+    payload = wire.pack_payload(sender or proxy.name, proxy.boot, proxy.seq,
+                                proxy.token.raw if token is None else token, body)
+    return wire.seal(key or proxy.signing_key, topic, payload)
+
+
+def still_working(home, clients, tag):
+    """Nothing valid is lost: a fresh valid message still goes through."""
+    rx = clients(home, "admin", prefixes=["debug.alive"])
+    tx = clients(home, "admin")
+    tx.publish("debug.alive", {"tag": tag})
+    rx.expect(topic_is("debug.alive", tag=tag), what="a valid message after the attack")
+
+
+def test_unknown_key_is_refused_at_the_handshake(home, network, clients, tmp_path):
+    watch = clients(home, "admin", prefixes=["broker.denied"])
+    mallory = IdentityKeys.generate("mallory")
+    mallory.save(tmp_path / "mallory.key")
+    settings = dataclasses.replace(home.bus_settings("admin"), name="mallory", key_file=tmp_path / "mallory.key",
+                                   boot_file=tmp_path / "mallory.boot")
+    m = clients(home, "mallory", prefixes=[""], settings=settings, wait_token=False)
+    d = watch.expect(denied("connect", "unknown_key"), what="broker.denied for mallory's handshake")
+    assert mallory.curve_public.decode()[:12] in d.message.body["identity"]
+    wait_for(lambda: m.runtime._reconnect_at is not None, what="mallory's runtime to see the refusal")
+    assert not m.runtime.proxy.token_valid() and m.drain() == []
+    assert "handshake refused" in network.log("broker") or "denied connect" in network.log("broker")
+
+
+def test_publish_outside_policy_is_dropped_and_reported(home, network, clients):
+    watch = clients(home, "admin", prefixes=["broker.denied", "debug"])
+    vm1 = clients(home, "vm1")
+    vm1.publish("debug.sneaky", {"x": 1})
+    d = watch.expect(denied("publish", "not_granted", "vm1"))
+    assert d.message.body["topic"] == "debug.sneaky"
+    watch_tx = clients(home, "admin")
+    watch_tx.publish("debug.marker", {"n": 1})
+    watch.expect(topic_is("debug.marker"))
+    assert not [h for h in watch.drain() if h.message and h.message.topic == "debug.sneaky"]
+    assert "denied publish vm1 'debug.sneaky'" in network.log("broker")
+
+
+def test_subscribe_outside_policy_gets_nothing(home, network, clients):
+    dctrl(home, "keys", "add", "vm10", "--role", "machine")
+    watch = clients(home, "admin", prefixes=["broker.denied"])
+    # vm10 asks for vm1's commands and for debug: both outside its grants.
+    vm10 = clients(home, "vm10", prefixes=["cmd.machine.vm1", "debug", "vault.token.vm10"])
+    watch.expect(denied("subscribe", "not_granted", "vm10"))
+    admin = clients(home, "admin", prefixes=["debug"])
+    admin.publish("debug.secret", {"x": 1})
+    admin.expect(topic_is("debug.secret"))
+    # A later message vm10 is granted (its own token reply) proves its pipe is live.
+    vm10.runtime.call_soon(lambda: vm10.runtime.pub.send_multipart(vm10.runtime.proxy.request("token")))
+    vm10.expect(topic_is("vault.token.vm10"))
+    assert not [h for h in vm10.drain() if h.message is None or h.message.topic.startswith(("debug", "cmd"))]
+
+
+def test_vm1_grant_never_covers_vm10(home, network, clients):
+    dctrl(home, "keys", "add", "vm10", "--role", "machine")
+    watch = clients(home, "admin", prefixes=["broker.denied", "machine"])
+    vm1 = clients(home, "vm1")
+    vm1.send_raw(forged(vm1, "machine.vm10.button", {}))
+    d = watch.expect(denied("publish", "not_granted", "vm1"))
+    assert d.message.body["topic"] == "machine.vm10.button"
+
+
+@pytest.mark.parametrize("attack", ["forged_signature", "expired_token", "token_for_other_topic",
+                                    "someone_elses_token", "no_token", "unknown_family", "wrong_body_types"])
+def test_receiver_refuses_with_reason(home, network, clients, attack):
+    rx = clients(home, "admin", prefixes=["debug", "events", "health.admin", "error.admin"])
+    # event_logger may publish anything under events., where only events.gap has a schema.
+    tx = clients(home, "event_logger" if attack == "unknown_family" else "admin")
+    vault_key = home.vault_signing_key()
+    admin_keys = IdentityKeys.load(home.key_file("admin"))
+    now = int(time.time())
+
+    def token_for(name, keys, publish=(b"debug.",), issued_at=now, lifetime=600):
+        return tokens.issue(vault_key, identity=name, role="admin", key=keys.sign_public, key_version=1,
+                            publish=publish, subscribe=(), issued_at=issued_at, lifetime=lifetime)
+
+    expected = {
+        "forged_signature": ("bad_signature", lambda: forged(tx, "debug.x", {}, key=nacl.signing.SigningKey.generate())),
+        "expired_token": ("token_expired", lambda: forged(tx, "debug.x", {}, token=token_for("admin", admin_keys, issued_at=now - 2000))),
+        "token_for_other_topic": ("not_granted", lambda: forged(tx, "debug.x", {}, token=token_for("admin", admin_keys, publish=(b"health.admin.",)))),
+        "someone_elses_token": ("bad_token", lambda: forged(tx, "debug.x", {}, token=token_for("vm1", IdentityKeys.load(home.key_file("vm1"))))),
+        "no_token": ("bad_token", lambda: wire.seal(admin_keys.signing_key, "debug.x", wire.pack_payload("admin", 1, 10**9, None, {}))),
+        "unknown_family": ("unknown_topic", lambda: forged(tx, "events.bogus", {})),
+        "wrong_body_types": ("bad_body", lambda: forged(tx, "health.admin", {"name": "admin", "role": 3})),
+    }
+    code, make = expected[attack]
+    tx.send_raw(make())
+    d = rx.expect(rejected(code), what=f"a {code} rejection")
+    assert d.error.code == code and str(d.error)
+    rx.expect(topic_is("error.admin", code=code, kind="rejected"), what="the rejection event")
+    still_working(home, clients, attack)
+
+
+def test_replayed_message_is_refused(home, network, clients):
+    rx = clients(home, "admin", prefixes=["debug"])
+    tx = clients(home, "admin")
+    tx.publish("debug.pay", {"n": 1})
+    original = rx.expect(topic_is("debug.pay", n=1))
+    tx.send_raw([bytes(f) for f in original.frames])
+    d = rx.expect(rejected("replayed"))
+    assert "already seen" in str(d.error)
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([b"debug.x.", b"\xc1" * 80], "bad_encoding"),                       # garbage msgpack
+    ([b"debug.x.", b"\x87\xa1v\x01" + b"\x00" * 64], "bad_encoding"),    # truncated map
+    ([b"debug.x.", b"\x00" * 10], "bad_frames"),                         # too short for a signature
+])
+def test_malformed_bytes_are_refused(home, network, clients, frames, code):
+    rx = clients(home, "admin", prefixes=["debug"])
+    tx = clients(home, "admin")
+    tx.send_raw(frames)
+    rx.expect(rejected(code), what=code)
+    still_working(home, clients, code)
+
+
+@pytest.mark.parametrize("frames, code, reason", [
+    ([b"debug.x.", b"a", b"b"], "bad_frames", "got 3"),
+    ([b"debug.x."], "bad_frames", "got 1"),
+    ([b"debug.x", b"\x80" + b"\x00" * 64], "bad_topic", "dot-terminated"),
+])
+def test_broker_drops_malformed_framing(home, network, clients, frames, code, reason):
+    watch = clients(home, "admin", prefixes=["broker.denied", "debug"])
+    tx = clients(home, "admin")
+    tx.send_raw(frames)
+    d = watch.expect(denied("publish", code, "admin"))
+    assert reason in d.message.body["reason"]
+    still_working(home, clients, code)
+    assert not [h for h in watch.drain() if h.frames and h.frames[0].startswith(b"debug.x")]
+
+
+def test_oversized_frame_disconnects_only_the_offender(home, network, clients):
+    rx = clients(home, "admin", prefixes=["debug"])
+    big = clients(home, "admin")
+    big.send_raw([b"debug.big.", os.urandom(home.config["bus"]["max_message_bytes"] + 1024)])
+    still_working(home, clients, "after-oversize")
+    assert not [h for h in rx.drain() if h.frames and h.frames[0] == b"debug.big."]
+    assert network.alive("broker")
+
+
+def beat_from(name, key_version=None, vault_public=None):
+    """Predicate: an accepted heartbeat of ``name`` (optionally signed under that key version)."""
+    def pred(d):
+        m = d.message
+        if m is None or m.topic != f"health.{name}":
+            return False
+        return key_version is None or tokens.parse(m.token, vault_public).key_version == key_version
+    return pred
+
+
+def test_revocation_cuts_off_a_connected_identity_within_5_seconds(home, network, clients):
+    watch = clients(home, "admin", prefixes=["broker.denied", "health.vm1", "vault.revoked"])
+    vm1 = clients(home, "vm1", prefixes=["cmd.machine.vm1"])
+    watch.expect(beat_from("vm1"))
+    old_token = vm1.runtime.proxy.token.raw
+    t0 = time.monotonic()
+    dctrl(home, "keys", "revoke", "vm1")
+    wait_for(lambda: not vm1.runtime.connected, timeout=5, what="vm1 to be disconnected")
+    assert time.monotonic() - t0 < 5
+    watch.expect(denied("connect", "unknown_key"), what="vm1's reconnect refused")
+    # Receivers learn the revocation from the Vault and refuse vm1's still-unexpired token.
+    watch.expect(lambda d: d.message and d.message.topic == "vault.revoked"
+                 and {"identity": "vm1", "up_to": 1} in d.message.body["revocations"])
+    watch.drain()
+    watch.actor.history.clear()
+    vm1_keys = IdentityKeys.load(home.key_file("vm1"))
+    rx = clients(home, "admin", prefixes=["debug"])
+    tx = clients(home, "admin")
+    wait_for(lambda: rx.runtime.proxy.verifier.revoked.get("vm1") == 1, what="rx to learn the revocation")
+    tx.send_raw(forged(tx, "debug.x", {}, token=old_token, key=vm1_keys.signing_key, sender="vm1"))
+    rx.expect(rejected("revoked"))
+    still_working(home, clients, "after-revocation")
+    assert not [h for h in watch.drain() if beat_from("vm1")(h)], "vm1 still heard after revocation"
+    assert "keys no longer valid: ['vm1']" in network.log("broker")
+
+
+def test_rotation_keeps_the_actor_working_and_ends_old_keys_after_grace(home, network, clients, tmp_path):
+    old_copy = tmp_path / "vm1-old.key"
+    old_copy.write_bytes(home.key_file("vm1").read_bytes())
+    os.chmod(old_copy, 0o600)
+    watch = clients(home, "admin", prefixes=["health.vm1", "broker.denied"])
+    vm1 = clients(home, "vm1")
+    settings = dataclasses.replace(home.bus_settings("vm1"), key_file=old_copy, boot_file=tmp_path / "b")
+    old = clients(home, "vm1", prefixes=["vault.token.vm1"], settings=settings)  # a peer that keeps key v1
+    dctrl(home, "keys", "rotate", "vm1", "--grace", "8")
+    wait_for(lambda: vm1.runtime.proxy.token and vm1.runtime.proxy.token.key_version == 2,
+             what="the running vm1 to switch to key v2 and get a v2 token")
+    watch.expect(beat_from("vm1", 2, home.vault_public), what="vm1 heard under key v2")
+    # Within the grace period the old key is still accepted: the Vault issues it a v1 token.
+    old.runtime.call_soon(lambda: old.runtime.pub.send_multipart(old.runtime.proxy.request("token")))
+    reply = old.expect(lambda d: d.message and d.message.topic == "vault.token.vm1"
+                       and d.message.body["token"] and tokens.parse(d.message.body["token"], home.vault_public).key_version == 1)
+    assert reply.message.body["code"] is None
+    # After it, the broker cuts the old key off; the rotated vm1 keeps working.
+    wait_for(lambda: not old.runtime.connected, timeout=15, what="the old key to be cut off after the grace")
+    watch.expect(denied("connect", "unknown_key"))
+    watch.drain()
+    watch.actor.history.clear()
+    watch.expect(beat_from("vm1", 2, home.vault_public), what="the rotated vm1 to keep working")
+    assert old.runtime.proxy.token.key_version == 1 and not old.runtime.connected
+
+
+def test_policy_reload_applies_without_restart(home, network, clients):
+    rx = clients(home, "admin", prefixes=["debug", "broker.denied"])
+    vm1 = clients(home, "vm1")
+    vm1.publish("debug.vm1.hello", {"n": 1})
+    rx.expect(denied("publish", "not_granted", "vm1"))
+    with open(home.policy_path, "a") as f:
+        f.write('\n[identity.vm1]\npublish = ["debug.{self}"]\n')
+    # The broker rebinds on a policy change; vm1 reconnects and renews its token with the new grant.
+    wait_for(lambda: vm1.runtime.proxy.token and b"debug.vm1." in vm1.runtime.proxy.token.publish,
+             what="vm1's token to carry the new grant")
+    vm1.publish("debug.vm1.hello", {"n": 2})
+    d = rx.expect(topic_is("debug.vm1.hello", n=2))
+    assert d.message.sender == "vm1"
+
+
+def test_vault_hands_secrets_only_to_named_identities_and_never_in_clear(home, network, clients):
+    from actors.secretstore import open_sealed
+
+    value = b"smtp-hunter2-" + os.urandom(8).hex().encode()
+    dctrl(home, "vault", "set-secret", "smtp_password", input=value.decode())
+    with open(home.policy_path, "a") as f:
+        f.write('smtp_password = ["vm1"]\n')  # appended to the [secrets] table
+    vm1 = clients(home, "vm1", prefixes=["vault.secret.vm1"])
+    admin = clients(home, "admin", prefixes=["vault.secret.admin"])
+
+    def ask(client, name):
+        client.runtime.call_soon(lambda: client.runtime.pub.send_multipart(client.runtime.proxy.request("secret", name)))
+    wait_for(lambda: "reloaded registry and policy" in network.log("vault"), what="the Vault to reload the policy")
+    ask(vm1, "smtp_password")
+    reply = vm1.expect(topic_is("vault.secret.vm1", secret="smtp_password"))
+    assert reply.message.body["code"] is None, reply.message.body
+    keys = IdentityKeys.load(home.key_file("vm1"))
+    assert open_sealed(keys.curve_secret, reply.message.body["sealed"]) == value
+    ask(admin, "smtp_password")
+    refused = admin.expect(topic_is("vault.secret.admin"))
+    assert refused.message.body["code"] == "not_granted" and refused.message.body["sealed"] is None
+    # The event log saw the sealed reply, never the plaintext; neither did the vault's log.
+    still_working(home, clients, "secrets")
+    wait_for(lambda: any(r["topic"] == "vault.secret.vm1" for r in _query(home)), what="the reply in the event log")
+    blobs = b"".join(p.read_bytes() for p in home.events_dir.iterdir())
+    assert value not in blobs and value not in (home.vault_dir / "secrets.json").read_bytes()
+    assert value.decode() not in network.log("vault")
+
+
+def _query(home, **kw):
+    from actors.event_logger import query
+
+    return list(query(home.events_dir, **kw))
