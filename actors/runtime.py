@@ -110,6 +110,10 @@ class Actor:
         """Only the Vault overrides this (see AuthProxy.registry_auth)."""
         raise NotImplementedError
 
+    def on_secret(self, name: str, value: bytes | None, error: str | None) -> None:
+        """Called in the loop thread with a secret asked for by :meth:`Runtime.request_secret`
+        (``value``), or with the Vault's refusal (``error``)."""
+
     def issue_own_token(self) -> bytes | None:
         """Only the Vault overrides this: it signs its own token instead of asking."""
         return None
@@ -138,6 +142,7 @@ class Runtime:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.keys.name}-work")
         self.outbox: collections.deque = collections.deque()  # (topic, body) awaiting a token
         self.crossthread: collections.deque = collections.deque()
+        self.secrets_wanted: dict[str, float] = {}  # name -> next retry (monotonic)
         self.counters = collections.Counter(received=0, accepted=0, rejected=0, handler_errors=0, published=0)
         self._errors_window: dict = {}
         self._loop_thread = None
@@ -218,6 +223,40 @@ class Runtime:
         self.pub.send_multipart(frames)
         self.counters["published"] += 1
 
+    def request_secret(self, name: str) -> None:
+        """Ask the Vault for a secret; retried until it answers (any thread)."""
+        if threading.get_ident() != self._loop_thread:
+            self.call_soon(self.request_secret, name)
+            return
+        self.secrets_wanted[name] = time.monotonic()
+
+    def _ask_for_secrets(self):
+        now = time.monotonic()
+        for name, due in list(self.secrets_wanted.items()):
+            if due <= now and self.proxy.token_valid():
+                self.pub.send_multipart(self.proxy.request("secret", name))
+                self.secrets_wanted[name] = now + random.uniform(1.0, 2.0)
+
+    def _secret_reply(self, msg):
+        body = msg.body
+        if self.proxy.pending.pop(body["rid"], None) != "secret" or body["secret"] not in self.secrets_wanted:
+            return  # for another process with our name
+        del self.secrets_wanted[body["secret"]]
+        if body["sealed"] is None:
+            log.error("vault refused secret %r: %s", body["secret"], body["reason"])
+            self._guarded(self.actor.on_secret, "on_secret", body["secret"], None, body["reason"] or body["code"])
+            return
+        from .secretstore import SecretStoreError, open_sealed
+
+        try:
+            value = open_sealed(self.keys.curve_secret, body["sealed"])
+        except SecretStoreError as exc:
+            log.error("secret %r could not be opened: %s", body["secret"], exc)
+            self._guarded(self.actor.on_secret, "on_secret", body["secret"], None, str(exc))
+            return
+        log.info("secret %r received", body["secret"])
+        self._guarded(self.actor.on_secret, "on_secret", body["secret"], value, None)
+
     def call_soon(self, fn, *args) -> None:
         """Run ``fn(*args)`` in the loop thread (sockets are not thread-safe). Any thread."""
         self.crossthread.append((fn, args))
@@ -260,6 +299,8 @@ class Runtime:
                 if now >= next_keycheck:
                     next_keycheck = now + 2
                     self._check_key_rotation()
+                if self.secrets_wanted and self.sub is not None:
+                    self._ask_for_secrets()
                 self.scheduler.run_pending()
                 timeout = self._timeout(next_health)
                 events = dict(self.poller.poll(timeout)) if self.sub is not None else self._idle(timeout)
@@ -287,7 +328,7 @@ class Runtime:
 
     def _timeout(self, next_health) -> int:
         now = time.monotonic()
-        deadlines = [next_health, self._next_token_request, now + 1.0]
+        deadlines = [next_health, self._next_token_request, now + 1.0, *self.secrets_wanted.values()]
         idle = self.scheduler.idle_seconds
         if idle is not None:
             deadlines.append(now + max(0.0, idle))
@@ -376,6 +417,8 @@ class Runtime:
             self._apply_revocations(msg.body.get("revocations") or ())
             log.info("token received (key v%d), expires in %d s", tok.key_version, tok.expires_at - self.clock())
             self._token_installed()
+        elif msg.topic == f"vault.secret.{self.keys.name}" and msg.sender == "vault":
+            self._secret_reply(msg)
         elif msg.topic == "vault.revoked" and msg.sender == "vault":
             self._apply_revocations(msg.body["revocations"])
 

@@ -14,7 +14,7 @@ reaches the event log.
 
 The Vault issues its own token directly. The registry and policy are
 reloaded when their files change; every revocation in force is published on
-``vault.revoked`` at once and again every ``revocations_interval`` seconds.
+``vault.revoked`` at once, 2 s and 5 s later, and every ``revocations_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Vault(Actor):
         self.requests_per_minute = requests_per_minute
         self._recent: dict[str, list[float]] = {}
         self._last_revocations = None
+        self._revocations_due = [0.0]
         self.issued = 0
 
     # -- the Vault's own token ----------------------------------------------
@@ -150,18 +151,24 @@ class Vault(Actor):
         self._stamps = stamps
         self.publish_revocations()
 
-    def publish_revocations(self, force=False):
+    def publish_revocations(self):
+        """Publish every revocation in force. After a change, again 2 s and 5 s later:
+        the broker rebinds on a revocation, and peers still reconnecting miss the first."""
         revs = self.registry.revocations()
+        now = time.monotonic()
         if revs != self._last_revocations:
             for r in revs:
                 self.runtime.proxy.verifier.revoke(r["identity"], r["up_to"])
             log.info("revocations in force: %s", revs or "none")
+            self._revocations_due = [now + 2, now + 5]
         self._last_revocations = revs
+        self._revocations_due = [t for t in self._revocations_due if t > now] or [now + self.revocations_interval]
         self.publish("vault.revoked", {"revocations": revs})
 
-    @every(30)
+    @every(0.5)
     def republish_revocations(self):
-        self.publish_revocations()
+        if time.monotonic() >= self._revocations_due[0]:
+            self.publish_revocations()
 
     def health(self):
         return "ok", f"{self.issued} tokens issued"

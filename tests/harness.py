@@ -108,6 +108,10 @@ class Collector(Actor):
     def __init__(self):
         self.deliveries: queue.Queue[Delivery] = queue.Queue()
         self.history: list[Delivery] = []
+        self.secrets: dict[str, tuple] = {}
+
+    def on_secret(self, name, value, error):
+        self.secrets[name] = (value, error)
 
     def deliver(self, d: Delivery):
         self.deliveries.put(d)

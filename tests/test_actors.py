@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 from actors.runtime import Actor, Runtime, on
 from tests.harness import ROOT, dctrl, topic_is, wait_for

@@ -23,11 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from actors import eventlog  # noqa: E402
-from actors.eventlog import (  # noqa: E402
+from actors import eventlog
+from actors.eventlog import (
     MAGIC,
     CorruptLog,
     EventLog,

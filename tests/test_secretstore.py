@@ -8,8 +8,6 @@ import logging
 import os
 import pickle
 import stat
-import sys
-from pathlib import Path
 
 import nacl.pwhash.argon2id
 import nacl.utils
@@ -18,13 +16,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-# Run from a checkout without installing: make the project root importable
-# (redundant once pytest is configured with `pythonpath = .` or dctrl is installed).
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from actors.secretstore import (  # noqa: E402
+from actors.secretstore import (
     InsecureKeyFile,
     SecretStore,
     SecretStoreError,
