@@ -237,6 +237,10 @@ class Home:
         from actors.secretstore import SecretStore, create_key_file
 
         create_key_file(home.vault_dir / "secrets.key")
+        if home.database_url.startswith("sqlite"):  # create the embedded database file (WAL)
+            from actors.db import connect
+
+            connect(home.database_url).close()
         SecretStore.create(home.vault_dir / "secrets.json",
                            key=_load_store_key(home.vault_dir / "secrets.key"))
         return home

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from proto.errors import DctrlError
 
@@ -62,6 +63,34 @@ def cmd_run(args):
 
     actor = _load(spec)(home)
     Runtime(actor, home.bus_settings(args.name)).run(handle_signals=True)
+
+
+def cmd_agent_config(args):
+    import shutil
+
+    from machine_agent.config import render
+
+    home = _home(args)
+    text = render(home, args.name)
+    if not args.out:
+        print(text, end="")
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "agent.toml").write_text(text)
+    key = out / f"{args.name}.key"
+    shutil.copyfile(home.key_file(args.name), key)
+    os.chmod(key, 0o600)
+    print(f"wrote {out}/agent.toml and {key} (0600); copy the folder to the machine and run "
+          f"`dctrl-agent --config agent.toml` there")
+
+
+def cmd_db(args):
+    from actors.db import connect, describe
+
+    db = connect(_home(args).database_url)
+    print(describe(db))
+    db.close()
 
 
 def cmd_supervisor_config(args):
@@ -278,6 +307,12 @@ def build_parser():
         "run the broker (SubscriptionMgr) in the foreground")
     cmd("up", cmd_up, "run every server actor under supervisord in the foreground")
     cmd("supervisor-config", cmd_supervisor_config, "print the supervisord config (for /etc/supervisor/conf.d)")
+
+    cmd("db", cmd_db, "open the configured database and say what it is")
+
+    sp = cmd("agent-config", cmd_agent_config, "config (and key file) for a vending machine's dctrl-agent")
+    sp.add_argument("name", help="a machine identity (dctrl keys add NAME --role machine)")
+    sp.add_argument("--out", help="write DIR/agent.toml and DIR/NAME.key instead of printing the config")
 
     sp = cmd("status", cmd_status, "a table of every actor from its heartbeats; exit 1 if an expected one is not ok")
     sp.add_argument("--as", dest="as_name", default="admin", help="identity to listen as (default admin)")

@@ -129,3 +129,26 @@ def test_dctrl_up_runs_everything_under_supervisord(home):
     # supervisord stopped its children too: nothing answers any more.
     out = dctrl(home, "status", "--wait", "2", check=False)
     assert out.returncode == 1 and "down" in out.stdout
+
+
+def test_machine_agent_joins_the_bus_without_server_dependencies(home, network, clients, tmp_path):
+    dctrl(home, "agent-config", "vm1", "--out", str(tmp_path / "vm1"))
+    assert oct(os.stat(tmp_path / "vm1" / "vm1.key").st_mode & 0o777) == "0o600"
+    watch = clients(home, "admin", prefixes=["health.vm1"])
+    script = ("import sys, runpy; sys.argv = ['dctrl-agent', '--config', sys.argv[1]];"
+              "import machine_agent.main as m; import threading, os, signal;"
+              "t = threading.Timer(20, lambda: os.kill(os.getpid(), signal.SIGTERM)); t.daemon = True; t.start();"
+              "rc = m.main(sys.argv[1:]);"
+              "bad = [x for x in ('peewee', 'bottle', 'psycopg2') if x in sys.modules];"
+              "print('SERVER-MODULES', bad); sys.exit(rc)")
+    agent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "vm1" / "agent.toml")], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        d = watch.expect(topic_is("health.vm1", role="machine", status="ok"), timeout=20)
+        assert d.message.body["pid"] == agent.pid
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        out, _ = agent.communicate(timeout=15)
+    assert agent.returncode == 0, out
+    assert "SERVER-MODULES []" in out
+    assert (tmp_path / "vm1" / "state" / "boot").read_text().strip() == "1"

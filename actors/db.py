@@ -1,0 +1,56 @@
+"""The database: peewee on SQLite (embedded default, one file in WAL mode) or PostgreSQL.
+
+``connect(url)`` takes a peewee database URL: ``sqlite:////abs/path/dctrl.sqlite3``
+or ``postgresql://user@host:5432/dbname``. Each table is written by exactly one
+actor (see DESIGN.md); others read through its query functions. Only server
+actors import this module (machine agents have no database).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from playhouse.db_url import connect as _connect
+
+from proto.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",       # readers never block the writer
+    "synchronous": "normal",     # durable at each WAL checkpoint; safe with WAL
+    "foreign_keys": 1,
+    "busy_timeout": 5000,        # ms to wait for another process's write lock
+}
+
+
+def connect(url: str):
+    """Open the database at ``url``; raises ConfigError with the reason if it cannot."""
+    if url.startswith("sqlite"):
+        db = _connect(url, pragmas=SQLITE_PRAGMAS)
+    elif url.startswith(("postgres://", "postgresql://")):
+        db = _connect(url)
+    else:
+        raise ConfigError(f"database url {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
+    try:
+        db.connect(reuse_if_open=True)
+    except Exception as exc:  # peewee wraps driver errors in several types
+        raise ConfigError(f"cannot open database {redact(url)}: {exc}".strip()) from None
+    return db
+
+
+def redact(url: str) -> str:
+    """The URL without a password, for logs and errors."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+def describe(db) -> str:
+    if db.__class__.__name__.startswith("Sqlite"):
+        mode = db.execute_sql("PRAGMA journal_mode").fetchone()[0]
+        return f"SQLite {db.database} (journal {mode})"
+    version = db.execute_sql("SHOW server_version").fetchone()[0]
+    return f"PostgreSQL {version} ({db.database})"
