@@ -79,6 +79,14 @@ class Delivery:
         self.frames, self.message, self.error = frames, message, error
 
 
+def _claimed_sender(frames) -> str:
+    """Who a refused message says it is from (unverified), for the report."""
+    try:
+        return wire.decode(frames).sender
+    except DctrlError:
+        return "?"
+
+
 class Actor:
     """Base class. Subclasses may override :meth:`setup`, :meth:`teardown`,
     :meth:`health` and :meth:`after_batch`, and add ``@on``/``@every`` methods."""
@@ -359,7 +367,7 @@ class Runtime:
         raw_handlers = [h for h in self.handlers if h[3] and topic.startswith(h[0])]
         if error is not None:
             self.counters["rejected"] += 1
-            self._report("rejected", topic, "?", error)
+            self._report("rejected", topic, _claimed_sender(frames), error)
             for _, fn, blocking, _ in raw_handlers:
                 self._dispatch(fn, Delivery(frames, None, error), blocking)
             return

@@ -698,3 +698,9 @@ def open_sealed(curve_secret_key_z85: bytes, sealed: bytes) -> bytes:
         return nacl.public.SealedBox(secret).decrypt(bytes(sealed))
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         raise SecretStoreError("sealed secret could not be opened: wrong key, or the data was altered") from None
+
+
+def uses_passphrase(path: str | os.PathLike[str]) -> bool:
+    """True if the store at ``path`` is keyed by an Argon2id passphrase, False for a key file."""
+    doc, _ = _read_doc(Path(path))
+    return doc["kdf"] is not None

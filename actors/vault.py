@@ -20,6 +20,7 @@ reloaded when their files change; every revocation in force is published on
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import nacl.signing
@@ -32,9 +33,58 @@ from proto import token as tokens
 from proto.errors import DctrlError, UnknownIdentity
 
 from .runtime import Actor, every, on
-from .secretstore import SecretStore, SecretStoreError, UnknownSecret, load_key_file, seal_for
+from .secretstore import SecretStore, SecretStoreError, UnknownSecret, load_key_file, seal_for, uses_passphrase
 
 log = logging.getLogger(__name__)
+
+
+PASSPHRASE_ENV = "DCTRL_VAULT_PASSPHRASE"
+
+
+def store_passphrase(home: Home) -> str:
+    """The secret store's passphrase: $DCTRL_VAULT_PASSPHRASE, else the 0600 file
+    named by ``[vault] passphrase_file``."""
+    from keys.files import read_secret_file
+
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    path = home.config["vault"].get("passphrase_file")
+    if path:
+        return read_secret_file(home.root / path).decode().rstrip("\n")
+    raise DctrlError(f"the secret store is keyed by a passphrase: set ${PASSPHRASE_ENV} "
+                     "or [vault] passphrase_file (a 0600 file) in config.toml")
+
+
+def open_store(home: Home) -> SecretStore:
+    """Open HOME/vault/secrets.json with its key file or its passphrase, whichever it uses."""
+    path = home.vault_dir / "secrets.json"
+    try:
+        if uses_passphrase(path):
+            return SecretStore.open(path, passphrase=store_passphrase(home))
+        return SecretStore.open(path, key=load_key_file(home.vault_dir / "secrets.key"))
+    except SecretStoreError as exc:
+        raise DctrlError(f"cannot open the secret store: {exc}") from None
+
+
+def rekey(home: Home, *, passphrase: str | None) -> SecretStore:
+    """Re-encrypt every secret under a new passphrase (or, with None, a new key file)."""
+    old = open_store(home)
+    path = home.vault_dir / "secrets.json"
+    new_path = path.with_name("secrets.json.new")
+    new_path.unlink(missing_ok=True)
+    if passphrase is None:
+        key_file = home.vault_dir / "secrets.key"
+        key_file.unlink(missing_ok=True)
+        from .secretstore import create_key_file
+
+        create_key_file(key_file)
+        new = SecretStore.create(new_path, key=load_key_file(key_file))
+    else:
+        new = SecretStore.create(new_path, passphrase=passphrase)
+    for name in old.names():
+        new.set(name, old.get(name))
+    os.replace(new_path, path)
+    return open_store(home) if passphrase is None else SecretStore.open(path, passphrase=passphrase)
 
 
 class Vault(Actor):
@@ -50,8 +100,7 @@ class Vault(Actor):
         self.registry = Registry.load(home.registry_path)
         self.policy = Policy.load(home.policy_path)
         self._stamps = (file_stamp(home.registry_path), file_stamp(home.policy_path))
-        self.secrets = SecretStore.open(home.vault_dir / "secrets.json",
-                                        key=load_key_file(home.vault_dir / "secrets.key"))
+        self.secrets = open_store(home)
         self.requests_per_minute = requests_per_minute
         self._recent: dict[str, list[float]] = {}
         self._last_revocations = None

@@ -259,13 +259,22 @@ def _event_line(rec):
 # -- vault secrets -----------------------------------------------------------
 
 def cmd_vault(args):
-    from actors.secretstore import SecretStore, load_key_file
+    from actors.vault import open_store, rekey
 
     home = _home(args)
-    store = SecretStore.open(home.vault_dir / "secrets.json", key=load_key_file(home.vault_dir / "secrets.key"))
+    if args.vault_cmd == "rekey":
+        if args.to == "passphrase":
+            phrase = _read_value("new passphrase").decode()
+            if len(phrase) < 12:
+                raise DctrlError("passphrase refused: use at least 12 characters")
+        store = rekey(home, passphrase=phrase if args.to == "passphrase" else None)
+        print(f"re-encrypted {len(store.names())} secrets under a new "
+              f"{'passphrase (Argon2id)' if args.to == 'passphrase' else 'key file'}; restart the vault"
+              + (" with $DCTRL_VAULT_PASSPHRASE or [vault] passphrase_file set" if args.to == "passphrase" else ""))
+        return
+    store = open_store(home)
     if args.vault_cmd == "set-secret":
-        value = sys.stdin.buffer.read().rstrip(b"\n") if not sys.stdin.isatty() else \
-            __import__("getpass").getpass(f"value of {args.name}: ").encode()
+        value = _read_value(f"value of {args.name}")
         if not value:
             raise DctrlError("empty secret refused")
         store.set(args.name, value)
@@ -273,6 +282,15 @@ def cmd_vault(args):
     elif args.vault_cmd == "list":
         for name in store.names():
             print(name)
+
+
+def _read_value(prompt) -> bytes:
+    """A secret from stdin (piped) or a no-echo prompt; never from the command line."""
+    if not sys.stdin.isatty():
+        return sys.stdin.buffer.read().rstrip(b"\n")
+    import getpass
+
+    return getpass.getpass(f"{prompt}: ").encode()
 
 
 def cmd_bench(args):
@@ -365,6 +383,10 @@ def build_parser():
     v = vs.add_parser("set-secret", help="store a secret (value from stdin or a prompt)")
     v.add_argument("name")
     vs.add_parser("list", help="secret names")
+    v = vs.add_parser("rekey", help="re-encrypt the secrets under an Argon2id passphrase or a new key file")
+    v.add_argument("--to", choices=("passphrase", "key-file"), required=True,
+                   help="passphrase: read from stdin or a prompt; the vault then needs $DCTRL_VAULT_PASSPHRASE "
+                        "or [vault] passphrase_file")
     for v in vs.choices.values():
         v.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 

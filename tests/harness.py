@@ -70,12 +70,13 @@ class Network:
         self.home = home
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, *names):
+    def start(self, *names, env=None):
         for name in names:
             logf = open(self.home.log_dir / f"{name}.test.log", "ab")
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "scripts.cli", "run", name, "--home", str(self.home.root)],
-                cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
             logf.close()
         return self
 

@@ -31,6 +31,28 @@ def test_event_logger_records_everything_with_verdicts(home, network, clients):
     assert "accepted" in plain and '{"n": 42}' in plain
 
 
+def test_events_tail_follows_new_events(home, network, clients):
+    tail = subprocess.Popen([sys.executable, "-m", "scripts.cli", "events", "tail", "--topic", "debug.tail", "--json",
+                             "--home", str(home.root)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tx = clients(home, "admin")
+        lines = []
+        reader = threading.Thread(target=lambda: lines.append(tail.stdout.readline()), daemon=True)
+        reader.start()
+        # tail starts at "now": publish until one line arrives (the first may precede its start).
+        n = 0
+        while reader.is_alive():
+            n += 1
+            tx.publish("debug.tail", {"n": n})
+            reader.join(0.5)
+            assert n < 40, "events tail printed nothing"
+        rec = json.loads(lines[0])
+        assert rec["topic"] == "debug.tail" and rec["verdict"] == "accepted" and rec["body"]["n"] >= 1
+    finally:
+        tail.terminate()
+        tail.wait(10)
+
+
 def test_event_logger_survives_kill_9_and_keeps_every_synced_record(home, network, clients):
     tx = clients(home, "admin")
     for i in range(50):

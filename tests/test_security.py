@@ -39,12 +39,14 @@ def forged(client, topic, body, *, token=None, key=None, sender=None, seq_bump=1
     return wire.seal(key or proxy.signing_key, topic, payload)
 
 
-def still_working(home, clients, tag):
-    """Nothing valid is lost: a fresh valid message still goes through."""
+def still_working(home, clients, tag, network=None):
+    """Nothing valid is lost: a fresh valid message still goes through, and no process died."""
     rx = clients(home, "admin", prefixes=["debug.alive"])
     tx = clients(home, "admin")
     tx.publish("debug.alive", {"tag": tag})
     rx.expect(topic_is("debug.alive", tag=tag), what="a valid message after the attack")
+    if network is not None:
+        assert all(network.alive(n) for n in ("broker", "vault", "event_logger")), "a server process died"
 
 
 def test_unknown_key_is_refused_at_the_handshake(home, network, clients, tmp_path):
@@ -126,7 +128,24 @@ def test_receiver_refuses_with_reason(home, network, clients, attack):
     d = rx.expect(rejected(code), what=f"a {code} rejection")
     assert d.error.code == code and str(d.error)
     rx.expect(topic_is("error.admin", code=code, kind="rejected"), what="the rejection event")
-    still_working(home, clients, attack)
+    still_working(home, clients, attack, network)
+
+
+def test_vault_refuses_token_requests_not_signed_by_the_registered_key(home, network, clients):
+    watch = clients(home, "admin", prefixes=["error.vault", "vault.token.vm1"])
+    vm1 = clients(home, "vm1")
+    proxy = vm1.runtime.proxy
+    impostor = nacl.signing.SigningKey.generate()
+    proxy.seq += 1000
+    body = {"rid": os.urandom(16), "op": "token", "key_version": 1, "secret": None}
+    vm1.send_raw(wire.seal(impostor, "vault.req.vm1", wire.pack_payload("vm1", proxy.boot, proxy.seq, None, body)))
+    d = watch.expect(topic_is("error.vault", kind="rejected", code="bad_signature"), what="the Vault's refusal")
+    assert (d.message.body["sender"], d.message.body["topic"]) == ("vm1", "vault.req.vm1")
+    # No token went out for that request; a properly signed one still gets an answer.
+    vm1.runtime.call_soon(lambda: vm1.runtime.pub.send_multipart(proxy.request("token")))
+    reply = watch.expect(topic_is("vault.token.vm1"))
+    assert reply.message.body["rid"] != body["rid"] and reply.message.body["token"]
+    assert "signature does not match vm1's key" in network.log("vault")
 
 
 def test_replayed_message_is_refused(home, network, clients):
@@ -149,7 +168,7 @@ def test_malformed_bytes_are_refused(home, network, clients, frames, code):
     tx = clients(home, "admin")
     tx.send_raw(frames)
     rx.expect(rejected(code), what=code)
-    still_working(home, clients, code)
+    still_working(home, clients, code, network)
 
 
 @pytest.mark.parametrize("frames, code, reason", [
@@ -280,3 +299,26 @@ def _query(home, **kw):
     from actors.event_logger import query
 
     return list(query(home.events_dir, **kw))
+
+
+def test_secret_store_keyed_by_a_passphrase(home, clients):
+    from tests.harness import Network
+
+    dctrl(home, "vault", "set-secret", "rpc_password", input="rpc-pw-123")
+    out = dctrl(home, "vault", "rekey", "--to", "passphrase", input="correct horse battery staple").stdout
+    assert "re-encrypted 1 secrets" in out
+    assert b"rpc-pw-123" not in (home.vault_dir / "secrets.json").read_bytes()
+    with open(home.policy_path, "a") as f:
+        f.write('rpc_password = ["vm1"]\n')
+    net = Network(home).start("broker")
+    try:
+        net.start("vault")  # no passphrase: refuses to start, saying how to fix it
+        assert net.procs["vault"].wait(20) == 2
+        assert "DCTRL_VAULT_PASSPHRASE" in net.log("vault")
+        net.procs.pop("vault")
+        net.start("vault", env={"DCTRL_VAULT_PASSPHRASE": "correct horse battery staple"})
+        vm1 = clients(home, "vm1")
+        vm1.runtime.request_secret("rpc_password")
+        assert wait_for(lambda: vm1.actor.secrets.get("rpc_password")) == (b"rpc-pw-123", None)
+    finally:
+        net.close()
