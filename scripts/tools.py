@@ -7,6 +7,7 @@ they show is exactly what an actor with that identity would see.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from actors.runtime import Actor, Delivery, Runtime, every, on
@@ -73,6 +74,8 @@ class StatusCollector(Actor):
 
     @on("health")
     def beat(self, msg):
+        if msg.body["pid"] == os.getpid() and msg.sender == self.name:
+            return  # our own heartbeat
         self.latest[msg.sender] = {**msg.body, "seen": time.time(), "ts": msg.ts}
 
     @every(0.1)
