@@ -95,3 +95,58 @@ register("events.gap", Map({
 register("debug", Map({}, extra=Any(), max=256))
 
 __all__ = ["REGISTRY", "register", "Any", "Bool", "Bytes", "Int", "List", "Map", "Opt", "Str"]
+
+# -- money in: prices --------------------------------------------------------------
+
+DECIMAL = Str(max=40, pattern=r"-?[0-9]+(\.[0-9]+)?")  # exact decimal as a string, never a float
+SOURCE_HEALTH = Map({
+    "name": Str(max=32),
+    "fresh": Bool(),
+    "price": Opt(DECIMAL),        # CAD per BTC from this source (after FX for USD sources)
+    "age_s": Opt(Int(min=0)),     # seconds since its last good quote
+    "error": Opt(REASON),         # its last error, if any
+    "used": Bool(),               # part of the median (fresh and not an outlier)
+})
+
+# price.btc_cad: the robust BTC-CAD price (median of fresh, non-outlier sources).
+register("price.btc_cad", Map({
+    "cad_per_btc": DECIMAL,
+    "sources": List(SOURCE_HEALTH, max=16),
+    "used": Int(min=2),
+    "as_of": Int(min=0),          # ms since epoch of the oldest quote used
+}))
+
+# price.stale: fewer than the required number of fresh sources: no sales.
+register("price.stale", Map({
+    "reason": REASON,
+    "fresh": Int(min=0),
+    "needed": Int(min=1),
+    "sources": List(SOURCE_HEALTH, max=16),
+}))
+
+# -- money in: the chain -----------------------------------------------------------
+
+TXID = Str(max=64, pattern=r"[0-9a-f]{64}")
+OUTPUT = {
+    "event_id": Str(max=64, pattern=r"[0-9a-f]{64}"),  # idempotency key: same event, same id
+    "txid": TXID,
+    "vout": Int(min=0),
+    "address": Str(max=100),
+    "script": Str(max=200, pattern=r"[0-9a-f]*"),
+    "sats": Int(min=0),
+    "label": Opt(Str(max=64)),
+}
+
+# chain.tx.seen: an output to a watched script entered the mempool.
+register("chain.tx.seen", Map({**OUTPUT, "rbf": Bool()}))
+# chain.tx.confirmed: confirmations 1..confirm_depth, once each (and again after a reorg).
+register("chain.tx.confirmed", Map({**OUTPUT, "confirmations": Int(min=1), "height": Int(min=0),
+                                    "block": TXID}))
+# chain.tx.replaced: the transaction was replaced (RBF or a double spend) before confirming.
+register("chain.tx.replaced", Map({**OUTPUT, "by": Opt(TXID)}))
+# chain.tx.removed: gone from the mempool (expired, evicted) or unconfirmed by a reorg and not back.
+register("chain.tx.removed", Map({**OUTPUT, "reason": REASON}))
+# chain.block: the tip moved.
+register("chain.block", Map({"height": Int(min=0), "hash": TXID, "prev": TXID, "time": Int(min=0)}))
+# chain.reorg: blocks were disconnected; affected outputs follow with their new state.
+register("chain.reorg", Map({"fork_height": Int(min=0), "depth": Int(min=1), "old_tip": TXID, "new_tip": TXID}))

@@ -516,6 +516,9 @@ def test_fuzz_authproxy_open_raises_only_dctrl_errors(frames):
 # ---------------------------------------------------------------------------
 
 RID = bytes(range(16))
+CHAIN_OUTPUT = {"event_id": "ee" * 32, "txid": "ab" * 32, "vout": 0, "address": "bcrt1qexample",
+                "script": "0014" + "11" * 20, "sats": 12345, "label": "invoice 7"}
+
 EXAMPLES = {
     "health": dict(body=health_body(), required="name", int=("pid",), range=(("interval",), 3601),
                    long=(("version",), 33)),
@@ -540,6 +543,26 @@ EXAMPLES = {
                        required="missing", int=("got",), range=(("missing",), 0), long=(("sender",), 33)),
     "debug": dict(body={"n": 7, "nested": {"l": [1, "x", b"y", None, True]}}, required=None, int=None,
                   range=None, long=None),
+    "price.btc_cad": dict(body={"cad_per_btc": "128400.12", "used": 3, "as_of": T0 * 1000,
+                                "sources": [{"name": "kraken", "fresh": True, "price": "128430.00", "age_s": 3,
+                                             "error": None, "used": True}]},
+                          required="cad_per_btc", int=("used",), range=(("used",), 1),
+                          long=(("sources", 0, "name"), 33)),
+    "price.stale": dict(body={"reason": "1 fresh source, 2 needed", "fresh": 1, "needed": 2, "sources": []},
+                        required="needed", int=("fresh",), range=(("needed",), 0), long=(("reason",), 513)),
+    "chain.tx.seen": dict(body={**CHAIN_OUTPUT, "rbf": False}, required="txid", int=("sats",),
+                          range=(("vout",), -1), long=(("address",), 101)),
+    "chain.tx.confirmed": dict(body={**CHAIN_OUTPUT, "confirmations": 1, "height": 101, "block": "ab" * 32},
+                               required="confirmations", int=("height",), range=(("confirmations",), 0),
+                               long=(("label",), 65)),
+    "chain.tx.replaced": dict(body={**CHAIN_OUTPUT, "by": "cd" * 32}, required="sats", int=("sats",),
+                              range=(("sats",), -1), long=(("by",), 65)),
+    "chain.tx.removed": dict(body={**CHAIN_OUTPUT, "reason": "reorg"}, required="reason", int=("vout",),
+                             range=(("sats",), -1), long=(("reason",), 513)),
+    "chain.block": dict(body={"height": 101, "hash": "ab" * 32, "prev": "cd" * 32, "time": T0},
+                        required="hash", int=("height",), range=(("height",), -1), long=(("hash",), 65)),
+    "chain.reorg": dict(body={"fork_height": 99, "depth": 2, "old_tip": "ab" * 32, "new_tip": "cd" * 32},
+                        required="depth", int=("depth",), range=(("depth",), 0), long=(("old_tip",), 65)),
 }
 
 
