@@ -212,24 +212,36 @@ class Runtime:
 
     # -- public API -----------------------------------------------------------
 
-    def publish(self, topic: str, body: dict) -> None:
-        """Sign and send; queued until a token arrives. Safe from any thread."""
+    def publish(self, topic: str, body: dict) -> bool:
+        """Sign and send; queued until a token arrives. Safe from any thread.
+
+        Returns True only when called in the loop thread and the message went
+        to the socket now (callers with an outbox mark rows sent on that).
+        """
         if threading.get_ident() != self._loop_thread:
             self.call_soon(self.publish, topic, body)
-            return
+            return False
         if not self.proxy.token_valid() or self.pub is None:
             if len(self.outbox) >= OUTBOX_LIMIT:
                 log.error("outbox full without a token; dropping %s", topic)
-                return
+                return False
             self.outbox.append((topic, body))
-            return
+            return False
         try:
             frames = self.proxy.seal(topic, body)
         except NoToken:
             self.outbox.append((topic, body))
-            return
+            return False
         self.pub.send_multipart(frames)
         self.counters["published"] += 1
+        return True
+
+    def add_handler(self, prefix: str, fn, *, blocking=False, raw=False) -> None:
+        """Register a handler at run time (same meaning as ``@on``); loop thread or before run()."""
+        frame = wire.prefix_frame(prefix)
+        self.handlers.append((frame, fn, blocking, raw))
+        if self.sub is not None:
+            self.sub.setsockopt(zmq.SUBSCRIBE, frame)
 
     def request_secret(self, name: str) -> None:
         """Ask the Vault for a secret; retried until it answers (any thread)."""

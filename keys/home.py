@@ -28,7 +28,8 @@ from proto.errors import ConfigError
 from .files import atomic_write, read_secret_file, write_json
 from .identity import IdentityKeys
 
-SERVER_ACTORS = ("broker", "vault", "event_logger")
+SERVER_ACTORS = ("broker", "vault", "event_logger")  # supervised by `dctrl up`
+ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier")  # keys made by `dctrl init`
 DEMO_MACHINE = "vm1"
 ADMIN = "admin"
 
@@ -81,7 +82,7 @@ publish = ["machine.{{self}}"]
 subscribe = ["cmd.machine.{{self}}"]
 
 [role.admin]
-publish = ["debug"]
+publish = ["debug", "cmd.chain"]
 subscribe = [""]
 
 [identity.broker]
@@ -94,6 +95,13 @@ subscribe = ["vault.req"]
 [identity.event_logger]
 publish = ["events"]
 subscribe = [""]
+
+[identity.chain_notifier]
+publish = ["chain"]
+subscribe = ["cmd.chain"]
+
+[identity.price_notifier]
+publish = ["price"]
 
 # secret name = identities that may read it from the Vault
 [secrets]
@@ -228,7 +236,7 @@ class Home:
         ).encode())
         atomic_write(root / "policy.toml", POLICY_TEMPLATE.format().encode())
         registry = Registry(root / "keys" / "registry.json")
-        for name, role in [*((a, "actor") for a in SERVER_ACTORS), (ADMIN, "admin"), (DEMO_MACHINE, "machine")]:
+        for name, role in [*((a, "actor") for a in ACTOR_IDENTITIES), (ADMIN, "admin"), (DEMO_MACHINE, "machine")]:
             keys = IdentityKeys.generate(name)
             keys.save(root / "keys" / f"{name}.key")
             registry.add(keys, role)

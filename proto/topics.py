@@ -150,3 +150,19 @@ register("chain.tx.removed", Map({**OUTPUT, "reason": REASON}))
 register("chain.block", Map({"height": Int(min=0), "hash": TXID, "prev": TXID, "time": Int(min=0)}))
 # chain.reorg: blocks were disconnected; affected outputs follow with their new state.
 register("chain.reorg", Map({"fork_height": Int(min=0), "depth": Int(min=1), "old_tip": TXID, "new_tip": TXID}))
+
+# cmd.chain.watch: watch an address (from BusinessMgr, MemberData or an operator); retried until acked.
+register("cmd.chain.watch", Map({
+    "id": RID,
+    "expires": Int(min=0),        # unix seconds; an expired command is refused, never acted on
+    "address": Str(max=100),
+    "label": Opt(Str(max=64)),
+}))
+# chain.watch.ack: the answer to cmd.chain.watch (the same answer for a retried id).
+register("chain.watch.ack", Map({
+    "id": RID,
+    "address": Str(max=100),
+    "script": Str(max=200, pattern=r"[0-9a-f]*"),
+    "status": Str(choices=("watching", "refused")),
+    "reason": Opt(REASON),
+}))

@@ -18,6 +18,7 @@ ACTORS = {
     # name -> "module:Class"; the broker is not an Actor but runs the same way.
     "vault": "actors.vault:Vault",
     "event_logger": "actors.event_logger:EventLogger",
+    "chain_notifier": "actors.chain_notifier:ChainNotifier",
 }
 
 
@@ -232,6 +233,35 @@ def _with_deadline(rt, seconds):
     t.start()
 
 
+# -- chain -------------------------------------------------------------------
+
+def cmd_chain(args):
+    from actors.runtime import Runtime
+    from scripts.tools import CommandOnce, StatusCollector
+
+    home = _home(args)
+    if args.chain_cmd == "watch":
+        actor = CommandOnce("cmd.chain.watch", {"address": args.address, "label": args.label},
+                            "chain.watch.ack", timeout=args.timeout)
+        Runtime(actor, home.bus_settings(args.as_name)).run(handle_signals=True)
+        if actor.ack is None:
+            raise DctrlError(f"no answer from chain_notifier within {args.timeout} s (is it running?)")
+        if actor.ack["status"] != "watching":
+            raise DctrlError(f"refused: {actor.ack['reason']}")
+        print(f"watching {args.address}" + (f" ({args.label})" if args.label else ""))
+        return
+    collector = StatusCollector(args.wait or home.config["runtime"]["heartbeat_interval"] + 1.5)
+    Runtime(collector, home.bus_settings(args.as_name)).run(handle_signals=True)
+    beat = collector.latest.get("chain_notifier")
+    if beat is None:
+        raise DctrlError("no heartbeat from chain_notifier (is it running?)")
+    if args.json:
+        print(json.dumps(beat, sort_keys=True, default=str))
+    else:
+        print(f"chain_notifier {beat['status']}: {beat['detail']}")
+    return 0 if beat["status"] == "ok" else 1
+
+
 # -- events ------------------------------------------------------------------
 
 def cmd_events(args):
@@ -365,6 +395,19 @@ def build_parser():
     sp.add_argument("--count", type=int, help="stop after N messages (exit 1 if fewer arrived)")
     sp.add_argument("--timeout", type=float, help="stop after S seconds")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    sp = cmd("chain", cmd_chain, "the ChainNotifier: watch addresses, see backend, tip and lag")
+    cs = sp.add_subparsers(dest="chain_cmd", required=True, metavar="ACTION")
+    c = cs.add_parser("watch", help="watch an address for payments (a command acknowledged by chain_notifier)")
+    c.add_argument("address")
+    c.add_argument("--label", help="a note carried in every event for this address")
+    c.add_argument("--timeout", type=float, default=15.0)
+    c = cs.add_parser("status", help="backend, tip, lag behind the node, watched addresses")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--wait", type=float, help="seconds to listen for its heartbeat")
+    for c in cs.choices.values():
+        c.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        c.add_argument("--as", dest="as_name", default="admin", help="identity to act as (default admin)")
 
     sp = cmd("events", cmd_events, "query or follow the event log")
     es = sp.add_subparsers(dest="events_cmd", required=True, metavar="ACTION")

@@ -11,7 +11,6 @@ import os
 import time
 
 from actors.runtime import Actor, Delivery, Runtime, every, on
-from proto import wire
 from proto.describe import describe_frames, jsonable
 
 
@@ -60,7 +59,7 @@ class Subscriber(Actor):
 def run_subscriber(settings, prefix, **kw) -> Subscriber:
     actor = Subscriber(prefix, **kw)
     rt = Runtime(actor, settings)
-    rt.handlers.append((wire.prefix_frame(prefix), actor.deliver, False, True))
+    rt.add_handler(prefix, actor.deliver, raw=True)
     rt.run(handle_signals=True)
     return actor
 
@@ -85,3 +84,36 @@ class StatusCollector(Actor):
 
 
 __all__ = ["PublishOnce", "Subscriber", "StatusCollector", "describe_frames", "jsonable"]
+
+
+class CommandOnce(Actor):
+    """Sends a command (``id`` and ``expires`` in its body) until an ack with that id arrives.
+
+    The receiver deduplicates by id, so retrying is safe; an expired command
+    is refused by the receiver, so retrying past ``expires`` is pointless.
+    """
+
+    def __init__(self, topic, body, ack_prefix, *, timeout=15.0, retry=1.0):
+        self.topic, self.ack_prefix = topic, ack_prefix
+        self.body = {**body, "id": os.urandom(16), "expires": int(time.time() + timeout)}
+        self.deadline = time.monotonic() + timeout
+        self.retry = retry
+        self.next_send = 0.0
+        self.ack = None
+
+    def setup(self):
+        self.runtime.add_handler(self.ack_prefix, self._ack)
+
+    def _ack(self, msg):
+        if msg.body.get("id") == self.body["id"]:
+            self.ack = msg.body
+            self.runtime.stop()
+
+    @every(0.1)
+    def tick(self):
+        now = time.monotonic()
+        if now >= self.deadline:
+            self.runtime.stop()
+        elif now >= self.next_send and self.runtime.proxy.token_valid():
+            self.publish(self.topic, self.body)
+            self.next_send = now + self.retry

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from actors.runtime import Actor, Delivery, Runtime
 from keys.home import Home
-from proto import wire
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 15.0
@@ -125,7 +124,7 @@ class BusClient:
         self.actor = Collector()
         self.runtime = Runtime(self.actor, settings or home.bus_settings(name))
         for p in prefixes:
-            self.runtime.handlers.append((wire.prefix_frame(p), self.actor.deliver, False, True))
+            self.runtime.add_handler(p, self.actor.deliver, raw=True)
         self.thread = threading.Thread(target=self.runtime.run, name=f"client-{name}", daemon=True)
         self.thread.start()
         if wait_token:

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from keys.files import atomic_write, file_stamp, read_secret_file, write_json
-from keys.home import DEMO_MACHINE, SERVER_ACTORS, Home, next_boot
+from keys.home import ACTOR_IDENTITIES, DEMO_MACHINE, Home, next_boot
 from keys.identity import IdentityKeys
 from keys.policy import Grants, Policy
 from keys.registry import Registry
@@ -446,7 +446,7 @@ def test_home_init_layout_and_modes(fresh_home):
     for sub, want in (("keys", 0o700), ("vault", 0o700), ("events", 0o700), ("run", 0o700), ("log", 0o755)):
         assert (root / sub).is_dir() and mode(root / sub) == want, sub
     key_files = sorted(fresh_home.keys_dir.glob("*.key"))
-    names = [*SERVER_ACTORS, "admin", DEMO_MACHINE]
+    names = [*ACTOR_IDENTITIES, "admin", DEMO_MACHINE]
     assert sorted(p.stem for p in key_files) == sorted(names)
     for p in key_files:
         assert mode(p) == 0o600, p
@@ -459,6 +459,7 @@ def test_home_init_layout_and_modes(fresh_home):
     reg = Registry.load(fresh_home.registry_path)
     assert reg.names() == sorted(names)
     assert {n: reg.role(n) for n in names} == {"broker": "actor", "vault": "actor", "event_logger": "actor",
+                                               "chain_notifier": "actor", "price_notifier": "actor",
                                                "admin": "admin", "vm1": "machine"}
     for name in names:
         keys = IdentityKeys.load(fresh_home.key_file(name))

@@ -561,6 +561,11 @@ EXAMPLES = {
                              range=(("sats",), -1), long=(("reason",), 513)),
     "chain.block": dict(body={"height": 101, "hash": "ab" * 32, "prev": "cd" * 32, "time": T0},
                         required="hash", int=("height",), range=(("height",), -1), long=(("hash",), 65)),
+    "cmd.chain.watch": dict(body={"id": RID, "expires": T0, "address": "bcrt1qexample", "label": None},
+                            required="address", int=("expires",), range=(("expires",), -1), long=(("label",), 65)),
+    "chain.watch.ack": dict(body={"id": RID, "address": "bcrt1qexample", "script": "0014" + "11" * 20,
+                                  "status": "watching", "reason": None},
+                            required="status", int=None, range=None, long=(("address",), 101)),
     "chain.reorg": dict(body={"fork_height": 99, "depth": 2, "old_tip": "ab" * 32, "new_tip": "cd" * 32},
                         required="depth", int=("depth",), range=(("depth",), 0), long=(("old_tip",), 65)),
 }

@@ -1,0 +1,472 @@
+"""ChainNotifier: watches scripts on the chain and publishes what happens to payments.
+
+Events (see proto/topics.py): ``chain.tx.seen`` (mempool), ``chain.tx.confirmed``
+(the confirmation count each time it grows, up to ``confirm_depth``),
+``chain.tx.replaced``, ``chain.tx.removed``, ``chain.block`` (new tip),
+``chain.reorg``. Each names txid, output index, address, script and satoshis,
+and carries an ``event_id``: the same fact always has the same id, so a
+receiver deduplicates on it.
+
+How it stays exactly right:
+
+* All chain work runs in one worker thread (RPC never stalls the actor's
+  loop); the worker is the only writer of the ``chain_*`` tables.
+* ZMQ notifications are hints. The worker reconciles over RPC on every hint,
+  on a resync hint (sequence gap, reconnect) and every ``reconcile_interval``.
+* A block's effects, the cursor (last processed height and hash) and the
+  events they cause are committed in one transaction, events into an outbox;
+  the outbox is published in order and rows are marked sent after the
+  runtime has put them on the socket. A ``kill -9`` at any point loses
+  nothing: unprocessed blocks are processed from the cursor, unsent events
+  are sent at restart. The one duplicate possible (killed between sending and
+  marking) has the same ``event_id``.
+* Reorgs are found by comparing the node's block hashes with the hashes this
+  notifier processed, walking back to the fork; outputs confirmed above the
+  fork become unconfirmed, ``chain.reorg`` is published, and after the new
+  blocks each affected output is published again in its new state.
+
+Watch requests arrive as ``cmd.chain.watch`` commands (id, expiry, address,
+label), deduplicated by id and acknowledged on ``chain.watch.ack``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+
+import msgpack
+import peewee
+from embit.networks import NETWORKS
+from embit.script import address_to_scriptpubkey
+
+from keys.home import Home
+from proto.errors import DctrlError
+
+from .chain.adaptor import ChainError, Failover, Tx
+from .db import connect
+from .runtime import Actor, on
+
+log = logging.getLogger(__name__)
+
+db = peewee.DatabaseProxy()
+
+DEFAULTS = {
+    "network": "regtest",
+    "backends": ["bitcoind"],
+    "confirm_depth": 6,
+    "reconcile_interval": 30,
+    "recent_blocks": 100,  # block hashes kept to find a fork
+    "bitcoind": {"rpc_url": "http://127.0.0.1:18443", "cookie_file": "sim/chain/.cookie",
+                 "zmq": "tcp://127.0.0.1:28332", "user": None, "password_secret": None},
+}
+
+
+class Base(peewee.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class ChainWatched(Base):
+    script = peewee.CharField(primary_key=True, max_length=200)
+    address = peewee.CharField(max_length=100)
+    label = peewee.CharField(null=True, max_length=64)
+    created = peewee.BigIntegerField()
+
+
+class ChainCursor(Base):
+    id = peewee.IntegerField(primary_key=True)
+    height = peewee.IntegerField()
+    hash = peewee.CharField(max_length=64)
+
+
+class ChainBlock(Base):
+    height = peewee.IntegerField(primary_key=True)
+    hash = peewee.CharField(max_length=64)
+
+
+class ChainOutput(Base):
+    txid = peewee.CharField(max_length=64)
+    vout = peewee.IntegerField()
+    script = peewee.CharField(max_length=200, index=True)
+    address = peewee.CharField(max_length=100)
+    sats = peewee.BigIntegerField()
+    label = peewee.CharField(null=True, max_length=64)
+    state = peewee.CharField(max_length=12)  # mempool | confirmed | replaced | removed
+    height = peewee.IntegerField(null=True, index=True)
+    block = peewee.CharField(null=True, max_length=64)
+    confirmations = peewee.IntegerField(default=0)  # the highest count published
+    generation = peewee.IntegerField(default=0)  # bumped when a reorg unconfirms it
+    rbf = peewee.BooleanField(default=False)
+    inputs = peewee.TextField(default="[]")  # the tx's spent outpoints, to find replacements
+
+    class Meta:
+        indexes = ((("txid", "vout"), True),)
+
+
+class ChainOutbox(Base):
+    id = peewee.AutoField()
+    event_id = peewee.CharField(max_length=64, unique=True)
+    topic = peewee.CharField(max_length=64)
+    body = peewee.BlobField()
+    sent = peewee.BooleanField(default=False, index=True)
+
+
+class ChainCommand(Base):
+    id = peewee.CharField(primary_key=True, max_length=32)  # command ids seen (dedup)
+    result = peewee.TextField()
+
+
+TABLES = [ChainWatched, ChainCursor, ChainBlock, ChainOutput, ChainOutbox, ChainCommand]
+
+
+def event_id(*parts) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+
+
+def build_backends(home: Home, cfg: dict, secret=None):
+    """The configured backends, in failover order."""
+    from .chain.bitcoind import Bitcoind
+
+    backends = []
+    for name in cfg["backends"]:
+        bc = cfg.get(name, {})
+        if name.startswith("bitcoind"):
+            cookie = bc.get("cookie_file")
+            password = secret(bc["password_secret"]) if bc.get("password_secret") and secret else None
+            backends.append(Bitcoind(bc["rpc_url"], user=bc.get("user"), password=password,
+                                     cookie_file=(home.root / cookie) if cookie and not bc.get("user") else None,
+                                     zmq_endpoint=bc.get("zmq"), name=name, network=cfg["network"]))
+        elif name.startswith("esplora"):
+            from .chain.esplora import Esplora  # noqa: F401  (issue 3, next step)
+
+            backends.append(Esplora(bc["url"], name=name, network=cfg["network"]))
+        else:
+            raise DctrlError(f"unknown chain backend {name!r}: bitcoind or esplora")
+    return backends
+
+
+class ChainNotifier(Actor):
+    def __init__(self, home: Home, *, adaptor=None, database=None, clock=time.time):
+        from keys.home import merge
+
+        self.home = home
+        self.cfg = merge(DEFAULTS, home.config.get("chain", {}))
+        self.network = NETWORKS["regtest" if self.cfg["network"] == "regtest" else
+                                "test" if self.cfg["network"] in ("testnet", "signet") else "main"]
+        self.depth = int(self.cfg["confirm_depth"])
+        self.clock = clock
+        self.adaptor = adaptor or Failover(build_backends(home, self.cfg))
+        self.database = database or connect(home.database_url)
+        db.initialize(self.database)
+        self.database.create_tables(TABLES, safe=True)
+        self.commands: queue.Queue = queue.Queue()
+        self.sent: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.worker = None
+        self.status = {"tip": None, "node_tip": None, "backend": None, "error": None, "watched": 0}
+        self._watched: dict[str, tuple[str, str | None]] = {}
+        self._mempool_checked: set[str] = set()
+        self._inflight: set[int] = set()  # outbox rows handed to the loop thread, not yet confirmed sent
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def setup(self):
+        self.worker = threading.Thread(target=self._work, name="chain-worker", daemon=True)
+        self.worker.start()
+
+    def teardown(self):
+        self.stopping.set()
+        if self.worker:
+            self.worker.join(15)
+        self.adaptor.close()
+        self.database.close()
+
+    def health(self):
+        s = self.status
+        if s["error"]:
+            return "degraded", f"{s['backend']}: {s['error']}"
+        lag = (s["node_tip"] - s["tip"]) if s["tip"] is not None and s["node_tip"] is not None else None
+        return "ok", f"backend {s['backend']}, tip {s['tip']}, lag {lag}, watching {s['watched']}"
+
+    # -- commands from the bus ------------------------------------------------
+
+    @on("cmd.chain.watch")
+    def watch_command(self, msg):
+        """cmd.chain.watch {"id": <16 bytes>, "expires": <unix s>, "address": "bcrt1...", "label": "invoice 7"}"""
+        self.commands.put(("watch", msg.sender, msg.body))
+
+    # -- the worker -----------------------------------------------------------
+
+    def _work(self):
+        self.database.connect(reuse_if_open=True)
+        self._load()
+        next_reconcile = 0.0
+        backoff = 1.0
+        while not self.stopping.is_set():
+            self._handle_commands()
+            try:
+                hints = self.adaptor.hints(0.5)
+                kinds = {h.kind for h in hints}
+                for h in hints:
+                    if h.kind == "resync":
+                        log.info("resync: %s", h.value)
+                due = time.monotonic() >= next_reconcile
+                if due or kinds & {"block", "resync", "tx"}:
+                    self.sync_blocks()
+                    self.sync_mempool()
+                    if due:
+                        next_reconcile = time.monotonic() + self.cfg["reconcile_interval"]
+                self.status.update(error=None, backend=self.adaptor.name)
+                backoff = 1.0
+            except ChainError as exc:
+                if self.status["error"] != str(exc):
+                    log.error("chain backend trouble: %s", exc)
+                self.status.update(error=str(exc), backend=self.adaptor.name)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                next_reconcile = 0.0
+            except Exception:
+                log.exception("chain worker failed; retrying")
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            self._mark_sent()
+            self._flush_outbox()
+        self._mark_sent()
+
+    def _load(self):
+        self._watched = {w.script: (w.address, w.label) for w in ChainWatched.select()}
+        self.status["watched"] = len(self._watched)
+        cursor = ChainCursor.get_or_none(id=1)
+        self.status["tip"] = cursor.height if cursor else None
+
+    # -- watches --------------------------------------------------------------
+
+    def _handle_commands(self):
+        while True:
+            try:
+                kind, sender, body = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            cid = body["id"].hex()
+            done = ChainCommand.get_or_none(id=cid)
+            if done is not None:
+                result = json.loads(done.result)  # a retry: acknowledge again, do nothing twice
+            elif body["expires"] < self.clock():
+                result = {"status": "refused", "reason": "command expired", "script": ""}
+            else:
+                result = self.watch(body["address"], body.get("label"))
+                ChainCommand.create(id=cid, result=json.dumps(result))
+            self._enqueue_now("chain.watch.ack", {"id": body["id"], "address": body["address"], **result})
+
+    def watch(self, address: str, label: str | None) -> dict:
+        """Add ``address`` to the watched set; returns the ack fields."""
+        try:
+            script = address_to_scriptpubkey(address)
+            if script.address(self.network) != address:
+                raise ValueError("address is for another network")
+        except Exception as exc:  # embit raises several types for bad addresses
+            return {"status": "refused", "reason": f"not a {self.cfg['network']} address: {exc}"[:200], "script": ""}
+        script_hex = script.data.hex()
+        ChainWatched.insert(script=script_hex, address=address, label=label, created=int(self.clock())) \
+            .on_conflict_ignore().execute()
+        self._watched[script_hex] = (address, label)
+        self._mempool_checked.clear()  # a payment to it may already be waiting in the mempool
+        self.status["watched"] = len(self._watched)
+        log.info("watching %s (%s)", address, label or "no label")
+        return {"status": "watching", "reason": None, "script": script_hex}
+
+    # -- blocks ---------------------------------------------------------------
+
+    def sync_blocks(self):
+        tip = self.adaptor.tip()
+        self.status["node_tip"] = tip.height
+        cursor = ChainCursor.get_or_none(id=1)
+        if cursor is None:  # first start: follow from the current tip
+            with self.database.atomic():
+                ChainCursor.create(id=1, height=tip.height, hash=tip.hash)
+                ChainBlock.insert(height=tip.height, hash=tip.hash).on_conflict_replace().execute()
+            self.status["tip"] = tip.height
+            log.info("following the chain from height %d", tip.height)
+            return
+        if cursor.hash == tip.hash:
+            return
+        fork = self._find_fork(cursor)
+        if fork < cursor.height:
+            self._unconfirm_above(fork, cursor, tip)
+        for height in range(fork + 1, tip.height + 1):
+            block = self.adaptor.block(self.adaptor.block_hash(height))
+            with self.database.atomic():
+                self._process_block(block)
+                ChainCursor.update(height=block.height, hash=block.hash).where(ChainCursor.id == 1).execute()
+                ChainBlock.insert(height=block.height, hash=block.hash).on_conflict_replace().execute()
+                ChainBlock.delete().where(ChainBlock.height <= block.height - self.cfg["recent_blocks"]).execute()
+                if height == tip.height:
+                    self._confirmations(block.height)
+                    self._enqueue("chain.block", {"height": block.height, "hash": block.hash,
+                                                  "prev": block.prev, "time": block.time},
+                                  event_id("block", block.hash))
+            self.status["tip"] = block.height
+            if self.stopping.is_set():
+                return
+
+    def _find_fork(self, cursor) -> int:
+        height = cursor.height
+        while height >= 0:
+            known = ChainBlock.get_or_none(height=height)
+            if known is None:  # older than we keep: treat as the fork point
+                return height
+            if self.adaptor.block_hash(height) == known.hash:
+                return height
+            height -= 1
+        return -1
+
+    def _unconfirm_above(self, fork, cursor, tip):
+        depth = cursor.height - fork
+        log.warning("reorg: %d block(s) above height %d replaced (old tip %s, new tip %s)",
+                    depth, fork, cursor.hash[:16], tip.hash[:16])
+        fork_hash = ChainBlock.get(height=fork).hash if fork >= 0 else "00" * 32
+        with self.database.atomic():
+            self._enqueue("chain.reorg", {"fork_height": max(fork, 0), "depth": depth, "old_tip": cursor.hash,
+                                          "new_tip": tip.hash}, event_id("reorg", cursor.hash, tip.hash))
+            ChainOutput.update(state="mempool", height=None, block=None, confirmations=0,
+                               generation=ChainOutput.generation + 1) \
+                .where((ChainOutput.state == "confirmed") & (ChainOutput.height > fork)).execute()
+            ChainBlock.delete().where(ChainBlock.height > fork).execute()
+            ChainCursor.update(height=fork, hash=fork_hash).where(ChainCursor.id == 1).execute()
+
+    def _process_block(self, block):
+        for tx in block.txs:
+            self._replaced_by(tx)
+            for out in tx.outputs:
+                if out.script not in self._watched:
+                    continue
+                address, label = self._watched[out.script]
+                row = ChainOutput.get_or_none(txid=out.txid, vout=out.vout)
+                if row is None:
+                    ChainOutput.create(txid=out.txid, vout=out.vout, script=out.script, address=address,
+                                       sats=out.sats, label=label, state="confirmed", height=block.height,
+                                       block=block.hash, rbf=tx.rbf, inputs=json.dumps(tx.inputs))
+                else:
+                    ChainOutput.update(state="confirmed", height=block.height, block=block.hash) \
+                        .where(ChainOutput.id == row.id).execute()
+
+    def _replaced_by(self, tx: Tx):
+        """Tracked unconfirmed outputs whose transaction conflicts with ``tx`` are replaced."""
+        if not tx.inputs:
+            return
+        spent = set(tx.inputs)
+        for row in ChainOutput.select().where((ChainOutput.state == "mempool") & (ChainOutput.txid != tx.txid)):
+            if spent & {tuple(i) for i in json.loads(row.inputs)}:
+                ChainOutput.update(state="replaced").where(ChainOutput.id == row.id).execute()
+                self._enqueue("chain.tx.replaced", {**self._output_fields(row), "by": tx.txid},
+                              event_id("replaced", row.txid, row.vout, tx.txid))
+                log.warning("payment %s:%d replaced by %s", row.txid, row.vout, tx.txid)
+
+    def _confirmations(self, tip_height):
+        rows = ChainOutput.select().where((ChainOutput.state == "confirmed") & (ChainOutput.confirmations < self.depth))
+        for row in rows:
+            count = min(self.depth, tip_height - row.height + 1)
+            if count > row.confirmations:
+                ChainOutput.update(confirmations=count).where(ChainOutput.id == row.id).execute()
+                self._enqueue("chain.tx.confirmed", {**self._output_fields(row), "confirmations": count,
+                                                     "height": row.height, "block": row.block},
+                              event_id("confirmed", row.txid, row.vout, row.block, count))
+
+    # -- mempool --------------------------------------------------------------
+
+    def sync_mempool(self):
+        txids = self.adaptor.mempool()
+        self._mempool_checked &= txids
+        for txid in sorted(txids - self._mempool_checked):
+            tx = self.adaptor.transaction(txid)
+            self._mempool_checked.add(txid)
+            if tx is None or tx.height is not None:
+                continue
+            with self.database.atomic():
+                self._replaced_by(tx)
+                for out in tx.outputs:
+                    if out.script in self._watched:
+                        self._seen(tx, out)
+        # Tracked unconfirmed outputs that left the mempool without confirming.
+        for row in ChainOutput.select().where(ChainOutput.state == "mempool"):
+            if row.txid in txids:
+                if row.generation > 0 and row.confirmations == 0:
+                    self._seen_again(row)
+                continue
+            tx = self.adaptor.transaction(row.txid)
+            if tx is not None and tx.height is not None:
+                continue  # confirmed: the next block sync records it
+            with self.database.atomic():
+                ChainOutput.update(state="removed").where(ChainOutput.id == row.id).execute()
+                reason = "unconfirmed by a reorg and not back in the mempool" if row.generation else "left the mempool"
+                self._enqueue("chain.tx.removed", {**self._output_fields(row), "reason": reason},
+                              event_id("removed", row.txid, row.vout, row.generation))
+            log.warning("payment %s:%d removed: %s", row.txid, row.vout, reason)
+
+    def _seen(self, tx: Tx, out):
+        address, label = self._watched[out.script]
+        row = ChainOutput.get_or_none(txid=out.txid, vout=out.vout)
+        if row is not None:
+            return
+        row = ChainOutput.create(txid=out.txid, vout=out.vout, script=out.script, address=address, sats=out.sats,
+                                 label=label, state="mempool", rbf=tx.rbf, inputs=json.dumps(tx.inputs))
+        self._enqueue("chain.tx.seen", {**self._output_fields(row), "rbf": tx.rbf},
+                      event_id("seen", row.txid, row.vout, 0))
+        log.info("payment seen: %s:%d %d sats to %s", row.txid, row.vout, row.sats, address)
+
+    def _seen_again(self, row):
+        """A reorg put this output back in the mempool: say so once per reorg."""
+        eid = event_id("seen", row.txid, row.vout, row.generation)
+        if ChainOutbox.get_or_none(event_id=eid) is None:
+            with self.database.atomic():
+                self._enqueue("chain.tx.seen", {**self._output_fields(row), "rbf": row.rbf}, eid)
+
+    # -- outbox ---------------------------------------------------------------
+
+    @staticmethod
+    def _output_fields(row) -> dict:
+        return {"txid": row.txid, "vout": row.vout, "address": row.address, "script": row.script,
+                "sats": row.sats, "label": row.label}
+
+    def _enqueue(self, topic, body, eid):
+        """Record an event in the outbox (inside the caller's transaction)."""
+        ChainOutbox.insert(event_id=eid, topic=topic, body=msgpack.packb({**body, "event_id": eid}
+                                                                          if topic.startswith("chain.tx.") else body,
+                                                                          use_bin_type=True)) \
+            .on_conflict_ignore().execute()
+
+    def _enqueue_now(self, topic, body):
+        """Acknowledgements are answers, not facts: published directly, not via the outbox."""
+        self.runtime.publish(topic, body)
+
+    def _flush_outbox(self):
+        query = ChainOutbox.select().where(ChainOutbox.sent == False)  # noqa: E712
+        if self._inflight:
+            query = query.where(ChainOutbox.id.not_in(list(self._inflight)))
+        rows = list(query.order_by(ChainOutbox.id).limit(500))
+        if rows:
+            self._inflight.update(r.id for r in rows)
+            self.runtime.call_soon(self._send, [(r.id, r.topic, msgpack.unpackb(r.body, raw=False)) for r in rows])
+
+    def _send(self, batch):
+        """In the loop thread: put events on the socket, then tell the worker which went out."""
+        for rid, topic, body in batch:
+            self.sent.put((rid, self.runtime.proxy.token_valid() and self.runtime.publish(topic, body)))
+
+    def _mark_sent(self):
+        done = []
+        while True:
+            try:
+                rid, ok = self.sent.get_nowait()
+            except queue.Empty:
+                break
+            self._inflight.discard(rid)
+            if ok:
+                done.append(rid)
+        if done:
+            ChainOutbox.update(sent=True).where(ChainOutbox.id.in_(done)).execute()
