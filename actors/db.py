@@ -39,6 +39,17 @@ def connect(url: str):
     return db
 
 
+def write_transaction(db):
+    """A transaction that reads then writes: on SQLite it takes the write lock at BEGIN
+    (IMMEDIATE), so concurrent writers wait their turn instead of failing with
+    "database is locked" when they upgrade a read snapshot."""
+    import peewee
+
+    if isinstance(db, peewee.SqliteDatabase):
+        return db.atomic(lock_type="IMMEDIATE")
+    return db.atomic()
+
+
 def redact(url: str) -> str:
     """The URL without a password, for logs and errors."""
     if "@" in url and "://" in url:
