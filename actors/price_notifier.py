@@ -119,14 +119,13 @@ class PriceNotifier(Actor):
         self.states = [SourceState(cls(urls[name], timeout=self.timeout, bounds=self.bounds))
                        for name, cls in ps.PRICE_SOURCES.items() if name in urls]
         if len(self.states) < self.min_sources:
-            raise ConfigError(f"[price.sources] names {len(self.states)} price sources; min_sources is {self.min_sources}")
+            raise ConfigError(f"[price.sources] names {len(self.states)} price sources; "
+                              f"min_sources is {self.min_sources}")
         needs_fx = any(s.source.currency == "USD" for s in self.states)
         self.fx_source = ps.BankOfCanadaFX(urls[ps.FX_SOURCE], timeout=self.timeout) \
             if needs_fx and ps.FX_SOURCE in urls else None
         self.fx: ps.FxRate | None = None
-        self.fx_error: str | None = None
-        if needs_fx:
-            self.fx_error = "not fetched yet" if self.fx_source else "no [price.sources] fx configured"
+        self.fx_error: str | None = None if self.fx_source or not needs_fx else "no [price.sources] fx configured"
         self._fx_due = 0.0
         self._lock = threading.Lock()
         self._polling = False
@@ -178,6 +177,8 @@ class PriceNotifier(Actor):
                 return
         try:
             self.finish_poll()
+        except Exception:  # a bug: say so (a pool future would swallow it) and poll again next time
+            log.exception("price poll failed")
         finally:
             self._polling = False
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime
 import http.client
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -157,9 +156,11 @@ def http_get(source: str, url: str, timeout: float) -> bytes:
                 if size > MAX_BODY:
                     raise SourceError(source, f"body larger than {MAX_BODY} bytes")
                 chunks.append(chunk)
+    except SourceError:
+        raise
     except urllib.error.HTTPError as exc:
         raise SourceError(source, f"HTTP {exc.code}{_error_detail(exc)}") from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:  # socket.timeout is TimeoutError
         raise SourceError(source, f"timed out after {timeout:g} s") from None
     except http.client.IncompleteRead as exc:
         raise SourceError(source, f"connection closed mid-body ({len(exc.partial)} bytes)") from None
@@ -167,12 +168,12 @@ def http_get(source: str, url: str, timeout: float) -> bytes:
         raise SourceError(source, "connection closed without a response") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
-        if isinstance(reason, (TimeoutError, socket.timeout)):
+        if isinstance(reason, TimeoutError):
             raise SourceError(source, f"timed out after {timeout:g} s") from None
         if isinstance(reason, ConnectionRefusedError):
             raise SourceError(source, "connection refused") from None
         raise SourceError(source, f"cannot connect: {reason}") from None
-    except (ConnectionError, http.client.HTTPException, OSError) as exc:
+    except (http.client.HTTPException, OSError) as exc:
         raise SourceError(source, f"connection failed: {type(exc).__name__}: {exc}") from None
 
 
@@ -182,18 +183,22 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
         body = exc.read(4096)
     except Exception:
         body = b""
-    message = None
     try:
         doc = json.loads(body)
-        for path in (("errors", 0, "message"), ("status", "error_message"), ("error", 0), ("message",), ("reason",)):
-            here = doc
-            for k in path:
+    except ValueError:
+        doc = None
+    message = None
+    for path in (("errors", 0, "message"), ("status", "error_message"), ("error", 0), ("message",), ("reason",)):
+        here = doc
+        for k in path:
+            try:
                 here = here[k]
-            if isinstance(here, str):
-                message = here
+            except (KeyError, IndexError, TypeError):
+                here = None
                 break
-    except Exception:
-        pass
+        if isinstance(here, str):
+            message = here
+            break
     text = message or exc.reason or ""
     return f": {str(text)[:120]}" if text else ""
 
@@ -405,7 +410,7 @@ def aggregate(quotes, now: float, *, max_age: float = 120, outlier_pct=Decimal(1
     center = median(q.price for q in fresh)
     limit = center * Decimal(outlier_pct) / 100
     used = [q for q in fresh if abs(q.price - center) <= limit]
-    outliers = [q.source for q in fresh if q not in used]
+    outliers = [q.source for q in fresh if abs(q.price - center) > limit]
     if len(used) < min_sources:
         return Aggregate(None, fresh=names, used=[q.source for q in used], outliers=outliers,
                          reason=f"sources disagree: {len(outliers)} of {len(fresh)} fresh more than "

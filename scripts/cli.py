@@ -19,6 +19,7 @@ ACTORS = {
     "vault": "actors.vault:Vault",
     "event_logger": "actors.event_logger:EventLogger",
     "chain_notifier": "actors.chain_notifier:ChainNotifier",
+    "price_notifier": "actors.price_notifier:PriceNotifier",
 }
 
 
@@ -349,7 +350,7 @@ def build_parser():
     sp.add_argument("--subscribe-endpoint", help="broker XPUB endpoint (default tcp://127.0.0.1:7402)")
     sp.add_argument("--database-url", help="peewee database URL (default: SQLite file in the home)")
 
-    sp = cmd("run", cmd_run, "run one server process in the foreground (broker, vault, event_logger)")
+    sp = cmd("run", cmd_run, "run one server process in the foreground (broker, vault, event_logger, chain_notifier, price_notifier)")
     sp.add_argument("name")
     cmd("broker", lambda a: cmd_run(argparse.Namespace(home=a.home, name="broker")),
         "run the broker (SubscriptionMgr) in the foreground")
@@ -432,6 +433,12 @@ def build_parser():
                         "or [vault] passphrase_file")
     for v in vs.choices.values():
         v.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    from scripts.price_cli import add_commands as add_price_commands
+
+    sp = cmd("sim", None, "simulators for the demo and the tests (a bitcoind chain, exchange price APIs)")
+    sim_sub = sp.add_subparsers(dest="sim_cmd", required=True, metavar="SIM")
+    add_price_commands(cmd, sim_sub)
 
     sp = cmd("bench", cmd_bench, "benchmarks; prints one JSON object")
     sp.add_argument("suite", nargs="?", default="bus", choices=("bus",))

@@ -91,7 +91,8 @@ def ok_body(source: str, price: Decimal, fx: Decimal, now: float) -> bytes:
     elif source == "fx":
         day = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).date().isoformat()
         doc = {"terms": {"url": "https://www.bankofcanada.ca/terms/"},
-               "seriesDetail": {"FXUSDCAD": {"label": "USD/CAD", "description": "US dollar to Canadian dollar daily exchange rate",
+               "seriesDetail": {"FXUSDCAD": {"label": "USD/CAD",
+                                             "description": "US dollar to Canadian dollar daily exchange rate",
                                              "dimension": {"key": "d", "name": "date"}}},
                "observations": [{"d": day, "FXUSDCAD": {"v": _fmt(price, 4)}}]}
     else:
@@ -275,17 +276,15 @@ def serve(port=DEFAULT_PORT, *, host="127.0.0.1", price=DEFAULT_PRICE, fx=DEFAUL
 @contextlib.contextmanager
 def running(port=0, **kw):
     """A sim in a background thread for the duration of a ``with`` block (tests)."""
-    got = []
-    started = threading.Event()
-    thread = threading.Thread(target=serve, args=(port,), kwargs={**kw, "ready": lambda s: (got.append(s), started.set())},
+    server = SimServer(port, **kw)  # bound here, so a taken port fails in the caller
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               name="sim-exchanges", daemon=True)
     thread.start()
-    if not started.wait(10):
-        raise RuntimeError("sim exchanges did not start")
     try:
-        yield got[0]
+        yield server
     finally:
-        got[0].shutdown()
+        server.shutdown()
+        server.server_close()
         thread.join(10)
 
 
