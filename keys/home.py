@@ -28,7 +28,8 @@ from proto.errors import ConfigError
 from .files import atomic_write, read_secret_file, write_json
 from .identity import IdentityKeys
 
-SERVER_ACTORS = ("broker", "vault", "event_logger")  # supervised by `dctrl up`
+SERVER_ACTORS = ("broker", "vault", "event_logger")  # the bus itself
+SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier",)  # run by `dctrl up`, expected by `dctrl status`
 ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier")  # keys made by `dctrl init`
 DEMO_MACHINE = "vm1"
 ADMIN = "admin"
@@ -48,6 +49,7 @@ DEFAULTS = {
     "vault": {"token_lifetime": 900, "key_grace": 86400, "revocations_interval": 30},
     "event_logger": {"segment_mb": 16, "fsync_interval_ms": 50},
     "database": {"url": ""},
+    "demo": {"simulators": False, "exchanges_port": 7480},
 }
 
 CONFIG_TEMPLATE = """\
@@ -65,6 +67,24 @@ token_public_key = "{token_pub}"
 
 [database]
 url = "{db_url}"
+
+[demo]
+# `dctrl up` also runs the exchange simulator, and the notifiers use it: dctrl runs
+# anywhere with no internet. In production set simulators = false and point
+# [price.sources] (and [chain]) at real services.
+simulators = true
+exchanges_port = {exchanges_port}
+
+# BTC-CAD price sources (actors/price_notifier.py; "" disables one). Production:
+# kraken = "https://api.kraken.com", coinbase = "https://api.coinbase.com",
+# bitstamp = "https://www.bitstamp.net", coingecko = "https://api.coingecko.com",
+# fx = "https://www.bankofcanada.ca"
+[price.sources]
+kraken = "http://127.0.0.1:{exchanges_port}"
+coinbase = "http://127.0.0.1:{exchanges_port}"
+bitstamp = "http://127.0.0.1:{exchanges_port}"
+coingecko = "http://127.0.0.1:{exchanges_port}"
+fx = "http://127.0.0.1:{exchanges_port}"
 """
 
 POLICY_TEMPLATE = """\
@@ -211,7 +231,8 @@ class Home:
         )
 
     @classmethod
-    def init(cls, root, *, publish_endpoint=None, subscribe_endpoint=None, database_url=None) -> "Home":
+    def init(cls, root, *, publish_endpoint=None, subscribe_endpoint=None, database_url=None,
+             exchanges_port=7480) -> "Home":
         """Create a new home with keys for every server actor, ``admin`` and ``vm1``.
 
         Refuses to touch an existing home (its keys would be replaced).
@@ -233,6 +254,7 @@ class Home:
             sub=subscribe_endpoint or DEFAULTS["bus"]["subscribe_endpoint"],
             token_pub=bytes(token_key.verify_key).hex(),
             db_url=db_url,
+            exchanges_port=exchanges_port,
         ).encode())
         atomic_write(root / "policy.toml", POLICY_TEMPLATE.format().encode())
         registry = Registry(root / "keys" / "registry.json")

@@ -109,13 +109,13 @@ def cmd_up(args):
 
 def cmd_status(args):
     from actors.runtime import Runtime
-    from keys.home import SERVER_ACTORS
+    from keys.home import SUPERVISED_ACTORS
     from keys.registry import Registry
     from scripts.tools import StatusCollector
 
     home = _home(args)
     wait = args.wait or home.config["runtime"]["heartbeat_interval"] + 1.5
-    expected = set(args.expect.split(",")) if args.expect else set(SERVER_ACTORS)
+    expected = set(args.expect.split(",")) if args.expect else set(SUPERVISED_ACTORS)
     deadline = time.monotonic() + (args.until or 0)
     registry = Registry.load(home.registry_path)
     while True:
@@ -367,7 +367,7 @@ def build_parser():
     sp.add_argument("--as", dest="as_name", default="admin", help="identity to listen as (default admin)")
     sp.add_argument("--wait", type=float, help="seconds to listen (default heartbeat interval + 1.5)")
     sp.add_argument("--until", type=float, help="keep trying up to this many seconds until all are ok")
-    sp.add_argument("--expect", help="comma-separated names that must be ok (default: broker,vault,event_logger)")
+    sp.add_argument("--expect", help="comma-separated names that must be ok (default: every actor `dctrl up` runs)")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("keys", cmd_keys, "manage identities and their keys")

@@ -6,7 +6,7 @@ from tests.harness import dctrl, topic_is
 
 
 def test_status_lists_every_server_actor_healthy(home, network):
-    out = dctrl(home, "status", "--json", "--until", "20")
+    out = dctrl(home, "status", "--json", "--until", "20", "--expect", "broker,vault,event_logger")
     report = json.loads(out.stdout)
     assert report["missing"] == []
     for name in ("broker", "vault", "event_logger"):

@@ -260,10 +260,11 @@ class RecordingNotifier(PriceNotifier):
         self.sent.append((topic, body))
 
 
-def price_config(url, **over) -> str:
+def price_config(url, sources=True, **over) -> str:
     cfg = {"poll_interval": 0.05, "timeout": 0.5, **over}
     lines = ["[price]"] + [f"{k} = {json.dumps(v)}" for k, v in cfg.items()]
-    lines += ["[price.sources]"] + [f'{name} = "{url}"' for name in SOURCE_CLASSES]
+    if sources:
+        lines += ["[price.sources]"] + [f'{name} = "{url}"' for name in SOURCE_CLASSES]
     return "\n".join(lines) + "\n"
 
 
@@ -435,8 +436,11 @@ def price_network(home, sim, request):
     if "[identity.price_notifier]" not in home.policy_path.read_text():
         with open(home.policy_path, "a") as f:
             f.write('\n[identity.price_notifier]\npublish = ["price"]\n')
-    with open(home.root / "config.toml", "a") as f:
-        f.write("\n" + price_config(sim.url, poll_interval=0.25, max_age=1.5, min_sources=3))
+    # `dctrl init` pointed [price.sources] at the home's own exchanges port: use this test's simulator.
+    config = home.root / "config.toml"
+    text = config.read_text().replace(f"http://127.0.0.1:{home.config['demo']['exchanges_port']}", sim.url)
+    config.write_text(text + "\n" + price_config(sim.url, sources=False, poll_interval=0.25, max_age=1.5,
+                                                   min_sources=3))
     return request.getfixturevalue("network")
 
 
