@@ -216,11 +216,13 @@ class ChainNotifier(Actor):
                     if h.kind == "resync":
                         log.info("resync: %s", h.value)
                 due = time.monotonic() >= next_reconcile
-                if due or kinds & {"block", "resync", "tx"}:
+                if due or kinds & {"block", "resync"}:
                     self.sync_blocks()
                     self.sync_mempool()
                     if due:
                         next_reconcile = time.monotonic() + self.cfg["reconcile_interval"]
+                elif "tx" in kinds:  # the fast path: look at just the announced transactions
+                    self.check_txs([h.value for h in hints if h.kind == "tx"])
                 self.status.update(error=None, backend=self.adaptor.name)
                 backoff = 1.0
             except ChainError as exc:
@@ -379,10 +381,11 @@ class ChainNotifier(Actor):
 
     # -- mempool --------------------------------------------------------------
 
-    def sync_mempool(self):
-        txids = self.adaptor.mempool()
-        self._mempool_checked &= txids
-        for txid in sorted(txids - self._mempool_checked):
+    def check_txs(self, txids):
+        """Record watched outputs of these (announced) transactions if they are in the mempool."""
+        for txid in txids:
+            if txid in self._mempool_checked:
+                continue
             tx = self.adaptor.transaction(txid)
             self._mempool_checked.add(txid)
             if tx is None or tx.height is not None:
@@ -392,6 +395,13 @@ class ChainNotifier(Actor):
                 for out in tx.outputs:
                     if out.script in self._watched:
                         self._seen(tx, out)
+        if len(self._mempool_checked) > 200_000:  # the next full sync trims it to the mempool
+            self._mempool_checked.clear()
+
+    def sync_mempool(self):
+        txids = self.adaptor.mempool()
+        self._mempool_checked &= txids
+        self.check_txs(sorted(txids - self._mempool_checked))
         # Tracked unconfirmed outputs that left the mempool without confirming.
         for row in ChainOutput.select().where(ChainOutput.state == "mempool"):
             if row.txid in txids:

@@ -325,6 +325,10 @@ def _read_value(prompt) -> bytes:
 
 
 def cmd_bench(args):
+    if args.suite == "chain":
+        from scripts.bench_chain import main as chain_main
+
+        return chain_main(args)
     from scripts.bench import main as bench_main
 
     return bench_main(args)
@@ -439,9 +443,13 @@ def build_parser():
     sp = cmd("sim", None, "simulators for the demo and the tests (a bitcoind chain, exchange price APIs)")
     sim_sub = sp.add_subparsers(dest="sim_cmd", required=True, metavar="SIM")
     add_price_commands(cmd, sim_sub)
+    from scripts.sim_chain import add_chain_commands
+
+    add_chain_commands(sim_sub)  # sim chain|address|pay|mine|replace|reorg|drop-zmq|stop-rpc
 
     sp = cmd("bench", cmd_bench, "benchmarks; prints one JSON object")
-    sp.add_argument("suite", nargs="?", default="bus", choices=("bus",))
+    sp.add_argument("suite", nargs="?", default="bus", choices=("bus", "chain"),
+                    help="bus: the broker against zmq.proxy; chain: payment detection and catch-up")
     sp.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
     sp.add_argument("--quick", action="store_true", help="finish in under 30 s")
     return p
@@ -450,7 +458,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     # Long-running processes log what they do; one-shot tools only warnings, unless -v.
-    quiet = args.cmd not in ("run", "broker", "up")
+    quiet = args.cmd not in ("run", "broker", "up") and not (
+        args.cmd == "sim" and args.sim_cmd in ("chain", "exchanges"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

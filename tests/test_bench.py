@@ -49,3 +49,14 @@ def test_bench_prints_one_json_object_with_positive_numbers(monkeypatch, capsys)
     assert isinstance(result["meets_targets"], bool)
     assert result["machine"]["cpus"] >= 1 and result["machine"]["python"]
     assert elapsed < 20, f"the tiny bench took {elapsed:.1f} s"
+
+
+def test_chain_bench_runs_and_reports(tmp_path):
+    """`dctrl bench chain` on a tiny chain: every figure is there and plausible."""
+    from scripts.bench_chain import run_chain_bench
+
+    r = run_chain_bench(quick=True, payments=3, blocks=10, watched=20)
+    assert r["detection_ms"]["n"] == 3 and 0 < r["detection_ms"]["p50"] <= r["detection_ms"]["max"]
+    assert r["detection_baseline_ms"]["p50"] > 0
+    assert r["catch_up"]["blocks"] >= 10 and r["catch_up"]["seconds"] > 0
+    assert r["catch_up"]["ratio"] > 0 and isinstance(r["meets_targets"], bool)

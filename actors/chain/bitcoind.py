@@ -256,7 +256,9 @@ class _SequenceListener:
         if self.last_seq is not None and seq != (self.last_seq + 1) & 0xFFFFFFFF:
             hints.append(Hint("resync", f"ZMQ sequence gap: {self.last_seq} -> {seq}"))
         self.last_seq = seq
-        hash_hex, label = frames[1][:32][::-1].hex(), frames[1][32:33]
+        # Core writes the hash already reversed into RPC display order
+        # (zmqpublishnotifier.cpp: data[31 - i] = hash.begin()[i]); no flip here.
+        hash_hex, label = frames[1][:32].hex(), frames[1][32:33]
         if label in (b"C", b"D"):
             hints.append(Hint("block", hash_hex))
         elif label in (b"A", b"R"):

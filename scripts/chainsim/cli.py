@@ -1,0 +1,222 @@
+"""Command line: run the simulator (`dctrl sim chain`) and drive a running one (`dctrl sim pay` ...).
+
+The driving commands call the sim-only RPC methods over HTTP with the cookie
+(or --rpc-user/--rpc-password), exactly as any bitcoind client would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import urllib.parse
+from decimal import Decimal
+from pathlib import Path
+
+from proto.errors import DctrlError
+
+DEFAULT_RPC_URL = "http://127.0.0.1:18443"
+
+
+def default_datadir(args) -> Path:
+    """``--datadir``, else ``HOME/sim/chain`` where HOME is --home, $DCTRL_HOME or ./var."""
+    if getattr(args, "datadir", None):
+        return Path(args.datadir)
+    home = getattr(args, "home", None) or os.environ.get("DCTRL_HOME") or "var"
+    return Path(home) / "sim" / "chain"
+
+
+# -- running the simulator -----------------------------------------------------
+
+def cmd_sim_chain(args) -> int:
+    """Run the simulator in the foreground until SIGINT/SIGTERM or the `stop` RPC."""
+    from scripts.chainsim.sim import DEFAULT_RPC_PORT, DEFAULT_ZMQ_PORT, ChainSim
+
+    rpc_port = DEFAULT_RPC_PORT if getattr(args, "rpc_port", None) is None else args.rpc_port
+    zmq_port = DEFAULT_ZMQ_PORT if getattr(args, "zmq_port", None) is None else args.zmq_port
+    sim = ChainSim(default_datadir(args), rpc_port=rpc_port, zmq_port=zmq_port,
+                   user=getattr(args, "rpc_user", None), password=getattr(args, "rpc_password", None))
+    try:
+        sim.start()
+    except OSError as exc:
+        raise DctrlError(f"chain sim could not bind its ports: {exc}") from None
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: sim.stop_requested.set())
+    print(f"chain sim ready: rpc={sim.rpc_url} zmq={sim.zmq_endpoint} "
+          f"cookie={sim.cookie_file or '-'} height={sim.chain.height} datadir={sim.datadir}", flush=True)
+    try:
+        # A timed wait so that signal handlers run promptly in the main thread.
+        while not (sim.stop_requested.wait(0.5) or sim.stopped.is_set()):
+            pass
+    finally:
+        sim.stop()  # waits for a stop already running in another thread
+    return 0
+
+
+# -- driving a running simulator -------------------------------------------------
+
+def _credentials(args) -> tuple[str, str]:
+    if getattr(args, "rpc_user", None) is not None and getattr(args, "rpc_password", None) is not None:
+        return args.rpc_user, args.rpc_password
+    cookie = Path(args.cookie) if getattr(args, "cookie", None) else default_datadir(args) / ".cookie"
+    try:
+        user, _, password = cookie.read_text().strip().partition(":")
+    except OSError as exc:
+        raise DctrlError(f"cannot read the RPC cookie {cookie}: {exc.strerror} (is `dctrl sim chain` running?)") \
+            from None
+    return user, password
+
+
+def rpc_call(args, method: str, *params, timeout: float = 30.0):
+    """One JSON-RPC 1.0 call to ``args.rpc_url``; DctrlError on any failure."""
+    url = urllib.parse.urlparse(getattr(args, "rpc_url", None) or DEFAULT_RPC_URL)
+    user, password = _credentials(args)
+    body = json.dumps({"jsonrpc": "1.0", "id": "dctrl", "method": method, "params": list(params)})
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
+    try:
+        conn.request("POST", url.path or "/", body, {"Authorization": f"Basic {token}",
+                                                     "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as exc:
+        raise DctrlError(f"chain sim not reachable at {url.geturl()}: {exc}") from None
+    finally:
+        conn.close()
+    if resp.status == 401:
+        raise DctrlError("chain sim refused the credentials (HTTP 401): wrong --cookie or --rpc-password?")
+    try:
+        reply = json.loads(data, parse_float=Decimal)
+    except ValueError:
+        raise DctrlError(f"{method}: HTTP {resp.status} without a JSON body") from None
+    if reply.get("error"):
+        err = reply["error"]
+        raise DctrlError(f"{method}: {err.get('message')} (code {err.get('code')})")
+    return reply.get("result")
+
+
+def cmd_sim_address(args) -> int:
+    print(rpc_call(args, "sim_newaddress"))
+    return 0
+
+
+def cmd_sim_pay(args) -> int:
+    params = [args.address, str(args.amount), bool(getattr(args, "rbf", False))]
+    if getattr(args, "feerate", None) is not None:
+        params.append(args.feerate)
+    print(rpc_call(args, "sim_pay", *params))
+    return 0
+
+
+def cmd_sim_mine(args) -> int:
+    n = getattr(args, "n", None) or 1
+    for block_hash in rpc_call(args, "sim_mine", n):
+        print(block_hash)
+    return 0
+
+
+def cmd_sim_replace(args) -> int:
+    print(rpc_call(args, "sim_replace", args.txid))
+    return 0
+
+
+def cmd_sim_reorg(args) -> int:
+    for block_hash in rpc_call(args, "sim_reorg", args.depth):
+        print(block_hash)
+    return 0
+
+
+def cmd_sim_drop_zmq(args) -> int:
+    rpc_call(args, "sim_drop_zmq", args.n)
+    print(f"the next {args.n} zmq messages will not be sent")
+    return 0
+
+
+def cmd_sim_stop_rpc(args) -> int:
+    rpc_call(args, "sim_stop_rpc", args.seconds)
+    print(f"rpc connections are closed unanswered for {args.seconds} s")
+    return 0
+
+
+# -- parsers -----------------------------------------------------------------------
+
+def _server_options(p, *, home_suppressed: bool):
+    if home_suppressed:
+        p.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--datadir", help="sim data directory (default HOME/sim/chain)")
+    p.add_argument("--rpc-user", help="RPC user instead of the cookie (needs --rpc-password)")
+    p.add_argument("--rpc-password", help="RPC password instead of the cookie")
+
+
+def _client_options(p):
+    p.add_argument("--rpc-url", default=DEFAULT_RPC_URL, help=f"sim RPC URL (default {DEFAULT_RPC_URL})")
+    p.add_argument("--cookie", help="cookie file (default DATADIR/.cookie)")
+
+
+def add_chain_commands(sim_sub):
+    """Register `chain, address, pay, mine, replace, reorg, drop-zmq, stop-rpc` in an existing
+    `dctrl sim` subparsers object (the one scripts/cli.py creates with dest="sim_cmd")."""
+
+    def action(name, fn, help):
+        a = sim_sub.add_parser(name, help=help, description=help)
+        _server_options(a, home_suppressed=True)
+        if name != "chain":
+            _client_options(a)
+        a.set_defaults(fn=fn)
+        return a
+
+    a = action("chain", cmd_sim_chain, "run the chain simulator in the foreground (JSON-RPC and ZMQ like "
+                                       "a regtest bitcoind)")
+    a.add_argument("--rpc-port", type=int, default=None, help="JSON-RPC port (default 18443; 0 = any free port)")
+    a.add_argument("--zmq-port", type=int, default=None, help="ZMQ PUB port (default 28332; 0 = any free port)")
+    action("address", cmd_sim_address, "print a fresh regtest address from the chain sim (sim_newaddress)")
+    a = action("pay", cmd_sim_pay, "pay AMOUNT BTC to ADDRESS from the chain sim's coins; prints the txid")
+    a.add_argument("address")
+    a.add_argument("amount", help="BTC, e.g. 0.00120000")
+    a.add_argument("--rbf", action="store_true", help="signal BIP125 replaceability")
+    a.add_argument("--feerate", type=int, help="sat/vB (default 2)")
+    a = action("mine", cmd_sim_mine, "mine N blocks (the mempool goes into the first); prints their hashes")
+    a.add_argument("n", type=int, nargs="?", default=1)
+    a = action("replace", cmd_sim_replace, "replace a mempool tx by a higher-fee spend to the sim; prints the txid")
+    a.add_argument("txid")
+    a = action("reorg", cmd_sim_reorg, "disconnect DEPTH blocks and mine DEPTH+1 new ones; prints their hashes")
+    a.add_argument("depth", type=int)
+    a = action("drop-zmq", cmd_sim_drop_zmq, "do not send the next N zmq messages (a sequence gap)")
+    a.add_argument("n", type=int, nargs="?", default=1)
+    a = action("stop-rpc", cmd_sim_stop_rpc, "close RPC connections unanswered for SECONDS")
+    a.add_argument("seconds", type=float)
+
+
+def add_sim_parser(sub):
+    """A whole `sim` command for a parser that has none yet (standalone use)."""
+    sp = sub.add_parser("sim", help="simulators for the demo and the tests",
+                        description="Run the chain simulator or drive a running one.")
+    sp.add_argument("--home", default=None, help="dctrl home (default $DCTRL_HOME, else ./var)")
+    add_chain_commands(sp.add_subparsers(dest="sim_cmd", required=True, metavar="SIM"))
+    return sp
+
+
+def main(argv=None) -> int:
+    """``python -m scripts.sim_chain --datadir D [--rpc-port P] [--zmq-port Q]``: run the simulator."""
+    p = argparse.ArgumentParser(prog="sim_chain", description="Run the chain simulator (regtest bitcoind "
+                                                              "stand-in) in the foreground.")
+    p.add_argument("--home", default=None, help="dctrl home, for the default datadir")
+    _server_options(p, home_suppressed=False)
+    p.add_argument("--rpc-port", type=int, default=None, help="JSON-RPC port (default 18443; 0 = any free port)")
+    p.add_argument("--zmq-port", type=int, default=None, help="ZMQ PUB port (default 28332; 0 = any free port)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return cmd_sim_chain(args)
+    except DctrlError as exc:
+        print(f"sim_chain: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,139 @@
+"""The ChainAdaptor contract, run against every backend over the real chain simulator."""
+
+import time
+
+import pytest
+
+from actors.chain.adaptor import ChainError, Failover
+from actors.chain.bitcoind import Bitcoind
+from tests.harness import free_port, wait_for
+
+
+@pytest.fixture
+def sim(tmp_path):
+    from scripts.sim_chain import ChainSim
+
+    s = ChainSim(tmp_path / "chain")
+    s.start()
+    yield s
+    s.stop()
+
+
+def make_bitcoind(sim):
+    return Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file, zmq_endpoint=sim.zmq_endpoint)
+
+
+BACKENDS = {"bitcoind": make_bitcoind}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, sim):
+    b = BACKENDS[request.param](sim)
+    yield b
+    b.close()
+
+
+def test_tip_blocks_and_transactions(sim, backend):
+    address = sim.new_address()
+    txid = sim.pay(address, "0.5")
+    assert txid in backend.mempool()
+    tx = backend.transaction(txid)
+    assert tx.height is None and tx.block_hash is None
+    paid = [o for o in tx.outputs if o.address == address]
+    assert len(paid) == 1 and paid[0].sats == 50_000_000 and paid[0].txid == txid
+    (block_hash,) = sim.mine(1)
+    tip = backend.tip()
+    assert tip.hash == block_hash and backend.block_hash(tip.height) == block_hash
+    block = backend.block(block_hash)
+    assert block.height == tip.height and block.prev == backend.block_hash(tip.height - 1)
+    assert txid in [t.txid for t in block.txs]
+    confirmed = backend.transaction(txid)
+    assert (confirmed.height, confirmed.block_hash) == (tip.height, block_hash)
+    assert txid not in backend.mempool()
+    assert backend.transaction("00" * 32) is None
+
+
+def test_unspent_and_history(sim, backend):
+    address = sim.new_address()
+    t1 = sim.pay(address, "0.1")
+    sim.mine(1)
+    t2 = sim.pay(address, "0.2")
+    utxos = backend.unspent([address])
+    # Confirmed outputs are always reported; bitcoind's scantxoutset sees the UTXO set (no mempool).
+    assert (t1, 10_000_000) in {(u.txid, u.sats) for u in utxos}
+    history = [t.txid for t in backend.history(address, since_height=backend.tip().height - 1)]
+    assert history[:1] == [t1] and t2 in history
+
+
+def test_rbf_signal_and_fee_estimates(sim, backend):
+    address = sim.new_address()
+    assert backend.transaction(sim.pay(address, "0.01", rbf=True)).rbf is True
+    assert backend.transaction(sim.pay(address, "0.01")).rbf is False
+    fees = backend.fee_estimates((1, 6))
+    assert all(v > 0 for v in fees.values())
+
+
+def test_broadcast_errors_are_chain_errors(sim, backend):
+    with pytest.raises(ChainError):
+        backend.broadcast("00")
+
+
+def test_hints_report_new_txs_and_blocks_and_gaps(sim, backend):
+    assert [h.kind for h in backend.hints(0.2)] == ["resync"]  # the first call connects: reconcile
+    if backend.name.startswith("bitcoind"):
+        sim.wait_zmq_subscribed("sequence")
+    address = sim.new_address()
+
+    def saw(kind, value):
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            seen += backend.hints(0.2)
+            if any(h.kind == kind and (value is None or h.value == value) for h in seen):
+                return seen
+        raise AssertionError(f"no {kind} hint for {value} in {seen}")
+    txid = sim.pay(address, "0.001")
+    saw("tx", txid)
+    (block_hash,) = sim.mine(1)
+    saw("block", block_hash)
+    if backend.name.startswith("bitcoind"):  # a lost notification is a gap, and a gap means resync
+        sim.drop_zmq(3)  # a payment's hashtx, rawtx and sequence notifications
+        sim.pay(address, "0.001")
+        sim.pay(address, "0.001")
+        assert any(h.kind == "resync" and "gap" in h.value for h in saw("resync", None))
+
+
+def test_wrong_password_and_dead_node(sim):
+    bad = Bitcoind(sim.rpc_url, user="__cookie__", password="wrong")
+    with pytest.raises(ChainError, match="refused our RPC credentials"):
+        bad.tip()
+    dead = Bitcoind(f"http://127.0.0.1:{free_port()}", user="u", password="p", timeout=2)
+    with pytest.raises(ChainError, match="ConnectionRefused"):
+        dead.tip()
+
+
+def test_rpc_error_and_dropped_connection(sim):
+    b = make_bitcoind(sim)
+    with pytest.raises(ChainError, match="error -8|error -5|error -1"):
+        b.rpc("getblockhash", 10**6)
+    sim.stop_rpc(1.0)  # the node drops connections for a second
+    with pytest.raises(ChainError):
+        b.tip()
+    wait_for(lambda: _answers(b), what="the node to answer again")
+
+
+def _answers(b):
+    try:
+        return b.tip().height >= 0
+    except ChainError:
+        return False
+
+
+def test_failover_uses_the_next_backend_and_says_which(sim):
+    dead = Bitcoind(f"http://127.0.0.1:{free_port()}", user="u", password="p", timeout=2, name="primary")
+    good = Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file, name="secondary")
+    f = Failover([dead, good])
+    assert f.tip().hash == good.tip().hash
+    assert f.last_used == "secondary" and "primary" in f.errors
+    with pytest.raises(ChainError, match="every chain backend failed"):
+        Failover([dead]).tip()
