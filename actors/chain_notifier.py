@@ -160,7 +160,11 @@ class ChainNotifier(Actor):
                                 "test" if self.cfg["network"] in ("testnet", "signet") else "main"]
         self.depth = int(self.cfg["confirm_depth"])
         self.clock = clock
-        self.adaptor = adaptor or Failover(build_backends(home, self.cfg))
+        self.adaptor = adaptor  # built in the worker once the Vault has sent any RPC password
+        self.secrets: dict[str, str] = {}
+        self.needed_secrets = sorted({self.cfg.get(b, {}).get("password_secret") for b in self.cfg["backends"]} - {None})
+        self.secrets_ready = threading.Event()
+        self._secret_refused_at = None
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
         self.database.create_tables(TABLES, safe=True)
@@ -168,7 +172,8 @@ class ChainNotifier(Actor):
         self.sent: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.worker = None
-        self.status = {"tip": None, "node_tip": None, "backend": None, "error": None, "watched": 0}
+        self.status = {"tip": None, "node_tip": None, "backend": None, "error": None, "watched": 0,
+                       "synced": False}
         self._watched: dict[str, tuple[str, str | None]] = {}
         self._mempool_checked: set[str] = set()
         self._inflight: set[int] = set()  # outbox rows handed to the loop thread, not yet confirmed sent
@@ -176,20 +181,36 @@ class ChainNotifier(Actor):
     # -- lifecycle ------------------------------------------------------------
 
     def setup(self):
+        for name in self.needed_secrets:  # RPC passwords live in the Vault, sealed to us
+            self.runtime.request_secret(name)
+        if not self.needed_secrets:
+            self.secrets_ready.set()
         self.worker = threading.Thread(target=self._work, name="chain-worker", daemon=True)
         self.worker.start()
+
+    def on_secret(self, name, value, error):
+        if value is None:  # asked again by the worker shortly (the policy may not be reloaded yet)
+            self.status["error"] = f"the Vault refused secret {name}: {error}"
+            self._secret_refused_at = time.monotonic()
+            return
+        self.secrets[name] = value.decode()
+        if all(n in self.secrets for n in self.needed_secrets):
+            self.secrets_ready.set()
 
     def teardown(self):
         self.stopping.set()
         if self.worker:
             self.worker.join(15)
-        self.adaptor.close()
+        if self.adaptor is not None:
+            self.adaptor.close()
         self.database.close()
 
     def health(self):
         s = self.status
+        if not s["synced"] and not s["error"]:
+            return "starting", "not yet in step with the node"
         if s["error"]:
-            return "degraded", f"{s['backend']}: {s['error']}"
+            return "degraded", f"{s['backend'] or 'chain'}: {s['error']}"
         lag = (s["node_tip"] - s["tip"]) if s["tip"] is not None and s["node_tip"] is not None else None
         return "ok", f"backend {s['backend']}, tip {s['tip']}, lag {lag}, watching {s['watched']}"
 
@@ -205,6 +226,19 @@ class ChainNotifier(Actor):
     def _work(self):
         self.database.connect(reuse_if_open=True)
         self._load()
+        while not self.secrets_ready.wait(0.5):  # watch commands wait in their queue meanwhile
+            if self.stopping.is_set():
+                return
+            if not self.status["error"]:
+                self.status["error"] = f"waiting for secrets {self.needed_secrets} from the Vault"
+            refused = self._secret_refused_at
+            if refused is not None and time.monotonic() - refused > 10:
+                self._secret_refused_at = None
+                for name in self.needed_secrets:
+                    if name not in self.secrets:
+                        self.runtime.request_secret(name)
+        if self.adaptor is None:
+            self.adaptor = Failover(build_backends(self.home, self.cfg, secret=self.secrets.__getitem__))
         next_reconcile = 0.0
         backoff = 1.0
         while not self.stopping.is_set():
@@ -223,12 +257,12 @@ class ChainNotifier(Actor):
                         next_reconcile = time.monotonic() + self.cfg["reconcile_interval"]
                 elif "tx" in kinds:  # the fast path: look at just the announced transactions
                     self.check_txs([h.value for h in hints if h.kind == "tx"])
-                self.status.update(error=None, backend=self.adaptor.name)
+                self.status.update(error=None, backend=self.adaptor.name, synced=True)
                 backoff = 1.0
             except ChainError as exc:
                 if self.status["error"] != str(exc):
                     log.error("chain backend trouble: %s", exc)
-                self.status.update(error=str(exc), backend=self.adaptor.name)
+                self.status.update(error=str(exc), backend=self.adaptor.name)  # say it in the heartbeat
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 next_reconcile = 0.0

@@ -29,7 +29,7 @@ from .files import atomic_write, read_secret_file, write_json
 from .identity import IdentityKeys
 
 SERVER_ACTORS = ("broker", "vault", "event_logger")  # the bus itself
-SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier",)  # run by `dctrl up`, expected by `dctrl status`
+SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier", "chain_notifier")  # run by `dctrl up`, expected by `dctrl status`
 ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier")  # keys made by `dctrl init`
 DEMO_MACHINE = "vm1"
 ADMIN = "admin"
@@ -49,7 +49,7 @@ DEFAULTS = {
     "vault": {"token_lifetime": 900, "key_grace": 86400, "revocations_interval": 30},
     "event_logger": {"segment_mb": 16, "fsync_interval_ms": 50},
     "database": {"url": ""},
-    "demo": {"simulators": False, "exchanges_port": 7480},
+    "demo": {"simulators": False, "exchanges_port": 7480, "chain_rpc_port": 18443, "chain_zmq_port": 28332},
 }
 
 CONFIG_TEMPLATE = """\
@@ -74,6 +74,21 @@ url = "{db_url}"
 # [price.sources] (and [chain]) at real services.
 simulators = true
 exchanges_port = {exchanges_port}
+chain_rpc_port = {chain_rpc_port}
+chain_zmq_port = {chain_zmq_port}
+
+# The chain (actors/chain_notifier.py). Backends are tried in order. Production:
+# network = "mainnet", [chain.bitcoind] rpc_url of your node with user = "..." and
+# password_secret = "bitcoind_rpc_password" (kept in the Vault), zmq = its zmqpubsequence.
+[chain]
+network = "regtest"
+backends = ["bitcoind"]
+confirm_depth = 6
+
+[chain.bitcoind]
+rpc_url = "http://127.0.0.1:{chain_rpc_port}"
+zmq = "tcp://127.0.0.1:{chain_zmq_port}"
+cookie_file = "sim/chain/.cookie"
 
 # BTC-CAD price sources (actors/price_notifier.py; "" disables one). Production:
 # kraken = "https://api.kraken.com", coinbase = "https://api.coinbase.com",
@@ -232,7 +247,7 @@ class Home:
 
     @classmethod
     def init(cls, root, *, publish_endpoint=None, subscribe_endpoint=None, database_url=None,
-             exchanges_port=7480) -> "Home":
+             exchanges_port=7480, chain_rpc_port=18443, chain_zmq_port=28332) -> "Home":
         """Create a new home with keys for every server actor, ``admin`` and ``vm1``.
 
         Refuses to touch an existing home (its keys would be replaced).
@@ -255,6 +270,8 @@ class Home:
             token_pub=bytes(token_key.verify_key).hex(),
             db_url=db_url,
             exchanges_port=exchanges_port,
+            chain_rpc_port=chain_rpc_port,
+            chain_zmq_port=chain_zmq_port,
         ).encode())
         atomic_write(root / "policy.toml", POLICY_TEMPLATE.format().encode())
         registry = Registry(root / "keys" / "registry.json")

@@ -86,14 +86,13 @@ def run_chain_bench(quick=True, payments=None, blocks=None, watched=None) -> dic
     sim = None
     rt = None
     try:
-        pub_port, sub_port, ex_port = free_ports(3)
+        pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
         home = Home.init(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
-                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port)
-        sim = ChainSim(home.root / "sim" / "chain").start()
+                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
+                         chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
+        sim = ChainSim(home.root / "sim" / "chain", rpc_port=rpc_port, zmq_port=zmq_port).start()
         with open(home.root / "config.toml", "a") as f:
-            f.write(f'\n[runtime]\nheartbeat_interval = 1\n[chain]\nconfirm_depth = 1\nreconcile_interval = 60\n'
-                    f'[chain.bitcoind]\nrpc_url = "{sim.rpc_url}"\nzmq = "{sim.zmq_endpoint}"\n'
-                    f'cookie_file = "sim/chain/.cookie"\n')
+            f.write('\n[runtime]\nheartbeat_interval = 1\n')
         home = Home(home.root)
         procs = _Procs(home)
         procs.start("broker")

@@ -36,6 +36,7 @@ stdout_logfile_backups=5
 SIMULATORS = {
     # name -> (dctrl arguments, priority): started before the actors that use them.
     "sim_exchanges": ("sim exchanges --port {demo[exchanges_port]}", 5),
+    "sim_chain": ("sim chain --rpc-port {demo[chain_rpc_port]} --zmq-port {demo[chain_zmq_port]}", 6),
 }
 
 

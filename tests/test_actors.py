@@ -136,14 +136,14 @@ def test_sigterm_stops_actors_and_broker_cleanly(home, network):
 
 def test_dctrl_up_runs_everything_under_supervisord(home):
     conf = dctrl(home, "supervisor-config").stdout
-    for program in ("broker", "vault", "event_logger", "price_notifier", "sim_exchanges"):
+    for program in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "sim_exchanges", "sim_chain"):
         assert f"[program:{program}]" in conf
     up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--home", str(home.root)], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
     try:
         out = dctrl(home, "status", "--until", "30", check=False)
         assert out.returncode == 0, out.stdout + out.stderr
-        for name in ("broker", "vault", "event_logger", "price_notifier"):
+        for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier"):
             line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
             assert " ok " in line
         price = dctrl(home, "price", "show", "--json", check=False)

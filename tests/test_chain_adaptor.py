@@ -6,6 +6,7 @@ import pytest
 
 from actors.chain.adaptor import ChainError, Failover
 from actors.chain.bitcoind import Bitcoind
+from actors.chain.esplora import Esplora
 from tests.harness import free_port, wait_for
 
 
@@ -13,7 +14,7 @@ from tests.harness import free_port, wait_for
 def sim(tmp_path):
     from scripts.sim_chain import ChainSim
 
-    s = ChainSim(tmp_path / "chain")
+    s = ChainSim(tmp_path / "chain", esplora_port=0)  # every backend over the same chain
     s.start()
     yield s
     s.stop()
@@ -23,7 +24,11 @@ def make_bitcoind(sim):
     return Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file, zmq_endpoint=sim.zmq_endpoint)
 
 
-BACKENDS = {"bitcoind": make_bitcoind}
+def make_esplora(sim):
+    return Esplora(sim.esplora_url, poll_min=0.05, poll_max=0.2)
+
+
+BACKENDS = {"bitcoind": make_bitcoind, "esplora": make_esplora}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -6,19 +6,18 @@ import signal
 
 import pytest
 
-from tests.harness import dctrl
+from tests.harness import dctrl, wait_for
 
 
 @pytest.fixture
 def sim(home):
     from scripts.sim_chain import ChainSim
 
-    s = ChainSim(home.root / "sim" / "chain")
+    demo = home.config["demo"]  # `dctrl init` configured [chain] for these ports
+    s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"])
     s.start()
-    with open(home.root / "config.toml", "a") as f:
-        f.write(f'\n[chain]\nconfirm_depth = 3\nreconcile_interval = 5\n'
-                f'[chain.bitcoind]\nrpc_url = "{s.rpc_url}"\nzmq = "{s.zmq_endpoint}"\n'
-                f'cookie_file = "sim/chain/.cookie"\n')
+    config = home.root / "config.toml"
+    config.write_text(config.read_text().replace("confirm_depth = 6", "confirm_depth = 3\nreconcile_interval = 5"))
     yield s
     s.stop()
 
@@ -111,3 +110,68 @@ def test_lost_zmq_notification_is_reconciled(home, sim, chain):
 def test_bad_address_is_refused(home, sim, chain):
     out = dctrl(home, "chain", "watch", "bc1qnotregtestaddress", check=False)
     assert out.returncode == 2 and "refused" in out.stderr
+
+
+def test_rpc_password_from_the_vault(home, network, clients):
+    """Production credentials: user in the config, password sealed to the notifier by the Vault."""
+    from scripts.sim_chain import ChainSim
+
+    demo = home.config["demo"]
+    sim = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
+                   user="dctrl", password="node-pw-7f3a").start()
+    try:
+        dctrl(home, "vault", "set-secret", "bitcoind_rpc_password", input="node-pw-7f3a")
+        config = home.root / "config.toml"
+        config.write_text(config.read_text().replace('cookie_file = "sim/chain/.cookie"',
+                                                     'user = "dctrl"\npassword_secret = "bitcoind_rpc_password"'))
+        with open(home.policy_path, "a") as f:
+            f.write('bitcoind_rpc_password = ["chain_notifier"]\n')
+        wait_for(lambda: "reloaded registry and policy" in network.log("vault"), what="the Vault's reload")
+        watch = clients(home, "admin", prefixes=["chain", "health.chain_notifier"])
+        network.start("chain_notifier")
+        watch.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
+                     and d.message.body["status"] == "ok", timeout=30, what="the notifier healthy on the node")
+        address = sim.new_address()
+        dctrl(home, "chain", "watch", address)
+        txid = sim.pay(address, "0.01")
+        watch.expect(events(watch, "chain.tx.seen", txid=txid))
+        assert "node-pw-7f3a" not in network.log("chain_notifier")
+    finally:
+        sim.stop()
+
+
+def test_node_refusing_the_password_or_dropping_connections_degrades_then_recovers(home, network, sim, chain):
+    sim.stop_rpc(5)  # the node drops every connection for a while...
+    sim.mine(1)  # ...while a block arrives, so the notifier has to ask
+    chain.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
+                 and d.message.body["status"] == "degraded", timeout=20, what="degraded health")
+    address = sim.new_address()  # sim-side call, not RPC
+    healthy = chain.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
+                           and d.message.body["status"] == "ok", timeout=30, what="recovery")
+    assert "tip" in healthy.message.body["detail"]
+    dctrl(home, "chain", "watch", address)
+    txid = sim.pay(address, "0.005")
+    chain.expect(events(chain, "chain.tx.seen", txid=txid))
+    # The node restarts demanding a password we do not have: refused, and the heartbeat says so.
+    from scripts.sim_chain import ChainSim
+
+    demo = home.config["demo"]
+    ports = dict(rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"])
+    sim.stop()
+    other = ChainSim(home.root / "sim" / "chain", user="someone", password="else", **ports).start()
+    try:
+        (home.root / "sim" / "chain" / ".cookie").write_text("__cookie__:left-from-the-last-run")
+        other.mine(1)
+        chain.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
+                     and d.message.body["status"] == "degraded"
+                     and "refused our RPC credentials" in d.message.body["detail"],
+                     timeout=30, what="degraded health naming the refused credentials")
+    finally:
+        other.stop()
+    # It restarts again with a new cookie: the notifier re-reads it and catches up (same chain, persisted).
+    again = ChainSim(home.root / "sim" / "chain", **ports).start()
+    try:
+        again.mine(1)
+        chain.expect(events(chain, "chain.tx.confirmed", txid=txid), timeout=40)
+    finally:
+        again.stop()

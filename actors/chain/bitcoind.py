@@ -93,6 +93,8 @@ class Bitcoind:
                 error = ChainError(f"{self.name}: {method}: error {err.get('code')}: {err.get('message')}")
                 error.rpc_code = err.get("code")
                 raise error from None
+            except ChainError:
+                raise  # ours already (a ChainError is also an OSError)
             except (OSError, http.client.HTTPException, socket.timeout, ValueError) as exc:
                 self._local.proxy = None
                 if attempt == 1 and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError,

@@ -65,12 +65,16 @@ class Esplora:
     # -- queries ----------------------------------------------------------------
 
     def tip(self) -> Tip:
-        height = self._get("/blocks/tip/height", text=True)
-        tip_hash = self._get("/blocks/tip/hash", text=True)
-        try:
-            return Tip(int(height), tip_hash)
-        except ValueError:
-            raise ChainError(f"{self.name}: tip height {height[:40]!r} is not a number") from None
+        """Height and hash come from two requests: retry if a block arrived in between."""
+        for _ in range(5):
+            tip_hash = self._get("/blocks/tip/hash", text=True)
+            height = self._get("/blocks/tip/height", text=True)
+            if self._get("/blocks/tip/hash", text=True) == tip_hash:
+                try:
+                    return Tip(int(height), tip_hash)
+                except ValueError:
+                    raise ChainError(f"{self.name}: tip height {height[:40]!r} is not a number") from None
+        raise ChainError(f"{self.name}: the tip kept moving while being read")
 
     def block_hash(self, height: int) -> str:
         return self._get(f"/block-height/{height}", text=True)

@@ -41,7 +41,8 @@ def cmd_sim_chain(args) -> int:
     rpc_port = DEFAULT_RPC_PORT if getattr(args, "rpc_port", None) is None else args.rpc_port
     zmq_port = DEFAULT_ZMQ_PORT if getattr(args, "zmq_port", None) is None else args.zmq_port
     sim = ChainSim(default_datadir(args), rpc_port=rpc_port, zmq_port=zmq_port,
-                   user=getattr(args, "rpc_user", None), password=getattr(args, "rpc_password", None))
+                   user=getattr(args, "rpc_user", None), password=getattr(args, "rpc_password", None),
+                   esplora_port=getattr(args, "esplora_port", None))
     try:
         sim.start()
     except OSError as exc:
@@ -49,7 +50,8 @@ def cmd_sim_chain(args) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: sim.stop_requested.set())
-    print(f"chain sim ready: rpc={sim.rpc_url} zmq={sim.zmq_endpoint} "
+    esplora = f" esplora={sim.esplora_url}" if getattr(args, "esplora_port", None) is not None else ""
+    print(f"chain sim ready: rpc={sim.rpc_url} zmq={sim.zmq_endpoint}{esplora} "
           f"cookie={sim.cookie_file or '-'} height={sim.chain.height} datadir={sim.datadir}", flush=True)
     try:
         # A timed wait so that signal handlers run promptly in the main thread.
@@ -74,9 +76,21 @@ def _credentials(args) -> tuple[str, str]:
     return user, password
 
 
+def _rpc_url(args) -> str:
+    """``--rpc-url``, else the home's ``[chain.bitcoind] rpc_url``, else the default port."""
+    if getattr(args, "rpc_url", None):
+        return args.rpc_url
+    try:
+        from keys.home import Home
+
+        return Home(getattr(args, "home", None)).config["chain"]["bitcoind"]["rpc_url"]
+    except (DctrlError, KeyError):
+        return DEFAULT_RPC_URL
+
+
 def rpc_call(args, method: str, *params, timeout: float = 30.0):
-    """One JSON-RPC 1.0 call to ``args.rpc_url``; DctrlError on any failure."""
-    url = urllib.parse.urlparse(getattr(args, "rpc_url", None) or DEFAULT_RPC_URL)
+    """One JSON-RPC 1.0 call to the sim (see :func:`_rpc_url`); DctrlError on any failure."""
+    url = urllib.parse.urlparse(_rpc_url(args))
     user, password = _credentials(args)
     body = json.dumps({"jsonrpc": "1.0", "id": "dctrl", "method": method, "params": list(params)})
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -156,7 +170,8 @@ def _server_options(p, *, home_suppressed: bool):
 
 
 def _client_options(p):
-    p.add_argument("--rpc-url", default=DEFAULT_RPC_URL, help=f"sim RPC URL (default {DEFAULT_RPC_URL})")
+    p.add_argument("--rpc-url", default=None,
+                   help=f"sim RPC URL (default: the home's [chain.bitcoind] rpc_url, else {DEFAULT_RPC_URL})")
     p.add_argument("--cookie", help="cookie file (default DATADIR/.cookie)")
 
 
@@ -176,6 +191,8 @@ def add_chain_commands(sim_sub):
                                        "a regtest bitcoind)")
     a.add_argument("--rpc-port", type=int, default=None, help="JSON-RPC port (default 18443; 0 = any free port)")
     a.add_argument("--zmq-port", type=int, default=None, help="ZMQ PUB port (default 28332; 0 = any free port)")
+    a.add_argument("--esplora-port", type=int, default=None,
+                   help="also serve the Esplora REST API on this port (default off; 0 = any free port)")
     action("address", cmd_sim_address, "print a fresh regtest address from the chain sim (sim_newaddress)")
     a = action("pay", cmd_sim_pay, "pay AMOUNT BTC to ADDRESS from the chain sim's coins; prints the txid")
     a.add_argument("address")

@@ -7,6 +7,9 @@ Usable in-process (threads) from tests::
         txid = sim.pay(sim.new_address(), "0.001")
         sim.mine()
 
+``esplora_port=0`` (a free port) or a port also serves Esplora's REST API over
+the same chain at ``sim.esplora_url`` (scripts/chainsim/esplora.py).
+
 State is saved to ``<datadir>/chain.json`` after every change (blocks as raw
 hex, the mempool, the wallet seed) and loaded on start, so a restart keeps
 the chain. Like bitcoind after a restart, the mempool sequence starts again
@@ -51,12 +54,14 @@ class ChainSim:
 
     def __init__(self, datadir, rpc_port: int = 0, zmq_port: int = 0, user: str | None = None,
                  password: str | None = None, *, host: str = "127.0.0.1", premine: int = PREMINE,
-                 estimate_feerate: int = DEFAULT_ESTIMATE_FEERATE, deprecated_rpc=(), clock=time.time):
+                 estimate_feerate: int = DEFAULT_ESTIMATE_FEERATE, deprecated_rpc=(), clock=time.time,
+                 esplora_port: int | None = None):
         if (user is None) != (password is None):
             raise ValueError("give both user and password, or neither (cookie authentication)")
         self.datadir = Path(datadir)
         self.host = host
         self._rpc_port, self._zmq_port = rpc_port, zmq_port
+        self._esplora_port = esplora_port  # None: no Esplora REST server; 0: a free port
         self._user, self._password = user, password
         self.premine = premine
         self.feerate = estimate_feerate
@@ -67,6 +72,7 @@ class ChainSim:
         self.wallet: SimWallet | None = None
         self.publisher: ZmqPublisher | None = None
         self.rpc_server: RpcHttpServer | None = None
+        self.esplora_server = None
         self.cookie_file: Path | None = None
         self._auth = None
         self._ibd_latched = False
@@ -98,6 +104,11 @@ class ChainSim:
             self.rpc_server = RpcHttpServer(self.host, self._rpc_port, endpoint, *self._auth)
             self.rpc_server.after_reply = self._after_reply
             self.rpc_server.start()
+            if self._esplora_port is not None:
+                from scripts.chainsim.esplora import EsploraHttpServer
+
+                self.esplora_server = EsploraHttpServer(self.host, self._esplora_port, self)
+                self.esplora_server.start()
         except BaseException:
             self.stop()
             raise
@@ -111,6 +122,8 @@ class ChainSim:
                 return
             if self.rpc_server is not None:
                 self.rpc_server.stop()
+            if self.esplora_server is not None:
+                self.esplora_server.stop()
             with self._lock:
                 if self.chain is not None and self.wallet is not None:
                     self.chain.notify = Notifier()
@@ -143,6 +156,13 @@ class ChainSim:
     @property
     def rpc_url(self) -> str:
         return f"http://{self.host}:{self.rpc_server.port}"
+
+    @property
+    def esplora_url(self) -> str:
+        """Base URL of the Esplora REST API (``esplora_port`` not None), e.g. ``http://127.0.0.1:3002``."""
+        if self.esplora_server is None:
+            raise ChainSimError("the Esplora server is off: start ChainSim with esplora_port=0 (or a port)")
+        return f"http://{self.host}:{self.esplora_server.port}"
 
     @property
     def auth(self) -> tuple[str, str]:
