@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -53,6 +54,9 @@ from .runtime import Actor, on
 log = logging.getLogger(__name__)
 
 db = peewee.DatabaseProxy()
+# Tests set DCTRL_CRASH_AT=block_committed to die right after a block's transaction
+# commits and before its events are sent (the worst moment for exactly-once).
+CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
 
 DEFAULTS = {
     "network": "regtest",
@@ -347,6 +351,8 @@ class ChainNotifier(Actor):
                                                   "prev": block.prev, "time": block.time},
                                   event_id("block", block.hash))
             self.status["tip"] = block.height
+            if CRASH_AT == "block_committed":  # fault injection for the tests: like kill -9 here
+                os._exit(137)
             if self.stopping.is_set():
                 return
 

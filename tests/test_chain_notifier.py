@@ -175,3 +175,26 @@ def test_node_refusing_the_password_or_dropping_connections_degrades_then_recove
         chain.expect(events(chain, "chain.tx.confirmed", txid=txid), timeout=40)
     finally:
         again.stop()
+
+
+def test_killed_between_a_block_and_its_publication(home, network, sim, clients):
+    """The block's effects and its events commit together; the events go out after restart, once."""
+    watch = clients(home, "admin", prefixes=["chain", "health.chain_notifier"])
+    network.start("chain_notifier", env={"DCTRL_CRASH_AT": "block_committed"})
+    watch.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
+                 and d.message.body["status"] == "ok", timeout=20, what="chain_notifier healthy")
+    address = sim.new_address()
+    dctrl(home, "chain", "watch", address)
+    txid = sim.pay(address, "0.0021")
+    watch.expect(events(watch, "chain.tx.seen", txid=txid))
+    sim.mine(1)
+    assert network.procs["chain_notifier"].wait(20) == 137  # died right after committing the block
+    network.procs.pop("chain_notifier")
+    network.start("chain_notifier")
+    d = watch.expect(events(watch, "chain.tx.confirmed", txid=txid), timeout=30)
+    assert d.message.body["confirmations"] == 1
+    sim.mine(1)
+    watch.expect(events(watch, "chain.tx.confirmed", txid=txid, confirmations=2))
+    confirmed_once = [h for h in watch.drain() if events(watch, "chain.tx.confirmed", txid=txid,
+                                                             confirmations=1)(h)]
+    assert confirmed_once == [], "confirmation 1 was published twice"
