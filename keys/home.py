@@ -30,7 +30,7 @@ from .identity import IdentityKeys
 
 SERVER_ACTORS = ("broker", "vault", "event_logger")  # the bus itself
 SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier", "chain_notifier")  # run by `dctrl up`, expected by `dctrl status`
-ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier")  # keys made by `dctrl init`
+ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier", "business_mgr")  # keys made by init
 DEMO_MACHINE = "vm1"
 ADMIN = "admin"
 
@@ -137,6 +137,10 @@ subscribe = ["cmd.chain"]
 
 [identity.price_notifier]
 publish = ["price"]
+
+[identity.business_mgr]
+publish = ["cmd.machine", "cmd.chain"]
+subscribe = ["machine", "chain", "price"]
 
 # secret name = identities that may read it from the Vault
 [secrets]

@@ -134,22 +134,27 @@ class Map(Node):
 
 
 class Registry:
-    """Maps topic families (whole-segment prefixes) to body schemas; longest prefix wins."""
+    """Maps topic families to body schemas.
+
+    A family is a whole-segment prefix (``"vault.req"`` covers ``vault.req.vm1``);
+    ``*`` stands for exactly one segment (``"machine.*.vend.ack"``). The family
+    with the most segments wins.
+    """
 
     def __init__(self):
-        self._by_prefix: dict[str, Map] = {}
+        self._families: list[tuple[tuple[str, ...], Map]] = []
 
-    def register(self, prefix: str, schema: Map) -> None:
-        """``prefix`` covers that topic and every topic below it (``"vault.req"``)."""
-        self._by_prefix[prefix.rstrip(".") + "."] = schema
+    def register(self, family: str, schema: Map) -> None:
+        segments = tuple(family.strip(".").split("."))
+        self._families = [(f, s) for f, s in self._families if f != segments] + [(segments, schema)]
+        self._families.sort(key=lambda fs: -len(fs[0]))
 
     def schema_for(self, topic: str) -> Map | None:
-        key = topic + "."
-        best = None
-        for prefix, schema in self._by_prefix.items():
-            if key.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
-                best = (prefix, schema)
-        return best[1] if best else None
+        parts = topic.split(".")
+        for family, schema in self._families:
+            if len(family) <= len(parts) and all(f in ("*", p) for f, p in zip(family, parts)):
+                return schema
+        return None
 
     def families(self):
-        return sorted(self._by_prefix.items())
+        return sorted((".".join(f), s) for f, s in self._families)

@@ -166,3 +166,24 @@ register("chain.watch.ack", Map({
     "status": Str(choices=("watching", "refused")),
     "reason": Opt(REASON),
 }))
+
+# -- vending -----------------------------------------------------------------------
+
+# cmd.machine.NAME.vend: dispense one item from a slot (from BusinessMgr); retried until acked.
+register("cmd.machine.*.vend", Map({
+    "id": RID,                    # the command id: a machine acts on an id at most once
+    "expires": Int(min=0),        # unix seconds, judged against a clock the machine trusts
+    "slot": Int(min=0, max=255),
+    "invoice": Str(max=64),
+    "pulse_ms": Opt(Int(min=10, max=10_000)),  # relay on-time; default from the machine's config
+}))
+
+# machine.NAME.vend.ack: the answer to one vend command (the same answer when retried).
+register("machine.*.vend.ack", Map({
+    "id": RID,
+    "status": Str(choices=("vended", "refused", "failed")),
+    "slot": Int(min=0, max=255),
+    "invoice": Str(max=64),
+    "reason": Opt(REASON),
+    "pulsed_ms": Opt(Int(min=0)),
+}))

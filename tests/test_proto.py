@@ -438,7 +438,7 @@ values = st.recursive(
                                             max_size=4)),
     max_leaves=24,
 )
-TOPICS = sorted(p.rstrip(".") + ".alice" for p, _ in REGISTRY.families()) + ["nope.alice", "vault.alice"]
+TOPICS = sorted(p.replace("*", "alice").rstrip(".") + ".alice" for p, _ in REGISTRY.families()) + ["nope.alice", "vault.alice"]
 
 
 def _mutated_body(draw):
@@ -460,7 +460,7 @@ def fuzzed_message(draw):
     """A payload map mixing valid and arbitrary header values and bodies."""
     if draw(st.booleans()):
         family, body = _mutated_body(draw)
-        topic = family + ".alice"
+        topic = family.replace("*", "alice") + ".alice"  # a concrete topic of that family
     else:
         body = draw(st.dictionaries(st.text(max_size=8), values, max_size=5) | values)
         topic = draw(st.sampled_from(TOPICS))
@@ -566,6 +566,11 @@ EXAMPLES = {
     "chain.watch.ack": dict(body={"id": RID, "address": "bcrt1qexample", "script": "0014" + "11" * 20,
                                   "status": "watching", "reason": None},
                             required="status", int=None, range=None, long=(("address",), 101)),
+    "cmd.machine.*.vend": dict(body={"id": RID, "expires": T0, "slot": 1, "invoice": "inv-1", "pulse_ms": None},
+                        required="slot", int=("slot",), range=(("slot",), 256), long=(("invoice",), 65)),
+    "machine.*.vend.ack": dict(body={"id": RID, "status": "vended", "slot": 1, "invoice": "inv-1", "reason": None,
+                          "pulsed_ms": 500},
+                    required="status", int=("slot",), range=(("slot",), -1), long=(("invoice",), 65)),
     "chain.reorg": dict(body={"fork_height": 99, "depth": 2, "old_tip": "ab" * 32, "new_tip": "cd" * 32},
                         required="depth", int=("depth",), range=(("depth",), 0), long=(("old_tip",), 65)),
 }
