@@ -301,7 +301,7 @@ class ChainNotifier(Actor):
             else:
                 result = self.watch(body["address"], body.get("label"))
                 ChainCommand.create(id=cid, result=json.dumps(result))
-            self._enqueue_now("chain.watch.ack", {"id": body["id"], "address": body["address"], **result})
+            self._answer("chain.watch.ack", {"id": body["id"], "address": body["address"], **result})
 
     def watch(self, address: str, label: str | None) -> dict:
         """Add ``address`` to the watched set; returns the ack fields."""
@@ -490,7 +490,7 @@ class ChainNotifier(Actor):
                                                                           use_bin_type=True)) \
             .on_conflict_ignore().execute()
 
-    def _enqueue_now(self, topic, body):
+    def _answer(self, topic, body):
         """Acknowledgements are answers, not facts: published directly, not via the outbox."""
         self.runtime.publish(topic, body)
 

@@ -38,14 +38,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from scripts.chainsim import outputs
 from scripts.chainsim.chain import Block, TxInfo, difficulty
 from scripts.chainsim.errors import RpcError
 from scripts.chainsim.rpc import NodeRpc
+from scripts.chainsim.rpcserver import KeepAliveHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -531,48 +530,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
 
 
-class EsploraHttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
+class EsploraHttpServer(KeepAliveHTTPServer):
+    thread_name = "chainsim-esplora"
 
     def __init__(self, host: str, port: int, sim):
         self.api = EsploraApi(sim)
         self.lock = sim._lock
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        self._thread = None
         super().__init__((host, port), _Handler)
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def process_request(self, request, client_address):
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def start(self):
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"chainsim-esplora:{self.port}", daemon=True)
-        self._thread.start()
-
-    def stop(self):
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join()
-            self._thread = None
-        with self._conns_lock:
-            conns, self._conns = list(self._conns), set()
-        for conn in conns:  # keep-alive clients: cut them off so their threads end
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.server_close()

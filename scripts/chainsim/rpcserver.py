@@ -98,25 +98,65 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.after_reply()
 
 
-class RpcHttpServer(ThreadingHTTPServer):
+class KeepAliveHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP/1.1 server that can stop while clients hold keep-alive connections:
+    it tracks open connections and cuts them off at stop(), so handler threads end."""
+
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    thread_name = "chainsim-http"
+
+    def __init__(self, server_address, handler):
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self._thread = None
+        super().__init__(server_address, handler)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def process_request(self, request, client_address):
+        with self._conns_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def start(self):
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"{self.thread_name}:{self.port}", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        with self._conns_lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:  # keep-alive clients: cut them off so their threads end
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.server_close()
+
+
+class RpcHttpServer(KeepAliveHTTPServer):
+    thread_name = "chainsim-rpc"
 
     def __init__(self, host: str, port: int, endpoint, user: str, password: str):
         self.endpoint = endpoint
         self._user = user.encode()
         self._password = password.encode()
         self._refuse_until = 0.0
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        self._thread = None
         self.after_reply = None  # called after each JSON-RPC reply is written (the `stop` RPC uses it)
         super().__init__((host, port), _Handler)
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
 
     # -- auth ----------------------------------------------------------------
 
@@ -146,33 +186,3 @@ class RpcHttpServer(ThreadingHTTPServer):
         # False makes socketserver close the new connection without a byte sent.
         return not self.refusing()
 
-    # -- lifecycle -----------------------------------------------------------
-
-    def process_request(self, request, client_address):
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request):
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def start(self):
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"chainsim-rpc:{self.port}", daemon=True)
-        self._thread.start()
-
-    def stop(self):
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join()
-            self._thread = None
-        with self._conns_lock:
-            conns, self._conns = list(self._conns), set()
-        for conn in conns:  # keep-alive clients: cut them off so their threads end
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.server_close()
