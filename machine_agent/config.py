@@ -14,11 +14,20 @@ the machine's 0600 key file) and copied to the machine::
 
     [vault]
     token_public_key = "<hex>"    # pinned: tokens signed by any other key are refused
+
+    pins = "gpio"                 # "gpio": gpiozero's default pin factory; "mock": no hardware
+    i2c_bus = 1                   # /dev/i2c-1, for i2c relays
+
+    [slots.1]
+    relay = "gpio:17"             # or "i2c:0x20:3" (PCF8574 address, bit)
+    active_high = true            # default: true for gpio, false for i2c
+    pulse_ms = 500                # relay on-time; a vend command may override it
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nacl.signing
@@ -40,6 +49,14 @@ broker_public_key = "{broker}"
 
 [vault]
 token_public_key = "{vault}"
+
+# Vending: "gpio" uses gpiozero's default pin factory, "mock" needs no hardware.
+# pins = "gpio"
+# i2c_bus = 1
+# [slots.1]
+# relay = "gpio:17"      # or "i2c:0x20:3"
+# active_high = true     # default true for gpio, false for i2c
+# pulse_ms = 500
 """
 
 
@@ -67,6 +84,51 @@ def load(path) -> BusSettings:
     except FileNotFoundError:
         raise ConfigError(f"no agent config at {path}: make one with `dctrl agent-config NAME` on the server") from None
     except (KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class MachineConfig:
+    """The vending part of agent.toml (see the module docstring)."""
+
+    slots: dict = field(default_factory=dict)  # slot number -> machine_agent.mgr.Slot
+    pins: str = "gpio"
+    i2c_bus: int = 1
+    journal_file: Path | None = None  # the command journal (state/commands.jsonl)
+
+
+def load_machine(path) -> MachineConfig:
+    from .mgr import Slot
+
+    path = Path(path).absolute()
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+        state = path.parent / cfg.get("state_dir", "state")
+        state.mkdir(mode=0o700, exist_ok=True)
+        pins = cfg.get("pins", "gpio")
+        if pins not in ("gpio", "mock"):
+            raise ValueError(f"pins must be 'gpio' or 'mock', not {pins!r}")
+        slots = {}
+        for key, s in (cfg.get("slots") or {}).items():
+            n = int(key)
+            if not 0 <= n <= 255:
+                raise ValueError(f"slot {n} is not 0..255")
+            relay = s["relay"]
+            if not isinstance(relay, str) or not relay.startswith(("gpio:", "i2c:")):
+                raise ValueError(f"slot {n}: relay must be gpio:PIN or i2c:ADDR:BIT, not {relay!r}")
+            active_high = s.get("active_high")
+            if active_high is not None and not isinstance(active_high, bool):
+                raise ValueError(f"slot {n}: active_high must be true or false")
+            pulse_ms = int(s.get("pulse_ms", 500))
+            if not 10 <= pulse_ms <= 10_000:
+                raise ValueError(f"slot {n}: pulse_ms must be 10..10000")
+            slots[n] = Slot(relay=relay, active_high=active_high, pulse_ms=pulse_ms)
+        return MachineConfig(slots=slots, pins=pins, i2c_bus=int(cfg.get("i2c_bus", 1)),
+                             journal_file=state / "commands.jsonl")
+    except FileNotFoundError:
+        raise ConfigError(f"no agent config at {path}: make one with `dctrl agent-config NAME` on the server") from None
+    except (KeyError, ValueError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from None
 
 
