@@ -30,7 +30,7 @@ from .identity import IdentityKeys
 
 SERVER_ACTORS = ("broker", "vault", "event_logger")  # the bus itself
 SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier", "chain_notifier")  # run by `dctrl up`, expected by `dctrl status`
-ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier", "business_mgr")  # keys made by init
+ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier", "business_mgr", "business_data")
 DEMO_MACHINE = "vm1"
 ADMIN = "admin"
 
@@ -117,7 +117,7 @@ publish = ["machine.{{self}}"]
 subscribe = ["cmd.machine.{{self}}"]
 
 [role.admin]
-publish = ["debug", "cmd.chain"]
+publish = ["debug", "cmd.chain", "cmd.business"]
 subscribe = [""]
 
 [identity.broker]
@@ -137,6 +137,10 @@ subscribe = ["cmd.chain"]
 
 [identity.price_notifier]
 publish = ["price"]
+
+[identity.business_data]
+publish = ["business"]
+subscribe = ["cmd.business"]
 
 [identity.business_mgr]
 publish = ["cmd.machine", "cmd.chain"]
