@@ -292,6 +292,9 @@ class Home:
         from actors.secretstore import SecretStore, create_key_file
 
         create_key_file(home.vault_dir / "secrets.key")
+        from machine_agent.config import write_folder  # the demo's simulated machine vm1
+
+        write_folder(home, DEMO_MACHINE, root / "agents" / DEMO_MACHINE, demo=True)
         if home.database_url.startswith("sqlite"):  # create the embedded database file (WAL)
             from actors.db import connect
 

@@ -142,3 +142,34 @@ def render(home, name) -> str:
     return TEMPLATE.format(name=name, pub=bus["publish_endpoint"], sub=bus["subscribe_endpoint"],
                            broker=registry.current("broker").curve.decode(),
                            vault=bytes(home.vault_public).hex())
+
+
+DEMO_SLOTS = """
+# Demo slots (made by `dctrl init` for the simulated machine; pins are gpiozero's MockFactory).
+[slots.1]
+relay = "gpio:17"
+pulse_ms = 500
+
+[slots.2]
+relay = "gpio:27"
+pulse_ms = 500
+"""
+
+
+def write_folder(home, name, out, *, demo=False) -> Path:
+    """Write OUT/agent.toml and OUT/NAME.key (0600): the folder to copy to machine NAME.
+
+    ``demo`` makes a simulated machine: mock pins and two slots."""
+    import os
+    import shutil
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = render(home, name)
+    if demo:
+        text = text.replace('state_dir = "state"\n', 'state_dir = "state"\npins = "mock"\n', 1) + DEMO_SLOTS
+    (out / "agent.toml").write_text(text)
+    key = out / f"{name}.key"
+    shutil.copyfile(home.key_file(name), key)
+    os.chmod(key, 0o600)
+    return out / "agent.toml"

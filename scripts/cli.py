@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 from proto.errors import DctrlError
 
@@ -68,23 +67,15 @@ def cmd_run(args):
 
 
 def cmd_agent_config(args):
-    import shutil
-
-    from machine_agent.config import render
+    from machine_agent.config import render, write_folder
 
     home = _home(args)
-    text = render(home, args.name)
     if not args.out:
-        print(text, end="")
+        print(render(home, args.name), end="")
         return
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "agent.toml").write_text(text)
-    key = out / f"{args.name}.key"
-    shutil.copyfile(home.key_file(args.name), key)
-    os.chmod(key, 0o600)
-    print(f"wrote {out}/agent.toml and {key} (0600); copy the folder to the machine and run "
-          f"`dctrl-agent --config agent.toml` there")
+    config = write_folder(home, args.name, args.out)
+    print(f"wrote {config} and {config.parent / (args.name + '.key')} (0600); copy the folder to the machine "
+          f"and run `dctrl-agent --config agent.toml` there")
 
 
 def cmd_db(args):
@@ -116,6 +107,8 @@ def cmd_status(args):
     home = _home(args)
     wait = args.wait or home.config["runtime"]["heartbeat_interval"] + 1.5
     expected = set(args.expect.split(",")) if args.expect else set(SUPERVISED_ACTORS)
+    if not args.expect and home.config["demo"]["simulators"]:
+        expected.add("vm1")  # the demo's simulated vending machine
     deadline = time.monotonic() + (args.until or 0)
     registry = Registry.load(home.registry_path)
     while True:

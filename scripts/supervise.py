@@ -15,7 +15,7 @@ from proto.errors import ConfigError
 
 PROGRAM = """\
 [program:{name}]
-command={python} -m scripts.cli {args} --home {home}
+command={python} -m {command}
 directory={cwd}
 environment=PYTHONUNBUFFERED="1"
 priority={priority}
@@ -34,9 +34,12 @@ stdout_logfile_backups=5
 
 
 SIMULATORS = {
-    # name -> (dctrl arguments, priority): started before the actors that use them.
-    "sim_exchanges": ("sim exchanges --port {demo[exchanges_port]}", 5),
-    "sim_chain": ("sim chain --rpc-port {demo[chain_rpc_port]} --zmq-port {demo[chain_zmq_port]}", 6),
+    # name -> (command after `python -m`, priority): the simulators start before the actors
+    # that use them; the simulated vending machine vm1 after them.
+    "sim_exchanges": ("scripts.cli sim exchanges --port {demo[exchanges_port]} --home {home}", 5),
+    "sim_chain": ("scripts.cli sim chain --rpc-port {demo[chain_rpc_port]} --zmq-port {demo[chain_zmq_port]} "
+                  "--home {home}", 6),
+    "agent_vm1": ("machine_agent.main --config {home}/agents/vm1/agent.toml --pins mock", 100),
 }
 
 
@@ -59,11 +62,13 @@ def supervisor_config(home: Home, actors=SUPERVISED_ACTORS) -> str:
         f"serverurl=unix://{home.run_dir}/supervisor.sock\n\n",
     ]
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    programs = [(name, f"run {name}", priority * 10) for priority, name in enumerate(actors, start=1)]
+    programs = [(name, f"scripts.cli run {name} --home {home.root}", priority * 10)
+                for priority, name in enumerate(actors, start=1)]
     if home.config["demo"]["simulators"]:
-        programs += [(name, args.format(demo=home.config["demo"]), prio) for name, (args, prio) in SIMULATORS.items()]
-    for name, args, priority in sorted(programs, key=lambda p: p[2]):
-        out.append(PROGRAM.format(name=name, args=args, python=sys.executable, home=home.root, cwd=cwd,
+        programs += [(name, command.format(demo=home.config["demo"], home=home.root), prio)
+                     for name, (command, prio) in SIMULATORS.items()]
+    for name, command, priority in sorted(programs, key=lambda p: p[2]):
+        out.append(PROGRAM.format(name=name, command=command, python=sys.executable, cwd=cwd,
                                   priority=priority, log=home.log_dir))
     return "".join(out)
 

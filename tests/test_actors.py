@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from actors.runtime import Actor, Runtime, on
 from tests.harness import ROOT, dctrl, topic_is, wait_for
@@ -134,20 +135,28 @@ def test_sigterm_stops_actors_and_broker_cleanly(home, network):
     assert "vault stopping" in network.log("vault") and "broker stopped" in network.log("broker")
 
 
-def test_dctrl_up_runs_everything_under_supervisord(home):
+def test_dctrl_up_runs_everything_under_supervisord(home, clients):
     conf = dctrl(home, "supervisor-config").stdout
-    for program in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "sim_exchanges", "sim_chain"):
+    for program in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "sim_exchanges", "sim_chain",
+                    "agent_vm1"):
         assert f"[program:{program}]" in conf
     up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--home", str(home.root)], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
     try:
         out = dctrl(home, "status", "--until", "30", check=False)
         assert out.returncode == 0, out.stdout + out.stderr
-        for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier"):
+        for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "vm1"):
             line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
             assert " ok " in line
         price = dctrl(home, "price", "show", "--json", check=False)
         assert price.returncode == 0 and '"cad_per_btc"' in price.stdout, price.stdout + price.stderr
+        # The demo's simulated machine vends on a command from business_mgr (mock relay).
+        mgr = clients(home, "business_mgr", prefixes=["machine.vm1.vend.ack"])
+        cid = os.urandom(16)
+        mgr.publish("cmd.machine.vm1.vend", {"id": cid, "expires": int(time.time()) + 30, "slot": 1,
+                                             "invoice": "demo-1", "pulse_ms": None})
+        ack = mgr.expect(lambda d: d.message and d.message.body["id"] == cid, what="vm1's vend ack")
+        assert (ack.message.body["status"], ack.message.body["pulsed_ms"]) == ("vended", 500)
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0
