@@ -29,7 +29,7 @@ from .files import atomic_write, read_secret_file, write_json
 from .identity import IdentityKeys
 
 SERVER_ACTORS = ("broker", "vault", "event_logger")  # the bus itself
-SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier", "chain_notifier")  # run by `dctrl up`, expected by `dctrl status`
+SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier", "chain_notifier", "business_data")  # run by `dctrl up`, expected by `dctrl status`
 ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier", "business_mgr", "business_data")
 DEMO_MACHINE = "vm1"
 ADMIN = "admin"

@@ -187,3 +187,46 @@ register("machine.*.vend.ack", Map({
     "reason": Opt(REASON),
     "pulsed_ms": Opt(Int(min=0)),
 }))
+
+# -- business data: machines, slots, prices, policies (BusinessData is the single writer) --
+
+BUSINESS_CMD = {
+    "id": RID,                    # deduplicated by id: a retried command is applied once
+    "expires": Int(min=0),        # unix seconds; an expired command is refused, never applied
+}
+RELAY = Str(max=32, pattern=r"gpio:\d{1,2}|i2c:0x[0-9a-fA-F]{2}:[0-7]")
+
+# cmd.business.machine.add: a new vending machine (from an operator); retried until acked.
+register("cmd.business.machine.add", Map({**BUSINESS_CMD, "name": NAME, "location": Opt(Str(max=128))}))
+# cmd.business.slot.set: create or change a slot; price_cad is a decimal string ("3.50"), never a float.
+# relay and stock None keep the slot's current values (a new slot: none).
+register("cmd.business.slot.set", Map({
+    **BUSINESS_CMD,
+    "machine": NAME,
+    "slot": Int(min=0, max=255),
+    "product": Str(max=64),
+    "price_cad": Str(max=32),     # judged by BusinessData: refused (acked) if not 0..2 decimals, >= 0
+    "relay": Opt(RELAY),
+    "stock": Opt(Int(min=0, max=1_000_000)),
+}))
+# cmd.business.policy.set: a new version of one policy (value as a string, validated per key).
+register("cmd.business.policy.set", Map({**BUSINESS_CMD, "key": Str(max=64), "value": Str(max=64)}))
+# business.ack: the answer to any cmd.business.* (the same answer for a retried id).
+register("business.ack", Map({
+    "id": RID,
+    "status": Str(choices=("done", "refused")),
+    "reason": Opt(REASON),
+}))
+# business.machine.added: a machine was added.
+register("business.machine.added", Map({"name": NAME, "location": Opt(Str(max=128)), "created": Int(min=0)}))
+# business.slot.changed: a slot's current state after a change.
+register("business.slot.changed", Map({
+    "machine": NAME,
+    "slot": Int(min=0, max=255),
+    "product": Str(max=64),
+    "price_cents": Int(min=0),
+    "relay": Opt(RELAY),
+    "stock": Opt(Int(min=0)),
+}))
+# business.policy.changed: a policy key has a new current value (version grows across all keys).
+register("business.policy.changed", Map({"key": Str(max=64), "value": Str(max=64), "version": Int(min=1)}))

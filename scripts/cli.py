@@ -19,6 +19,7 @@ ACTORS = {
     "event_logger": "actors.event_logger:EventLogger",
     "chain_notifier": "actors.chain_notifier:ChainNotifier",
     "price_notifier": "actors.price_notifier:PriceNotifier",
+    "business_data": "actors.business_data:BusinessData",
 }
 
 
@@ -347,7 +348,7 @@ def build_parser():
     sp.add_argument("--subscribe-endpoint", help="broker XPUB endpoint (default tcp://127.0.0.1:7402)")
     sp.add_argument("--database-url", help="peewee database URL (default: SQLite file in the home)")
 
-    sp = cmd("run", cmd_run, "run one server process in the foreground (broker, vault, event_logger, chain_notifier, price_notifier)")
+    sp = cmd("run", cmd_run, "run one server process in the foreground (broker, vault, event_logger, chain_notifier, price_notifier, business_data)")
     sp.add_argument("name")
     cmd("broker", lambda a: cmd_run(argparse.Namespace(home=a.home, name="broker")),
         "run the broker (SubscriptionMgr) in the foreground")
@@ -406,6 +407,10 @@ def build_parser():
     for c in cs.choices.values():
         c.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         c.add_argument("--as", dest="as_name", default="admin", help="identity to act as (default admin)")
+
+    from scripts.business_cli import add_commands as add_business_commands
+
+    add_business_commands(cmd)  # machines add|list, slots set|list, policy show|set
 
     sp = cmd("events", cmd_events, "query or follow the event log")
     es = sp.add_subparsers(dest="events_cmd", required=True, metavar="ACTION")

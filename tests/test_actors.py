@@ -137,19 +137,23 @@ def test_sigterm_stops_actors_and_broker_cleanly(home, network):
 
 def test_dctrl_up_runs_everything_under_supervisord(home, clients):
     conf = dctrl(home, "supervisor-config").stdout
-    for program in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "sim_exchanges", "sim_chain",
-                    "agent_vm1"):
+    for program in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data",
+                    "sim_exchanges", "sim_chain", "agent_vm1"):
         assert f"[program:{program}]" in conf
     up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--home", str(home.root)], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
     try:
         out = dctrl(home, "status", "--until", "30", check=False)
         assert out.returncode == 0, out.stdout + out.stderr
-        for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "vm1"):
+        for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data", "vm1"):
             line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
             assert " ok " in line
         price = dctrl(home, "price", "show", "--json", check=False)
         assert price.returncode == 0 and '"cad_per_btc"' in price.stdout, price.stdout + price.stderr
+        # Business data through the real CLI, to the business_data actor and its database.
+        dctrl(home, "machines", "add", "vm1", "--location", "front door")
+        dctrl(home, "slots", "set", "vm1", "1", "--product", "Club-Mate", "--price-cad", "3.50", "--stock", "12")
+        assert "Club-Mate" in dctrl(home, "slots", "list", "vm1").stdout
         # The demo's simulated machine vends on a command from business_mgr (mock relay).
         mgr = clients(home, "business_mgr", prefixes=["machine.vm1.vend.ack"])
         cid = os.urandom(16)

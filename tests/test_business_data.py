@@ -1,0 +1,239 @@
+"""BusinessData: money parsing, models and versioned policies on SQLite and PostgreSQL, and the
+actor end to end on the real bus (broker and Vault as processes, the actor in a thread), driven
+by the CLI functions and by raw commands from an admin client."""
+
+import argparse
+import json
+import os
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.business_data import (BusinessCommand, BusinessData, BusinessSlot, MoneyError, format_cad, machines,
+                                  parse_cad, policy, policy_versions, slots)
+from actors.db import connect
+from actors.runtime import Runtime
+from proto.errors import DctrlError
+from scripts import business_cli
+from tests.harness import wait_for
+from tests.test_db import PG_URL
+
+T0 = 1_700_000_000
+
+
+# -- money ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, cents", [("3.50", 350), ("3.5", 350), ("3", 300), ("0", 0), ("0.05", 5),
+                                         ("20.00", 2000), ("999999999999.99", 99999999999999)])
+def test_parse_cad_accepts_plain_decimal_strings(text, cents):
+    assert parse_cad(text) == cents
+    assert Decimal(format_cad(cents)) == Decimal(text)
+
+
+@pytest.mark.parametrize("bad, reason", [("3.505", "at most 2 decimals"), ("-1", "negative"), ("-0.01", "negative"),
+                                         ("abc", "not a CAD amount"), ("1e2", "not a CAD amount"),
+                                         ("", "not a CAD amount"), (" 3.50", "not a CAD amount"),
+                                         ("3.", "not a CAD amount"), (".5", "not a CAD amount"),
+                                         ("NaN", "not a CAD amount"), ("Infinity", "not a CAD amount"),
+                                         ("٣.50", "not a CAD amount"), (3.5, "not float"), (350, "not int"),
+                                         (Decimal("3.50"), "not Decimal")])
+def test_parse_cad_refuses_everything_else(bad, reason):
+    with pytest.raises(MoneyError, match=reason):
+        parse_cad(bad)
+
+
+@given(st.integers(0, 2).flatmap(lambda places: st.decimals(min_value=0, max_value=10**12 - 1, places=places,
+                                                            allow_nan=False, allow_infinity=False)))
+def test_any_decimal_with_at_most_two_places_round_trips_through_cents(d):
+    d = abs(d)  # no "-0.00"
+    cents = parse_cad(f"{d:f}")
+    assert type(cents) is int and Decimal(cents) / 100 == d
+    assert Decimal(format_cad(cents)) == d and parse_cad(format_cad(cents)) == cents
+
+
+# -- models and policies on both backends ----------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bdb(request, tmp_path):
+    """A database of each kind; on PostgreSQL a fresh schema, dropped at the end."""
+    if request.param == "sqlite":
+        database = connect(f"sqlite:///{tmp_path / 'business.sqlite3'}")
+        yield database
+        database.close()
+        return
+    database = connect(PG_URL)
+    schema = f"bd_{uuid.uuid4().hex[:12]}"
+    database.execute_sql(f"CREATE SCHEMA {schema}")
+    database.execute_sql(f"SET search_path TO {schema}")
+    try:
+        yield database
+    finally:
+        database.execute_sql("SET search_path TO public")
+        database.execute_sql(f"DROP SCHEMA {schema} CASCADE")
+        database.close()
+
+
+def cmd(**body):
+    return {"id": os.urandom(16), "expires": T0 + 60, **body}
+
+
+def test_models_and_policy_versions_on_both_backends(home, bdb):
+    now = [T0]
+    actor = BusinessData(home, database=bdb, clock=lambda: now[0])
+    ack, events = actor.execute("cmd.business.machine.add", cmd(name="vm1", location="front door"))
+    assert ack["status"] == "done" and events == [("business.machine.added",
+                                                   {"name": "vm1", "location": "front door", "created": T0})]
+    ack, _ = actor.execute("cmd.business.machine.add", cmd(name="vm1", location=None))
+    assert ack["status"] == "refused" and "already exists" in ack["reason"]
+
+    ack, events = actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=255, product="cola",
+                                                            price_cad="3.50", relay="gpio:17", stock=None))
+    assert ack["status"] == "done"
+    assert events[0][1] == {"machine": "vm1", "slot": 255, "product": "cola", "price_cents": 350,
+                            "relay": "gpio:17", "stock": None}
+    # a change keeps relay and stock when not given, sets them when given
+    actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=255, product="cola zero", price_cad="4",
+                                               relay=None, stock=12))
+    actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=0, product="chips",
+                                               price_cad="999999999999.99", relay=None, stock=None))
+    assert [(s["slot"], s["product"], s["price_cents"], s["price_cad"], s["relay"], s["stock"])
+            for s in slots(bdb, "vm1")] == [(0, "chips", 99999999999999, "999999999999.99", None, None),
+                                            (255, "cola zero", 400, "4.00", "gpio:17", 12)]
+    ack, _ = actor.execute("cmd.business.slot.set", cmd(machine="vm9", slot=1, product="x", price_cad="1",
+                                                        relay=None, stock=None))
+    assert ack["status"] == "refused" and "unknown machine vm9" in ack["reason"]
+    assert machines(bdb) == [{"name": "vm1", "location": "front door", "created": T0}]
+
+    assert policy(bdb) == {"zero_conf_limit_cad": Decimal("20.00"), "invoice_lifetime_s": 900,
+                           "underpayment_tolerance_cad": Decimal("0.05"), "confirmations_required": 1}
+    for key, value in (("confirmations_required", "2"), ("zero_conf_limit_cad", "15.5"),
+                       ("confirmations_required", "3")):
+        now[0] += 1
+        ack, events = actor.execute("cmd.business.policy.set", cmd(key=key, value=value))
+        assert ack["status"] == "done", ack
+    assert events[0][0] == "business.policy.changed" and events[0][1]["key"] == "confirmations_required"
+    current = policy(bdb)
+    assert current["confirmations_required"] == 3 and current["zero_conf_limit_cad"] == Decimal("15.50")
+    history = policy_versions(bdb, "confirmations_required")
+    assert [h["value"] for h in history] == ["2", "3"] and history[0]["version"] < history[1]["version"]
+    assert [v["value"] for v in policy_versions(bdb)] == ["2", "15.50", "3"]  # append-only: nothing replaced
+
+    for key, value, why in (("confirmations_required", "0", "not in 1..100"),
+                            ("confirmations_required", "101", "not in 1..100"),
+                            ("confirmations_required", "1.0", "not a whole number"),
+                            ("invoice_lifetime_s", "-5", "not a whole number"),
+                            ("underpayment_tolerance_cad", "0.005", "at most 2 decimals"),
+                            ("zero_conf_limit_cad", "-1", "negative"),
+                            ("surprise", "1", "unknown policy")):
+        ack, events = actor.execute("cmd.business.policy.set", cmd(key=key, value=value))
+        assert ack["status"] == "refused" and why in ack["reason"] and events == [], (key, value, ack)
+    assert len(policy_versions(bdb)) == 3
+    # the dedup table remembers every command, applied or refused
+    assert BusinessCommand.select().bind(bdb).count() == 16
+
+
+# -- the actor on the bus ---------------------------------------------------------
+
+@pytest.fixture
+def business(home, network):
+    """BusinessData running in a thread of the test process with its own identity."""
+    actor = BusinessData(home)
+    rt = Runtime(actor, home.bus_settings("business_data"))
+    t = threading.Thread(target=rt.run, daemon=True)
+    t.start()
+    wait_for(rt.proxy.token_valid, what="business_data's token")
+    yield actor
+    rt.stop()
+    t.join(10)
+    assert not t.is_alive()
+
+
+def ns(home, **kw):
+    return argparse.Namespace(home=str(home.root), as_name="admin", timeout=10.0, json=False, **kw)
+
+
+def test_cli_changes_go_over_the_bus_and_are_published(home, business, clients, capsys):
+    watch = clients(home, "admin", prefixes=["business"])
+    time.sleep(0.3)  # the subscription reaches the broker
+    business_cli.cmd_machines(ns(home, machines_cmd="add", name="vm1", location="lobby"))
+    business_cli.cmd_slots(ns(home, slots_cmd="set", machine="vm1", slot=3, product="cola", price_cad="3.50",
+                              stock=10, relay="gpio:17"))
+    business_cli.cmd_policy(ns(home, policy_cmd="set", key="zero_conf_limit_cad", value="25"))
+    out = capsys.readouterr().out
+    assert "machine vm1 added (lobby)" in out and "slot vm1/3: cola at 3.50 CAD" in out
+    assert "policy zero_conf_limit_cad = 25.00" in out
+
+    added = watch.expect(lambda d: d.message and d.message.topic == "business.machine.added").message
+    assert added.sender == "business_data" and added.body["name"] == "vm1"
+    changed = watch.expect(lambda d: d.message and d.message.topic == "business.slot.changed").message.body
+    assert changed == {"machine": "vm1", "slot": 3, "product": "cola", "price_cents": 350, "relay": "gpio:17",
+                       "stock": 10}
+    pol = watch.expect(lambda d: d.message and d.message.topic == "business.policy.changed").message.body
+    assert pol["key"] == "zero_conf_limit_cad" and pol["value"] == "25.00" and pol["version"] >= 1
+    acks = [watch.expect(lambda d: d.message and d.message.topic == "business.ack").message.body for _ in range(3)]
+    assert {a["status"] for a in acks} == {"done"}
+
+    business_cli.cmd_machines(ns(home, machines_cmd="list"))
+    business_cli.cmd_slots(ns(home, slots_cmd="list", machine="vm1"))
+    assert "vm1" in capsys.readouterr().out
+    business_cli.cmd_slots(argparse.Namespace(home=str(home.root), slots_cmd="list", machine="vm1", json=True))
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["slot"], r["price_cad"], r["stock"]) for r in rows] == [(3, "3.50", 10)]
+    business_cli.cmd_policy(argparse.Namespace(home=str(home.root), policy_cmd="show", json=True))
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"zero_conf_limit_cad": "25.00", "invoice_lifetime_s": "900",
+                     "underpayment_tolerance_cad": "0.05", "confirmations_required": "1"}
+
+    # refusals come back as clear errors: from business_data, or caught before sending
+    with pytest.raises(DctrlError, match="refused: machine vm1 already exists"):
+        business_cli.cmd_machines(ns(home, machines_cmd="add", name="vm1", location=None))
+    with pytest.raises(DctrlError, match="at most 2 decimals"):
+        business_cli.cmd_slots(ns(home, slots_cmd="set", machine="vm1", slot=3, product="cola", price_cad="3.505",
+                                  stock=None, relay=None))
+    with pytest.raises(DctrlError, match="invalid body.slot"):
+        business_cli.cmd_slots(ns(home, slots_cmd="set", machine="vm1", slot=256, product="cola", price_cad="3",
+                                  stock=None, relay=None))
+    with pytest.raises(DctrlError, match="unknown policy"):
+        business_cli.cmd_policy(ns(home, policy_cmd="set", key="nope", value="1"))
+
+
+def test_retries_applied_once_expired_and_bad_prices_refused(home, business, clients):
+    watch = clients(home, "admin", prefixes=["business"])
+    time.sleep(0.3)
+
+    def ack_for(body):
+        return watch.expect(lambda d: d.message and d.message.topic == "business.ack"
+                            and d.message.body["id"] == body["id"], what="the ack").message.body
+
+    machine = {"id": os.urandom(16), "expires": int(time.time()) + 60, "name": "vm2", "location": None}
+    for _ in range(3):  # a sender retrying until acked
+        watch.publish("cmd.business.machine.add", machine)
+    assert [ack_for(machine)["status"] for _ in range(3)] == ["done"] * 3
+    watch.expect(lambda d: d.message and d.message.topic == "business.machine.added")
+
+    expired = {"id": os.urandom(16), "expires": int(time.time()) - 1, "name": "vm3", "location": None}
+    watch.publish("cmd.business.machine.add", expired)
+    ack = ack_for(expired)
+    assert ack["status"] == "refused" and ack["reason"] == "command expired"
+
+    for price, why in (("3.505", "at most 2 decimals"), ("-1", "negative"), ("abc", "not a CAD amount")):
+        body = {"id": os.urandom(16), "expires": int(time.time()) + 60, "machine": "vm2", "slot": 1,
+                "product": "cola", "price_cad": price, "relay": None, "stock": None}
+        watch.publish("cmd.business.slot.set", body)
+        ack = ack_for(body)
+        assert ack["status"] == "refused" and why in ack["reason"] and "price" in ack["reason"], ack
+
+    time.sleep(0.3)  # anything published late would have arrived by now
+    topics = [d.message.topic for d in watch.drain() if d.message]
+    assert topics.count("business.machine.added") == 0 and "business.slot.changed" not in topics
+    database = connect(home.database_url)
+    try:
+        assert [m["name"] for m in machines(database)] == ["vm2"]
+        assert BusinessSlot.select().bind(database).count() == 0
+    finally:
+        database.close()
