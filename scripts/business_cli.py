@@ -45,12 +45,16 @@ def send_command(args, topic: str, body: dict) -> dict:
 
 
 def _database(args):
-    from actors.business_data import TABLES, db
+    from actors.business_data import TABLES
     from actors.db import connect
 
     database = connect(_home(args).database_url)
-    db.initialize(database)  # the models' proxy (in the actor's own process it does this itself)
-    database.create_tables(TABLES, safe=True)  # readable before business_data first ran
+    # Reads only: the query functions bind to this connection. Tables are business_data's to
+    # create; before it has ever run there is nothing to show.
+    missing = [m._meta.table_name for m in TABLES if not database.table_exists(m._meta.table_name)]
+    if missing:
+        raise DctrlError("no business data yet: business_data has not run on this database "
+                         f"(missing {', '.join(missing)}); start it with `dctrl up` or `dctrl run business_data`")  # readable before business_data first ran
     return database
 
 
