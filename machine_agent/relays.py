@@ -14,7 +14,18 @@ import time
 from proto.errors import ConfigError
 
 
-class GpioRelay:
+class Relay:
+    """A relay: subclasses provide on() and off(); pulse() is always off again at the end."""
+
+    def pulse(self, ms: int) -> None:
+        try:
+            self.on()
+            time.sleep(ms / 1000)  # the relay's on-time itself, on the vend worker thread
+        finally:
+            self.off()
+
+
+class GpioRelay(Relay):
     """A relay on a GPIO pin; ``active_high=False`` for boards that switch on a low level."""
 
     def __init__(self, pin, active_high=True, pin_factory=None):
@@ -29,13 +40,6 @@ class GpioRelay:
     def off(self):
         self.device.off()
 
-    def pulse(self, ms: int) -> None:
-        try:
-            self.on()
-            time.sleep(ms / 1000)
-        finally:
-            self.off()
-
     def close(self):
         self.device.close()
 
@@ -49,7 +53,7 @@ def _port_lock(bus, address) -> threading.Lock:
         return _port_locks.setdefault((id(bus), address), threading.Lock())
 
 
-class I2CRelay:
+class I2CRelay(Relay):
     """One bit of an 8-bit PCF8574-style port, through an smbus2-like ``bus``
     (``read_byte(addr)``, ``write_byte(addr, value)``). Read-modify-write keeps
     the other seven bits; relays sharing a chip share a lock. Most such relay
@@ -76,13 +80,6 @@ class I2CRelay:
 
     def off(self):
         self._set(False)
-
-    def pulse(self, ms: int) -> None:
-        try:
-            self.on()
-            time.sleep(ms / 1000)
-        finally:
-            self.off()
 
     def close(self):
         pass
