@@ -642,7 +642,7 @@ from actors.eventlog import EventLog
 def body_for(seq):
     return b"%d:" % seq + bytes((seq * 7 + i) % 256 for i in range(seq % 41))
 
-log = EventLog(sys.argv[2], segment_bytes=2048, fsync_every=int(sys.argv[3]),
+log = EventLog(sys.argv[2], segment_bytes=256, fsync_every=int(sys.argv[3]),
                fsync_interval=3600)
 print("open", log.next_seq, log.recovered_bytes, flush=True)
 for _ in range(1_000_000):
@@ -659,7 +659,9 @@ def test_sigkilled_writer_loses_nothing_it_reported_fsynced(tmp_path):
     reported_max = -1
     on_disk = 0  # complete records readable after the previous kill
     for round_ in range(3):
-        target = rng.randint(1, 40)
+        # At least 10 fsynced records a round: 30+ records of 10+ bytes always fill several
+        # 256-byte segments, so the kill lands across segment rolls (not by chance).
+        target = rng.randint(10, 40)
         proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(ROOT), str(d), str(rng.randint(1, 9))],
             stdout=subprocess.PIPE,
@@ -697,7 +699,7 @@ def test_sigkilled_writer_loses_nothing_it_reported_fsynced(tmp_path):
         assert len(records) > reported_max, (seed, len(records), reported_max)
         on_disk = len(records)
 
-    with EventLog(d, segment_bytes=2048) as log:
+    with EventLog(d, segment_bytes=256) as log:
         n = log.next_seq
         assert n > reported_max
         assert log.append(body_for(n)) == n
