@@ -27,13 +27,18 @@ def chain(home, network, sim, clients):
     """The notifier running as a process, and an admin client hearing chain.* events."""
     watch = clients(home, "admin", prefixes=["chain", "health.chain_notifier"])
     network.start("chain_notifier")
-    watch.expect(lambda d: d.message and d.message.topic == "health.chain_notifier" and
-                 "tip" in (d.message.body["detail"] or "") and d.message.body["status"] == "ok",
+    watch.expect(notifier_health("ok", "tip"),
                  timeout=20, what="chain_notifier healthy")
     return watch
 
 
-def events(client, topic, **body):
+def notifier_health(status, detail=""):
+    """Predicate: a heartbeat of chain_notifier with this status whose detail contains ``detail``."""
+    return lambda d: (d.message is not None and d.message.topic == "health.chain_notifier"
+                      and d.message.body["status"] == status and detail in (d.message.body["detail"] or ""))
+
+
+def events(topic, **body):
     return lambda d: (d.message is not None and d.message.topic == topic
                       and all(d.message.body.get(k) == v for k, v in body.items()))
 
@@ -43,12 +48,12 @@ def test_payment_seen_then_confirmed_to_depth(home, sim, chain):
     out = dctrl(home, "chain", "watch", address, "--label", "invoice 1").stdout
     assert f"watching {address}" in out
     txid = sim.pay(address, "0.00123456")
-    seen = chain.expect(events(chain, "chain.tx.seen", txid=txid)).message.body
+    seen = chain.expect(events("chain.tx.seen", txid=txid)).message.body
     assert (seen["address"], seen["sats"], seen["label"], seen["rbf"]) == (address, 123456, "invoice 1", False)
     sim.mine(1)
-    c1 = chain.expect(events(chain, "chain.tx.confirmed", txid=txid, confirmations=1)).message.body
+    c1 = chain.expect(events("chain.tx.confirmed", txid=txid, confirmations=1)).message.body
     sim.mine(3)
-    c3 = chain.expect(events(chain, "chain.tx.confirmed", txid=txid, confirmations=3)).message.body
+    c3 = chain.expect(events("chain.tx.confirmed", txid=txid, confirmations=3)).message.body
     assert c1["height"] == c3["height"] and c1["block"] == c3["block"]
     status = dctrl(home, "chain", "status", "--json")
     assert '"status": "ok"' in status.stdout
@@ -58,9 +63,9 @@ def test_replaced_payment_is_reported(home, sim, chain):
     address = sim.new_address()
     dctrl(home, "chain", "watch", address)
     txid = sim.pay(address, "0.001", rbf=True)
-    assert chain.expect(events(chain, "chain.tx.seen", txid=txid)).message.body["rbf"] is True
+    assert chain.expect(events("chain.tx.seen", txid=txid)).message.body["rbf"] is True
     new_txid = sim.replace(txid)
-    replaced = chain.expect(events(chain, "chain.tx.replaced", txid=txid)).message.body
+    replaced = chain.expect(events("chain.tx.replaced", txid=txid)).message.body
     assert replaced["by"] == new_txid
 
 
@@ -68,15 +73,15 @@ def test_two_block_reorg_republishes_affected_outputs(home, sim, chain):
     address = sim.new_address()
     dctrl(home, "chain", "watch", address)
     txid = sim.pay(address, "0.002")
-    chain.expect(events(chain, "chain.tx.seen", txid=txid))
+    chain.expect(events("chain.tx.seen", txid=txid))
     sim.mine(1)
-    first = chain.expect(events(chain, "chain.tx.confirmed", txid=txid, confirmations=1)).message.body
+    first = chain.expect(events("chain.tx.confirmed", txid=txid, confirmations=1)).message.body
     sim.mine(1)
-    chain.expect(events(chain, "chain.tx.confirmed", txid=txid, confirmations=2))
+    chain.expect(events("chain.tx.confirmed", txid=txid, confirmations=2))
     sim.reorg(2)
-    reorg = chain.expect(events(chain, "chain.reorg")).message.body
+    reorg = chain.expect(events("chain.reorg")).message.body
     assert reorg["depth"] == 2
-    again = chain.expect(lambda d: events(chain, "chain.tx.confirmed", txid=txid)(d)
+    again = chain.expect(lambda d: events("chain.tx.confirmed", txid=txid)(d)
                          and d.message.body["block"] != first["block"]).message.body
     assert again["event_id"] != first["event_id"]
 
@@ -85,15 +90,15 @@ def test_catch_up_after_kill_9_publishes_what_was_missed_once(home, network, sim
     address = sim.new_address()
     dctrl(home, "chain", "watch", address)
     txid = sim.pay(address, "0.003")
-    chain.expect(events(chain, "chain.tx.seen", txid=txid))
+    chain.expect(events("chain.tx.seen", txid=txid))
     network.signal("chain_notifier", signal.SIGKILL)
     sim.mine(1)  # confirmed while the notifier is down
     sim.mine(1)
     network.start("chain_notifier")
-    d = chain.expect(events(chain, "chain.tx.confirmed", txid=txid), timeout=30).message.body
+    d = chain.expect(events("chain.tx.confirmed", txid=txid), timeout=30).message.body
     assert d["confirmations"] == 2  # catch-up publishes the count reached, once
     sim.mine(1)
-    chain.expect(events(chain, "chain.tx.confirmed", txid=txid, confirmations=3))
+    chain.expect(events("chain.tx.confirmed", txid=txid, confirmations=3))
     seen = collections.Counter(h.message.body.get("event_id") for h in chain.drain()
                                if h.message and h.message.topic.startswith("chain.tx."))
     assert all(n == 1 for n in seen.values()), seen
@@ -104,7 +109,7 @@ def test_lost_zmq_notification_is_reconciled(home, sim, chain):
     dctrl(home, "chain", "watch", address)
     sim.drop_zmq(3)  # the payment's notifications never arrive
     txid = sim.pay(address, "0.004")
-    chain.expect(events(chain, "chain.tx.seen", txid=txid), timeout=20)
+    chain.expect(events("chain.tx.seen", txid=txid), timeout=20)
 
 
 def test_bad_address_is_refused(home, sim, chain):
@@ -129,12 +134,11 @@ def test_rpc_password_from_the_vault(home, network, clients):
         wait_for(lambda: "reloaded registry and policy" in network.log("vault"), what="the Vault's reload")
         watch = clients(home, "admin", prefixes=["chain", "health.chain_notifier"])
         network.start("chain_notifier")
-        watch.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
-                     and d.message.body["status"] == "ok", timeout=30, what="the notifier healthy on the node")
+        watch.expect(notifier_health("ok"), timeout=30, what="the notifier healthy on the node")
         address = sim.new_address()
         dctrl(home, "chain", "watch", address)
         txid = sim.pay(address, "0.01")
-        watch.expect(events(watch, "chain.tx.seen", txid=txid))
+        watch.expect(events("chain.tx.seen", txid=txid))
         assert "node-pw-7f3a" not in network.log("chain_notifier")
     finally:
         sim.stop()
@@ -143,15 +147,13 @@ def test_rpc_password_from_the_vault(home, network, clients):
 def test_node_refusing_the_password_or_dropping_connections_degrades_then_recovers(home, network, sim, chain):
     sim.stop_rpc(5)  # the node drops every connection for a while...
     sim.mine(1)  # ...while a block arrives, so the notifier has to ask
-    chain.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
-                 and d.message.body["status"] == "degraded", timeout=20, what="degraded health")
+    chain.expect(notifier_health("degraded"), timeout=20, what="degraded health")
     address = sim.new_address()  # sim-side call, not RPC
-    healthy = chain.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
-                           and d.message.body["status"] == "ok", timeout=30, what="recovery")
+    healthy = chain.expect(notifier_health("ok"), timeout=30, what="recovery")
     assert "tip" in healthy.message.body["detail"]
     dctrl(home, "chain", "watch", address)
     txid = sim.pay(address, "0.005")
-    chain.expect(events(chain, "chain.tx.seen", txid=txid))
+    chain.expect(events("chain.tx.seen", txid=txid))
     # The node restarts demanding a password we do not have: refused, and the heartbeat says so.
     from scripts.sim_chain import ChainSim
 
@@ -162,9 +164,7 @@ def test_node_refusing_the_password_or_dropping_connections_degrades_then_recove
     try:
         (home.root / "sim" / "chain" / ".cookie").write_text("__cookie__:left-from-the-last-run")
         other.mine(1)
-        chain.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
-                     and d.message.body["status"] == "degraded"
-                     and "refused our RPC credentials" in d.message.body["detail"],
+        chain.expect(notifier_health("degraded", "refused our RPC credentials"),
                      timeout=30, what="degraded health naming the refused credentials")
     finally:
         other.stop()
@@ -172,7 +172,7 @@ def test_node_refusing_the_password_or_dropping_connections_degrades_then_recove
     again = ChainSim(home.root / "sim" / "chain", **ports).start()
     try:
         again.mine(1)
-        chain.expect(events(chain, "chain.tx.confirmed", txid=txid), timeout=40)
+        chain.expect(events("chain.tx.confirmed", txid=txid), timeout=40)
     finally:
         again.stop()
 
@@ -181,20 +181,19 @@ def test_killed_between_a_block_and_its_publication(home, network, sim, clients)
     """The block's effects and its events commit together; the events go out after restart, once."""
     watch = clients(home, "admin", prefixes=["chain", "health.chain_notifier"])
     network.start("chain_notifier", env={"DCTRL_CRASH_AT": "block_committed"})
-    watch.expect(lambda d: d.message and d.message.topic == "health.chain_notifier"
-                 and d.message.body["status"] == "ok", timeout=20, what="chain_notifier healthy")
+    watch.expect(notifier_health("ok"), timeout=20, what="chain_notifier healthy")
     address = sim.new_address()
     dctrl(home, "chain", "watch", address)
     txid = sim.pay(address, "0.0021")
-    watch.expect(events(watch, "chain.tx.seen", txid=txid))
+    watch.expect(events("chain.tx.seen", txid=txid))
     sim.mine(1)
     assert network.procs["chain_notifier"].wait(20) == 137  # died right after committing the block
     network.procs.pop("chain_notifier")
     network.start("chain_notifier")
-    d = watch.expect(events(watch, "chain.tx.confirmed", txid=txid), timeout=30)
+    d = watch.expect(events("chain.tx.confirmed", txid=txid), timeout=30)
     assert d.message.body["confirmations"] == 1
     sim.mine(1)
-    watch.expect(events(watch, "chain.tx.confirmed", txid=txid, confirmations=2))
-    confirmed_once = [h for h in watch.drain() if events(watch, "chain.tx.confirmed", txid=txid,
+    watch.expect(events("chain.tx.confirmed", txid=txid, confirmations=2))
+    confirmed_once = [h for h in watch.drain() if events("chain.tx.confirmed", txid=txid,
                                                              confirmations=1)(h)]
     assert confirmed_once == [], "confirmation 1 was published twice"

@@ -38,6 +38,7 @@ from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from scripts.sim_chain import (
     ChainSim, cmd_sim_address, cmd_sim_mine, cmd_sim_pay, cmd_sim_reorg, cmd_sim_replace)
+from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "bitcoind"
@@ -161,17 +162,6 @@ def spend_tx(outpoint: tuple[str, int], value: int, script: bytes, *, outputs: i
                                            witness=Witness([bytes(71), bytes([2]) + bytes(32)]))],
                      vout=[TransactionOutput(v, Script(script)) for v in values])
     return tx.serialize().hex()
-
-
-def wait_for(predicate, timeout=DEADLINE, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # -- fixtures --------------------------------------------------------------------
