@@ -301,7 +301,9 @@ class ChainNotifier(Actor):
             else:
                 result = self.watch(body["address"], body.get("label"))
                 ChainCommand.create(id=cid, result=json.dumps(result))
-            self._answer("chain.watch.ack", {"id": body["id"], "address": body["address"], **result})
+            outputs = self.outputs(result["script"]) if result["status"] == "watching" else None
+            self._answer("chain.watch.ack", {"id": body["id"], "address": body["address"], **result,
+                                             "outputs": outputs})
 
     def watch(self, address: str, label: str | None) -> dict:
         """Add ``address`` to the watched set; returns the ack fields."""
@@ -319,6 +321,15 @@ class ChainNotifier(Actor):
         self.status["watched"] = len(self._watched)
         log.info("watching %s (%s)", address, label or "no label")
         return {"status": "watching", "reason": None, "script": script_hex}
+
+    @staticmethod
+    def outputs(script: str, limit: int = 64) -> list[dict]:
+        """What this notifier knows now of payments to ``script`` (newest first), for a watcher
+        that reconciles after a restart: every event it may have missed, as current state."""
+        rows = (ChainOutput.select().where(ChainOutput.script == script)
+                .order_by(ChainOutput.id.desc()).limit(limit))
+        return [{"txid": r.txid, "vout": r.vout, "sats": r.sats, "state": r.state,
+                 "confirmations": r.confirmations, "height": r.height, "rbf": r.rbf} for r in rows]
 
     # -- blocks ---------------------------------------------------------------
 

@@ -165,6 +165,17 @@ register("chain.watch.ack", Map({
     "script": Str(max=200, pattern=r"[0-9a-f]*"),
     "status": Str(choices=("watching", "refused")),
     "reason": Opt(REASON),
+    # what the notifier knows now of payments to the address (newest 64): a watcher that
+    # re-sends its watches after a restart reconciles from these (retries get them fresh)
+    "outputs": Opt(List(Map({
+        "txid": TXID,
+        "vout": Int(min=0),
+        "sats": Int(min=0),
+        "state": Str(choices=("mempool", "confirmed", "replaced", "removed")),
+        "confirmations": Int(min=0),
+        "height": Opt(Int(min=0)),
+        "rbf": Bool(),
+    }), max=64)),
 }))
 
 # -- vending -----------------------------------------------------------------------

@@ -69,6 +69,32 @@ def test_replaced_payment_is_reported(home, sim, chain):
     assert replaced["by"] == new_txid
 
 
+def test_watching_again_answers_with_the_current_state_of_its_payments(home, sim, chain):
+    """A watcher that restarts re-sends its watches; the ack tells it what it missed."""
+    import os
+    import time
+
+    address = sim.new_address()
+    dctrl(home, "chain", "watch", address)
+    kept = sim.pay(address, "0.002")
+    chain.expect(events("chain.tx.seen", txid=kept))
+    sim.mine(1)
+    chain.expect(events("chain.tx.confirmed", txid=kept, confirmations=1))
+    first = sim.pay(address, "0.001", rbf=True)
+    chain.expect(events("chain.tx.seen", txid=first))
+    sim.replace(first)
+    chain.expect(events("chain.tx.replaced", txid=first))
+    rid = os.urandom(16)
+    chain.publish("cmd.chain.watch", {"id": rid, "expires": int(time.time()) + 60, "address": address,
+                                      "label": None})
+    ack = chain.expect(events("chain.watch.ack", id=rid)).message.body
+    by_txid = {o["txid"]: o for o in ack["outputs"]}
+    assert ack["status"] == "watching"
+    assert (by_txid[kept]["state"], by_txid[kept]["confirmations"], by_txid[kept]["sats"]) == ("confirmed", 1, 200000)
+    assert by_txid[first]["state"] == "replaced"
+    assert set(by_txid) == {kept, first}  # the simulator's replacement pays the wallet, not this address
+
+
 def test_two_block_reorg_republishes_affected_outputs(home, sim, chain):
     address = sim.new_address()
     dctrl(home, "chain", "watch", address)
