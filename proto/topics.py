@@ -197,7 +197,26 @@ register("machine.*.vend.ack", Map({
     "invoice": Str(max=64),
     "reason": Opt(REASON),
     "pulsed_ms": Opt(Int(min=0)),
+    "dropped": Opt(Bool()),       # the drop sensor saw the item fall; None: no drop sensor configured
 }))
+
+# -- machine inputs (MachineNotifier on the agent) ----------------------------------
+
+EPOCH_MS = Int(min=0, max=10**13)  # ms since the Unix epoch by the machine's clock (advisory: a Pi has no RTC)
+
+# machine.NAME.button: a selection button was pressed (debounced): a request to buy from that slot.
+register("machine.*.button", Map({"slot": Int(min=0, max=255), "pressed_at": EPOCH_MS}))
+# machine.NAME.coin: a burst of coin-acceptor pulses ended (no pulse for settle_ms).
+register("machine.*.coin", Map({
+    "pulses": Int(min=1, max=10_000),  # pulses in this burst (the acceptor's value code)
+    "total": Int(min=1, max=2**53),    # pulses since the agent started
+}))
+# machine.NAME.door: the door's state, at start and on every (debounced) change.
+register("machine.*.door", Map({"open": Bool()}))
+# machine.NAME.drop: the drop sensor saw an item fall; slot is the slot being dispensed, None if none was.
+register("machine.*.drop", Map({"slot": Opt(Int(min=0, max=255)), "at": EPOCH_MS}))
+# machine.NAME.sensor: one reading of an I2C sensor, on its schedule.
+register("machine.*.sensor", Map({"name": NAME, "value": DECIMAL, "unit": Str(max=16)}))
 
 # -- business data: machines, slots, prices, policies (BusinessData is the single writer) --
 
