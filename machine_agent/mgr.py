@@ -15,6 +15,16 @@ a token whose publish grant covers the topic (so only an identity granted
    relay turns on, pulses the slot's relay (the command's ``pulse_ms`` or the
    slot's), journals ``done`` and publishes ``machine.NAME.vend.ack``.
 
+With a drop sensor (``drop``: a :class:`machine_agent.notifier.DropWatch`,
+armed before the relay turns on, so an item falling during the pulse counts),
+the worker waits after the pulse up to ``drop_timeout_ms`` for it: a drop
+acks ``vended`` with ``dropped: true``; none acks ``failed``, ``no drop
+detected``, ``dropped: false``, with ``pulsed_ms`` (the relay DID pulse, so a
+person must look; the id is done and is never pulsed again). Without a drop
+sensor ``dropped`` is None and the ack is as before. ``after_pulse(slot)``, if
+set, is called on the worker right after each pulse (the simulated machine
+drops an item from it).
+
 The trusted clock is a callable returning unix seconds, or None while the
 clock is not synchronised. The default is the system clock (assumed NTP-
 synced). On a Pi without a real-time clock, pass one that returns None until
@@ -39,6 +49,7 @@ from .relays import make_relay
 log = logging.getLogger(__name__)
 
 UNSYNCED = "clock not synchronised; refusing to act"
+NO_DROP = "no drop detected"
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class MachineMgr(Actor):
     role = "machine"
 
     def __init__(self, slots: dict[int, Slot], *, journal_path, pin_factory=None, i2c_bus=None,
-                 trusted_clock=system_clock):
+                 trusted_clock=system_clock, drop=None, drop_timeout_ms=2000):
         self.slot_config = dict(slots)
         self.relays = {n: make_relay(s.relay, active_high=s.active_high, pin_factory=pin_factory, i2c_bus=i2c_bus)
                        for n, s in self.slot_config.items()}
@@ -67,6 +78,9 @@ class MachineMgr(Actor):
         self.inflight: set[bytes] = set()  # ids queued or being dispensed (loop thread only)
         self.worker: threading.Thread | None = None
         self.interrupted = list(self.journal.interrupted)
+        self.drop = drop                    # a DropWatch, or None: no drop sensor
+        self.drop_timeout_ms = drop_timeout_ms
+        self.after_pulse = None             # called on the worker after each pulse (the simulator's hook)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -114,9 +128,9 @@ class MachineMgr(Actor):
         return f"machine.{self.name}.vend.ack"
 
     @staticmethod
-    def _ack(cid, status, slot, invoice, reason=None, pulsed_ms=None) -> dict:
+    def _ack(cid, status, slot, invoice, reason=None, pulsed_ms=None, dropped=None) -> dict:
         return {"id": cid, "status": status, "slot": slot, "invoice": invoice, "reason": reason,
-                "pulsed_ms": pulsed_ms}
+                "pulsed_ms": pulsed_ms, "dropped": dropped}
 
     def _finish(self, ack: dict) -> None:
         self.journal.done(ack)
@@ -175,6 +189,8 @@ class MachineMgr(Actor):
             self._finish(self._ack(cid, "refused", slot, invoice, "expired"))
             return
         self.journal.actuating(cid, slot, invoice, ms)  # fsynced before the relay turns on
+        if self.drop is not None:
+            self.drop.arm(slot)  # before the relay turns on: an item may fall during the pulse
         try:
             self.relays[slot].pulse(ms)
         except Exception as exc:
@@ -182,5 +198,20 @@ class MachineMgr(Actor):
             ack = self._ack(cid, "failed", slot, invoice, f"relay error: {exc}; check the machine"[:512])
         else:
             ack = self._ack(cid, "vended", slot, invoice, pulsed_ms=ms)
+            if self.after_pulse is not None:
+                try:
+                    self.after_pulse(slot)
+                except Exception:
+                    log.exception("after_pulse hook failed")
+            if self.drop is not None:
+                if self.drop.wait(self.drop_timeout_ms / 1000):
+                    ack["dropped"] = True
+                else:
+                    log.error("vend %s slot %d: relay pulsed but no drop within %d ms; check the machine",
+                              cid.hex(), slot, self.drop_timeout_ms)
+                    ack = self._ack(cid, "failed", slot, invoice, NO_DROP, pulsed_ms=ms, dropped=False)
+        finally:
+            if self.drop is not None:
+                self.drop.disarm()
         self._finish(ack)
         log.info("vend %s slot %d invoice %s: %s", cid.hex(), slot, invoice, ack["status"])

@@ -157,7 +157,7 @@ def test_vend_pulses_the_slot_once_for_the_configured_time(home, agent, clients)
         bm.publish(CMD, c)
     acks = [bm.expect(ack_for(c["id"])).message.body for c in (c1, c2, c3)]
     assert acks[0] == {"id": c1["id"], "status": "vended", "slot": 1, "invoice": "inv-1", "reason": None,
-                       "pulsed_ms": 120}
+                       "pulsed_ms": 120, "dropped": None}  # no drop sensor configured
     assert [(x["status"], x["slot"], x["pulsed_ms"]) for x in acks] == [
         ("vended", 1, 120), ("vended", 2, 80), ("vended", 3, 60)]  # slot 3: the command's pulse_ms
     for slot, ms, high in ((1, 120, True), (2, 80, False), (3, 60, True)):
@@ -192,7 +192,8 @@ def test_expired_unknown_slot_and_unsynchronised_clock_are_refused(home, agent, 
     bm.publish(CMD, old)
     bm.publish(CMD, unknown)
     assert bm.expect(ack_for(old["id"])).message.body == {
-        "id": old["id"], "status": "refused", "slot": 1, "invoice": "inv-1", "reason": "expired", "pulsed_ms": None}
+        "id": old["id"], "status": "refused", "slot": 1, "invoice": "inv-1", "reason": "expired", "pulsed_ms": None,
+        "dropped": None}
     body = bm.expect(ack_for(unknown["id"])).message.body
     assert (body["status"], body["reason"]) == ("refused", "unknown slot 9")
     assert a.pulses(1) == []
@@ -300,7 +301,7 @@ def test_journal_recovery_never_pulses_an_interrupted_command(home, agent, clien
     bm.publish(CMD, vend(1, "inv-cut", cid=cut))
     body = bm.expect(ack_for(cut)).message.body
     assert body == {"id": cut, "status": "failed", "slot": 1, "invoice": "inv-cut", "reason": INTERRUPTED,
-                    "pulsed_ms": None}
+                    "pulsed_ms": None, "dropped": None}
     bm.publish(CMD, vend(2, "inv-old", cid=finished))
     assert bm.expect(ack_for(finished)).message.body == {**old_ack, "id": finished}
     assert a.pulses(1) == [] and a.pulses(2, active_high=False) == []
