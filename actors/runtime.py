@@ -236,6 +236,11 @@ class Runtime:
         self.counters["published"] += 1
         return True
 
+    def ready_to_publish(self) -> bool:
+        """True when :meth:`publish` from the loop thread would send now (a valid token and a
+        connected socket) rather than queue: outboxes publish only then, so nothing is queued twice."""
+        return self.pub is not None and self.proxy.token_valid()
+
     def add_handler(self, prefix: str, fn, *, blocking=False, raw=False) -> None:
         """Register a handler at run time (same meaning as ``@on``); loop thread or before run()."""
         frame = wire.prefix_frame(prefix)

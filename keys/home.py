@@ -29,7 +29,7 @@ from .files import atomic_write, read_secret_file, write_json
 from .identity import IdentityKeys
 
 SERVER_ACTORS = ("broker", "vault", "event_logger")  # the bus itself
-SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier", "chain_notifier", "business_data")  # run by `dctrl up`, expected by `dctrl status`
+SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier", "chain_notifier", "business_data", "business_mgr")  # run by `dctrl up`, expected by `dctrl status`
 ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier", "business_mgr", "business_data")
 DEMO_MACHINE = "vm1"
 ADMIN = "admin"
@@ -90,6 +90,12 @@ rpc_url = "http://127.0.0.1:{chain_rpc_port}"
 zmq = "tcp://127.0.0.1:{chain_zmq_port}"
 cookie_file = "sim/chain/.cookie"
 
+# Sales (actors/business_mgr.py). receive: the account xpub (or a wpkh(...) descriptor)
+# invoice addresses are derived from; no private key ever comes here. The demo's is
+# a random regtest account whose private key was thrown away at `dctrl init`.
+[business]
+receive = "{receive}"
+
 # BTC-CAD price sources (actors/price_notifier.py; "" disables one). Production:
 # kraken = "https://api.kraken.com", coinbase = "https://api.coinbase.com",
 # bitstamp = "https://www.bitstamp.net", coingecko = "https://api.coingecko.com",
@@ -143,8 +149,8 @@ publish = ["business"]
 subscribe = ["cmd.business"]
 
 [identity.business_mgr]
-publish = ["cmd.machine", "cmd.chain"]
-subscribe = ["machine", "chain", "price"]
+publish = ["cmd.machine", "cmd.chain", "invoice"]
+subscribe = ["machine", "chain", "price", "business"]
 
 # secret name = identities that may read it from the Vault
 [secrets]
@@ -280,6 +286,7 @@ class Home:
             exchanges_port=exchanges_port,
             chain_rpc_port=chain_rpc_port,
             chain_zmq_port=chain_zmq_port,
+            receive=demo_account_xpub(),
         ).encode())
         atomic_write(root / "policy.toml", POLICY_TEMPLATE.format().encode())
         registry = Registry(root / "keys" / "registry.json")
@@ -302,6 +309,17 @@ class Home:
         SecretStore.create(home.vault_dir / "secrets.json",
                            key=_load_store_key(home.vault_dir / "secrets.key"))
         return home
+
+
+def demo_account_xpub() -> str:
+    """A BIP84 regtest account tpub from a random seed that is thrown away: payments to its
+    addresses can never be spent, which is right for a demo and wrong for anything else."""
+    from embit import bip32
+    from embit.networks import NETWORKS
+
+    net = NETWORKS["regtest"]
+    root = bip32.HDKey.from_seed(os.urandom(32), version=net["xprv"])
+    return root.derive("m/84h/1h/0h").to_public().to_string(version=net["xpub"])
 
 
 def _load_store_key(path):

@@ -260,3 +260,47 @@ register("business.slot.changed", Map({
 }))
 # business.policy.changed: a policy key has a new current value (version grows across all keys).
 register("business.policy.changed", Map({"key": Str(max=64), "value": Str(max=64), "version": Int(min=1)}))
+
+# -- sales: invoices (BusinessMgr) ---------------------------------------------------
+
+INVOICE_STATES = ("open", "seen", "paid", "vending", "vended", "expired", "underpaid", "overpaid", "failed")
+EVENT_ID = Str(max=64, pattern=r"[0-9a-f]{64}")
+SATS = Int(min=0, max=21_000_000 * 100_000_000)
+
+# invoice.opened: a selection (or a sticker payment) became an invoice: what to pay, where, until when.
+register("invoice.opened", Map({
+    "event_id": EVENT_ID,
+    "invoice": Str(max=64),
+    "mode": Str(choices=("invoice", "sticker")),
+    "machine": NAME,
+    "slot": Int(min=0, max=255),
+    "product": Str(max=64),
+    "price_cents": Int(min=0),
+    "items": Int(min=0),
+    "cad_per_btc": Opt(DECIMAL),  # the quote's price; sticker: None until priced
+    "sats": Opt(SATS),            # the amount due; sticker: None until priced
+    "address": Str(max=100),
+    "uri": Opt(Str(max=200)),     # bitcoin:ADDRESS?amount=BTC, for the machine's display
+    "expires": Int(min=0),
+    "zero_conf": Bool(),
+    "confirmations": Int(min=1),
+}))
+# invoice.changed: a new state, or new money on the invoice (late, lost, credit): never lost, always visible.
+register("invoice.changed", Map({
+    "event_id": EVENT_ID,
+    "invoice": Str(max=64),
+    "state": Str(choices=INVOICE_STATES),
+    "previous": Str(choices=INVOICE_STATES),
+    "machine": NAME,
+    "slot": Int(min=0, max=255),
+    "sats": Opt(SATS),
+    "received_sats": SATS,        # on time and still live
+    "late_sats": SATS,            # after expiry or closing: to refund
+    "credit_sats": SATS,          # beyond the amount due: to refund (sticker: the remainder)
+    "lost_sats": SATS,            # counted for the sale, then replaced or removed
+    "items": Int(min=0),
+    "vended": Int(min=0),
+    "reason": Opt(REASON),
+}))
+# invoice.refused: a selection that could not become an invoice (stale price, unknown slot, ...).
+register("invoice.refused", Map({"machine": NAME, "slot": Int(min=0, max=255), "reason": REASON}))

@@ -20,6 +20,7 @@ ACTORS = {
     "chain_notifier": "actors.chain_notifier:ChainNotifier",
     "price_notifier": "actors.price_notifier:PriceNotifier",
     "business_data": "actors.business_data:BusinessData",
+    "business_mgr": "actors.business_mgr:BusinessMgr",
 }
 
 
@@ -411,6 +412,9 @@ def build_parser():
     from scripts.business_cli import add_commands as add_business_commands
 
     add_business_commands(cmd)  # machines add|list, slots set|list, policy show|set
+    from scripts.invoices_cli import add_commands as add_invoice_commands
+
+    add_invoice_commands(cmd)  # invoices list|show
 
     sp = cmd("events", cmd_events, "query or follow the event log")
     es = sp.add_subparsers(dest="events_cmd", required=True, metavar="ACTION")

@@ -1,0 +1,765 @@
+"""BusinessMgr: invoices, the confirmation policy, and vend commands until acknowledged.
+
+A sale starts one of two ways:
+
+* **Invoice mode**: a selection on a machine (``machine.NAME.button`` {slot})
+  opens an invoice: a fresh address from the ``invoices`` address book (BIP84,
+  public derivation only), a BTC amount quoted at the current price and held
+  for the invoice lifetime, and a ``cmd.chain.watch`` for the address. It is
+  announced on ``invoice.opened`` (with a ``bitcoin:`` URI for the display).
+* **Sticker mode** (DCTRL's legacy): a slot's fixed address printed on the
+  machine. Each payment to it becomes its own invoice, priced at the first
+  fresh price: it buys ``floor((sats + tolerance) / price)`` items, dispensed
+  one at a time; the remainder is recorded as credit.
+
+States (``invoice.changed`` on every change)::
+
+    open -> seen -> paid -> vending -> vended | overpaid | failed
+    open | seen -> expired | underpaid            (at expiry)
+
+* A payment counts when it is *settled*: confirmed ``confirmations`` times,
+  or, only if the invoice's amount is below the zero-confirmation limit, seen
+  in the mempool and not replaced. An invoice is paid once its settled
+  on-time payments reach the quote minus the underpayment tolerance.
+* No sale at a stale price: no invoice opens and no sticker payment is priced
+  unless a ``price.btc_cad`` arrived within ``price_max_age`` seconds and no
+  ``price.stale`` since. The quote and the policy are fixed when the invoice
+  opens: a later price update changes nothing about it (DCTRL's earlier code
+  dispensed again when the rate changed; here price events never start a vend).
+* One vend command per item, each with its own id and an expiry no later than
+  the item's deadline, re-sent with the same id until the machine answers
+  (the machine acts on an id at most once and answers a retry with the same
+  ack). Only a refusal (never actuated) lets a new id be sent for the item.
+  Items are sent one at a time.
+* Under- and over-payments, late payments (first seen after expiry, or after
+  the invoice closed), payments replaced after the sale and failed vends are
+  recorded on the invoice and visible (``dctrl invoices``); refunds are the
+  payout work's.
+* Everything is in the database and every event goes through an outbox in
+  the same transaction as the change. At start it re-sends a watch for every
+  invoice that is not closed (and every closed one from the last
+  ``late_window`` seconds, for late payments) and every sticker address; the
+  ChainNotifier's answer carries the current state of each address's payments,
+  which are applied before any of those invoices may expire. Vends not yet
+  acknowledged are re-sent with their ids.
+
+The tables are ``sales_*``; this actor is their only writer. It reads
+machines, slots and policies through BusinessData's query functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+import peewee
+
+from keys.home import Home, merge
+from proto.errors import ConfigError
+
+from . import business_data as bd
+from .chain.addresses import AddressBook, Deriver
+from .db import connect, write_transaction
+from .outbox import Outbox, event_id
+from .runtime import Actor, every, on
+
+log = logging.getLogger(__name__)
+
+db = peewee.DatabaseProxy()
+
+SATS_PER_BTC = 100_000_000
+STATES = ("open", "seen", "paid", "vending", "vended", "expired", "underpaid", "overpaid", "failed")
+WAITING = ("open", "seen")                        # not paid yet: may still be paid or expire
+SELLING = ("paid", "vending")                     # paid, items still to dispense
+CLOSED = ("vended", "expired", "underpaid", "overpaid", "failed")
+LIVE = ("mempool", "confirmed")                   # payment states that still hold money
+UNSYNCED_REASON = "clock not synchronised"        # a machine refusal that is not final (see machine_agent/mgr.py)
+
+DEFAULTS = {
+    "receive": "",            # account xpub/tpub/zpub or a wpkh(...) descriptor: invoice addresses
+    "price_max_age": 60,      # seconds a price.btc_cad stays good for a sale
+    "watch_retry": 2.0,       # seconds between cmd.chain.watch retries
+    "vend_retry": 2.0,        # seconds between re-sends of an unacknowledged vend
+    "vend_command_ttl": 30,   # seconds a vend command is valid (never past the item's deadline)
+    "vend_deadline": 300,     # seconds after payment that an item may still be dispensed
+    "late_window": 86400,     # seconds after closing that an invoice is still watched at start
+    "reannounce_min_s": 60,   # a press on a slot with an open invoice shows it again if it has this long left
+}
+
+
+def quote_sats(cents: int, cad_per_btc: Decimal) -> int:
+    """CAD cents at ``cad_per_btc`` in satoshis, rounded up: never sell below the price."""
+    return int((Decimal(cents) * SATS_PER_BTC / (cad_per_btc * 100)).to_integral_value(rounding=ROUND_CEILING))
+
+
+def tolerance_sats(cad: Decimal, cad_per_btc: Decimal) -> int:
+    """A CAD tolerance in satoshis, rounded down: never forgive more than the policy says."""
+    return int((cad * SATS_PER_BTC / cad_per_btc).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def btc(sats: int) -> str:
+    return f"{sats // SATS_PER_BTC}.{sats % SATS_PER_BTC:08d}"
+
+
+# -- models -------------------------------------------------------------------
+
+class Base(peewee.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class SalesInvoice(Base):
+    id = peewee.AutoField()
+    mode = peewee.CharField(max_length=8)                  # invoice | sticker
+    machine = peewee.CharField(max_length=32)
+    slot = peewee.SmallIntegerField()
+    product = peewee.CharField(max_length=64)
+    price_cents = peewee.BigIntegerField()                 # per item
+    items = peewee.IntegerField(default=1)                 # sticker: set when priced
+    cad_per_btc = peewee.CharField(null=True, max_length=40)  # the quote's price (Decimal as text)
+    due_sats = peewee.BigIntegerField(null=True)           # for all items; sticker: None until priced
+    tolerance_sats = peewee.BigIntegerField(default=0)
+    zero_conf = peewee.BooleanField(default=False)         # amount below the zero-conf limit at opening
+    confirmations = peewee.IntegerField(default=1)         # required when zero_conf is False
+    address = peewee.CharField(max_length=100, index=True)
+    state = peewee.CharField(max_length=10, index=True)
+    version = peewee.IntegerField(default=0)               # bumped on every published change
+    reason = peewee.TextField(null=True)
+    created = peewee.BigIntegerField()
+    expires = peewee.BigIntegerField(index=True)
+    paid_at = peewee.BigIntegerField(null=True)
+    closed_at = peewee.BigIntegerField(null=True)
+    received_sats = peewee.BigIntegerField(default=0)      # on time and still live
+    late_sats = peewee.BigIntegerField(default=0)          # first seen after expiry or closing
+    credit_sats = peewee.BigIntegerField(default=0)        # received beyond the amount due
+    lost_sats = peewee.BigIntegerField(default=0)          # counted for the sale, then replaced or removed
+    vended = peewee.IntegerField(default=0)                # items dispensed
+
+
+class SalesPayment(Base):
+    txid = peewee.CharField(max_length=64)
+    vout = peewee.IntegerField()
+    invoice = peewee.ForeignKeyField(SalesInvoice, backref="payments", on_delete="CASCADE")
+    sats = peewee.BigIntegerField()
+    state = peewee.CharField(max_length=10)                # mempool | confirmed | replaced | removed
+    confirmations = peewee.IntegerField(default=0)
+    rbf = peewee.BooleanField(default=False)
+    late = peewee.BooleanField(default=False)
+    counted = peewee.BooleanField(default=False)           # part of what paid the invoice
+    first_seen = peewee.BigIntegerField()
+
+    class Meta:
+        indexes = ((("txid", "vout"), True),)
+
+
+class SalesVend(Base):
+    id = peewee.CharField(primary_key=True, max_length=32)  # the command id (hex)
+    invoice = peewee.ForeignKeyField(SalesInvoice, backref="vends", on_delete="CASCADE")
+    item = peewee.IntegerField()
+    machine = peewee.CharField(max_length=32)
+    slot = peewee.SmallIntegerField()
+    state = peewee.CharField(max_length=10, index=True)    # sent | vended | refused | failed | unanswered
+    created = peewee.BigIntegerField()
+    expires = peewee.BigIntegerField()
+    deadline = peewee.BigIntegerField()
+    attempts = peewee.IntegerField(default=0)
+    acked_at = peewee.BigIntegerField(null=True)
+    reason = peewee.TextField(null=True)
+    pulsed_ms = peewee.IntegerField(null=True)
+
+
+class SalesWatch(Base):
+    address = peewee.CharField(primary_key=True, max_length=100)
+    label = peewee.CharField(null=True, max_length=64)
+    command = peewee.CharField(max_length=32)              # the current cmd.chain.watch id (hex)
+    expires = peewee.BigIntegerField()
+    acked = peewee.BooleanField(default=False)
+    reconcile = peewee.BooleanField(default=False)         # apply the ack's outputs; hold expiry until then
+    refused = peewee.TextField(null=True)
+
+
+TABLES = [SalesInvoice, SalesPayment, SalesVend, SalesWatch]
+
+
+# -- query functions (for the CLI and reports) -----------------------------------
+
+def _invoice_dict(inv) -> dict:
+    return {"invoice": inv.id, "mode": inv.mode, "machine": inv.machine, "slot": inv.slot, "product": inv.product,
+            "price_cents": inv.price_cents, "items": inv.items, "cad_per_btc": inv.cad_per_btc,
+            "due_sats": inv.due_sats, "tolerance_sats": inv.tolerance_sats, "zero_conf": inv.zero_conf,
+            "confirmations": inv.confirmations, "address": inv.address, "state": inv.state, "reason": inv.reason,
+            "created": inv.created, "expires": inv.expires, "paid_at": inv.paid_at, "closed_at": inv.closed_at,
+            "received_sats": inv.received_sats, "late_sats": inv.late_sats, "credit_sats": inv.credit_sats,
+            "lost_sats": inv.lost_sats, "vended": inv.vended, "refund_sats": refund_sats(inv)}
+
+
+def refund_sats(inv) -> int:
+    """What the space owes back on this invoice (for the payout work): late payments always;
+    everything received if nothing was sold; the excess otherwise."""
+    if inv.state in ("expired", "underpaid") or (inv.state == "failed" and inv.vended == 0):
+        return inv.received_sats + inv.late_sats
+    return inv.credit_sats + inv.late_sats
+
+
+def invoices(database, *, state: str | None = None, limit: int = 50) -> list[dict]:
+    q = SalesInvoice.select().order_by(SalesInvoice.id.desc()).limit(limit)
+    if state:
+        q = q.where(SalesInvoice.state == state)
+    return [_invoice_dict(i) for i in q.bind(database)]
+
+
+def invoice(database, number: int) -> dict | None:
+    with database.bind_ctx(TABLES):
+        inv = SalesInvoice.get_or_none(SalesInvoice.id == number)
+        if inv is None:
+            return None
+        out = _invoice_dict(inv)
+        out["payments"] = [{"txid": p.txid, "vout": p.vout, "sats": p.sats, "state": p.state,
+                            "confirmations": p.confirmations, "late": p.late, "counted": p.counted,
+                            "first_seen": p.first_seen}
+                           for p in inv.payments.order_by(SalesPayment.id)]
+        out["vends"] = [{"id": v.id, "item": v.item, "state": v.state, "attempts": v.attempts, "created": v.created,
+                         "expires": v.expires, "acked_at": v.acked_at, "reason": v.reason, "pulsed_ms": v.pulsed_ms}
+                        for v in inv.vends.order_by(SalesVend.created, SalesVend.item)]
+    return out
+
+
+# -- the actor ----------------------------------------------------------------
+
+class Refusal(Exception):
+    """A selection that cannot become an invoice (published on invoice.refused)."""
+
+
+class BusinessMgr(Actor):
+    def __init__(self, home: Home, *, database=None, clock=time.time):
+        self.home = home
+        self.cfg = merge(DEFAULTS, home.config.get("business", {}))
+        self.clock = clock
+        self.network = home.config.get("chain", {}).get("network", "regtest")
+        self.database = database or connect(home.database_url)
+        db.initialize(self.database)
+        self.database.create_tables(TABLES, safe=True)
+        self.outbox = Outbox(Outbox.model_for(self.database, "sales_outbox"))
+        self.database.create_tables([self.outbox.model], safe=True)
+        self.book = None
+        self.config_error = None
+        if self.cfg["receive"]:
+            try:
+                book_model = AddressBook.model(self.database, "sales_address")
+                self.database.create_tables([book_model], safe=True)
+                self.book = AddressBook(book_model, "invoices", Deriver(self.cfg["receive"], self.network),
+                                        clock=clock)
+            except ConfigError as exc:
+                self.config_error = f"[business] receive: {exc}"
+        else:
+            self.config_error = "no [business] receive xpub configured: no invoices can open"
+        self.price: tuple[Decimal, float] | None = None   # (CAD per BTC, monotonic time received)
+        self.price_stale: str | None = "no price yet"
+        self.stickers: dict[str, tuple[str, int]] = {}     # sticker address -> (machine, slot)
+        self.watch_due: dict[str, float] = {}              # address -> monotonic time to (re)send
+        self.vend_due: dict[str, float] = {}               # vend id -> monotonic time to (re)send
+        self.counts = {"opened": 0, "refused": 0, "vended": 0, "failed": 0}
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def setup(self):
+        if self.config_error:
+            log.error("%s", self.config_error)
+        self._load_stickers()
+        now = int(self.clock())
+        with write_transaction(self.database):
+            # Reconcile: every invoice that may still change, and recently closed ones (late payments).
+            recent = SalesInvoice.select(SalesInvoice.address).where(
+                SalesInvoice.state.in_(WAITING + SELLING)
+                | (SalesInvoice.closed_at >= now - int(self.cfg["late_window"]))).distinct()
+            for (address,) in recent.tuples():
+                self._want_watch(address, None, reconcile=True)
+            for address, (machine, slot) in self.stickers.items():
+                self._want_watch(address, f"sticker {machine}/{slot}", reconcile=True)
+        for v in SalesVend.select(SalesVend.id).where(SalesVend.state.in_(("sent", "unanswered"))):
+            self.vend_due[v.id] = 0.0
+        log.info("business_mgr: %d watch(es) to reconcile, %d vend(s) awaiting an answer",
+                 len(self.watch_due), len(self.vend_due))
+
+    def teardown(self):
+        self.database.close()
+
+    def health(self):
+        open_, selling = (SalesInvoice.select().where(SalesInvoice.state.in_(states)).count()
+                          for states in (WAITING, SELLING))
+        unanswered = SalesVend.select().where(SalesVend.state == "unanswered").count()
+        detail = f"{open_} open, {selling} paid and vending, {self.counts['vended']} vended since start"
+        if self.config_error:
+            return "degraded", f"{self.config_error}; {detail}"
+        if unanswered:
+            return "degraded", f"{unanswered} vend(s) unanswered by their machine; {detail}"
+        stale = self._stale()
+        if stale:
+            return "degraded", f"no sales: {stale}; {detail}"
+        return "ok", detail
+
+    # -- price ------------------------------------------------------------------
+
+    @on("price.btc_cad")
+    def on_price(self, msg):
+        self.price = (Decimal(msg.body["cad_per_btc"]), time.monotonic())
+        self.price_stale = None
+        if SalesInvoice.select().where((SalesInvoice.mode == "sticker") & SalesInvoice.due_sats.is_null()
+                                       & SalesInvoice.state.in_(WAITING)).exists():
+            self._evaluate_where(SalesInvoice.due_sats.is_null())  # sticker payments waiting for a price
+
+    @on("price.stale")
+    def on_price_stale(self, msg):
+        self.price_stale = f"price stale: {msg.body['reason']}"
+
+    def _stale(self) -> str | None:
+        if self.price_stale:
+            return self.price_stale
+        age = time.monotonic() - self.price[1]
+        if age > self.cfg["price_max_age"]:
+            return f"last price is {age:.0f} s old"
+        return None
+
+    def fresh_price(self) -> Decimal:
+        stale = self._stale()
+        if stale:
+            raise Refusal(f"no sale at a stale price ({stale})")
+        return self.price[0]
+
+    # -- machines: selections and vend answers ----------------------------------
+
+    @on("machine")
+    def on_machine(self, msg):
+        parts = msg.topic.split(".")
+        machine, kind = parts[1], ".".join(parts[2:])
+        if msg.sender != machine:  # the broker's ACL already ensures it; say so if it ever did not
+            log.warning("%s from %s ignored: only %s speaks for itself", msg.topic, msg.sender, machine)
+            return
+        if kind == "button":
+            self.press(machine, msg.body["slot"])
+        elif kind == "vend.ack":
+            self.vend_ack(machine, msg.body)
+
+    def press(self, machine: str, slot: int) -> int | None:
+        """A selection: open an invoice (or show the open one again); returns its number."""
+        try:
+            number = self._open_invoice(machine, slot)
+        except Refusal as exc:
+            self.counts["refused"] += 1
+            log.info("selection %s/%d refused: %s", machine, slot, exc)
+            self.publish("invoice.refused", {"machine": machine, "slot": slot, "reason": str(exc)[:512]})
+            return None
+        self._flush()
+        return number
+
+    def _open_invoice(self, machine: str, slot: int) -> int:
+        if self.book is None:
+            raise Refusal(self.config_error)
+        try:
+            item = {s["slot"]: s for s in bd.slots(self.database, machine)}.get(slot)
+            pol = bd.policy(self.database)
+        except peewee.DatabaseError as exc:
+            raise Refusal(f"business data is not available ({exc}); is business_data running?") from None
+        if item is None:
+            raise Refusal(f"machine {machine} has no slot {slot} (dctrl slots set {machine} {slot} ...)")
+        if item["price_cents"] <= 0:
+            raise Refusal(f"slot {machine}/{slot} has no price")
+        if item["stock"] == 0:
+            raise Refusal(f"slot {machine}/{slot} is empty")
+        cad_per_btc = self.fresh_price()
+        now = int(self.clock())
+        again = (SalesInvoice.select().where(
+            (SalesInvoice.mode == "invoice") & (SalesInvoice.machine == machine) & (SalesInvoice.slot == slot)
+            & (SalesInvoice.state == "open") & (SalesInvoice.price_cents == item["price_cents"])
+            & (SalesInvoice.expires >= now + int(self.cfg["reannounce_min_s"])))
+            .order_by(SalesInvoice.id.desc()).first())
+        if again is not None:  # a second press: the same invoice, shown again
+            self.publish("invoice.opened", self._opened_body(again) | {"event_id": event_id("opened", again.id)})
+            return again.id
+        _, address = self.book.next()  # its own transaction: a crash after it only skips an index
+        due = quote_sats(item["price_cents"], cad_per_btc)
+        with write_transaction(self.database):
+            inv = SalesInvoice.create(
+                mode="invoice", machine=machine, slot=slot, product=item["product"],
+                price_cents=item["price_cents"], items=1, cad_per_btc=str(cad_per_btc), due_sats=due,
+                tolerance_sats=tolerance_sats(pol["underpayment_tolerance_cad"], cad_per_btc),
+                zero_conf=item["price_cents"] < int(pol["zero_conf_limit_cad"] * 100),
+                confirmations=pol["confirmations_required"], address=address, state="open",
+                created=now, expires=now + pol["invoice_lifetime_s"])
+            self._want_watch(address, f"invoice {inv.id}")
+            self.outbox.add("invoice.opened", self._opened_body(inv), event_id("opened", inv.id))
+        self.counts["opened"] += 1
+        log.info("invoice %d opened: %s/%d %s, %s CAD = %d sats at %s CAD/BTC, pay to %s until %d", inv.id,
+                 machine, slot, inv.product, bd.format_cad(inv.price_cents), due, cad_per_btc, address, inv.expires)
+        return inv.id
+
+    def _opened_body(self, inv) -> dict:
+        return {"invoice": str(inv.id), "mode": inv.mode, "machine": inv.machine, "slot": inv.slot,
+                "product": inv.product, "price_cents": inv.price_cents, "items": inv.items,
+                "cad_per_btc": inv.cad_per_btc, "sats": inv.due_sats, "address": inv.address,
+                "uri": f"bitcoin:{inv.address}?amount={btc(inv.due_sats)}" if inv.due_sats else None,
+                "expires": inv.expires, "zero_conf": inv.zero_conf, "confirmations": inv.confirmations}
+
+    # -- the chain: watches and payments ------------------------------------------
+
+    def _want_watch(self, address: str, label: str | None, *, reconcile: bool = False):
+        """Record that ``address`` must be watched (inside a transaction); sent by the tick."""
+        row = SalesWatch.get_or_none(SalesWatch.address == address)
+        cid, expires = os.urandom(16).hex(), int(self.clock()) + 60
+        if row is None:
+            SalesWatch.create(address=address, label=label, command=cid, expires=expires, reconcile=reconcile)
+        elif reconcile or not row.acked:
+            SalesWatch.update(command=cid, expires=expires, acked=False, refused=None,
+                              reconcile=reconcile or row.reconcile,
+                              label=label or row.label).where(SalesWatch.address == address).execute()
+        else:
+            return
+        self.watch_due[address] = 0.0
+
+    def _send_watches(self, now_mono):
+        for address, due in list(self.watch_due.items()):
+            if due > now_mono:
+                continue
+            row = SalesWatch.get_or_none(SalesWatch.address == address)
+            if row is None or row.acked:
+                self.watch_due.pop(address, None)
+                continue
+            if row.expires <= self.clock() + 5:  # a new id: watching is idempotent
+                row.command, row.expires = os.urandom(16).hex(), int(self.clock()) + 60
+                row.save()
+            self.publish("cmd.chain.watch", {"id": bytes.fromhex(row.command), "expires": row.expires,
+                                             "address": address, "label": row.label})
+            self.watch_due[address] = now_mono + self.cfg["watch_retry"]
+
+    @on("chain.watch.ack")
+    def on_watch_ack(self, msg):
+        b = msg.body
+        row = SalesWatch.get_or_none(SalesWatch.address == b["address"])
+        if row is None or row.command != b["id"].hex() or row.acked:
+            return  # someone else's watch, or an answer to an older id
+        with write_transaction(self.database):
+            SalesWatch.update(acked=True, reconcile=False,
+                              refused=b["reason"] if b["status"] == "refused" else None) \
+                .where(SalesWatch.address == row.address).execute()
+            if b["status"] == "refused":
+                log.error("chain_notifier refused to watch %s: %s", row.address, b["reason"])
+                for inv in SalesInvoice.select().where((SalesInvoice.address == row.address)
+                                                       & SalesInvoice.state.in_(WAITING)):
+                    self._change(inv, "failed", f"the chain notifier cannot watch {row.address}: {b['reason']}")
+                    inv.save()
+            else:
+                for o in reversed(b["outputs"] or []):  # oldest first
+                    self._observe(row.address, o["txid"], o["vout"], o["sats"], o["state"], o["confirmations"],
+                                  o["rbf"], snapshot=True)
+        self.watch_due.pop(row.address, None)
+        self._flush()
+
+    @on("chain.tx")
+    def on_chain_tx(self, msg):
+        b, kind = msg.body, msg.topic.rsplit(".", 1)[1]
+        state = {"seen": "mempool", "confirmed": "confirmed", "replaced": "replaced", "removed": "removed"}[kind]
+        with write_transaction(self.database):
+            self._observe(b["address"], b["txid"], b["vout"], b["sats"], state, b.get("confirmations") or 0,
+                          b.get("rbf", False), snapshot=False)
+        self._flush()
+        self._send_vends(time.monotonic())  # the fast path: a paid invoice's command goes out now
+
+    def _observe(self, address, txid, vout, sats, state, confirmations, rbf, *, snapshot):
+        """Record what the chain says of one payment and re-evaluate its invoice (in a transaction).
+
+        Live events are applied as they come (they arrive in order from one publisher);
+        a snapshot (a watch ack) only moves a payment forward, never back."""
+        now = int(self.clock())
+        pay = SalesPayment.get_or_none((SalesPayment.txid == txid) & (SalesPayment.vout == vout))
+        if pay is None:
+            inv = self._invoice_for(address, state, now)
+            if inv is None:
+                return
+            # Learned from a reconciliation, a payment counts as on time if its invoice was still
+            # waiting: it was paid while this actor was down, and the customer is not to blame.
+            late = inv.state not in WAITING + SELLING or (not snapshot and now > inv.expires)
+            pay = SalesPayment.create(txid=txid, vout=vout, invoice=inv, sats=sats, state=state,
+                                      confirmations=confirmations, rbf=rbf, late=late, first_seen=now)
+            if late:
+                log.warning("late payment %s:%d of %d sats to invoice %d (%s)", txid, vout, sats, inv.id, inv.state)
+        else:
+            if snapshot and not _forward(pay, state, confirmations):
+                return
+            if (pay.state, pay.confirmations) == (state, confirmations):
+                return  # a duplicate event
+            pay.state, pay.confirmations = state, max(confirmations, 0 if state != "confirmed" else 1)
+            pay.save()
+        self._evaluate(SalesInvoice.get_by_id(pay.invoice_id), now)
+
+    def _invoice_for(self, address, state, now):
+        inv = (SalesInvoice.select().where((SalesInvoice.address == address) & (SalesInvoice.mode == "invoice"))
+               .order_by(SalesInvoice.id.desc()).first())
+        if inv is not None:
+            return inv
+        if address not in self.stickers or state not in LIVE:
+            return None  # not ours (or a sticker payment we never saw alive: nothing to sell)
+        machine, slot = self.stickers[address]
+        item = {s["slot"]: s for s in bd.slots(self.database, machine)}.get(slot)
+        if item is None:
+            log.error("payment to sticker address %s of %s/%d, which is no longer a slot", address, machine, slot)
+            return None
+        pol = bd.policy(self.database)
+        inv = SalesInvoice.create(
+            mode="sticker", machine=machine, slot=slot, product=item["product"], price_cents=item["price_cents"],
+            items=0, confirmations=pol["confirmations_required"], address=address, state="open", created=now,
+            expires=now + pol["invoice_lifetime_s"])
+        self.outbox.add("invoice.opened", self._opened_body(inv), event_id("opened", inv.id))
+        log.info("sticker payment to %s/%d: invoice %d", machine, slot, inv.id)
+        return inv
+
+    # -- the state machine --------------------------------------------------------
+
+    def _evaluate_where(self, condition):
+        now = int(self.clock())
+        with write_transaction(self.database):
+            for inv in SalesInvoice.select().where(SalesInvoice.state.in_(WAITING) & condition):
+                self._evaluate(inv, now)
+        self._flush()
+
+    def _evaluate(self, inv, now):
+        """Bring ``inv`` up to date with its payments, the clock and the price (in a transaction)."""
+        pays = list(SalesPayment.select().where(SalesPayment.invoice == inv.id))
+        live = [p for p in pays if not p.late and p.state in LIVE]
+        before = (inv.state, inv.received_sats, inv.late_sats, inv.lost_sats, inv.credit_sats)
+        version = inv.version
+        inv.received_sats = sum(p.sats for p in live)
+        inv.late_sats = sum(p.sats for p in pays if p.late and p.state in LIVE)
+        reason = None
+        if inv.state in WAITING:
+            if inv.mode == "sticker" and inv.due_sats is None:
+                reason = self._price_sticker(inv, pays)
+            if inv.state in WAITING and inv.due_sats is not None:
+                settled = sum(p.sats for p in live if self._settled(inv, p))
+                if settled and settled >= inv.due_sats - inv.tolerance_sats:
+                    self._paid(inv, live, now)
+                    return
+            if inv.state in WAITING:
+                inv.state = "seen" if inv.received_sats else "open"
+                if now >= inv.expires and not self._reconciling(inv.address):
+                    if inv.due_sats is None:
+                        self._close(inv, "expired", reason or "no fresh price to sell at before expiry")
+                    elif inv.received_sats == 0:
+                        self._close(inv, "expired", None)
+                    elif inv.received_sats < inv.due_sats - inv.tolerance_sats:
+                        self._close(inv, "underpaid", f"{inv.received_sats} of {inv.due_sats} sats received")
+                    # else: paid on time, waiting for confirmations
+        else:
+            inv.lost_sats = sum(p.sats for p in pays if p.counted and p.state not in LIVE)
+            if inv.due_sats is not None and inv.state not in ("expired", "underpaid") and inv.paid_at:
+                inv.credit_sats = max(0, inv.received_sats - inv.due_sats)
+                if inv.state == "vended" and inv.mode == "invoice" and inv.credit_sats:
+                    inv.state = "overpaid"
+            if inv.lost_sats > before[3]:
+                reason = f"{inv.lost_sats} sats counted for the sale were replaced or removed after it"
+                log.error("invoice %d: %s", inv.id, reason)
+            elif inv.late_sats > before[2]:
+                reason = f"late payment: {inv.late_sats} sats after the invoice was {inv.state}"
+        after = (inv.state, inv.received_sats, inv.late_sats, inv.lost_sats, inv.credit_sats)
+        if after != before and inv.version == version:  # one event for what this evaluation changed
+            self._publish_change(inv, before[0], reason)
+        if after != before or inv.version != version or inv.is_dirty():
+            inv.save()
+
+    @staticmethod
+    def _settled(inv, p) -> bool:
+        """A payment that counts towards paying: confirmed enough, or (zero-conf invoices only)
+        seen and not replaced."""
+        if p.state == "confirmed":
+            return inv.zero_conf or p.confirmations >= inv.confirmations
+        return inv.zero_conf and p.state == "mempool"
+
+    def _price_sticker(self, inv, pays) -> str | None:
+        """Price a sticker payment at the first fresh price; returns why not if it cannot yet."""
+        try:
+            cad_per_btc = self.fresh_price()
+        except Refusal as exc:
+            return str(exc)
+        pol = bd.policy(self.database)
+        paid = sum(p.sats for p in pays if not p.late and p.state in LIVE)
+        unit = quote_sats(inv.price_cents, cad_per_btc)
+        tol = tolerance_sats(pol["underpayment_tolerance_cad"], cad_per_btc)
+        items = (paid + tol) // unit if unit else 0
+        inv.cad_per_btc, inv.tolerance_sats, inv.items = str(cad_per_btc), tol, items
+        inv.due_sats = unit * max(items, 1)
+        inv.zero_conf = max(items, 1) * inv.price_cents < int(pol["zero_conf_limit_cad"] * 100)
+        if items == 0:
+            self._close(inv, "underpaid", f"{paid} sats is less than one {inv.product} ({unit} sats)")
+        return None
+
+    def _reconciling(self, address) -> bool:
+        return SalesWatch.select().where((SalesWatch.address == address) & SalesWatch.reconcile).exists()
+
+    def _paid(self, inv, live, now):
+        previous = inv.state
+        for p in live:
+            SalesPayment.update(counted=True).where(SalesPayment.id == p.id).execute()
+        inv.paid_at = now
+        inv.credit_sats = max(0, inv.received_sats - inv.due_sats)
+        inv.state = "paid"
+        self._publish_change(inv, previous, None)
+        log.info("invoice %d paid: %d of %d sats%s", inv.id, inv.received_sats, inv.due_sats,
+                 " (zero-conf)" if inv.zero_conf else "")
+        self._change(inv, "vending", None)
+        self._new_vend(inv, now)
+        inv.save()
+
+    def _change(self, inv, state, reason):
+        previous, inv.state = inv.state, state
+        if state in CLOSED:
+            inv.closed_at = int(self.clock())
+        self._publish_change(inv, previous, reason)
+
+    def _close(self, inv, state, reason):
+        self._change(inv, state, reason)
+        log.info("invoice %d %s%s", inv.id, state, f": {reason}" if reason else "")
+
+    def _publish_change(self, inv, previous, reason):
+        inv.version += 1
+        if reason:
+            inv.reason = reason[:512]
+        self.outbox.add("invoice.changed", {
+            "invoice": str(inv.id), "state": inv.state, "previous": previous, "machine": inv.machine,
+            "slot": inv.slot, "sats": inv.due_sats, "received_sats": inv.received_sats, "late_sats": inv.late_sats,
+            "credit_sats": inv.credit_sats, "lost_sats": inv.lost_sats, "items": inv.items, "vended": inv.vended,
+            "reason": reason[:512] if reason else None}, event_id("changed", inv.id, inv.version))
+
+    # -- vends ----------------------------------------------------------------------
+
+    def _new_vend(self, inv, now, deadline=None):
+        """A command for the next item (in a transaction); sent by _send_vends."""
+        deadline = deadline or now + int(self.cfg["vend_deadline"])
+        cid = os.urandom(16).hex()
+        SalesVend.create(id=cid, invoice=inv.id, item=inv.vended, machine=inv.machine, slot=inv.slot, state="sent",
+                         created=now, expires=min(now + int(self.cfg["vend_command_ttl"]), deadline),
+                         deadline=deadline)
+        self.vend_due[cid] = 0.0
+
+    def _send_vends(self, now_mono):
+        now = int(self.clock())
+        for cid, due in list(self.vend_due.items()):
+            if due > now_mono:
+                continue
+            v = SalesVend.get_or_none(SalesVend.id == cid)
+            if v is None or v.state not in ("sent", "unanswered"):
+                self.vend_due.pop(cid, None)
+                continue
+            if v.state == "sent" and now > v.deadline + 30:
+                # Its expiry is past: the machine can no longer act on it, only tell what it did.
+                with write_transaction(self.database):
+                    v.state = "unanswered"
+                    v.save()
+                    inv = SalesInvoice.get_by_id(v.invoice_id)
+                    self._close(inv, "failed", f"machine {v.machine} did not answer vend {cid}; "
+                                               "still asking what it did")
+                    inv.save()
+                self._flush()
+            if v.state == "unanswered" and now > v.created + int(self.cfg["late_window"]):
+                self.vend_due.pop(cid, None)
+                continue
+            self.publish(f"cmd.machine.{v.machine}.vend", {"id": bytes.fromhex(cid), "expires": v.expires,
+                                                           "slot": v.slot, "invoice": str(v.invoice_id),
+                                                           "pulse_ms": None})
+            SalesVend.update(attempts=SalesVend.attempts + 1).where(SalesVend.id == cid).execute()
+            self.vend_due[cid] = now_mono + (self.cfg["vend_retry"] if v.state == "sent" else 30.0)
+
+    def vend_ack(self, machine, b):
+        cid = b["id"].hex()
+        v = SalesVend.get_or_none(SalesVend.id == cid)
+        if v is None or v.machine != machine:
+            return  # not ours
+        if v.state not in ("sent", "unanswered"):
+            return  # a retry's answer: already recorded
+        now = int(self.clock())
+        status, reason = b["status"], b["reason"]
+        if status == "refused" and reason and reason.startswith(UNSYNCED_REASON):
+            log.warning("vend %s: %s says %s; asking again", cid, machine, reason)
+            return  # not final on the machine: the same id is retried
+        with write_transaction(self.database):
+            inv = SalesInvoice.get_by_id(v.invoice_id)
+            SalesVend.update(state=status, acked_at=now, reason=reason, pulsed_ms=b["pulsed_ms"]) \
+                .where(SalesVend.id == cid).execute()
+            self.vend_due.pop(cid, None)
+            if status == "vended":
+                self.counts["vended"] += 1
+                inv.vended += 1
+                log.info("invoice %d: item %d of %d vended by %s/%d", inv.id, inv.vended, inv.items, machine, v.slot)
+                if inv.vended < inv.items:
+                    self._publish_change(inv, inv.state, None)
+                    self._new_vend(inv, now)
+                elif inv.mode == "invoice" and inv.credit_sats:
+                    self._close(inv, "overpaid", f"{inv.credit_sats} sats over the price, recorded for refund")
+                else:
+                    self._close(inv, "vended", None if v.state == "sent" else "vended after all (late answer)")
+            elif status == "refused" and reason == "expired" and now < v.deadline and inv.state == "vending":
+                # Never actuated and now never will be: a new command for the same item.
+                log.info("vend %s expired before %s acted on it; sending a new command", cid, machine)
+                self._new_vend(inv, now, deadline=v.deadline)
+            else:
+                self.counts["failed"] += 1
+                if inv.state not in CLOSED or inv.state == "failed":
+                    self._close(inv, "failed", f"vend {status} by {machine}: {reason or 'no reason given'}")
+            inv.save()
+        self._flush()
+        self._send_vends(time.monotonic())
+
+    # -- timers -------------------------------------------------------------------
+
+    @every(0.25)
+    def tick(self):
+        now_mono = time.monotonic()
+        self._send_watches(now_mono)
+        self._send_vends(now_mono)
+        self._flush()
+
+    @every(1.0)
+    def expire(self):
+        expired = SalesInvoice.expires <= int(self.clock())
+        if SalesInvoice.select().where(SalesInvoice.state.in_(WAITING) & expired).exists():
+            self._evaluate_where(expired)
+
+    @every(10)
+    def refresh(self):
+        self._load_stickers()
+
+    def _load_stickers(self):
+        stickers = {}
+        try:
+            for m in bd.machines(self.database):
+                for s in bd.slots(self.database, m["name"]):
+                    if s.get("sticker_address"):
+                        stickers[s["sticker_address"]] = (m["name"], s["slot"])
+        except peewee.DatabaseError:
+            return  # business_data has not created its tables yet
+        new = set(stickers) - set(self.stickers)
+        self.stickers = stickers
+        if new:
+            with write_transaction(self.database):
+                for address in new:
+                    machine, slot = stickers[address]
+                    self._want_watch(address, f"sticker {machine}/{slot}")
+
+    @on("business.slot.changed")
+    def on_slot_changed(self, msg):
+        self._load_stickers()
+
+    def _flush(self):
+        self.outbox.flush(self.runtime)
+
+
+def _forward(pay, state, confirmations) -> bool:
+    """Whether a snapshot's (state, confirmations) is news for ``pay`` (never a step back)."""
+    if pay.state in ("replaced", "removed"):
+        return False
+    if state in ("replaced", "removed"):
+        return True
+    if state == "confirmed":
+        return pay.state == "mempool" or confirmations > pay.confirmations
+    return False

@@ -1,0 +1,105 @@
+"""`dctrl invoices list|show`: BusinessMgr's invoices, read from the database (read only)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+
+from proto.errors import DctrlError
+
+
+def _database(args):
+    from actors.business_mgr import TABLES
+    from actors.db import connect
+    from keys.home import Home
+
+    database = connect(Home(args.home).database_url)
+    if not database.table_exists(TABLES[0]._meta.table_name):
+        database.close()
+        raise DctrlError("no invoices yet: business_mgr has not run on this database "
+                         "(start it with `dctrl up` or `dctrl run business_mgr`)")
+    return database
+
+
+def _when(ts) -> str:
+    return "-" if ts is None else datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _money(inv) -> str:
+    """The money that needs a person's attention, in a few words."""
+    notes = []
+    for key, what in (("late_sats", "late"), ("credit_sats", "credit"), ("lost_sats", "LOST")):
+        if inv[key]:
+            notes.append(f"{what} {inv[key]}")
+    if inv["refund_sats"]:
+        notes.append(f"refund {inv['refund_sats']}")
+    return ", ".join(notes)
+
+
+def cmd_invoices(args):
+    from actors.business_data import format_cad
+    from actors.business_mgr import invoice, invoices
+
+    database = _database(args)
+    try:
+        if args.invoices_cmd == "show":
+            try:
+                number = int(args.id)
+            except ValueError:
+                raise DctrlError(f"{args.id!r} is not an invoice number") from None
+            inv = invoice(database, number)
+            if inv is None:
+                raise DctrlError(f"no invoice {number}")
+            if args.json:
+                print(json.dumps(inv, sort_keys=True))
+                return
+            print(f"invoice {inv['invoice']} ({inv['mode']}): {inv['state']}"
+                  + (f" - {inv['reason']}" if inv["reason"] else ""))
+            print(f"  {inv['machine']}/{inv['slot']} {inv['product']} x{inv['items']} at "
+                  f"{format_cad(inv['price_cents'])} CAD")
+            print(f"  pay {inv['due_sats'] if inv['due_sats'] is not None else '?'} sats "
+                  f"(at {inv['cad_per_btc'] or '?'} CAD/BTC, tolerance {inv['tolerance_sats']}) to {inv['address']}")
+            print(f"  {'zero-conf' if inv['zero_conf'] else str(inv['confirmations']) + ' confirmation(s)'}; "
+                  f"opened {_when(inv['created'])}, expires {_when(inv['expires'])}, paid {_when(inv['paid_at'])}, "
+                  f"closed {_when(inv['closed_at'])}")
+            print(f"  received {inv['received_sats']}, late {inv['late_sats']}, credit {inv['credit_sats']}, "
+                  f"lost {inv['lost_sats']}, to refund {inv['refund_sats']}; vended {inv['vended']}")
+            for p in inv["payments"]:
+                print(f"  payment {p['txid']}:{p['vout']} {p['sats']} sats {p['state']}"
+                      f" ({p['confirmations']} conf){' late' if p['late'] else ''}{' counted' if p['counted'] else ''}")
+            for v in inv["vends"]:
+                print(f"  vend {v['id']} item {v['item']}: {v['state']} after {v['attempts']} send(s)"
+                      + (f" - {v['reason']}" if v["reason"] else ""))
+            return
+        rows = invoices(database, state=args.state, limit=args.limit)
+        if args.json:
+            print(json.dumps(rows, sort_keys=True))
+            return
+        if not rows:
+            print("no invoices" + (f" in state {args.state}" if args.state else ""))
+            return
+        print(f"{'ID':>6}  {'STATE':<9} {'MACHINE/SLOT':<14} {'PRODUCT':<16} {'SATS':>10}  {'OPENED':<19}  ADDRESS")
+        for i in rows:
+            due = "-" if i["due_sats"] is None else i["due_sats"]
+            print(f"{i['invoice']:>6}  {i['state']:<9} {i['machine'] + '/' + str(i['slot']):<14} "
+                  f"{i['product'][:16]:<16} {due:>10}  {_when(i['created']):<19}  {i['address']}  {_money(i)}"
+                  .rstrip())
+    finally:
+        database.close()
+
+
+def add_commands(cmd):
+    """Register ``invoices list|show`` on the CLI's parser."""
+    sp = cmd("invoices", cmd_invoices, "sales invoices (BusinessMgr): states, payments, vends, refunds due")
+    sub = sp.add_subparsers(dest="invoices_cmd", required=True, metavar="ACTION")
+    lst = sub.add_parser("list", help="the newest invoices")
+    lst.add_argument("--state", choices=("open", "seen", "paid", "vending", "vended", "expired", "underpaid",
+                                         "overpaid", "failed"))
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--json", action="store_true")
+    show = sub.add_parser("show", help="one invoice with its payments and vend commands")
+    show.add_argument("id", help="the invoice number")
+    show.add_argument("--json", action="store_true")
+    for p in (lst, show):
+        p.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

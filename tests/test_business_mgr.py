@@ -1,0 +1,426 @@
+"""BusinessMgr: invoices, the confirmation policy and vends, against real processes.
+
+The broker, the Vault, BusinessData and BusinessMgr run as processes of one
+home. The other side of each contract is a real bus client with its own
+identity and keys, so each test decides exactly what happens and when:
+
+* ``chain``: the ``chain_notifier`` identity, answering ``cmd.chain.watch``
+  (with the outputs a test sets) and publishing ``chain.tx.*`` events;
+* ``prices``: the ``price_notifier`` identity, publishing ``price.btc_cad``;
+* ``machine``: the ``vm1`` identity, pressing buttons and answering (or not)
+  ``cmd.machine.vm1.vend`` commands.
+
+The end-to-end test with the real chain simulator, ChainNotifier and the
+real agent is in tests/test_vending.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from actors.business_mgr import invoice, invoices, quote_sats
+from actors.db import connect
+from actors.runtime import Actor, Runtime, on
+from tests.harness import BusClient, Network, dctrl, new_home, topic_is, wait_for
+
+PRICE = "100000.00"            # CAD per BTC: 1 CAD = 1000 sats
+COLA, COLA_SATS = 1, 2000      # slot 1: 2.00 CAD, below the zero-conf limit (20.00)
+TV, TV_SATS = 2, 50000         # slot 2: 50.00 CAD, above it: needs confirmations
+TOLERANCE_SATS = 50            # 0.05 CAD
+
+
+class ChainStandIn(Actor):
+    """The chain notifier's side of the contract: acks watches, publishes payment events."""
+
+    role = "test"
+
+    def __init__(self):
+        self.watched: dict[str, str | None] = {}
+        self.outputs: dict[str, list] = {}   # address -> outputs to put in the ack
+        self.answer = True
+        self.lock = threading.Lock()
+
+    @on("cmd.chain.watch")
+    def watch(self, msg):
+        b = msg.body
+        with self.lock:
+            self.watched[b["address"]] = b["label"]
+            if not self.answer:
+                return
+            outputs = list(self.outputs.get(b["address"], []))
+        self.publish("chain.watch.ack", {"id": b["id"], "address": b["address"], "script": "0014" + "00" * 20,
+                                         "status": "watching", "reason": None, "outputs": outputs})
+
+
+class Party:
+    """An Actor in a real Runtime thread, as one identity."""
+
+    def __init__(self, home, name, actor):
+        self.actor = actor
+        self.runtime = Runtime(actor, home.bus_settings(name))
+        self.thread = threading.Thread(target=self.runtime.run, daemon=True)
+        self.thread.start()
+        wait_for(self.runtime.proxy.token_valid, what=f"a token for {name}")
+
+    def close(self):
+        self.runtime.stop()
+        self.thread.join(10)
+
+
+def txid(n) -> str:
+    return hashlib.sha256(f"tx{n}{os.urandom(8).hex()}".encode()).hexdigest()
+
+
+# -- fixtures -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return new_home(tmp_path_factory.mktemp("sales") / "home")
+
+
+@pytest.fixture(scope="module")
+def net(home):
+    net = Network(home).start("broker", "vault", "business_data")
+    watcher = BusClient(home, "admin", prefixes=["health"])
+    try:
+        for name in ("broker", "vault", "business_data"):
+            watcher.expect(topic_is(f"health.{name}", status="ok"), timeout=20, what=f"health.{name}")
+        dctrl(home, "machines", "add", "vm1")
+        dctrl(home, "slots", "set", "vm1", str(COLA), "--product", "Cola", "--price-cad", "2.00")
+        dctrl(home, "slots", "set", "vm1", str(TV), "--product", "Tiny TV", "--price-cad", "50.00")
+        dctrl(home, "policy", "set", "confirmations_required", "2")
+        net.start("business_mgr")
+        watcher.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr",
+                       timeout=20, what="business_mgr up")
+    finally:
+        watcher.close()
+    yield net
+    net.close()
+
+
+@pytest.fixture(scope="module")
+def chain(home, net):
+    party = Party(home, "chain_notifier", ChainStandIn())
+    yield party
+    party.close()
+
+
+@pytest.fixture(scope="module")
+def machine(home, net):
+    client = BusClient(home, "vm1", prefixes=["cmd.machine.vm1"])
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def observer(home, net):
+    client = BusClient(home, "admin", prefixes=["invoice", "health.business_mgr"])
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def prices(home, net):
+    client = BusClient(home, "price_notifier")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sales(home, net, chain, machine, observer, prices):
+    """Everything up with a fresh price; a test's leftovers are drained first."""
+    set_price(prices, PRICE)
+    observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                    and d.message.body["status"] == "ok", timeout=20, what="business_mgr ok with a price")
+    machine.drain()
+    machine.actor.history.clear()
+    observer.drain()
+    observer.actor.history.clear()
+    return home
+
+
+def set_price(prices, cad_per_btc):
+    prices.publish("price.btc_cad", {"cad_per_btc": cad_per_btc, "sources": [], "used": 3,
+                                     "as_of": int(time.time() * 1000)})
+
+
+def press(machine, observer, slot) -> dict:
+    """Press a button on vm1; returns the invoice.opened body."""
+    machine.publish("machine.vm1.button", {"slot": slot, "pressed_at": int(time.time() * 1000)})
+    return observer.expect(topic_is("invoice.opened", machine="vm1", slot=slot), what="invoice.opened").message.body
+
+
+def pay(chain, address, sats, *, state="seen", confirmations=0, tx=None, vout=0):
+    """Publish what the chain notifier would: chain.tx.seen|confirmed|replaced for one output."""
+    tx = tx or txid(sats)
+    body = {"event_id": hashlib.sha256(f"{state}{tx}{confirmations}".encode()).hexdigest(), "txid": tx,
+            "vout": vout, "address": address, "script": "0014" + "00" * 20, "sats": sats, "label": None}
+    if state == "seen":
+        body["rbf"] = False
+    elif state == "confirmed":
+        body.update(confirmations=confirmations, height=100 + confirmations, block="ab" * 32)
+    elif state == "replaced":
+        body["by"] = txid("replacement")
+    elif state == "removed":
+        body["reason"] = "left the mempool"
+    chain.actor.publish(f"chain.tx.{state}", body)
+    return tx
+
+
+def changed(observer, inv, state, timeout=15):
+    return observer.expect(topic_is("invoice.changed", invoice=inv, state=state), timeout=timeout,
+                           what=f"invoice {inv} {state}").message.body
+
+
+def vend_command(machine, inv, timeout=15):
+    return machine.expect(lambda d: d.message is not None and d.message.topic == "cmd.machine.vm1.vend"
+                          and d.message.body["invoice"] == inv, timeout=timeout, what=f"a vend for invoice {inv}")
+
+
+def ack(machine, cmd, status="vended", reason=None):
+    b = cmd.message.body
+    machine.publish("machine.vm1.vend.ack", {"id": b["id"], "status": status, "slot": b["slot"],
+                                             "invoice": b["invoice"], "reason": reason,
+                                             "pulsed_ms": 500 if status == "vended" else None})
+
+
+def row(home, inv):
+    database = connect(home.database_url)
+    try:
+        return invoice(database, int(inv))
+    finally:
+        database.close()
+
+
+# -- opening invoices ---------------------------------------------------------------------
+
+def test_a_press_opens_an_invoice_with_a_fresh_address_and_a_quote(sales, chain, machine, observer):
+    first = press(machine, observer, COLA)
+    assert (first["sats"], first["cad_per_btc"], first["zero_conf"]) == (COLA_SATS, PRICE, True)
+    assert first["address"].startswith("bcrt1q") and first["uri"] == f"bitcoin:{first['address']}?amount=0.00002000"
+    wait_for(lambda: first["address"] in chain.actor.watched, what="a watch for the invoice address")
+    assert chain.actor.watched[first["address"]] == f"invoice {first['invoice']}"
+    other = press(machine, observer, TV)
+    assert other["address"] != first["address"] and other["sats"] == TV_SATS and other["zero_conf"] is False
+    again = press(machine, observer, COLA)  # pressed again while it is open: the same invoice
+    assert again["invoice"] == first["invoice"] and again["event_id"] == first["event_id"]
+
+
+def test_no_invoice_at_a_stale_price_or_for_an_unknown_slot(sales, prices, machine, observer):
+    prices.publish("price.stale", {"reason": "2 of 5 sources fresh", "fresh": 2, "needed": 3, "sources": []})
+    observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                    and "stale" in (d.message.body["detail"] or ""), what="business_mgr hearing the price is stale")
+    machine.publish("machine.vm1.button", {"slot": COLA, "pressed_at": 0})
+    refused = observer.expect(topic_is("invoice.refused", slot=COLA)).message.body
+    assert "stale" in refused["reason"]
+    set_price(prices, PRICE)
+    machine.publish("machine.vm1.button", {"slot": 9, "pressed_at": 0})
+    assert "no slot 9" in observer.expect(topic_is("invoice.refused", slot=9)).message.body["reason"]
+
+
+# -- paying: the amount -------------------------------------------------------------------
+
+@pytest.mark.parametrize("paid,final,credit", [
+    (COLA_SATS, "vended", 0),                         # exactly the price
+    (COLA_SATS - TOLERANCE_SATS, "vended", 0),        # short, within the tolerance
+    (2 * COLA_SATS, "overpaid", COLA_SATS),           # double: one item, the rest recorded
+])
+def test_paid_enough_vends_once(sales, chain, machine, observer, paid, final, credit):
+    inv = press(machine, observer, COLA)
+    pay(chain, inv["address"], paid)  # zero-conf: the invoice is below the limit
+    changed(observer, inv["invoice"], "paid")
+    cmd = vend_command(machine, inv["invoice"])
+    assert cmd.message.sender == "business_mgr" and cmd.message.body["slot"] == COLA
+    assert cmd.message.body["expires"] > time.time()
+    ack(machine, cmd)
+    done = changed(observer, inv["invoice"], final)
+    assert (done["vended"], done["credit_sats"], done["received_sats"]) == (1, credit, paid)
+    r = row(sales, inv["invoice"])
+    assert r["refund_sats"] == credit and [v["state"] for v in r["vends"]] == ["vended"]
+
+
+def test_one_sat_short_of_the_tolerance_is_underpaid_at_expiry(sales, chain, machine, observer):
+    dctrl(sales, "policy", "set", "invoice_lifetime_s", "3")
+    try:
+        inv = press(machine, observer, COLA)
+    finally:
+        dctrl(sales, "policy", "set", "invoice_lifetime_s", "900")
+    short = COLA_SATS - TOLERANCE_SATS - 1
+    pay(chain, inv["address"], short)
+    changed(observer, inv["invoice"], "seen")
+    done = changed(observer, inv["invoice"], "underpaid", timeout=20)
+    assert done["received_sats"] == short
+    assert row(sales, inv["invoice"])["refund_sats"] == short
+    late = pay(chain, inv["address"], 100)  # after closing: late, recorded, still no vend
+    body = observer.expect(topic_is("invoice.changed", invoice=inv["invoice"], late_sats=100)).message.body
+    assert body["state"] == "underpaid" and "late" in body["reason"]
+    assert row(sales, inv["invoice"])["refund_sats"] == short + 100
+    assert not [d for d in machine.drain() if d.message and d.message.topic == "cmd.machine.vm1.vend"]
+    assert late in {p["txid"] for p in row(sales, inv["invoice"])["payments"] if p["late"]}
+
+
+def test_an_unpaid_invoice_expires_and_a_late_payment_is_recorded_not_sold(sales, chain, machine, observer):
+    dctrl(sales, "policy", "set", "invoice_lifetime_s", "2")
+    try:
+        inv = press(machine, observer, COLA)
+    finally:
+        dctrl(sales, "policy", "set", "invoice_lifetime_s", "900")
+    changed(observer, inv["invoice"], "expired", timeout=20)
+    pay(chain, inv["address"], COLA_SATS)
+    late = observer.expect(topic_is("invoice.changed", invoice=inv["invoice"], late_sats=COLA_SATS)).message.body
+    assert late["state"] == "expired"
+    assert row(sales, inv["invoice"])["refund_sats"] == COLA_SATS
+    assert not [d for d in machine.drain() if d.message and d.message.topic == "cmd.machine.vm1.vend"]
+
+
+# -- paying: the confirmation policy and replacements -------------------------------------------
+
+def test_above_the_zero_conf_limit_it_waits_for_the_confirmations(sales, chain, machine, observer):
+    inv = press(machine, observer, TV)
+    tx = pay(chain, inv["address"], TV_SATS)
+    changed(observer, inv["invoice"], "seen")
+    pay(chain, inv["address"], TV_SATS, state="confirmed", confirmations=1, tx=tx)
+    with pytest.raises(AssertionError):  # one confirmation of the two required: no sale
+        vend_command(machine, inv["invoice"], timeout=1.5)
+    pay(chain, inv["address"], TV_SATS, state="confirmed", confirmations=2, tx=tx)
+    changed(observer, inv["invoice"], "paid")
+    ack(machine, vend_command(machine, inv["invoice"]))
+    changed(observer, inv["invoice"], "vended")
+
+
+def test_a_payment_replaced_before_the_sale_does_not_sell(sales, chain, machine, observer):
+    inv = press(machine, observer, TV)  # needs confirmations: the replacement comes first
+    tx = pay(chain, inv["address"], TV_SATS)
+    changed(observer, inv["invoice"], "seen")
+    pay(chain, inv["address"], TV_SATS, state="replaced", tx=tx)
+    back = changed(observer, inv["invoice"], "open")
+    assert back["received_sats"] == 0
+    assert row(sales, inv["invoice"])["payments"][0]["state"] == "replaced"
+    with pytest.raises(AssertionError):
+        vend_command(machine, inv["invoice"], timeout=1.0)
+
+
+def test_a_zero_conf_payment_replaced_after_the_sale_is_recorded_as_lost(sales, chain, machine, observer):
+    inv = press(machine, observer, COLA)
+    tx = pay(chain, inv["address"], COLA_SATS)
+    ack(machine, vend_command(machine, inv["invoice"]))
+    changed(observer, inv["invoice"], "vended")
+    pay(chain, inv["address"], COLA_SATS, state="replaced", tx=tx)
+    lost = observer.expect(topic_is("invoice.changed", invoice=inv["invoice"], lost_sats=COLA_SATS)).message.body
+    assert lost["state"] == "vended" and "replaced" in lost["reason"]
+
+
+def test_a_price_update_while_an_invoice_is_open_changes_nothing(sales, chain, machine, observer, prices):
+    inv = press(machine, observer, COLA)
+    set_price(prices, "50000.00")  # the price halves: the quote stands
+    pay(chain, inv["address"], COLA_SATS)
+    cmd = vend_command(machine, inv["invoice"])
+    ack(machine, cmd)
+    changed(observer, inv["invoice"], "vended")
+    for _ in range(3):  # DCTRL's old bug: a rate change re-emitted the payment and vended again
+        set_price(prices, "60000.00")
+        set_price(prices, PRICE)
+    observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr", timeout=5)
+    cmds = [d for d in machine.drain() if d.message and d.message.topic == "cmd.machine.vm1.vend"
+            and d.message.body["invoice"] == inv["invoice"]]
+    assert all(d.message.body["id"] == cmd.message.body["id"] for d in cmds)  # retries at most, never new
+    assert row(sales, inv["invoice"])["vended"] == 1
+
+
+# -- vends: retried until answered ---------------------------------------------------------
+
+def test_a_vend_is_retried_with_the_same_id_until_acknowledged(sales, chain, machine, observer):
+    inv = press(machine, observer, COLA)
+    pay(chain, inv["address"], COLA_SATS)
+    first = vend_command(machine, inv["invoice"])
+    second = vend_command(machine, inv["invoice"])  # no answer: sent again
+    assert second.message.body["id"] == first.message.body["id"]
+    ack(machine, second)
+    ack(machine, first)  # a late duplicate answer changes nothing
+    changed(observer, inv["invoice"], "vended")
+    r = row(sales, inv["invoice"])
+    assert r["vended"] == 1 and len(r["vends"]) == 1 and r["vends"][0]["attempts"] >= 2
+
+
+def test_an_expired_refusal_gets_a_new_command_and_a_failure_is_final(sales, chain, machine, observer):
+    inv = press(machine, observer, COLA)
+    pay(chain, inv["address"], COLA_SATS)
+    first = vend_command(machine, inv["invoice"])
+    ack(machine, first, "refused", "expired")  # never actuated: safe to send a new command
+    second = machine.expect(lambda d: d.message is not None and d.message.topic == "cmd.machine.vm1.vend"
+                            and d.message.body["invoice"] == inv["invoice"]
+                            and d.message.body["id"] != first.message.body["id"], what="a new vend command")
+    ack(machine, second, "failed", "no drop detected")
+    failed = changed(observer, inv["invoice"], "failed")
+    assert "no drop detected" in failed["reason"] and failed["vended"] == 0
+    assert row(sales, inv["invoice"])["refund_sats"] == COLA_SATS
+
+
+def test_the_wrong_machine_cannot_answer_for_vm1(sales, home, chain, machine, observer):
+    inv = press(machine, observer, COLA)
+    pay(chain, inv["address"], COLA_SATS)
+    cmd = vend_command(machine, inv["invoice"])
+    b = cmd.message.body
+    admin = BusClient(home, "admin")
+    try:  # the broker refuses admin publishing machine.vm1.*; nothing changes
+        admin.publish("machine.vm1.vend.ack", {"id": b["id"], "status": "vended", "slot": b["slot"],
+                                               "invoice": b["invoice"], "reason": None, "pulsed_ms": 1})
+    finally:
+        admin.close()
+    again = vend_command(machine, inv["invoice"])
+    assert again.message.body["id"] == b["id"] and row(sales, inv["invoice"])["state"] == "vending"
+    ack(machine, again)
+    changed(observer, inv["invoice"], "vended")
+
+
+# -- sticker mode ----------------------------------------------------------------------------
+
+# -- restarts --------------------------------------------------------------------------------
+
+def test_restart_with_a_paid_unvended_invoice_vends_it_once(sales, net, chain, machine, observer):
+    inv = press(machine, observer, COLA)
+    pay(chain, inv["address"], COLA_SATS)
+    first = vend_command(machine, inv["invoice"])
+    assert net.signal("business_mgr", signal.SIGKILL) == -signal.SIGKILL
+    net.start("business_mgr")
+    again = vend_command(machine, inv["invoice"], timeout=20)  # re-sent after the restart, same id
+    assert again.message.body["id"] == first.message.body["id"]
+    ack(machine, again)
+    changed(observer, inv["invoice"], "vended")
+    assert row(sales, inv["invoice"])["vended"] == 1
+
+
+def test_restart_reconciles_payments_made_while_it_was_down(sales, net, chain, machine, observer):
+    inv = press(machine, observer, COLA)
+    wait_for(lambda: inv["address"] in chain.actor.watched, what="the watch")
+    assert net.signal("business_mgr", signal.SIGKILL) == -signal.SIGKILL
+    tx = txid("while down")
+    pay(chain, inv["address"], COLA_SATS, tx=tx)  # nobody hears it
+    with chain.actor.lock:
+        chain.actor.outputs[inv["address"]] = [{"txid": tx, "vout": 0, "sats": COLA_SATS, "state": "mempool",
+                                                "confirmations": 0, "height": None, "rbf": False}]
+        chain.actor.watched.pop(inv["address"])
+    net.start("business_mgr")
+    wait_for(lambda: inv["address"] in chain.actor.watched, timeout=20, what="the watch re-sent at start")
+    cmd = vend_command(machine, inv["invoice"], timeout=20)
+    ack(machine, cmd)
+    changed(observer, inv["invoice"], "vended")
+    assert [p["txid"] for p in row(sales, inv["invoice"])["payments"]] == [tx]
+
+
+def test_invoices_cli(sales, chain, machine, observer):
+    inv = press(machine, observer, COLA)
+    out = dctrl(sales, "invoices", "list").stdout
+    assert inv["address"] in out and "open" in out
+    shown = dctrl(sales, "invoices", "show", inv["invoice"]).stdout
+    assert inv["address"] in shown and "Cola" in shown
+    listed = invoices(connect(sales.database_url), limit=500)
+    assert inv["invoice"] in {str(i["invoice"]) for i in listed}
+    assert dctrl(sales, "invoices", "show", "999999", check=False).returncode == 2
+    assert quote_sats(200, __import__("decimal").Decimal(PRICE)) == COLA_SATS
