@@ -13,6 +13,42 @@ across kill -9 or power loss:
 
 A torn last line (a crash mid-write) is ignored: its step had not been
 confirmed, and each step is journaled before the action it allows.
+
+Compaction
+----------
+
+The file would only grow, so it is rewritten at open and whenever it passes
+``compact_bytes`` (checked after each ``done``, never between ``actuating``
+and the pulse), keeping:
+
+- every command that is not ``done`` (``received``, ``actuating``): these are
+  what exactly-once rests on;
+- every ``done`` command whose ``expires`` + ``margin`` is still ahead of the
+  trusted clock: a retry of it gets its ack again.
+
+A ``done`` command whose expiry passed more than ``margin`` ago is forgotten.
+That is safe because every vend command carries ``expires`` and MachineMgr
+refuses an expired command before journaling anything past ``received``
+(``mgr.py``: the check runs on arrival and again in the worker, right before
+``actuating``): a retry of a forgotten id is answered ``refused: expired``
+and never pulses. The margin absorbs the clock stepping back (an NTP
+correction); senders stop retrying at ``expires``, so nobody should ask for
+an ack that late. While the clock answers None (not synchronised) nothing is
+forgotten.
+
+``expires`` is stored on the ``received`` and ``actuating`` lines when the
+caller passes it (a newer field: older agents ignore it). Lines written
+without it -- by an agent older than this, or by a caller that does not pass
+it -- are kept as they are, forever: without the expiry nothing can prove a
+retry would be refused. Their number stops growing once callers pass
+``expires``; a person may delete the file of a machine that is idle and whose
+commands have all expired.
+
+The rewrite is crash-safe: the kept lines go to ``PATH.compact`` (fsynced),
+which replaces the journal with ``os.replace``; then the directory is
+fsynced. A kill -9 or power loss at any moment leaves the old journal or the
+new one, both complete; a leftover ``PATH.compact`` is removed at open (the
+journal itself is intact whichever side of the rename the crash fell).
 """
 
 from __future__ import annotations
@@ -26,6 +62,13 @@ import time
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted during actuation; check the machine"
+MARGIN = 24 * 3600          # s past a command's expiry before its done record may be forgotten
+COMPACT_BYTES = 1 << 20     # compact when the file passes this (and twice its last compacted size)
+# Tests set DCTRL_CRASH_AT to die (like kill -9) at a point of the rewrite:
+# journal_compact_partial (the temp file half written), journal_compact_written
+# (temp complete and fsynced, before the rename), journal_compact_replaced
+# (renamed, before the directory fsync).
+CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
 
 
 def _ack_to_json(ack: dict) -> dict:
@@ -36,48 +79,87 @@ def _ack_from_json(rec: dict) -> dict:
     return {**rec, "id": bytes.fromhex(rec["id"])}
 
 
+def _fsync_dir(path):
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 class CommandJournal:
-    def __init__(self, path):
+    """``clock``: the trusted clock that judges expiry (unix seconds, or None while not
+    synchronised), the same as MachineMgr's. ``margin`` and ``compact_bytes``: see above."""
+
+    def __init__(self, path, *, clock=time.time, margin=MARGIN, compact_bytes=COMPACT_BYTES):
         self.path = os.fspath(path)
+        self.tmp_path = self.path + ".compact"
+        self.clock = clock
+        self.margin = margin
+        self.compact_bytes = compact_bytes
         self._lock = threading.Lock()
+        self._file = None
+        self._size = 0
+        self._compact_at = compact_bytes
         self.state: dict[str, str] = {}      # id hex -> received | actuating | done
         self.command: dict[str, dict] = {}   # id hex -> slot, invoice, pulse_ms
         self.acks: dict[str, dict] = {}      # id hex -> the ack sent (done)
+        self.expires: dict[str, int] = {}    # id hex -> the command's expiry, when journaled
+        if os.path.exists(self.tmp_path):  # a rewrite cut short: the journal itself is whole
+            log.warning("%s: removing an unfinished compaction", self.tmp_path)
+            os.unlink(self.tmp_path)
         self._load()
         new = not os.path.exists(self.path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        if not new:
+            self._compact()
+        self._open()
+        self._compact_at = max(self.compact_bytes, 2 * self._size)
         if self._torn_tail:  # end the torn line, or the next record would be glued onto it
             self._file.write("\n")
             self._file.flush()
             os.fsync(self._file.fileno())
+            self._size += 1
         if new:  # make the file's directory entry durable too
-            dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(self.path)
         self.interrupted = [i for i, s in self.state.items() if s == "actuating"]
         for i in self.interrupted:
             log.error("command %s was interrupted while its relay was on: not repeating it; check the machine", i)
 
-    def _load(self):
-        self._torn_tail = False
+    def _open(self):
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        self._size = os.fstat(fd).st_size
+
+    def _read_lines(self):
+        """[(line text, record or None if unreadable)] and whether the last line is torn."""
         try:
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
         except FileNotFoundError:
-            return
-        self._torn_tail = bool(text) and not text.endswith("\n")
-        lines = text.splitlines()
-        for n, line in enumerate(lines):
+            return [], False
+        out = []
+        for n, line in enumerate(text.splitlines()):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                log.warning("%s line %d unreadable (%s): ignored", self.path, n + 1, exc)
+                rec = None
+            out.append((line, rec))
+        return out, bool(text) and not text.endswith("\n")
+
+    def _load(self):
+        lines, self._torn_tail = self._read_lines()
+        for n, (_, rec) in enumerate(lines):
+            if rec is None:
+                continue
+            try:
                 self._apply(rec)
             except (ValueError, KeyError, TypeError) as exc:
-                log.warning("%s line %d unreadable (%s): ignored", self.path, n + 1, exc)
+                log.warning("%s record %d unreadable (%s): ignored", self.path, n + 1, exc)
 
     def _apply(self, rec):
         i, event = rec["id"], rec["event"]
@@ -93,6 +175,8 @@ class CommandJournal:
             self.acks[i] = _ack_from_json(rec["ack"])
         else:
             raise ValueError(f"unknown event {event!r}")
+        if type(rec.get("expires")) is int:
+            self.expires[i] = rec["expires"]
 
     def _append(self, rec):
         line = json.dumps(rec, separators=(",", ":")) + "\n"
@@ -101,6 +185,64 @@ class CommandJournal:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._apply(rec)
+            self._size += len(line.encode())
+            if rec["event"] == "done" and self._size >= self._compact_at:
+                self._compact()
+
+    # -- compaction -----------------------------------------------------------
+
+    def forgettable(self, now: float | None) -> set[str]:
+        """Ids that may be forgotten at trusted time ``now``: done, with an expiry more than
+        ``margin`` before it. None (clock not synchronised): none."""
+        if now is None:
+            return set()
+        return {i for i, s in self.state.items()
+                if s == "done" and i in self.expires and self.expires[i] + self.margin < now}
+
+    def compact(self) -> int:
+        """Rewrite the journal without the commands that may be forgotten now; returns how many
+        were forgotten (0: the file was left alone)."""
+        with self._lock:
+            return self._compact()
+
+    def _compact(self) -> int:
+        drop = self.forgettable(self.clock())
+        if not drop:
+            self._compact_at = max(self.compact_bytes, 2 * self._size)
+            return 0
+        log.debug("journal compaction: forgetting %d expired command(s)", len(drop))
+        lines, _ = self._read_lines()
+        kept = [line for line, rec in lines
+                if rec is not None and not (isinstance(rec.get("id"), str) and rec["id"] in drop)]
+        data = "".join(line + "\n" for line in kept).encode()
+        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if CRASH_AT == "journal_compact_partial":
+                os.write(fd, data[:len(data) // 2])
+                os._exit(137)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if CRASH_AT == "journal_compact_written":
+            os._exit(137)
+        os.replace(self.tmp_path, self.path)
+        if CRASH_AT == "journal_compact_replaced":
+            os._exit(137)
+        _fsync_dir(self.path)
+        if self._file is not None:  # it still points at the old file: follow the new one
+            self._file.close()
+            self._open()
+        self._torn_tail = False  # the rewrite kept whole lines only
+        for i in drop:
+            for table in (self.state, self.command, self.acks, self.expires):
+                table.pop(i, None)
+        self._compact_at = max(self.compact_bytes, 2 * len(data))
+        log.info("journal compacted: %d expired command(s) forgotten, %d line(s) kept, %d bytes",
+                 len(drop), len(kept), len(data))
+        return len(drop)
 
     # -- queries ------------------------------------------------------------
 
@@ -114,13 +256,19 @@ class CommandJournal:
 
     # -- steps --------------------------------------------------------------
 
-    def received(self, cid: bytes, slot, invoice, pulse_ms) -> None:
-        self._append({"id": cid.hex(), "event": "received", "t": time.time(),
-                      "slot": slot, "invoice": invoice, "pulse_ms": pulse_ms})
+    def received(self, cid: bytes, slot, invoice, pulse_ms, expires: int | None = None) -> None:
+        self._append(self._step(cid, "received", slot, invoice, pulse_ms, expires))
 
-    def actuating(self, cid: bytes, slot, invoice, pulse_ms) -> None:
-        self._append({"id": cid.hex(), "event": "actuating", "t": time.time(),
-                      "slot": slot, "invoice": invoice, "pulse_ms": pulse_ms})
+    def actuating(self, cid: bytes, slot, invoice, pulse_ms, expires: int | None = None) -> None:
+        self._append(self._step(cid, "actuating", slot, invoice, pulse_ms, expires))
+
+    @staticmethod
+    def _step(cid, event, slot, invoice, pulse_ms, expires) -> dict:
+        rec = {"id": cid.hex(), "event": event, "t": time.time(), "slot": slot, "invoice": invoice,
+               "pulse_ms": pulse_ms}
+        if expires is not None:
+            rec["expires"] = int(expires)
+        return rec
 
     def done(self, ack: dict) -> None:
         self._append({"id": ack["id"].hex(), "event": "done", "t": time.time(), "ack": _ack_to_json(ack)})
