@@ -8,6 +8,7 @@ process, collecting every delivery under its prefixes with the verdict.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -31,14 +32,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def new_home(path, heartbeat_interval=1) -> Home:
+def new_home(path, heartbeat_interval=1, database_url=None) -> Home:
     """A fresh home on free loopback ports; heartbeats every second so tests wait less."""
     home = Home.init(path, publish_endpoint=f"tcp://127.0.0.1:{free_port()}",
                      subscribe_endpoint=f"tcp://127.0.0.1:{free_port()}", exchanges_port=free_port(),
-                     chain_rpc_port=free_port(), chain_zmq_port=free_port())
+                     chain_rpc_port=free_port(), chain_zmq_port=free_port(), database_url=database_url)
     with open(home.root / "config.toml", "a") as f:
         f.write(f"\n[runtime]\nheartbeat_interval = {heartbeat_interval}\n")
     return Home(home.root)
+
+
+@contextlib.contextmanager
+def pg_schema(prefix="t"):
+    """A fresh PostgreSQL schema; yields a database URL whose connections use it (for
+    actors running as processes). Dropped at the end."""
+    import uuid
+
+    from actors.db import connect
+    from tests.test_db import PG_URL
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = connect(PG_URL)
+    admin.execute_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
 
 
 def wait_for(predicate, timeout=DEADLINE, interval=0.02, what="condition"):

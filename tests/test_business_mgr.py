@@ -27,7 +27,7 @@ import pytest
 from actors.business_mgr import invoice, invoices, quote_sats
 from actors.db import connect
 from actors.runtime import Actor, Runtime, on
-from tests.harness import BusClient, Network, dctrl, new_home, topic_is, wait_for
+from tests.harness import BusClient, Network, dctrl, new_home, pg_schema, topic_is, wait_for
 
 PRICE = "100000.00"            # CAD per BTC: 1 CAD = 1000 sats
 COLA, COLA_SATS = 1, 2000      # slot 1: 2.00 CAD, below the zero-conf limit (20.00)
@@ -79,9 +79,14 @@ def txid(n) -> str:
 
 # -- fixtures -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return new_home(tmp_path_factory.mktemp("sales") / "home")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def home(request, tmp_path_factory):
+    """The whole module runs on each database (PostgreSQL: a schema of its own)."""
+    if request.param == "sqlite":
+        yield new_home(tmp_path_factory.mktemp("sales") / "home")
+        return
+    with pg_schema("sales") as url:
+        yield new_home(tmp_path_factory.mktemp("sales") / "home", database_url=url)
 
 
 @pytest.fixture(scope="module")
