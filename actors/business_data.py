@@ -10,6 +10,18 @@ refused. Every command is answered on ``business.ack`` {id, status "done" |
 (``business.machine.added``, ``business.slot.changed``,
 ``business.policy.changed``).
 
+Events are never lost: each is recorded in an outbox table
+(``business_outbox``, :mod:`actors.outbox`) in the same transaction as the
+change and the command's dedup record, published in order right after the
+commit, and marked sent only once the runtime has put it on the socket.
+Whatever is left unsent (no valid token, no connection, a ``kill -9``
+between the commit and the publication) goes out from a one-second timer,
+also after a restart. Each event carries an ``event_id`` (64 hex: the
+sha256 of the command id and the event's index in it); the one duplicate
+possible (killed between sending and marking) has the same id, so receivers
+deduplicate on it. The ``business.ack`` answer is not an event: it is
+published directly (a lost ack is answered again when the sender retries).
+
 Other actors read through the query functions :func:`machines`, :func:`slots`
 and :func:`policy`, never by writing these tables.
 
@@ -23,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from decimal import Decimal
@@ -32,11 +45,15 @@ import peewee
 from keys.home import Home
 
 from .db import connect, write_transaction
-from .runtime import Actor, on
+from .outbox import Outbox, event_id
+from .runtime import Actor, every, on
 
 log = logging.getLogger(__name__)
 
 db = peewee.DatabaseProxy()
+# Tests set DCTRL_CRASH_AT=business_committed to die (like kill -9) right after a change
+# and its events commit, before anything is published.
+CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
 
 MAX_CENTS = 10**14  # a trillion CAD: far beyond any price, well inside 64 bits
 CAD_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,2}))?")
@@ -196,6 +213,9 @@ class BusinessData(Actor):
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
         self.database.create_tables(TABLES, safe=True)
+        self.outbox = Outbox(Outbox.model_for(self.database, "business_outbox"))
+        self.database.create_tables([self.outbox.model], safe=True)
+        self.unsent = True  # a previous run may have left events unsent: look at the first flush
         self.applied = 0
         self.refused = 0
 
@@ -203,7 +223,10 @@ class BusinessData(Actor):
         self.database.close()
 
     def health(self):
-        return "ok", f"{len(machines(self.database))} machines, {self.applied} changes, {self.refused} refused"
+        detail = f"{len(machines(self.database))} machines, {self.applied} changes, {self.refused} refused"
+        if self.unsent:
+            detail += f", {self.outbox.pending()} event(s) waiting to be sent"
+        return "ok", detail
 
     # -- commands from the bus (loop thread: one writer, one command at a time) ----
 
@@ -224,15 +247,27 @@ class BusinessData(Actor):
         self._answer(*self.execute(msg.topic, msg.body))
 
     def _answer(self, ack, events):
-        for topic, body in events:
-            self.publish(topic, body)
+        """After the commit: the events (from the outbox, in order), then the answer (direct)."""
+        if events:
+            if CRASH_AT == "business_committed":  # fault injection for the tests: like kill -9 here
+                os._exit(137)
+            self.unsent = True
+        self.flush()
         self.publish("business.ack", ack)
+
+    @every(1.0)
+    def flush(self):
+        """Publish what the outbox holds unsent (only while the runtime can send now)."""
+        if self.unsent:
+            self.outbox.flush(self.runtime)
+            self.unsent = self.outbox.pending() > 0
 
     def execute(self, topic: str, body: dict) -> tuple[dict, list]:
         """Apply one command (a validated body) exactly once; returns (ack body, [(topic, event)]).
 
-        The dedup record and the change commit in one transaction, so a command
-        is either applied and remembered or neither."""
+        The dedup record, the change and its events (in the outbox, each with its
+        ``event_id``) commit in one transaction, so a command is either applied,
+        remembered and announced, or none of these. Nothing is published here."""
         cid = body["id"].hex()
         kind = topic.split(".", 2)[2]  # machine.add | slot.set | policy.set
         events: list = []
@@ -259,6 +294,9 @@ class BusinessData(Actor):
                 self.refused += 1
                 log.info("refused %s %s: %s", topic, cid, exc)
             BusinessCommand.create(id=cid, topic=topic[:64], result=json.dumps(result), created=int(self.clock()))
+            events = [(t, {**e, "event_id": event_id("business", cid, n)}) for n, (t, e) in enumerate(events)]
+            for t, e in events:
+                self.outbox.add(t, e, e["event_id"])
         return {"id": body["id"], **result}, events
 
     def _machine_add(self, body):

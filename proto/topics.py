@@ -247,10 +247,13 @@ register("business.ack", Map({
     "status": Str(choices=("done", "refused")),
     "reason": Opt(REASON),
 }))
-# business.machine.added: a machine was added.
-register("business.machine.added", Map({"name": NAME, "location": Opt(Str(max=128)), "created": Int(min=0)}))
+# business.machine.added: a machine was added. business.* events come from an outbox: event_id
+# (64 hex, sha256 of the command id and the event's index) is the same if an event is sent twice.
+register("business.machine.added", Map({"name": NAME, "location": Opt(Str(max=128)), "created": Int(min=0),
+                                        "event_id": Opt(Str(max=64, pattern=r"[0-9a-f]{64}"))}))
 # business.slot.changed: a slot's current state after a change.
 register("business.slot.changed", Map({
+    "event_id": Opt(Str(max=64, pattern=r"[0-9a-f]{64}")),
     "machine": NAME,
     "slot": Int(min=0, max=255),
     "product": Str(max=64),
@@ -259,7 +262,8 @@ register("business.slot.changed", Map({
     "stock": Opt(Int(min=0)),
 }))
 # business.policy.changed: a policy key has a new current value (version grows across all keys).
-register("business.policy.changed", Map({"key": Str(max=64), "value": Str(max=64), "version": Int(min=1)}))
+register("business.policy.changed", Map({"key": Str(max=64), "value": Str(max=64), "version": Int(min=1),
+                                         "event_id": Opt(Str(max=64, pattern=r"[0-9a-f]{64}"))}))
 
 # -- sales: invoices (BusinessMgr) ---------------------------------------------------
 

@@ -1,8 +1,10 @@
-"""BusinessData: money parsing, models and versioned policies on SQLite and PostgreSQL, and the
-actor end to end on the real bus (broker and Vault as processes, the actor in a thread), driven
-by the CLI functions and by raw commands from an admin client."""
+"""BusinessData: money parsing, models, versioned policies and the event outbox on SQLite and
+PostgreSQL, and the actor end to end on the real bus (broker and Vault as processes, the actor in
+a thread, or as a process killed between a commit and its publication), driven by the CLI
+functions and by raw commands from an admin client."""
 
 import argparse
+import hashlib
 import json
 import os
 import threading
@@ -10,6 +12,7 @@ import time
 import uuid
 from decimal import Decimal
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,10 +20,11 @@ from hypothesis import strategies as st
 from actors.business_data import (BusinessCommand, BusinessData, BusinessSlot, MoneyError, format_cad, machines,
                                   parse_cad, policy, policy_versions, slots)
 from actors.db import connect
+from actors.outbox import Outbox
 from actors.runtime import Runtime
 from proto.errors import DctrlError
 from scripts import business_cli
-from tests.harness import wait_for
+from tests.harness import Network, new_home, pg_schema, topic_is, wait_for
 from tests.test_db import PG_URL
 
 T0 = 1_700_000_000
@@ -82,12 +86,24 @@ def cmd(**body):
     return {"id": os.urandom(16), "expires": T0 + 60, **body}
 
 
+def eid(command, n=0):
+    """The event id business_data must give event ``n`` of a command: sha256 of stable parts."""
+    return hashlib.sha256(f"business|{command['id'].hex()}|{n}".encode()).hexdigest()
+
+
+def outbox_rows(database):
+    model = Outbox.model_for(database, "business_outbox")
+    return [(r.topic, r.event_id, msgpack.unpackb(r.body, raw=False), r.sent)
+            for r in model.select().order_by(model.id)]
+
+
 def test_models_and_policy_versions_on_both_backends(home, bdb):
     now = [T0]
     actor = BusinessData(home, database=bdb, clock=lambda: now[0])
-    ack, events = actor.execute("cmd.business.machine.add", cmd(name="vm1", location="front door"))
-    assert ack["status"] == "done" and events == [("business.machine.added",
-                                                   {"name": "vm1", "location": "front door", "created": T0})]
+    add = cmd(name="vm1", location="front door")
+    ack, events = actor.execute("cmd.business.machine.add", add)
+    assert ack["status"] == "done" and events == [("business.machine.added", {
+        "name": "vm1", "location": "front door", "created": T0, "event_id": eid(add)})]
     ack, _ = actor.execute("cmd.business.machine.add", cmd(name="vm1", location=None))
     assert ack["status"] == "refused" and "already exists" in ack["reason"]
 
@@ -95,7 +111,7 @@ def test_models_and_policy_versions_on_both_backends(home, bdb):
                                                             price_cad="3.50", relay="gpio:17", stock=None))
     assert ack["status"] == "done"
     assert events[0][1] == {"machine": "vm1", "slot": 255, "product": "cola", "price_cents": 350,
-                            "relay": "gpio:17", "stock": None}
+                            "relay": "gpio:17", "stock": None, "event_id": events[0][1]["event_id"]}
     # a change keeps relay and stock when not given, sets them when given
     actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=255, product="cola zero", price_cad="4",
                                                relay=None, stock=12))
@@ -135,6 +151,37 @@ def test_models_and_policy_versions_on_both_backends(home, bdb):
     assert len(policy_versions(bdb)) == 3
     # the dedup table remembers every command, applied or refused
     assert BusinessCommand.select().bind(bdb).count() == 16
+    # one event per applied change, in the outbox in order, unsent (nothing published here)
+    rows = outbox_rows(bdb)
+    assert [t for t, _, _, _ in rows] == (["business.machine.added"] + ["business.slot.changed"] * 3
+                                          + ["business.policy.changed"] * 3)
+    assert rows[0] == ("business.machine.added", eid(add), events_of_add(add), False)
+    assert len({e for _, e, _, _ in rows}) == 7 and not any(sent for *_, sent in rows)
+
+
+def events_of_add(add):
+    return {"name": add["name"], "location": add["location"], "created": T0, "event_id": eid(add)}
+
+
+def test_events_commit_with_the_change_or_not_at_all(home, bdb):
+    actor = BusinessData(home, database=bdb, clock=lambda: T0)
+    add = cmd(name="vm1", location=None)
+    _, events = actor.execute("cmd.business.machine.add", add)
+    assert outbox_rows(bdb) == [("business.machine.added", eid(add), events_of_add(add), False)]
+    ack, events = actor.execute("cmd.business.machine.add", add)  # a retry: nothing twice
+    assert ack["status"] == "done" and events == [] and len(outbox_rows(bdb)) == 1
+    ack, events = actor.execute("cmd.business.machine.add", cmd(name="vm1", location=None))
+    assert ack["status"] == "refused" and events == [] and len(outbox_rows(bdb)) == 1
+
+    def broken(*args):  # the outbox write fails: the change and the dedup record roll back with it
+        raise RuntimeError("disk full")
+    actor.outbox.add = broken
+    fails = cmd(name="vm2", location=None)
+    with pytest.raises(RuntimeError, match="disk full"):
+        actor.execute("cmd.business.machine.add", fails)
+    assert [m["name"] for m in machines(bdb)] == ["vm1"]
+    assert BusinessCommand.get_or_none(BusinessCommand.id == fails["id"].hex()) is None
+    assert len(outbox_rows(bdb)) == 1
 
 
 # -- the actor on the bus ---------------------------------------------------------
@@ -157,9 +204,41 @@ def ns(home, **kw):
     return argparse.Namespace(home=str(home.root), as_name="admin", timeout=10.0, json=False, **kw)
 
 
+def is_ack(body):
+    return lambda d: (d.message is not None and d.message.topic == "business.ack"
+                      and d.message.body["id"] == body["id"])
+
+
+def send_until_acked(client, topic, body, timeout=20):
+    """What every sender of a command does: repeat it until its ack arrives. The first ack also
+    proves the client's subscription to business.* is in place."""
+    def acked():
+        client.publish(topic, body)
+        try:
+            return client.expect(is_ack(body), timeout=0.5, what="the ack").message.body
+        except AssertionError:
+            return None
+    return wait_for(acked, timeout=timeout, interval=0, what=f"an ack for {topic}")
+
+
+def probe(client):
+    """A command refused on arrival (nothing changes, no event): round trip through business_data.
+    Its ack comes after everything business_data published before it."""
+    body = {"id": os.urandom(16), "expires": int(time.time()) + 60, "key": "probe", "value": "1"}
+    ack = send_until_acked(client, "cmd.business.policy.set", body)
+    assert ack["status"] == "refused" and "unknown policy" in ack["reason"]
+    return body["id"]
+
+
+def event_body(d):
+    body = dict(d.message.body)
+    assert len(body.pop("event_id")) == 64
+    return body
+
+
 def test_cli_changes_go_over_the_bus_and_are_published(home, business, clients, capsys):
     watch = clients(home, "admin", prefixes=["business"])
-    time.sleep(0.3)  # the subscription reaches the broker
+    probe_id = probe(watch)
     business_cli.cmd_machines(ns(home, machines_cmd="add", name="vm1", location="lobby"))
     business_cli.cmd_slots(ns(home, slots_cmd="set", machine="vm1", slot=3, product="cola", price_cad="3.50",
                               stock=10, relay="gpio:17"))
@@ -170,12 +249,13 @@ def test_cli_changes_go_over_the_bus_and_are_published(home, business, clients, 
 
     added = watch.expect(lambda d: d.message and d.message.topic == "business.machine.added").message
     assert added.sender == "business_data" and added.body["name"] == "vm1"
-    changed = watch.expect(lambda d: d.message and d.message.topic == "business.slot.changed").message.body
+    changed = event_body(watch.expect(lambda d: d.message and d.message.topic == "business.slot.changed"))
     assert changed == {"machine": "vm1", "slot": 3, "product": "cola", "price_cents": 350, "relay": "gpio:17",
                        "stock": 10}
     pol = watch.expect(lambda d: d.message and d.message.topic == "business.policy.changed").message.body
     assert pol["key"] == "zero_conf_limit_cad" and pol["value"] == "25.00" and pol["version"] >= 1
-    acks = [watch.expect(lambda d: d.message and d.message.topic == "business.ack").message.body for _ in range(3)]
+    acks = [watch.expect(lambda d: d.message and d.message.topic == "business.ack"
+                         and d.message.body["id"] != probe_id).message.body for _ in range(3)]
     assert {a["status"] for a in acks} == {"done"}
 
     business_cli.cmd_machines(ns(home, machines_cmd="list"))
@@ -204,11 +284,10 @@ def test_cli_changes_go_over_the_bus_and_are_published(home, business, clients, 
 
 def test_retries_applied_once_expired_and_bad_prices_refused(home, business, clients):
     watch = clients(home, "admin", prefixes=["business"])
-    time.sleep(0.3)
+    probe(watch)
 
     def ack_for(body):
-        return watch.expect(lambda d: d.message and d.message.topic == "business.ack"
-                            and d.message.body["id"] == body["id"], what="the ack").message.body
+        return watch.expect(is_ack(body), what="the ack").message.body
 
     machine = {"id": os.urandom(16), "expires": int(time.time()) + 60, "name": "vm2", "location": None}
     for _ in range(3):  # a sender retrying until acked
@@ -228,7 +307,7 @@ def test_retries_applied_once_expired_and_bad_prices_refused(home, business, cli
         ack = ack_for(body)
         assert ack["status"] == "refused" and why in ack["reason"] and "price" in ack["reason"], ack
 
-    time.sleep(0.3)  # anything published late would have arrived by now
+    probe(watch)  # anything published before the probe's answer has arrived
     topics = [d.message.topic for d in watch.drain() if d.message]
     assert topics.count("business.machine.added") == 0 and "business.slot.changed" not in topics
     database = connect(home.database_url)
@@ -237,3 +316,59 @@ def test_retries_applied_once_expired_and_bad_prices_refused(home, business, cli
         assert BusinessSlot.select().bind(database).count() == 0
     finally:
         database.close()
+
+
+# -- the outbox across a crash (the actor as a process, on both backends) -----------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_home(request, tmp_path):
+    """A home whose database is a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield new_home(tmp_path / "home")
+        return
+    with pg_schema("bd_crash") as url:
+        yield new_home(tmp_path / "home", database_url=url)
+
+
+def test_killed_between_commit_and_publication_the_event_goes_out_once_after_restart(db_home, clients):
+    home = db_home
+    net = Network(home).start("broker", "vault")
+    try:
+        watch = clients(home, "admin", prefixes=["business", "health.business_data"])
+        net.start("business_data", env={"DCTRL_CRASH_AT": "business_committed"})
+        watch.expect(topic_is("health.business_data", status="ok"), timeout=20, what="business_data healthy")
+        add = {"id": os.urandom(16), "expires": int(time.time()) + 300, "name": "vm1", "location": "lobby"}
+        proc = net.procs["business_data"]
+
+        def crashed():  # a sender repeats its command until answered; this one dies acting on it
+            watch.publish("cmd.business.machine.add", add)
+            return proc.poll() is not None
+        wait_for(crashed, timeout=20, interval=0.5, what="business_data to act on the command")
+        assert proc.wait(10) == 137  # died right after the commit, before publishing anything
+        net.procs.pop("business_data")
+
+        database = connect(home.database_url)
+        try:  # the change, its dedup record and its event committed together; the event is unsent
+            assert [m["name"] for m in machines(database)] == ["vm1"]
+            (row,) = outbox_rows(database)
+            assert row[0] == "business.machine.added" and row[1] == eid(add) and row[3] is False
+        finally:
+            database.close()
+
+        net.start("business_data")
+        ack = send_until_acked(watch, "cmd.business.machine.add", add)
+        assert ack == {"id": add["id"], "status": "done", "reason": None}  # applied once, before the crash
+        event = watch.expect(topic_is("business.machine.added", name="vm1"), what="the event after restart")
+        assert event.message.sender == "business_data" and event.message.body["event_id"] == eid(add)
+        assert event.message.body["location"] == "lobby"
+        probe(watch)  # everything business_data published before this answer has arrived
+        again = [d for d in watch.drain() if topic_is("business.machine.added")(d)]
+        assert again == [], "the event was published twice"
+        database = connect(home.database_url)
+        try:
+            assert [(t, e, sent) for t, e, _, sent in outbox_rows(database)] == [
+                ("business.machine.added", eid(add), True)]
+        finally:
+            database.close()
+    finally:
+        net.close()
