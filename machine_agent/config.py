@@ -22,10 +22,52 @@ the machine's 0600 key file) and copied to the machine::
     relay = "gpio:17"             # or "i2c:0x20:3" (PCF8574 address, bit)
     active_high = true            # default: true for gpio, false for i2c
     pulse_ms = 500                # relay on-time; a vend command may override it
+
+Inputs (MachineNotifier, machine_agent/notifier.py); every section is optional.
+GPIO inputs are pulled up and active when pulled to ground (``pull_up = false``:
+pulled down, active high). ``debounce_ms``: an activation counts only after
+that long without any edge (the door: its level is read that long after the
+last edge)::
+
+    [buttons]                     # selection buttons -> machine.NAME.button {slot, pressed_at}
+    1 = "gpio:5"                  # slot = pin
+    2 = "gpio:6"
+    debounce_ms = 50              # (and pull_up) for every button
+
+    [coin]                        # coin acceptor pulses -> machine.NAME.coin {pulses, total}
+    pin = "gpio:12"
+    settle_ms = 200               # a burst is published when no pulse came for this long
+    debounce_ms = 5
+
+    [door]                        # door switch -> machine.NAME.door {open}, at start and on change
+    pin = "gpio:13"
+    open_level = "high"           # the level when open (a switch to ground that the closed door presses)
+    debounce_ms = 50
+
+    [drop]                        # drop sensor: confirms each vend -> machine.NAME.drop {slot, at}
+    pin = "gpio:19"
+    timeout_ms = 2000             # after the pulse: no drop by then acks failed "no drop detected"
+    debounce_ms = 20
+    simulate = false              # pins = "mock" only: every relay pulse is followed by a drop
+    simulate_delay_ms = 150       # ... this long after the pulse (less than timeout_ms)
+
+    [[sensors]]                   # I2C sensors, read on a schedule -> machine.NAME.sensor {name, value, unit}
+    name = "temp"
+    i2c = 0x48                    # device address on i2c_bus
+    register = 0
+    kind = "lm75"                 # "lm75": LM75-style degrees C in 0.125 steps; "byte": one byte * scale
+    unit = "C"                    # default "C" for lm75, "raw" for byte
+    scale = "1"                   # byte only: a decimal string
+    interval_s = 60
+
+With ``pins = "mock"`` the agent also opens the simulator's control socket,
+``ipc://STATE_DIR/sim.sock`` (machine_agent/simctl.py; ``dctrl sim press``),
+and I2C goes to an in-memory bus (an LM75 sensor reads 21.5 C).
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +99,26 @@ token_public_key = "{vault}"
 # relay = "gpio:17"      # or "i2c:0x20:3"
 # active_high = true     # default true for gpio, false for i2c
 # pulse_ms = 500
+
+# Inputs (every section optional; inputs are pulled up, active when grounded; see
+# machine_agent/config.py for every key):
+# [buttons]              # selection buttons: slot = pin
+# 1 = "gpio:5"
+# debounce_ms = 50
+# [coin]                 # coin acceptor pulses, published after settle_ms without a pulse
+# pin = "gpio:12"
+# settle_ms = 200
+# [door]                 # door switch
+# pin = "gpio:13"
+# open_level = "high"
+# [drop]                 # drop sensor: a vend with no drop within timeout_ms acks failed
+# pin = "gpio:19"
+# timeout_ms = 2000
+# [[sensors]]            # I2C sensors on i2c_bus
+# name = "temp"
+# i2c = 0x48
+# kind = "lm75"          # or "byte" (with scale = "0.5")
+# interval_s = 60
 """
 
 
@@ -95,6 +157,8 @@ class MachineConfig:
     pins: str = "gpio"
     i2c_bus: int = 1
     journal_file: Path | None = None  # the command journal (state/commands.jsonl)
+    inputs: object = None             # machine_agent.notifier.Inputs (buttons, coin, door, drop, sensors)
+    state_dir: Path | None = None     # boot counter, journals, the simulator's socket
 
 
 def load_machine(path) -> MachineConfig:
@@ -125,11 +189,148 @@ def load_machine(path) -> MachineConfig:
                 raise ValueError(f"slot {n}: pulse_ms must be 10..10000")
             slots[n] = Slot(relay=relay, active_high=active_high, pulse_ms=pulse_ms)
         return MachineConfig(slots=slots, pins=pins, i2c_bus=int(cfg.get("i2c_bus", 1)),
-                             journal_file=state / "commands.jsonl")
+                             journal_file=state / "commands.jsonl", inputs=load_inputs(cfg, slots, path),
+                             state_dir=state)
     except FileNotFoundError:
         raise ConfigError(f"no agent config at {path}: make one with `dctrl agent-config NAME` on the server") from None
     except (KeyError, ValueError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+# -- inputs (MachineNotifier) --------------------------------------------------------
+
+INPUT_KEYS = {
+    "buttons": ("pull_up", "debounce_ms"),  # and slot numbers
+    "coin": ("pin", "pull_up", "debounce_ms", "settle_ms"),
+    "door": ("pin", "pull_up", "open_level", "debounce_ms"),
+    "drop": ("pin", "pull_up", "debounce_ms", "timeout_ms", "simulate", "simulate_delay_ms"),
+    "sensors": ("name", "i2c", "register", "kind", "unit", "scale", "interval_s"),
+}
+SENSOR_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def _gpio_number(value, where) -> int:
+    """``"gpio:N"`` -> N (0..53), or ValueError naming ``where``."""
+    if isinstance(value, str) and value.startswith("gpio:"):
+        try:
+            n = int(value[5:], 0)
+        except ValueError:
+            n = -1
+        if 0 <= n <= 53:
+            return n
+    raise ValueError(f"{where} must be \"gpio:N\" (N 0..53), not {value!r}")
+
+
+def _int(t, key, lo, hi, default, where) -> int:
+    value = t.get(key, default)
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"{where} {key} must be an integer {lo}..{hi}, not {value!r}")
+    return value
+
+
+def _bool(t, key, default, where) -> bool:
+    value = t.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} {key} must be true or false, not {value!r}")
+    return value
+
+
+def _section(cfg, name, extra_ok=lambda key: False):
+    t = cfg.get(name)
+    if t is None:
+        return None
+    if not isinstance(t, dict):
+        raise ValueError(f"[{name}] must be a table")
+    unknown = sorted(k for k in t if k not in INPUT_KEYS[name] and not extra_ok(k))
+    if unknown:
+        raise ValueError(f"[{name}]: unknown key(s) {', '.join(unknown)} (known: {', '.join(INPUT_KEYS[name])})")
+    return t
+
+
+def load_inputs(cfg: dict, slots: dict, path):
+    """The [buttons], [coin], [door], [drop] and [[sensors]] sections -> notifier.Inputs.
+
+    ``slots`` (slot -> Slot) is checked too: one GPIO pin may serve one purpose only."""
+    from .notifier import Buttons, Coin, Door, Drop, Inputs, Sensor
+
+    try:
+        buttons = Buttons()
+        t = _section(cfg, "buttons", extra_ok=lambda k: k.isdigit())
+        if t is not None:
+            pins = {}
+            for key, value in t.items():
+                if key.isdigit():
+                    slot = int(key)
+                    if not 0 <= slot <= 255:
+                        raise ValueError(f"[buttons] slot {slot} is not 0..255")
+                    pins[slot] = _gpio_number(value, f"[buttons] {key}")
+            buttons = Buttons(pins=pins, pull_up=_bool(t, "pull_up", True, "[buttons]"),
+                              debounce_ms=_int(t, "debounce_ms", 0, 1000, 50, "[buttons]"))
+        coin = door = drop = None
+        if (t := _section(cfg, "coin")) is not None:
+            coin = Coin(pin=_gpio_number(t.get("pin"), "[coin] pin"), pull_up=_bool(t, "pull_up", True, "[coin]"),
+                        debounce_ms=_int(t, "debounce_ms", 0, 1000, 5, "[coin]"),
+                        settle_ms=_int(t, "settle_ms", 20, 10_000, 200, "[coin]"))
+        if (t := _section(cfg, "door")) is not None:
+            level = t.get("open_level", "high")
+            if level not in ("high", "low"):
+                raise ValueError(f"[door] open_level must be \"high\" or \"low\", not {level!r}")
+            door = Door(pin=_gpio_number(t.get("pin"), "[door] pin"), pull_up=_bool(t, "pull_up", True, "[door]"),
+                        open_level=level, debounce_ms=_int(t, "debounce_ms", 0, 1000, 50, "[door]"))
+        if (t := _section(cfg, "drop")) is not None:
+            timeout = _int(t, "timeout_ms", 50, 30_000, 2000, "[drop]")
+            drop = Drop(pin=_gpio_number(t.get("pin"), "[drop] pin"), pull_up=_bool(t, "pull_up", True, "[drop]"),
+                        debounce_ms=_int(t, "debounce_ms", 0, 1000, 20, "[drop]"), timeout_ms=timeout,
+                        simulate=_bool(t, "simulate", False, "[drop]"),
+                        simulate_delay_ms=_int(t, "simulate_delay_ms", 0, timeout - 1, 150, "[drop]"))
+        sensors = []
+        raw = cfg.get("sensors") or []
+        if not isinstance(raw, list):
+            raise ValueError("sensors must be an array of tables: [[sensors]]")
+        for n, t in enumerate(raw, start=1):
+            if not isinstance(t, dict):
+                raise ValueError("sensors must be an array of tables: [[sensors]]")
+            unknown = sorted(k for k in t if k not in INPUT_KEYS["sensors"])
+            if unknown:
+                raise ValueError(f"[[sensors]] #{n}: unknown key(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(INPUT_KEYS['sensors'])})")
+            name = t.get("name")
+            if not isinstance(name, str) or not SENSOR_NAME.fullmatch(name):
+                raise ValueError(f"[[sensors]] #{n}: name must match [a-z][a-z0-9_-]{{0,31}}, not {name!r}")
+            where = f"[[sensors]] {name}:"
+            if any(s.name == name for s in sensors):
+                raise ValueError(f"{where} the name is used twice")
+            kind = t.get("kind", "lm75")
+            if kind not in ("lm75", "byte"):
+                raise ValueError(f"{where} kind must be \"lm75\" or \"byte\", not {kind!r}")
+            if "i2c" not in t:
+                raise ValueError(f"{where} i2c (the device address, e.g. 0x48) is required")
+            unit = t.get("unit", "C" if kind == "lm75" else "raw")
+            if not isinstance(unit, str) or len(unit) > 16:
+                raise ValueError(f"{where} unit must be a string of at most 16 characters")
+            scale = t.get("scale", "1")
+            if not isinstance(scale, str) or not DECIMAL.fullmatch(scale) or len(scale) > 20:
+                raise ValueError(f"{where} scale must be a decimal string like \"0.5\" (never a float), not {scale!r}")
+            sensors.append(Sensor(name=name, address=_int(t, "i2c", 0x03, 0x77, None, where),
+                                  register=_int(t, "register", 0, 255, 0, where), kind=kind, unit=unit, scale=scale,
+                                  interval_s=_int(t, "interval_s", 1, 86_400, 60, where)))
+        inputs = Inputs(buttons=buttons, coin=coin, door=door, drop=drop, sensors=tuple(sensors))
+        used = {}
+        relays = []
+        for n, s in sorted(slots.items()):
+            if s.relay.startswith("gpio:"):
+                try:
+                    relays.append((int(s.relay[5:], 0), f"slots.{n} relay"))
+                except ValueError:
+                    pass  # make_relay says what is wrong with it
+        for pin, what in relays + inputs.gpio_uses():
+            if pin in used:
+                raise ValueError(f"gpio:{pin} is used by both {used[pin]} and {what}")
+            used[pin] = what
+        return inputs
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def render(home, name) -> str:
@@ -153,13 +354,29 @@ pulse_ms = 500
 [slots.2]
 relay = "gpio:27"
 pulse_ms = 500
+
+# Demo inputs: `dctrl sim press vm1 1`, `dctrl sim coin vm1 3`, `dctrl sim door vm1 open`.
+[buttons]
+1 = "gpio:5"
+2 = "gpio:6"
+
+[coin]
+pin = "gpio:12"
+
+[door]
+pin = "gpio:13"
+
+[drop]
+pin = "gpio:19"
+simulate = true               # the simulated item falls 150 ms after each relay pulse
 """
 
 
 def write_folder(home, name, out, *, demo=False) -> Path:
     """Write OUT/agent.toml and OUT/NAME.key (0600): the folder to copy to machine NAME.
 
-    ``demo`` makes a simulated machine: mock pins and two slots."""
+    ``demo`` makes a simulated machine: mock pins, two slots, buttons for both, a coin
+    acceptor, a door switch and a drop sensor that the simulator triggers after each pulse."""
     import os
     import shutil
 

@@ -5,6 +5,15 @@ Vault, heartbeats on ``health.NAME``) with only the agent's dependencies:
 pyzmq, msgpack, PyNaCl, schedule (and gpiozero/smbus2 for the relays). It
 never imports peewee or bottle. Vending (MachineMgr) and hardware inputs
 (MachineNotifier) build on this runtime.
+
+One process, one identity, one bus connection: the Runtime takes one actor,
+so :class:`Agent` is that actor and delegates to its parts -- the
+MachineNotifier, the simulator's control socket (``pins = "mock"`` only,
+machine_agent/simctl.py) and the MachineMgr, set up in that order and torn
+down in reverse (the vend worker finishes, waiting for its drop, before the
+input pins close). The parts register no ``@on``/``@every`` handlers (the
+runtime only looks for those on the actor's own class); MachineMgr adds its
+handler with ``runtime.add_handler`` in setup.
 """
 
 from __future__ import annotations
@@ -13,29 +22,103 @@ import argparse
 import logging
 import sys
 
-from actors.runtime import Runtime
+from actors.runtime import Actor, Runtime
 from proto.errors import DctrlError
 
 from . import config
 from .mgr import MachineMgr
+from .notifier import Inputs, MachineNotifier
 from .relays import pin_factory_for
 
 log = logging.getLogger("dctrl-agent")
 
 
-def build(settings, machine: config.MachineConfig) -> MachineMgr:
-    """The agent's actor from its config (relays are made here: a bad slot fails before joining)."""
-    bus_no = machine.i2c_bus
+class Agent(Actor):
+    """The agent's one actor: setup, teardown, health and after_batch delegated to its parts."""
 
-    def i2c_bus():
-        if not hasattr(i2c_bus, "bus"):
-            from smbus2 import SMBus
+    role = "machine"
 
-            i2c_bus.bus = SMBus(bus_no)
-        return i2c_bus.bus
+    def __init__(self, mgr: MachineMgr, notifier: MachineNotifier, sim=None):
+        self.mgr, self.notifier, self.sim = mgr, notifier, sim
+        self.parts = [p for p in (notifier, sim, mgr) if p is not None]
 
-    return MachineMgr(machine.slots, journal_path=machine.journal_file,
-                      pin_factory=pin_factory_for(machine.pins), i2c_bus=i2c_bus)
+    def setup(self):
+        for p in self.parts:
+            p.runtime = self.runtime
+        for p in self.parts:
+            p.setup()
+
+    def teardown(self):
+        for p in reversed(self.parts):
+            try:
+                p.teardown()
+            except Exception:
+                log.exception("%s teardown failed", type(p).__name__)
+
+    def health(self):
+        results = [p.health() for p in self.parts]
+        status = "degraded" if any(s == "degraded" for s, _ in results) else "ok"
+        detail = "; ".join(d for _, d in results if d)
+        return status, (detail[:512] or None)
+
+    def after_batch(self):
+        for p in self.parts:
+            p.after_batch()
+
+
+def build(settings, machine: config.MachineConfig, *, pin_factory=None, i2c_bus=None) -> Agent:
+    """The agent's actor from its config. Relays and input pins are made here: a bad pin fails
+    before joining. ``pin_factory`` and ``i2c_bus`` override what ``machine.pins`` implies."""
+    mock = machine.pins == "mock"
+    if pin_factory is None:
+        pin_factory = pin_factory_for(machine.pins)
+    inputs = machine.inputs or Inputs()
+    if i2c_bus is None and mock:
+        from .simctl import MockSMBus
+
+        ports = []
+        for slot in machine.slots.values():
+            try:
+                ports.append(int(slot.relay.split(":")[1], 0) if slot.relay.startswith("i2c:") else None)
+            except (ValueError, IndexError):
+                pass  # make_relay says what is wrong with it
+        # Mock I2C devices: a PCF8574 port per I2C relay chip; each sensor reads 21.5 (LM75) or 0 (byte).
+        i2c_bus = MockSMBus(
+            ports=[p for p in ports if p is not None],
+            registers={s.address: {s.register: [0x15, 0x80] if s.kind == "lm75" else [0]} for s in inputs.sensors})
+    if i2c_bus is None:
+        bus_no = machine.i2c_bus
+
+        def i2c_bus():
+            if not hasattr(i2c_bus, "bus"):
+                from smbus2 import SMBus
+
+                i2c_bus.bus = SMBus(bus_no)
+            return i2c_bus.bus
+
+    notifier = MachineNotifier(inputs, pin_factory=pin_factory, i2c_bus=i2c_bus)
+    mgr = sim = None
+    try:
+        mgr = MachineMgr(machine.slots, journal_path=machine.journal_file, pin_factory=pin_factory,
+                         i2c_bus=i2c_bus, drop=notifier.drop_watch,
+                         drop_timeout_ms=inputs.drop.timeout_ms if inputs.drop else 2000)
+        if mock:
+            from .simctl import SimControl
+
+            drop = inputs.drop
+            sim = SimControl(machine.state_dir or machine.journal_file.parent, mgr=mgr, notifier=notifier,
+                             i2c_bus=i2c_bus, simulate_drop=bool(drop and drop.simulate),
+                             drop_delay_ms=drop.simulate_delay_ms if drop else 0)
+    except Exception:  # nothing half-made stays open (in-process callers go on living)
+        notifier.close()
+        if mgr is not None:
+            for relay in mgr.relays.values():
+                relay.close()
+            mgr.journal.close()
+        raise
+    if not mock and inputs.drop is not None and inputs.drop.simulate:
+        log.warning("[drop] simulate = true is ignored with real pins")
+    return Agent(mgr, notifier, sim)
 
 
 def main(argv=None) -> int:
@@ -44,7 +127,8 @@ def main(argv=None) -> int:
         "Make its config on the server with `dctrl agent-config NAME --out DIR`."))
     p.add_argument("--config", required=True, help="path to agent.toml")
     p.add_argument("--pins", choices=("mock", "gpio"),
-                   help="relay pins: gpio (gpiozero's default factory) or mock (no hardware); overrides agent.toml")
+                   help="relay and input pins: gpio (gpiozero's default factory) or mock (no hardware; opens "
+                        "the simulator's control socket STATE_DIR/sim.sock); overrides agent.toml")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,

@@ -448,6 +448,7 @@ def build_parser():
     from scripts.sim_chain import add_chain_commands
 
     add_chain_commands(sim_sub)  # sim chain|address|pay|mine|replace|reorg|drop-zmq|stop-rpc
+    __import__("scripts.sim_machine").sim_machine.add_machine_commands(sim_sub)  # sim press|coin|door|drop|jam|pins
 
     sp = cmd("bench", cmd_bench, "benchmarks; prints one JSON object")
     sp.add_argument("suite", nargs="?", default="bus", choices=("bus", "chain"),

@@ -1,0 +1,140 @@
+"""`dctrl sim press|coin|door|drop|jam|pins MACHINE ...`: drive a simulated vending machine.
+
+A machine agent running with mock pins (``make run`` starts ``vm1`` that way)
+listens on ``ipc://STATE_DIR/sim.sock`` (machine_agent/simctl.py has the
+protocol). These commands find it at ``HOME/agents/MACHINE/<state_dir>/sim.sock``
+(the state_dir of that folder's agent.toml, ``state`` by default), or at
+``--socket PATH``, send one request and print the answer. The agent then
+publishes what the hardware would have caused (``machine.vm1.button`` for a
+press), through the real gpiozero callbacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import tomllib
+from pathlib import Path
+
+from proto.errors import DctrlError
+
+
+def socket_for(args) -> Path:
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    home = Path(getattr(args, "home", None) or os.environ.get("DCTRL_HOME") or "var")
+    folder = home / "agents" / args.machine
+    state = "state"
+    try:
+        with open(folder / "agent.toml", "rb") as f:
+            state = tomllib.load(f).get("state_dir", "state")
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    return folder / state / "sim.sock"
+
+
+def request(path: Path, req: dict, *, machine: str, timeout: float) -> dict:
+    """One request to a simulated machine's control socket; DctrlError if it does not answer."""
+    import msgpack
+    import zmq
+
+    hint = "is `make run` up? (only an agent with mock pins has this socket)"
+    if not path.exists():
+        raise DctrlError(f"no simulated machine {machine}: {path} does not exist; {hint}")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        sock.connect(f"ipc://{path.absolute()}")
+        sock.send(msgpack.packb(req, use_bin_type=True))
+        if not sock.poll(int(timeout * 1000)):
+            raise DctrlError(f"no answer from simulated machine {machine} at {path} within {timeout:g} s; {hint}")
+        reply = msgpack.unpackb(sock.recv(), raw=False)
+    finally:
+        sock.close(0)
+        ctx.term()
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        raise DctrlError(f"{machine} refused: {reply.get('error') if isinstance(reply, dict) else reply!r}")
+    return reply
+
+
+def _call(args, req, extra_s=0.0) -> dict:
+    return request(socket_for(args), req, machine=args.machine, timeout=args.timeout + extra_s)
+
+
+def cmd_press(args):
+    r = _call(args, {"op": "press", "slot": args.slot, "hold_ms": args.hold_ms}, args.hold_ms / 1000)
+    print(f"pressed button {r['slot']} on {args.machine} ({r['pin']}, {args.hold_ms} ms)")
+
+
+def cmd_coin(args):
+    r = _call(args, {"op": "coin", "pulses": args.n, "pulse_ms": args.pulse_ms, "gap_ms": args.gap_ms},
+              args.n * (args.pulse_ms + args.gap_ms) / 1000)
+    print(f"sent {r['pulses']} coin pulse(s) on {args.machine} ({r['pin']})")
+
+
+def cmd_door(args):
+    r = _call(args, {"op": "door", "open": args.state == "open"})
+    print(f"door of {args.machine} {'opened' if r['open'] else 'closed'} ({r['pin']})")
+
+
+def cmd_drop(args):
+    r = _call(args, {"op": "drop"})
+    print(f"drop sensor of {args.machine} triggered ({r['pin']})")
+
+
+def cmd_jam(args):
+    r = _call(args, {"op": "jam", "vends": args.n})
+    print(f"the next {r['jammed']} vend(s) on {args.machine} drop nothing"
+          + ("" if r["simulate"] else " (note: [drop] simulate is off: no drop is simulated anyway)"))
+
+
+def _clock(t_us) -> str:
+    return datetime.datetime.fromtimestamp(t_us / 1e6).strftime("%H:%M:%S.%f")[:-3]
+
+
+def cmd_pins(args):
+    r = _call(args, {"op": "pins"})
+    if args.json:
+        print(json.dumps(r, sort_keys=True))
+        return
+    print(f"{'PIN':<9} {'ROLE':<10} {'ACTIVE':<6} {'NOW':<6} {'PULSES':>6}  LAST ACTIVE")
+    for p in r["pins"]:
+        now = "active" if p["level"] == p["active_high"] else "idle"
+        last = "-"
+        if p["periods"]:
+            start, end = p["periods"][-1]
+            last = f"{_clock(start)} " + (f"for {(end - start) / 1000:.1f} ms" if end is not None else "(still active)")
+        print(f"{p['spec']:<9} {p['role']:<10} {'high' if p['active_high'] else 'low':<6} {now:<6} "
+              f"{len(p['periods']):>6}  {last}")
+
+
+def add_machine_commands(sim_sub) -> None:
+    """Register `press, coin, door, drop, jam, pins` in the `dctrl sim` subparsers (dest="sim_cmd")."""
+
+    def action(name, fn, help):
+        a = sim_sub.add_parser(name, help=help, description=help)
+        a.add_argument("machine", help="the simulated machine's name (vm1 in the demo)")
+        a.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the agent (default 5)")
+        a.add_argument("--socket", help="the control socket (default HOME/agents/MACHINE/state/sim.sock)")
+        a.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        a.set_defaults(fn=fn)
+        return a
+
+    a = action("press", cmd_press, "press a selection button of a simulated machine")
+    a.add_argument("slot", type=int)
+    a.add_argument("--hold-ms", type=int, default=80, help="how long the button is held (default 80)")
+    a = action("coin", cmd_coin, "send N coin-acceptor pulses to a simulated machine")
+    a.add_argument("n", type=int)
+    a.add_argument("--pulse-ms", type=int, default=30)
+    a.add_argument("--gap-ms", type=int, default=30)
+    a = action("door", cmd_door, "open or close a simulated machine's door")
+    a.add_argument("state", choices=("open", "closed"))
+    action("drop", cmd_drop, "trigger a simulated machine's drop sensor (an item fell)")
+    a = action("jam", cmd_jam, "make the next N vends of a simulated machine drop nothing (they ack failed)")
+    a.add_argument("n", type=int, nargs="?", default=1)
+    a = action("pins", cmd_pins, "a simulated machine's pins: levels now and when each was active")
+    a.add_argument("--json", action="store_true", help="the agent's whole answer, with every change (µs since "
+                                                       "the epoch)")
