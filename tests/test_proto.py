@@ -604,6 +604,20 @@ EXAMPLES = {
     "business.policy.changed": dict(body={"key": "confirmations_required", "value": "2", "version": 7},
                                     required="version", int=("version",), range=(("version",), 0),
                                     long=(("key",), 65)),
+    "invoice.opened": dict(body={"event_id": "ee" * 32, "invoice": "7", "mode": "invoice", "machine": "vm1",
+                                 "slot": 1, "product": "cola", "price_cents": 350, "items": 1,
+                                 "cad_per_btc": "128400.00", "sats": 2726, "address": "bcrt1qexample",
+                                 "uri": "bitcoin:bcrt1qexample?amount=0.00002726", "expires": T0,
+                                 "zero_conf": True, "confirmations": 1},
+                           required="address", int=("sats",), range=(("sats",), -1), long=(("product",), 65)),
+    "invoice.changed": dict(body={"event_id": "ee" * 32, "invoice": "7", "state": "overpaid",
+                                  "previous": "vending", "machine": "vm1", "slot": 1, "sats": 2726,
+                                  "received_sats": 5452, "late_sats": 0, "credit_sats": 2726, "lost_sats": 0,
+                                  "items": 1, "vended": 1, "reason": None},
+                            required="state", int=("credit_sats",), range=(("late_sats",), -1),
+                            long=(("reason",), 513)),
+    "invoice.refused": dict(body={"machine": "vm1", "slot": 1, "reason": "no sale at a stale price"},
+                            required="reason", int=("slot",), range=(("slot",), 256), long=(("reason",), 513)),
 }
 
 
