@@ -43,7 +43,7 @@ from keys.home import BusSettings, next_boot
 from keys.identity import IdentityKeys
 from proto import wire
 from proto.authproxy import AuthProxy, NoToken, ReplayGuard, describe_rejection
-from proto.errors import DctrlError
+from proto.errors import BadToken, DctrlError
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,10 @@ class Runtime:
         raw_handlers = [h for h in self.handlers if h[3] and topic.startswith(h[0])]
         if error is not None:
             self.counters["rejected"] += 1
-            self._report("rejected", topic, _claimed_sender(frames), error)
+            if not (topic.startswith(b"vault.req.") and isinstance(error, BadToken)):
+                # (token requests are untokened by design: only the Vault can verify them, and
+                # a listener to everything, like the event logger, is not to complain of them)
+                self._report("rejected", topic, _claimed_sender(frames), error)
             for _, fn, blocking, _ in raw_handlers:
                 self._dispatch(fn, Delivery(frames, None, error), blocking)
             return
