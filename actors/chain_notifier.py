@@ -179,7 +179,10 @@ class ChainNotifier(Actor):
         self.status = {"tip": None, "node_tip": None, "backend": None, "error": None, "watched": 0,
                        "synced": False}
         self._watched: dict[str, tuple[str, str | None]] = {}
-        self._mempool_checked: set[str] = set()
+        # mempool txids already looked at -> the scripts they pay (so a new watch finds a payment
+        # that arrived before it without fetching the whole mempool again)
+        self._mempool_checked: dict[str, frozenset] = {}
+        self._recheck: list[str] = []  # txids paying a newly watched script: record them now
         self._inflight: set[int] = set()  # outbox rows handed to the loop thread, not yet confirmed sent
 
     # -- lifecycle ------------------------------------------------------------
@@ -248,6 +251,11 @@ class ChainNotifier(Actor):
         while not self.stopping.is_set():
             self._handle_commands()
             try:
+                if self._recheck:  # payments that arrived before their address was watched
+                    txids, self._recheck = self._recheck, []
+                    for t in txids:
+                        self._mempool_checked.pop(t, None)
+                    self.check_txs(txids)
                 hints = self.adaptor.hints(0.5)
                 kinds = {h.kind for h in hints}
                 for h in hints:
@@ -317,7 +325,8 @@ class ChainNotifier(Actor):
         ChainWatched.insert(script=script_hex, address=address, label=label, created=int(self.clock())) \
             .on_conflict_ignore().execute()
         self._watched[script_hex] = (address, label)
-        self._mempool_checked.clear()  # a payment to it may already be waiting in the mempool
+        # A payment to it may already be waiting in the mempool (the customer was quick).
+        self._recheck.extend(t for t, scripts in self._mempool_checked.items() if script_hex in scripts)
         self.status["watched"] = len(self._watched)
         log.info("watching %s (%s)", address, label or "no label")
         return {"status": "watching", "reason": None, "script": script_hex}
@@ -438,7 +447,7 @@ class ChainNotifier(Actor):
             if txid in self._mempool_checked:
                 continue
             tx = self.adaptor.transaction(txid)
-            self._mempool_checked.add(txid)
+            self._mempool_checked[txid] = frozenset(o.script for o in tx.outputs) if tx is not None else frozenset()
             if tx is None or tx.height is not None:
                 continue
             with self.database.atomic():
@@ -451,8 +460,8 @@ class ChainNotifier(Actor):
 
     def sync_mempool(self):
         txids = self.adaptor.mempool()
-        self._mempool_checked &= txids
-        self.check_txs(sorted(txids - self._mempool_checked))
+        self._mempool_checked = {t: s for t, s in self._mempool_checked.items() if t in txids}
+        self.check_txs(sorted(txids - self._mempool_checked.keys()))
         # Tracked unconfirmed outputs that left the mempool without confirming.
         for row in ChainOutput.select().where(ChainOutput.state == "mempool"):
             if row.txid in txids:
