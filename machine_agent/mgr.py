@@ -36,6 +36,7 @@ does not journal that refusal, so the retried command is judged again later.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -47,6 +48,11 @@ from .journal import INTERRUPTED, CommandJournal
 from .relays import make_relay
 
 log = logging.getLogger(__name__)
+
+# Tests set DCTRL_CRASH_AT to die like kill -9 at the worst moments: "vend_journaled" (the
+# command is journaled actuating, the relay not yet on) or "vend_pulsed" (the relay has
+# pulsed, nothing journaled done, no ack sent).
+CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
 
 UNSYNCED = "clock not synchronised; refusing to act"
 NO_DROP = "no drop detected"
@@ -189,10 +195,16 @@ class MachineMgr(Actor):
             self._finish(self._ack(cid, "refused", slot, invoice, "expired"))
             return
         self.journal.actuating(cid, slot, invoice, ms)  # fsynced before the relay turns on
+        if CRASH_AT == "vend_journaled":
+            os._exit(137)
         if self.drop is not None:
             self.drop.arm(slot)  # before the relay turns on: an item may fall during the pulse
+        log.info("vend %s invoice %s: relay %s (slot %d) on for %d ms", cid.hex(), invoice,
+                 self.relays[slot].spec, slot, ms)
         try:
             self.relays[slot].pulse(ms)
+            if CRASH_AT == "vend_pulsed":
+                os._exit(137)
         except Exception as exc:
             log.exception("relay for slot %d failed", slot)
             ack = self._ack(cid, "failed", slot, invoice, f"relay error: {exc}; check the machine"[:512])

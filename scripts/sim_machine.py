@@ -65,8 +65,78 @@ def _call(args, req, extra_s=0.0) -> dict:
 
 
 def cmd_press(args):
-    r = _call(args, {"op": "press", "slot": args.slot, "hold_ms": args.hold_ms}, args.hold_ms / 1000)
-    print(f"pressed button {r['slot']} on {args.machine} ({r['pin']}, {args.hold_ms} ms)")
+    def press():
+        r = _call(args, {"op": "press", "slot": args.slot, "hold_ms": args.hold_ms}, args.hold_ms / 1000)
+        print(f"pressed button {r['slot']} on {args.machine} ({r['pin']}, {args.hold_ms} ms)", flush=True)
+
+    if not args.wait:
+        press()
+        return 0
+    from actors.runtime import Runtime
+    from keys.home import Home
+
+    waiter = _invoice_waiter(args.machine, args.slot, press, args.wait)
+    Runtime(waiter, Home(getattr(args, "home", None)).bus_settings(args.as_name)).run(handle_signals=True)
+    if waiter.error is not None:
+        raise waiter.error
+    if waiter.answer is None:
+        print(f"no invoice within {args.wait:g} s: is business_mgr running? (dctrl status)")
+        return 1
+    topic, b = waiter.answer
+    if topic == "invoice.refused":
+        print(f"no invoice: {b['reason']}")
+        return 1
+    from actors.business_data import format_cad
+    from actors.business_mgr import btc
+
+    amount = btc(b["sats"])
+    print(f"invoice {b['invoice']}: {b['product']}, {format_cad(b['price_cents'])} CAD = {amount} BTC "
+          f"({b['sats']} sats at {b['cad_per_btc']} CAD/BTC)")
+    print(f"  pay to {b['address']} before {datetime.datetime.fromtimestamp(b['expires']):%H:%M:%S} ({b['uri']})")
+    print(f"  simulate the payment: dctrl sim pay {b['address']} {amount}")
+    return 0
+
+
+def _invoice_waiter(machine, slot, press, wait):
+    """An actor that presses once it can hear the answer (it holds a token, so its
+    subscriptions are in place), then waits for business_mgr's invoice.opened or
+    invoice.refused for that machine and slot."""
+    import time
+
+    from actors.runtime import Actor, every, on
+
+    class InvoiceWaiter(Actor):
+        def __init__(self):
+            self.deadline = None
+            self.answer = None
+            self.error = None
+
+        @every(0.05)
+        def tick(self):
+            if self.deadline is None and self.runtime.proxy.token_valid():
+                self.deadline = time.monotonic() + wait
+                try:
+                    press()
+                except DctrlError as exc:
+                    self.error = exc
+                    self.runtime.stop()
+            elif self.deadline is not None and time.monotonic() > self.deadline:
+                self.runtime.stop()
+
+        @on("invoice.opened")
+        def opened(self, msg):
+            self.heard(msg)
+
+        @on("invoice.refused")
+        def refused(self, msg):
+            self.heard(msg)
+
+        def heard(self, msg):
+            if self.deadline is not None and (msg.body["machine"], msg.body["slot"]) == (machine, slot):
+                self.answer = (msg.topic, msg.body)
+                self.runtime.stop()
+
+    return InvoiceWaiter()
 
 
 def cmd_coin(args):
@@ -126,6 +196,9 @@ def add_machine_commands(sim_sub) -> None:
     a = action("press", cmd_press, "press a selection button of a simulated machine")
     a.add_argument("slot", type=int)
     a.add_argument("--hold-ms", type=int, default=80, help="how long the button is held (default 80)")
+    a.add_argument("--wait", type=float, default=10.0,
+                   help="seconds to wait for business_mgr's invoice and print how to pay it (0: don't; default 10)")
+    a.add_argument("--as", dest="as_name", default="admin", help="identity that listens for the invoice (admin)")
     a = action("coin", cmd_coin, "send N coin-acceptor pulses to a simulated machine")
     a.add_argument("n", type=int)
     a.add_argument("--pulse-ms", type=int, default=30)
