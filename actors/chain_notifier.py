@@ -48,7 +48,7 @@ from keys.home import Home
 from proto.errors import DctrlError
 
 from .chain.adaptor import ChainError, Failover, Tx
-from .db import connect
+from .db import connect, write_transaction
 from .runtime import Actor, on
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,7 @@ class ChainNotifier(Actor):
         self.status["node_tip"] = tip.height
         cursor = ChainCursor.get_or_none(id=1)
         if cursor is None:  # first start: follow from the current tip
-            with self.database.atomic():
+            with write_transaction(self.database):
                 ChainCursor.create(id=1, height=tip.height, hash=tip.hash)
                 ChainBlock.insert(height=tip.height, hash=tip.hash).on_conflict_replace().execute()
             self.status["tip"] = tip.height
@@ -360,7 +360,7 @@ class ChainNotifier(Actor):
             self._unconfirm_above(fork, cursor, tip)
         for height in range(fork + 1, tip.height + 1):
             block = self.adaptor.block(self.adaptor.block_hash(height))
-            with self.database.atomic():
+            with write_transaction(self.database):
                 self._process_block(block)
                 ChainCursor.update(height=block.height, hash=block.hash).where(ChainCursor.id == 1).execute()
                 ChainBlock.insert(height=block.height, hash=block.hash).on_conflict_replace().execute()
@@ -392,7 +392,7 @@ class ChainNotifier(Actor):
         log.warning("reorg: %d block(s) above height %d replaced (old tip %s, new tip %s)",
                     depth, fork, cursor.hash[:16], tip.hash[:16])
         fork_hash = ChainBlock.get(height=fork).hash if fork >= 0 else "00" * 32
-        with self.database.atomic():
+        with write_transaction(self.database):
             self._enqueue("chain.reorg", {"fork_height": max(fork, 0), "depth": depth, "old_tip": cursor.hash,
                                           "new_tip": tip.hash}, event_id("reorg", cursor.hash, tip.hash))
             ChainOutput.update(state="mempool", height=None, block=None, confirmations=0,
@@ -447,14 +447,14 @@ class ChainNotifier(Actor):
             if txid in self._mempool_checked:
                 continue
             tx = self.adaptor.transaction(txid)
+            if tx is not None and tx.height is None:
+                with write_transaction(self.database):
+                    self._replaced_by(tx)
+                    for out in tx.outputs:
+                        if out.script in self._watched:
+                            self._seen(tx, out)
+            # Only once recorded: a transaction that failed to commit is looked at again.
             self._mempool_checked[txid] = frozenset(o.script for o in tx.outputs) if tx is not None else frozenset()
-            if tx is None or tx.height is not None:
-                continue
-            with self.database.atomic():
-                self._replaced_by(tx)
-                for out in tx.outputs:
-                    if out.script in self._watched:
-                        self._seen(tx, out)
         if len(self._mempool_checked) > 200_000:  # the next full sync trims it to the mempool
             self._mempool_checked.clear()
 
@@ -471,7 +471,7 @@ class ChainNotifier(Actor):
             tx = self.adaptor.transaction(row.txid)
             if tx is not None and tx.height is not None:
                 continue  # confirmed: the next block sync records it
-            with self.database.atomic():
+            with write_transaction(self.database):
                 ChainOutput.update(state="removed").where(ChainOutput.id == row.id).execute()
                 reason = "unconfirmed by a reorg and not back in the mempool" if row.generation else "left the mempool"
                 self._enqueue("chain.tx.removed", {**self._output_fields(row), "reason": reason},
@@ -493,7 +493,7 @@ class ChainNotifier(Actor):
         """A reorg put this output back in the mempool: say so once per reorg."""
         eid = event_id("seen", row.txid, row.vout, row.generation)
         if ChainOutbox.get_or_none(event_id=eid) is None:
-            with self.database.atomic():
+            with write_transaction(self.database):
                 self._enqueue("chain.tx.seen", {**self._output_fields(row), "rbf": row.rbf}, eid)
 
     # -- outbox ---------------------------------------------------------------
@@ -526,7 +526,7 @@ class ChainNotifier(Actor):
     def _send(self, batch):
         """In the loop thread: put events on the socket, then tell the worker which went out."""
         for rid, topic, body in batch:
-            self.sent.put((rid, self.runtime.proxy.token_valid() and self.runtime.publish(topic, body)))
+            self.sent.put((rid, self.runtime.ready_to_publish() and self.runtime.publish(topic, body)))
 
     def _mark_sent(self):
         done = []
