@@ -370,6 +370,7 @@ class Runtime:
                 break
             self._deliver(frames)
         self._guarded(self.actor.after_batch, "after_batch")
+        self._guarded(self.proxy.replay.flush, "replay_flush")
 
     def _deliver(self, frames):
         self.counters["received"] += 1
@@ -538,6 +539,7 @@ class Runtime:
         self._guarded(self.actor.teardown, "teardown")
         self.pool.shutdown(wait=True, cancel_futures=False)
         self._run_crossthread()
+        self._guarded(self.proxy.replay.flush, "replay_flush", True)
         self._close_sockets()
         self.ctx.term()
         os.close(self._wake_r)

@@ -1,7 +1,8 @@
-"""The machine's command journal: an append-only JSON-lines file, fsynced per line.
+"""The machine's command journal: an append-only JSON-lines file.
 
-Per command id it records ``received`` (before anything else), ``actuating``
-(written and fsynced BEFORE the relay turns on) and ``done`` (the ack sent).
+Per command id it records ``received`` (before anything else; written but not
+fsynced: losing it loses nothing), ``actuating`` (written and fsynced BEFORE
+the relay turns on) and ``done`` (the ack sent; fsynced).
 Read back at start, it guarantees a command is never actuated twice, even
 across kill -9 or power loss:
 
@@ -178,12 +179,13 @@ class CommandJournal:
         if type(rec.get("expires")) is int:
             self.expires[i] = rec["expires"]
 
-    def _append(self, rec):
+    def _append(self, rec, *, sync=True):
         line = json.dumps(rec, separators=(",", ":")) + "\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if sync:
+                os.fsync(self._file.fileno())
             self._apply(rec)
             self._size += len(line.encode())
             if rec["event"] == "done" and self._size >= self._compact_at:
@@ -257,7 +259,9 @@ class CommandJournal:
     # -- steps --------------------------------------------------------------
 
     def received(self, cid: bytes, slot, invoice, pulse_ms, expires: int | None = None) -> None:
-        self._append(self._step(cid, "received", slot, invoice, pulse_ms, expires))
+        """Written, not fsynced: losing it in a crash is harmless (nothing was actuated; the
+        retried command is judged again). ``actuating``'s fsync makes it durable too."""
+        self._append(self._step(cid, "received", slot, invoice, pulse_ms, expires), sync=False)
 
     def actuating(self, cid: bytes, slot, invoice, pulse_ms, expires: int | None = None) -> None:
         self._append(self._step(cid, "actuating", slot, invoice, pulse_ms, expires))

@@ -43,11 +43,21 @@ class NoToken(RuntimeError):
 
 
 class ReplayGuard:
-    """Per-sender (boot, seq) high-water marks; optionally persisted to a JSON journal."""
+    """Per-sender (boot, seq) high-water marks; optionally persisted to a JSON journal.
 
-    def __init__(self, boots_per_sender=8, journal_file=None):
+    The journal is written by :meth:`flush` (the runtime calls it after each batch), at most
+    once per ``flush_interval`` seconds, atomically: never on the receive path, where a
+    durable write per message would cost two fsyncs. A crash can lose the last interval's
+    marks, so a receiver that acts on commands must also remember command ids durably
+    (MachineMgr's command journal does, and refuses expired commands): the guard is the
+    fast first line, not the only one."""
+
+    def __init__(self, boots_per_sender=8, journal_file=None, flush_interval=1.0):
         self.boots_per_sender = boots_per_sender
         self.journal_file = journal_file
+        self.flush_interval = flush_interval
+        self.dirty = False
+        self._flushed_at = 0.0
         self.seen: dict[str, dict[int, int]] = {}
         if journal_file and os.path.exists(journal_file):
             with open(journal_file) as f:
@@ -69,8 +79,14 @@ class ReplayGuard:
         boots[boot] = seq
         while len(boots) > self.boots_per_sender:
             del boots[min(boots)]
-        if self.journal_file:
-            write_json(self.journal_file, self.seen, mode=0o600)
+        self.dirty = bool(self.journal_file)
+
+    def flush(self, force: bool = False) -> None:
+        """Persist the marks if they changed (at most once per ``flush_interval`` unless forced)."""
+        if not self.dirty or (not force and time.monotonic() - self._flushed_at < self.flush_interval):
+            return
+        write_json(self.journal_file, self.seen, mode=0o600)
+        self.dirty, self._flushed_at = False, time.monotonic()
 
 
 class AuthProxy:

@@ -1017,7 +1017,12 @@ def test_replay_guard_journal_persists(tmp_path):
     frames = [sender.seal("debug.x", {"n": i}) for i in range(3)]
     r1 = make_proxy(B, replay=ReplayGuard(journal_file=journal))
     r1.open(frames[0])
+    r1.replay.flush()
+    assert json.loads(journal.read_text()) == {"alice": {"4": 1}}
     r1.open(frames[1])
+    r1.replay.flush()  # within the interval: not written yet (never a write per message)
+    assert json.loads(journal.read_text()) == {"alice": {"4": 1}}
+    r1.replay.flush(force=True)
     assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
     assert json.loads(journal.read_text()) == {"alice": {"4": 2}}
     r2 = make_proxy(B, replay=ReplayGuard(journal_file=journal))
@@ -1026,6 +1031,7 @@ def test_replay_guard_journal_persists(tmp_path):
         with pytest.raises(Replayed):
             r2.open(f)
     assert r2.open(frames[2]).seq == 3
+    r2.replay.flush(force=True)
     r3 = ReplayGuard(journal_file=journal)
     with pytest.raises(Replayed):
         r3.check("alice", 4, 3)
