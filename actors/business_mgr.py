@@ -49,9 +49,11 @@ machines, slots and policies through BusinessData's query functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import peewee
@@ -229,6 +231,22 @@ def invoice(database, number: int) -> dict | None:
 
 # -- the actor ----------------------------------------------------------------
 
+@dataclass
+class PendingVend:
+    """A vend command not yet answered (mirrors its SalesVend row; re-sent from memory)."""
+
+    id: str
+    invoice: int
+    machine: str
+    slot: int
+    expires: int
+    deadline: int
+    created: int
+    state: str = "sent"       # sent | unanswered
+    attempts: int = 0
+    due: float = 0.0          # monotonic time of the next send
+
+
 class Refusal(Exception):
     """A selection that cannot become an invoice (published on invoice.refused)."""
 
@@ -260,7 +278,9 @@ class BusinessMgr(Actor):
         self.price_stale: str | None = "no price yet"
         self.stickers: dict[str, tuple[str, int]] = {}     # sticker address -> (machine, slot)
         self.watch_due: dict[str, float] = {}              # address -> monotonic time to (re)send
-        self.vend_due: dict[str, float] = {}               # vend id -> monotonic time to (re)send
+        self.vends: dict[str, PendingVend] = {}             # vend id -> a command awaiting its answer
+        self._uncommitted: list[PendingVend] = []          # made in the open transaction
+        self._depth = 0
         self.counts = {"opened": 0, "refused": 0, "vended": 0, "failed": 0}
 
     # -- lifecycle ------------------------------------------------------------
@@ -270,7 +290,7 @@ class BusinessMgr(Actor):
             log.error("%s", self.config_error)
         self._load_stickers()
         now = int(self.clock())
-        with write_transaction(self.database):
+        with self._txn():
             # Reconcile: every invoice that may still change, and recently closed ones (late payments).
             recent = SalesInvoice.select(SalesInvoice.address).where(
                 SalesInvoice.state.in_(WAITING + SELLING)
@@ -279,10 +299,12 @@ class BusinessMgr(Actor):
                 self._want_watch(address, None, reconcile=True)
             for address, (machine, slot) in self.stickers.items():
                 self._want_watch(address, f"sticker {machine}/{slot}", reconcile=True)
-        for v in SalesVend.select(SalesVend.id).where(SalesVend.state.in_(("sent", "unanswered"))):
-            self.vend_due[v.id] = 0.0
+        for r in SalesVend.select().where(SalesVend.state.in_(("sent", "unanswered"))):
+            self.vends[r.id] = PendingVend(id=r.id, invoice=r.invoice_id, machine=r.machine, slot=r.slot,
+                                           expires=r.expires, deadline=r.deadline, created=r.created,
+                                           state=r.state, attempts=r.attempts)
         log.info("business_mgr: %d watch(es) to reconcile, %d vend(s) awaiting an answer",
-                 len(self.watch_due), len(self.vend_due))
+                 len(self.watch_due), len(self.vends))
 
     def teardown(self):
         self.database.close()
@@ -381,7 +403,7 @@ class BusinessMgr(Actor):
             return again.id
         _, address = self.book.next()  # its own transaction: a crash after it only skips an index
         due = quote_sats(item["price_cents"], cad_per_btc)
-        with write_transaction(self.database):
+        with self._txn():
             inv = SalesInvoice.create(
                 mode="invoice", machine=machine, slot=slot, product=item["product"],
                 price_cents=item["price_cents"], items=1, cad_per_btc=str(cad_per_btc), due_sats=due,
@@ -440,7 +462,7 @@ class BusinessMgr(Actor):
         row = SalesWatch.get_or_none(SalesWatch.address == b["address"])
         if row is None or row.command != b["id"].hex() or row.acked:
             return  # someone else's watch, or an answer to an older id
-        with write_transaction(self.database):
+        with self._txn():
             SalesWatch.update(acked=True, reconcile=False,
                               refused=b["reason"] if b["status"] == "refused" else None) \
                 .where(SalesWatch.address == row.address).execute()
@@ -461,11 +483,11 @@ class BusinessMgr(Actor):
     def on_chain_tx(self, msg):
         b, kind = msg.body, msg.topic.rsplit(".", 1)[1]
         state = {"seen": "mempool", "confirmed": "confirmed", "replaced": "replaced", "removed": "removed"}[kind]
-        with write_transaction(self.database):
+        with self._txn():
             self._observe(b["address"], b["txid"], b["vout"], b["sats"], state, b.get("confirmations") or 0,
                           b.get("rbf", False), snapshot=False)
+        self._send_vends(time.monotonic())  # the fast path: a paid invoice's command goes out first
         self._flush()
-        self._send_vends(time.monotonic())  # the fast path: a paid invoice's command goes out now
 
     def _observe(self, address, txid, vout, sats, state, confirmations, rbf, *, snapshot):
         """Record what the chain says of one payment and re-evaluate its invoice (in a transaction).
@@ -519,7 +541,7 @@ class BusinessMgr(Actor):
 
     def _evaluate_where(self, condition):
         now = int(self.clock())
-        with write_transaction(self.database):
+        with self._txn():
             for inv in SalesInvoice.select().where(SalesInvoice.state.in_(WAITING) & condition):
                 self._evaluate(inv, now)
         self._flush()
@@ -599,8 +621,7 @@ class BusinessMgr(Actor):
 
     def _paid(self, inv, live, now):
         previous = inv.state
-        for p in live:
-            SalesPayment.update(counted=True).where(SalesPayment.id == p.id).execute()
+        SalesPayment.update(counted=True).where(SalesPayment.id.in_([p.id for p in live])).execute()
         inv.paid_at = now
         inv.credit_sats = max(0, inv.received_sats - inv.due_sats)
         inv.state = "paid"
@@ -634,59 +655,73 @@ class BusinessMgr(Actor):
     # -- vends ----------------------------------------------------------------------
 
     def _new_vend(self, inv, now, deadline=None):
-        """A command for the next item (in a transaction); sent by _send_vends."""
+        """A command for the next item (in a :meth:`_txn`); sent by _send_vends once committed."""
         deadline = deadline or now + int(self.cfg["vend_deadline"])
-        cid = os.urandom(16).hex()
-        SalesVend.create(id=cid, invoice=inv.id, item=inv.vended, machine=inv.machine, slot=inv.slot, state="sent",
-                         created=now, expires=min(now + int(self.cfg["vend_command_ttl"]), deadline),
-                         deadline=deadline)
-        self.vend_due[cid] = 0.0
+        v = PendingVend(id=os.urandom(16).hex(), invoice=inv.id, machine=inv.machine, slot=inv.slot,
+                        expires=min(now + int(self.cfg["vend_command_ttl"]), deadline), deadline=deadline,
+                        created=now)
+        SalesVend.create(id=v.id, invoice=inv.id, item=inv.vended, machine=v.machine, slot=v.slot, state="sent",
+                         created=now, expires=v.expires, deadline=deadline)
+        self._uncommitted.append(v)
+
+    @contextlib.contextmanager
+    def _txn(self):
+        """A write transaction; vend commands made in it are sent only once it has committed
+        (a command for a row that was rolled back could dispense an unrecorded item)."""
+        self._depth += 1
+        try:
+            with write_transaction(self.database):
+                yield
+        except BaseException:
+            if self._depth == 1:
+                self._uncommitted.clear()
+            raise
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            for v in self._uncommitted:
+                self.vends[v.id] = v
+            self._uncommitted.clear()
 
     def _send_vends(self, now_mono):
+        """(Re)send every unanswered vend command that is due; from memory, no database read."""
         now = int(self.clock())
-        for cid, due in list(self.vend_due.items()):
-            if due > now_mono:
-                continue
-            v = SalesVend.get_or_none(SalesVend.id == cid)
-            if v is None or v.state not in ("sent", "unanswered"):
-                self.vend_due.pop(cid, None)
+        for v in list(self.vends.values()):
+            if v.due > now_mono:
                 continue
             if v.state == "sent" and now > v.deadline + 30:
                 # Its expiry is past: the machine can no longer act on it, only tell what it did.
-                with write_transaction(self.database):
-                    v.state = "unanswered"
-                    v.save()
-                    inv = SalesInvoice.get_by_id(v.invoice_id)
-                    self._close(inv, "failed", f"machine {v.machine} did not answer vend {cid}; "
+                with self._txn():
+                    SalesVend.update(state="unanswered", attempts=v.attempts).where(SalesVend.id == v.id).execute()
+                    inv = SalesInvoice.get_by_id(v.invoice)
+                    self._close(inv, "failed", f"machine {v.machine} did not answer vend {v.id}; "
                                                "still asking what it did")
                     inv.save()
+                v.state = "unanswered"
                 self._flush()
             if v.state == "unanswered" and now > v.created + int(self.cfg["late_window"]):
-                self.vend_due.pop(cid, None)
+                del self.vends[v.id]
                 continue
-            self.publish(f"cmd.machine.{v.machine}.vend", {"id": bytes.fromhex(cid), "expires": v.expires,
-                                                           "slot": v.slot, "invoice": str(v.invoice_id),
+            self.publish(f"cmd.machine.{v.machine}.vend", {"id": bytes.fromhex(v.id), "expires": v.expires,
+                                                           "slot": v.slot, "invoice": str(v.invoice),
                                                            "pulse_ms": None})
-            SalesVend.update(attempts=SalesVend.attempts + 1).where(SalesVend.id == cid).execute()
-            self.vend_due[cid] = now_mono + (self.cfg["vend_retry"] if v.state == "sent" else 30.0)
+            v.attempts += 1
+            v.due = now_mono + (self.cfg["vend_retry"] if v.state == "sent" else 30.0)
 
     def vend_ack(self, machine, b):
         cid = b["id"].hex()
-        v = SalesVend.get_or_none(SalesVend.id == cid)
+        v = self.vends.get(cid)
         if v is None or v.machine != machine:
-            return  # not ours
-        if v.state not in ("sent", "unanswered"):
-            return  # a retry's answer: already recorded
+            return  # not ours, or a retry's answer already recorded
         now = int(self.clock())
         status, reason = b["status"], b["reason"]
         if status == "refused" and reason and reason.startswith(UNSYNCED_REASON):
             log.warning("vend %s: %s says %s; asking again", cid, machine, reason)
             return  # not final on the machine: the same id is retried
-        with write_transaction(self.database):
-            inv = SalesInvoice.get_by_id(v.invoice_id)
-            SalesVend.update(state=status, acked_at=now, reason=reason, pulsed_ms=b["pulsed_ms"]) \
-                .where(SalesVend.id == cid).execute()
-            self.vend_due.pop(cid, None)
+        with self._txn():
+            inv = SalesInvoice.get_by_id(v.invoice)
+            SalesVend.update(state=status, acked_at=now, reason=reason, pulsed_ms=b["pulsed_ms"],
+                             attempts=v.attempts).where(SalesVend.id == cid).execute()
             if status == "vended":
                 self.counts["vended"] += 1
                 inv.vended += 1
@@ -707,8 +742,9 @@ class BusinessMgr(Actor):
                 if inv.state not in CLOSED or inv.state == "failed":
                     self._close(inv, "failed", f"vend {status} by {machine}: {reason or 'no reason given'}")
             inv.save()
-        self._flush()
+        del self.vends[cid]  # answered (only now: had the transaction failed, it would be asked again)
         self._send_vends(time.monotonic())
+        self._flush()
 
     # -- timers -------------------------------------------------------------------
 
@@ -741,7 +777,7 @@ class BusinessMgr(Actor):
         new = set(stickers) - set(self.stickers)
         self.stickers = stickers
         if new:
-            with write_transaction(self.database):
+            with self._txn():
                 for address in new:
                     machine, slot = stickers[address]
                     self._want_watch(address, f"sticker {machine}/{slot}")
