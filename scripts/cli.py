@@ -324,6 +324,10 @@ def cmd_bench(args):
         from scripts.bench_chain import main as chain_main
 
         return chain_main(args)
+    if args.suite == "vend":
+        from scripts.bench_vend import main as vend_main
+
+        return vend_main(args)
     from scripts.bench import main as bench_main
 
     return bench_main(args)
@@ -451,8 +455,9 @@ def build_parser():
     __import__("scripts.sim_machine").sim_machine.add_machine_commands(sim_sub)  # sim press|coin|door|drop|jam|pins
 
     sp = cmd("bench", cmd_bench, "benchmarks; prints one JSON object")
-    sp.add_argument("suite", nargs="?", default="bus", choices=("bus", "chain"),
-                    help="bus: the broker against zmq.proxy; chain: payment detection and catch-up")
+    sp.add_argument("suite", nargs="?", default="bus", choices=("bus", "chain", "vend"),
+                    help="bus: the broker against zmq.proxy; chain: payment detection and catch-up; "
+                         "vend: payment to relay pin end to end, and the agent's memory and start-up")
     sp.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
     sp.add_argument("--quick", action="store_true", help="finish in under 30 s")
     return p

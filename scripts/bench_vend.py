@@ -1,0 +1,255 @@
+"""`dctrl bench vend`: from a paying transaction's notification to the relay pin going active.
+
+Prints one JSON object. Everything real: a throwaway home; the broker, the
+Vault, ChainNotifier, BusinessData and BusinessMgr as processes; the machine
+agent ``dctrl-agent`` for vm1 as a process with mock pins; the chain
+simulator (Core's RPC and ZMQ) in this process. Only the price is published
+from here, as the ``price_notifier`` identity.
+
+For each vend: a button press on the simulated machine (its control socket)
+opens an invoice; once the ChainNotifier watches the address, the simulator
+pays it. **Latency** is from the simulator's ZMQ ``sequence`` notification of
+that transaction (when a plain ZMQ subscriber in this process receives it) to
+the relay pin going active in the agent (the MockPin's recorded time; both are
+wall-clock times on this host). The path: ChainNotifier (RPC, commit, outbox)
+-> broker -> BusinessMgr (commit, signed vend command) -> broker -> the agent
+(signature and token checks, fsynced journal) -> the pin.
+
+**Baseline**, same payments, same run: the notification plus the one RPC any
+payment detector needs (``getrawtransaction``), done directly here: the part
+of the path no design can avoid.
+
+**Agent**: resident memory (VmRSS and peak VmHWM from /proc) after the run,
+and start-up time from spawning ``dctrl-agent`` to its first heartbeat on the
+bus (keys loaded, CURVE handshake, a token from the Vault).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from scripts.bench_chain import _pct, _Procs, _summary
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"p99_ms_max": 10, "agent_rss_mb_max": 40, "agent_startup_s_max": 1.5}
+
+
+def _status_kb(pid, field) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.0005)
+
+
+def _cli(home, *args):
+    subprocess.run([sys.executable, "-m", "scripts.cli", *args, "--home", str(home.root)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=60)
+
+
+def run_vend_bench(quick=True, vends=None) -> dict:
+    from actors.business_mgr import btc
+    from actors.chain.bitcoind import Bitcoind
+    from actors.runtime import Actor, Runtime
+    from keys.home import Home
+    from scripts.bench import free_ports
+    from scripts.sim_chain import ChainSim
+    from scripts.sim_machine import request
+
+    vends = vends or (50 if quick else 200)
+    tmp = Path(tempfile.mkdtemp(prefix="dctrl-bench-vend-"))
+    procs = sim = rt = agent = zsub = observer = None
+    stop = threading.Event()
+    try:
+        pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
+        home = Home.init(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
+                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
+                         chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
+        with open(home.root / "config.toml", "a") as f:
+            f.write("\n[runtime]\nheartbeat_interval = 1\n")
+        home = Home(home.root)
+        # The demo machine with short pulses and drops, so 200 vends take seconds, not minutes.
+        agent_toml = home.root / "agents" / "vm1" / "agent.toml"
+        text = agent_toml.read_text().replace("pulse_ms = 500", "pulse_ms = 20")
+        agent_toml.write_text(re.sub(r"simulate_delay_ms = \d+", "simulate_delay_ms = 5", text))
+        sim = ChainSim(home.root / "sim" / "chain", rpc_port=rpc_port, zmq_port=zmq_port).start()
+        procs = _Procs(home)
+        for name in ("broker", "vault", "business_data", "chain_notifier"):
+            procs.start(name)
+
+        heard: dict[str, dict] = {}
+        opened: list[dict] = []
+        watching: set[str] = set()
+        done: dict[str, str] = {}
+        seen_at: dict[str, float] = {}      # txid -> chain.tx.seen heard here
+        command_at: dict[str, float] = {}   # invoice -> its first vend command heard here
+
+        class Listener(Actor):
+            def health(self_):
+                return "ok", None
+
+            def beat(self_, msg):
+                heard.setdefault(msg.body["name"], {}).setdefault("first", time.time())
+                heard[msg.body["name"]]["status"] = msg.body["status"]
+
+            def invoice(self_, msg):
+                if msg.topic == "invoice.opened":
+                    opened.append(msg.body)
+                elif msg.body["state"] in ("vended", "failed", "overpaid"):
+                    done[msg.body["invoice"]] = msg.body["state"]
+
+            def ack(self_, msg):
+                if msg.body["status"] == "watching":
+                    watching.add(msg.body["address"])
+
+            def seen(self_, msg):
+                seen_at.setdefault(msg.body["txid"], time.time())
+
+            def command(self_, msg):
+                command_at.setdefault(msg.body["invoice"], time.time())
+
+        listener = Listener()
+        rt = Runtime(listener, home.bus_settings("admin"))
+        rt.add_handler("health", listener.beat)
+        rt.add_handler("invoice", listener.invoice)
+        rt.add_handler("chain.watch.ack", listener.ack)
+        rt.add_handler("chain.tx.seen", listener.seen)
+        rt.add_handler("cmd.machine.vm1.vend", listener.command)
+        threading.Thread(target=rt.run, daemon=True).start()
+        prices = Runtime(Actor(), home.bus_settings("price_notifier"))
+        threading.Thread(target=prices.run, daemon=True).start()
+
+        def publish_price():
+            prices.publish("price.btc_cad", {"cad_per_btc": "100000.00", "sources": [], "used": 3,
+                                             "as_of": int(time.time() * 1000)})
+
+        for name in ("broker", "vault", "business_data", "chain_notifier"):
+            _wait(lambda: heard.get(name, {}).get("status") == "ok", 60, f"{name} healthy")
+        _cli(home, "machines", "add", "vm1")
+        _cli(home, "slots", "set", "vm1", "1", "--product", "bench", "--price-cad", "1.00")
+        procs.start("business_mgr")
+        _wait(lambda: "business_mgr" in heard, 60, "business_mgr up")
+        publish_price()
+        _wait(lambda: heard["business_mgr"].get("status") == "ok", 30, "business_mgr ok with a price")
+
+        # -- the agent: start-up time to its first heartbeat ----------------------------
+        t_spawn = time.time()
+        log = open(home.log_dir / "vm1.bench.log", "ab")
+        agent = subprocess.Popen([sys.executable, "-m", "machine_agent.main", "--config", str(agent_toml)],
+                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        startup_s = _wait(lambda: heard.get("vm1", {}).get("first"), 30, "vm1's first heartbeat") - t_spawn
+        sock = agent_toml.parent / "state" / "sim.sock"
+        _wait(sock.exists, 10, "vm1's control socket")
+
+        # -- ZMQ observer: when did the simulator announce each transaction? ------------
+        zsub = zmq.Context.instance().socket(zmq.SUB)
+        zsub.setsockopt(zmq.SUBSCRIBE, b"sequence")
+        zsub.connect(sim.zmq_endpoint)
+        announced: dict[str, float] = {}
+
+        def observe():
+            while not stop.is_set():
+                if zsub.poll(100):
+                    _, body, _ = zsub.recv_multipart()
+                    if body[32:33] == b"A":
+                        announced.setdefault(body[:32].hex(), time.time())
+        observer = threading.Thread(target=observe, daemon=True)
+        observer.start()
+        sim.wait_zmq_subscribed("sequence")
+        direct = Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file)
+
+        latencies, baseline = [], []
+        segments = {"chain_notifier": [], "business_mgr": [], "agent": []}
+        last_price = time.monotonic()
+        for i in range(vends):
+            if time.monotonic() - last_price > 20:
+                publish_price()
+                last_price = time.monotonic()
+            n = len(opened)
+            request(sock, {"op": "press", "slot": 1, "hold_ms": 60}, machine="vm1", timeout=5)
+            inv = _wait(lambda: len(opened) > n and opened[n], 10, "invoice.opened")
+            _wait(lambda: inv["address"] in watching, 10, "the invoice address watched")
+            txid = sim.pay(inv["address"], btc(inv["sats"]))
+            _wait(lambda: inv["invoice"] in done, 10, f"invoice {inv['invoice']} vended")
+            if done[inv["invoice"]] != "vended":
+                raise RuntimeError(f"invoice {inv['invoice']} ended {done[inv['invoice']]}")
+            t0 = time.monotonic()
+            direct.transaction(txid)
+            baseline.append((time.monotonic() - t0) * 1000)
+            relay = next(p for p in request(sock, {"op": "pins"}, machine="vm1", timeout=5)["pins"]
+                         if p["role"] == "relay:1")
+            on_us = relay["periods"][-1][0]
+            latencies.append((on_us / 1e6 - announced[txid]) * 1000)
+            # Where the time goes, as heard by this process's subscriber (each hop's share
+            # includes one broker hop and one signature check).
+            segments["chain_notifier"].append((seen_at[txid] - announced[txid]) * 1000)
+            segments["business_mgr"].append((command_at[inv["invoice"]] - seen_at[txid]) * 1000)
+            segments["agent"].append((on_us / 1e6 - command_at[inv["invoice"]]) * 1000)
+        rss_mb = _status_kb(agent.pid, "VmRSS") / 1024
+        hwm_mb = _status_kb(agent.pid, "VmHWM") / 1024
+        pulses = len(relay["periods"])
+        result = {
+            "suite": "vend", "quick": quick, "vends": vends, "relay_pulses": pulses,
+            "latency_ms": _summary(latencies),
+            "baseline_ms": _summary(baseline),
+            "ratio_p50": round(_pct(latencies, 50) / _pct(baseline, 50), 2),
+            "segments_p50_ms": {k: round(_pct(v, 50), 3) for k, v in segments.items()},
+            "segments_p99_ms": {k: round(_pct(v, 99), 3) for k, v in segments.items()},
+            "agent": {"rss_mb": round(rss_mb, 1), "peak_rss_mb": round(hwm_mb, 1),
+                      "startup_s": round(startup_s, 3)},
+            "targets": TARGETS,
+            "meets_targets": (_pct(latencies, 99) < TARGETS["p99_ms_max"] and hwm_mb < TARGETS["agent_rss_mb_max"]
+                              and startup_s < TARGETS["agent_startup_s_max"] and pulses == vends),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "loadavg": [round(x, 2) for x in os.getloadavg()]},
+        }
+        return result
+    finally:
+        stop.set()
+        if observer is not None:
+            observer.join(2)
+        if zsub is not None:
+            zsub.close(0)
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            try:
+                agent.wait(15)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+        if rt is not None:
+            rt.stop()
+        if procs is not None:
+            procs.close()
+        if sim is not None:
+            sim.stop()
+        if os.environ.get("DCTRL_BENCH_KEEP"):  # for a look at the processes' logs afterwards
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(args) -> int:
+    result = run_vend_bench(quick=bool(getattr(args, "quick", False)))
+    print(json.dumps(result))
+    return 0
