@@ -422,8 +422,11 @@ class ChainNotifier(Actor):
         if not tx.inputs:
             return
         spent = set(tx.inputs)
-        for row in ChainOutput.select().where((ChainOutput.state == "mempool") & (ChainOutput.txid != tx.txid)):
-            if spent & {tuple(i) for i in json.loads(row.inputs)}:
+        candidates = (ChainOutput.select(ChainOutput.id, ChainOutput.inputs)
+                      .where((ChainOutput.state == "mempool") & (ChainOutput.txid != tx.txid)).tuples())
+        for rid, inputs in candidates:  # (plain tuples: this runs for every new transaction)
+            if spent & {tuple(i) for i in json.loads(inputs)}:
+                row = ChainOutput.get_by_id(rid)
                 ChainOutput.update(state="replaced").where(ChainOutput.id == row.id).execute()
                 self._enqueue("chain.tx.replaced", {**self._output_fields(row), "by": tx.txid},
                               event_id("replaced", row.txid, row.vout, tx.txid))
