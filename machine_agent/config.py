@@ -6,6 +6,11 @@ the machine's 0600 key file) and copied to the machine::
     name = "vm1"
     key_file = "vm1.key"          # relative paths are relative to this file
     state_dir = "state"           # boot counter and command journal
+    pins = "gpio"                 # "gpio": gpiozero's default pin factory; "mock": no hardware
+    i2c_bus = 1                   # /dev/i2c-1, for i2c relays
+    clock = "system"              # the trusted clock for command expiry: "system" (assumed
+                                  # synchronised) or "kernel" (refuse vends until the kernel says
+                                  # NTP has synchronised it; for a Pi without a real-time clock)
 
     [bus]
     publish_endpoint = "tcp://10.0.0.2:7401"
@@ -14,9 +19,6 @@ the machine's 0600 key file) and copied to the machine::
 
     [vault]
     token_public_key = "<hex>"    # pinned: tokens signed by any other key are refused
-
-    pins = "gpio"                 # "gpio": gpiozero's default pin factory; "mock": no hardware
-    i2c_bus = 1                   # /dev/i2c-1, for i2c relays
 
     [slots.1]
     relay = "gpio:17"             # or "i2c:0x20:3" (PCF8574 address, bit)
@@ -83,6 +85,10 @@ TEMPLATE = """\
 name = "{name}"
 key_file = "{name}.key"
 state_dir = "state"
+# Top-level keys go here, above the first [section]:
+# pins = "gpio"          # "gpio": gpiozero's default pin factory; "mock": no hardware
+# i2c_bus = 1
+# clock = "system"       # "kernel": refuse vends until NTP has synchronised the clock
 
 [bus]
 publish_endpoint = "{pub}"
@@ -92,9 +98,7 @@ broker_public_key = "{broker}"
 [vault]
 token_public_key = "{vault}"
 
-# Vending: "gpio" uses gpiozero's default pin factory, "mock" needs no hardware.
-# pins = "gpio"
-# i2c_bus = 1
+# Vending slots:
 # [slots.1]
 # relay = "gpio:17"      # or "i2c:0x20:3"
 # active_high = true     # default true for gpio, false for i2c
@@ -159,6 +163,7 @@ class MachineConfig:
     journal_file: Path | None = None  # the command journal (state/commands.jsonl)
     inputs: object = None             # machine_agent.notifier.Inputs (buttons, coin, door, drop, sensors)
     state_dir: Path | None = None     # boot counter, journals, the simulator's socket
+    clock: str = "system"             # the trusted clock: "system" or "kernel" (machine_agent/clock.py)
 
 
 def load_machine(path) -> MachineConfig:
@@ -188,9 +193,12 @@ def load_machine(path) -> MachineConfig:
             if not 10 <= pulse_ms <= 10_000:
                 raise ValueError(f"slot {n}: pulse_ms must be 10..10000")
             slots[n] = Slot(relay=relay, active_high=active_high, pulse_ms=pulse_ms)
+        clock = cfg.get("clock", "system")
+        if clock not in ("system", "kernel"):
+            raise ValueError(f"clock must be 'system' or 'kernel', not {clock!r}")
         return MachineConfig(slots=slots, pins=pins, i2c_bus=int(cfg.get("i2c_bus", 1)),
                              journal_file=state / "commands.jsonl", inputs=load_inputs(cfg, slots, path),
-                             state_dir=state)
+                             state_dir=state, clock=clock)
     except FileNotFoundError:
         raise ConfigError(f"no agent config at {path}: make one with `dctrl agent-config NAME` on the server") from None
     except (KeyError, ValueError, TypeError, AttributeError, tomllib.TOMLDecodeError) as exc:

@@ -99,8 +99,10 @@ def build(settings, machine: config.MachineConfig, *, pin_factory=None, i2c_bus=
     notifier = MachineNotifier(inputs, pin_factory=pin_factory, i2c_bus=i2c_bus)
     mgr = sim = None
     try:
+        from .clock import make_clock
+
         mgr = MachineMgr(machine.slots, journal_path=machine.journal_file, pin_factory=pin_factory,
-                         i2c_bus=i2c_bus, drop=notifier.drop_watch,
+                         i2c_bus=i2c_bus, drop=notifier.drop_watch, trusted_clock=make_clock(machine.clock),
                          drop_timeout_ms=inputs.drop.timeout_ms if inputs.drop else 2000)
         if mock:
             from .simctl import SimControl

@@ -78,7 +78,8 @@ class MachineMgr(Actor):
         self.slot_config = dict(slots)
         self.relays = {n: make_relay(s.relay, active_high=s.active_high, pin_factory=pin_factory, i2c_bus=i2c_bus)
                        for n, s in self.slot_config.items()}
-        self.journal = CommandJournal(journal_path)
+        # The journal forgets done commands only once they have expired by the trusted clock.
+        self.journal = CommandJournal(journal_path, clock=trusted_clock)
         self.trusted_clock = trusted_clock
         self.queue: queue.Queue = queue.Queue()
         self.inflight: set[bytes] = set()  # ids queued or being dispensed (loop thread only)
@@ -157,7 +158,7 @@ class MachineMgr(Actor):
             self._finish(self._ack(cid, "failed", slot, invoice, INTERRUPTED))
             return
         if status is None:
-            self.journal.received(cid, slot, invoice, b["pulse_ms"])
+            self.journal.received(cid, slot, invoice, b["pulse_ms"], expires=b["expires"])
         now = self.trusted_clock()
         if now is None:
             self.publish(self._ack_topic, self._ack(cid, "refused", slot, invoice, UNSYNCED))
@@ -194,7 +195,7 @@ class MachineMgr(Actor):
         if expires < now:  # expired while waiting in the queue
             self._finish(self._ack(cid, "refused", slot, invoice, "expired"))
             return
-        self.journal.actuating(cid, slot, invoice, ms)  # fsynced before the relay turns on
+        self.journal.actuating(cid, slot, invoice, ms, expires)  # fsynced before the relay turns on
         if CRASH_AT == "vend_journaled":
             os._exit(137)
         if self.drop is not None:

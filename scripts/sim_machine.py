@@ -72,6 +72,7 @@ def cmd_press(args):
     if not args.wait:
         press()
         return 0
+    _call(args, {"op": "ping"})  # the simulated machine is there: fail fast, before joining the bus
     from actors.runtime import Runtime
     from keys.home import Home
 
@@ -108,12 +109,17 @@ def _invoice_waiter(machine, slot, press, wait):
     class InvoiceWaiter(Actor):
         def __init__(self):
             self.deadline = None
+            self.joined_by = time.monotonic() + wait  # no token by then: the bus is not up
             self.answer = None
             self.error = None
 
         @every(0.05)
         def tick(self):
-            if self.deadline is None and self.runtime.proxy.token_valid():
+            if self.deadline is None and time.monotonic() > self.joined_by:
+                self.error = DctrlError(f"could not join the bus within {wait:g} s (is the broker up? "
+                                        "dctrl status); the button was not pressed")
+                self.runtime.stop()
+            elif self.deadline is None and self.runtime.proxy.token_valid():
                 self.deadline = time.monotonic() + wait
                 try:
                     press()

@@ -115,3 +115,17 @@ def test_clock_module_stays_light():
             "('peewee', 'bottle', 'psycopg2', 'zmq', 'nacl', 'actors', 'gpiozero')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_agent_config_chooses_the_trusted_clock(tmp_path):
+    from machine_agent.config import load_machine
+    from proto.errors import ConfigError
+
+    path = tmp_path / "agent.toml"
+    path.write_text('name = "vm1"\n')
+    assert load_machine(path).clock == "system"
+    path.write_text('name = "vm1"\nclock = "kernel"\n')
+    assert load_machine(path).clock == "kernel"
+    path.write_text('name = "vm1"\nclock = "ntp"\n')
+    with pytest.raises(ConfigError, match="clock must be 'system' or 'kernel'"):
+        load_machine(path)
