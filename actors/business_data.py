@@ -143,6 +143,7 @@ class BusinessSlot(Base):
     relay = peewee.CharField(null=True, max_length=32)  # "gpio:17" | "i2c:0x20:3"; None: not wired yet
     stock = peewee.IntegerField(null=True)  # None: not counted
     updated = peewee.BigIntegerField()
+    sticker_address = peewee.CharField(null=True, max_length=100, unique=True)  # legacy fixed address
 
     class Meta:
         indexes = ((("machine", "number"), True),)
@@ -167,6 +168,20 @@ Machine, Slot, PolicyVersion = BusinessMachine, BusinessSlot, BusinessPolicyVers
 TABLES = [BusinessMachine, BusinessSlot, BusinessPolicyVersion, BusinessCommand]
 
 
+def _add_missing_columns(database):
+    """Columns added after a table was first made (create_tables leaves existing tables alone).
+    Run before create_tables, which then adds their indexes (on SQLite an index on a missing
+    column is not an error: the quoted name becomes a string constant)."""
+    table = BusinessSlot._meta.table_name
+    if not database.table_exists(table):
+        return
+    if "sticker_address" not in {c.name for c in database.get_columns(table)}:
+        from playhouse.migrate import SchemaMigrator, migrate
+
+        migrate(SchemaMigrator.from_database(database).add_column(
+            table, "sticker_address", peewee.CharField(null=True, max_length=100)))
+
+
 # -- query functions (for other actors and the CLI) ----------------------------
 
 def machines(database) -> list[dict]:
@@ -178,7 +193,8 @@ def slots(database, machine: str) -> list[dict]:
     q = (BusinessSlot.select(BusinessSlot, BusinessMachine.name).join(BusinessMachine)
          .where(BusinessMachine.name == machine).order_by(BusinessSlot.number).bind(database))
     return [{"machine": machine, "slot": s.number, "product": s.product, "price_cents": s.price_cents,
-             "price_cad": format_cad(s.price_cents), "relay": s.relay, "stock": s.stock, "updated": s.updated}
+             "price_cad": format_cad(s.price_cents), "relay": s.relay, "stock": s.stock, "updated": s.updated,
+             "sticker_address": s.sticker_address}
             for s in q]
 
 
@@ -212,6 +228,7 @@ class BusinessData(Actor):
         self.clock = clock
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
+        _add_missing_columns(self.database)  # first: create_tables then makes their indexes
         self.database.create_tables(TABLES, safe=True)
         self.outbox = Outbox(Outbox.model_for(self.database, "business_outbox"))
         self.database.create_tables([self.outbox.model], safe=True)
@@ -324,20 +341,42 @@ class BusinessData(Actor):
         slot = BusinessSlot.get_or_none((BusinessSlot.machine == machine) & (BusinessSlot.number == body["slot"]))
         relay = body.get("relay")
         stock = body.get("stock")
+        sticker = body.get("sticker_address")
+        if sticker:
+            self._check_address(sticker)
+            other = BusinessSlot.get_or_none(BusinessSlot.sticker_address == sticker)
+            if other is not None and (other.machine_id, other.number) != (machine.id, body["slot"]):
+                raise Refused(f"sticker address {sticker} is already slot {other.machine.name}/{other.number}'s")
         if slot is None:
             slot = BusinessSlot.create(machine=machine, number=body["slot"], product=product, price_cents=cents,
-                                       relay=relay, stock=stock, updated=now)
+                                       relay=relay, stock=stock, updated=now, sticker_address=sticker or None)
         else:
             slot.product, slot.price_cents, slot.updated = product, cents, now
             if relay is not None:
                 slot.relay = relay
             if stock is not None:
                 slot.stock = stock
+            if sticker is not None:
+                slot.sticker_address = sticker or None
             slot.save()
-        log.info("slot %s/%d: %s at %s CAD", machine.name, slot.number, product, format_cad(cents))
+        log.info("slot %s/%d: %s at %s CAD%s", machine.name, slot.number, product, format_cad(cents),
+                 f", sticker address {slot.sticker_address}" if slot.sticker_address else "")
         return [("business.slot.changed", {"machine": machine.name, "slot": slot.number, "product": slot.product,
                                            "price_cents": slot.price_cents, "relay": slot.relay,
-                                           "stock": slot.stock})]
+                                           "stock": slot.stock, "sticker_address": slot.sticker_address})]
+
+    def _check_address(self, address):
+        """A sticker address must be an address of the chain's network (an error is refused)."""
+        from embit.script import address_to_scriptpubkey
+
+        from .chain.addresses import network
+
+        name = self.home.config.get("chain", {}).get("network", "regtest")
+        try:
+            if address_to_scriptpubkey(address).address(network(name)) != address:
+                raise ValueError("it is for another network")
+        except Exception as exc:  # embit raises several types for bad addresses
+            raise Refused(f"sticker address {address}: not a {name} address ({exc})") from None
 
     def _policy_set(self, body):
         key = body["key"]

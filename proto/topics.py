@@ -225,6 +225,9 @@ BUSINESS_CMD = {
     "expires": Int(min=0),        # unix seconds; an expired command is refused, never applied
 }
 RELAY = Str(max=32, pattern=r"gpio:\d{1,2}|i2c:0x[0-9a-fA-F]{2}:[0-7]")
+EVENT_ID = Str(max=64, pattern=r"[0-9a-f]{64}")
+# A slot's fixed payment address (DCTRL's legacy sticker mode); "" clears it.
+STICKER = Str(max=100, pattern=r"|[a-zA-Z0-9]{14,100}")
 
 # cmd.business.machine.add: a new vending machine (from an operator); retried until acked.
 register("cmd.business.machine.add", Map({**BUSINESS_CMD, "name": NAME, "location": Opt(Str(max=128))}))
@@ -238,6 +241,7 @@ register("cmd.business.slot.set", Map({
     "price_cad": Str(max=32),     # judged by BusinessData: refused (acked) if not 0..2 decimals, >= 0
     "relay": Opt(RELAY),
     "stock": Opt(Int(min=0, max=1_000_000)),
+    "sticker_address": Opt(STICKER),  # None keeps it; "" clears it; checked against the network
 }))
 # cmd.business.policy.set: a new version of one policy (value as a string, validated per key).
 register("cmd.business.policy.set", Map({**BUSINESS_CMD, "key": Str(max=64), "value": Str(max=64)}))
@@ -250,25 +254,25 @@ register("business.ack", Map({
 # business.machine.added: a machine was added. business.* events come from an outbox: event_id
 # (64 hex, sha256 of the command id and the event's index) is the same if an event is sent twice.
 register("business.machine.added", Map({"name": NAME, "location": Opt(Str(max=128)), "created": Int(min=0),
-                                        "event_id": Opt(Str(max=64, pattern=r"[0-9a-f]{64}"))}))
+                                        "event_id": EVENT_ID}))
 # business.slot.changed: a slot's current state after a change.
 register("business.slot.changed", Map({
-    "event_id": Opt(Str(max=64, pattern=r"[0-9a-f]{64}")),
+    "event_id": EVENT_ID,
     "machine": NAME,
     "slot": Int(min=0, max=255),
     "product": Str(max=64),
     "price_cents": Int(min=0),
     "relay": Opt(RELAY),
     "stock": Opt(Int(min=0)),
+    "sticker_address": Opt(STICKER),
 }))
 # business.policy.changed: a policy key has a new current value (version grows across all keys).
 register("business.policy.changed", Map({"key": Str(max=64), "value": Str(max=64), "version": Int(min=1),
-                                         "event_id": Opt(Str(max=64, pattern=r"[0-9a-f]{64}"))}))
+                                         "event_id": EVENT_ID}))
 
 # -- sales: invoices (BusinessMgr) ---------------------------------------------------
 
 INVOICE_STATES = ("open", "seen", "paid", "vending", "vended", "expired", "underpaid", "overpaid", "failed")
-EVENT_ID = Str(max=64, pattern=r"[0-9a-f]{64}")
 SATS = Int(min=0, max=21_000_000 * 100_000_000)
 
 # invoice.opened: a selection (or a sticker payment) became an invoice: what to pay, where, until when.

@@ -89,8 +89,9 @@ def cmd_slots(args):
             raise DctrlError(f"--price-cad: {exc}") from None
         send_command(args, "cmd.business.slot.set", {
             "machine": args.machine, "slot": args.slot, "product": args.product, "price_cad": args.price_cad,
-            "relay": args.relay, "stock": args.stock})
-        print(f"slot {args.machine}/{args.slot}: {args.product} at {args.price_cad} CAD")
+            "relay": args.relay, "stock": args.stock, "sticker_address": args.sticker_address})
+        print(f"slot {args.machine}/{args.slot}: {args.product} at {args.price_cad} CAD"
+              + (f", sticker address {args.sticker_address}" if args.sticker_address else ""))
         return
     from actors.business_data import slots
 
@@ -105,10 +106,11 @@ def cmd_slots(args):
     if not rows:
         print(f"no slots for machine {args.machine}")
         return
-    print(f"{'SLOT':>4}  {'PRODUCT':<24} {'CAD':>10} {'STOCK':>6}  RELAY")
+    print(f"{'SLOT':>4}  {'PRODUCT':<24} {'CAD':>10} {'STOCK':>6}  {'RELAY':<12} STICKER ADDRESS")
     for s in rows:
         stock = "-" if s["stock"] is None else s["stock"]
-        print(f"{s['slot']:>4}  {s['product']:<24} {s['price_cad']:>10} {stock:>6}  {s['relay'] or '-'}")
+        print(f"{s['slot']:>4}  {s['product']:<24} {s['price_cad']:>10} {stock:>6}  {s['relay'] or '-':<12} "
+              f"{s['sticker_address'] or '-'}")
 
 
 def cmd_policy(args):
@@ -165,6 +167,9 @@ def add_commands(cmd):
     st.add_argument("--price-cad", required=True, help='price in CAD, e.g. 3.50 (at most 2 decimals)')
     st.add_argument("--stock", type=int, help="items in the slot (default: keep; new slot: not counted)")
     st.add_argument("--relay", help="gpio:PIN or i2c:0xADDR:BIT (default: keep)")
+    st.add_argument("--sticker-address", help="the slot's fixed payment address (legacy sticker mode: any payment "
+                                              "to it buys items at the current price); \"\" clears it "
+                                              "(default: keep)")
     lst = ss.add_parser("list", help="a machine's slots")
     lst.add_argument("machine")
     lst.add_argument("--json", action="store_true")

@@ -13,15 +13,18 @@ import uuid
 from decimal import Decimal
 
 import msgpack
+import peewee
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.business_data import (BusinessCommand, BusinessData, BusinessSlot, MoneyError, format_cad, machines,
                                   parse_cad, policy, policy_versions, slots)
+from actors.chain.addresses import Deriver
 from actors.db import connect
 from actors.outbox import Outbox
 from actors.runtime import Runtime
+from keys.home import demo_account_xpub
 from proto.errors import DctrlError
 from scripts import business_cli
 from tests.harness import Network, new_home, pg_schema, topic_is, wait_for
@@ -111,7 +114,8 @@ def test_models_and_policy_versions_on_both_backends(home, bdb):
                                                             price_cad="3.50", relay="gpio:17", stock=None))
     assert ack["status"] == "done"
     assert events[0][1] == {"machine": "vm1", "slot": 255, "product": "cola", "price_cents": 350,
-                            "relay": "gpio:17", "stock": None, "event_id": events[0][1]["event_id"]}
+                            "relay": "gpio:17", "stock": None, "event_id": events[0][1]["event_id"],
+                            "sticker_address": None}
     # a change keeps relay and stock when not given, sets them when given
     actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=255, product="cola zero", price_cad="4",
                                                relay=None, stock=12))
@@ -163,6 +167,51 @@ def events_of_add(add):
     return {"name": add["name"], "location": add["location"], "created": T0, "event_id": eid(add)}
 
 
+def test_sticker_addresses_on_both_backends(home, bdb):
+    """A slot's legacy fixed address: set, kept, cleared; checked against the network; never two slots'."""
+    ours, other = (Deriver(demo_account_xpub(), "regtest").address(i)[0] for i in (0, 1))
+    actor = BusinessData(home, database=bdb, clock=lambda: T0)
+    actor.execute("cmd.business.machine.add", cmd(name="vm1", location=None))
+
+    def slot_set(n, **kw):
+        body = dict(machine="vm1", slot=n, product="cola", price_cad="2.00", relay=None, stock=None) | kw
+        return actor.execute("cmd.business.slot.set", cmd(**body))
+
+    ack, events = slot_set(1, sticker_address=ours)
+    assert ack["status"] == "done" and events[0][1]["sticker_address"] == ours
+    assert slot_set(1)[1][0][1]["sticker_address"] == ours  # not given: kept
+    ack, _ = slot_set(2, sticker_address=ours)
+    assert ack["status"] == "refused" and "already slot vm1/1's" in ack["reason"]
+    ack, _ = slot_set(2, sticker_address="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4")  # mainnet
+    assert ack["status"] == "refused" and "not a regtest address" in ack["reason"]
+    assert slot_set(2, sticker_address=other)[0]["status"] == "done"
+    assert slot_set(1, sticker_address="")[1][0][1]["sticker_address"] is None  # "" clears
+    assert [s["sticker_address"] for s in slots(bdb, "vm1")] == [None, other]
+
+
+def test_an_old_slot_table_gets_the_sticker_column(home, bdb):
+    """A table made before sticker addresses existed (the DDL of that version) is upgraded in place."""
+    pk = "SERIAL PRIMARY KEY" if isinstance(bdb, peewee.PostgresqlDatabase) else "INTEGER PRIMARY KEY"
+    bdb.execute_sql(f"CREATE TABLE business_machine (id {pk}, name VARCHAR(32) NOT NULL UNIQUE, "
+                    "location VARCHAR(128), created BIGINT NOT NULL)")
+    bdb.execute_sql(f"CREATE TABLE business_slot (id {pk}, machine_id INTEGER NOT NULL, "
+                    "number SMALLINT NOT NULL, product VARCHAR(64) NOT NULL, price_cents BIGINT NOT NULL, "
+                    "relay VARCHAR(32), stock INTEGER, updated BIGINT NOT NULL)")
+    bdb.execute_sql("INSERT INTO business_machine (name, created) VALUES ('vm1', 1)")
+    bdb.execute_sql("INSERT INTO business_slot (machine_id, number, product, price_cents, updated) "
+                    "VALUES (1, 3, 'cola', 200, 1)")
+    actor = BusinessData(home, database=bdb, clock=lambda: T0)
+    assert [(s["slot"], s["sticker_address"]) for s in slots(bdb, "vm1")] == [(3, None)]
+    address = Deriver(demo_account_xpub(), "regtest").address(0)[0]
+    for n, sticker in ((3, address), (4, None)):
+        ack, _ = actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=n, product="x", price_cad="1",
+                                                            relay=None, stock=None, sticker_address=sticker))
+        assert ack["status"] == "done"
+    with pytest.raises(peewee.IntegrityError):  # the unique index is a real one (not on a constant)
+        with bdb.atomic():
+            BusinessSlot.update(sticker_address=address).where(BusinessSlot.number == 4).bind(bdb).execute()
+
+
 def test_events_commit_with_the_change_or_not_at_all(home, bdb):
     actor = BusinessData(home, database=bdb, clock=lambda: T0)
     add = cmd(name="vm1", location=None)
@@ -201,7 +250,8 @@ def business(home, network):
 
 
 def ns(home, **kw):
-    return argparse.Namespace(home=str(home.root), as_name="admin", timeout=10.0, json=False, **kw)
+    return argparse.Namespace(**{"home": str(home.root), "as_name": "admin", "timeout": 10.0, "json": False,
+                                 "sticker_address": None, **kw})
 
 
 def is_ack(body):
