@@ -301,7 +301,7 @@ def test_cli_changes_go_over_the_bus_and_are_published(home, business, clients, 
     assert added.sender == "business_data" and added.body["name"] == "vm1"
     changed = event_body(watch.expect(lambda d: d.message and d.message.topic == "business.slot.changed"))
     assert changed == {"machine": "vm1", "slot": 3, "product": "cola", "price_cents": 350, "relay": "gpio:17",
-                       "stock": 10}
+                       "stock": 10, "sticker_address": None}
     pol = watch.expect(lambda d: d.message and d.message.topic == "business.policy.changed").message.body
     assert pol["key"] == "zero_conf_limit_cad" and pol["value"] == "25.00" and pol["version"] >= 1
     acks = [watch.expect(lambda d: d.message and d.message.topic == "business.ack"
