@@ -44,7 +44,7 @@ import peewee
 
 from keys.home import Home
 
-from .db import connect, write_transaction
+from .db import add_missing_columns, connect, write_transaction
 from .outbox import Outbox, event_id
 from .runtime import Actor, every, on
 
@@ -168,20 +168,6 @@ Machine, Slot, PolicyVersion = BusinessMachine, BusinessSlot, BusinessPolicyVers
 TABLES = [BusinessMachine, BusinessSlot, BusinessPolicyVersion, BusinessCommand]
 
 
-def _add_missing_columns(database):
-    """Columns added after a table was first made (create_tables leaves existing tables alone).
-    Run before create_tables, which then adds their indexes (on SQLite an index on a missing
-    column is not an error: the quoted name becomes a string constant)."""
-    table = BusinessSlot._meta.table_name
-    if not database.table_exists(table):
-        return
-    if "sticker_address" not in {c.name for c in database.get_columns(table)}:
-        from playhouse.migrate import SchemaMigrator, migrate
-
-        migrate(SchemaMigrator.from_database(database).add_column(
-            table, "sticker_address", peewee.CharField(null=True, max_length=100)))
-
-
 # -- query functions (for other actors and the CLI) ----------------------------
 
 def machines(database) -> list[dict]:
@@ -228,7 +214,7 @@ class BusinessData(Actor):
         self.clock = clock
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
-        _add_missing_columns(self.database)  # first: create_tables then makes their indexes
+        add_missing_columns(self.database, BusinessSlot, ["sticker_address"])  # first: see its docstring
         self.database.create_tables(TABLES, safe=True)
         self.outbox = Outbox(Outbox.model_for(self.database, "business_outbox"))
         self.database.create_tables([self.outbox.model], safe=True)

@@ -48,7 +48,7 @@ from keys.home import Home
 from proto.errors import DctrlError
 
 from .chain.adaptor import ChainError, Failover, Tx
-from .db import connect, write_transaction
+from .db import add_missing_columns, connect, write_transaction
 from .runtime import Actor, on
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ class ChainOutput(Base):
     generation = peewee.IntegerField(default=0)  # bumped when a reorg unconfirms it
     rbf = peewee.BooleanField(default=False)
     inputs = peewee.TextField(default="[]")  # the tx's spent outpoints, to find replacements
+    seen_at = peewee.BigIntegerField(null=True)  # unix s when this notifier first saw it (mempool or block)
+    replaced_by = peewee.CharField(null=True, max_length=64)  # the conflicting txid, once replaced
 
     class Meta:
         indexes = ((("txid", "vout"), True),)
@@ -171,6 +173,7 @@ class ChainNotifier(Actor):
         self._secret_refused_at = None
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
+        add_missing_columns(self.database, ChainOutput, ["seen_at", "replaced_by"])  # tables of older versions
         self.database.create_tables(TABLES, safe=True)
         self.commands: queue.Queue = queue.Queue()
         self.sent: queue.Queue = queue.Queue()
@@ -338,7 +341,8 @@ class ChainNotifier(Actor):
         rows = (ChainOutput.select().where(ChainOutput.script == script)
                 .order_by(ChainOutput.id.desc()).limit(limit))
         return [{"txid": r.txid, "vout": r.vout, "sats": r.sats, "state": r.state,
-                 "confirmations": r.confirmations, "height": r.height, "rbf": r.rbf} for r in rows]
+                 "confirmations": r.confirmations, "height": r.height, "rbf": r.rbf, "seen_at": r.seen_at,
+                 "by": r.replaced_by} for r in rows]
 
     # -- blocks ---------------------------------------------------------------
 
@@ -412,7 +416,8 @@ class ChainNotifier(Actor):
                 if row is None:
                     ChainOutput.create(txid=out.txid, vout=out.vout, script=out.script, address=address,
                                        sats=out.sats, label=label, state="confirmed", height=block.height,
-                                       block=block.hash, rbf=tx.rbf, inputs=json.dumps(tx.inputs))
+                                       block=block.hash, rbf=tx.rbf, inputs=json.dumps(tx.inputs),
+                                       seen_at=int(self.clock()))
                 else:
                     ChainOutput.update(state="confirmed", height=block.height, block=block.hash) \
                         .where(ChainOutput.id == row.id).execute()
@@ -427,7 +432,7 @@ class ChainNotifier(Actor):
         for rid, inputs in candidates:  # (plain tuples: this runs for every new transaction)
             if spent & {tuple(i) for i in json.loads(inputs)}:
                 row = ChainOutput.get_by_id(rid)
-                ChainOutput.update(state="replaced").where(ChainOutput.id == row.id).execute()
+                ChainOutput.update(state="replaced", replaced_by=tx.txid).where(ChainOutput.id == row.id).execute()
                 self._enqueue("chain.tx.replaced", {**self._output_fields(row), "by": tx.txid},
                               event_id("replaced", row.txid, row.vout, tx.txid))
                 log.warning("payment %s:%d replaced by %s", row.txid, row.vout, tx.txid)
@@ -487,7 +492,8 @@ class ChainNotifier(Actor):
         if row is not None:
             return
         row = ChainOutput.create(txid=out.txid, vout=out.vout, script=out.script, address=address, sats=out.sats,
-                                 label=label, state="mempool", rbf=tx.rbf, inputs=json.dumps(tx.inputs))
+                                 label=label, state="mempool", rbf=tx.rbf, inputs=json.dumps(tx.inputs),
+                                 seen_at=int(self.clock()))
         self._enqueue("chain.tx.seen", {**self._output_fields(row), "rbf": tx.rbf},
                       event_id("seen", row.txid, row.vout, 0))
         log.info("payment seen: %s:%d %d sats to %s", row.txid, row.vout, row.sats, address)

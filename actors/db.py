@@ -50,6 +50,33 @@ def write_transaction(db):
     return db.atomic()
 
 
+def add_missing_columns(database, model, names) -> list[str]:
+    """Add ``model``'s fields ``names`` to its existing table if they are missing (a column
+    added after the table was first made; create_tables leaves existing tables alone).
+    Call it before create_tables, which then makes their indexes: on SQLite an index on a
+    missing column is no error, its quoted name silently becomes a string constant.
+    Columns are added nullable, without constraints. Returns the names added."""
+    import copy
+
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    table = model._meta.table_name
+    if not database.table_exists(table):
+        return []
+    have = {c.name for c in database.get_columns(table)}
+    added = []
+    migrator = SchemaMigrator.from_database(database)
+    for name in names:
+        if name in have:
+            continue
+        field = copy.copy(model._meta.fields[name])
+        field.null, field.unique, field.index, field.default = True, False, False, None
+        migrate(migrator.add_column(table, field.column_name, field))
+        added.append(name)
+        log.info("added column %s.%s", table, name)
+    return added
+
+
 def redact(url: str) -> str:
     """The URL without a password, for logs and errors."""
     if "@" in url and "://" in url:

@@ -175,6 +175,8 @@ register("chain.watch.ack", Map({
         "confirmations": Int(min=0),
         "height": Opt(Int(min=0)),
         "rbf": Bool(),
+        "seen_at": Opt(Int(min=0)),   # unix s the notifier first saw it (None: recorded by an older version)
+        "by": Opt(TXID),              # replaced: the conflicting transaction
     }), max=64)),
 }))
 

@@ -82,7 +82,8 @@ def test_watching_again_answers_with_the_current_state_of_its_payments(home, sim
     chain.expect(events("chain.tx.confirmed", txid=kept, confirmations=1))
     first = sim.pay(address, "0.001", rbf=True)
     chain.expect(events("chain.tx.seen", txid=first))
-    sim.replace(first)
+    t0 = int(time.time())
+    replacement = sim.replace(first)
     chain.expect(events("chain.tx.replaced", txid=first))
     rid = os.urandom(16)
     chain.publish("cmd.chain.watch", {"id": rid, "expires": int(time.time()) + 60, "address": address,
@@ -91,7 +92,8 @@ def test_watching_again_answers_with_the_current_state_of_its_payments(home, sim
     by_txid = {o["txid"]: o for o in ack["outputs"]}
     assert ack["status"] == "watching"
     assert (by_txid[kept]["state"], by_txid[kept]["confirmations"], by_txid[kept]["sats"]) == ("confirmed", 1, 200000)
-    assert by_txid[first]["state"] == "replaced"
+    assert (by_txid[first]["state"], by_txid[first]["by"]) == ("replaced", replacement)
+    assert by_txid[kept]["seen_at"] <= t0 <= by_txid[first]["seen_at"] + 60 <= time.time() + 60
     assert set(by_txid) == {kept, first}  # the simulator's replacement pays the wallet, not this address
 
 

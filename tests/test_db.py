@@ -63,3 +63,42 @@ def test_bad_urls_give_clear_errors(tmp_path):
 def test_init_creates_the_embedded_database(home):
     assert (home.root / "dctrl.sqlite3").exists()
     assert "journal wal" in dctrl(home, "db").stdout
+
+
+def test_add_missing_columns_upgrades_an_older_table(db):
+    """A column added to a model after its table was made is added in place, on both backends."""
+    import uuid
+
+    from actors.db import add_missing_columns
+
+    table = f"upgrade_{uuid.uuid4().hex[:10]}"  # parallel runs share the PostgreSQL database
+
+    class Old(peewee.Model):
+        name = peewee.CharField()
+
+        class Meta:
+            database = db
+            table_name = table
+
+    class New(peewee.Model):
+        name = peewee.CharField()
+        seen_at = peewee.BigIntegerField(null=True)
+        label = peewee.CharField(null=True, unique=True)
+
+        class Meta:
+            database = db
+            table_name = table
+
+    db.drop_tables([Old])
+    db.create_tables([Old])
+    Old.create(name="before")
+    assert add_missing_columns(db, New, ["seen_at", "label"]) == ["seen_at", "label"]
+    assert add_missing_columns(db, New, ["seen_at", "label"]) == []  # idempotent
+    db.create_tables([New], safe=True)  # then the unique index, on the real column
+    New.create(name="after", seen_at=5, label="x")
+    assert [(r.name, r.seen_at, r.label) for r in New.select().order_by(New.id)] == [("before", None, None),
+                                                                                  ("after", 5, "x")]
+    with pytest.raises(peewee.IntegrityError):
+        with db.atomic():
+            New.create(name="dup", label="x")
+    db.drop_tables([New])
