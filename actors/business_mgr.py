@@ -63,7 +63,7 @@ from proto.errors import ConfigError
 
 from . import business_data as bd
 from .chain.addresses import AddressBook, Deriver
-from .db import connect, write_transaction
+from .db import add_missing_columns, connect, write_transaction
 from .outbox import Outbox, event_id
 from .runtime import Actor, every, on
 
@@ -88,6 +88,8 @@ DEFAULTS = {
     "vend_deadline": 300,     # seconds after payment that an item may still be dispensed
     "late_window": 86400,     # seconds after closing that an invoice is still watched at start
     "reannounce_min_s": 60,   # a press on a slot with an open invoice shows it again if it has this long left
+    "max_invoices_per_minute": 6,  # per machine: a stuck button must not burn the wallet's address gap
+    "reconcile_interval": 60,  # seconds between asking the chain again about an expired invoice still waiting
 }
 
 
@@ -151,7 +153,8 @@ class SalesPayment(Base):
     rbf = peewee.BooleanField(default=False)
     late = peewee.BooleanField(default=False)
     counted = peewee.BooleanField(default=False)           # part of what paid the invoice
-    first_seen = peewee.BigIntegerField()
+    first_seen = peewee.BigIntegerField()                  # unix s (the chain notifier's, when it says)
+    replaced_by = peewee.CharField(null=True, max_length=64)  # a replacement (fee bump) takes its place
 
     class Meta:
         indexes = ((("txid", "vout"), True),)
@@ -181,6 +184,7 @@ class SalesWatch(Base):
     acked = peewee.BooleanField(default=False)
     reconcile = peewee.BooleanField(default=False)         # apply the ack's outputs; hold expiry until then
     refused = peewee.TextField(null=True)
+    created = peewee.BigIntegerField(default=0)            # when first asked (sticker: older payments are not sales)
 
 
 TABLES = [SalesInvoice, SalesPayment, SalesVend, SalesWatch]
@@ -200,9 +204,13 @@ def _invoice_dict(inv) -> dict:
 
 def refund_sats(inv) -> int:
     """What the space owes back on this invoice (for the payout work): late payments always;
-    everything received if nothing was sold; the excess otherwise."""
-    if inv.state in ("expired", "underpaid") or (inv.state == "failed" and inv.vended == 0):
+    everything received if nothing was sold; what was not delivered (at the quoted unit
+    price) if a vend failed; the excess otherwise."""
+    if inv.state in ("expired", "underpaid"):
         return inv.received_sats + inv.late_sats
+    if inv.state == "failed":
+        unit = inv.due_sats // inv.items if inv.due_sats and inv.items else 0
+        return max(0, inv.received_sats - inv.vended * unit) + inv.late_sats
     return inv.credit_sats + inv.late_sats
 
 
@@ -259,6 +267,8 @@ class BusinessMgr(Actor):
         self.network = home.config.get("chain", {}).get("network", "regtest")
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
+        add_missing_columns(self.database, SalesPayment, ["replaced_by"])  # tables of older versions
+        add_missing_columns(self.database, SalesWatch, ["created"])
         self.database.create_tables(TABLES, safe=True)
         self.outbox = Outbox(Outbox.model_for(self.database, "sales_outbox"))
         self.database.create_tables([self.outbox.model], safe=True)
@@ -282,6 +292,11 @@ class BusinessMgr(Actor):
         self._uncommitted: list[PendingVend] = []          # made in the open transaction
         self._depth = 0
         self.counts = {"opened": 0, "refused": 0, "vended": 0, "failed": 0}
+        chain = merge({"confirm_depth": 6}, home.config.get("chain", {}))
+        self.confirm_depth = int(chain["confirm_depth"])  # the notifier counts confirmations up to this
+        self.opened_at: dict[str, list[float]] = {}        # machine -> monotonic times of recent invoices
+        self.asked: set[int] = set()                       # expired invoices the chain was asked about again
+        self.held: dict[int, float] = {}                   # expired invoice -> monotonic time of the next look
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -327,7 +342,12 @@ class BusinessMgr(Actor):
 
     @on("price.btc_cad")
     def on_price(self, msg):
-        self.price = (Decimal(msg.body["cad_per_btc"]), time.monotonic())
+        price = Decimal(msg.body["cad_per_btc"])
+        if price <= 0:
+            log.error("price.btc_cad of %s CAD/BTC from %s refused", price, msg.sender)
+            self.price_stale = f"the last price ({price}) made no sense"
+            return
+        self.price = (price, time.monotonic())
         self.price_stale = None
         if SalesInvoice.select().where((SalesInvoice.mode == "sticker") & SalesInvoice.due_sats.is_null()
                                        & SalesInvoice.state.in_(WAITING)).exists():
@@ -393,21 +413,30 @@ class BusinessMgr(Actor):
             raise Refusal(f"slot {machine}/{slot} is empty")
         cad_per_btc = self.fresh_price()
         now = int(self.clock())
+        recent = [t for t in self.opened_at.get(machine, []) if time.monotonic() - t < 60]
+        self.opened_at[machine] = recent
         again = (SalesInvoice.select().where(
             (SalesInvoice.mode == "invoice") & (SalesInvoice.machine == machine) & (SalesInvoice.slot == slot)
             & (SalesInvoice.state == "open") & (SalesInvoice.price_cents == item["price_cents"])
             & (SalesInvoice.expires >= now + int(self.cfg["reannounce_min_s"])))
             .order_by(SalesInvoice.id.desc()).first())
-        if again is not None:  # a second press: the same invoice, shown again
+        if again is not None and not again.payments.exists():  # a second press: the same invoice, shown again
             self.publish("invoice.opened", self._opened_body(again) | {"event_id": event_id("opened", again.id)})
             return again.id
-        _, address = self.book.next()  # its own transaction: a crash after it only skips an index
+        if len(recent) >= self.cfg["max_invoices_per_minute"]:
+            raise Refusal(f"{len(recent)} invoices opened on {machine} in the last minute; wait a moment")
         due = quote_sats(item["price_cents"], cad_per_btc)
+        tolerance = tolerance_sats(pol["underpayment_tolerance_cad"], cad_per_btc)
+        if tolerance >= due:
+            raise Refusal(f"policy underpayment_tolerance_cad ({pol['underpayment_tolerance_cad']}) is not below "
+                          f"the price ({bd.format_cad(item['price_cents'])})")
+        _, address = self.book.next()  # its own transaction: a crash after it only skips an index
+        recent.append(time.monotonic())
         with self._txn():
             inv = SalesInvoice.create(
                 mode="invoice", machine=machine, slot=slot, product=item["product"],
                 price_cents=item["price_cents"], items=1, cad_per_btc=str(cad_per_btc), due_sats=due,
-                tolerance_sats=tolerance_sats(pol["underpayment_tolerance_cad"], cad_per_btc),
+                tolerance_sats=tolerance,
                 zero_conf=item["price_cents"] < int(pol["zero_conf_limit_cad"] * 100),
                 confirmations=pol["confirmations_required"], address=address, state="open",
                 created=now, expires=now + pol["invoice_lifetime_s"])
@@ -432,7 +461,8 @@ class BusinessMgr(Actor):
         row = SalesWatch.get_or_none(SalesWatch.address == address)
         cid, expires = os.urandom(16).hex(), int(self.clock()) + 60
         if row is None:
-            SalesWatch.create(address=address, label=label, command=cid, expires=expires, reconcile=reconcile)
+            SalesWatch.create(address=address, label=label, command=cid, expires=expires, reconcile=reconcile,
+                              created=int(self.clock()))
         elif reconcile or not row.acked:
             SalesWatch.update(command=cid, expires=expires, acked=False, refused=None,
                               reconcile=reconcile or row.reconcile,
@@ -475,7 +505,8 @@ class BusinessMgr(Actor):
             else:
                 for o in reversed(b["outputs"] or []):  # oldest first
                     self._observe(row.address, o["txid"], o["vout"], o["sats"], o["state"], o["confirmations"],
-                                  o["rbf"], snapshot=True)
+                                  o["rbf"], snapshot=True, seen_at=o.get("seen_at"), by=o.get("by"),
+                                  watched_since=row.created)
         self.watch_due.pop(row.address, None)
         self._flush()
 
@@ -485,35 +516,62 @@ class BusinessMgr(Actor):
         state = {"seen": "mempool", "confirmed": "confirmed", "replaced": "replaced", "removed": "removed"}[kind]
         with self._txn():
             self._observe(b["address"], b["txid"], b["vout"], b["sats"], state, b.get("confirmations") or 0,
-                          b.get("rbf", False), snapshot=False)
+                          b.get("rbf", False), snapshot=False, by=b.get("by"))
         self._send_vends(time.monotonic())  # the fast path: a paid invoice's command goes out first
         self._flush()
 
-    def _observe(self, address, txid, vout, sats, state, confirmations, rbf, *, snapshot):
+    def _observe(self, address, txid, vout, sats, state, confirmations, rbf, *, snapshot, seen_at=None, by=None,
+                 watched_since=None):
         """Record what the chain says of one payment and re-evaluate its invoice (in a transaction).
 
         Live events are applied as they come (they arrive in order from one publisher);
-        a snapshot (a watch ack) only moves a payment forward, never back."""
+        a snapshot (a watch ack) only moves a payment forward, never back. ``seen_at`` is
+        when the chain notifier first saw it (snapshots); ``by`` the transaction that
+        replaced it."""
         now = int(self.clock())
         pay = SalesPayment.get_or_none((SalesPayment.txid == txid) & (SalesPayment.vout == vout))
         if pay is None:
-            inv = self._invoice_for(address, state, now)
+            # A replacement of a payment we know (a fee bump) takes its place on its invoice:
+            # never a second sale, never "late" for the customer's own bump.
+            original = (SalesPayment.select().where(SalesPayment.replaced_by == txid)
+                        .order_by(SalesPayment.id).first())
+            if original is not None:
+                inv = SalesInvoice.get_by_id(original.invoice_id)
+                if inv.address != address:
+                    original = None
+            if original is None:
+                if snapshot and address in self.stickers and (seen_at is None or seen_at < (watched_since or 0)):
+                    log.warning("payment %s:%d to sticker address %s predates its watch: not a sale", txid, vout,
+                                address)
+                    return
+                inv = self._invoice_for(address, state, now)
             if inv is None:
                 return
-            # Learned from a reconciliation, a payment counts as on time if its invoice was still
-            # waiting: it was paid while this actor was down, and the customer is not to blame.
-            late = inv.state not in WAITING + SELLING or (not snapshot and now > inv.expires)
+            first_seen = seen_at if snapshot and seen_at else now
+            # Unknown first-seen time (a snapshot from an older notifier): on time only if it still is.
+            late = (original.late if original is not None else
+                    inv.state not in WAITING + SELLING or first_seen > inv.expires)
             pay = SalesPayment.create(txid=txid, vout=vout, invoice=inv, sats=sats, state=state,
-                                      confirmations=confirmations, rbf=rbf, late=late, first_seen=now)
-            if late:
+                                      confirmations=confirmations, rbf=rbf, late=late, first_seen=first_seen,
+                                      counted=original is not None and original.counted)
+            if original is not None:
+                SalesPayment.update(counted=False).where(SalesPayment.id == original.id).execute()
+                log.info("payment %s:%d replaces %s:%d on invoice %d", txid, vout, original.txid, original.vout,
+                         inv.id)
+            elif late:
                 log.warning("late payment %s:%d of %d sats to invoice %d (%s)", txid, vout, sats, inv.id, inv.state)
         else:
             if snapshot and not _forward(pay, state, confirmations):
                 return
-            if (pay.state, pay.confirmations) == (state, confirmations):
+            if (pay.state, pay.confirmations) == (state, confirmations) and not (by and not pay.replaced_by):
                 return  # a duplicate event
             pay.state, pay.confirmations = state, max(confirmations, 0 if state != "confirmed" else 1)
+            if state == "replaced" and by:
+                pay.replaced_by = by
+            if state in ("replaced", "removed"):
+                self.asked.discard(pay.invoice_id)  # its replacement may pay us: ask before closing
             pay.save()
+        self.held.pop(pay.invoice_id, None)
         self._evaluate(SalesInvoice.get_by_id(pay.invoice_id), now)
 
     def _invoice_for(self, address, state, now):
@@ -551,7 +609,7 @@ class BusinessMgr(Actor):
         pays = list(SalesPayment.select().where(SalesPayment.invoice == inv.id))
         live = [p for p in pays if not p.late and p.state in LIVE]
         before = (inv.state, inv.received_sats, inv.late_sats, inv.lost_sats, inv.credit_sats)
-        version = inv.version
+        version, data = inv.version, dict(inv.__data__)
         inv.received_sats = sum(p.sats for p in live)
         inv.late_sats = sum(p.sats for p in pays if p.late and p.state in LIVE)
         reason = None
@@ -565,14 +623,22 @@ class BusinessMgr(Actor):
                     return
             if inv.state in WAITING:
                 inv.state = "seen" if inv.received_sats else "open"
-                if now >= inv.expires and not self._reconciling(inv.address):
+                if now < inv.expires or self._reconciling(inv.address):
+                    pass
+                elif inv.id not in self.asked:
+                    # Before closing, ask the chain notifier again: a lost event (a broker
+                    # restart, a failed handler) must not turn a paid invoice into an expired one.
+                    self.asked.add(inv.id)
+                    self._want_watch(inv.address, None, reconcile=True)
+                else:
                     if inv.due_sats is None:
                         self._close(inv, "expired", reason or "no fresh price to sell at before expiry")
                     elif inv.received_sats == 0:
                         self._close(inv, "expired", None)
                     elif inv.received_sats < inv.due_sats - inv.tolerance_sats:
                         self._close(inv, "underpaid", f"{inv.received_sats} of {inv.due_sats} sats received")
-                    # else: paid on time, waiting for confirmations
+                    else:  # paid on time, waiting for confirmations: ask again now and then
+                        self.asked.discard(inv.id)
         else:
             inv.lost_sats = sum(p.sats for p in pays if p.counted and p.state not in LIVE)
             if inv.due_sats is not None and inv.state not in ("expired", "underpaid") and inv.paid_at:
@@ -587,16 +653,23 @@ class BusinessMgr(Actor):
         after = (inv.state, inv.received_sats, inv.late_sats, inv.lost_sats, inv.credit_sats)
         if after != before and inv.version == version:  # one event for what this evaluation changed
             self._publish_change(inv, before[0], reason)
-        if after != before or inv.version != version or inv.is_dirty():
+        if after != before or inv.version != version or inv.__data__ != data:
             inv.save()
 
-    @staticmethod
-    def _settled(inv, p) -> bool:
-        """A payment that counts towards paying: confirmed enough, or (zero-conf invoices only)
-        seen and not replaced."""
+    def _settled(self, inv, p) -> bool:
+        """A payment that counts towards paying: confirmed enough (the notifier counts up to its
+        confirm_depth, so more than that is never asked), or (zero-conf invoices only) seen and
+        not replaced."""
         if p.state == "confirmed":
-            return inv.zero_conf or p.confirmations >= inv.confirmations
+            return inv.zero_conf or p.confirmations >= min(inv.confirmations, self.confirm_depth)
         return inv.zero_conf and p.state == "mempool"
+
+    def _still_paid(self, inv) -> bool:
+        """Whether the invoice's on-time payments still settle it (checked before each new vend
+        command: a payment replaced or removed since must not buy another item)."""
+        live = SalesPayment.select().where((SalesPayment.invoice == inv.id) & ~SalesPayment.late
+                                           & SalesPayment.state.in_(LIVE))
+        return sum(p.sats for p in live if self._settled(inv, p)) >= inv.due_sats - inv.tolerance_sats
 
     def _price_sticker(self, inv, pays) -> str | None:
         """Price a sticker payment at the first fresh price; returns why not if it cannot yet."""
@@ -608,10 +681,16 @@ class BusinessMgr(Actor):
         paid = sum(p.sats for p in pays if not p.late and p.state in LIVE)
         unit = quote_sats(inv.price_cents, cad_per_btc)
         tol = tolerance_sats(pol["underpayment_tolerance_cad"], cad_per_btc)
-        items = (paid + tol) // unit if unit else 0
+        if unit == 0 or tol >= unit:
+            inv.cad_per_btc, inv.due_sats = str(cad_per_btc), unit
+            self._close(inv, "failed", f"cannot sell {inv.product} at {bd.format_cad(inv.price_cents)} CAD with "
+                                       f"an underpayment tolerance of {pol['underpayment_tolerance_cad']} CAD")
+            return None
+        items = (paid + tol) // unit
         inv.cad_per_btc, inv.tolerance_sats, inv.items = str(cad_per_btc), tol, items
         inv.due_sats = unit * max(items, 1)
-        inv.zero_conf = max(items, 1) * inv.price_cents < int(pol["zero_conf_limit_cad"] * 100)
+        # Never zero-conf: at a fixed address a fee bump would look like a second purchase.
+        inv.zero_conf = False
         if items == 0:
             self._close(inv, "underpaid", f"{paid} sats is less than one {inv.product} ({unit} sats)")
         return None
@@ -726,7 +805,10 @@ class BusinessMgr(Actor):
                 self.counts["vended"] += 1
                 inv.vended += 1
                 log.info("invoice %d: item %d of %d vended by %s/%d", inv.id, inv.vended, inv.items, machine, v.slot)
-                if inv.vended < inv.items:
+                if inv.vended < inv.items and not self._still_paid(inv):
+                    self._close(inv, "failed", f"payment replaced or removed after {inv.vended} of {inv.items} "
+                                               "items: the rest are not dispensed")
+                elif inv.vended < inv.items:
                     self._publish_change(inv, inv.state, None)
                     self._new_vend(inv, now)
                 elif inv.mode == "invoice" and inv.credit_sats:
@@ -734,9 +816,13 @@ class BusinessMgr(Actor):
                 else:
                     self._close(inv, "vended", None if v.state == "sent" else "vended after all (late answer)")
             elif status == "refused" and reason == "expired" and now < v.deadline and inv.state == "vending":
-                # Never actuated and now never will be: a new command for the same item.
-                log.info("vend %s expired before %s acted on it; sending a new command", cid, machine)
-                self._new_vend(inv, now, deadline=v.deadline)
+                # Never actuated and now never will be: a new command for the same item, if still paid.
+                if self._still_paid(inv):
+                    log.info("vend %s expired before %s acted on it; sending a new command", cid, machine)
+                    self._new_vend(inv, now, deadline=v.deadline)
+                else:
+                    self._close(inv, "failed", f"payment replaced or removed before item {inv.vended + 1} of "
+                                               f"{inv.items} was dispensed: not dispensed")
             else:
                 self.counts["failed"] += 1
                 if inv.state not in CLOSED or inv.state == "failed":
@@ -757,9 +843,22 @@ class BusinessMgr(Actor):
 
     @every(1.0)
     def expire(self):
-        expired = SalesInvoice.expires <= int(self.clock())
-        if SalesInvoice.select().where(SalesInvoice.state.in_(WAITING) & expired).exists():
-            self._evaluate_where(expired)
+        """Expired invoices still waiting: close them (after asking the chain once more), or,
+        paid on time and waiting for confirmations, look again every ``reconcile_interval``."""
+        now, mono = int(self.clock()), time.monotonic()
+        due = [i for (i,) in SalesInvoice.select(SalesInvoice.id).where(
+            SalesInvoice.state.in_(WAITING) & (SalesInvoice.expires <= now)).tuples() if self.held.get(i, 0) <= mono]
+        if not due:
+            return
+        with self._txn():
+            for inv in SalesInvoice.select().where(SalesInvoice.id.in_(due)):
+                self._evaluate(inv, now)
+                if inv.state in WAITING:  # asked the chain (look again in a second) or waiting for blocks
+                    self.held[inv.id] = mono + (1.0 if inv.id in self.asked else self.cfg["reconcile_interval"])
+                else:
+                    self.held.pop(inv.id, None)
+                    self.asked.discard(inv.id)
+        self._flush()
 
     @every(10)
     def refresh(self):
@@ -792,10 +891,8 @@ class BusinessMgr(Actor):
 
 def _forward(pay, state, confirmations) -> bool:
     """Whether a snapshot's (state, confirmations) is news for ``pay`` (never a step back)."""
+    if state == "confirmed":  # (also after replaced or removed: it was mined after all)
+        return pay.state != "confirmed" or confirmations > pay.confirmations
     if pay.state in ("replaced", "removed"):
         return False
-    if state in ("replaced", "removed"):
-        return True
-    if state == "confirmed":
-        return pay.state == "mempool" or confirmations > pay.confirmations
-    return False
+    return state in ("replaced", "removed")

@@ -14,9 +14,14 @@ this one is for the simpler case of an actor writing on its loop thread.
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import msgpack
 import peewee
+
+from proto.errors import DctrlError
+
+log = logging.getLogger(__name__)
 
 
 def event_id(*parts) -> str:
@@ -56,8 +61,14 @@ class Outbox:
         M = self.model
         sent = []
         for row in M.select().where(M.sent == False).order_by(M.id).limit(limit):  # noqa: E712
-            if not runtime.ready_to_publish() or not runtime.publish(row.topic, msgpack.unpackb(row.body, raw=False)):
+            if not runtime.ready_to_publish():
                 break
+            try:
+                if not runtime.publish(row.topic, msgpack.unpackb(row.body, raw=False)):
+                    break
+            except DctrlError as exc:  # an event its own schema refuses: a bug; never block the rest
+                log.error("outbox %s row %d (%s) cannot be sent and is set aside: %s", M._meta.table_name,
+                          row.id, row.topic, exc)
             sent.append(row.id)
         if sent:
             M.update(sent=True).where(M.id.in_(sent)).execute()

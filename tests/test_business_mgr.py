@@ -99,7 +99,9 @@ def net(home):
         dctrl(home, "machines", "add", "vm1")
         dctrl(home, "slots", "set", "vm1", str(COLA), "--product", "Cola", "--price-cad", "2.00")
         dctrl(home, "slots", "set", "vm1", str(TV), "--product", "Tiny TV", "--price-cad", "50.00")
+        dctrl(home, "slots", "set", "vm1", "3", "--product", "Gum", "--price-cad", "1.00")
         dctrl(home, "policy", "set", "confirmations_required", "2")
+        set_config(home, max_invoices_per_minute=1000)  # the tests open many; one test lowers it
         net.start("business_mgr")
         watcher.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr",
                        timeout=20, what="business_mgr up")
@@ -148,6 +150,16 @@ def sales(home, net, chain, machine, observer, prices):
     observer.drain()
     observer.actor.history.clear()
     return home
+
+
+def set_config(home, **business):
+    """Rewrite the home's [business] section with these keys added (read at business_mgr's start)."""
+    text = (home.root / "config.toml").read_text()
+    head, _, rest = text.partition("[business]\n")
+    receive = next(line for line in rest.splitlines() if line.startswith("receive"))
+    tail = rest.split("\n\n", 1)[1] if "\n\n" in rest else ""
+    extra = "".join(f"{k} = {v}\n" for k, v in business.items())
+    (home.root / "config.toml").write_text(f"{head}[business]\n{receive}\n{extra}\n{tail}")
 
 
 def set_price(prices, cad_per_btc):
@@ -384,7 +396,91 @@ def test_the_wrong_machine_cannot_answer_for_vm1(sales, home, chain, machine, ob
     changed(observer, inv["invoice"], "vended")
 
 
+def test_a_vend_refused_as_expired_is_not_sent_again_once_the_payment_is_gone(sales, chain, machine, observer):
+    inv = press(machine, observer, COLA)
+    tx = pay(chain, inv["address"], COLA_SATS)  # zero-conf: paid at once
+    cmd = vend_command(machine, inv["invoice"])
+    pay(chain, inv["address"], COLA_SATS, state="replaced", tx=tx)  # double spent while the machine was away
+    observer.expect(topic_is("invoice.changed", invoice=inv["invoice"], lost_sats=COLA_SATS))
+    ack(machine, cmd, "refused", "expired")  # never dispensed: and no new command now
+    failed = changed(observer, inv["invoice"], "failed")
+    assert "replaced or removed" in failed["reason"] and failed["vended"] == 0
+    assert not [d for d in machine.drain() if d.message and d.message.topic == "cmd.machine.vm1.vend"
+                and d.message.body["invoice"] == inv["invoice"] and d.message.body["id"] != cmd.message.body["id"]]
+
+
+def test_a_fee_bump_keeps_the_invoice_paid_on_time(sales, chain, machine, observer):
+    inv = press(machine, observer, TV)
+    first = pay(chain, inv["address"], TV_SATS)
+    changed(observer, inv["invoice"], "seen")
+    bumped = txid("bump")
+    body = {"event_id": "ab" * 32, "txid": first, "vout": 0, "address": inv["address"],
+            "script": "0014" + "00" * 20, "sats": TV_SATS, "label": None, "by": bumped}
+    chain.actor.publish("chain.tx.replaced", body)
+    pay(chain, inv["address"], TV_SATS, tx=bumped)
+    pay(chain, inv["address"], TV_SATS, state="confirmed", confirmations=2, tx=bumped)
+    changed(observer, inv["invoice"], "paid")
+    ack(machine, vend_command(machine, inv["invoice"]))
+    done = changed(observer, inv["invoice"], "vended")
+    assert (done["received_sats"], done["late_sats"], done["lost_sats"]) == (TV_SATS, 0, 0)
+    assert {(p["txid"], p["state"]) for p in row(sales, inv["invoice"])["payments"]} == {
+        (first, "replaced"), (bumped, "confirmed")}
+
+
+def test_a_payment_whose_event_was_lost_is_found_before_expiry(sales, chain, machine, observer):
+    dctrl(sales, "policy", "set", "invoice_lifetime_s", "3")
+    try:
+        inv = press(machine, observer, COLA)
+    finally:
+        dctrl(sales, "policy", "set", "invoice_lifetime_s", "900")
+    tx = txid("lost")
+    with chain.actor.lock:  # the notifier knows it, but its chain.tx.seen never arrived
+        chain.actor.outputs[inv["address"]] = [{"txid": tx, "vout": 0, "sats": COLA_SATS, "state": "mempool",
+                                                "confirmations": 0, "height": None, "rbf": False,
+                                                "seen_at": int(time.time()), "by": None}]
+    ack(machine, vend_command(machine, inv["invoice"], timeout=20))
+    changed(observer, inv["invoice"], "vended")
+    assert [p["late"] for p in row(sales, inv["invoice"])["payments"]] == [False]
+
+
+def test_a_price_of_zero_is_refused_and_sells_nothing(sales, prices, machine, observer):
+    set_price(prices, "0")
+    observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                    and "made no sense" in (d.message.body["detail"] or ""), what="the zero price refused")
+    machine.publish("machine.vm1.button", {"slot": COLA, "pressed_at": 0})
+    assert "made no sense" in observer.expect(topic_is("invoice.refused", slot=COLA)).message.body["reason"]
+    set_price(prices, PRICE)
+
+
 # -- sticker mode ----------------------------------------------------------------------------
+
+def test_sticker_payments_buy_as_many_items_as_they_cover(sales, chain, machine, observer):
+    from actors.chain.addresses import Deriver
+    from keys.home import demo_account_xpub
+
+    sticker = Deriver(demo_account_xpub(), "regtest").address(0)[0]
+    dctrl(sales, "slots", "set", "vm1", "3", "--product", "Gum", "--price-cad", "1.00", "--sticker-address", sticker)
+    wait_for(lambda: chain.actor.watched.get(sticker) == "sticker vm1/3", what="the sticker address watched")
+    tx = pay(chain, sticker, 2500)  # 2.5 Gum at 1000 sats
+    opened = observer.expect(topic_is("invoice.opened", mode="sticker", address=sticker)).message.body
+    assert (opened["items"], opened["sats"], opened["zero_conf"]) == (0, None, False)
+    with pytest.raises(AssertionError):  # never zero-conf at a fixed address
+        vend_command(machine, opened["invoice"], timeout=1.5)
+    pay(chain, sticker, 2500, state="confirmed", confirmations=2, tx=tx)
+    first = vend_command(machine, opened["invoice"])
+    ack(machine, first)
+    second = vend_command(machine, opened["invoice"])  # one at a time: the second after the first's ack
+    assert second.message.body["id"] != first.message.body["id"]
+    ack(machine, second)
+    done = changed(observer, opened["invoice"], "vended")
+    assert (done["items"], done["vended"], done["credit_sats"]) == (2, 2, 500)
+    short = pay(chain, sticker, 900 - TOLERANCE_SATS)  # less than one Gum: recorded, refunded
+    pay(chain, sticker, 900 - TOLERANCE_SATS, state="confirmed", confirmations=2, tx=short)
+    under = observer.expect(topic_is("invoice.changed", state="underpaid", machine="vm1", slot=3)).message.body
+    assert row(sales, under["invoice"])["refund_sats"] == 900 - TOLERANCE_SATS
+    dctrl(sales, "slots", "set", "vm1", "3", "--product", "Gum", "--price-cad", "1.00", "--sticker-address", "")
+
+
 
 # -- restarts --------------------------------------------------------------------------------
 
@@ -429,3 +525,36 @@ def test_invoices_cli(sales, chain, machine, observer):
     assert inv["invoice"] in {str(i["invoice"]) for i in listed}
     assert dctrl(sales, "invoices", "show", "999999", check=False).returncode == 2
     assert quote_sats(200, __import__("decimal").Decimal(PRICE)) == COLA_SATS
+
+
+def test_a_machine_cannot_open_more_than_its_share_of_invoices(sales, net, observer, prices):
+    """A stuck button must not burn the wallet's address gap: max_invoices_per_minute per machine.
+    (On a machine of its own, vm2, so earlier tests' open invoices change nothing.)"""
+    dctrl(sales, "keys", "add", "vm2", "--role", "machine")
+    dctrl(sales, "machines", "add", "vm2")
+    for slot in (1, 2, 3):
+        dctrl(sales, "slots", "set", "vm2", str(slot), "--product", f"item {slot}", "--price-cad", "1.00")
+    set_config(sales, max_invoices_per_minute=2)
+    vm2 = BusClient(sales, "vm2", wait_token=False)
+    try:
+        net.signal("business_mgr")
+        observer.drain()
+        observer.actor.history.clear()
+        net.start("business_mgr")
+        observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr",
+                        timeout=20, what="business_mgr restarted")
+        set_price(prices, PRICE)  # (a restarted business_mgr has no price until the next one)
+        observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                        and d.message.body["status"] == "ok", timeout=20, what="business_mgr ok")
+        wait_for(vm2.runtime.proxy.token_valid, timeout=20, what="a token for vm2")
+        for slot in (1, 2):
+            vm2.publish("machine.vm2.button", {"slot": slot, "pressed_at": 0})
+            observer.expect(topic_is("invoice.opened", machine="vm2", slot=slot))
+        vm2.publish("machine.vm2.button", {"slot": 3, "pressed_at": 0})
+        refused = observer.expect(topic_is("invoice.refused", machine="vm2", slot=3)).message.body
+        assert "2 invoices opened on vm2 in the last minute" in refused["reason"]
+    finally:
+        vm2.close()
+        set_config(sales, max_invoices_per_minute=1000)
+        net.signal("business_mgr")
+        net.start("business_mgr")
