@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 from actors.runtime import Actor, Runtime, on
 from tests.harness import ROOT, dctrl, topic_is, wait_for
@@ -138,14 +137,15 @@ def test_sigterm_stops_actors_and_broker_cleanly(home, network):
 def test_dctrl_up_runs_everything_under_supervisord(home, clients):
     conf = dctrl(home, "supervisor-config").stdout
     for program in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data",
-                    "sim_exchanges", "sim_chain", "agent_vm1"):
+                    "business_mgr", "sim_exchanges", "sim_chain", "agent_vm1"):
         assert f"[program:{program}]" in conf
     up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--home", str(home.root)], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
     try:
         out = dctrl(home, "status", "--until", "30", check=False)
         assert out.returncode == 0, out.stdout + out.stderr
-        for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data", "vm1"):
+        for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data",
+                     "business_mgr", "vm1"):
             line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
             assert " ok " in line
         price = dctrl(home, "price", "show", "--json", check=False)
@@ -154,13 +154,15 @@ def test_dctrl_up_runs_everything_under_supervisord(home, clients):
         dctrl(home, "machines", "add", "vm1", "--location", "front door")
         dctrl(home, "slots", "set", "vm1", "1", "--product", "Club-Mate", "--price-cad", "3.50", "--stock", "12")
         assert "Club-Mate" in dctrl(home, "slots", "list", "vm1").stdout
-        # The demo's simulated machine vends on a command from business_mgr (mock relay).
-        mgr = clients(home, "business_mgr", prefixes=["machine.vm1.vend.ack"])
-        cid = os.urandom(16)
-        mgr.publish("cmd.machine.vm1.vend", {"id": cid, "expires": int(time.time()) + 30, "slot": 1,
-                                             "invoice": "demo-1", "pulse_ms": None})
-        ack = mgr.expect(lambda d: d.message and d.message.body["id"] == cid, what="vm1's vend ack")
-        assert (ack.message.body["status"], ack.message.body["pulsed_ms"]) == ("vended", 500)
+        # The README's demo: a press on the simulated machine, the payment it asks for, one vend.
+        out = dctrl(home, "sim", "press", "vm1", "1").stdout
+        assert "invoice 1: Club-Mate, 3.50 CAD = " in out
+        address, amount = out.split("dctrl sim pay ")[1].split()
+        dctrl(home, "sim", "pay", address, amount)
+        wait_for(lambda: json.loads(dctrl(home, "invoices", "list", "--json").stdout)[0]["state"] == "vended",
+                 timeout=30, what="invoice 1 vended")
+        acks = dctrl(home, "events", "query", "--topic", "machine.vm1.vend.ack", "--json").stdout
+        assert '"status": "vended"' in acks and '"pulsed_ms": 500' in acks
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0
