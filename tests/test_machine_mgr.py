@@ -245,6 +245,19 @@ def test_only_business_mgr_can_command_the_machine(home, agent, clients):
     assert not [h for h in bm.drain() if h.message and h.message.body["id"] in (cmd["id"], forged_cmd["id"])]
 
 
+def test_a_command_for_another_machine_never_reaches_vm1(home, agent, clients):
+    """vm1 subscribes to cmd.machine.vm1 only; the broker narrows it, so vm2's and vm10's
+    commands (even a legitimate business_mgr's) are never delivered to it."""
+    a = agent()
+    bm = business_mgr(clients, home)
+    ready(bm)
+    for other in ("vm2", "vm10"):
+        bm.publish(f"cmd.machine.{other}.vend", vend(1))
+    roundtrip(bm)
+    assert a.pulses(1) == []
+    assert a.runtime.counters["received"] == a.runtime.counters["accepted"]  # nothing refused: nothing came
+
+
 def test_replayed_frames_do_not_dispense_again(home, agent, clients):
     a = agent()
     bm = business_mgr(clients, home)
