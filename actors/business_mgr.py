@@ -154,7 +154,7 @@ class SalesPayment(Base):
     late = peewee.BooleanField(default=False)
     counted = peewee.BooleanField(default=False)           # part of what paid the invoice
     first_seen = peewee.BigIntegerField()                  # unix s (the chain notifier's, when it says)
-    replaced_by = peewee.CharField(null=True, max_length=64)  # a replacement (fee bump) takes its place
+    replaced_by = peewee.CharField(null=True, max_length=64, index=True)  # its replacement (a fee bump) takes its place
 
     class Meta:
         indexes = ((("txid", "vout"), True),)
@@ -529,12 +529,17 @@ class BusinessMgr(Actor):
         when the chain notifier first saw it (snapshots); ``by`` the transaction that
         replaced it."""
         now = int(self.clock())
-        pay = SalesPayment.get_or_none((SalesPayment.txid == txid) & (SalesPayment.vout == vout))
+        inv = None
+        # One query for both: this payment, or a payment it replaced (a fee bump takes the
+        # original's place on its invoice: never a second sale, never "late" for the bump).
+        pay = original = None
+        for p in SalesPayment.select().where(((SalesPayment.txid == txid) & (SalesPayment.vout == vout))
+                                             | (SalesPayment.replaced_by == txid)).order_by(SalesPayment.id):
+            if p.txid == txid and p.vout == vout:
+                pay = p
+            elif original is None:
+                original = p
         if pay is None:
-            # A replacement of a payment we know (a fee bump) takes its place on its invoice:
-            # never a second sale, never "late" for the customer's own bump.
-            original = (SalesPayment.select().where(SalesPayment.replaced_by == txid)
-                        .order_by(SalesPayment.id).first())
             if original is not None:
                 inv = SalesInvoice.get_by_id(original.invoice_id)
                 if inv.address != address:
@@ -572,7 +577,7 @@ class BusinessMgr(Actor):
                 self.asked.discard(pay.invoice_id)  # its replacement may pay us: ask before closing
             pay.save()
         self.held.pop(pay.invoice_id, None)
-        self._evaluate(SalesInvoice.get_by_id(pay.invoice_id), now)
+        self._evaluate(inv if inv is not None else SalesInvoice.get_by_id(pay.invoice_id), now)
 
     def _invoice_for(self, address, state, now):
         inv = (SalesInvoice.select().where((SalesInvoice.address == address) & (SalesInvoice.mode == "invoice"))
