@@ -72,6 +72,27 @@ class _Procs:
             self.stop(name)
 
 
+def observe_announcements(sim, stop, clock):
+    """A plain ZMQ subscriber to the simulator's ``sequence`` topic, in a thread: txid ->
+    ``clock()`` when its mempool-acceptance notification arrived. Returns (that dict, the
+    thread, the socket); set ``stop``, join the thread, then close the socket."""
+    zsub = zmq.Context.instance().socket(zmq.SUB)
+    zsub.setsockopt(zmq.SUBSCRIBE, b"sequence")
+    zsub.connect(sim.zmq_endpoint)
+    announced: dict[str, float] = {}
+
+    def observe():
+        while not stop.is_set():
+            if zsub.poll(100):
+                _, body, _ = zsub.recv_multipart()
+                if body[32:33] == b"A":
+                    announced.setdefault(body[:32].hex(), clock())
+    thread = threading.Thread(target=observe, daemon=True)
+    thread.start()
+    sim.wait_zmq_subscribed("sequence")
+    return announced, thread, zsub
+
+
 def run_chain_bench(quick=True, payments=None, blocks=None, watched=None) -> dict:
     from actors.runtime import Actor, Runtime
     from keys.home import Home
@@ -125,23 +146,8 @@ def run_chain_bench(quick=True, payments=None, blocks=None, watched=None) -> dic
         rt.add_handler("chain.watch.ack", listener.ack)
         threading.Thread(target=rt.run, daemon=True).start()
 
-        # ZMQ observer: when did the simulator announce each transaction?
-        ctx = zmq.Context.instance()
-        zsub = ctx.socket(zmq.SUB)
-        zsub.setsockopt(zmq.SUBSCRIBE, b"sequence")
-        zsub.connect(sim.zmq_endpoint)
-        announced: dict[str, int] = {}
         stop = threading.Event()
-
-        def observe():
-            while not stop.is_set():
-                if zsub.poll(100):
-                    topic, body, _ = zsub.recv_multipart()
-                    if body[32:33] == b"A":
-                        announced.setdefault(body[:32].hex(), time.monotonic_ns())
-        observer = threading.Thread(target=observe, daemon=True)
-        observer.start()
-        sim.wait_zmq_subscribed("sequence")
+        announced, observer, zsub = observe_announcements(sim, stop, time.monotonic_ns)
 
         # -- detection latency -------------------------------------------------
         procs.start("chain_notifier")

@@ -38,9 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-import zmq
-
-from scripts.bench_chain import _pct, _Procs, _summary
+from scripts.bench_chain import _pct, _Procs, _summary, observe_announcements
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"p99_ms_max": 10, "agent_rss_mb_max": 40, "agent_startup_s_max": 1.5}
@@ -164,21 +162,8 @@ def run_vend_bench(quick=True, vends=None) -> dict:
         sock = agent_toml.parent / "state" / "sim.sock"
         _wait(sock.exists, 10, "vm1's control socket")
 
-        # -- ZMQ observer: when did the simulator announce each transaction? ------------
-        zsub = zmq.Context.instance().socket(zmq.SUB)
-        zsub.setsockopt(zmq.SUBSCRIBE, b"sequence")
-        zsub.connect(sim.zmq_endpoint)
-        announced: dict[str, float] = {}
-
-        def observe():
-            while not stop.is_set():
-                if zsub.poll(100):
-                    _, body, _ = zsub.recv_multipart()
-                    if body[32:33] == b"A":
-                        announced.setdefault(body[:32].hex(), time.time())
-        observer = threading.Thread(target=observe, daemon=True)
-        observer.start()
-        sim.wait_zmq_subscribed("sequence")
+        # When did the simulator announce each transaction (wall clock, to compare with the pin)?
+        announced, observer, zsub = observe_announcements(sim, stop, time.time)
         direct = Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file)
 
         latencies, baseline = [], []

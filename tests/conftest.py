@@ -1,6 +1,6 @@
 import pytest
 
-from tests.harness import BusClient, Network, new_home, topic_is
+from tests.harness import BusClient, Network, new_home
 
 
 @pytest.fixture
@@ -11,13 +11,7 @@ def home(tmp_path):
 @pytest.fixture
 def network(home):
     """Broker, Vault and EventLogger running as real processes, each seen healthy."""
-    net = Network(home).start("broker", "vault", "event_logger")
-    watcher = BusClient(home, "admin", prefixes=["health"])
-    try:
-        for name in ("broker", "vault", "event_logger"):
-            watcher.expect(topic_is(f"health.{name}", status="ok"), timeout=20, what=f"health.{name}")
-    finally:
-        watcher.close()
+    net = Network(home).start_healthy("broker", "vault", "event_logger")
     yield net
     net.close()
 

@@ -100,6 +100,17 @@ class Network:
             logf.close()
         return self
 
+    def start_healthy(self, *names, timeout=20):
+        """Start these processes and wait for each one's ``ok`` heartbeat."""
+        self.start(*names)
+        watcher = BusClient(self.home, "admin", prefixes=["health"])
+        try:
+            for name in names:
+                watcher.expect(topic_is(f"health.{name}", status="ok"), timeout=timeout, what=f"health.{name}")
+        finally:
+            watcher.close()
+        return self
+
     def log(self, name) -> str:
         return (self.home.log_dir / f"{name}.test.log").read_text(errors="replace")
 

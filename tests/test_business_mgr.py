@@ -91,11 +91,9 @@ def home(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def net(home):
-    net = Network(home).start("broker", "vault", "business_data")
+    net = Network(home).start_healthy("broker", "vault", "business_data")
     watcher = BusClient(home, "admin", prefixes=["health"])
     try:
-        for name in ("broker", "vault", "business_data"):
-            watcher.expect(topic_is(f"health.{name}", status="ok"), timeout=20, what=f"health.{name}")
         dctrl(home, "machines", "add", "vm1")
         dctrl(home, "slots", "set", "vm1", str(COLA), "--product", "Cola", "--price-cad", "2.00")
         dctrl(home, "slots", "set", "vm1", str(TV), "--product", "Tiny TV", "--price-cad", "50.00")

@@ -22,7 +22,7 @@ from machine_agent.mgr import UNSYNCED, MachineMgr, Slot
 from machine_agent.relays import I2CRelay
 from proto import token as tokens
 from proto import wire
-from tests.harness import BusClient, Network, new_home, topic_is, wait_for
+from tests.harness import Network, new_home, topic_is, wait_for
 
 SLOTS = {
     1: Slot("gpio:17", pulse_ms=120),                     # active-high
@@ -43,13 +43,7 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def network(home):
-    net = Network(home).start("broker", "vault")
-    watcher = BusClient(home, "admin", prefixes=["health"])
-    try:
-        for name in ("broker", "vault"):
-            watcher.expect(topic_is(f"health.{name}", status="ok"), timeout=20, what=f"health.{name}")
-    finally:
-        watcher.close()
+    net = Network(home).start_healthy("broker", "vault")
     yield net
     net.close()
 

@@ -27,7 +27,7 @@ from machine_agent.mgr import NO_DROP
 from machine_agent.notifier import Sensor, read_sensor
 from machine_agent.simctl import MockSMBus
 from proto.errors import ConfigError
-from tests.harness import DEADLINE, ROOT, BusClient, Network, dctrl, new_home, topic_is, wait_for
+from tests.harness import DEADLINE, ROOT, Network, dctrl, new_home, topic_is, wait_for
 
 CMD = "cmd.machine.vm1.vend"
 ACK = "machine.vm1.vend.ack"
@@ -47,13 +47,7 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def network(home):
-    net = Network(home).start("broker", "vault")
-    watcher = BusClient(home, "admin", prefixes=["health"])
-    try:
-        for name in ("broker", "vault"):
-            watcher.expect(topic_is(f"health.{name}", status="ok"), timeout=20, what=f"health.{name}")
-    finally:
-        watcher.close()
+    net = Network(home).start_healthy("broker", "vault")
     yield net
     net.close()
 

@@ -82,16 +82,11 @@ def sim(home):
 
 @pytest.fixture(scope="module")
 def net(home, sim):
-    net = Network(home).start("broker", "vault", "event_logger", "business_data", "chain_notifier")
-    watcher = BusClient(home, "admin", prefixes=["health"])
-    try:
-        for name in ("broker", "vault", "event_logger", "business_data", "chain_notifier"):
-            watcher.expect(topic_is(f"health.{name}", status="ok"), timeout=30, what=f"health.{name}")
-        dctrl(home, "machines", "add", "vm1")
-        dctrl(home, "slots", "set", "vm1", "1", "--product", "Club-Mate", "--price-cad", "3.50")
-        net.start("business_mgr")
-    finally:
-        watcher.close()
+    net = Network(home).start_healthy("broker", "vault", "event_logger", "business_data", "chain_notifier",
+                                      timeout=30)
+    dctrl(home, "machines", "add", "vm1")
+    dctrl(home, "slots", "set", "vm1", "1", "--product", "Club-Mate", "--price-cad", "3.50")
+    net.start("business_mgr")
     yield net
     net.close()
 
@@ -187,7 +182,6 @@ def test_agent_killed_mid_vend_never_pulses_it_again(home, sim, agent, ready, cr
 
 
 def test_broker_restarted_mid_vend(home, sim, net, agent, ready):
-    observer = ready
     before_us = int(time.time() * 1e6)
     out = dctrl(home, "sim", "press", "vm1", "1").stdout
     address, amount = out.split("dctrl sim pay ")[1].split()
