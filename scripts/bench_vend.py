@@ -8,7 +8,8 @@ from here, as the ``price_notifier`` identity.
 
 For each vend: a button press on the simulated machine (its control socket)
 opens an invoice; once the ChainNotifier watches the address, the simulator
-pays it. **Latency** is from the simulator's ZMQ ``sequence`` notification of
+pays it; every 10 vends a block is mined (as on a real chain, payments
+confirm: unconfirmed ones do not pile up by the hundred). **Latency** is from the simulator's ZMQ ``sequence`` notification of
 that transaction (when a plain ZMQ subscriber in this process receives it) to
 the relay pin going active in the agent (the MockPin's recorded time; both are
 wall-clock times on this host). The path: ChainNotifier (RPC, commit, outbox)
@@ -166,6 +167,8 @@ def run_vend_bench(quick=True, vends=None) -> dict:
         announced, observer, zsub = observe_announcements(sim, stop, time.time)
         direct = Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file)
 
+        tips: set[int] = set()
+        rt.call_soon(rt.add_handler, "chain.block", lambda msg: tips.add(msg.body["height"]))
         latencies, baseline = [], []
         segments = {"chain_notifier": [], "business_mgr": [], "agent": []}
         last_price = time.monotonic()
@@ -173,6 +176,10 @@ def run_vend_bench(quick=True, vends=None) -> dict:
             if time.monotonic() - last_price > 20:
                 publish_price()
                 last_price = time.monotonic()
+            if i and i % 10 == 0:  # a block now and then, as on a real chain: payments confirm
+                sim.mine(1)
+                height = direct.tip().height
+                _wait(lambda: height in tips, 30, f"chain.block {height}")
             n = len(opened)
             request(sock, {"op": "press", "slot": 1, "hold_ms": 60}, machine="vm1", timeout=5)
             inv = _wait(lambda: len(opened) > n and opened[n], 10, "invoice.opened")
