@@ -304,22 +304,31 @@ class BusinessMgr(Actor):
         if self.config_error:
             log.error("%s", self.config_error)
         self._load_stickers()
-        now = int(self.clock())
-        with self._txn():
-            # Reconcile: every invoice that may still change, and recently closed ones (late payments).
-            recent = SalesInvoice.select(SalesInvoice.address).where(
-                SalesInvoice.state.in_(WAITING + SELLING)
-                | (SalesInvoice.closed_at >= now - int(self.cfg["late_window"]))).distinct()
-            for (address,) in recent.tuples():
-                self._want_watch(address, None, reconcile=True)
-            for address, (machine, slot) in self.stickers.items():
-                self._want_watch(address, f"sticker {machine}/{slot}", reconcile=True)
+        self._reconcile_all(closed_within=int(self.cfg["late_window"]))
         for r in SalesVend.select().where(SalesVend.state.in_(("sent", "unanswered"))):
             self.vends[r.id] = PendingVend(id=r.id, invoice=r.invoice_id, machine=r.machine, slot=r.slot,
                                            expires=r.expires, deadline=r.deadline, created=r.created,
                                            state=r.state, attempts=r.attempts)
         log.info("business_mgr: %d watch(es) to reconcile, %d vend(s) awaiting an answer",
                  len(self.watch_due), len(self.vends))
+
+    def _reconcile_all(self, closed_within=0):
+        """Ask the chain notifier again about every invoice that may still change (and those
+        closed within ``closed_within`` seconds, for late payments) and every sticker address."""
+        now = int(self.clock())
+        with self._txn():
+            recent = SalesInvoice.select(SalesInvoice.address).where(
+                SalesInvoice.state.in_(WAITING + SELLING)
+                | (SalesInvoice.closed_at >= now - closed_within)).distinct()
+            for (address,) in recent.tuples():
+                self._want_watch(address, None, reconcile=True)
+            for address, (machine, slot) in self.stickers.items():
+                self._want_watch(address, f"sticker {machine}/{slot}", reconcile=True)
+
+    def reconnected(self):
+        """Back on the bus after a loss: chain events may have been lost meanwhile."""
+        log.info("reconnected: reconciling open invoices with the chain notifier")
+        self._reconcile_all()
 
     def teardown(self):
         self.database.close()

@@ -114,6 +114,11 @@ class Actor:
     def after_batch(self) -> None:
         """Called after each batch of received messages (e.g. to flush a log)."""
 
+    def reconnected(self) -> None:
+        """Called in the loop thread when the connection to the broker is back after a loss
+        (a broker restart, a network cut). Publish/subscribe is at most once: whatever was
+        published to or by this process meanwhile may be gone, so ask again for what matters."""
+
     def untokened_key(self, sender, key_version):
         """Only the Vault overrides this (see AuthProxy.registry_auth)."""
         raise NotImplementedError
@@ -238,8 +243,9 @@ class Runtime:
 
     def ready_to_publish(self) -> bool:
         """True when :meth:`publish` from the loop thread would send now (a valid token and a
-        connected socket) rather than queue: outboxes publish only then, so nothing is queued twice."""
-        return self.pub is not None and self.proxy.token_valid()
+        connection to the broker) rather than queue or be dropped by a PUB socket with no peer:
+        outboxes publish only then, so nothing is queued twice or marked sent while lost."""
+        return self.pub is not None and self.connected and self.proxy.token_valid()
 
     def add_handler(self, prefix: str, fn, *, blocking=False, raw=False) -> None:
         """Register a handler at run time (same meaning as ``@on``); loop thread or before run()."""
@@ -504,7 +510,8 @@ class Runtime:
                 return
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if self._was_connected:
+                again = self._was_connected
+                if again:
                     # The broker rebinds when keys or policy change: renew the token so its
                     # grants follow the current policy.
                     log.info("reconnected to the broker; renewing the token")
@@ -512,6 +519,8 @@ class Runtime:
                     self._next_token_request = time.monotonic()
                 self.connected = self._was_connected = True
                 self._backoff = 1.0
+                if again:
+                    self._guarded(self.actor.reconnected, "reconnected")
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.connected = False
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
