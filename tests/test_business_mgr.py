@@ -171,6 +171,15 @@ def press(machine, observer, slot) -> dict:
     return observer.expect(topic_is("invoice.opened", machine="vm1", slot=slot), what="invoice.opened").message.body
 
 
+def press_short_lived(home, machine, observer, slot, lifetime_s) -> dict:
+    """press(), with the invoice lifetime policy at ``lifetime_s`` for that one invoice."""
+    dctrl(home, "policy", "set", "invoice_lifetime_s", str(lifetime_s))
+    try:
+        return press(machine, observer, slot)
+    finally:
+        dctrl(home, "policy", "set", "invoice_lifetime_s", "900")
+
+
 def pay(chain, address, sats, *, state="seen", confirmations=0, tx=None, vout=0):
     """Publish what the chain notifier would: chain.tx.seen|confirmed|replaced for one output."""
     tx = tx or txid(sats)
@@ -261,11 +270,7 @@ def test_paid_enough_vends_once(sales, chain, machine, observer, paid, final, cr
 
 
 def test_one_sat_short_of_the_tolerance_is_underpaid_at_expiry(sales, chain, machine, observer):
-    dctrl(sales, "policy", "set", "invoice_lifetime_s", "3")
-    try:
-        inv = press(machine, observer, COLA)
-    finally:
-        dctrl(sales, "policy", "set", "invoice_lifetime_s", "900")
+    inv = press_short_lived(sales, machine, observer, COLA, lifetime_s=3)
     short = COLA_SATS - TOLERANCE_SATS - 1
     pay(chain, inv["address"], short)
     changed(observer, inv["invoice"], "seen")
@@ -281,11 +286,7 @@ def test_one_sat_short_of_the_tolerance_is_underpaid_at_expiry(sales, chain, mac
 
 
 def test_an_unpaid_invoice_expires_and_a_late_payment_is_recorded_not_sold(sales, chain, machine, observer):
-    dctrl(sales, "policy", "set", "invoice_lifetime_s", "2")
-    try:
-        inv = press(machine, observer, COLA)
-    finally:
-        dctrl(sales, "policy", "set", "invoice_lifetime_s", "900")
+    inv = press_short_lived(sales, machine, observer, COLA, lifetime_s=2)
     changed(observer, inv["invoice"], "expired", timeout=20)
     pay(chain, inv["address"], COLA_SATS)
     late = observer.expect(topic_is("invoice.changed", invoice=inv["invoice"], late_sats=COLA_SATS)).message.body
@@ -426,11 +427,7 @@ def test_a_fee_bump_keeps_the_invoice_paid_on_time(sales, chain, machine, observ
 
 
 def test_a_payment_whose_event_was_lost_is_found_before_expiry(sales, chain, machine, observer):
-    dctrl(sales, "policy", "set", "invoice_lifetime_s", "3")
-    try:
-        inv = press(machine, observer, COLA)
-    finally:
-        dctrl(sales, "policy", "set", "invoice_lifetime_s", "900")
+    inv = press_short_lived(sales, machine, observer, COLA, lifetime_s=3)
     tx = txid("lost")
     with chain.actor.lock:  # the notifier knows it, but its chain.tx.seen never arrived
         chain.actor.outputs[inv["address"]] = [{"txid": tx, "vout": 0, "sats": COLA_SATS, "state": "mempool",
