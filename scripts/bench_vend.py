@@ -104,11 +104,9 @@ def run_vend_bench(quick=True, vends=None) -> dict:
         done: dict[str, str] = {}
         seen_at: dict[str, float] = {}      # txid -> chain.tx.seen heard here
         command_at: dict[str, float] = {}   # invoice -> its first vend command heard here
+        tips: set[int] = set()               # chain.block heights heard here
 
         class Listener(Actor):
-            def health(self_):
-                return "ok", None
-
             def beat(self_, msg):
                 heard.setdefault(msg.body["name"], {}).setdefault("first", time.time())
                 heard[msg.body["name"]]["status"] = msg.body["status"]
@@ -136,6 +134,7 @@ def run_vend_bench(quick=True, vends=None) -> dict:
         rt.add_handler("chain.watch.ack", listener.ack)
         rt.add_handler("chain.tx.seen", listener.seen)
         rt.add_handler("cmd.machine.vm1.vend", listener.command)
+        rt.add_handler("chain.block", lambda msg: tips.add(msg.body["height"]))
         threading.Thread(target=rt.run, daemon=True).start()
         prices = Runtime(Actor(), home.bus_settings("price_notifier"))
         threading.Thread(target=prices.run, daemon=True).start()
@@ -167,8 +166,6 @@ def run_vend_bench(quick=True, vends=None) -> dict:
         announced, observer, zsub = observe_announcements(sim, stop, time.time)
         direct = Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file)
 
-        tips: set[int] = set()
-        rt.call_soon(rt.add_handler, "chain.block", lambda msg: tips.add(msg.body["height"]))
         latencies, baseline = [], []
         segments = {"chain_notifier": [], "business_mgr": [], "agent": []}
         last_price = time.monotonic()
