@@ -63,7 +63,7 @@ from proto.errors import ConfigError
 
 from . import business_data as bd
 from .chain.addresses import AddressBook, Deriver
-from .db import add_missing_columns, connect, write_transaction
+from .db import Statements, add_missing_columns, connect, write_transaction
 from .outbox import Outbox, event_id
 from .runtime import Actor, every, on
 
@@ -270,6 +270,7 @@ class BusinessMgr(Actor):
         add_missing_columns(self.database, SalesPayment, ["replaced_by"])  # tables of older versions
         add_missing_columns(self.database, SalesWatch, ["created"])
         self.database.create_tables(TABLES, safe=True)
+        self.sql = Statements(self.database)  # the sale's path: fixed statements (see actors/db.py)
         self.outbox = Outbox(Outbox.model_for(self.database, "sales_outbox"))
         self.database.create_tables([self.outbox.model], safe=True)
         self.book = None
@@ -542,15 +543,15 @@ class BusinessMgr(Actor):
         # One query for both: this payment, or a payment it replaced (a fee bump takes the
         # original's place on its invoice: never a second sale, never "late" for the bump).
         pay = original = None
-        for p in SalesPayment.select().where(((SalesPayment.txid == txid) & (SalesPayment.vout == vout))
-                                             | (SalesPayment.replaced_by == txid)).order_by(SalesPayment.id):
+        for p in self.sql.select(SalesPayment, '("txid" = ? AND "vout" = ?) OR "replaced_by" = ?', txid, vout, txid,
+                                 tail='ORDER BY "id"'):
             if p.txid == txid and p.vout == vout:
                 pay = p
             elif original is None:
                 original = p
         if pay is None:
             if original is not None:
-                inv = SalesInvoice.get_by_id(original.invoice_id)
+                inv = self._invoice(original.invoice_id)
                 if inv.address != address:
                     original = None
             if original is None:
@@ -565,11 +566,11 @@ class BusinessMgr(Actor):
             # Unknown first-seen time (a snapshot from an older notifier): on time only if it still is.
             late = (original.late if original is not None else
                     inv.state not in WAITING + SELLING or first_seen > inv.expires)
-            pay = SalesPayment.create(txid=txid, vout=vout, invoice=inv, sats=sats, state=state,
-                                      confirmations=confirmations, rbf=rbf, late=late, first_seen=first_seen,
-                                      counted=original is not None and original.counted)
+            pay = self.sql.create(SalesPayment, txid=txid, vout=vout, invoice=inv, sats=sats, state=state,
+                                  confirmations=confirmations, rbf=rbf, late=late, first_seen=first_seen,
+                                  counted=original is not None and original.counted)
             if original is not None:
-                SalesPayment.update(counted=False).where(SalesPayment.id == original.id).execute()
+                self.sql.update(SalesPayment, '"id" = ?', (original.id,), counted=False)
                 log.info("payment %s:%d replaces %s:%d on invoice %d", txid, vout, original.txid, original.vout,
                          inv.id)
             elif late:
@@ -584,13 +585,19 @@ class BusinessMgr(Actor):
                 pay.replaced_by = by
             if state in ("replaced", "removed"):
                 self.asked.discard(pay.invoice_id)  # its replacement may pay us: ask before closing
-            pay.save()
+            self.sql.save(pay)
         self.held.pop(pay.invoice_id, None)
-        self._evaluate(inv if inv is not None else SalesInvoice.get_by_id(pay.invoice_id), now)
+        self._evaluate(inv if inv is not None else self._invoice(pay.invoice_id), now)
+
+    def _invoice(self, number: int) -> SalesInvoice:
+        inv = self.sql.first(SalesInvoice, '"id" = ?', number)
+        if inv is None:
+            raise SalesInvoice.DoesNotExist(f"no invoice {number}")
+        return inv
 
     def _invoice_for(self, address, state, now):
-        inv = (SalesInvoice.select().where((SalesInvoice.address == address) & (SalesInvoice.mode == "invoice"))
-               .order_by(SalesInvoice.id.desc()).first())
+        inv = self.sql.first(SalesInvoice, '"address" = ? AND "mode" = ?', address, "invoice",
+                             tail='ORDER BY "id" DESC')
         if inv is not None:
             return inv
         if address not in self.stickers or state not in LIVE:
@@ -620,7 +627,7 @@ class BusinessMgr(Actor):
 
     def _evaluate(self, inv, now):
         """Bring ``inv`` up to date with its payments, the clock and the price (in a transaction)."""
-        pays = list(SalesPayment.select().where(SalesPayment.invoice == inv.id))
+        pays = self.sql.select(SalesPayment, '"invoice_id" = ?', inv.id, tail='ORDER BY "id"')
         live = [p for p in pays if not p.late and p.state in LIVE]
         before = (inv.state, inv.received_sats, inv.late_sats, inv.lost_sats, inv.credit_sats)
         version, data = inv.version, dict(inv.__data__)
@@ -668,7 +675,7 @@ class BusinessMgr(Actor):
         if after != before and inv.version == version:  # one event for what this evaluation changed
             self._publish_change(inv, before[0], reason)
         if after != before or inv.version != version or inv.__data__ != data:
-            inv.save()
+            self.sql.save(inv)
 
     def _settled(self, inv, p) -> bool:
         """A payment that counts towards paying: confirmed enough (the notifier counts up to its
@@ -681,8 +688,8 @@ class BusinessMgr(Actor):
     def _still_paid(self, inv) -> bool:
         """Whether the invoice's on-time payments still settle it (checked before each new vend
         command: a payment replaced or removed since must not buy another item)."""
-        live = SalesPayment.select().where((SalesPayment.invoice == inv.id) & ~SalesPayment.late
-                                           & SalesPayment.state.in_(LIVE))
+        live = [p for p in self.sql.select(SalesPayment, '"invoice_id" = ?', inv.id)
+                if not p.late and p.state in LIVE]
         return sum(p.sats for p in live if self._settled(inv, p)) >= inv.due_sats - inv.tolerance_sats
 
     def _price_sticker(self, inv, pays) -> str | None:
@@ -714,7 +721,8 @@ class BusinessMgr(Actor):
 
     def _paid(self, inv, live, now):
         previous = inv.state
-        SalesPayment.update(counted=True).where(SalesPayment.id.in_([p.id for p in live])).execute()
+        for p in live:
+            self.sql.update(SalesPayment, '"id" = ?', (p.id,), counted=True)
         inv.paid_at = now
         inv.credit_sats = max(0, inv.received_sats - inv.due_sats)
         inv.state = "paid"
@@ -723,7 +731,7 @@ class BusinessMgr(Actor):
                  " (zero-conf)" if inv.zero_conf else "")
         self._change(inv, "vending", None)
         self._new_vend(inv, now)
-        inv.save()
+        self.sql.save(inv)
 
     def _change(self, inv, state, reason):
         previous, inv.state = inv.state, state
@@ -753,8 +761,8 @@ class BusinessMgr(Actor):
         v = PendingVend(id=os.urandom(16).hex(), invoice=inv.id, machine=inv.machine, slot=inv.slot,
                         expires=min(now + int(self.cfg["vend_command_ttl"]), deadline), deadline=deadline,
                         created=now)
-        SalesVend.create(id=v.id, invoice=inv.id, item=inv.vended, machine=v.machine, slot=v.slot, state="sent",
-                         created=now, expires=v.expires, deadline=deadline)
+        self.sql.create(SalesVend, id=v.id, invoice=inv.id, item=inv.vended, machine=v.machine, slot=v.slot,
+                        state="sent", created=now, expires=v.expires, deadline=deadline)
         self._uncommitted.append(v)
 
     @contextlib.contextmanager
@@ -785,11 +793,11 @@ class BusinessMgr(Actor):
             if v.state == "sent" and now > v.deadline + 30:
                 # Its expiry is past: the machine can no longer act on it, only tell what it did.
                 with self._txn():
-                    SalesVend.update(state="unanswered", attempts=v.attempts).where(SalesVend.id == v.id).execute()
-                    inv = SalesInvoice.get_by_id(v.invoice)
+                    self.sql.update(SalesVend, '"id" = ?', (v.id,), state="unanswered", attempts=v.attempts)
+                    inv = self._invoice(v.invoice)
                     self._close(inv, "failed", f"machine {v.machine} did not answer vend {v.id}; "
                                                "still asking what it did")
-                    inv.save()
+                    self.sql.save(inv)
                 v.state = "unanswered"
                 self._flush()
             if v.state == "unanswered" and now > v.created + int(self.cfg["late_window"]):
@@ -812,9 +820,9 @@ class BusinessMgr(Actor):
             log.warning("vend %s: %s says %s; asking again", cid, machine, reason)
             return  # not final on the machine: the same id is retried
         with self._txn():
-            inv = SalesInvoice.get_by_id(v.invoice)
-            SalesVend.update(state=status, acked_at=now, reason=reason, pulsed_ms=b["pulsed_ms"],
-                             attempts=v.attempts).where(SalesVend.id == cid).execute()
+            inv = self._invoice(v.invoice)
+            self.sql.update(SalesVend, '"id" = ?', (cid,), state=status, acked_at=now, reason=reason,
+                            pulsed_ms=b["pulsed_ms"], attempts=v.attempts)
             if status == "vended":
                 self.counts["vended"] += 1
                 inv.vended += 1
@@ -841,7 +849,7 @@ class BusinessMgr(Actor):
                 self.counts["failed"] += 1
                 if inv.state not in CLOSED or inv.state == "failed":
                     self._close(inv, "failed", f"vend {status} by {machine}: {reason or 'no reason given'}")
-            inv.save()
+            self.sql.save(inv)
         del self.vends[cid]  # answered (only now: had the transaction failed, it would be asked again)
         self._send_vends(time.monotonic())
         self._flush()
@@ -860,8 +868,8 @@ class BusinessMgr(Actor):
         """Expired invoices still waiting: close them (after asking the chain once more), or,
         paid on time and waiting for confirmations, look again every ``reconcile_interval``."""
         now, mono = int(self.clock()), time.monotonic()
-        due = [i for (i,) in SalesInvoice.select(SalesInvoice.id).where(
-            SalesInvoice.state.in_(WAITING) & (SalesInvoice.expires <= now)).tuples() if self.held.get(i, 0) <= mono]
+        due = [i for (i,) in self.sql.rows('SELECT "id" FROM "sales_invoice" WHERE "state" IN (?, ?) '
+                                           'AND "expires" <= ?', *WAITING, now) if self.held.get(i, 0) <= mono]
         if not due:
             return
         with self._txn():

@@ -48,7 +48,7 @@ from keys.home import Home
 from proto.errors import DctrlError
 
 from .chain.adaptor import ChainError, Failover, Tx
-from .db import add_missing_columns, connect, write_transaction
+from .db import Statements, add_missing_columns, connect, write_transaction
 from .runtime import Actor, on
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ class ChainNotifier(Actor):
         db.initialize(self.database)
         add_missing_columns(self.database, ChainOutput, ["seen_at", "replaced_by"])  # tables of older versions
         self.database.create_tables(TABLES, safe=True)
+        self.sql = Statements(self.database)  # a payment's path: fixed statements (see actors/db.py)
         self.commands: queue.Queue = queue.Queue()
         self.sent: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
@@ -271,7 +272,8 @@ class ChainNotifier(Actor):
                     if due:
                         next_reconcile = time.monotonic() + self.cfg["reconcile_interval"]
                 elif "tx" in kinds:  # the fast path: look at just the announced transactions
-                    self.check_txs([h.value for h in hints if h.kind == "tx"])
+                    self.check_txs([h.value for h in hints if h.kind == "tx"],
+                                   {h.value: h.tx for h in hints if h.tx is not None})
                 self.status.update(error=None, backend=self.adaptor.name, synced=True)
                 backoff = 1.0
             except ChainError as exc:
@@ -427,12 +429,12 @@ class ChainNotifier(Actor):
         if not tx.inputs:
             return
         spent = set(tx.inputs)
-        candidates = (ChainOutput.select(ChainOutput.id, ChainOutput.inputs)
-                      .where((ChainOutput.state == "mempool") & (ChainOutput.txid != tx.txid)).tuples())
+        candidates = self.sql.rows('SELECT "id", "inputs" FROM "chain_output" WHERE "state" = ? AND "txid" <> ?',
+                                   "mempool", tx.txid)
         for rid, inputs in candidates:  # (plain tuples: this runs for every new transaction)
             if spent & {tuple(i) for i in json.loads(inputs)}:
-                row = ChainOutput.get_by_id(rid)
-                ChainOutput.update(state="replaced", replaced_by=tx.txid).where(ChainOutput.id == row.id).execute()
+                row = self.sql.first(ChainOutput, '"id" = ?', rid)
+                self.sql.update(ChainOutput, '"id" = ?', (row.id,), state="replaced", replaced_by=tx.txid)
                 self._enqueue("chain.tx.replaced", {**self._output_fields(row), "by": tx.txid},
                               event_id("replaced", row.txid, row.vout, tx.txid))
                 log.warning("payment %s:%d replaced by %s", row.txid, row.vout, tx.txid)
@@ -449,12 +451,15 @@ class ChainNotifier(Actor):
 
     # -- mempool --------------------------------------------------------------
 
-    def check_txs(self, txids):
-        """Record watched outputs of these (announced) transactions if they are in the mempool."""
+    def check_txs(self, txids, bodies=None):
+        """Record watched outputs of these (announced) transactions if they are in the mempool.
+        ``bodies``: txid -> the unconfirmed Tx, where the announcement carried it (no query)."""
         for txid in txids:
             if txid in self._mempool_checked:
                 continue
-            tx = self.adaptor.transaction(txid)
+            tx = bodies.get(txid) if bodies else None
+            if tx is None:
+                tx = self.adaptor.transaction(txid)
             if tx is not None and tx.height is None:
                 with write_transaction(self.database):
                     self._replaced_by(tx)
@@ -488,12 +493,11 @@ class ChainNotifier(Actor):
 
     def _seen(self, tx: Tx, out):
         address, label = self._watched[out.script]
-        row = ChainOutput.get_or_none(txid=out.txid, vout=out.vout)
-        if row is not None:
+        if self.sql.rows('SELECT 1 FROM "chain_output" WHERE "txid" = ? AND "vout" = ?', out.txid, out.vout):
             return
-        row = ChainOutput.create(txid=out.txid, vout=out.vout, script=out.script, address=address, sats=out.sats,
-                                 label=label, state="mempool", rbf=tx.rbf, inputs=json.dumps(tx.inputs),
-                                 seen_at=int(self.clock()))
+        row = self.sql.create(ChainOutput, txid=out.txid, vout=out.vout, script=out.script, address=address,
+                              sats=out.sats, label=label, state="mempool", rbf=tx.rbf, inputs=json.dumps(tx.inputs),
+                              seen_at=int(self.clock()))
         self._enqueue("chain.tx.seen", {**self._output_fields(row), "rbf": tx.rbf},
                       event_id("seen", row.txid, row.vout, 0))
         log.info("payment seen: %s:%d %d sats to %s", row.txid, row.vout, row.sats, address)
@@ -514,23 +518,23 @@ class ChainNotifier(Actor):
 
     def _enqueue(self, topic, body, eid):
         """Record an event in the outbox (inside the caller's transaction)."""
-        ChainOutbox.insert(event_id=eid, topic=topic, body=msgpack.packb({**body, "event_id": eid}
-                                                                          if topic.startswith("chain.tx.") else body,
-                                                                          use_bin_type=True)) \
-            .on_conflict_ignore().execute()
+        packed = msgpack.packb({**body, "event_id": eid} if topic.startswith("chain.tx.") else body,
+                               use_bin_type=True)
+        self.sql.execute('INSERT INTO "chain_outbox" ("event_id", "topic", "body", "sent") VALUES (?, ?, ?, ?) '
+                         'ON CONFLICT DO NOTHING', eid, topic, packed, False)
 
     def _answer(self, topic, body):
         """Acknowledgements are answers, not facts: published directly, not via the outbox."""
         self.runtime.publish(topic, body)
 
     def _flush_outbox(self):
-        query = ChainOutbox.select().where(ChainOutbox.sent == False)  # noqa: E712
-        if self._inflight:
-            query = query.where(ChainOutbox.id.not_in(list(self._inflight)))
-        rows = list(query.order_by(ChainOutbox.id).limit(500))
+        rows = [r for r in self.sql.rows('SELECT "id", "topic", "body" FROM "chain_outbox" WHERE "sent" = ? '
+                                         'ORDER BY "id" LIMIT ?', False, 500 + len(self._inflight))
+                if r[0] not in self._inflight]
         if rows:
-            self._inflight.update(r.id for r in rows)
-            self.runtime.call_soon(self._send, [(r.id, r.topic, msgpack.unpackb(r.body, raw=False)) for r in rows])
+            self._inflight.update(rid for rid, _, _ in rows)
+            self.runtime.call_soon(self._send, [(rid, topic, msgpack.unpackb(body, raw=False))
+                                                for rid, topic, body in rows])
 
     def _send(self, batch):
         """In the loop thread: put events on the socket, then tell the worker which went out."""
@@ -548,4 +552,6 @@ class ChainNotifier(Actor):
             if ok:
                 done.append(rid)
         if done:
-            ChainOutbox.update(sent=True).where(ChainOutbox.id.in_(done)).execute()
+            with self.database.atomic():  # one commit for the batch
+                for rid in done:
+                    self.sql.execute('UPDATE "chain_outbox" SET "sent" = ? WHERE "id" = ?', True, rid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import peewee
 from playhouse.db_url import connect as _connect
 
 from proto.errors import ConfigError
@@ -92,3 +93,93 @@ def describe(db) -> str:
         return f"SQLite {db.database} (journal {mode})"
     version = db.execute_sql("SHOW server_version").fetchone()[0]
     return f"PostgreSQL {version} ({db.database})"
+
+
+class Statements:
+    """Fixed SQL for the paths a vend waits on, in place of peewee's query builder there.
+
+    peewee builds a query's SQL text anew every time it runs: on this hardware
+    about 0.5 ms for a select of a 28-column row, against some 20 µs for SQLite to
+    run it. A sale's path runs a dozen queries across two actors, so on that path
+    (and the timers beside it) actors use these instead: statements written with
+    ``?`` placeholders, converted once to the driver's style and kept, and rows
+    turned into the same peewee model instances the rest of the code uses.
+    Peewee still makes the schema and serves every other query. Statements run in
+    the caller's transaction like any query, on the calling thread's connection.
+    """
+
+    def __init__(self, database):
+        self.database = database
+        self._sql: dict = {}
+
+    def _prepare(self, key, build) -> str:
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = build()
+            if self.database.param != "?":
+                sql = sql.replace("?", self.database.param)
+            self._sql[key] = sql
+        return sql
+
+    def execute(self, sql: str, *params):
+        """Run ``sql`` (``?`` placeholders); returns the cursor."""
+        return self.database.execute_sql(self._prepare(sql, lambda: sql), params)
+
+    def rows(self, sql: str, *params) -> list[tuple]:
+        return self.execute(sql, *params).fetchall()
+
+    def select(self, model, where: str, *params, tail: str = "") -> list:
+        """``model`` instances for ``SELECT <all columns> FROM <table> WHERE <where> <tail>``."""
+        fields = model._meta.sorted_fields
+        sql = self._prepare((model, where, tail), lambda: "SELECT {} FROM {} WHERE {} {}".format(
+            ", ".join(_quote(f.column_name) for f in fields), _quote(model._meta.table_name), where, tail))
+        out = []
+        for row in self.database.execute_sql(sql, params).fetchall():
+            obj = model(__no_default__=1, **{f.name: f.python_value(v) for f, v in zip(fields, row)})
+            obj._dirty.clear()
+            out.append(obj)
+        return out
+
+    def first(self, model, where: str, *params, tail: str = ""):
+        found = self.select(model, where, *params, tail=f"{tail} LIMIT 1")
+        return found[0] if found else None
+
+    def create(self, model, **values):
+        """Insert a row (field defaults applied as peewee's ``create`` does); returns the instance."""
+        meta = model._meta
+        data = {**meta.get_default_dict(), **values}
+        pk = meta.primary_key
+        auto = isinstance(pk, peewee.AutoField) and pk.name not in data
+        fields = [f for f in meta.sorted_fields if f.name in data]
+        returning = f" RETURNING {_quote(pk.column_name)}" if auto else ""
+        key = (model, "insert", tuple(f.name for f in fields))
+        sql = self._prepare(key, lambda: "INSERT INTO {} ({}) VALUES ({}){}".format(
+            _quote(meta.table_name), ", ".join(_quote(f.column_name) for f in fields), ", ".join("?" * len(fields)),
+            returning))
+        cursor = self.database.execute_sql(sql, [f.db_value(data[f.name]) for f in fields])
+        if auto:
+            data[pk.name] = cursor.fetchone()[0]
+        obj = model(__no_default__=1, **data)
+        obj._dirty.clear()
+        return obj
+
+    def update(self, model, where: str, params: tuple, **values) -> int:
+        """``UPDATE <table> SET <values> WHERE <where>``; returns the rows changed."""
+        meta = model._meta
+        fields = [meta.fields[name] for name in values]
+        sql = self._prepare((model, "update", where, tuple(values)), lambda: "UPDATE {} SET {} WHERE {}".format(
+            _quote(meta.table_name), ", ".join(f"{_quote(f.column_name)} = ?" for f in fields), where))
+        return self.database.execute_sql(sql, [*(f.db_value(values[f.name]) for f in fields), *params]).rowcount
+
+    def save(self, obj) -> None:
+        """Write ``obj``'s changed fields (as peewee's ``save`` of an existing row)."""
+        names = [f.name for f in obj.dirty_fields]
+        if names:
+            pk = obj._meta.primary_key
+            self.update(type(obj), f"{_quote(pk.column_name)} = ?", (obj.__data__[pk.name],),
+                        **{n: obj.__data__[n] for n in names})
+            obj._dirty.clear()
+
+
+def _quote(name: str) -> str:
+    return f'"{name}"'

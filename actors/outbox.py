@@ -21,6 +21,8 @@ import peewee
 
 from proto.errors import DctrlError
 
+from .db import Statements
+
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +34,12 @@ def event_id(*parts) -> str:
 class Outbox:
     def __init__(self, model):
         self.model = model
+        self.sql = Statements(model._meta.database)  # on every sale's path: fixed statements
+        table = model._meta.table_name
+        self._insert = (f'INSERT INTO "{table}" ("event_id", "topic", "body", "sent") VALUES (?, ?, ?, ?) '
+                        'ON CONFLICT DO NOTHING')
+        self._unsent = f'SELECT "id", "topic", "body" FROM "{table}" WHERE "sent" = ? ORDER BY "id" LIMIT ?'
+        self._mark = f'UPDATE "{table}" SET "sent" = ? WHERE "id" = ?'
 
     @staticmethod
     def model_for(database, table_name: str) -> type[peewee.Model]:
@@ -50,7 +58,7 @@ class Outbox:
         """Record an event (inside the caller's transaction); ``event_id`` is added to the body.
         Recording the same ``eid`` twice records it once."""
         packed = msgpack.packb({**body, "event_id": eid}, use_bin_type=True)
-        self.model.insert(event_id=eid, topic=topic, body=packed).on_conflict_ignore().execute()
+        self.sql.execute(self._insert, eid, topic, packed, False)
 
     def flush(self, runtime, limit: int = 500) -> int:
         """Loop thread: publish unsent events in order, mark them sent; returns how many went out.
@@ -58,20 +66,21 @@ class Outbox:
         Publishes only while the runtime can send now (a valid token and a socket); otherwise
         the rows wait for the next flush rather than the runtime's own queue, so nothing is
         queued twice."""
-        M = self.model
         sent = []
-        for row in M.select().where(M.sent == False).order_by(M.id).limit(limit):  # noqa: E712
+        for rid, topic, body in self.sql.rows(self._unsent, False, limit):
             if not runtime.ready_to_publish():
                 break
             try:
-                if not runtime.publish(row.topic, msgpack.unpackb(row.body, raw=False)):
+                if not runtime.publish(topic, msgpack.unpackb(body, raw=False)):
                     break
             except DctrlError as exc:  # an event its own schema refuses: a bug; never block the rest
-                log.error("outbox %s row %d (%s) cannot be sent and is set aside: %s", M._meta.table_name,
-                          row.id, row.topic, exc)
-            sent.append(row.id)
+                log.error("outbox %s row %d (%s) cannot be sent and is set aside: %s", self.model._meta.table_name,
+                          rid, topic, exc)
+            sent.append(rid)
         if sent:
-            M.update(sent=True).where(M.id.in_(sent)).execute()
+            with self.model._meta.database.atomic():  # one commit for the batch
+                for rid in sent:
+                    self.sql.execute(self._mark, True, rid)
         return len(sent)
 
     def pending(self) -> int:

@@ -108,6 +108,43 @@ def test_hints_report_new_txs_and_blocks_and_gaps(sim, backend):
         assert any(h.kind == "resync" and "gap" in h.value for h in saw("resync", None))
 
 
+def test_bitcoind_tx_hints_carry_the_body_from_rawtx(sim):
+    """A mempool acceptance ("A") hint carries the transaction parsed from the rawtx that came
+    just before it, equal to what getrawtransaction says; block transactions' bodies never
+    ride on a hint, and a hint whose rawtx was lost is a plain txid (the consumer asks)."""
+    b = make_bitcoind(sim)
+    try:
+        b.hints(0.1)  # connects
+        sim.wait_zmq_subscribed("sequence", "rawtx")
+        address = sim.new_address()
+
+        def tx_hints(want):
+            got, deadline = [], time.monotonic() + 15
+            while time.monotonic() < deadline and not any(h.kind == "tx" and h.value == want for h in got):
+                got += b.hints(0.2)
+            return [h for h in got if h.kind == "tx"]
+
+        for rbf in (True, False):
+            txid = sim.pay(address, "0.002", rbf=rbf)
+            (hint,) = [h for h in tx_hints(txid) if h.value == txid]
+            by_rpc = b.transaction(txid)
+            assert hint.tx is not None and hint.tx.txid == txid and hint.tx.height is None
+            assert hint.tx.rbf is rbf and hint.tx.inputs == by_rpc.inputs
+            assert [(o.txid, o.vout, o.script, o.sats) for o in hint.tx.outputs] == \
+                [(o.txid, o.vout, o.script, o.sats) for o in by_rpc.outputs]
+        sim.mine(1)  # rawtx for each block transaction, coinbase included: no hint carries one
+        txid = sim.pay(address, "0.003")
+        assert all(h.tx is None or h.tx.txid == h.value for h in tx_hints(txid))
+        coinbase = [tx for tx in b._zmq.bodies.values() if not tx.inputs]
+        assert coinbase and coinbase[0].rbf is False  # parsed as a coinbase: no spent outpoints
+        sim.drop_zmq(2)  # the next payment's hashtx and rawtx: its "A" comes without a body
+        txid = sim.pay(address, "0.004")
+        (hint,) = [h for h in tx_hints(txid) if h.value == txid]
+        assert hint.tx is None
+    finally:
+        b.close()
+
+
 def test_wrong_password_and_dead_node(sim):
     bad = Bitcoind(sim.rpc_url, user="__cookie__", password="wrong")
     with pytest.raises(ChainError, match="refused our RPC credentials"):

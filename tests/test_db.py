@@ -102,3 +102,66 @@ def test_add_missing_columns_upgrades_an_older_table(db):
         with db.atomic():
             New.create(name="dup", label="x")
     db.drop_tables([New])
+
+
+def test_statements_read_and_write_what_peewee_does(db):
+    """The fixed statements of hot paths (actors.db.Statements) give and take the same rows as
+    peewee's query builder, on both backends: defaults, booleans, foreign keys, NULLs, blobs."""
+    from actors.db import Statements
+
+    suffix = uuid.uuid4().hex[:10]
+
+    class Parent(peewee.Model):
+        name = peewee.CharField()
+        open = peewee.BooleanField(default=True)
+        sats = peewee.BigIntegerField(default=0)
+        note = peewee.TextField(null=True)
+
+        class Meta:
+            database = db
+            table_name = f"parent_{suffix}"
+
+    class Child(peewee.Model):
+        key = peewee.CharField(primary_key=True, max_length=32)
+        parent = peewee.ForeignKeyField(Parent, on_delete="CASCADE")
+        body = peewee.BlobField()
+
+        class Meta:
+            database = db
+            table_name = f"child_{suffix}"
+
+    db.create_tables([Parent, Child])
+    sql = Statements(db)
+    try:
+        with db.atomic():
+            p = sql.create(Parent, name="a", sats=2_100_000_000_000_000)
+            assert p.id is not None and p.open is True and p.note is None and not p.is_dirty()
+            c = sql.create(Child, key="k1", parent=p, body=b"\x00\xff")
+        got = Parent.get_by_id(p.id)  # what peewee reads back
+        assert (got.name, got.open, got.sats, got.note) == ("a", True, 2_100_000_000_000_000, None)
+        assert bytes(Child.get_by_id("k1").body) == b"\x00\xff" and c.parent_id == p.id
+
+        (again,) = sql.select(Parent, f'"{Parent._meta.table_name}"."id" = ?', p.id)
+        assert again.__data__ == got.__data__ and not again.is_dirty()
+        assert sql.first(Parent, '"name" = ?', "nobody") is None
+        (child,) = sql.select(Child, '"parent_id" = ?', p.id)
+        assert child.parent_id == p.id and bytes(child.body) == b"\x00\xff"
+
+        again.open, again.note = False, "closed"
+        sql.save(again)  # only what changed is written
+        assert not again.is_dirty()
+        got = Parent.get_by_id(p.id)
+        assert (got.name, got.open, got.note) == ("a", False, "closed")
+        Parent.update(name="renamed").where(Parent.id == p.id).execute()
+        again.sats = 5
+        sql.save(again)
+        assert (Parent.get_by_id(p.id).name, Parent.get_by_id(p.id).sats) == ("renamed", 5)  # name untouched
+
+        assert sql.update(Parent, '"id" = ?', (p.id,), sats=7) == 1
+        assert sql.update(Parent, '"id" = ?', (p.id + 1000,), sats=7) == 0
+        assert sql.rows(f'SELECT "sats" FROM "{Parent._meta.table_name}" WHERE "open" = ?', False) == [(7,)]
+        with pytest.raises(peewee.IntegrityError):
+            with db.atomic():
+                sql.create(Child, key="k1", parent=p, body=b"")
+    finally:
+        db.drop_tables([Child, Parent])

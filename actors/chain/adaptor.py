@@ -62,10 +62,15 @@ class Block:
 
 @dataclass(frozen=True)
 class Hint:
-    """``kind`` is ``tx`` (txid), ``block`` (hash) or ``resync`` (reason)."""
+    """``kind`` is ``tx`` (txid), ``block`` (hash) or ``resync`` (reason).
+
+    A ``tx`` hint may carry the transaction itself (``tx``, unconfirmed), when the
+    backend's notification included its body and the txid was computed from that
+    body: the consumer then needs no query to look at it."""
 
     kind: str
     value: str
+    tx: Tx | None = field(default=None, repr=False, compare=False)
 
 
 class ChainAdaptor(Protocol):

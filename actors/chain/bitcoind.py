@@ -1,4 +1,4 @@
-"""bitcoind backend: JSON-RPC through python-bitcoinrpc, hints from its ZMQ ``sequence``.
+"""bitcoind backend: JSON-RPC through python-bitcoinrpc, hints from its ZMQ ``sequence`` and ``rawtx``.
 
 Works with a node that has no wallet and no ``-txindex`` for what the
 notifier needs (blocks, mempool, ``scantxoutset``). ZMQ is only a hint:
@@ -21,10 +21,13 @@ import urllib.parse
 from decimal import Decimal
 from pathlib import Path
 
+from collections import OrderedDict
+
 import zmq
 from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
 from embit.networks import NETWORKS
 from embit.script import address_to_scriptpubkey
+from embit.transaction import Transaction
 
 from .adaptor import Block, ChainError, Hint, Tip, Tx, TxOut
 
@@ -201,6 +204,18 @@ class Bitcoind:
             self._zmq = None
 
 
+def parse_raw_tx(raw: bytes) -> Tx:
+    """An unconfirmed transaction from its serialization (a ``rawtx`` notification).
+    Output addresses are left None: consumers match on scripts."""
+    t = Transaction.parse(raw)
+    txid = t.txid().hex()
+    outputs = tuple(TxOut(txid, n, o.script_pubkey.data.hex(), None, int(o.value)) for n, o in enumerate(t.vout))
+    spends = [i for i in t.vin if not (i.vout == 0xFFFFFFFF and i.txid == bytes(32))]  # not a coinbase
+    inputs = tuple((i.txid.hex(), int(i.vout)) for i in spends)
+    rbf = any(i.sequence < FINAL_SEQUENCE for i in spends)
+    return Tx(txid, outputs, inputs, rbf)
+
+
 def _touches(tx: Tx, script: str, ours: set) -> bool:
     hit = False
     for o in tx.outputs:
@@ -218,7 +233,19 @@ def _http_reason(message) -> str:
 
 
 class _SequenceListener:
-    """SUB to bitcoind's ``sequence`` topic: 3 frames, a uint32 LE counter per topic."""
+    """SUB to bitcoind's ``sequence`` and ``rawtx`` topics: 3 frames, a uint32 LE counter per topic.
+
+    ``sequence`` drives the hints; a gap in its counter means a resync. ``rawtx``
+    only supplies bodies: Core publishes a transaction's ``rawtx`` just before its
+    ``sequence`` "A" (mempool acceptance), so the "A" hint carries the parsed
+    transaction and the consumer skips a ``getrawtransaction``. The txid is
+    computed here from the body, so a body can only ever stand for the txid it
+    hashes to; without one (lost, unparsable, the topic not enabled on the node)
+    the hint is a plain txid and the consumer asks over RPC as before. ``rawtx``
+    is also sent for every transaction of a connected block; those bodies are
+    never announced with "A" and age out of the bounded buffer."""
+
+    BODIES = 2000  # rawtx bodies kept while waiting for their "A"
 
     def __init__(self, endpoint):
         self.ctx = zmq.Context()
@@ -226,12 +253,14 @@ class _SequenceListener:
         self.sock.linger = 0
         self.sock.rcvhwm = 0  # never drop on our side; gaps are still detected
         self.sock.setsockopt(zmq.SUBSCRIBE, b"sequence")
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"rawtx")
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.sock.connect(endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
         self.last_seq = None
+        self.bodies: OrderedDict[str, Tx] = OrderedDict()
 
     def hints(self, timeout):
         out: list[Hint] = []
@@ -247,8 +276,23 @@ class _SequenceListener:
                     frames = self.sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                out.extend(self._parse(frames))
+                if frames[0] == b"rawtx":
+                    self._body(frames)
+                else:
+                    out.extend(self._parse(frames))
         return out
+
+    def _body(self, frames):
+        if len(frames) != 3:
+            return
+        try:
+            tx = parse_raw_tx(frames[1])
+        except Exception as exc:  # embit raises several types; the RPC path still works
+            log.warning("unparsable rawtx notification (%d bytes) ignored: %s", len(frames[1]), exc)
+            return
+        self.bodies[tx.txid] = tx
+        while len(self.bodies) > self.BODIES:
+            self.bodies.popitem(last=False)
 
     def _parse(self, frames) -> list[Hint]:
         if len(frames) != 3 or len(frames[2]) != 4 or len(frames[1]) < 33:
@@ -263,7 +307,9 @@ class _SequenceListener:
         hash_hex, label = frames[1][:32].hex(), frames[1][32:33]
         if label in (b"C", b"D"):
             hints.append(Hint("block", hash_hex))
-        elif label in (b"A", b"R"):
+        elif label == b"A":
+            hints.append(Hint("tx", hash_hex, self.bodies.pop(hash_hex, None)))
+        elif label == b"R":
             hints.append(Hint("tx", hash_hex))
         else:
             hints.append(Hint("resync", f"unknown sequence label {label!r}"))
