@@ -48,7 +48,7 @@ from keys.home import Home
 from proto.errors import DctrlError
 
 from .chain.adaptor import ChainError, Failover, Tx
-from .db import Statements, add_missing_columns, connect, write_transaction
+from .db import Statements, add_missing_columns, checkpoint_in_background, connect, write_transaction
 from .runtime import Actor, on
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ class ChainNotifier(Actor):
         self.sent: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.worker = None
+        self._checkpoints = None
         self.status = {"tip": None, "node_tip": None, "backend": None, "error": None, "watched": 0,
                        "synced": False}
         self._watched: dict[str, tuple[str, str | None]] = {}
@@ -196,6 +197,7 @@ class ChainNotifier(Actor):
             self.runtime.request_secret(name)
         if not self.needed_secrets:
             self.secrets_ready.set()
+        self._checkpoints = checkpoint_in_background(self.database)  # no WAL copy on a payment's commit
         self.worker = threading.Thread(target=self._work, name="chain-worker", daemon=True)
         self.worker.start()
 
@@ -214,6 +216,8 @@ class ChainNotifier(Actor):
             self.worker.join(15)
         if self.adaptor is not None:
             self.adaptor.close()
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
         self.database.close()
 
     def health(self):
@@ -261,6 +265,8 @@ class ChainNotifier(Actor):
                         self._mempool_checked.pop(t, None)
                     self.check_txs(txids)
                 hints = self.adaptor.hints(0.5)
+                if not hints:  # idle: a good moment to mark what went out
+                    self._mark_sent()
                 kinds = {h.kind for h in hints}
                 for h in hints:
                     if h.kind == "resync":
@@ -287,8 +293,9 @@ class ChainNotifier(Actor):
                 log.exception("chain worker failed; retrying")
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
-            self._mark_sent()
             self._flush_outbox()
+            if self.sent.qsize() >= 200:
+                self._mark_sent()
         self._mark_sent()
 
     def _load(self):
@@ -552,6 +559,6 @@ class ChainNotifier(Actor):
             if ok:
                 done.append(rid)
         if done:
-            with self.database.atomic():  # one commit for the batch
+            with write_transaction(self.database):  # one commit for the batch
                 for rid in done:
                     self.sql.execute('UPDATE "chain_outbox" SET "sent" = ? WHERE "id" = ?', True, rid)

@@ -21,7 +21,7 @@ import peewee
 
 from proto.errors import DctrlError
 
-from .db import Statements
+from .db import Statements, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Outbox:
                           rid, topic, exc)
             sent.append(rid)
         if sent:
-            with self.model._meta.database.atomic():  # one commit for the batch
+            with write_transaction(self.model._meta.database):  # one commit for the batch
                 for rid in sent:
                     self.sql.execute(self._mark, True, rid)
         return len(sent)

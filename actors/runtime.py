@@ -26,7 +26,9 @@ Handlers never touch zmq, so tests can call them with a decoded message.
 from __future__ import annotations
 
 import collections
+import heapq
 import logging
+import math
 import os
 import random
 import signal
@@ -155,6 +157,8 @@ class Runtime:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.keys.name}-work")
         self.outbox: collections.deque = collections.deque()  # (topic, body) awaiting a token
         self.crossthread: collections.deque = collections.deque()
+        self.later: list = []  # heap of (monotonic due, n, fn, args): call_later
+        self._later_n = 0
         self.secrets_wanted: dict[str, float] = {}  # name -> next retry (monotonic)
         self.counters = collections.Counter(received=0, accepted=0, rejected=0, handler_errors=0, published=0)
         self._errors_window: dict = {}
@@ -293,6 +297,11 @@ class Runtime:
         self.crossthread.append((fn, args))
         self._wake()
 
+    def call_later(self, delay: float, fn, *args) -> None:
+        """Run ``fn(*args)`` in the loop thread ``delay`` seconds from now. Loop thread only."""
+        self._later_n += 1
+        heapq.heappush(self.later, (time.monotonic() + delay, self._later_n, fn, args))
+
     def stop(self):
         self._stop.set()
         self._wake()
@@ -345,6 +354,9 @@ class Runtime:
                     except BlockingIOError:
                         pass
                 self._run_crossthread()
+                while self.later and self.later[0][0] <= time.monotonic():
+                    _, _, fn, args = heapq.heappop(self.later)
+                    self._guarded(fn, "call_later", *args)
         finally:
             self._shutdown()
 
@@ -360,12 +372,14 @@ class Runtime:
     def _timeout(self, next_health) -> int:
         now = time.monotonic()
         deadlines = [next_health, self._next_token_request, now + 1.0, *self.secrets_wanted.values()]
+        if self.later:
+            deadlines.append(self.later[0][0])
         idle = self.scheduler.idle_seconds
         if idle is not None:
             deadlines.append(now + max(0.0, idle))
         if self._reconnect_at is not None:
             deadlines.append(self._reconnect_at)
-        return max(0, int((min(deadlines) - now) * 1000))
+        return max(0, math.ceil((min(deadlines) - now) * 1000))
 
     def _drain(self):
         recv = self.sub.recv_multipart

@@ -9,16 +9,25 @@ from here, as the ``price_notifier`` identity.
 For each vend: a button press on the simulated machine (its control socket)
 opens an invoice; once the ChainNotifier watches the address, the simulator
 pays it; every 10 vends a block is mined (as on a real chain, payments
-confirm: unconfirmed ones do not pile up by the hundred). **Latency** is from the simulator's ZMQ ``sequence`` notification of
-that transaction (when a plain ZMQ subscriber in this process receives it) to
-the relay pin going active in the agent (the MockPin's recorded time; both are
-wall-clock times on this host). The path: ChainNotifier (RPC, commit, outbox)
+confirm: unconfirmed ones do not pile up by the hundred). **Latency** is from
+the simulator's ZMQ ``sequence`` notification of that transaction (when a
+plain ZMQ subscriber in this process receives it) to the relay pin going
+active in the agent (the MockPin's recorded time; both are wall-clock times on
+this host). The path: ChainNotifier (the body from ``rawtx``, commit, outbox)
 -> broker -> BusinessMgr (commit, signed vend command) -> broker -> the agent
 (signature and token checks, fsynced journal) -> the pin.
 
-**Baseline**, same payments, same run: the notification plus the one RPC any
-payment detector needs (``getrawtransaction``), done directly here: the part
-of the path no design can avoid.
+**Baseline**, same payments, same run: the notification plus one
+``getrawtransaction``, done directly here: what a plain RPC-based payment
+detector takes before it knows anything (ChainNotifier itself now reads the
+body from the ``rawtx`` notification and skips that RPC).
+
+**Diagnostics**: ``segments_*`` split each vend where this process's
+subscriber heard ``chain.tx.seen`` and the vend command (each share includes
+a broker hop; this process is busy too, so a segment can be off by a
+millisecond either way); ``slowest`` lists the five slowest vends so split;
+``cpu_ms_per_vend`` is each process's CPU time over the run divided by the
+vends (timers and heartbeats included).
 
 **Agent**: resident memory (VmRSS and peak VmHWM from /proc) after the run,
 and start-up time from spawning ``dctrl-agent`` to its first heartbeat on the
@@ -50,15 +59,36 @@ def _status_kb(pid, field) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
 
 
+# The listener's handlers notify this after each message; the bench waits on it rather than
+# polling, which on two cores would take CPU from the processes being measured.
+_changed = threading.Condition()
+
+
+def _signalling(handler):
+    def handle(msg):
+        handler(msg)
+        with _changed:
+            _changed.notify_all()
+    return handle
+
+
+def _cpu_ms(pid) -> float:
+    """User plus system CPU time of a process so far, in ms (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def _wait(predicate, timeout, what):
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.0005)
+    with _changed:
+        while True:
+            value = predicate()
+            if value:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            _changed.wait(min(left, 0.05))  # (also looks again now and then: files, sockets)
 
 
 def _cli(home, *args):
@@ -129,12 +159,12 @@ def run_vend_bench(quick=True, vends=None) -> dict:
 
         listener = Listener()
         rt = Runtime(listener, home.bus_settings("admin"))
-        rt.add_handler("health", listener.beat)
-        rt.add_handler("invoice", listener.invoice)
-        rt.add_handler("chain.watch.ack", listener.ack)
+        rt.add_handler("health", _signalling(listener.beat))
+        rt.add_handler("invoice", _signalling(listener.invoice))
+        rt.add_handler("chain.watch.ack", _signalling(listener.ack))
         rt.add_handler("chain.tx.seen", listener.seen)
         rt.add_handler("cmd.machine.vm1.vend", listener.command)
-        rt.add_handler("chain.block", lambda msg: tips.add(msg.body["height"]))
+        rt.add_handler("chain.block", _signalling(lambda msg: tips.add(msg.body["height"])))
         threading.Thread(target=rt.run, daemon=True).start()
         prices = Runtime(Actor(), home.bus_settings("price_notifier"))
         threading.Thread(target=prices.run, daemon=True).start()
@@ -166,6 +196,8 @@ def run_vend_bench(quick=True, vends=None) -> dict:
         announced, observer, zsub = observe_announcements(sim, stop, time.time)
         direct = Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file)
 
+        pids = {**{name: p.pid for name, p in procs.procs.items()}, "agent": agent.pid, "bench": os.getpid()}
+        cpu0 = {name: _cpu_ms(pid) for name, pid in pids.items()}
         latencies, baseline = [], []
         segments = {"chain_notifier": [], "business_mgr": [], "agent": []}
         last_price = time.monotonic()
@@ -197,6 +229,8 @@ def run_vend_bench(quick=True, vends=None) -> dict:
             segments["chain_notifier"].append((seen_at[txid] - announced[txid]) * 1000)
             segments["business_mgr"].append((command_at[inv["invoice"]] - seen_at[txid]) * 1000)
             segments["agent"].append((on_us / 1e6 - command_at[inv["invoice"]]) * 1000)
+        cpu_per_vend = {name: round((_cpu_ms(pid) - cpu0[name]) / vends, 1) for name, pid in pids.items()}
+        slowest = sorted(range(vends), key=latencies.__getitem__, reverse=True)[:5]
         rss_mb = _status_kb(agent.pid, "VmRSS") / 1024
         hwm_mb = _status_kb(agent.pid, "VmHWM") / 1024
         pulses = len(relay["periods"])
@@ -207,6 +241,9 @@ def run_vend_bench(quick=True, vends=None) -> dict:
             "ratio_p50": round(_pct(latencies, 50) / _pct(baseline, 50), 2),
             "segments_p50_ms": {k: round(_pct(v, 50), 3) for k, v in segments.items()},
             "segments_p99_ms": {k: round(_pct(v, 99), 3) for k, v in segments.items()},
+            "slowest": [{"vend": n, "latency_ms": round(latencies[n], 3),
+                         **{k: round(segments[k][n], 3) for k in segments}} for n in slowest],
+            "cpu_ms_per_vend": cpu_per_vend,
             "agent": {"rss_mb": round(rss_mb, 1), "peak_rss_mb": round(hwm_mb, 1),
                       "startup_s": round(startup_s, 3)},
             "targets": TARGETS,

@@ -39,3 +39,33 @@ def test_message_reaches_subscriber_verified(home, network, clients):
     tx.publish("debug.ping", {"k": "v"})
     d = rx.expect(topic_is("debug.ping", k="v"))
     assert d.error is None and d.message.sender == "admin"
+
+
+def test_call_later_runs_on_the_loop_thread_in_due_order(home):
+    """Runtime.call_later: each call runs once, in the loop thread, no earlier than asked,
+    in order of due time (ties in order of asking)."""
+    import threading
+    import time
+
+    from tests.harness import BusClient, wait_for
+
+    client = BusClient(home, "admin", wait_token=False)  # the loop runs with or without a broker
+    ran = []
+    asked = {}
+
+    def note(name):
+        ran.append((name, time.monotonic() - asked[name], threading.get_ident()))
+
+    def schedule():
+        for name, delay in (("late", 0.15), ("soon", 0.02), ("tie1", 0.05), ("tie2", 0.05)):
+            asked[name] = time.monotonic()
+            client.runtime.call_later(delay, note, name)
+    client.runtime.call_soon(schedule)
+    wait_for(lambda: len(ran) == 4, what="four delayed calls")
+    try:
+        assert [name for name, _, _ in ran] == ["soon", "tie1", "tie2", "late"]
+        assert all(waited >= delay for (_, waited, _), delay in zip(ran, (0.02, 0.05, 0.05, 0.15)))
+        assert {ident for _, _, ident in ran} == {client.thread.ident}
+    finally:
+        client.runtime.stop()
+        client.thread.join(10)

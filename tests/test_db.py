@@ -12,7 +12,7 @@ import pytest
 
 from actors.db import connect, describe, redact
 from proto.errors import ConfigError
-from tests.harness import dctrl
+from tests.harness import dctrl, wait_for
 
 PG_URL = os.environ.get("DCTRL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -165,3 +165,81 @@ def test_statements_read_and_write_what_peewee_does(db):
                 sql.create(Child, key="k1", parent=p, body=b"")
     finally:
         db.drop_tables([Child, Parent])
+
+
+def test_sqlite_writers_wait_their_turn_without_coarse_sleeps(tmp_path):
+    """write_transaction on SQLite waits for another writer's lock (polling, not SQLite's
+    millisecond steps), nests as a savepoint, rolls back on an error and leaves the
+    connection's busy_timeout as it was."""
+    import threading
+    import time
+
+    from actors.db import write_transaction
+
+    url = f"sqlite:///{tmp_path / 'w.sqlite3'}"
+    a, b = connect(url), connect(url)
+    a.execute_sql("CREATE TABLE t (n INTEGER)")
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with write_transaction(a):
+            a.execute_sql("INSERT INTO t VALUES (1)")
+            held.set()
+            release.wait(10)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    held.wait(10)
+    threading.Timer(0.05, release.set).start()
+    t0 = time.monotonic()
+    with write_transaction(b):
+        waited = time.monotonic() - t0
+        assert b.execute_sql("SELECT count(*) FROM t").fetchone() == (1,)  # after the other commit
+        b.execute_sql("INSERT INTO t VALUES (2)")
+        with write_transaction(b):  # nested: a savepoint
+            b.execute_sql("INSERT INTO t VALUES (3)")
+    other.join(10)
+    assert waited >= 0.04
+    with pytest.raises(ZeroDivisionError):
+        with write_transaction(b):
+            b.execute_sql("INSERT INTO t VALUES (4)")
+            1 / 0
+    assert [n for (n,) in a.execute_sql("SELECT n FROM t ORDER BY n")] == [1, 2, 3]
+    assert b.execute_sql("PRAGMA busy_timeout").fetchone() == (5000,)
+    a.close(), b.close()
+
+
+def test_background_checkpoints_keep_the_wal_small(tmp_path):
+    """With checkpoint_in_background, commits never copy the WAL (wal_autocheckpoint 0 on
+    every connection of that database, also new threads'); the thread does, so the WAL is
+    reused from its start instead of growing. A no-op on PostgreSQL."""
+    import threading
+
+    from actors.db import checkpoint_in_background
+
+    path = tmp_path / "c.sqlite3"
+    db = connect(f"sqlite:///{path}")
+    checkpoints = checkpoint_in_background(db, interval=0.05)
+    try:
+        db.execute_sql("CREATE TABLE t (b BLOB)")
+        got = []
+        t = threading.Thread(target=lambda: got.append(db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0]))
+        t.start(), t.join()
+        assert got == [0] and db.execute_sql("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        wal = path.with_name(path.name + "-wal")
+        sizes = []
+        for _ in range(4):  # each round writes ~2.5 MB to the WAL, then waits for the thread
+            with db.atomic():
+                for _ in range(600):
+                    db.execute_sql("INSERT INTO t VALUES (randomblob(4000))")
+            sizes.append(wal.stat().st_size)
+            done = checkpoints.rounds
+            wait_for(lambda: checkpoints.rounds >= done + 2, what="two more background checkpoints")
+        assert db.execute_sql("SELECT count(*) FROM t").fetchone() == (2400,)
+        assert max(sizes) < 5_000_000, f"the WAL grew to {sizes} bytes: it was not checkpointed between rounds"
+    finally:
+        checkpoints.stop()
+        db.close()
+    pg = checkpoint_in_background(connect(PG_URL))  # PostgreSQL: nothing to do
+    assert pg._thread is None
+    pg.stop()
