@@ -20,9 +20,10 @@ run: setup
 	@test -f $(HOME_DIR)/config.toml || $(BIN)/dctrl init --home $(HOME_DIR)
 	$(BIN)/dctrl up --home $(HOME_DIR)
 
-# Run the whole suite (SQLite and PostgreSQL, real broker and actors over loopback).
+# Run the whole suite (SQLite and PostgreSQL, real broker and actors over loopback),
+# two test files at a time: the tests mostly wait on processes, not on the CPU.
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/dctrl bench --json

@@ -285,6 +285,10 @@ def test_vault_hands_secrets_only_to_named_identities_and_never_in_clear(home, n
     vm1 = clients(home, "vm1")
     admin = clients(home, "admin")
     wait_for(lambda: "reloaded registry and policy" in network.log("vault"), what="the Vault to reload the policy")
+    # The broker makes every peer handshake again on a policy change: what is published in that
+    # moment is lost (at most once), so the checks below start once it has.
+    wait_for(lambda: "rebinding both endpoints: policy changed" in network.log("broker"),
+             what="the broker to apply the new policy")
     vm1.runtime.request_secret("smtp_password")
     admin.runtime.request_secret("smtp_password")
     assert wait_for(lambda: vm1.actor.secrets.get("smtp_password")) == (value, None)
