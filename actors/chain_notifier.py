@@ -100,7 +100,7 @@ class ChainOutput(Base):
     address = peewee.CharField(max_length=100)
     sats = peewee.BigIntegerField()
     label = peewee.CharField(null=True, max_length=64)
-    state = peewee.CharField(max_length=12)  # mempool | confirmed | replaced | removed
+    state = peewee.CharField(max_length=12, index=True)  # mempool | confirmed | replaced | removed
     height = peewee.IntegerField(null=True, index=True)
     block = peewee.CharField(null=True, max_length=64)
     confirmations = peewee.IntegerField(default=0)  # the highest count published
@@ -431,15 +431,19 @@ class ChainNotifier(Actor):
                     ChainOutput.update(state="confirmed", height=block.height, block=block.hash) \
                         .where(ChainOutput.id == row.id).execute()
 
-    def _replaced_by(self, tx: Tx):
-        """Tracked unconfirmed outputs whose transaction conflicts with ``tx`` are replaced."""
+    def _conflicting(self, tx: Tx) -> list[int]:
+        """Ids of tracked unconfirmed outputs whose transaction spends an input ``tx`` spends
+        (one indexed read: this runs for every transaction the node announces)."""
         if not tx.inputs:
-            return
+            return []
         spent = set(tx.inputs)
         candidates = self.sql.rows('SELECT "id", "inputs" FROM "chain_output" WHERE "state" = ? AND "txid" <> ?',
                                    "mempool", tx.txid)
-        for rid, inputs in candidates:  # (plain tuples: this runs for every new transaction)
-            if spent & {tuple(i) for i in json.loads(inputs)}:
+        return [rid for rid, inputs in candidates if spent & {tuple(i) for i in json.loads(inputs)}]
+
+    def _replaced_by(self, tx: Tx, conflicting=None):
+        """Tracked unconfirmed outputs whose transaction conflicts with ``tx`` are replaced."""
+        for rid in self._conflicting(tx) if conflicting is None else conflicting:
                 row = self.sql.first(ChainOutput, '"id" = ?', rid)
                 self.sql.update(ChainOutput, '"id" = ?', (row.id,), state="replaced", replaced_by=tx.txid)
                 self._enqueue("chain.tx.replaced", {**self._output_fields(row), "by": tx.txid},
@@ -468,10 +472,12 @@ class ChainNotifier(Actor):
             if tx is None:
                 tx = self.adaptor.transaction(txid)
             if tx is not None and tx.height is None:
-                with write_transaction(self.database):
-                    self._replaced_by(tx)
-                    for out in tx.outputs:
-                        if out.script in self._watched:
+                paying = [out for out in tx.outputs if out.script in self._watched]
+                conflicting = self._conflicting(tx)  # (this worker is the only writer: still true below)
+                if paying or conflicting:  # most of a node's transactions are neither: no write lock
+                    with write_transaction(self.database):
+                        self._replaced_by(tx, conflicting)
+                        for out in paying:
                             self._seen(tx, out)
             # Only once recorded: a transaction that failed to commit is looked at again.
             self._mempool_checked[txid] = frozenset(o.script for o in tx.outputs) if tx is not None else frozenset()

@@ -225,3 +225,29 @@ def test_killed_between_a_block_and_its_publication(home, network, sim, clients)
     confirmed_once = [h for h in watch.drain() if events("chain.tx.confirmed", txid=txid,
                                                              confirmations=1)(h)]
     assert confirmed_once == [], "confirmation 1 was published twice"
+
+
+def test_a_transaction_paying_nothing_watched_takes_no_write_lock(home, sim):
+    """Most transactions a node announces are not ours: looking at one must not take the
+    database's write lock, which BusinessMgr and BusinessData share (on SQLite a writer
+    waits for it). Ours still is recorded."""
+    from actors.chain.bitcoind import Bitcoind
+    from actors.chain_notifier import ChainNotifier
+    from actors.db import connect
+
+    n = ChainNotifier(home, adaptor=Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file))
+    ours = sim.new_address()
+    script = n.watch(ours, "invoice 1")["script"]
+    other = connect(home.database_url)
+    other.execute_sql("BEGIN IMMEDIATE")  # another process is writing, and stays in the way
+    try:
+        stranger = sim.pay(sim.new_address(), "0.001")
+        n.check_txs([stranger])  # with a write transaction this would wait 5 s, then raise "locked"
+        assert stranger in n._mempool_checked
+    finally:
+        other.execute_sql("ROLLBACK")
+        other.close()
+    paying = sim.pay(ours, "0.002")
+    n.check_txs([paying])
+    assert [(o["txid"], o["sats"], o["state"]) for o in n.outputs(script)] == [(paying, 200_000, "mempool")]
+    n.database.close()
