@@ -26,6 +26,7 @@ Handlers never touch zmq, so tests can call them with a decoded message.
 from __future__ import annotations
 
 import collections
+import gc
 import heapq
 import logging
 import math
@@ -324,6 +325,10 @@ class Runtime:
         log.info("%s starting (boot %d), broker %s", self.keys.name, self.proxy.boot, self.settings.subscribe_endpoint)
         try:
             self.actor.setup()
+            # Everything made so far (modules, keys, the actor) lives as long as the process:
+            # leave it out of the collector's full passes, which otherwise walk all of it
+            # (15 ms seen on the agent, landing on whatever message was in flight).
+            gc.freeze()
             next_health = time.monotonic()
             next_keycheck = time.monotonic() + 2
             while not self._stop.is_set():
