@@ -227,8 +227,8 @@ class Statements:
             _quote(meta.table_name), ", ".join(_quote(f.column_name) for f in fields), ", ".join("?" * len(fields)),
             returning))
         cursor = self.database.execute_sql(sql, [f.db_value(data[f.name]) for f in fields])
-        if auto:
-            data[pk.name] = cursor.fetchone()[0]
+        if auto:  # (fetchall: the statement is finished, none is left open in the transaction)
+            data[pk.name] = cursor.fetchall()[0][0]
         obj = model(__no_default__=1, **data)
         obj._dirty.clear()
         return obj

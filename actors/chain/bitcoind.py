@@ -18,10 +18,9 @@ import socket
 import struct
 import threading
 import urllib.parse
+from collections import OrderedDict
 from decimal import Decimal
 from pathlib import Path
-
-from collections import OrderedDict
 
 import zmq
 from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
