@@ -13,13 +13,15 @@ How it stays exactly right:
   loop); the worker is the only writer of the ``chain_*`` tables.
 * ZMQ notifications are hints. The worker reconciles over RPC on every hint,
   on a resync hint (sequence gap, reconnect) and every ``reconcile_interval``.
+  A new mempool transaction's body comes with its hint (bitcoind's ``rawtx``)
+  when the node sent one; otherwise it is fetched over RPC.
 * A block's effects, the cursor (last processed height and hash) and the
   events they cause are committed in one transaction, events into an outbox;
   the outbox is published in order and rows are marked sent after the
-  runtime has put them on the socket. A ``kill -9`` at any point loses
-  nothing: unprocessed blocks are processed from the cursor, unsent events
-  are sent at restart. The one duplicate possible (killed between sending and
-  marking) has the same ``event_id``.
+  runtime has put them on the socket (in batches, when the worker is idle).
+  A ``kill -9`` at any point loses nothing: unprocessed blocks are processed
+  from the cursor, unsent events are sent at restart. The one duplicate
+  possible (killed between sending and marking) has the same ``event_id``.
 * Reorgs are found by comparing the node's block hashes with the hashes this
   notifier processed, walking back to the fork; outputs confirmed above the
   fork become unconfirmed, ``chain.reorg`` is published, and after the new
@@ -444,11 +446,11 @@ class ChainNotifier(Actor):
     def _replaced_by(self, tx: Tx, conflicting=None):
         """Tracked unconfirmed outputs whose transaction conflicts with ``tx`` are replaced."""
         for rid in self._conflicting(tx) if conflicting is None else conflicting:
-                row = self.sql.first(ChainOutput, '"id" = ?', rid)
-                self.sql.update(ChainOutput, '"id" = ?', (row.id,), state="replaced", replaced_by=tx.txid)
-                self._enqueue("chain.tx.replaced", {**self._output_fields(row), "by": tx.txid},
-                              event_id("replaced", row.txid, row.vout, tx.txid))
-                log.warning("payment %s:%d replaced by %s", row.txid, row.vout, tx.txid)
+            row = self.sql.first(ChainOutput, '"id" = ?', rid)
+            self.sql.update(ChainOutput, '"id" = ?', (row.id,), state="replaced", replaced_by=tx.txid)
+            self._enqueue("chain.tx.replaced", {**self._output_fields(row), "by": tx.txid},
+                          event_id("replaced", row.txid, row.vout, tx.txid))
+            log.warning("payment %s:%d replaced by %s", row.txid, row.vout, tx.txid)
 
     def _confirmations(self, tip_height):
         rows = ChainOutput.select().where((ChainOutput.state == "confirmed") & (ChainOutput.confirmations < self.depth))
