@@ -410,6 +410,7 @@ class BusinessMgr(Actor):
             log.info("selection %s/%d refused: %s", machine, slot, exc)
             self.publish("invoice.refused", {"machine": machine, "slot": slot, "reason": str(exc)[:512]})
             return None
+        self._send_watches(time.monotonic())  # now, not at the next tick: the customer may pay at once
         self._flush()
         return number
 

@@ -60,6 +60,8 @@ db = peewee.DatabaseProxy()
 # commits and before its events are sent (the worst moment for exactly-once).
 CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
 
+COMMAND_WAIT = 0.1  # s the worker waits for a hint before it looks at new watch commands again
+
 DEFAULTS = {
     "network": "regtest",
     "backends": ["bitcoind"],
@@ -266,7 +268,7 @@ class ChainNotifier(Actor):
                     for t in txids:
                         self._mempool_checked.pop(t, None)
                     self.check_txs(txids)
-                hints = self.adaptor.hints(0.5)
+                hints = self.adaptor.hints(COMMAND_WAIT)
                 if not hints:  # idle: a good moment to mark what went out
                     self._mark_sent()
                 kinds = {h.kind for h in hints}
