@@ -289,6 +289,8 @@ def test_vault_hands_secrets_only_to_named_identities_and_never_in_clear(home, n
     # moment is lost (at most once), so the checks below start once it has.
     wait_for(lambda: "rebinding both endpoints: policy changed" in network.log("broker"),
              what="the broker to apply the new policy")
+    # The event logger handshakes again on its own schedule; the Vault's reply must not race it.
+    _wait_until_the_event_log_hears(home, admin, "secrets")
     vm1.runtime.request_secret("smtp_password")
     admin.runtime.request_secret("smtp_password")
     assert wait_for(lambda: vm1.actor.secrets.get("smtp_password")) == (value, None)
@@ -300,6 +302,17 @@ def test_vault_hands_secrets_only_to_named_identities_and_never_in_clear(home, n
     blobs = b"".join(p.read_bytes() for p in home.events_dir.iterdir())
     assert value not in blobs and value not in (home.vault_dir / "secrets.json").read_bytes()
     assert value.decode() not in network.log("vault")
+
+
+def _wait_until_the_event_log_hears(home, client, tag):
+    """Publish numbered probes until one is in the event log: each probe is at most once while peers reconnect."""
+    sent = []
+
+    def heard():
+        sent.append(len(sent))
+        client.publish("debug.probe", {"tag": tag, "n": sent[-1]})
+        return any(r["body"].get("tag") == tag for r in _query(home, topic="debug.probe"))
+    wait_for(heard, interval=0.2, what="the event logger to hear the bus again")
 
 
 def _query(home, **kw):
