@@ -168,6 +168,8 @@ class Runtime:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()  # _wake() against the pipe's close in _shutdown()
+        self._monitors = 0
         self.started = time.monotonic()
         self.connected = self._was_connected = self._force_renew = False
         self.ctx = zmq.Context()
@@ -196,8 +198,12 @@ class Runtime:
     def _open_sockets(self):
         self.pub = self._client(zmq.PUB, self.settings.publish_endpoint)
         self.sub = self._client(zmq.SUB, self.settings.subscribe_endpoint)
+        # A monitor endpoint of our own: pyzmq's default is named after the socket's fd, which
+        # a reconnect may reuse while libzmq still holds the old monitor's endpoint (EADDRINUSE).
+        self._monitors += 1
         self.monitor = self.sub.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
+            addr=f"inproc://dctrl-monitor-{id(self):x}-{self._monitors}",
+            events=zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         name = self.keys.name
         prefixes = {wire.prefix_frame(p) for p in (f"vault.token.{name}", f"vault.secret.{name}", "vault.revoked")}
@@ -308,10 +314,13 @@ class Runtime:
         self._wake()
 
     def _wake(self):
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass  # already awake
+        with self._wake_lock:
+            if self._wake_w < 0:
+                return  # the loop has ended: its pipe's fd may by now be another file's
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # already awake
 
     # -- the loop -------------------------------------------------------------
 
@@ -419,7 +428,7 @@ class Runtime:
             return
         self.counters["accepted"] += 1
         if msg.topic.startswith("vault."):
-            self._vault_message(msg)
+            self._guarded(self._vault_message, "vault_message", msg)
         for prefix, fn, blocking, raw in self.handlers:
             if msg.topic_bytes.startswith(prefix):
                 self._dispatch(fn, Delivery(frames, msg, None) if raw else msg, blocking)
@@ -570,5 +579,7 @@ class Runtime:
         self._guarded(self.proxy.replay.flush, "replay_flush", True)
         self._close_sockets()
         self.ctx.term()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1

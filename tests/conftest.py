@@ -26,5 +26,11 @@ def clients():
         made.append(c)
         return c
     yield make
+    failures = []
     for c in made:
-        c.close()
+        try:
+            c.close()
+        except AssertionError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]

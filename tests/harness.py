@@ -157,10 +157,18 @@ class BusClient:
         self.runtime = Runtime(self.actor, settings or home.bus_settings(name))
         for p in prefixes:
             self.runtime.add_handler(p, self.actor.deliver, raw=True)
-        self.thread = threading.Thread(target=self.runtime.run, name=f"client-{name}", daemon=True)
+        self.crashed: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"client-{name}", daemon=True)
         self.thread.start()
         if wait_token:
             wait_for(self.runtime.proxy.token_valid, what=f"a token for {name}")
+
+    def _run(self):
+        try:
+            self.runtime.run()
+        except BaseException as exc:
+            self.crashed = exc
+            raise
 
     def publish(self, topic, body):
         self.runtime.publish(topic, body)
@@ -204,6 +212,9 @@ class BusClient:
     def close(self):
         self.runtime.stop()
         self.thread.join(10)
+        assert not self.thread.is_alive(), f"{self.thread.name} did not stop within 10 s"
+        if self.crashed is not None:
+            raise AssertionError(f"{self.thread.name}'s loop died before the test closed it") from self.crashed
 
 
 def topic_is(topic, **body):

@@ -1,6 +1,9 @@
 """The secure bus end to end: real broker, Vault and EventLogger processes, real keys."""
 
 import json
+import os
+
+import pytest
 
 from tests.harness import dctrl, topic_is
 
@@ -69,3 +72,27 @@ def test_call_later_runs_on_the_loop_thread_in_due_order(home):
     finally:
         client.runtime.stop()
         client.thread.join(10)
+
+
+def test_a_stopped_loop_ignores_wakeups_and_never_writes_to_a_reused_fd(home):
+    """After the loop has shut down, stop(), call_soon() and publish() from other threads are
+    no-ops: its wake pipe is closed, and the fd number may already belong to another file."""
+    from tests.harness import BusClient
+
+    client = BusClient(home, "admin", wait_token=False)
+    old_w = client.runtime._wake_w
+    client.close()
+    with pytest.raises(OSError):
+        os.fstat(old_w)  # closed with the loop
+    r, w = os.pipe()
+    os.dup2(w, old_w)  # another file now holds the loop's old number
+    try:
+        os.set_blocking(r, False)
+        client.runtime.stop()
+        client.runtime.call_soon(print, "never")
+        client.runtime.publish("debug.after", {"n": 1})
+        with pytest.raises(BlockingIOError):
+            os.read(r, 1)  # nothing was written into it
+    finally:
+        for fd in {r, w, old_w}:  # (the new pipe may have got the old number itself)
+            os.close(fd)
