@@ -9,6 +9,7 @@ process, collecting every delivery under its prefixes with the verdict.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import signal
@@ -72,6 +73,23 @@ def wait_for(predicate, timeout=DEADLINE, interval=0.02, what="condition"):
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
 
+
+
+def publish_until_heard(tx: BusClient, rx: BusClient, topic: str, timeout=DEADLINE, what=None) -> Delivery:
+    """Publish ``{"n": 1}``, ``{"n": 2}``, ... on ``topic`` from ``tx`` until ``rx`` accepts one; return it.
+
+    After the broker rebinds (a policy or key change) every peer handshakes again on its own
+    schedule, and what is published before both ends are back is lost (the bus is at most
+    once): a test that needs one message through publishes until one is."""
+    n = itertools.count(1)
+
+    def heard():
+        tx.publish(topic, {"n": next(n)})
+        try:
+            return rx.expect(topic_is(topic), timeout=0.25)
+        except AssertionError:
+            return None
+    return wait_for(heard, timeout=timeout, interval=0, what=what or f"{topic} from {tx.runtime.keys.name} to be heard")
 
 def dctrl(home: Home, *args, timeout=60, input=None, check=True) -> subprocess.CompletedProcess:
     """Run the real CLI as a subprocess."""
