@@ -198,8 +198,8 @@ class Runtime:
     def _open_sockets(self):
         self.pub = self._client(zmq.PUB, self.settings.publish_endpoint)
         self.sub = self._client(zmq.SUB, self.settings.subscribe_endpoint)
-        # A monitor endpoint of our own: pyzmq's default is named after the socket's fd, which
-        # a reconnect may reuse while libzmq still holds the old monitor's endpoint (EADDRINUSE).
+        # A monitor endpoint of our own: pyzmq's default is named after the socket's fd, which a
+        # reconnect can reuse while libzmq may still hold the old monitor's endpoint (EADDRINUSE).
         self._monitors += 1
         self.monitor = self.sub.get_monitor_socket(
             addr=f"inproc://dctrl-monitor-{id(self):x}-{self._monitors}",

@@ -74,7 +74,6 @@ def wait_for(predicate, timeout=DEADLINE, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
-
 def publish_until_heard(tx: BusClient, rx: BusClient, topic: str, timeout=DEADLINE, what=None) -> Delivery:
     """Publish ``{"n": 1}``, ``{"n": 2}``, ... on ``topic`` from ``tx`` until ``rx`` accepts one; return it.
 
@@ -89,7 +88,9 @@ def publish_until_heard(tx: BusClient, rx: BusClient, topic: str, timeout=DEADLI
             return rx.expect(topic_is(topic), timeout=0.25)
         except AssertionError:
             return None
-    return wait_for(heard, timeout=timeout, interval=0, what=what or f"{topic} from {tx.runtime.keys.name} to be heard")
+    what = what or f"{topic} from {tx.runtime.keys.name} to be heard"
+    return wait_for(heard, timeout=timeout, interval=0, what=what)
+
 
 def dctrl(home: Home, *args, timeout=60, input=None, check=True) -> subprocess.CompletedProcess:
     """Run the real CLI as a subprocess."""
