@@ -91,6 +91,15 @@ def _wait(predicate, timeout, what):
             _changed.wait(min(left, 0.05))  # (also looks again now and then: files, sockets)
 
 
+def _edit(text: str, pattern: str, repl: str) -> str:
+    """``re.sub`` that fails when nothing matched: a changed template must not silently
+    leave the bench measuring a differently configured machine."""
+    text, n = re.subn(pattern, repl, text, count=1)
+    if n != 1:
+        raise RuntimeError(f"bench setup: {pattern!r} not found in the generated configuration")
+    return text
+
+
 def _cli(home, *args):
     subprocess.run([sys.executable, "-m", "scripts.cli", *args, "--home", str(home.root)], cwd=ROOT, check=True,
                    capture_output=True, timeout=60)
@@ -101,6 +110,7 @@ def run_vend_bench(quick=True, vends=None) -> dict:
     from actors.chain.bitcoind import Bitcoind
     from actors.runtime import Actor, Runtime
     from keys.home import Home
+    from machine_agent.config import load_machine
     from scripts.bench import free_ports
     from scripts.sim_chain import ChainSim
     from scripts.sim_machine import request
@@ -116,13 +126,14 @@ def run_vend_bench(quick=True, vends=None) -> dict:
                          chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         config = home.root / "config.toml"
         # One vend after another: no per-machine limit on invoices (a guard for stuck buttons).
-        config.write_text(re.sub(r"(\[business\]\nreceive = .*\n)", r"\1max_invoices_per_minute = 1000000\n",
-                                 config.read_text()) + "\n[runtime]\nheartbeat_interval = 1\n")
+        config.write_text(_edit(config.read_text(), r"(\[business\]\nreceive = .*\n)",
+                                r"\1max_invoices_per_minute = 1000000\n") + "\n[runtime]\nheartbeat_interval = 1\n")
         home = Home(home.root)
         # The demo machine with short pulses and drops, so 200 vends take seconds, not minutes.
         agent_toml = home.root / "agents" / "vm1" / "agent.toml"
-        text = agent_toml.read_text().replace("pulse_ms = 500", "pulse_ms = 20")
-        agent_toml.write_text(re.sub(r"simulate_delay_ms = \d+", "simulate_delay_ms = 5", text))
+        text = _edit(agent_toml.read_text(), r"\npulse_ms = 500\n", "\npulse_ms = 20\n")
+        text = _edit(text, r"\n(\[drop\]\n(?:.*\n)*?simulate = true.*\n)", r"\n\1simulate_delay_ms = 5\n")
+        agent_toml.write_text(text)
         sim = ChainSim(home.root / "sim" / "chain", rpc_port=rpc_port, zmq_port=zmq_port).start()
         procs = _Procs(home)
         for name in ("broker", "vault", "business_data", "chain_notifier"):
@@ -201,6 +212,7 @@ def run_vend_bench(quick=True, vends=None) -> dict:
         latencies, baseline = [], []
         segments = {"chain_notifier": [], "business_mgr": [], "agent": []}
         last_price = time.monotonic()
+        debounce_s, released = load_machine(agent_toml).inputs.buttons.debounce_ms / 1000, 0.0
         for i in range(vends):
             if time.monotonic() - last_price > 20:
                 publish_price()
@@ -210,7 +222,11 @@ def run_vend_bench(quick=True, vends=None) -> dict:
                 height = direct.tip().height
                 _wait(lambda: height in tips, 30, f"chain.block {height}")
             n = len(opened)
+            # A press within the buttons' debounce window of the last release is a bounce, and
+            # the agent rightly ignores it: a vend can end sooner than that after its press.
+            time.sleep(max(0.0, released + debounce_s - time.monotonic()))
             request(sock, {"op": "press", "slot": 1, "hold_ms": 60}, machine="vm1", timeout=5)
+            released = time.monotonic()
             inv = _wait(lambda: len(opened) > n and opened[n], 10, "invoice.opened")
             _wait(lambda: inv["address"] in watching, 10, "the invoice address watched")
             txid = sim.pay(inv["address"], btc(inv["sats"]))

@@ -60,3 +60,27 @@ def test_chain_bench_runs_and_reports(tmp_path):
     assert r["detection_baseline_ms"]["p50"] > 0
     assert r["catch_up"]["blocks"] >= 10 and r["catch_up"]["seconds"] > 0
     assert r["catch_up"]["ratio"] > 0 and isinstance(r["meets_targets"], bool)
+
+
+@pytest.mark.slow
+def test_vend_bench_runs_and_reports():
+    """`dctrl bench vend` with a few vends: each one pulsed the relay once and every figure is
+    there. Twelve vends cross a mined block (the bench mines one every tenth vend)."""
+    from scripts.bench_vend import run_vend_bench
+
+    r = run_vend_bench(quick=True, vends=12)
+    assert r["vends"] == 12 and r["relay_pulses"] == 12
+    for key in ("latency_ms", "baseline_ms"):
+        assert r[key]["n"] == 12 and 0 < r[key]["p50"] <= r[key]["p99"] <= r[key]["max"]
+    assert set(r["segments_p50_ms"]) == {"chain_notifier", "business_mgr", "agent"}
+    assert r["agent"]["rss_mb"] > 0 and r["agent"]["startup_s"] > 0
+    assert len(r["slowest"]) == 5 and isinstance(r["meets_targets"], bool)
+
+
+def test_vend_bench_setup_refuses_a_configuration_it_cannot_edit():
+    from scripts.bench_vend import _edit
+
+    assert _edit("[drop]\nsimulate = true\n", r"(simulate = true\n)", r"\1simulate_delay_ms = 5\n") \
+        == "[drop]\nsimulate = true\nsimulate_delay_ms = 5\n"
+    with pytest.raises(RuntimeError, match="not found in the generated configuration"):
+        _edit("[drop]\nsimulate = false\n", r"simulate = true", "x")
