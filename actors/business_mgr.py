@@ -500,7 +500,7 @@ class BusinessMgr(Actor):
                 row.command, row.expires = os.urandom(16).hex(), int(self.clock()) + 60
                 row.save()
             self.publish("cmd.chain.watch", {"id": bytes.fromhex(row.command), "expires": row.expires,
-                                             "address": address, "label": row.label})
+                                             "address": address, "label": row.label, "since": row.created or None})
             self.watch_due[address] = now_mono + self.cfg["watch_retry"]
 
     @on("chain.watch.ack")

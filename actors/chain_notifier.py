@@ -61,6 +61,8 @@ db = peewee.DatabaseProxy()
 CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
 
 COMMAND_WAIT = 0.1  # s the worker waits for a hint before it looks at new watch commands again
+CLOCK_SLACK = 60  # s: the watcher's clock and this notifier's may differ by this much (same server)
+HEADER_SLACK = 7200  # s: a block's header time may be this far behind the time it was mined (consensus)
 
 DEFAULTS = {
     "network": "regtest",
@@ -68,6 +70,7 @@ DEFAULTS = {
     "confirm_depth": 6,
     "reconcile_interval": 30,
     "recent_blocks": 100,  # block hashes kept to find a fork
+    "rescan_limit": 2016,  # blocks a late watch looks back through at most (two weeks)
     "bitcoind": {"rpc_url": "http://127.0.0.1:18443", "cookie_file": "sim/chain/.cookie",
                  "zmq": "tcp://127.0.0.1:28332", "user": None, "password_secret": None},
 }
@@ -95,6 +98,7 @@ class ChainCursor(Base):
 class ChainBlock(Base):
     height = peewee.IntegerField(primary_key=True)
     hash = peewee.CharField(max_length=64)
+    processed_at = peewee.BigIntegerField(null=True)  # unix s when this notifier processed it (NULL: older versions)
 
 
 class ChainOutput(Base):
@@ -178,6 +182,7 @@ class ChainNotifier(Actor):
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
         add_missing_columns(self.database, ChainOutput, ["seen_at", "replaced_by"])  # tables of older versions
+        add_missing_columns(self.database, ChainBlock, ["processed_at"])
         self.database.create_tables(TABLES, safe=True)
         self.sql = Statements(self.database)  # a payment's path: fixed statements (see actors/db.py)
         self.commands: queue.Queue = queue.Queue()
@@ -243,6 +248,13 @@ class ChainNotifier(Actor):
     # -- the worker -----------------------------------------------------------
 
     def _work(self):
+        try:
+            self._run_worker()
+        except Exception as exc:  # never silently: the heartbeat says the worker is gone
+            log.exception("chain worker died")
+            self.status["error"] = f"chain worker failed: {type(exc).__name__}: {exc}"[:300]
+
+    def _run_worker(self):
         self.database.connect(reuse_if_open=True)
         self._load()
         while not self.secrets_ready.wait(0.5):  # watch commands wait in their queue meanwhile
@@ -261,13 +273,9 @@ class ChainNotifier(Actor):
         next_reconcile = 0.0
         backoff = 1.0
         while not self.stopping.is_set():
-            self._handle_commands()
             try:
-                if self._recheck:  # payments that arrived before their address was watched
-                    txids, self._recheck = self._recheck, []
-                    for t in txids:
-                        self._mempool_checked.pop(t, None)
-                    self.check_txs(txids)
+                self._handle_commands()  # (a watch may rescan blocks: RPC, so inside the try)
+                self.recheck_mempool()
                 hints = self.adaptor.hints(COMMAND_WAIT)
                 if not hints:  # idle: a good moment to mark what went out
                     self._mark_sent()
@@ -293,8 +301,9 @@ class ChainNotifier(Actor):
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
                 next_reconcile = 0.0
-            except Exception:
-                log.exception("chain worker failed; retrying")
+            except Exception as exc:  # a bug or a database fault: say it in the heartbeat, not just the log
+                log.exception("chain worker failed; retrying in %.0f s", backoff)
+                self.status["error"] = f"chain worker failed: {type(exc).__name__}: {exc}"[:300]
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
             self._flush_outbox()
@@ -323,14 +332,20 @@ class ChainNotifier(Actor):
             elif body["expires"] < self.clock():
                 result = {"status": "refused", "reason": "command expired", "script": ""}
             else:
-                result = self.watch(body["address"], body.get("label"))
+                # If the rescan fails (the node is away) nothing is recorded and no ack goes out:
+                # the watcher's retry, with the same id, does it all again.
+                result = self.watch(body["address"], body.get("label"), since=body.get("since"))
                 ChainCommand.create(id=cid, result=json.dumps(result))
             outputs = self.outputs(result["script"]) if result["status"] == "watching" else None
             self._answer("chain.watch.ack", {"id": body["id"], "address": body["address"], **result,
                                              "outputs": outputs})
 
-    def watch(self, address: str, label: str | None) -> dict:
-        """Add ``address`` to the watched set; returns the ack fields."""
+    def watch(self, address: str, label: str | None, since: int | None = None) -> dict:
+        """Add ``address`` to the watched set; returns the ack fields.
+
+        ``since`` (unix s) is when the watcher handed the address out: payments to it in
+        blocks this notifier processed before it watched the script (it was down, or the
+        watch came late) are looked for again, so the order of restarts never loses one."""
         try:
             script = address_to_scriptpubkey(address)
             if script.address(self.network) != address:
@@ -338,9 +353,14 @@ class ChainNotifier(Actor):
         except Exception as exc:  # embit raises several types for bad addresses
             return {"status": "refused", "reason": f"not a {self.cfg['network']} address: {exc}"[:200], "script": ""}
         script_hex = script.data.hex()
-        ChainWatched.insert(script=script_hex, address=address, label=label, created=int(self.clock())) \
-            .on_conflict_ignore().execute()
+        known = ChainWatched.get_or_none(script=script_hex)
+        watched_from = known.created if known else int(self.clock())
+        if known is None:
+            ChainWatched.insert(script=script_hex, address=address, label=label, created=watched_from) \
+                .on_conflict_ignore().execute()
         self._watched[script_hex] = (address, label)
+        if since is not None:
+            self._rescan(script_hex, int(since), watched_from)
         # A payment to it may already be waiting in the mempool (the customer was quick).
         self._recheck.extend(t for t, scripts in self._mempool_checked.items() if script_hex in scripts)
         self.status["watched"] = len(self._watched)
@@ -359,6 +379,44 @@ class ChainNotifier(Actor):
 
     # -- blocks ---------------------------------------------------------------
 
+    def _rescan(self, script: str, since: int, watched_from: int):
+        """Record payments to ``script`` in blocks processed while it was not watched.
+
+        Walks back from the cursor. A block processed more than ``CLOCK_SLACK`` s before
+        ``since`` was mined before the address existed: the walk ends there. One processed
+        after ``watched_from`` was already scanned with the script watched: skipped without
+        a query. Others (processed before the watch, or of unknown processing time) are
+        fetched and scanned, down to a header time ``HEADER_SLACK`` before ``since``
+        (miners' clocks) or ``rescan_limit`` blocks. The usual watch, for an address just
+        handed out, stops at the first block and costs no RPC."""
+        cursor = ChainCursor.get_or_none(id=1)
+        if cursor is None:  # nothing processed yet: the first sync starts at the tip, which it rescans below
+            return
+        known = {b.height: b for b in ChainBlock.select().where(ChainBlock.height <= cursor.height)}
+        found, scanned = 0, 0
+        for height in range(cursor.height, max(-1, cursor.height - int(self.cfg["rescan_limit"])), -1):
+            kb = known.get(height)
+            if kb is not None and kb.processed_at is not None:
+                if kb.processed_at < since - CLOCK_SLACK:
+                    break
+                if kb.processed_at > watched_from:
+                    continue
+            block = self.adaptor.block(kb.hash if kb is not None else self.adaptor.block_hash(height))
+            if block.time < since - HEADER_SLACK:
+                break
+            scanned += 1
+            with write_transaction(self.database):
+                found += self._record_block_outputs(block, {script}, rescan=True)
+        else:
+            if cursor.height - int(self.cfg["rescan_limit"]) >= 0:
+                log.warning("rescan for %s stopped after %d blocks (rescan_limit)", script, self.cfg["rescan_limit"])
+        if found:
+            with write_transaction(self.database):
+                self._confirmations(cursor.height)
+        if scanned:
+            log.info("rescanned %d block(s) for %s handed out at %d: %d payment(s) found", scanned,
+                     self._watched[script][0], since, found)
+
     def sync_blocks(self):
         tip = self.adaptor.tip()
         self.status["node_tip"] = tip.height
@@ -366,7 +424,7 @@ class ChainNotifier(Actor):
         if cursor is None:  # first start: follow from the current tip
             with write_transaction(self.database):
                 ChainCursor.create(id=1, height=tip.height, hash=tip.hash)
-                ChainBlock.insert(height=tip.height, hash=tip.hash).on_conflict_replace().execute()
+                self._remember_block(tip.height, tip.hash, processed_at=None)  # not processed: a watch rescans it
             self.status["tip"] = tip.height
             log.info("following the chain from height %d", tip.height)
             return
@@ -380,7 +438,7 @@ class ChainNotifier(Actor):
             with write_transaction(self.database):
                 self._process_block(block)
                 ChainCursor.update(height=block.height, hash=block.hash).where(ChainCursor.id == 1).execute()
-                ChainBlock.insert(height=block.height, hash=block.hash).on_conflict_replace().execute()
+                self._remember_block(block.height, block.hash)
                 ChainBlock.delete().where(ChainBlock.height <= block.height - self.cfg["recent_blocks"]).execute()
                 if height == tip.height:
                     self._confirmations(block.height)
@@ -392,6 +450,14 @@ class ChainNotifier(Actor):
                 os._exit(137)
             if self.stopping.is_set():
                 return
+
+    def _remember_block(self, height, block_hash, processed_at=0):
+        """Record the hash at ``height`` and when it was processed (an upsert PostgreSQL and
+        SQLite both speak: peewee's on_conflict_replace is SQLite and MySQL only)."""
+        at = int(self.clock()) if processed_at == 0 else processed_at
+        ChainBlock.insert(height=height, hash=block_hash, processed_at=at) \
+            .on_conflict(conflict_target=[ChainBlock.height],
+                         update={ChainBlock.hash: block_hash, ChainBlock.processed_at: at}).execute()
 
     def _find_fork(self, cursor) -> int:
         height = cursor.height
@@ -421,19 +487,30 @@ class ChainNotifier(Actor):
     def _process_block(self, block):
         for tx in block.txs:
             self._replaced_by(tx)
+        self._record_block_outputs(block, self._watched)
+
+    def _record_block_outputs(self, block, scripts, *, rescan=False) -> int:
+        """Record outputs of ``block`` paying any of ``scripts`` as confirmed there (inside
+        the caller's transaction); returns how many. A payment found by a rescan, never
+        seen live, counts as first seen at its block's time (no later than now)."""
+        found = 0
+        for tx in block.txs:
             for out in tx.outputs:
-                if out.script not in self._watched:
+                if out.script not in scripts:
                     continue
+                found += 1
                 address, label = self._watched[out.script]
                 row = ChainOutput.get_or_none(txid=out.txid, vout=out.vout)
                 if row is None:
+                    first_seen = min(block.time, int(self.clock())) if rescan else int(self.clock())
                     ChainOutput.create(txid=out.txid, vout=out.vout, script=out.script, address=address,
                                        sats=out.sats, label=label, state="confirmed", height=block.height,
                                        block=block.hash, rbf=tx.rbf, inputs=json.dumps(tx.inputs),
-                                       seen_at=int(self.clock()))
-                else:
+                                       seen_at=first_seen)
+                elif row.state != "confirmed" or row.block != block.hash:
                     ChainOutput.update(state="confirmed", height=block.height, block=block.hash) \
                         .where(ChainOutput.id == row.id).execute()
+        return found
 
     def _conflicting(self, tx: Tx) -> list[int]:
         """Ids of tracked unconfirmed outputs whose transaction spends an input ``tx`` spends
@@ -487,6 +564,14 @@ class ChainNotifier(Actor):
             self._mempool_checked[txid] = frozenset(o.script for o in tx.outputs) if tx is not None else frozenset()
         if len(self._mempool_checked) > 200_000:  # the next full sync trims it to the mempool
             self._mempool_checked.clear()
+
+    def recheck_mempool(self):
+        """Look again at mempool transactions paying scripts watched since they were checked."""
+        if self._recheck:  # payments that arrived before their address was watched
+            txids, self._recheck = self._recheck, []
+            for t in txids:
+                self._mempool_checked.pop(t, None)
+            self.check_txs(txids)
 
     def sync_mempool(self):
         txids = self.adaptor.mempool()

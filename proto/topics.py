@@ -157,6 +157,9 @@ register("cmd.chain.watch", Map({
     "expires": Int(min=0),        # unix seconds; an expired command is refused, never acted on
     "address": Str(max=100),
     "label": Opt(Str(max=64)),
+    # unix seconds when the watcher handed the address out: payments to it in blocks the
+    # notifier processed before this watch reached it are looked for again (nil: none)
+    "since": Opt(Int(min=0)),
 }))
 # chain.watch.ack: the answer to cmd.chain.watch (the same answer for a retried id).
 register("chain.watch.ack", Map({

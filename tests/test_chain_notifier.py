@@ -2,11 +2,22 @@
 notifier as a process; events observed by a real subscriber."""
 
 import collections
+import time
 import signal
 
 import pytest
 
-from tests.harness import dctrl, wait_for
+from tests.harness import dctrl, new_home, pg_schema, wait_for
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def home(request, tmp_path):
+    """Every test here runs the notifier on each database (PostgreSQL: a schema of its own)."""
+    if request.param == "sqlite":
+        yield new_home(tmp_path / "home")
+        return
+    with pg_schema("chain") as url:
+        yield new_home(tmp_path / "home", database_url=url)
 
 
 @pytest.fixture
@@ -123,12 +134,15 @@ def test_catch_up_after_kill_9_publishes_what_was_missed_once(home, network, sim
     sim.mine(1)  # confirmed while the notifier is down
     sim.mine(1)
     network.start("chain_notifier")
-    d = chain.expect(events("chain.tx.confirmed", txid=txid), timeout=30).message.body
-    assert d["confirmations"] == 2  # catch-up publishes the count reached, once
+    d = chain.expect(events("chain.tx.confirmed", txid=txid), timeout=30)
+    assert d.message.body["confirmations"] == 2  # catch-up publishes the count reached, once
     sim.mine(1)
-    chain.expect(events("chain.tx.confirmed", txid=txid, confirmations=3))
-    seen = collections.Counter(h.message.body.get("event_id") for h in chain.drain()
+    # The end marker: one publisher's events arrive in order, so every re-publication of
+    # an earlier event came before this one. Count every delivery, the matched ones too.
+    end = chain.expect(events("chain.tx.confirmed", txid=txid, confirmations=3))
+    seen = collections.Counter(h.message.body.get("event_id") for h in [d, end, *chain.drain()]
                                if h.message and h.message.topic.startswith("chain.tx."))
+    assert seen[d.message.body["event_id"]] == 1 and seen[end.message.body["event_id"]] == 1, seen
     assert all(n == 1 for n in seen.values()), seen
 
 
@@ -242,7 +256,10 @@ def test_a_transaction_paying_nothing_watched_takes_no_write_lock(home, sim):
     ours = sim.new_address()
     script = n.watch(ours, "invoice 1")["script"]
     other = connect(home.database_url)
-    other.execute_sql("BEGIN IMMEDIATE")  # another process is writing, and stays in the way
+    other.execute_sql("BEGIN IMMEDIATE" if home.database_url.startswith("sqlite") else "BEGIN")
+    if not home.database_url.startswith("sqlite"):  # PostgreSQL: a writer in the way holds a table lock,
+        other.execute_sql('LOCK TABLE "chain_output" IN EXCLUSIVE MODE')  # which a write here would wait for
+        n.database.execute_sql("SET lock_timeout = '3s'")  # (then fail, as SQLite's busy timeout does)
     try:
         stranger = sim.pay(sim.new_address(), "0.001")
         n.check_txs([stranger])  # with a write transaction this would wait 5 s, then raise "locked"
@@ -253,4 +270,95 @@ def test_a_transaction_paying_nothing_watched_takes_no_write_lock(home, sim):
     paying = sim.pay(ours, "0.002")
     n.check_txs([paying])
     assert [(o["txid"], o["sats"], o["state"]) for o in n.outputs(script)] == [(paying, 200_000, "mempool")]
+    n.database.close()
+
+
+# -- a watch that arrives late: payments already processed are found again --------------
+
+def _notifier(home, sim, clock=None):
+    import time
+
+    from actors.chain.bitcoind import Bitcoind
+    from actors.chain_notifier import ChainNotifier
+
+    return ChainNotifier(home, adaptor=Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file), clock=clock or time.time)
+
+
+class Clock:
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.mark.parametrize("order", ["paid_mined_then_watched", "watched_before_first_sync",
+                                   "mined_while_down_then_watched", "paid_while_down_mined_after_restart"])
+def test_a_watch_finds_payments_made_before_it_arrived_in_any_order(home, sim, order):
+    """Issue 9.1: the notifier processed the paying block before the watch for the address
+    reached it (it was down, or restarted and caught up first). The watch carries when the
+    address was handed out (``since``) and the notifier looks again."""
+    clock = Clock(int(time.time()))
+    n = _notifier(home, sim, clock)
+    n.sync_blocks()  # following the chain
+    clock.t += 100
+    since = int(clock.t)  # the invoice opens, its address is handed out
+    address = sim.new_address()
+    if order == "watched_before_first_sync":
+        n.database.close()
+        from actors.chain_notifier import ChainCursor, ChainBlock
+        n = _notifier(home, sim, clock)
+        ChainCursor.delete().execute()  # a notifier that never ran: no cursor yet
+        ChainBlock.delete().execute()
+    txid = sim.pay(address, "0.0007")
+    clock.t += 10
+    if order == "paid_while_down_mined_after_restart":
+        n.sync_blocks()  # (restarted: nothing new in blocks yet)
+        n.sync_mempool()  # the mempool's transactions are looked at before the watch arrives
+        script = n.watch(address, "invoice 9", since=since)["script"]
+        assert [(o["txid"], o["state"]) for o in n.outputs(script)] == []  # (found on the next look)
+        n.recheck_mempool()  # (the worker's next round)
+        assert [(o["txid"], o["state"]) for o in n.outputs(script)] == [(txid, "mempool")]
+        sim.mine(1)
+        n.sync_blocks()
+    else:
+        sim.mine(1)
+        if order != "watched_before_first_sync":
+            clock.t += 10
+            n.sync_blocks()  # processed while nobody watched the address
+        clock.t += 10
+        script = n.watch(address, "invoice 9", since=since)["script"]
+        if order == "watched_before_first_sync":
+            n.sync_blocks()
+            script = n.watch(address, "invoice 9", since=since)["script"]  # the watcher's retry
+    [found] = n.outputs(script)
+    assert (found["txid"], found["sats"], found["state"], found["confirmations"]) == (txid, 70_000, "confirmed", 1)
+    from actors.chain_notifier import ChainOutbox
+    import msgpack
+    confirmed = [msgpack.unpackb(r.body) for r in ChainOutbox.select().where(ChainOutbox.topic == "chain.tx.confirmed")]
+    assert [(c["txid"], c["confirmations"]) for c in confirmed] == [(txid, 1)]  # published once, to be sent
+    n.database.close()
+
+
+def test_a_watch_without_since_or_for_a_newer_address_does_not_rescan(home, sim):
+    """The controls: without ``since`` nothing is looked for again (so the test above can
+    fail), and a watch for an address handed out after the blocks were processed asks the
+    node for nothing at all."""
+    clock = Clock(int(time.time()))
+    n = _notifier(home, sim, clock)
+    n.sync_blocks()
+    address = sim.new_address()
+    sim.pay(address, "0.0007")
+    sim.mine(1)
+    clock.t += 10
+    n.sync_blocks()
+    script = n.watch(address, None)["script"]
+    assert n.outputs(script) == []
+    calls = []
+    real = n.adaptor.block
+    n.adaptor.block = lambda h: calls.append(h) or real(h)
+    other = sim.new_address()
+    clock.t += 3600  # handed out an hour after the last block was processed
+    n.watch(other, None, since=int(clock.t))
+    assert calls == []
     n.database.close()

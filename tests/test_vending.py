@@ -21,7 +21,7 @@ import pytest
 
 from actors.business_mgr import btc, invoice
 from actors.db import connect
-from tests.harness import ROOT, BusClient, Network, dctrl, new_home, topic_is, wait_for
+from tests.harness import ROOT, BusClient, Network, dctrl, new_home, pg_schema, topic_is, wait_for
 
 PRICE = "100000.00"  # 1 CAD = 1000 sats
 RELAY = "relay:1"
@@ -64,9 +64,14 @@ class Agent:
         self.proc = None
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return new_home(tmp_path_factory.mktemp("vending") / "home")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def home(request, tmp_path_factory):
+    """The whole module runs on each database (PostgreSQL: a schema of its own)."""
+    if request.param == "sqlite":
+        yield new_home(tmp_path_factory.mktemp("vending") / "home")
+        return
+    with pg_schema("vending") as url:
+        yield new_home(tmp_path_factory.mktemp("vending") / "home", database_url=url)
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +214,27 @@ def test_business_mgr_restarted_with_a_paid_unvended_invoice(home, sim, net, age
     observer.expect(topic_is("invoice.changed", invoice=opened["invoice"], state="vended"), timeout=30)
     assert len(agent.pulses()) == 1  # the restarted agent's only pulse
     assert state_of(home, opened["invoice"])["vended"] == 1
+
+
+@pytest.mark.parametrize("mined", [True, False])
+def test_a_payment_made_while_the_chain_notifier_was_stopped_sells_once(home, sim, net, agent, ready, mined):
+    """Issue 9.1: `supervisorctl stop chain_notifier`, press, pay, (mine), start it. The
+    notifier catches up over the block before BusinessMgr's watch for the new address
+    reaches it; the watch says when the address was handed out, and the notifier looks
+    again. Unmined, the payment waits in the mempool and is found there."""
+    observer = ready
+    before_us = int(time.time() * 1e6)
+    assert net.signal("chain_notifier", signal.SIGTERM) == 0
+    dctrl(home, "sim", "press", "vm1", "1")
+    opened = observer.expect(topic_is("invoice.opened", machine="vm1", slot=1)).message.body
+    txid = sim.pay(opened["address"], btc(opened["sats"]))
+    if mined:
+        sim.mine(1)
+    net.start("chain_notifier")
+    observer.expect(topic_is("invoice.changed", invoice=opened["invoice"], state="vended"), timeout=30)
+    shown = state_of(home, opened["invoice"])
+    assert [p["txid"] for p in shown["payments"]] == [txid] and shown["received_sats"] == opened["sats"]
+    assert len(agent.pulses(before_us)) == 1
 
 
 def state_of_address(home, address) -> int:
