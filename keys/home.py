@@ -27,6 +27,7 @@ from proto.errors import ConfigError
 
 from .files import atomic_write, read_secret_file, write_json
 from .identity import IdentityKeys
+from .schema import CONFIG, check
 
 SERVER_ACTORS = ("broker", "vault", "event_logger")  # the bus itself
 SUPERVISED_ACTORS = SERVER_ACTORS + ("price_notifier", "chain_notifier", "business_data", "business_mgr")  # run by `dctrl up`, expected by `dctrl status`
@@ -34,6 +35,8 @@ ACTOR_IDENTITIES = SERVER_ACTORS + ("chain_notifier", "price_notifier", "busines
 DEMO_MACHINE = "vm1"
 ADMIN = "admin"
 
+# Every key here and in the actors' DEFAULTS has its type in keys/schema.py: anything else in
+# config.toml is refused at load (tests/test_config.py keeps the two in step).
 DEFAULTS = {
     "bus": {
         # Actors' PUB sockets connect to the broker's XSUB, their SUB sockets to its XPUB.
@@ -205,7 +208,7 @@ class Home:
         path = self.root / "config.toml"
         try:
             with open(path, "rb") as f:
-                self.config = merge(DEFAULTS, tomllib.load(f))
+                self.config = merge(DEFAULTS, check(tomllib.load(f), CONFIG, path))
         except FileNotFoundError:
             raise ConfigError(f"{self.root} is not a dctrl home (no config.toml): run `dctrl init --home {self.root}`") from None
         except tomllib.TOMLDecodeError as exc:

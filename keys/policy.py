@@ -28,8 +28,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from proto.errors import ConfigError, ProtocolError
+from proto.errors import ConfigError, DctrlError, ProtocolError
 from proto.wire import prefix_frame
+
+from .schema import POLICY, check
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Policy:
         for secret, readers in data.get("secrets", {}).items():
             if not isinstance(readers, list) or not all(isinstance(r, str) for r in readers):
                 raise ConfigError(f"{source}: secrets.{secret} must be a list of identity names")
+        # Then the rest: a section, role or key that means nothing here is a typo, not a no-op.
+        check(data, POLICY, source)
 
     @classmethod
     def load(cls, path) -> "Policy":
@@ -108,3 +112,18 @@ class Policy:
 
     def secret_readers(self, secret: str) -> frozenset[str]:
         return frozenset(self.data.get("secrets", {}).get(secret, ()))
+
+
+def load_registry_and_policy(registry_path, policy_path) -> tuple:
+    """``(registry, policy, None)``, or ``(None, None, why)`` naming each file that cannot be
+    applied: ``"policy.toml not applied (the previous one is in force): <reason>"``. The broker
+    and the Vault then keep what they have, and say why in their heartbeat (``dctrl status``)."""
+    from .registry import Registry
+
+    problems, loaded = [], []
+    for what, load, path in (("registry.json", Registry.load, registry_path), ("policy.toml", Policy.load, policy_path)):
+        try:
+            loaded.append(load(path))
+        except DctrlError as exc:
+            problems.append(f"{what} not applied (the previous one is in force): {exc}")
+    return (None, None, "; ".join(problems)[:500]) if problems else (*loaded, None)

@@ -77,6 +77,7 @@ from pathlib import Path
 import nacl.signing
 
 from keys.home import BusSettings
+from keys.schema import AGENT, check
 from proto.errors import ConfigError
 from proto.wire import check_name
 
@@ -130,7 +131,7 @@ def load(path) -> BusSettings:
     path = Path(path).absolute()
     try:
         with open(path, "rb") as f:
-            cfg = tomllib.load(f)
+            cfg = check(tomllib.load(f), AGENT, path)
         name = check_name(cfg["name"])
         base = path.parent
         state = base / cfg.get("state_dir", "state")
@@ -172,7 +173,7 @@ def load_machine(path) -> MachineConfig:
     path = Path(path).absolute()
     try:
         with open(path, "rb") as f:
-            cfg = tomllib.load(f)
+            cfg = check(tomllib.load(f), AGENT, path)
         state = path.parent / cfg.get("state_dir", "state")
         state.mkdir(mode=0o700, exist_ok=True)
         pins = cfg.get("pins", "gpio")
