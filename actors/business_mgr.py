@@ -75,6 +75,7 @@ SATS_PER_BTC = 100_000_000
 STATES = ("open", "seen", "paid", "vending", "vended", "expired", "underpaid", "overpaid", "failed")
 WAITING = ("open", "seen")                        # not paid yet: may still be paid or expire
 SELLING = ("paid", "vending")                     # paid, items still to dispense
+DISCOVERING = "checking the chain for invoice addresses already used (waiting for chain_notifier)"
 CLOSED = ("vended", "expired", "underpaid", "overpaid", "failed")
 LIVE = ("mempool", "confirmed")                   # payment states that still hold money
 UNSYNCED_REASON = "clock not synchronised"        # a machine refusal that is not final (see machine_agent/mgr.py)
@@ -286,6 +287,9 @@ class BusinessMgr(Actor):
                 self.config_error = f"[business] receive: {exc}"
         else:
             self.config_error = "no [business] receive xpub configured: no invoices can open"
+        # Until the chain notifier has said which receive addresses have history, no address
+        # is handed out (a new or switched database would start at index 0 again).
+        self.discovery: dict | None = {"id": os.urandom(16), "expires": 0, "due": 0.0} if self.book else None
         self.price: tuple[Decimal, float] | None = None   # (CAD per BTC, monotonic time received)
         self.price_stale: str | None = "no price yet"
         self.stickers: dict[str, tuple[str, int]] = {}     # sticker address -> (machine, slot)
@@ -347,6 +351,8 @@ class BusinessMgr(Actor):
         detail = f"{open_} open, {selling} paid and vending, {self.counts['vended']} vended since start"
         if self.config_error:
             return "degraded", f"{self.config_error}; {detail}"
+        if self.discovery is not None:
+            return "starting", f"no sales yet: {DISCOVERING}; {detail}"
         if unanswered:
             return "degraded", f"{unanswered} vend(s) unanswered by their machine; {detail}"
         stale = self._stale()
@@ -417,6 +423,8 @@ class BusinessMgr(Actor):
     def _open_invoice(self, machine: str, slot: int) -> int:
         if self.book is None:
             raise Refusal(self.config_error)
+        if self.discovery is not None:
+            raise Refusal(self.config_error or DISCOVERING)
         try:
             item = {s["slot"]: s for s in bd.slots(self.database, machine)}.get(slot)
             pol = bd.policy(self.database)
@@ -471,7 +479,42 @@ class BusinessMgr(Actor):
                 "uri": f"bitcoin:{inv.address}?amount={btc(inv.due_sats)}" if inv.due_sats else None,
                 "expires": inv.expires, "zero_conf": inv.zero_conf, "confirmations": inv.confirmations}
 
-    # -- the chain: watches and payments ------------------------------------------
+    # -- the chain: addresses used before, watches and payments --------------------
+
+    def _send_discovery(self, now_mono):
+        d = self.discovery
+        if d is None or d["due"] > now_mono:
+            return
+        if d["expires"] <= self.clock() + 5:
+            d["id"], d["expires"] = os.urandom(16), int(self.clock()) + 60
+        self.publish("cmd.chain.discover", {"id": d["id"], "expires": d["expires"], "book": self.book.name,
+                                            "start": self.book.next_index(), "gap": self.book.gap_limit})
+        d["due"] = now_mono + self.cfg["watch_retry"]
+
+    @on("chain.discover.ack")
+    def on_discover_ack(self, msg):
+        b, d = msg.body, self.discovery
+        if d is None or b["id"] != d["id"]:
+            return
+        if b["status"] == "refused":  # the same config on both sides: say it, keep asking
+            self.config_error = f"chain_notifier cannot check which addresses were used: {b['reason']}"
+            log.error("%s", self.config_error)
+            return
+        start = self.book.next_index()
+        if b["highest"] is not None and self.book.skip_past(b["highest"], "used on the chain (found at start)"):
+            if start == 0:
+                log.warning("the invoice address book is empty, yet receive addresses up to /0/%d of "
+                            "[business] receive have history on the chain: a new or switched database? "
+                            "Continuing at /0/%d", b["highest"], b["highest"] + 1)
+            else:
+                log.warning("receive addresses /0/%d to /0/%d have history on the chain but not in this "
+                            "database (another database or wallet uses the same xpub?): continuing at /0/%d",
+                            start, b["highest"], b["highest"] + 1)
+        log.info("addresses checked on the chain (%d looked at): the next invoice gets /0/%d", b["scanned"],
+                 self.book.next_index())
+        self.config_error = None if self.config_error and self.config_error.startswith("chain_notifier cannot") \
+            else self.config_error
+        self.discovery = None
 
     def _want_watch(self, address: str, label: str | None, *, reconcile: bool = False):
         """Record that ``address`` must be watched (inside a transaction); sent by the tick."""
@@ -868,6 +911,7 @@ class BusinessMgr(Actor):
     @every(0.25)
     def tick(self):
         now_mono = time.monotonic()
+        self._send_discovery(now_mono)
         self._send_watches(now_mono)
         self._send_vends(now_mono)
         self._flush()

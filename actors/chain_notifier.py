@@ -64,6 +64,10 @@ COMMAND_WAIT = 0.1  # s the worker waits for a hint before it looks at new watch
 CLOCK_SLACK = 60  # s: the watcher's clock and this notifier's may differ by this much (same server)
 HEADER_SLACK = 7200  # s: a block's header time may be this far behind the time it was mined (consensus)
 
+DISCOVER_LIMIT = 100_000  # receive indexes one discovery looks at, at most
+# Address books whose used addresses the notifier can discover: name -> (config section, key).
+BOOKS = {"invoices": ("business", "receive")}
+
 DEFAULTS = {
     "network": "regtest",
     "backends": ["bitcoind"],
@@ -240,6 +244,11 @@ class ChainNotifier(Actor):
 
     # -- commands from the bus ------------------------------------------------
 
+    @on("cmd.chain.discover")
+    def discover_command(self, msg):
+        """cmd.chain.discover {"id", "expires", "book": "invoices", "start": 0, "gap": 20}"""
+        self.commands.put(("discover", msg.sender, msg.body))
+
     @on("cmd.chain.watch")
     def watch_command(self, msg):
         """cmd.chain.watch {"id": <16 bytes>, "expires": <unix s>, "address": "bcrt1...", "label": "invoice 7"}"""
@@ -325,6 +334,13 @@ class ChainNotifier(Actor):
                 kind, sender, body = self.commands.get_nowait()
             except queue.Empty:
                 return
+            if kind == "discover":  # a read: answered afresh every time, nothing recorded
+                if body["expires"] < self.clock():
+                    result = {"status": "refused", "reason": "command expired", "highest": None, "scanned": 0}
+                else:
+                    result = self.discover(body["book"], body["start"], body["gap"])
+                self._answer("chain.discover.ack", {"id": body["id"], "book": body["book"], **result})
+                continue
             cid = body["id"].hex()
             done = ChainCommand.get_or_none(id=cid)
             if done is not None:
@@ -366,6 +382,41 @@ class ChainNotifier(Actor):
         self.status["watched"] = len(self._watched)
         log.info("watching %s (%s)", address, label or "no label")
         return {"status": "watching", "reason": None, "script": script_hex}
+
+    def discover(self, book: str, start: int, gap: int) -> dict:
+        """The highest receive index of ``book``'s xpub at or after ``start`` that has been
+        used: a gap-limit scan, as a wallet restoring from a seed does. Used means the node
+        sees coins at it (a node without an address index cannot see spent ones), or this
+        notifier recorded a payment to it, or a mempool transaction pays it."""
+        from .chain.addresses import Deriver
+
+        section, key = BOOKS.get(book, (None, None))
+        spec = (self.home.config.get(section) or {}).get(key) if section else None
+        if not spec:
+            reason = f"unknown address book {book!r}" if section is None else f"no [{section}] {key} configured"
+            return {"status": "refused", "reason": reason, "highest": None, "scanned": 0}
+        try:
+            deriver = Deriver(spec, self.cfg["network"])
+        except DctrlError as exc:
+            return {"status": "refused", "reason": f"[{section}] {key}: {exc}"[:500], "highest": None, "scanned": 0}
+        in_mempool = frozenset().union(*self._mempool_checked.values()) if self._mempool_checked else frozenset()
+        highest, index, scanned = None, start, 0
+        while scanned < DISCOVER_LIMIT and index < 2**31 - gap:
+            window = [(index + i, *deriver.address(index + i)) for i in range(gap)]
+            scripts = [spk for _, _, spk in window]
+            recorded = {r[0] for r in self.sql.rows(
+                'SELECT DISTINCT "script" FROM "chain_output" WHERE "script" IN ({})'.format(
+                    ", ".join("?" * len(scripts))), *scripts)}
+            used = self.adaptor.used([a for _, a, _ in window])
+            hits = [i for i, a, spk in window if a in used or spk in recorded or spk in in_mempool]
+            scanned += gap
+            if not hits:
+                break
+            highest, index = max(hits), max(hits) + 1
+        if highest is not None:
+            log.info("address book %s: receive index %d is used on the chain (looked at %d from %d)", book,
+                     highest, scanned, start)
+        return {"status": "done", "reason": None, "highest": highest, "scanned": scanned}
 
     @staticmethod
     def outputs(script: str, limit: int = 64) -> list[dict]:

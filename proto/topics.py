@@ -161,6 +161,24 @@ register("cmd.chain.watch", Map({
     # notifier processed before this watch reached it are looked for again (nil: none)
     "since": Opt(Int(min=0)),
 }))
+# cmd.chain.discover: which addresses of a book's receive chain have been used on the chain
+# (BusinessMgr at start: never hand out an address with history, whatever the database holds).
+# The book names the xpub in the notifier's own config: no key material on the bus.
+register("cmd.chain.discover", Map({
+    "id": RID,
+    "expires": Int(min=0),
+    "book": Str(max=32, pattern=r"[a-z][a-z0-9_]*"),
+    "start": Int(min=0, max=2**31 - 1),   # the first receive index to look at
+    "gap": Int(min=1, max=1000),          # stop after this many unused in a row
+}))
+register("chain.discover.ack", Map({
+    "id": RID,
+    "book": Str(max=32),
+    "status": Str(choices=("done", "refused")),
+    "reason": Opt(REASON),
+    "highest": Opt(Int(min=0)),           # the highest used index found at or after start (nil: none)
+    "scanned": Int(min=0),                # indexes looked at
+}))
 # chain.watch.ack: the answer to cmd.chain.watch (the same answer for a retried id).
 register("chain.watch.ack", Map({
     "id": RID,

@@ -46,6 +46,13 @@ class ChainStandIn(Actor):
         self.answer = True
         self.lock = threading.Lock()
 
+    @on("cmd.chain.discover")
+    def discover(self, msg):
+        """No address of the test xpub has history (the notifier's own tests cover discovery)."""
+        b = msg.body
+        self.publish("chain.discover.ack", {"id": b["id"], "book": b["book"], "status": "done", "reason": None,
+                                            "highest": None, "scanned": b["gap"]})
+
     @on("cmd.chain.watch")
     def watch(self, msg):
         b = msg.body

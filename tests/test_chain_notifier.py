@@ -362,3 +362,27 @@ def test_a_watch_without_since_or_for_a_newer_address_does_not_rescan(home, sim)
     n.watch(other, None, since=int(clock.t))
     assert calls == []
     n.database.close()
+
+
+# -- discovery: which receive addresses have history (issue 9.3) --------------------------
+
+def test_discovery_finds_the_highest_used_index_within_the_gap(home, sim):
+    from actors.chain.addresses import Deriver
+
+    n = _notifier(home, sim)
+    n.sync_blocks()
+    deriver = Deriver(home.config["business"]["receive"], "regtest")
+    assert n.discover("invoices", 0, 5) == {"status": "done", "reason": None, "highest": None, "scanned": 5}
+    for index in (0, 3, 7, 30):  # 30 is beyond a gap of 5 after 7: a wallet would not find it either
+        sim.pay(deriver.address(index)[0], "0.0001")
+    sim.mine(1)
+    assert n.discover("invoices", 0, 5)["highest"] == 7
+    assert n.discover("invoices", 8, 30)["highest"] == 30
+    assert n.discover("invoices", 31, 5)["highest"] is None
+    # Unconfirmed payments count too, and payments this notifier recorded (spent since, say).
+    sim.pay(deriver.address(33)[0], "0.0001")
+    n.sync_mempool()
+    assert n.discover("invoices", 31, 5)["highest"] == 33
+    refused = n.discover("dues", 0, 5)
+    assert (refused["status"], refused["reason"]) == ("refused", "unknown address book 'dues'")
+    n.database.close()

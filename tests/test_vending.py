@@ -237,6 +237,46 @@ def test_a_payment_made_while_the_chain_notifier_was_stopped_sells_once(home, si
     assert len(agent.pulses(before_us)) == 1
 
 
+def test_a_new_database_never_hands_out_an_address_with_history(home, sim, net, agent, bus, ready):
+    """Issue 9.3: the derivation index lives in the database. A new or switched database
+    (here: the address book emptied while BusinessMgr was stopped) started at /0/0 again
+    and booked a new customer's payment to an old invoice. At start BusinessMgr asks the
+    chain notifier which receive addresses have history and continues after them."""
+    from actors.chain.addresses import AddressBook, Deriver
+
+    observer = ready
+    deriver = Deriver(home.config["business"]["receive"], "regtest")
+    database = connect(home.database_url)
+    try:
+        book = AddressBook(AddressBook.model(database, "sales_address"), "invoices", deriver)
+        first_free = book.next_index()
+        for index in (first_free, first_free + 6):  # used by another wallet with the same xpub, say
+            sim.pay(deriver.address(index)[0], "0.0001")
+        sim.mine(1)
+        assert net.signal("business_mgr", signal.SIGTERM) == 0
+        book.model.delete().execute()  # the database is switched: no address issued, as far as it knows
+    finally:
+        database.close()
+    net.start("business_mgr")
+    observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr",
+                    timeout=30, what="business_mgr back")
+
+
+    def priced_and_checked():  # (a price published before its subscription reached the broker is lost)
+        bus[1].publish("price.btc_cad", {"cad_per_btc": PRICE, "sources": [], "used": 3,
+                                         "as_of": int(time.time() * 1000)})
+        try:
+            return observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                                   and d.message.body["status"] == "ok", timeout=2)
+        except AssertionError:
+            return None
+    wait_for(priced_and_checked, timeout=30, what="business_mgr ok: a price, and the addresses checked")
+    dctrl(home, "sim", "press", "vm1", "1")
+    opened = observer.expect(topic_is("invoice.opened", machine="vm1", slot=1), timeout=30).message.body
+    assert opened["address"] == deriver.address(first_free + 7)[0]
+    assert "a new or switched database" in net.log("business_mgr")
+
+
 def state_of_address(home, address) -> int:
     from actors.business_mgr import SalesInvoice
 

@@ -122,6 +122,24 @@ class AddressBook:
                 return index, address
         raise RuntimeError(f"could not allocate an address in book {self.name!r}")
 
+    def next_index(self) -> int:
+        """The receive index the next address will have."""
+        M = self.model
+        last = M.select(peewee.fn.MAX(M.position)).where(M.book == self.name).scalar()
+        return 0 if last is None else last + 1
+
+    def skip_past(self, index: int, label: str) -> bool:
+        """Never hand out ``index`` or any below it (they have history on the chain): record
+        it as issued. Returns False if the book was already past it."""
+        M = self.model
+        with write_transaction(M._meta.database):
+            if self.next_index() > index:
+                return False
+            address, spk = self.deriver.address(index)
+            M.create(book=self.name, position=index, address=address, script=spk, label=label[:64],
+                     issued_at=int(self.clock()))
+        return True
+
     def issued(self) -> list[tuple[int, str]]:
         M = self.model
         return [(r.position, r.address) for r in M.select().where(M.book == self.name).order_by(M.position)]

@@ -150,6 +150,13 @@ class Bitcoind:
         return [TxOut(u["txid"], int(u["vout"]), u["scriptPubKey"], by_script.get(u["scriptPubKey"]),
                       btc_to_sats(u["amount"])) for u in res.get("unspents", [])]
 
+    def used(self, addresses: list[str]) -> set[str]:
+        """Those of ``addresses`` that hold coins now (one ``scantxoutset`` over the UTXO set).
+
+        A node without an address index cannot say whether an address received coins
+        that are spent since: callers add what they recorded themselves."""
+        return {u.address for u in self.unspent(addresses) if u.address}
+
     def history(self, address: str, since_height: int = 0) -> list[Tx]:
         """Transactions paying or spending ``address`` since a height, then the mempool's.
 

@@ -117,6 +117,10 @@ class Esplora:
                     out.append(TxOut(u["txid"], int(u["vout"]), script, a, int(u["value"])))
         return out
 
+    def used(self, addresses: list[str]) -> set[str]:
+        """Those of ``addresses`` with any transaction, confirmed or not (Esplora indexes them all)."""
+        return {a for a in addresses if self._get(f"/address/{a}/txs")}
+
     def history(self, address: str, since_height: int = 0) -> list[Tx]:
         """Confirmed transactions since ``since_height`` (oldest first), then unconfirmed ones."""
         txs = self._get(f"/address/{address}/txs")  # up to 50 mempool, then 25 confirmed newest first
