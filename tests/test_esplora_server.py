@@ -1,7 +1,7 @@
 """The chain simulator's Esplora REST server, over raw HTTP (urllib / http.client).
 
 Shapes are checked against responses recorded from real Esplora servers in
-shared/fixtures/esplora (beside the repository): field names and order, JSON
+tests/fixtures/esplora (see tests/fixtures/README.md): field names and order, JSON
 types (satoshis as integers), plain-text bodies without a trailing newline,
 error bodies and statuses. Values are checked against the sim's own
 JSON-RPC view of the same chain.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import threading
 import urllib.error
@@ -26,17 +25,13 @@ from scripts.chainsim import outputs
 from scripts.chainsim.errors import ChainSimError
 from scripts.sim_chain import ChainSim
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "esplora"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "esplora"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 UNKNOWN_TXID = "ab" * 32
 MAINNET_ADDRESS = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
 
 
 def fixture_text(name: str) -> str:
-    if not FIXTURES.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"esplora fixtures missing at {FIXTURES} (CI needs shared/ beside the repository)")
-        pytest.skip(f"esplora fixtures not found at {FIXTURES}")
     return (FIXTURES / name).read_text()
 
 

@@ -5,7 +5,6 @@ notifier on the real bus with `dctrl price show`."""
 import argparse
 import json
 import logging
-import os
 import threading
 import types
 import urllib.request
@@ -26,7 +25,7 @@ from proto.topics import REGISTRY
 from scripts import price_cli, sim_exchanges
 from tests.harness import dctrl, free_port, topic_is, wait_for
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "prices"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "prices"
 PRICE = Decimal("128400.00")
 FX = Decimal("1.382")
 SOURCE_CLASSES = {"kraken": ps.Kraken, "coinbase": ps.Coinbase, "bitstamp": ps.Bitstamp,
@@ -34,12 +33,7 @@ SOURCE_CLASSES = {"kraken": ps.Kraken, "coinbase": ps.Coinbase, "bitstamp": ps.B
 
 
 def fixture_bytes(name) -> bytes:
-    path = FIXTURES / name
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{path} is missing: CI has a copy of shared/ beside the repo")
-        pytest.skip(f"{path} not found (shared/ is not beside the repo)")
-    return path.read_bytes()
+    return (FIXTURES / name).read_bytes()
 
 
 @pytest.fixture(scope="module")
