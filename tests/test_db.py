@@ -1,10 +1,14 @@
 """The database layer on both backends: SQLite (WAL file) and PostgreSQL.
 
-PostgreSQL is the machine's server on 127.0.0.1:5432 (database ``test``);
-set DCTRL_TEST_PG_URL to use another. In CI it must be there: no skipping.
+PostgreSQL is DCTRL_TEST_PG_URL, by default the machine's server on
+127.0.0.1:5432 (database ``test``). When it does not answer, conftest.py starts
+a throwaway server (tests/pg.py) for the run and points DCTRL_TEST_PG_URL at
+it. In CI one of them must be there: no skipping.
 """
 
 import os
+import subprocess
+import sys
 import uuid
 
 import peewee
@@ -12,9 +16,10 @@ import pytest
 
 from actors.db import connect, describe, redact
 from proto.errors import ConfigError
-from tests.harness import dctrl, wait_for
+from tests import pg as test_pg
+from tests.harness import ROOT, dctrl, free_port, wait_for
 
-PG_URL = os.environ.get("DCTRL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = test_pg.configured_url()  # after conftest.py set it (to a throwaway server, if it started one)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -243,3 +248,53 @@ def test_background_checkpoints_keep_the_wal_small(tmp_path):
     pg = checkpoint_in_background(connect(PG_URL))  # PostgreSQL: nothing to do
     assert pg._thread is None
     pg.stop()
+
+
+# -- the tests' PostgreSQL (tests/test_pg.py, conftest.py) ------------------------------------------------
+
+def test_a_throwaway_postgresql_is_started_when_none_answers(monkeypatch):
+    if test_pg.bindir() is None:
+        if test_pg.in_ci():
+            pytest.fail("no PostgreSQL server binaries to start a throwaway server from (CI must have them)")
+        pytest.skip("no PostgreSQL server binaries to start a throwaway server from")
+    # A server that answers is used as it is.
+    monkeypatch.setenv(test_pg.ENV, PG_URL)
+    assert test_pg.ensure() == (PG_URL, None, f"PostgreSQL: {PG_URL}")
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/test"  # nothing listens there
+    monkeypatch.setenv(test_pg.ENV, dead)
+    url, server, note = test_pg.ensure()
+    try:
+        assert server is not None and url == server.url == os.environ[test_pg.ENV] != dead
+        assert note.startswith(f"PostgreSQL: throwaway server {url}")
+        assert f"because {dead} did not answer" in note
+        db = connect(url)
+        db.execute_sql("CREATE TABLE t (n BIGINT)")
+        db.execute_sql("INSERT INTO t VALUES (2100000000000000)")
+        assert db.execute_sql("SELECT n FROM t").fetchall() == [(2_100_000_000_000_000,)]
+        db.close()
+        proc, where = server.proc, server.dir
+    finally:
+        server.stop()
+    assert proc.poll() is not None and not where.exists()
+    assert test_pg.problem(url) is not None
+
+
+def run_pytest(env_over, *args):
+    env = {**os.environ, **env_over}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_without_any_postgresql_ci_fails_the_run_and_a_developer_is_warned(tmp_path):
+    nothing = {test_pg.ENV: f"postgresql://postgres@127.0.0.1:{free_port()}/test",
+               test_pg.BINDIR_ENV: str(tmp_path)}  # no server, no binaries
+    only = "tests/test_db.py::test_sqlite_is_in_wal_mode"  # needs no PostgreSQL
+    ci = run_pytest({**nothing, "CI": "true"}, only)
+    assert ci.returncode == 1, ci.stdout + ci.stderr
+    assert f"none answers at {nothing[test_pg.ENV]}" in ci.stderr
+    assert f"no PostgreSQL server binaries (initdb, postgres) in {tmp_path}" in ci.stderr
+    assert "In CI the PostgreSQL tests are never skipped." in ci.stderr
+    dev = run_pytest({**nothing, "CI": ""}, only)
+    assert dev.returncode == 0, dev.stdout + dev.stderr
+    assert "WARNING: PostgreSQL: none answers at" in dev.stdout  # in the summary (and the header, without -q)
+    assert "The PostgreSQL tests will fail." in dev.stdout and "1 passed" in dev.stdout
