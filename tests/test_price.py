@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from actors import price_sources as ps
@@ -212,23 +212,37 @@ def test_too_few_fresh_or_agreeing_sources_is_stale():
     assert ps.aggregate([q("a", "1"), q("b", "1"), q("c", "1")], now=1000, min_sources=4).stale
 
 
+# Quotes around a common centre, as real sources give them: most within 2 % of it, the others up
+# to 80 % away, so that most examples get a price (median, cents, the outlier rule) and many drop
+# an outlier or find the sources disagreeing. Up to 8 quotes, more often 4 or more; most fresh,
+# some past max_age. (Prices drawn each from anywhere in 1000..10^7 CAD, and short lists, left
+# about 12 % of examples priced.) `--hypothesis-show-statistics` shows the share of each outcome:
+# about 60 to 70 % priced, 15 to 25 % of all with an outlier dropped.
+CENTRES = st.decimals(min_value=Decimal(1000), max_value=Decimal(10_000_000), places=2)
+OFFSETS_BP = st.one_of(st.integers(-200, 200), st.integers(-8000, 8000))  # basis points from the centre
+COUNTS = st.one_of(st.integers(0, 8), st.integers(4, 8))
+AGES = st.one_of(st.integers(0, 120), st.integers(0, 240))
+
+
 @settings(max_examples=300, deadline=None)
-@given(prices=st.lists(st.decimals(min_value=Decimal(1000), max_value=Decimal(10_000_000), places=5,
-                                   allow_nan=False, allow_infinity=False), min_size=0, max_size=8),
-       ages=st.lists(st.integers(0, 240), min_size=8, max_size=8),
-       pct=st.integers(1, 50), min_sources=st.integers(2, 4))
-def test_aggregate_properties(prices, ages, pct, min_sources):
+@given(n=COUNTS, centre=CENTRES, offsets=st.lists(OFFSETS_BP, min_size=8, max_size=8),
+       ages=st.lists(AGES, min_size=8, max_size=8), pct=st.integers(1, 50), min_sources=st.integers(2, 4))
+def test_aggregate_properties(n, centre, offsets, ages, pct, min_sources):
+    prices = [(centre + centre * bp / 10_000).quantize(Decimal("0.00001")) for bp in offsets[:n]]
     quotes = [ps.Quote(f"s{i}", p, 1000 - ages[i]) for i, p in enumerate(prices)]
     agg = ps.aggregate(quotes, now=1000, max_age=120, outlier_pct=pct, min_sources=min_sources)
     fresh = [x.price for x in quotes if ages[int(x.source[1:])] <= 120]
     assert agg.fresh == [x.source for x in quotes if ages[int(x.source[1:])] <= 120]
     if len(fresh) < min_sources:
+        event("stale: too few fresh quotes")
         assert agg.stale
         return
     assert min(fresh) <= ps.median(fresh) <= max(fresh)
     if agg.stale:
+        event("stale: sources disagree")
         assert len(agg.used) < min_sources
         return
+    event(f"priced, {'with' if agg.outliers else 'without'} outliers")
     # The price is a Decimal in cents, within the fresh quotes' range (up to the rounding).
     assert type(agg.price) is Decimal and agg.price.as_tuple().exponent == -2
     assert min(fresh) - Decimal("0.005") <= agg.price <= max(fresh) + Decimal("0.005")
