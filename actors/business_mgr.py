@@ -92,6 +92,8 @@ DEFAULTS = {
     "reannounce_min_s": 60,   # a press on a slot with an open invoice shows it again if it has this long left
     "max_invoices_per_minute": 6,  # per machine: a stuck button must not burn the wallet's address gap
     "reconcile_interval": 60,  # seconds between asking the chain again about an expired invoice still waiting
+    "gap_limit": 20,          # unused addresses in a row a restoring wallet looks through (Electrum, Sparrow)
+    "reuse_after_s": 3600,    # an address whose invoices closed unpaid this long ago may be handed out again
 }
 
 
@@ -223,6 +225,38 @@ def invoices(database, *, state: str | None = None, limit: int = 50) -> list[dic
     return [_invoice_dict(i) for i in q.bind(database)]
 
 
+_LAST_USED_SQL = (
+    'SELECT MAX(a."position") FROM "sales_address" a WHERE a."book" = ? AND (a."label" = ? OR EXISTS '
+    '(SELECT 1 FROM "sales_invoice" i JOIN "sales_payment" p ON p."invoice_id" = i."id" '
+    'WHERE i."address" = a."address"))')
+_REUSABLE_SQL = (  # issued after the last used one, every invoice at it closed unpaid long enough ago
+    'SELECT a."address" FROM "sales_address" a WHERE a."book" = ? AND a."position" > ? '
+    'AND EXISTS (SELECT 1 FROM "sales_invoice" i WHERE i."address" = a."address") '
+    'AND NOT EXISTS (SELECT 1 FROM "sales_invoice" i WHERE i."address" = a."address" AND '
+    '(i."closed_at" IS NULL OR i."closed_at" > ? OR EXISTS '
+    '(SELECT 1 FROM "sales_payment" p WHERE p."invoice_id" = i."id"))) '
+    'ORDER BY a."position" LIMIT 1')
+USED_ON_CHAIN = "used on the chain (found at start)"
+
+
+def address_gap(database, book: str = "invoices", gap_limit: int = 20) -> dict:
+    """How far the run of unused invoice addresses reaches: a wallet restored from the xpub
+    finds every payment only while ``gap`` stays within its gap limit (20 by default)."""
+    if not database.table_exists("sales_address"):
+        return {"issued": 0, "next": 0, "last_used": None, "gap": 0, "gap_limit": gap_limit}
+    cur = database.execute_sql(_sql(database, 'SELECT COUNT(*), MAX("position") FROM "sales_address" '
+                                              'WHERE "book" = ?'), (book,))
+    issued, last = cur.fetchone()
+    used = database.execute_sql(_sql(database, _LAST_USED_SQL), (book, USED_ON_CHAIN)).fetchone()[0]
+    nxt = 0 if last is None else last + 1
+    return {"issued": issued, "next": nxt, "last_used": used, "gap": nxt - (-1 if used is None else used) - 1,
+            "gap_limit": gap_limit}
+
+
+def _sql(database, sql: str) -> str:
+    return sql if database.param == "?" else sql.replace("?", database.param)
+
+
 def invoice(database, number: int) -> dict | None:
     with database.bind_ctx(TABLES):
         inv = SalesInvoice.get_or_none(SalesInvoice.id == number)
@@ -282,7 +316,7 @@ class BusinessMgr(Actor):
                 book_model = AddressBook.model(self.database, "sales_address")
                 self.database.create_tables([book_model], safe=True)
                 self.book = AddressBook(book_model, "invoices", Deriver(self.cfg["receive"], self.network),
-                                        clock=clock)
+                                        gap_limit=int(self.cfg["gap_limit"]), clock=clock)
             except ConfigError as exc:
                 self.config_error = f"[business] receive: {exc}"
         else:
@@ -455,7 +489,7 @@ class BusinessMgr(Actor):
         if tolerance >= due:
             raise Refusal(f"policy underpayment_tolerance_cad ({pol['underpayment_tolerance_cad']}) is not below "
                           f"the price ({bd.format_cad(item['price_cents'])})")
-        _, address = self.book.next()  # its own transaction: a crash after it only skips an index
+        address = self._fresh_address()
         recent.append(time.monotonic())
         with self._txn():
             inv = SalesInvoice.create(
@@ -471,6 +505,24 @@ class BusinessMgr(Actor):
         log.info("invoice %d opened: %s/%d %s, %s CAD = %d sats at %s CAD/BTC, pay to %s until %d", inv.id,
                  machine, slot, inv.product, bd.format_cad(inv.price_cents), due, cad_per_btc, address, inv.expires)
         return inv.id
+
+    def _fresh_address(self) -> str:
+        """The next receive address, unless the run of unused ones would then pass the gap
+        limit a restoring wallet scans: then an address whose invoices all closed unpaid at
+        least ``reuse_after_s`` ago is handed out again (still watched; a payment to it
+        goes to the newest invoice). With none such, the next one anyway, and a warning."""
+        gap = address_gap(self.database, self.book.name, self.book.gap_limit)
+        if gap["gap"] >= self.book.gap_limit:
+            last_used = -1 if gap["last_used"] is None else gap["last_used"]
+            row = self.sql.rows(_REUSABLE_SQL, self.book.name, last_used,
+                                int(self.clock()) - int(self.cfg["reuse_after_s"]))
+            if row:
+                log.info("%d unused addresses in a row: handing out %s again (its invoices closed unpaid)",
+                         gap["gap"], row[0][0])
+                return row[0][0]
+            log.warning("%d unused invoice addresses in a row, more than the gap limit (%d) a restoring wallet "
+                        "scans, and none unpaid long enough to hand out again", gap["gap"] + 1, self.book.gap_limit)
+        return self.book.next()[1]  # its own transaction: a crash after it only skips an index
 
     def _opened_body(self, inv) -> dict:
         return {"invoice": str(inv.id), "mode": inv.mode, "machine": inv.machine, "slot": inv.slot,
@@ -501,7 +553,7 @@ class BusinessMgr(Actor):
             log.error("%s", self.config_error)
             return
         start = self.book.next_index()
-        if b["highest"] is not None and self.book.skip_past(b["highest"], "used on the chain (found at start)"):
+        if b["highest"] is not None and self.book.skip_past(b["highest"], USED_ON_CHAIN):
             if start == 0:
                 log.warning("the invoice address book is empty, yet receive addresses up to /0/%d of "
                             "[business] receive have history on the chain: a new or switched database? "

@@ -251,11 +251,34 @@ def cmd_chain(args):
     beat = collector.latest.get("chain_notifier")
     if beat is None:
         raise DctrlError("no heartbeat from chain_notifier (is it running?)")
+    gap = _address_gap(home)
     if args.json:
-        print(json.dumps(beat, sort_keys=True, default=str))
+        print(json.dumps({**beat, "invoice_addresses": gap}, sort_keys=True, default=str))
     else:
         print(f"chain_notifier {beat['status']}: {beat['detail']}")
+        if gap is not None:
+            used = "none used yet" if gap["last_used"] is None else f"last used /0/{gap['last_used']}"
+            print(f"invoice addresses: {gap['issued']} issued, next /0/{gap['next']}, {used}, "
+                  f"{gap['gap']} unused in a row (a restoring wallet scans {gap['gap_limit']})")
+            if gap["gap"] > gap["gap_limit"]:
+                print(f"  restore with a gap limit of at least {gap['gap']} to find every payment")
     return 0 if beat["status"] == "ok" else 1
+
+
+def _address_gap(home) -> dict | None:
+    """The invoice address book's gap (issue 9.3), or None where there is no database to read."""
+    from actors.business_mgr import DEFAULTS, address_gap
+    from actors.db import connect
+
+    try:
+        database = connect(home.database_url)
+    except DctrlError:
+        return None
+    try:
+        gap_limit = int(home.config.get("business", {}).get("gap_limit", DEFAULTS["gap_limit"]))
+        return address_gap(database, "invoices", gap_limit)
+    finally:
+        database.close()
 
 
 # -- events ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 notifier as a process; events observed by a real subscriber."""
 
 import collections
+import json
 import time
 import signal
 
@@ -68,6 +69,11 @@ def test_payment_seen_then_confirmed_to_depth(home, sim, chain):
     assert c1["height"] == c3["height"] and c1["block"] == c3["block"]
     status = dctrl(home, "chain", "status", "--json")
     assert '"status": "ok"' in status.stdout
+    assert json.loads(status.stdout)["invoice_addresses"] == {"issued": 0, "next": 0, "last_used": None, "gap": 0,
+                                                              "gap_limit": 20}
+    human = dctrl(home, "chain", "status").stdout
+    assert "invoice addresses: 0 issued, next /0/0, none used yet, 0 unused in a row (a restoring wallet scans 20)" \
+        in human
 
 
 def test_replaced_payment_is_reported(home, sim, chain):
