@@ -556,7 +556,9 @@ class Runtime:
                 # A refused handshake is final for a libzmq socket: start over later.
                 delay = self._backoff * random.uniform(0.8, 1.2)
                 self._backoff = min(self._backoff * 2, 60.0)
-                log.error("broker refused our key (unknown or revoked?): retrying in %.1f s", delay)
+                log.error("handshake with the broker failed: our key unknown or revoked, or the broker's "
+                          "public key we pin is not its current one (after `dctrl keys rotate broker`, "
+                          "update broker_public_key): retrying in %.1f s", delay)
                 self._close_sockets()
                 self._reconnect_at = time.monotonic() + delay
                 return

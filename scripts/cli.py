@@ -170,9 +170,19 @@ def cmd_keys(args):
                 print(f"{name:<14} {k.role:<8} {k.version:>7} {state:<22} {k.curve.decode()}")
     elif args.keys_cmd == "rotate":
         grace = args.grace if args.grace is not None else home.config["vault"]["key_grace"]
-        new = registry.rotate(args.name, grace)
+        if args.name == "broker" and not args.offline:
+            raise DctrlError(BROKER_ROTATION.format(home=home.root))
+        new = registry.rotate(args.name, 0 if args.name == "broker" else grace)
         new.save(home.key_file(args.name))
         registry.save()
+        if args.name == "broker":  # every client pins the broker's Curve key: the machines' configs too
+            pinned = _repin_broker(home, new.curve_public.decode())
+            print(f"rotated broker to key v{new.version}; its old key ended now")
+            for path in pinned:
+                print(f"  updated broker_public_key in {path}")
+            print("copy each machine's agent.toml (or just its new broker_public_key) to the machine, "
+                  "then start the network and the agents again")
+            return
         print(f"rotated {args.name} to key v{new.version}; older keys stay valid for {grace} s")
         if registry.role(args.name) == "machine":
             print(f"copy {home.key_file(args.name)} to the machine; its agent reloads it")
@@ -181,6 +191,34 @@ def cmd_keys(args):
         registry.save()
         print(f"revoked {args.name} (key versions up to {upto}); the broker cuts it off within seconds")
         print(f"to re-admit it later: dctrl keys rotate {args.name}")
+
+
+BROKER_ROTATION = """refusing to rotate the broker's key while the network may run.
+Every client pins the broker's public key (the machines in their agent.toml), and the
+broker loads its key only at start: a rotation under a running network cuts every new
+connection. The procedure:
+  1. stop the network (Ctrl-C `dctrl up`, or `supervisorctl stop all`) and every agent
+  2. dctrl keys rotate broker --offline --home {home}
+     (rotates, ends the old key now, and rewrites broker_public_key in every agent.toml
+     under {home}/agents)
+  3. give each machine its new broker_public_key (copy its agent.toml, or
+     `dctrl agent-config NAME --out DIR` and copy it), then start the network and the agents"""
+
+
+def _repin_broker(home, curve_public: str) -> list:
+    """Rewrite ``broker_public_key`` in the agent configs kept in the home (the demo's)."""
+    import re
+
+    from keys.files import atomic_write
+
+    changed = []
+    for path in sorted((home.root / "agents").glob("*/agent.toml")):
+        text = path.read_text()
+        new = re.sub(r'(?m)^broker_public_key\s*=\s*"[^"]*"', f'broker_public_key = "{curve_public}"', text)
+        if new != text:
+            atomic_write(path, new.encode(), mode=path.stat().st_mode & 0o777)
+            changed.append(path)
+    return changed
 
 
 # -- pub / sub ---------------------------------------------------------------
@@ -405,6 +443,8 @@ def build_parser():
     k = ks.add_parser("rotate", help="new keys valid at once; old keys accepted for a grace period")
     k.add_argument("name")
     k.add_argument("--grace", type=int, help="seconds the old keys stay valid (default [vault] key_grace)")
+    k.add_argument("--offline", action="store_true",
+                   help="the broker only, with the network stopped: rotate and re-pin the home's agents")
     k = ks.add_parser("revoke", help="refuse every key of NAME; connected peers are cut off")
     k.add_argument("name")
     for k in ks.choices.values():
