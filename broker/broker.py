@@ -42,7 +42,7 @@ from keys.identity import IdentityKeys
 from keys.policy import Policy
 from keys.registry import Registry
 from proto.authproxy import AuthProxy, NoToken
-from proto.errors import DctrlError
+from proto.errors import ConfigError, DctrlError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,25 @@ ZAP_DOMAIN = "dctrl"
 USER_ID = b"User-Id"
 DRAIN = 2000  # messages per poll wake-up before looking at the other socket
 VERSION = "0.1.0"
+
+
+class AddressInUse(ConfigError):
+    """The broker's port is another process's (another home on the same ports?)."""
+
+    code = "address_in_use"
+
+
+def _port_holder(endpoint) -> str:
+    """``in use by pid 42: dctrl run broker --home /srv/a``, as far as /proc tells."""
+    from urllib.parse import urlsplit
+
+    from scripts.supervise import port_holder
+
+    try:
+        port = urlsplit(endpoint).port
+    except ValueError:
+        port = None
+    return f"in use by {port_holder(port)}" if port else "in use"
 
 
 class RegistryAuthenticator(ThreadAuthenticator):
@@ -119,7 +138,7 @@ class Broker:
         self.xsub = self._server_socket(zmq.XSUB)
         self.xpub = self._server_socket(zmq.XPUB)
         self.xpub.setsockopt(zmq.XPUB_MANUAL, 1)
-        self._bind()
+        self._bind(wait=0)  # a port taken at start is another broker's: say so now, no retry
         self.xsub.send(b"\x01")  # everything, once; subscriptions are never forwarded upstream
         self.poller = zmq.Poller()
         self.poller.register(self.xsub, zmq.POLLIN)
@@ -127,16 +146,20 @@ class Broker:
         log.info("broker up: publish endpoint %s, subscribe endpoint %s, %d identities",
                  self.bus["publish_endpoint"], self.bus["subscribe_endpoint"], len(self.registry.names()))
 
-    def _bind(self):
-        for sock, endpoint in ((self.xsub, self.bus["publish_endpoint"]), (self.xpub, self.bus["subscribe_endpoint"])):
-            deadline = time.monotonic() + 5
+    def _bind(self, wait=5.0):
+        for sock, key in ((self.xsub, "publish_endpoint"), (self.xpub, "subscribe_endpoint")):
+            endpoint = self.bus[key]
+            deadline = time.monotonic() + wait
             while True:
                 try:
                     sock.bind(endpoint)
                     break
                 except zmq.ZMQError as exc:  # unbind is asynchronous: the port frees shortly
-                    if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    if exc.errno != zmq.EADDRINUSE:
                         raise
+                    if time.monotonic() > deadline:
+                        raise AddressInUse(f"broker: cannot listen on {endpoint} ([bus] {key}): "
+                                           f"{_port_holder(endpoint)}") from None
                     time.sleep(0.02)
 
     def rebind(self, why: str):

@@ -53,19 +53,26 @@ def cmd_init(args):
 
 
 def cmd_run(args):
-    home = _home(args)
-    if args.name == "broker":
-        from broker.broker import Broker
+    from proto.errors import ConfigError
+    from scripts.supervise import EX_CONFIG, hold_run_lock
 
-        Broker(home).run()
-        return
-    spec = ACTORS.get(args.name)
-    if spec is None:
-        raise DctrlError(f"unknown actor {args.name!r}; known: broker, {', '.join(sorted(ACTORS))}")
-    from actors.runtime import Runtime
+    try:  # a config error, or this actor already running for the home, or its port taken: one
+        home = _home(args)  # line and EX_CONFIG, which supervisord does not restart forever
+        if args.name != "broker" and args.name not in ACTORS:
+            raise DctrlError(f"unknown actor {args.name!r}; known: broker, {', '.join(sorted(ACTORS))}")
+        hold_run_lock(home, args.name)
+        if args.name == "broker":
+            from broker.broker import Broker
 
-    actor = _load(spec)(home)
-    Runtime(actor, home.bus_settings(args.name)).run(handle_signals=True)
+            Broker(home).run()
+            return
+        from actors.runtime import Runtime
+
+        actor = _load(ACTORS[args.name])(home)
+        Runtime(actor, home.bus_settings(args.name)).run(handle_signals=True)
+    except ConfigError as exc:
+        print(f"dctrl: {exc}", file=sys.stderr)
+        return EX_CONFIG
 
 
 def cmd_agent_config(args):
