@@ -27,7 +27,7 @@ import nacl.signing
 
 from keys.files import file_stamp
 from keys.home import Home
-from keys.policy import Policy
+from keys.policy import Policy, load_registry_and_policy
 from keys.registry import Registry
 from proto import token as tokens
 from proto.errors import DctrlError, UnknownIdentity
@@ -100,6 +100,7 @@ class Vault(Actor):
         self.registry = Registry.load(home.registry_path)
         self.policy = Policy.load(home.policy_path)
         self._stamps = (file_stamp(home.registry_path), file_stamp(home.policy_path))
+        self.not_applied = None  # why the last edit of registry.json or policy.toml was refused (health)
         self.secrets = open_store(home)
         self.requests_per_minute = requests_per_minute
         self._recent: dict[str, list[float]] = {}
@@ -190,10 +191,10 @@ class Vault(Actor):
         stamps = (file_stamp(self.home.registry_path), file_stamp(self.home.policy_path))
         if stamps == self._stamps:
             return
-        try:
-            registry, policy = Registry.load(self.home.registry_path), Policy.load(self.home.policy_path)
-        except DctrlError as exc:
-            log.error("reload failed, keeping the previous registry and policy: %s", exc)
+        registry, policy, self.not_applied = load_registry_and_policy(self.home.registry_path,
+                                                                      self.home.policy_path)
+        if self.not_applied:
+            log.error("reload failed, keeping the previous registry and policy: %s", self.not_applied)
         else:
             self.registry, self.policy = registry, policy
             log.info("reloaded registry and policy")
@@ -220,4 +221,6 @@ class Vault(Actor):
             self.publish_revocations()
 
     def health(self):
+        if self.not_applied:
+            return "degraded", self.not_applied
         return "ok", f"{self.issued} tokens issued"

@@ -16,7 +16,9 @@
   When a key stops being valid (revoked, or a rotated key's grace ends) or the
   policy changes, both endpoints are unbound and bound again: every peer must
   handshake anew, revoked keys are refused, valid peers are back within a
-  fraction of a second and their subscriptions are re-checked.
+  fraction of a second and their subscriptions are re-checked. An edit that
+  cannot be applied leaves the previous files in force, and ``health.broker``
+  says so (``degraded``, why in its detail) until the files are fixed.
 
 The broker is also an identity on its own bus: it asks the Vault for a token
 (its request goes straight out of XPUB), catches the reply on XSUB, and signs
@@ -39,7 +41,7 @@ from zmq.utils import z85
 from keys.files import file_stamp
 from keys.home import Home, next_boot
 from keys.identity import IdentityKeys
-from keys.policy import Policy
+from keys.policy import Policy, load_registry_and_policy
 from keys.registry import Registry
 from proto.authproxy import AuthProxy, NoToken
 from proto.errors import ConfigError, DctrlError
@@ -111,6 +113,7 @@ class Broker:
                          "refused_connect": 0, "malformed": 0, "reloads": 0, "rebinds": 0}
         self.started = time.monotonic()
         self.stopping = False
+        self.not_applied = None  # why the last edit of registry.json or policy.toml was refused (health)
         self.ctx = None
 
     # -- sockets --------------------------------------------------------------
@@ -380,8 +383,8 @@ class Broker:
         self.emit("health.broker", {
             "name": self.proxy.name, "role": "actor", "version": VERSION, "pid": os.getpid(),
             "uptime": int(time.monotonic() - self.started), "interval": self.heartbeat_interval,
-            "token_exp": tok.expires_at if tok else None, "status": "ok", "detail": None,
-            "counters": dict(self.counters),
+            "token_exp": tok.expires_at if tok else None, "status": "degraded" if self.not_applied else "ok",
+            "detail": self.not_applied, "counters": dict(self.counters),
         })
 
     # -- hot reload -----------------------------------------------------------
@@ -391,11 +394,9 @@ class Broker:
         expired = self._key_expiry is not None and time.time() >= self._key_expiry
         if stamps == self._stamps and not expired:
             return
-        try:
-            registry = Registry.load(self.home.registry_path)
-            policy = Policy.load(self.home.policy_path)
-        except DctrlError as exc:
-            log.error("reload failed, keeping the previous keys and policy: %s", exc)
+        registry, policy, self.not_applied = load_registry_and_policy(self.home.registry_path, self.home.policy_path)
+        if self.not_applied:
+            log.error("reload failed, keeping the previous keys and policy: %s", self.not_applied)
             self._stamps = stamps
             return
         policy_changed = stamps[1] != self._stamps[1]

@@ -115,11 +115,13 @@ def cmd_status(args):
 
     home = _home(args)
     wait = args.wait or home.config["runtime"]["heartbeat_interval"] + 1.5
-    expected = set(args.expect.split(",")) if args.expect else set(SUPERVISED_ACTORS)
-    if not args.expect and home.config["demo"]["simulators"]:
-        expected.add("vm1")  # the demo's simulated vending machine
-    deadline = time.monotonic() + (args.until or 0)
     registry = Registry.load(home.registry_path)
+    names = registry.names()
+    revoked = {n for n in names if registry.revoked_up_to(n) >= registry.current(n).version}
+    machines = {n for n in names if registry.role(n) == "machine"}
+    # Every server actor and every registered machine must be ok, revoked ones aside.
+    expected = set(args.expect.split(",")) if args.expect else set(SUPERVISED_ACTORS) | (machines - revoked)
+    deadline = time.monotonic() + (args.until or 0)
     while True:
         collector = StatusCollector(wait)
         Runtime(collector, home.bus_settings(args.as_name)).run()
@@ -128,19 +130,23 @@ def cmd_status(args):
         if not missing or time.monotonic() >= deadline:
             break
     now = time.time()
+    shown = set(rows) | expected | machines | {n for n in names if registry.role(n) == "actor"}
     if args.json:
-        print(json.dumps({"actors": rows, "missing": missing}, sort_keys=True, default=str))
+        print(json.dumps({"actors": rows, "missing": missing, "down": sorted(shown - set(rows) - revoked),
+                          "revoked": sorted(revoked & shown)}, sort_keys=True, default=str))
     else:
-        print(f"{'NAME':<14} {'ROLE':<8} {'STATUS':<9} {'LAST SEEN':>9} {'VERSION':<8} {'TOKEN EXPIRES':>13} {'PID':>7} {'UPTIME':>7}")
-        for name in sorted(set(rows) | expected | set(n for n in registry.names() if registry.role(n) == "actor")):
+        print(f"{'NAME':<14} {'ROLE':<8} {'STATUS':<9} {'LAST SEEN':>9} {'VERSION':<8} {'TOKEN EXPIRES':>13} "
+              f"{'PID':>7} {'UPTIME':>7}  DETAIL")
+        for name in sorted(shown):
             r = rows.get(name)
             if r is None:
-                print(f"{name:<14} {registry.role(name) if name in registry.names() else '?':<8} {'down':<9} {'-':>9}")
+                role = registry.role(name) if name in names else "?"
+                print(f"{name:<14} {role:<8} {'revoked' if name in revoked else 'down':<9} {'-':>9}")
                 continue
             exp = f"{int(r['token_exp'] - now)} s" if r.get("token_exp") else "-"
             ago = f"{now - r['seen']:.1f} s ago"
             print(f"{name:<14} {r['role']:<8} {r['status']:<9} {ago:>9} "
-                  f"{r['version']:<8} {exp:>13} {r['pid']:>7} {r['uptime']:>6}s")
+                  f"{r['version']:<8} {exp:>13} {r['pid']:>7} {r['uptime']:>6}s  {r.get('detail') or ''}".rstrip())
     return 1 if missing else 0
 
 
@@ -434,11 +440,13 @@ def build_parser():
     sp.add_argument("name", help="a machine identity (dctrl keys add NAME --role machine)")
     sp.add_argument("--out", help="write DIR/agent.toml and DIR/NAME.key instead of printing the config")
 
-    sp = cmd("status", cmd_status, "a table of every actor from its heartbeats; exit 1 if an expected one is not ok")
+    sp = cmd("status", cmd_status, "a table of every actor and machine from its heartbeats; exit 1 if an "
+             "expected one is not ok")
     sp.add_argument("--as", dest="as_name", default="admin", help="identity to listen as (default admin)")
     sp.add_argument("--wait", type=float, help="seconds to listen (default heartbeat interval + 1.5)")
     sp.add_argument("--until", type=float, help="keep trying up to this many seconds until all are ok")
-    sp.add_argument("--expect", help="comma-separated names that must be ok (default: every actor `dctrl up` runs)")
+    sp.add_argument("--expect", help="comma-separated names that must be ok (default: every actor `dctrl up` "
+                    "runs and every registered machine not revoked)")
     sp.add_argument("--json", action="store_true")
 
     sp = cmd("keys", cmd_keys, "manage identities and their keys")
