@@ -21,6 +21,17 @@ keeps running. Handlers marked ``blocking=True`` run on a thread pool so the
 loop never stalls; :meth:`Actor.publish` is safe from any thread.
 
 Handlers never touch zmq, so tests can call them with a decoded message.
+
+Stopping. :meth:`Runtime.stop` (any thread) and the SIGTERM/SIGINT handlers
+(``run(handle_signals=True)``) set a plain flag and write a byte to the loop's
+wake pipe; the loop sleeps on that pipe with its sockets, or on the pipe alone
+while it waits out a reconnect backoff. A signal handler runs in the main
+thread between two bytecodes of whatever that thread was doing, which may be
+inside a ``threading`` primitive (``Event.wait`` holds its condition's lock)
+or holding ``_wake_lock``: a handler that took either lock would wait for
+itself forever. So the handlers take no lock; they may skip the lock because
+the pipe is closed in the loop thread, which is the main thread whenever they
+are installed, and the fd is marked gone before it is closed.
 """
 
 from __future__ import annotations
@@ -164,11 +175,14 @@ class Runtime:
         self.counters = collections.Counter(received=0, accepted=0, rejected=0, handler_errors=0, published=0)
         self._errors_window: dict = {}
         self._loop_thread = None
-        self._stop = threading.Event()
+        self._stopping = False  # set by stop() and the signal handlers; a plain store (see the module doc)
+        self._stop_signal = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.Lock()  # _wake() against the pipe's close in _shutdown()
+        self._idle_poller = zmq.Poller()  # no sockets (a reconnect backoff): the wake pipe alone
+        self._idle_poller.register(self._wake_r, zmq.POLLIN)
         self._monitors = 0
         self.started = time.monotonic()
         self.connected = self._was_connected = self._force_renew = False
@@ -218,11 +232,15 @@ class Runtime:
         self._token_retry = 0.1
 
     def _close_sockets(self):
+        # The monitor is stopped before its PAIR socket closes: libzmq's I/O thread sends each
+        # event to that PAIR with a blocking send, holding the monitor's lock, so a PAIR closed
+        # first can hang that thread and then disable_monitor() with it (libzmq #3575, pyzmq
+        # #1020; seen here in a shutdown right after connecting, about once in a thousand).
+        if self.sub is not None:
+            self.sub.disable_monitor()
         for s in (self.monitor, self.sub, self.pub):
             if s is not None:
-                if s is self.sub:
-                    s.disable_monitor()
-                s.close(linger=500 if self._stop.is_set() else 0)
+                s.close(linger=500 if self._stopping else 0)
         self.pub = self.sub = self.monitor = None
         self.connected = False
 
@@ -310,8 +328,21 @@ class Runtime:
         heapq.heappush(self.later, (time.monotonic() + delay, self._later_n, fn, args))
 
     def stop(self):
-        self._stop.set()
+        """End the loop (it finishes its iteration, then shuts down). Any thread; not from a
+        signal handler (the loop installs its own, see :meth:`_on_signal`)."""
+        self._stopping = True
         self._wake()
+
+    def _on_signal(self, signum, frame):
+        """SIGTERM/SIGINT: a flag and a byte to the wake pipe, no lock (see the module doc)."""
+        self._stopping = True
+        self._stop_signal = signum
+        fd = self._wake_w  # read once: _shutdown() marks it -1 before closing it
+        if fd >= 0:
+            try:
+                os.write(fd, b"x")
+            except OSError:
+                pass  # full: the loop is awake already
 
     def _wake(self):
         with self._wake_lock:
@@ -327,9 +358,18 @@ class Runtime:
     def run(self, *, handle_signals=False):
         """Run until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``)."""
         self._loop_thread = threading.get_ident()
+        previous = {}
         if handle_signals:
-            signal.signal(signal.SIGTERM, lambda *_: self.stop())
-            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            self._run()
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:  # (None: not installed from Python; nothing to restore)
+                    signal.signal(sig, handler)
+
+    def _run(self):
         self._open_sockets()
         log.info("%s starting (boot %d), broker %s", self.keys.name, self.proxy.boot, self.settings.subscribe_endpoint)
         try:
@@ -340,7 +380,7 @@ class Runtime:
             gc.freeze()
             next_health = time.monotonic()
             next_keycheck = time.monotonic() + 2
-            while not self._stop.is_set():
+            while not self._stopping:
                 now = time.monotonic()
                 if self._reconnect_at is not None and now >= self._reconnect_at:
                     self._reconnect_at = None
@@ -380,12 +420,22 @@ class Runtime:
             self._guarded(fn, "call_soon", *args)
 
     def _idle(self, timeout_ms):
-        self._stop.wait(timeout_ms / 1000)
-        return {}
+        """Sleep without sockets (a reconnect backoff) until the timeout or a wake-up."""
+        return dict(self._idle_poller.poll(timeout_ms))
 
     def _timeout(self, next_health) -> int:
+        """Milliseconds until the loop has something to do. Only deadlines that can fire count:
+        with no token the heartbeat and the secret requests wait for one, and with no sockets
+        (a reconnect backoff) so do token requests; a past one that cannot fire would make
+        the loop spin (seen: a whole core while a refused key waited out its backoff)."""
         now = time.monotonic()
-        deadlines = [next_health, self._next_token_request, now + 1.0, *self.secrets_wanted.values()]
+        deadlines = [now + 1.0]
+        if self.proxy.token_valid():
+            deadlines.append(next_health)
+            if self.sub is not None:
+                deadlines.extend(self.secrets_wanted.values())
+        if self.sub is not None:
+            deadlines.append(self._next_token_request)
         if self.later:
             deadlines.append(self.later[0][0])
         idle = self.scheduler.idle_seconds
@@ -574,7 +624,10 @@ class Runtime:
         })
 
     def _shutdown(self):
-        log.info("%s stopping", self.keys.name)
+        if self._stop_signal is not None:
+            log.info("%s stopping (%s)", self.keys.name, signal.Signals(self._stop_signal).name)
+        else:
+            log.info("%s stopping", self.keys.name)
         self._guarded(self.actor.teardown, "teardown")
         self.pool.shutdown(wait=True, cancel_futures=False)
         self._run_crossthread()
@@ -582,6 +635,10 @@ class Runtime:
         self._close_sockets()
         self.ctx.term()
         with self._wake_lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
+            # Marked gone before closed: a signal handler (no lock, this thread) that runs
+            # between the two sees -1, never a closed number another file may get.
+            r, w = self._wake_r, self._wake_w
+            self._wake_w = -1
+            self._wake_r = -1
+            os.close(w)
+            os.close(r)
