@@ -40,6 +40,8 @@ def _load(spec):
 # -- init, run, up, status ---------------------------------------------------
 
 def cmd_init(args):
+    import embit  # noqa: F401  (the demo's receive account; without the server install, say so before writing)
+
     from keys.home import Home
 
     home = Home.init(args.home or os.environ.get("DCTRL_HOME") or "var",
@@ -169,7 +171,7 @@ def cmd_keys(args):
         print(f"secret key file: {home.key_file(args.name)} (0600)")
     elif args.keys_cmd == "list":
         now = time.time()
-        print(f"{'NAME':<14} {'ROLE':<8} {'VERSION':>7} {'STATE':<22} CURVE PUBLIC KEY")
+        rows = []
         for name in registry.names():
             for k in sorted(registry.keys_of(name), key=lambda k: -k.version):
                 if k.version <= registry.revoked_up_to(name):
@@ -177,10 +179,19 @@ def cmd_keys(args):
                 elif k.not_after is None:
                     state = "current"
                 elif k.not_after > now:
-                    state = f"grace, {int(k.not_after - now)} s left"
+                    state = "grace"
                 else:
                     state = "expired"
-                print(f"{name:<14} {k.role:<8} {k.version:>7} {state:<22} {k.curve.decode()}")
+                rows.append({"name": name, "role": k.role, "version": k.version, "state": state,
+                             "not_after": k.not_after, "created": k.created, "curve_public": k.curve.decode(),
+                             "sign_public": k.sign.hex()})
+        if args.json:
+            print(json.dumps(rows, sort_keys=True))
+            return
+        print(f"{'NAME':<14} {'ROLE':<8} {'VERSION':>7} {'STATE':<22} CURVE PUBLIC KEY")
+        for r in rows:
+            state = f"grace, {int(r['not_after'] - now)} s left" if r["state"] == "grace" else r["state"]
+            print(f"{r['name']:<14} {r['role']:<8} {r['version']:>7} {state:<22} {r['curve_public']}")
     elif args.keys_cmd == "rotate":
         grace = args.grace if args.grace is not None else home.config["vault"]["key_grace"]
         if args.name == "broker" and not args.offline:
@@ -246,14 +257,15 @@ def cmd_pub(args):
         raise DctrlError(f"JSON_BODY is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise DctrlError("JSON_BODY must be a JSON object")
-    home = _home(args)
-    actor = PublishOnce(args.topic, body)
     from proto.topics import REGISTRY
 
     schema = REGISTRY.schema_for(args.topic)
     if schema is None:
         raise DctrlError(f"no topic family for {args.topic!r}; see docs/protocol.md")
+    body = bytes_from_hex(schema, body)
     schema.check(body)
+    home = _home(args)
+    actor = PublishOnce(args.topic, body)
     rt = Runtime(actor, home.bus_settings(args.as_name))
     _with_deadline(rt, args.timeout)
     rt.run(handle_signals=True)
@@ -262,13 +274,65 @@ def cmd_pub(args):
     print(f"published {args.topic} as {args.as_name}")
 
 
+HEX_PREFIX = "hex:"
+
+
+def bytes_from_hex(node, value, path="body"):
+    """JSON has no bytes: where the topic's schema has a bytes field (a command's ``id``, a
+    token), a string there is hex (``"00ff..."`` or ``"hex:00ff..."``); in a free-form part
+    (``debug.*`` bodies) a string is bytes only with the ``hex:`` prefix. Everything else is
+    left as it is, for the schema to judge."""
+    from proto.schema import Any, Bytes, List, Map, Opt
+
+    if isinstance(node, Opt):
+        node = node.node
+    if isinstance(node, Bytes) and isinstance(value, str):
+        return _hex(value, path)
+    if isinstance(node, Map) and isinstance(value, dict):
+        return {k: bytes_from_hex(node.fields.get(k, node.extra), v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(node, List) and isinstance(value, list):
+        return [bytes_from_hex(node.item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(node, Any):
+        if isinstance(value, str) and value.startswith(HEX_PREFIX):
+            return _hex(value, path)
+        if isinstance(value, dict):
+            return {k: bytes_from_hex(node, v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [bytes_from_hex(node, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _hex(text, path) -> bytes:
+    digits = text[len(HEX_PREFIX):] if text.startswith(HEX_PREFIX) else text
+    try:
+        return bytes.fromhex(digits)
+    except ValueError:
+        raise DctrlError(f"{path}: bytes are given as hex (\"00ff...\" or \"hex:00ff...\"), not {text[:40]!r}") \
+            from None
+
+
 def cmd_sub(args):
-    from scripts.tools import run_subscriber
+    from actors.runtime import Runtime
+    from scripts.tools import Subscriber
 
     home = _home(args)
-    actor = run_subscriber(home.bus_settings(args.as_name), args.prefix, count=args.count,
-                           timeout=args.timeout, json_lines=args.json,
-                           sink=lambda line: print(line, flush=True))
+    reader_gone = []
+
+    def sink(line):
+        if reader_gone:
+            return
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:  # `dctrl sub ... | head -1`: the reader has had enough
+            reader_gone.append(True)
+            rt.stop()
+
+    actor = Subscriber(args.prefix, count=args.count, timeout=args.timeout, sink=sink, json_lines=args.json)
+    rt = Runtime(actor, home.bus_settings(args.as_name))
+    rt.add_handler(args.prefix, actor.deliver, raw=True)
+    rt.run(handle_signals=True)
+    if reader_gone:
+        raise BrokenPipeError  # (main ends quietly)
     return 0 if (not args.count or actor.seen >= args.count) else 1
 
 
@@ -337,17 +401,29 @@ def _address_gap(home) -> dict | None:
 def cmd_events(args):
     from actors.event_logger import query, tail
 
+    from proto.wire import prefix_frame
+
     home = _home(args)
+    if any(not p.strip(" .") for p in args.exclude):
+        raise DctrlError("--exclude needs a topic prefix (it would leave nothing)")
+    excluded = tuple(prefix_frame(p) for p in args.exclude)
+
+    def shown(rec):  # whole segments, as --topic: --exclude health leaves healthcheck.x
+        return not ((rec["topic"] or "") + ".").encode().startswith(excluded) if excluded else True
+
     if args.events_cmd == "query":
         n = 0
         for rec in query(home.events_dir, topic=args.topic, since=args.since, sender=args.sender):
+            if not shown(rec):
+                continue
             n += 1
             print(json.dumps(rec, sort_keys=True) if args.json else _event_line(rec))
             if args.limit and n >= args.limit:
                 break
     else:
         for rec in tail(home.events_dir, topic=args.topic):
-            print(json.dumps(rec, sort_keys=True) if args.json else _event_line(rec), flush=True)
+            if shown(rec):
+                print(json.dumps(rec, sort_keys=True) if args.json else _event_line(rec), flush=True)
 
 
 def _event_line(rec):
@@ -380,7 +456,11 @@ def cmd_vault(args):
         store.set(args.name, value)
         print(f"stored secret {args.name} ({len(value)} bytes); readers come from [secrets] in policy.toml")
     elif args.vault_cmd == "list":
-        for name in store.names():
+        names = sorted(store.names())
+        if args.json:
+            print(json.dumps(names))
+            return
+        for name in names:
             print(name)
 
 
@@ -411,14 +491,16 @@ def cmd_bench(args):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="dctrl", description=(
-        "dctrl: DCTRL's services network. Every command takes --home "
-        "(default $DCTRL_HOME, else ./var)."))
+        "dctrl: DCTRL's services network. Every command takes --home, before or after the command "
+        "(default $DCTRL_HOME, else ./var); every listing takes --json."))
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--home", default=None, help=HOME_HELP)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def cmd(name, fn, help):
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("--home", default=None, help="dctrl home (default $DCTRL_HOME, else ./var)")
+        # SUPPRESS: absent here, the value given before the command (or its default) stands.
+        sp.add_argument("--home", default=argparse.SUPPRESS, help=HOME_HELP)
         sp.set_defaults(fn=fn)
         return sp
 
@@ -428,7 +510,7 @@ def build_parser():
     sp.add_argument("--database-url", help="peewee database URL (default: SQLite file in the home)")
 
     sp = cmd("run", cmd_run, "run one server process in the foreground (broker, vault, event_logger, chain_notifier, price_notifier, business_data)")
-    sp.add_argument("name")
+    sp.add_argument("name", help=f"broker, {', '.join(sorted(ACTORS))}")
     cmd("broker", lambda a: cmd_run(argparse.Namespace(home=a.home, name="broker")),
         "run the broker (SubscriptionMgr) in the foreground")
     cmd("up", cmd_up, "run every server actor under supervisord in the foreground")
@@ -447,32 +529,41 @@ def build_parser():
     sp.add_argument("--until", type=float, help="keep trying up to this many seconds until all are ok")
     sp.add_argument("--expect", help="comma-separated names that must be ok (default: every actor `dctrl up` "
                     "runs and every registered machine not revoked)")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help=JSON_HELP)
 
     sp = cmd("keys", cmd_keys, "manage identities and their keys")
     ks = sp.add_subparsers(dest="keys_cmd", required=True, metavar="ACTION")
     k = ks.add_parser("add", help="new identity with Curve and Ed25519 keys")
-    k.add_argument("name")
-    k.add_argument("--role", required=True, choices=("actor", "machine", "admin"))
-    ks.add_parser("list", help="identities, key versions and their state")
+    k.add_argument("name", help="the identity (letters, digits, _ and -)")
+    k.add_argument("--role", required=True, choices=("actor", "machine", "admin"),
+                   help="its grants in policy.toml: [role.ROLE]")
+    k = ks.add_parser("list", help="identities, key versions and their state")
+    k.add_argument("--json", action="store_true", help=JSON_HELP)
     k = ks.add_parser("rotate", help="new keys valid at once; old keys accepted for a grace period")
-    k.add_argument("name")
+    k.add_argument("name", help="the identity")
     k.add_argument("--grace", type=int, help="seconds the old keys stay valid (default [vault] key_grace)")
     k.add_argument("--offline", action="store_true",
                    help="the broker only, with the network stopped: rotate and re-pin the home's agents")
     k = ks.add_parser("revoke", help="refuse every key of NAME; connected peers are cut off")
-    k.add_argument("name")
+    k.add_argument("name", help="the identity")
     for k in ks.choices.values():
         k.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    sp = cmd("pub", cmd_pub, "publish one signed message as an identity (debugging a policy)")
-    sp.add_argument("topic")
-    sp.add_argument("body", metavar="JSON_BODY")
+    sp = cmd("pub", cmd_pub, "publish one signed message as an identity (debugging a policy, or a command "
+                             "by hand)")
+    sp.description += (
+        ". The body is checked against the topic's schema (docs/protocol.md). JSON has no bytes: give a bytes "
+        'field as hex, "00ff..." or "hex:00ff..." (a command\'s 16-byte id: 32 hex digits); in free-form '
+        'bodies (debug.*) only "hex:..." strings become bytes. Example: dctrl pub cmd.chain.watch '
+        '\'{"id": "hex:000102030405060708090a0b0c0d0e0f", "expires": 1900000000, "address": "bcrt1q...", '
+        '"label": null}\' --as admin')
+    sp.add_argument("topic", help="the topic, e.g. debug.hello or cmd.chain.watch")
+    sp.add_argument("body", metavar="JSON_BODY", help='a JSON object; bytes fields as hex ("hex:00ff...")')
     sp.add_argument("--as", dest="as_name", required=True, help="identity to publish as")
-    sp.add_argument("--timeout", type=float, default=10.0)
+    sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a token (default 10)")
 
     sp = cmd("sub", cmd_sub, "print every message under PREFIX that reaches an identity, with its verdict")
-    sp.add_argument("prefix")
+    sp.add_argument("prefix", help="topic prefix, whole segments (\"\" for everything the identity may see)")
     sp.add_argument("--as", dest="as_name", required=True, help="identity to subscribe as")
     sp.add_argument("--count", type=int, help="stop after N messages (exit 1 if fewer arrived)")
     sp.add_argument("--timeout", type=float, help="stop after S seconds")
@@ -481,11 +572,11 @@ def build_parser():
     sp = cmd("chain", cmd_chain, "the ChainNotifier: watch addresses, see backend, tip and lag")
     cs = sp.add_subparsers(dest="chain_cmd", required=True, metavar="ACTION")
     c = cs.add_parser("watch", help="watch an address for payments (a command acknowledged by chain_notifier)")
-    c.add_argument("address")
+    c.add_argument("address", help="a bitcoin address of the configured network")
     c.add_argument("--label", help="a note carried in every event for this address")
-    c.add_argument("--timeout", type=float, default=15.0)
+    c.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the ack (default 15)")
     c = cs.add_parser("status", help="backend, tip, lag behind the node, watched addresses")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
     c.add_argument("--wait", type=float, help="seconds to listen for its heartbeat")
     for c in cs.choices.values():
         c.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -500,21 +591,25 @@ def build_parser():
 
     sp = cmd("events", cmd_events, "query or follow the event log")
     es = sp.add_subparsers(dest="events_cmd", required=True, metavar="ACTION")
-    for name, help in (("query", "print logged events"), ("tail", "follow new events")):
+    for name, help in (("query", "print logged events, oldest first"), ("tail", "follow new events")):
         e = es.add_parser(name, help=help)
         e.add_argument("--topic", default="", help="topic prefix (whole segments)")
-        e.add_argument("--json", action="store_true")
+        e.add_argument("--exclude", action="append", default=[], metavar="PREFIX",
+                       help="leave out topics under PREFIX (whole segments; repeatable), e.g. --exclude health "
+                            "(heartbeats are most of the log)")
+        e.add_argument("--json", action="store_true", help="one JSON object per line")
         e.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name == "query":
             e.add_argument("--since", help="ISO time (2026-11-25T10:00) or seconds ago (300s)")
-            e.add_argument("--sender")
-            e.add_argument("--limit", type=int)
+            e.add_argument("--sender", help="only events from this identity")
+            e.add_argument("--limit", type=int, help="stop after N events (after --exclude)")
 
     sp = cmd("vault", cmd_vault, "the Vault's encrypted secrets")
     vs = sp.add_subparsers(dest="vault_cmd", required=True, metavar="ACTION")
     v = vs.add_parser("set-secret", help="store a secret (value from stdin or a prompt)")
-    v.add_argument("name")
-    vs.add_parser("list", help="secret names")
+    v.add_argument("name", help="the secret's name, as policy.toml's [secrets] names it")
+    v = vs.add_parser("list", help="secret names")
+    v.add_argument("--json", action="store_true", help=JSON_HELP)
     v = vs.add_parser("rekey", help="re-encrypt the secrets under an Argon2id passphrase or a new key file")
     v.add_argument("--to", choices=("passphrase", "key-file"), required=True,
                    help="passphrase: read from stdin or a prompt; the vault then needs $DCTRL_VAULT_PASSPHRASE "
@@ -527,7 +622,7 @@ def build_parser():
     sp = cmd("sim", None, "simulators for the demo and the tests (a bitcoind chain, exchange price APIs)")
     sim_sub = sp.add_subparsers(dest="sim_cmd", required=True, metavar="SIM")
     add_price_commands(cmd, sim_sub)
-    from scripts.sim_chain import add_chain_commands
+    from scripts.chainsim.cli import add_chain_commands  # (not scripts.sim_chain: it imports embit)
 
     add_chain_commands(sim_sub)  # sim chain|address|pay|mine|replace|reorg|drop-zmq|stop-rpc
     __import__("scripts.sim_machine").sim_machine.add_machine_commands(sim_sub)  # sim press|coin|door|drop|jam|pins
@@ -538,7 +633,23 @@ def build_parser():
                          "vend: payment to relay pin end to end, and the agent's memory and start-up")
     sp.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
     sp.add_argument("--quick", action="store_true", help="finish in under 30 s")
+    _describe(p)
     return p
+
+
+HOME_HELP = "dctrl home (default $DCTRL_HOME, else ./var); before or after the command"
+JSON_HELP = "one JSON document instead of the table"
+
+
+def _describe(parser):
+    """Each command's --help starts with the line it has in its parent's list."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {a.dest: a.help for a in action._choices_actions}
+            for name, sp in action.choices.items():
+                if not sp.description:
+                    sp.description = lines.get(name)
+                _describe(sp)
 
 
 def main(argv=None):
@@ -551,12 +662,38 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         rc = args.fn(args)
+        sys.stdout.flush()  # (a closed pipe shows here, not at exit where it cannot be caught)
     except DctrlError as exc:
         print(f"dctrl: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`dctrl events query | head -1`): no traceback, and nothing more to
+        # write. What is still buffered goes to /dev/null so the exit flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a tool killed by SIGPIPE (128 + 13) exits in a shell
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise  # one of ours: a bug, with its traceback
+        print(f"dctrl {_command(args)}: needs the {extra} install (no module {exc.name!r}): "
+              f"pip install 'dctrl[{extra}]'", file=sys.stderr)
+        return 2
     return rc or 0
+
+
+# Top-level modules of the optional installs (setup.cfg extras_require) -> the extra to install.
+# `dctrl --help` and the commands that need none of them work on every install.
+EXTRAS = {**dict.fromkeys(("embit", "peewee", "psycopg2", "bottle", "bitcoinrpc", "supervisor"), "server"),
+          **dict.fromkeys(("gpiozero", "smbus2"), "agent")}
+
+
+def _command(args) -> str:
+    """``invoices list`` from the parsed arguments, for messages."""
+    action = getattr(args, f"{args.cmd}_cmd", None)
+    return f"{args.cmd} {action}" if action else args.cmd
 
 
 if __name__ == "__main__":

@@ -37,6 +37,18 @@ def _money(inv) -> str:
     return ", ".join(notes)
 
 
+def owed(database, *, state=None, limit=50) -> list[dict]:
+    """The newest invoices on which something is owed back (``refund_sats`` > 0), newest first.
+
+    What is owed is derived by BusinessMgr's ``refund_sats`` (from the state, the amounts and
+    the late payments), not stored, so the filter runs here over its rows rather than in SQL.
+    """
+    from actors.business_mgr import invoices
+
+    rows = [i for i in invoices(database, state=state, limit=None) if i["refund_sats"] > 0]
+    return rows[:limit] if limit else rows
+
+
 def cmd_invoices(args):
     from actors.business_data import format_cad
     from actors.business_mgr import invoice, invoices
@@ -72,19 +84,25 @@ def cmd_invoices(args):
                 print(f"  vend {v['id']} item {v['item']}: {v['state']} after {v['attempts']} send(s)"
                       + (f" - {v['reason']}" if v["reason"] else ""))
             return
-        rows = invoices(database, state=args.state, limit=args.limit)
+        rows = owed(database, state=args.state, limit=args.limit) if args.owed else \
+            invoices(database, state=args.state, limit=args.limit)
         if args.json:
             print(json.dumps(rows, sort_keys=True))
             return
         if not rows:
-            print("no invoices" + (f" in state {args.state}" if args.state else ""))
+            print("no invoices" + (" with anything owed back" if args.owed else "")
+                  + (f" in state {args.state}" if args.state else ""))
             return
-        print(f"{'ID':>6}  {'STATE':<9} {'MACHINE/SLOT':<14} {'PRODUCT':<16} {'SATS':>10}  {'OPENED':<19}  ADDRESS")
+        print(f"{'ID':>6}  {'STATE':<9} {'MACHINE/SLOT':<14} {'PRODUCT':<16} {'SATS':>10} {'OWED':>10}  "
+              f"{'OPENED':<19}  ADDRESS")
         for i in rows:
             due = "-" if i["due_sats"] is None else i["due_sats"]
             print(f"{i['invoice']:>6}  {i['state']:<9} {i['machine'] + '/' + str(i['slot']):<14} "
-                  f"{i['product'][:16]:<16} {due:>10}  {_when(i['created']):<19}  {i['address']}  {_money(i)}"
-                  .rstrip())
+                  f"{i['product'][:16]:<16} {due:>10} {i['refund_sats'] or '-':>10}  {_when(i['created']):<19}  "
+                  f"{i['address']}  {_money(i)}".rstrip())
+        if args.owed:
+            print(f"owed back: {sum(i['refund_sats'] for i in rows)} sats on {len(rows)} invoice(s)"
+                  + (f" (the newest {args.limit}; --limit for more)" if len(rows) == args.limit else ""))
     finally:
         database.close()
 
@@ -93,13 +111,16 @@ def add_commands(cmd):
     """Register ``invoices list|show`` on the CLI's parser."""
     sp = cmd("invoices", cmd_invoices, "sales invoices (BusinessMgr): states, payments, vends, refunds due")
     sub = sp.add_subparsers(dest="invoices_cmd", required=True, metavar="ACTION")
-    lst = sub.add_parser("list", help="the newest invoices")
+    lst = sub.add_parser("list", help="the newest invoices, with what is owed back on each (OWED, sats)")
     lst.add_argument("--state", choices=("open", "seen", "paid", "vending", "vended", "expired", "underpaid",
-                                         "overpaid", "failed"))
-    lst.add_argument("--limit", type=int, default=50)
-    lst.add_argument("--json", action="store_true")
+                                         "overpaid", "failed"), help="only invoices in this state")
+    lst.add_argument("--owed", action="store_true",
+                     help="only invoices on which something is owed back (refund_sats > 0: late, excess or "
+                          "unsold payments), with the total")
+    lst.add_argument("--limit", type=int, default=50, help="at most N invoices, newest first (default 50)")
+    lst.add_argument("--json", action="store_true", help="one JSON document (refund_sats: owed back)")
     show = sub.add_parser("show", help="one invoice with its payments and vend commands")
     show.add_argument("id", help="the invoice number")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="one JSON document instead of the text")
     for p in (lst, show):
         p.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -124,7 +124,7 @@ def add_commands(cmd, sim_sub) -> None:
     p = sim_sub.add_parser("exchanges", help="serve Kraken, Coinbase, Bitstamp, CoinGecko and the "
                                              "Bank of Canada FX APIs on loopback, with faults on command")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--price", help="BTC-CAD price (default 128400.00)")
     p.add_argument("--fx", help="USD->CAD rate (default 1.382)")
     p.set_defaults(fn=cmd_sim_exchanges)
@@ -132,7 +132,7 @@ def add_commands(cmd, sim_sub) -> None:
     p = sim_sub.add_parser("exchange-set", help="set a simulated source's price or fault mode")
     p.add_argument("source", choices=(*SOURCES, "all"), help="all: --price sets the base price")
     p.add_argument("--price", help="CAD per BTC for this source (fx: the USD->CAD rate)")
-    p.add_argument("--mode", choices=MODES)
+    p.add_argument("--mode", choices=MODES, help="how it answers: ok, or a fault (see `dctrl sim exchanges`)")
     p.add_argument("--delay", type=float, help="seconds a slow answer takes (default 10)")
     p.add_argument("--url", default=SIM_URL, help=f"the simulator (default {SIM_URL})")
     p.set_defaults(fn=cmd_sim_exchange_set)

@@ -200,20 +200,20 @@ def add_machine_commands(sim_sub) -> None:
         return a
 
     a = action("press", cmd_press, "press a selection button of a simulated machine")
-    a.add_argument("slot", type=int)
+    a.add_argument("slot", type=int, help="the slot whose button to press")
     a.add_argument("--hold-ms", type=int, default=80, help="how long the button is held (default 80)")
     a.add_argument("--wait", type=float, default=10.0,
                    help="seconds to wait for business_mgr's invoice and print how to pay it (0: don't; default 10)")
     a.add_argument("--as", dest="as_name", default="admin", help="identity that listens for the invoice (admin)")
     a = action("coin", cmd_coin, "send N coin-acceptor pulses to a simulated machine")
-    a.add_argument("n", type=int)
-    a.add_argument("--pulse-ms", type=int, default=30)
-    a.add_argument("--gap-ms", type=int, default=30)
+    a.add_argument("n", type=int, help="how many pulses")
+    a.add_argument("--pulse-ms", type=int, default=30, help="each pulse's length (default 30)")
+    a.add_argument("--gap-ms", type=int, default=30, help="the gap between pulses (default 30)")
     a = action("door", cmd_door, "open or close a simulated machine's door")
-    a.add_argument("state", choices=("open", "closed"))
+    a.add_argument("state", choices=("open", "closed"), help="open or closed")
     action("drop", cmd_drop, "trigger a simulated machine's drop sensor (an item fell)")
     a = action("jam", cmd_jam, "make the next N vends of a simulated machine drop nothing (they ack failed)")
-    a.add_argument("n", type=int, nargs="?", default=1)
+    a.add_argument("n", type=int, nargs="?", default=1, help="how many vends (default 1)")
     a = action("pins", cmd_pins, "a simulated machine's pins: levels now and when each was active")
     a.add_argument("--json", action="store_true", help="the agent's whole answer, with every change (µs since "
                                                        "the epoch)")

@@ -121,18 +121,35 @@ def cmd_sim_address(args) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    """The human line of a command whose stdout is for scripts (`T=$(dctrl sim pay ...)`)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def cmd_sim_pay(args) -> int:
-    params = [args.address, str(args.amount), bool(getattr(args, "rbf", False))]
+    """Prints the txid on stdout, and what happened on stderr."""
+    rbf = bool(getattr(args, "rbf", False))
+    params = [args.address, str(args.amount), rbf]
     if getattr(args, "feerate", None) is not None:
         params.append(args.feerate)
-    print(rpc_call(args, "sim_pay", *params))
+    txid = rpc_call(args, "sim_pay", *params)
+    print(txid, flush=True)
+    _say(f"paid {args.amount} BTC to {args.address}: transaction {txid} is in the mempool"
+         f"{' (replaceable)' if rbf else ''}; confirm it with `dctrl sim mine 1`")
     return 0
 
 
 def cmd_sim_mine(args) -> int:
+    """Prints the new blocks' hashes on stdout, and what happened on stderr."""
     n = getattr(args, "n", None) or 1
-    for block_hash in rpc_call(args, "sim_mine", n):
-        print(block_hash)
+    hashes = rpc_call(args, "sim_mine", n)
+    for block_hash in hashes:
+        print(block_hash, flush=True)
+    if hashes:
+        confirmed = len(rpc_call(args, "getblock", hashes[0], 1)["tx"]) - 1  # the mempool went into the first
+        height = rpc_call(args, "getblockcount")
+        _say(f"mined {len(hashes)} block{'s' if len(hashes) != 1 else ''}, the tip is now at height {height}; "
+             f"{confirmed} transaction{'s' if confirmed != 1 else ''} from the mempool confirmed")
     return 0
 
 
@@ -194,21 +211,23 @@ def add_chain_commands(sim_sub):
     a.add_argument("--esplora-port", type=int, default=None,
                    help="also serve the Esplora REST API on this port (default off; 0 = any free port)")
     action("address", cmd_sim_address, "print a fresh regtest address from the chain sim (sim_newaddress)")
-    a = action("pay", cmd_sim_pay, "pay AMOUNT BTC to ADDRESS from the chain sim's coins; prints the txid")
-    a.add_argument("address")
+    a = action("pay", cmd_sim_pay, "pay AMOUNT BTC to ADDRESS from the chain sim's coins; prints the txid "
+                                   "(and on stderr what happened)")
+    a.add_argument("address", help="a regtest address (dctrl sim address makes one)")
     a.add_argument("amount", help="BTC, e.g. 0.00120000")
     a.add_argument("--rbf", action="store_true", help="signal BIP125 replaceability")
     a.add_argument("--feerate", type=int, help="sat/vB (default 2)")
-    a = action("mine", cmd_sim_mine, "mine N blocks (the mempool goes into the first); prints their hashes")
-    a.add_argument("n", type=int, nargs="?", default=1)
+    a = action("mine", cmd_sim_mine, "mine N blocks (the mempool goes into the first); prints their hashes "
+                                     "(and on stderr the new height)")
+    a.add_argument("n", type=int, nargs="?", default=1, help="how many blocks (default 1)")
     a = action("replace", cmd_sim_replace, "replace a mempool tx by a higher-fee spend to the sim; prints the txid")
-    a.add_argument("txid")
+    a.add_argument("txid", help="the mempool transaction to replace")
     a = action("reorg", cmd_sim_reorg, "disconnect DEPTH blocks and mine DEPTH+1 new ones; prints their hashes")
-    a.add_argument("depth", type=int)
+    a.add_argument("depth", type=int, help="how many blocks to disconnect")
     a = action("drop-zmq", cmd_sim_drop_zmq, "do not send the next N zmq messages (a sequence gap)")
-    a.add_argument("n", type=int, nargs="?", default=1)
+    a.add_argument("n", type=int, nargs="?", default=1, help="how many messages (default 1)")
     a = action("stop-rpc", cmd_sim_stop_rpc, "close RPC connections unanswered for SECONDS")
-    a.add_argument("seconds", type=float)
+    a.add_argument("seconds", type=float, help="for how long")
 
 
 def add_sim_parser(sub):
