@@ -1,14 +1,26 @@
-"""BusinessData: machines, slots, products, prices (CAD) and versioned policies.
+"""BusinessData: machines, slots, products, prices (CAD), stock and versioned policies.
 
 The single writer of the ``business_*`` tables. Changes arrive as commands
-(``cmd.business.machine.add``, ``cmd.business.slot.set``,
+(``cmd.business.machine.add|set|rm``, ``cmd.business.slot.set|rm``,
 ``cmd.business.policy.set``), each with an ``id`` (16 bytes) and an
 ``expires`` (unix seconds) like ``cmd.chain.watch``: a command id is applied
 at most once (a retry gets the same answer again), an expired command is
 refused. Every command is answered on ``business.ack`` {id, status "done" |
 "refused", reason}; every change is published as an event
-(``business.machine.added``, ``business.slot.changed``,
-``business.policy.changed``).
+(``business.machine.added|changed|removed``, ``business.slot.changed|removed``,
+``business.policy.changed``). ``slot.set`` changes only what it is given (nil
+keeps a field; a new slot needs a product and a price). A machine or a slot
+with invoices not closed yet (open, seen, paid, vending) cannot be removed.
+
+Stock. A slot's ``stock`` is the number of items in it (None: not counted,
+never refused for stock). Every vend BusinessMgr records as ``vended`` takes
+one from it: BusinessData reads BusinessMgr's ``sales_vend`` rows (the
+database is the record; a bus event may be lost while this actor is down)
+every second and at start, and counts each vend once, keyed by its id: the
+``business_stock_move`` row, the new stock and its ``business.slot.changed``
+event commit together, so a count is never lost nor made twice across
+restarts. A vend acknowledged before the operator last set the stock
+(``stock_set``) is not counted: the operator's count already saw it.
 
 Events are never lost: each is recorded in an outbox table
 (``business_outbox``, :mod:`actors.outbox`) in the same transaction as the
@@ -144,6 +156,7 @@ class BusinessSlot(Base):
     stock = peewee.IntegerField(null=True)  # None: not counted
     updated = peewee.BigIntegerField()
     sticker_address = peewee.CharField(null=True, max_length=100, unique=True)  # legacy fixed address
+    stock_set = peewee.BigIntegerField(null=True)  # unix s the stock was last set: vends before are not counted
 
     class Meta:
         indexes = ((("machine", "number"), True),)
@@ -163,9 +176,34 @@ class BusinessCommand(Base):
     created = peewee.BigIntegerField()
 
 
+class BusinessStockMove(Base):
+    vend = peewee.CharField(primary_key=True, max_length=32)  # BusinessMgr's vend id (hex): counted once
+    machine = peewee.CharField(max_length=32)
+    slot = peewee.SmallIntegerField()
+    before = peewee.IntegerField()
+    after = peewee.IntegerField()
+    created = peewee.BigIntegerField()
+
+
 # Short names for readers.
 Machine, Slot, PolicyVersion = BusinessMachine, BusinessSlot, BusinessPolicyVersion
-TABLES = [BusinessMachine, BusinessSlot, BusinessPolicyVersion, BusinessCommand]
+TABLES = [BusinessMachine, BusinessSlot, BusinessPolicyVersion, BusinessCommand, BusinessStockMove]
+NOT_CLOSED = ("open", "seen", "paid", "vending")  # business_mgr's WAITING + SELLING: a removal waits for these
+
+# Vends BusinessMgr recorded as dispensed (its sales_vend table) from slots whose stock is
+# counted, acknowledged since the stock was last set, and not counted yet.
+_UNCOUNTED = ('FROM "business_slot" s JOIN "business_machine" m ON m."id" = s."machine_id" '
+              'JOIN "sales_vend" v ON v."machine" = m."name" AND v."slot" = s."number" '
+              'WHERE s."stock" IS NOT NULL AND v."state" = \'vended\' AND v."acked_at" >= s."stock_set" '
+              'AND NOT EXISTS (SELECT 1 FROM "business_stock_move" c WHERE c."vend" = v."id")')
+UNCOUNTED_SQL = f'SELECT v."id", v."machine", v."slot" {_UNCOUNTED} ORDER BY v."acked_at", v."id"'
+# One slot's stock and its vends not counted yet, in one statement: one snapshot, so a count
+# committed between two reads can never be seen in one and not the other.
+STOCK_LEFT_SQL = ('SELECT s."stock", (SELECT COUNT(*) FROM "sales_vend" v WHERE v."machine" = m."name" '
+                  'AND v."slot" = s."number" AND v."state" = \'vended\' AND v."acked_at" >= s."stock_set" '
+                  'AND NOT EXISTS (SELECT 1 FROM "business_stock_move" c WHERE c."vend" = v."id")) '
+                  'FROM "business_slot" s JOIN "business_machine" m ON m."id" = s."machine_id" '
+                  'WHERE m."name" = ? AND s."number" = ?')
 
 
 # -- query functions (for other actors and the CLI) ----------------------------
@@ -182,6 +220,27 @@ def slots(database, machine: str) -> list[dict]:
              "price_cad": format_cad(s.price_cents), "relay": s.relay, "stock": s.stock, "updated": s.updated,
              "sticker_address": s.sticker_address}
             for s in q]
+
+
+def _sql(database, sql: str) -> str:
+    return sql if database.param == "?" else sql.replace("?", database.param)
+
+
+def stock_left(database, machine: str, slot: int) -> int | None:
+    """Items in a slot now: its stock less the vends BusinessMgr recorded that are not
+    counted yet (None: the stock is not counted, or no such slot). Needs BusinessMgr's
+    ``sales_vend`` table."""
+    row = database.execute_sql(_sql(database, STOCK_LEFT_SQL), (machine, slot)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return max(0, row[0] - row[1])
+
+
+def uncounted_vends(database) -> list[tuple[str, str, int]]:
+    """(vend id, machine, slot) of every vend not counted yet against its slot's stock."""
+    if not database.table_exists("sales_vend"):  # business_mgr has never run here: nothing sold
+        return []
+    return [tuple(r) for r in database.execute_sql(UNCOUNTED_SQL).fetchall()]
 
 
 def policy_versions(database, key: str | None = None) -> list[dict]:
@@ -214,19 +273,27 @@ class BusinessData(Actor):
         self.clock = clock
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
-        add_missing_columns(self.database, BusinessSlot, ["sticker_address"])  # first: see its docstring
+        added = add_missing_columns(self.database, BusinessSlot, ["sticker_address", "stock_set"])  # first
         self.database.create_tables(TABLES, safe=True)
+        if "stock_set" in added:  # counting starts now: vends sold before this version are not counted again
+            BusinessSlot.update(stock_set=int(clock())).where(BusinessSlot.stock.is_null(False)).execute()
         self.outbox = Outbox(Outbox.model_for(self.database, "business_outbox"))
         self.database.create_tables([self.outbox.model], safe=True)
         self.unsent = True  # a previous run may have left events unsent: look at the first flush
         self.applied = 0
         self.refused = 0
+        self.counted = 0
+        self._vends_table = False  # business_mgr's sales_vend exists (once seen, it stays)
+
+    def setup(self):
+        self.count_vends()  # vends sold while this actor was down
 
     def teardown(self):
         self.database.close()
 
     def health(self):
-        detail = f"{len(machines(self.database))} machines, {self.applied} changes, {self.refused} refused"
+        detail = (f"{len(machines(self.database))} machines, {self.applied} changes, {self.refused} refused, "
+                  f"{self.counted} vend(s) counted")
         if self.unsent:
             detail += f", {self.outbox.pending()} event(s) waiting to be sent"
         return "ok", detail
@@ -238,10 +305,25 @@ class BusinessData(Actor):
         """cmd.business.machine.add {"id", "expires", "name": "vm1", "location": "front door"}"""
         self._answer(*self.execute(msg.topic, msg.body))
 
+    @on("cmd.business.machine.set")
+    def machine_set(self, msg):
+        """cmd.business.machine.set {"id", "expires", "name", "location"} ("" clears the location)"""
+        self._answer(*self.execute(msg.topic, msg.body))
+
+    @on("cmd.business.machine.rm")
+    def machine_rm(self, msg):
+        """cmd.business.machine.rm {"id", "expires", "name"}: the machine and its slots"""
+        self._answer(*self.execute(msg.topic, msg.body))
+
     @on("cmd.business.slot.set")
     def slot_set(self, msg):
         """cmd.business.slot.set {"id", "expires", "machine", "slot", "product", "price_cad": "3.50",
-        "relay", "stock"}"""
+        "relay", "stock", "sticker_address", "clear"}: nil keeps a field"""
+        self._answer(*self.execute(msg.topic, msg.body))
+
+    @on("cmd.business.slot.rm")
+    def slot_rm(self, msg):
+        """cmd.business.slot.rm {"id", "expires", "machine", "slot"}"""
         self._answer(*self.execute(msg.topic, msg.body))
 
     @on("cmd.business.policy.set")
@@ -259,6 +341,47 @@ class BusinessData(Actor):
         self.publish("business.ack", ack)
 
     @every(1.0)
+    def count_vends(self):
+        """Count the vends sold since the last look (also at start), and publish the new stock."""
+        if self.count():
+            self.unsent = True
+            self.flush()
+
+    def count(self) -> list[dict]:
+        """Take every vend BusinessMgr recorded as dispensed, and not counted yet, from its
+        slot's stock: once per vend id, with the move, the new stock and its event in one
+        transaction; returns the events (in the outbox, not published here). Reads first and
+        writes only if there is something to count (on SQLite a write transaction takes the
+        lock a sale waits for)."""
+        if not self._vends_table:
+            self._vends_table = self.database.table_exists("sales_vend")
+            if not self._vends_table:
+                return []
+        if not uncounted_vends(self.database):
+            return []
+        now = int(self.clock())
+        events = []
+        with write_transaction(self.database):
+            for vend, machine, number in uncounted_vends(self.database):  # again, under the lock
+                slot = (BusinessSlot.select(BusinessSlot, BusinessMachine).join(BusinessMachine)
+                        .where((BusinessMachine.name == machine) & (BusinessSlot.number == number)).get())
+                before, slot.stock = slot.stock, max(0, slot.stock - 1)
+                slot.save()
+                BusinessStockMove.create(vend=vend, machine=machine, slot=number, before=before, after=slot.stock,
+                                         created=now)
+                if before == 0:
+                    log.warning("vend %s from %s/%d, whose stock was 0: the count was wrong; it stays 0", vend,
+                                machine, number)
+                elif slot.stock == 0:
+                    log.info("slot %s/%d is sold out", machine, number)
+                event = {**self._slot_event(slot, machine), "vend": vend,
+                         "event_id": event_id("business", "vend", vend)}
+                self.outbox.add("business.slot.changed", event, event["event_id"])
+                events.append(event)
+        self.counted += len(events)
+        return events
+
+    @every(1.0)
     def flush(self):
         """Publish what the outbox holds unsent (only while the runtime can send now)."""
         if self.unsent:
@@ -272,7 +395,7 @@ class BusinessData(Actor):
         ``event_id``) commit in one transaction, so a command is either applied,
         remembered and announced, or none of these. Nothing is published here."""
         cid = body["id"].hex()
-        kind = topic.split(".", 2)[2]  # machine.add | slot.set | policy.set
+        kind = topic.split(".", 2)[2]  # machine.add|set|rm | slot.set|rm | policy.set
         events: list = []
         with write_transaction(self.database):
             done = BusinessCommand.get_or_none(BusinessCommand.id == cid)
@@ -284,8 +407,14 @@ class BusinessData(Actor):
                 with self.database.atomic():  # a savepoint: a refused command writes nothing
                     if kind == "machine.add":
                         events = self._machine_add(body)
+                    elif kind == "machine.set":
+                        events = self._machine_set(body)
+                    elif kind == "machine.rm":
+                        events = self._machine_rm(body)
                     elif kind == "slot.set":
                         events = self._slot_set(body)
+                    elif kind == "slot.rm":
+                        events = self._slot_rm(body)
                     elif kind == "policy.set":
                         events = self._policy_set(body)
                     else:
@@ -310,46 +439,118 @@ class BusinessData(Actor):
         log.info("machine %s added", name)
         return [("business.machine.added", {"name": m.name, "location": m.location, "created": m.created})]
 
-    def _slot_set(self, body):
-        machine = BusinessMachine.get_or_none(BusinessMachine.name == body["machine"])
-        if machine is None:
-            raise Refused(f"unknown machine {body['machine']}")
-        try:
-            cents = parse_cad(body["price_cad"])
-        except MoneyError as exc:
-            raise Refused(f"price: {exc}") from None
-        if cents > MAX_CENTS:
-            raise Refused(f"price: {body['price_cad']} CAD is too large")
-        product = body["product"].strip()
-        if not product:
-            raise Refused("product: a name is required")
-        now = int(self.clock())
+    def _machine_set(self, body):
+        machine = self._machine(body["name"])
+        if body.get("location") is None:
+            raise Refused("nothing to change: give a location (\"\" clears it)")
+        machine.location = body["location"] or None
+        machine.save()
+        log.info("machine %s: location %s", machine.name, machine.location)
+        return [("business.machine.changed", {"name": machine.name, "location": machine.location,
+                                              "created": machine.created})]
+
+    def _machine_rm(self, body):
+        machine = self._machine(body["name"])
+        self._refuse_if_selling(machine.name, None)
+        slots_ = list(BusinessSlot.select().where(BusinessSlot.machine == machine).order_by(BusinessSlot.number))
+        BusinessSlot.delete().where(BusinessSlot.machine == machine).execute()
+        machine.delete_instance()
+        log.info("machine %s removed, with %d slot(s)", machine.name, len(slots_))
+        return ([("business.slot.removed", {"machine": machine.name, "slot": s.number}) for s in slots_]
+                + [("business.machine.removed", {"name": machine.name})])
+
+    def _slot_rm(self, body):
+        machine = self._machine(body["machine"])
         slot = BusinessSlot.get_or_none((BusinessSlot.machine == machine) & (BusinessSlot.number == body["slot"]))
-        relay = body.get("relay")
-        stock = body.get("stock")
+        if slot is None:
+            raise Refused(f"machine {machine.name} has no slot {body['slot']}")
+        self._refuse_if_selling(machine.name, slot.number)
+        slot.delete_instance()
+        log.info("slot %s/%d removed", machine.name, slot.number)
+        return [("business.slot.removed", {"machine": machine.name, "slot": slot.number})]
+
+    def _machine(self, name) -> BusinessMachine:
+        machine = BusinessMachine.get_or_none(BusinessMachine.name == name)
+        if machine is None:
+            raise Refused(f"unknown machine {name}")
+        return machine
+
+    def _refuse_if_selling(self, machine: str, slot: int | None):
+        """A machine or slot with invoices not closed yet stays: a paid one must still be
+        dispensed, and an open one may be paid. (An invoice carries its product and price:
+        one opened in the same instant as a removal still sells.)"""
+        if not self.database.table_exists("sales_invoice"):
+            return  # business_mgr has never run here
+        where, params = '"machine" = ? AND "state" IN (?, ?, ?, ?)', [machine, *NOT_CLOSED]
+        if slot is not None:
+            where, params = where + ' AND "slot" = ?', params + [slot]
+        ids = [i for (i,) in self.database.execute_sql(
+            _sql(self.database, f'SELECT "id" FROM "sales_invoice" WHERE {where} ORDER BY "id"'), params)]
+        if ids:
+            what = f"machine {machine}" if slot is None else f"slot {machine}/{slot}"
+            shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+            raise Refused(f"{what} has {len(ids)} invoice(s) not closed yet ({shown}): wait until they are "
+                          "vended or expired (dctrl invoices list)")
+
+    def _slot_set(self, body):
+        """Create a slot (a product and a price needed) or change what the command gives: nil
+        keeps a field; ``clear`` lists fields to set to nil (relay: not wired; stock: not
+        counted); a sticker address of "" clears it."""
+        machine = self._machine(body["machine"])
+        slot = BusinessSlot.get_or_none((BusinessSlot.machine == machine) & (BusinessSlot.number == body["slot"]))
+        clear = set(body.get("clear") or ())
+        product, price, relay, stock = body.get("product"), body.get("price_cad"), body.get("relay"), body.get("stock")
         sticker = body.get("sticker_address")
+        for name, value in (("relay", relay), ("stock", stock)):
+            if name in clear and value is not None:
+                raise Refused(f"{name}: both a value and clear given")
+        if slot is None and (product is None or price is None):
+            raise Refused(f"slot {machine.name}/{body['slot']} is new: it needs a product and a price")
+        if slot is not None and not clear and all(v is None for v in (product, price, relay, stock, sticker)):
+            raise Refused("nothing to change: give a product, a price, a relay, a stock or a sticker address")
+        cents = None
+        if price is not None:
+            try:
+                cents = parse_cad(price)
+            except MoneyError as exc:
+                raise Refused(f"price: {exc}") from None
+            if cents > MAX_CENTS:
+                raise Refused(f"price: {price} CAD is too large")
+        if product is not None:
+            product = product.strip()
+            if not product:
+                raise Refused("product: a name is required")
         if sticker:
             self._check_address(sticker)
             other = BusinessSlot.get_or_none(BusinessSlot.sticker_address == sticker)
             if other is not None and (other.machine_id, other.number) != (machine.id, body["slot"]):
                 raise Refused(f"sticker address {sticker} is already slot {other.machine.name}/{other.number}'s")
+        now = int(self.clock())
         if slot is None:
-            slot = BusinessSlot.create(machine=machine, number=body["slot"], product=product, price_cents=cents,
-                                       relay=relay, stock=stock, updated=now, sticker_address=sticker or None)
-        else:
-            slot.product, slot.price_cents, slot.updated = product, cents, now
-            if relay is not None:
-                slot.relay = relay
-            if stock is not None:
-                slot.stock = stock
-            if sticker is not None:
-                slot.sticker_address = sticker or None
-            slot.save()
-        log.info("slot %s/%d: %s at %s CAD%s", machine.name, slot.number, product, format_cad(cents),
+            slot = BusinessSlot(machine=machine, number=body["slot"], product=product, price_cents=cents)
+        if product is not None:
+            slot.product = product
+        if cents is not None:
+            slot.price_cents = cents
+        if relay is not None or "relay" in clear:
+            slot.relay = relay
+        if stock is not None or "stock" in clear:
+            # Vends acknowledged from now on count against this stock; earlier ones are in it.
+            slot.stock, slot.stock_set = stock, (now if stock is not None else None)
+        if sticker is not None:
+            slot.sticker_address = sticker or None
+        slot.updated = now
+        slot.save()
+        log.info("slot %s/%d: %s at %s CAD, stock %s%s", machine.name, slot.number, slot.product,
+                 format_cad(slot.price_cents), "not counted" if slot.stock is None else slot.stock,
                  f", sticker address {slot.sticker_address}" if slot.sticker_address else "")
-        return [("business.slot.changed", {"machine": machine.name, "slot": slot.number, "product": slot.product,
-                                           "price_cents": slot.price_cents, "relay": slot.relay,
-                                           "stock": slot.stock, "sticker_address": slot.sticker_address})]
+        return [("business.slot.changed", self._slot_event(slot, machine.name))]
+
+    def _slot_event(self, slot, machine_name=None) -> dict:
+        """A slot's current state, as business.slot.changed says it."""
+        return {"machine": machine_name or slot.machine.name, "slot": slot.number, "product": slot.product,
+                "price_cents": slot.price_cents, "relay": slot.relay, "stock": slot.stock,
+                "sticker_address": slot.sticker_address}
 
     def _check_address(self, address):
         """A sticker address must be an address of the chain's network (an error is refused)."""

@@ -26,6 +26,16 @@ States (``invoice.changed`` on every change)::
   ``price.stale`` since. The quote and the policy are fixed when the invoice
   opens: a later price update changes nothing about it (DCTRL's earlier code
   dispensed again when the rate changed; here price events never start a vend).
+  The last price event is kept (``sales_price``), so a restart sells at once
+  at a price that arrived within ``price_max_age`` seconds by the wall clock
+  (the same rule, counted from its arrival), and not after a ``price.stale``.
+* Stock: a slot whose stock is counted sells only what is left. Every invoice
+  not closed (open, seen, paid, vending) holds the items it has not dispensed
+  yet; a press finds the slot sold out when the stock, less the vends
+  BusinessData has not counted yet, less what those invoices hold, is 0
+  (``invoice.refused``, "sold out"). A second press on the same slot still
+  shows the open unpaid invoice holding the last item. A sticker payment buys
+  at most what is left and not held; the rest is credit (owed back).
 * One vend command per item, each with its own id and an expiry no later than
   the item's deadline, re-sent with the same id until the machine answers
   (the machine acts on an id at most once and answers a retry with the same
@@ -191,7 +201,16 @@ class SalesWatch(Base):
     created = peewee.BigIntegerField(default=0)            # when first asked (sticker: older payments are not sales)
 
 
-TABLES = [SalesInvoice, SalesPayment, SalesVend, SalesWatch]
+class SalesPrice(Base):
+    """The last price event this actor accepted (one row, id 1): a restart sells at once."""
+    id = peewee.IntegerField(primary_key=True)
+    cad_per_btc = peewee.CharField(null=True, max_length=40)  # None: the last event said no price
+    as_of = peewee.BigIntegerField(null=True)              # ms: the notifier's, its oldest quote used
+    received = peewee.BigIntegerField()                    # unix s (this actor's clock) it arrived
+    stale = peewee.TextField(null=True)                    # why there was no price (price.stale, ...)
+
+
+TABLES = [SalesInvoice, SalesPayment, SalesVend, SalesWatch, SalesPrice]
 
 
 # -- query functions (for the CLI and reports) -----------------------------------
@@ -326,6 +345,8 @@ class BusinessMgr(Actor):
         self.discovery: dict | None = {"id": os.urandom(16), "expires": 0, "due": 0.0} if self.book else None
         self.price: tuple[Decimal, float] | None = None   # (CAD per BTC, monotonic time received)
         self.price_stale: str | None = "no price yet"
+        self._restore_price()
+        self._stock_tables = False  # business_data's stock tables exist (once seen, they stay)
         self.stickers: dict[str, tuple[str, int]] = {}     # sticker address -> (machine, slot)
         self.watch_due: dict[str, float] = {}              # address -> monotonic time to (re)send
         self.vends: dict[str, PendingVend] = {}             # vend id -> a command awaiting its answer
@@ -402,9 +423,11 @@ class BusinessMgr(Actor):
         if price <= 0:
             log.error("price.btc_cad of %s CAD/BTC from %s refused", price, msg.sender)
             self.price_stale = f"the last price ({price}) made no sense"
+            self._keep_price(None, None, self.price_stale)
             return
         self.price = (price, time.monotonic())
         self.price_stale = None
+        self._keep_price(price, msg.body["as_of"], None)
         if SalesInvoice.select().where((SalesInvoice.mode == "sticker") & SalesInvoice.due_sats.is_null()
                                        & SalesInvoice.state.in_(WAITING)).exists():
             self._evaluate_where(SalesInvoice.due_sats.is_null())  # sticker payments waiting for a price
@@ -412,6 +435,33 @@ class BusinessMgr(Actor):
     @on("price.stale")
     def on_price_stale(self, msg):
         self.price_stale = f"price stale: {msg.body['reason']}"
+        self._keep_price(None, None, self.price_stale)
+
+    def _keep_price(self, price, as_of, stale):
+        """Record the price event just accepted (or why there is none), for a restart."""
+        values = {"cad_per_btc": None if price is None else str(price), "as_of": as_of,
+                  "received": int(self.clock()), "stale": stale}
+        with write_transaction(self.database):
+            if not SalesPrice.update(**values).where(SalesPrice.id == 1).execute():
+                SalesPrice.create(id=1, **values)
+
+    def _restore_price(self):
+        """At start: the last price accepted, if it arrived within ``price_max_age`` seconds by
+        the wall clock (the live rule, counted from its arrival; a clock that went back makes
+        it unusable); or why there was none. Until then: no price yet."""
+        row = SalesPrice.get_or_none(SalesPrice.id == 1)
+        if row is None:
+            return
+        if row.stale:
+            self.price_stale = f"{row.stale} (the last word before a restart)"
+            return
+        age = self.clock() - row.received
+        if 0 <= age <= self.cfg["price_max_age"]:
+            self.price = (Decimal(row.cad_per_btc), time.monotonic() - age)
+            self.price_stale = None
+            log.info("price at start: %s CAD/BTC, received %.0f s ago", row.cad_per_btc, age)
+        else:
+            self.price_stale = f"no price yet (the last one, received {age:.0f} s ago, is too old)"
 
     def _stale(self) -> str | None:
         if self.price_stale:
@@ -469,7 +519,7 @@ class BusinessMgr(Actor):
         if item["price_cents"] <= 0:
             raise Refusal(f"slot {machine}/{slot} has no price")
         if item["stock"] == 0:
-            raise Refusal(f"slot {machine}/{slot} is empty")
+            raise Refusal(f"slot {machine}/{slot} ({item['product']}) is sold out")
         cad_per_btc = self.fresh_price()
         now = int(self.clock())
         recent = [t for t in self.opened_at.get(machine, []) if time.monotonic() - t < 60]
@@ -484,6 +534,13 @@ class BusinessMgr(Actor):
             return again.id
         if len(recent) >= self.cfg["max_invoices_per_minute"]:
             raise Refusal(f"{len(recent)} invoices opened on {machine} in the last minute; wait a moment")
+        if item["stock"] is not None:
+            left, held = self._stock(machine, slot)
+            if left is not None and left - sum(n for _, n in held) <= 0:
+                if left == 0:
+                    raise Refusal(f"slot {machine}/{slot} ({item['product']}) is sold out")
+                raise Refusal(f"slot {machine}/{slot} ({item['product']}) is sold out: its last {left} item(s) "
+                              f"are held by invoice(s) {', '.join(str(i) for i, _ in held)} until paid or expired")
         due = quote_sats(item["price_cents"], cad_per_btc)
         tolerance = tolerance_sats(pol["underpayment_tolerance_cad"], cad_per_btc)
         if tolerance >= due:
@@ -523,6 +580,22 @@ class BusinessMgr(Actor):
             log.warning("%d unused invoice addresses in a row, more than the gap limit (%d) a restoring wallet "
                         "scans, and none unpaid long enough to hand out again", gap["gap"] + 1, self.book.gap_limit)
         return self.book.next()[1]  # its own transaction: a crash after it only skips an index
+
+    def _stock(self, machine: str, slot: int) -> tuple[int | None, list[tuple[int, int]]]:
+        """Items left in a slot (None: not counted) and the invoices holding some of them,
+        as (invoice, items held): every invoice not closed holds what it has not dispensed."""
+        if not self._stock_tables:  # made by business_data at its start (a query on a missing table
+            # would abort the caller's transaction on PostgreSQL)
+            self._stock_tables = self.database.table_exists(bd.BusinessStockMove._meta.table_name)
+            if not self._stock_tables:
+                log.warning("business_data has not made its stock tables yet: stock not enforced")
+                return None, []
+        left = bd.stock_left(self.database, machine, slot)
+        if left is None:
+            return None, []
+        held = self.sql.rows('SELECT "id", "items" - "vended" FROM "sales_invoice" WHERE "machine" = ? AND '
+                             '"slot" = ? AND "state" IN (?, ?, ?, ?) ORDER BY "id"', machine, slot, *WAITING, *SELLING)
+        return left, [(i, n) for i, n in held if n > 0]
 
     def _opened_body(self, inv) -> dict:
         return {"invoice": str(inv.id), "mode": inv.mode, "machine": inv.machine, "slot": inv.slot,
@@ -808,13 +881,21 @@ class BusinessMgr(Actor):
             self._close(inv, "failed", f"cannot sell {inv.product} at {bd.format_cad(inv.price_cents)} CAD with "
                                        f"an underpayment tolerance of {pol['underpayment_tolerance_cad']} CAD")
             return None
-        items = (paid + tol) // unit
+        items = wanted = (paid + tol) // unit
+        left, held = self._stock(inv.machine, inv.slot)  # (this invoice holds nothing until priced)
+        if left is not None:
+            items = min(wanted, max(0, left - sum(n for _, n in held)))
         inv.cad_per_btc, inv.tolerance_sats, inv.items = str(cad_per_btc), tol, items
         inv.due_sats = unit * max(items, 1)
         # Never zero-conf: at a fixed address a fee bump would look like a second purchase.
         inv.zero_conf = False
-        if items == 0:
+        if items == 0 and wanted:
+            self._close(inv, "failed", f"{inv.product} is sold out: {paid} sats paid for {wanted}, owed back")
+        elif items == 0:
             self._close(inv, "underpaid", f"{paid} sats is less than one {inv.product} ({unit} sats)")
+        elif items < wanted:
+            log.warning("invoice %d: %d sats buy %d %s, only %d left: the rest is credit", inv.id, paid, wanted,
+                        inv.product, items)
         return None
 
     def _reconciling(self, address) -> bool:
@@ -1008,7 +1089,7 @@ class BusinessMgr(Actor):
                     machine, slot = stickers[address]
                     self._want_watch(address, f"sticker {machine}/{slot}")
 
-    @on("business.slot.changed")
+    @on("business.slot")  # changed | removed
     def on_slot_changed(self, msg):
         self._load_stickers()
 

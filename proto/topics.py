@@ -254,18 +254,25 @@ STICKER = Str(max=100, pattern=r"|[a-zA-Z0-9]{14,100}")
 
 # cmd.business.machine.add: a new vending machine (from an operator); retried until acked.
 register("cmd.business.machine.add", Map({**BUSINESS_CMD, "name": NAME, "location": Opt(Str(max=128))}))
+# cmd.business.machine.set: change a machine's location ("" clears it).
+register("cmd.business.machine.set", Map({**BUSINESS_CMD, "name": NAME, "location": Opt(Str(max=128))}))
+# cmd.business.machine.rm: remove a machine and its slots; refused while it has invoices not closed.
+register("cmd.business.machine.rm", Map({**BUSINESS_CMD, "name": NAME}))
 # cmd.business.slot.set: create or change a slot; price_cad is a decimal string ("3.50"), never a float.
-# relay and stock None keep the slot's current values (a new slot: none).
+# Every field None keeps the slot's current value; a new slot needs product and price_cad.
 register("cmd.business.slot.set", Map({
     **BUSINESS_CMD,
     "machine": NAME,
     "slot": Int(min=0, max=255),
-    "product": Str(max=64),
-    "price_cad": Str(max=32),     # judged by BusinessData: refused (acked) if not 0..2 decimals, >= 0
+    "product": Opt(Str(max=64)),
+    "price_cad": Opt(Str(max=32)),  # judged by BusinessData: refused (acked) if not 0..2 decimals, >= 0
     "relay": Opt(RELAY),
-    "stock": Opt(Int(min=0, max=1_000_000)),
+    "stock": Opt(Int(min=0, max=1_000_000)),  # items in the slot now (the count restarts from it)
     "sticker_address": Opt(STICKER),  # None keeps it; "" clears it; checked against the network
+    "clear": Opt(List(Str(choices=("relay", "stock")), max=2)),  # set to None: not wired / not counted
 }))
+# cmd.business.slot.rm: remove a slot; refused while it has invoices not closed.
+register("cmd.business.slot.rm", Map({**BUSINESS_CMD, "machine": NAME, "slot": Int(min=0, max=255)}))
 # cmd.business.policy.set: a new version of one policy (value as a string, validated per key).
 register("cmd.business.policy.set", Map({**BUSINESS_CMD, "key": Str(max=64), "value": Str(max=64)}))
 # business.ack: the answer to any cmd.business.* (the same answer for a retried id).
@@ -278,7 +285,12 @@ register("business.ack", Map({
 # (64 hex, sha256 of the command id and the event's index) is the same if an event is sent twice.
 register("business.machine.added", Map({"name": NAME, "location": Opt(Str(max=128)), "created": Int(min=0),
                                         "event_id": EVENT_ID}))
-# business.slot.changed: a slot's current state after a change.
+# business.machine.changed: a machine's current state after a change (its location).
+register("business.machine.changed", Map({"name": NAME, "location": Opt(Str(max=128)), "created": Int(min=0),
+                                          "event_id": EVENT_ID}))
+# business.machine.removed: a machine is gone (its slots' business.slot.removed come first).
+register("business.machine.removed", Map({"name": NAME, "event_id": EVENT_ID}))
+# business.slot.changed: a slot's current state after a change (an operator's, or a vend counted).
 register("business.slot.changed", Map({
     "event_id": EVENT_ID,
     "machine": NAME,
@@ -288,7 +300,10 @@ register("business.slot.changed", Map({
     "relay": Opt(RELAY),
     "stock": Opt(Int(min=0)),
     "sticker_address": Opt(STICKER),
+    "vend": Opt(Str(max=32, pattern=r"[0-9a-f]{32}")),  # the vend (BusinessMgr's id, hex) this change counted
 }))
+# business.slot.removed: a slot is gone.
+register("business.slot.removed", Map({"machine": NAME, "slot": Int(min=0, max=255), "event_id": EVENT_ID}))
 # business.policy.changed: a policy key has a new current value (version grows across all keys).
 register("business.policy.changed", Map({"key": Str(max=64), "value": Str(max=64), "version": Int(min=1),
                                          "event_id": EVENT_ID}))
@@ -333,5 +348,5 @@ register("invoice.changed", Map({
     "vended": Int(min=0),
     "reason": Opt(REASON),
 }))
-# invoice.refused: a selection that could not become an invoice (stale price, unknown slot, ...).
+# invoice.refused: a selection that could not become an invoice (stale price, unknown slot, sold out, ...).
 register("invoice.refused", Map({"machine": NAME, "slot": Int(min=0, max=255), "reason": REASON}))

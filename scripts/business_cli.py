@@ -1,4 +1,5 @@
-"""The CLI's business commands: `dctrl machines`, `dctrl slots`, `dctrl policy`.
+"""The CLI's business commands: `dctrl machines add|set|rm|list`, `dctrl slots set|rm|list`,
+`dctrl policy show|set`.
 
 Changes are commands over the bus to BusinessData (as identity ``admin`` by
 default), sent until acknowledged; lists read the database through
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 
 from proto.errors import DctrlError
@@ -58,10 +60,41 @@ def _database(args):
     return database
 
 
+def _key_warning(home, name) -> str | None:
+    """Why a machine called ``name`` cannot join the bus yet, if it cannot (its key)."""
+    from keys.registry import Registry
+
+    try:
+        registry = Registry.load(home.registry_path)
+    except DctrlError as exc:
+        return f"cannot read the key registry: {exc}"
+    if name not in registry.names():
+        return (f"no key named {name} in the registry: its agent cannot join the bus until you add one with "
+                f"`dctrl keys add {name} --role machine`")
+    if registry.role(name) != "machine":
+        return (f"{name}'s key has role {registry.role(name)}, not machine: its agent may not publish "
+                f"machine.{name}.* (add a machine key under another name, or use that name)")
+    return None
+
+
 def cmd_machines(args):
     if args.machines_cmd == "add":
         send_command(args, "cmd.business.machine.add", {"name": args.name, "location": args.location})
         print(f"machine {args.name} added" + (f" ({args.location})" if args.location else ""))
+        warning = _key_warning(_home(args), args.name)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        return
+    if args.machines_cmd == "set":
+        if args.location is None:
+            raise DctrlError("nothing to change: give --location (\"\" clears it)")
+        send_command(args, "cmd.business.machine.set", {"name": args.name, "location": args.location})
+        print(f"machine {args.name}: location {args.location or '(none)'}")
+        return
+    if args.machines_cmd == "rm":
+        send_command(args, "cmd.business.machine.rm", {"name": args.name})
+        print(f"machine {args.name} removed, with its slots (its key stays in the registry: "
+              f"`dctrl keys revoke {args.name}` cuts its agent off)")
         return
     from actors.business_data import machines
 
@@ -79,19 +112,51 @@ def cmd_machines(args):
         print(f"{m['name']:<16} {m['location'] or '-'}")
 
 
+CLEAR = "none"  # --stock none / --relay none: set the field to nil (not counted / not wired)
+
+
+def _stock_arg(text):
+    if text == CLEAR:
+        return CLEAR
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of items (or \"none\": not counted)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("a stock cannot be negative")
+    return n
+
+
 def cmd_slots(args):
     if args.slots_cmd == "set":
         from actors.business_data import MoneyError, parse_cad
 
-        try:
-            parse_cad(args.price_cad)  # a clear error before anything is sent (business_data judges again)
-        except MoneyError as exc:
-            raise DctrlError(f"--price-cad: {exc}") from None
+        product, price, relay, stock = (getattr(args, k, None) for k in ("product", "price_cad", "relay", "stock"))
+        sticker = getattr(args, "sticker_address", None)
+        if all(v is None for v in (product, price, relay, stock, sticker)):
+            raise DctrlError("nothing to change: give --product, --price-cad, --stock, --relay or --sticker-address "
+                             "(a new slot needs --product and --price-cad)")
+        if price is not None:
+            try:
+                parse_cad(price)  # a clear error before anything is sent (business_data judges again)
+            except MoneyError as exc:
+                raise DctrlError(f"--price-cad: {exc}") from None
+        clear = [name for name, value in (("relay", relay), ("stock", stock)) if value == CLEAR]
         send_command(args, "cmd.business.slot.set", {
-            "machine": args.machine, "slot": args.slot, "product": args.product, "price_cad": args.price_cad,
-            "relay": args.relay, "stock": args.stock, "sticker_address": args.sticker_address})
-        print(f"slot {args.machine}/{args.slot}: {args.product} at {args.price_cad} CAD"
-              + (f", sticker address {args.sticker_address}" if args.sticker_address else ""))
+            "machine": args.machine, "slot": args.slot, "product": product, "price_cad": price,
+            "relay": None if relay == CLEAR else relay, "stock": None if stock == CLEAR else stock,
+            "sticker_address": sticker, "clear": clear or None})
+        changes = [f"{product} at {price} CAD" if product is not None and price is not None else
+                   f"product {product}" if product is not None else f"{price} CAD" if price is not None else None,
+                   (f"stock {stock}" if stock != CLEAR else "stock not counted") if stock is not None else None,
+                   (f"relay {relay}" if relay != CLEAR else "no relay") if relay is not None else None,
+                   (f"sticker address {sticker}" if sticker else "no sticker address") if sticker is not None
+                   else None]
+        print(f"slot {args.machine}/{args.slot}: " + ", ".join(c for c in changes if c))
+        return
+    if args.slots_cmd == "rm":
+        send_command(args, "cmd.business.slot.rm", {"machine": args.machine, "slot": args.slot})
+        print(f"slot {args.machine}/{args.slot} removed")
         return
     from actors.business_data import slots
 
@@ -150,30 +215,41 @@ def add_commands(cmd):
 
     sp = cmd("machines", cmd_machines, "vending machines (BusinessData)")
     ms = sp.add_subparsers(dest="machines_cmd", required=True, metavar="ACTION")
-    add = ms.add_parser("add", help="add a machine (a command acknowledged by business_data)")
+    add = ms.add_parser("add", help="add a machine (a command acknowledged by business_data); warns if it has "
+                                    "no machine key yet")
     add.add_argument("name", help="the machine's name, also its identity on the bus (vm1)")
     add.add_argument("--location", help="where it stands")
+    mset = ms.add_parser("set", help="change a machine's location")
+    mset.add_argument("name", help="the machine")
+    mset.add_argument("--location", help='where it stands ("" clears it)')
+    mrm = ms.add_parser("rm", help="remove a machine and its slots (refused while it has invoices not closed)")
+    mrm.add_argument("name", help="the machine")
     lst = ms.add_parser("list", help="the machines")
     lst.add_argument("--json", action="store_true", help="one JSON document instead of the table")
-    common([add], bus=True)
+    common([add, mset, mrm], bus=True)
     common([lst], bus=False)
 
     sp = cmd("slots", cmd_slots, "a machine's slots: product, price (CAD), relay, stock")
     ss = sp.add_subparsers(dest="slots_cmd", required=True, metavar="ACTION")
-    st = ss.add_parser("set", help="create or change a slot (a command acknowledged by business_data)")
+    st = ss.add_parser("set", help="create a slot (--product and --price-cad needed) or change only what is given")
     st.add_argument("machine", help="the machine")
     st.add_argument("slot", type=int, help="slot number 0..255")
-    st.add_argument("--product", required=True, help="what it sells")
-    st.add_argument("--price-cad", required=True, help='price in CAD, e.g. 3.50 (at most 2 decimals)')
-    st.add_argument("--stock", type=int, help="items in the slot (default: keep; new slot: not counted)")
-    st.add_argument("--relay", help="gpio:PIN or i2c:0xADDR:BIT (default: keep)")
+    st.add_argument("--product", help="what it sells (default: keep)")
+    st.add_argument("--price-cad", help='price in CAD, e.g. 3.50 (at most 2 decimals; default: keep)')
+    st.add_argument("--stock", type=_stock_arg, help="items in the slot now; each vend takes one, an empty slot "
+                                                     "sells nothing; \"none\": not counted (default: keep; new "
+                                                     "slot: not counted)")
+    st.add_argument("--relay", help="gpio:PIN or i2c:0xADDR:BIT; \"none\": not wired (default: keep)")
     st.add_argument("--sticker-address", help="the slot's fixed payment address (legacy sticker mode: any payment "
                                               "to it buys items at the current price); \"\" clears it "
                                               "(default: keep)")
-    lst = ss.add_parser("list", help="a machine's slots")
+    srm = ss.add_parser("rm", help="remove a slot (refused while it has invoices not closed)")
+    srm.add_argument("machine", help="the machine")
+    srm.add_argument("slot", type=int, help="slot number 0..255")
+    lst = ss.add_parser("list", help="a machine's slots, with their stock (- : not counted)")
     lst.add_argument("machine", help="the machine")
     lst.add_argument("--json", action="store_true", help="one JSON document instead of the table")
-    common([st], bus=True)
+    common([st, srm], bus=True)
     common([lst], bus=False)
 
     sp = cmd("policy", cmd_policy, "business policies (versioned): zero-conf limit, invoice lifetime, ...")

@@ -27,7 +27,7 @@ from actors.runtime import Runtime
 from keys.home import demo_account_xpub
 from proto.errors import DctrlError
 from scripts import business_cli
-from tests.harness import Network, new_home, pg_schema, topic_is, wait_for
+from tests.harness import Network, dctrl, new_home, pg_schema, topic_is, wait_for
 from tests.test_db import PG_URL
 
 T0 = 1_700_000_000
@@ -233,6 +233,202 @@ def test_events_commit_with_the_change_or_not_at_all(home, bdb):
     assert len(outbox_rows(bdb)) == 1
 
 
+def test_slot_set_changes_only_what_it_is_given_on_both_backends(home, bdb):
+    """Issue 9.9: nil keeps a field, for every field; a new slot still needs a product and a price;
+    `clear` makes relay and stock nil; a command that changes nothing is refused."""
+    sticker = Deriver(demo_account_xpub(), "regtest").address(0)[0]
+    now = [T0]
+    actor = BusinessData(home, database=bdb, clock=lambda: now[0])
+    actor.execute("cmd.business.machine.add", cmd(name="vm1", location=None))
+
+    def slot_set(**kw):
+        body = dict(machine="vm1", slot=1) | kw
+        ack, events = actor.execute("cmd.business.slot.set", cmd(**body))
+        return ack, (events[0][1] if events else None)
+
+    for kw in ({"price_cad": "3.50"}, {"product": "cola"}, {"stock": 3}):
+        ack, event = slot_set(**kw)
+        assert ack["status"] == "refused" and "needs a product and a price" in ack["reason"] and event is None
+    ack, _ = slot_set(product="cola", price_cad="3.50", relay="gpio:17", sticker_address=sticker)
+    assert ack["status"] == "done"
+
+    def current():
+        (s,) = slots(bdb, "vm1")
+        return {k: s[k] for k in ("product", "price_cents", "relay", "stock", "sticker_address")}
+
+    ack, event = slot_set(price_cad="4.00")
+    assert ack["status"] == "done"
+    assert current() == {"product": "cola", "price_cents": 400, "relay": "gpio:17", "stock": None,
+                         "sticker_address": sticker}
+    assert {k: event[k] for k in current()} == current() and event["machine"] == "vm1" and event["slot"] == 1
+    slot_set(stock=10)
+    assert current() == {"product": "cola", "price_cents": 400, "relay": "gpio:17", "stock": 10,
+                         "sticker_address": sticker}
+    slot_set(product="cola zero")
+    slot_set(relay="i2c:0x20:3")
+    assert current() == {"product": "cola zero", "price_cents": 400, "relay": "i2c:0x20:3", "stock": 10,
+                         "sticker_address": sticker}
+    ack, event = slot_set(clear=["stock"])
+    assert ack["status"] == "done" and event["stock"] is None and current()["relay"] == "i2c:0x20:3"
+    slot_set(clear=["relay"], sticker_address="")
+    assert current() == {"product": "cola zero", "price_cents": 400, "relay": None, "stock": None,
+                         "sticker_address": None}
+    for kw, why in (({}, "nothing to change"), ({"stock": 2, "clear": ["stock"]}, "both a value and clear"),
+                    ({"product": "  "}, "a name is required"), ({"price_cad": "4.001"}, "at most 2 decimals")):
+        ack, event = slot_set(**kw)
+        assert ack["status"] == "refused" and why in ack["reason"] and event is None, (kw, ack)
+    assert current()["price_cents"] == 400 and current()["product"] == "cola zero"
+
+
+def sales_tables(bdb):
+    """BusinessMgr's tables in ``bdb`` (what business_data reads its sales from)."""
+    from actors.business_mgr import TABLES as SALES_TABLES
+
+    with bdb.bind_ctx(SALES_TABLES):
+        bdb.create_tables(SALES_TABLES)
+
+
+def sell(bdb, machine, slot, acked_at, state="vended", invoice_state="vended"):
+    """What BusinessMgr records for one vend (an invoice and its vend row); returns the vend id."""
+    from actors.business_mgr import SalesInvoice, SalesVend
+
+    vend = os.urandom(16).hex()
+    with bdb.bind_ctx([SalesInvoice, SalesVend]):
+        inv = SalesInvoice.create(mode="invoice", machine=machine, slot=slot, product="x", price_cents=100,
+                                  address="bcrt1qx", state=invoice_state, created=acked_at - 5,
+                                  expires=acked_at + 900)
+        SalesVend.create(id=vend, invoice=inv, item=0, machine=machine, slot=slot, state=state,
+                         created=acked_at - 1, expires=acked_at + 30, deadline=acked_at + 300,
+                         acked_at=acked_at if state != "sent" else None)
+    return vend
+
+
+def test_machines_and_slots_removed_and_changed_on_both_backends(home, bdb):
+    """Issue 9.9: slot rm, machine rm (with its slots), machine set; refused while invoices are not closed."""
+    from actors.business_mgr import SalesInvoice
+
+    sales_tables(bdb)
+    actor = BusinessData(home, database=bdb, clock=lambda: T0)
+    for name in ("vm1", "vm2"):
+        actor.execute("cmd.business.machine.add", cmd(name=name, location=None))
+    for n in (1, 2):
+        actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=n, product=f"p{n}", price_cad="1"))
+    sell(bdb, "vm1", 1, T0, state="sent", invoice_state="vending")  # paid, being dispensed
+
+    ack, events = actor.execute("cmd.business.slot.rm", cmd(machine="vm1", slot=1))
+    assert ack["status"] == "refused" and "slot vm1/1 has 1 invoice(s) not closed" in ack["reason"] and not events
+    ack, events = actor.execute("cmd.business.machine.rm", cmd(name="vm1"))
+    assert ack["status"] == "refused" and "machine vm1 has 1 invoice(s) not closed" in ack["reason"] and not events
+    ack, events = actor.execute("cmd.business.slot.rm", cmd(machine="vm1", slot=2))  # nothing sold there
+    assert ack["status"] == "done" and [(t, {k: e[k] for k in ("machine", "slot")}) for t, e in events] == [
+        ("business.slot.removed", {"machine": "vm1", "slot": 2})]
+    assert [s["slot"] for s in slots(bdb, "vm1")] == [1]
+    for topic, body, why in (("cmd.business.slot.rm", dict(machine="vm1", slot=2), "has no slot 2"),
+                             ("cmd.business.slot.rm", dict(machine="vm9", slot=1), "unknown machine vm9"),
+                             ("cmd.business.machine.rm", dict(name="vm9"), "unknown machine vm9")):
+        ack, events = actor.execute(topic, cmd(**body))
+        assert ack["status"] == "refused" and why in ack["reason"] and not events
+
+    with bdb.bind_ctx([SalesInvoice]):  # the invoice closes: now the machine may go, with its slots
+        SalesInvoice.update(state="vended").execute()
+    ack, events = actor.execute("cmd.business.machine.rm", cmd(name="vm1"))
+    assert ack["status"] == "done"
+    assert [(t, e.get("slot")) for t, e in events] == [("business.slot.removed", 1),
+                                                       ("business.machine.removed", None)]
+    assert all(len(e["event_id"]) == 64 for _, e in events)
+    assert [m["name"] for m in machines(bdb)] == ["vm2"] and slots(bdb, "vm1") == []
+    assert BusinessSlot.select().bind(bdb).count() == 0
+
+    ack, events = actor.execute("cmd.business.machine.set", cmd(name="vm2", location="back room"))
+    assert ack["status"] == "done" and events[0][0] == "business.machine.changed"
+    assert {k: events[0][1][k] for k in ("name", "location", "created")} == {
+        "name": "vm2", "location": "back room", "created": T0}
+    assert machines(bdb)[0]["location"] == "back room"
+    actor.execute("cmd.business.machine.set", cmd(name="vm2", location=""))  # "" clears
+    assert machines(bdb)[0]["location"] is None
+    ack, _ = actor.execute("cmd.business.machine.set", cmd(name="vm2", location=None))
+    assert ack["status"] == "refused" and "nothing to change" in ack["reason"]
+    assert actor.execute("cmd.business.machine.add", cmd(name="vm1", location=None))[0]["status"] == "done"
+
+
+def test_each_vend_is_counted_once_across_restarts_on_both_backends(home, bdb):
+    """Issue 9.5: every vend BusinessMgr records as vended takes one from its slot's stock, once per
+    vend id, whether business_data saw it happen or was down; a restart counts nothing twice."""
+    from actors.business_data import BusinessStockMove, stock_left
+    from actors.outbox import event_id
+
+    sales_tables(bdb)
+    now = [T0]
+    first = BusinessData(home, database=bdb, clock=lambda: now[0])
+    first.execute("cmd.business.machine.add", cmd(name="vm1", location=None))
+    for n, stock in ((1, 3), (2, None)):
+        first.execute("cmd.business.slot.set", cmd(machine="vm1", slot=n, product=f"p{n}", price_cad="1",
+                                                  stock=stock))
+
+    def stock(n):
+        return next(s["stock"] for s in slots(bdb, "vm1") if s["slot"] == n)
+
+    sell(bdb, "vm1", 1, T0 - 1)                        # before the stock was set: already in the count
+    sell(bdb, "vm1", 1, T0 + 1, state="failed", invoice_state="failed")  # nothing fell
+    sell(bdb, "vm1", 1, T0 + 1, state="sent", invoice_state="vending")   # not answered yet
+    sell(bdb, "vm1", 2, T0 + 1)                        # stock not counted there
+    v1 = sell(bdb, "vm1", 1, T0 + 1)
+    assert stock_left(bdb, "vm1", 1) == 2 and stock(1) == 3  # sold, not counted yet: not for sale either
+    assert stock_left(bdb, "vm1", 2) is None and stock_left(bdb, "vm1", 9) is None
+
+    events = first.count()
+    assert [(e["slot"], e["stock"], e["vend"], e["event_id"]) for e in events] == [
+        (1, 2, v1, event_id("business", "vend", v1))]
+    assert (stock(1), stock(2), stock_left(bdb, "vm1", 1)) == (2, None, 2)
+    assert [(t, e, sent) for t, e, _, sent in outbox_rows(bdb)][-1] == ("business.slot.changed",
+                                                                       events[0]["event_id"], False)
+    assert first.count() == []                          # the same vends again: nothing
+    assert stock(1) == 2
+
+    # "Down": vends recorded while no business_data ran; a new one counts them, once.
+    v2, v3 = sell(bdb, "vm1", 1, T0 + 2), sell(bdb, "vm1", 1, T0 + 3)
+    assert stock_left(bdb, "vm1", 1) == 0
+    now[0] = T0 + 10
+    second = BusinessData(home, database=bdb, clock=lambda: now[0])
+    assert [(e["vend"], e["stock"]) for e in second.count()] == [(v2, 1), (v3, 0)]
+    third = BusinessData(home, database=bdb, clock=lambda: now[0])
+    assert third.count() == [] and stock(1) == 0
+    v4 = sell(bdb, "vm1", 1, T0 + 11)  # one more than the count said: it stays 0, and is recorded
+    assert [(e["vend"], e["stock"]) for e in third.count()] == [(v4, 0)]
+    assert BusinessStockMove.select().bind(bdb).count() == 4
+
+    # A refill: what was acknowledged before it is in the operator's count; after it counts.
+    now[0] = T0 + 20
+    third.execute("cmd.business.slot.set", cmd(machine="vm1", slot=1, stock=5))
+    sell(bdb, "vm1", 1, T0 + 19)
+    v5 = sell(bdb, "vm1", 1, T0 + 20)
+    assert stock_left(bdb, "vm1", 1) == 4
+    assert [(e["vend"], e["stock"]) for e in third.count()] == [(v5, 4)]
+    third.execute("cmd.business.slot.set", cmd(machine="vm1", slot=1, clear=["stock"]))  # not counted any more
+    sell(bdb, "vm1", 1, T0 + 21)
+    assert third.count() == [] and stock(1) is None and stock_left(bdb, "vm1", 1) is None
+
+
+def test_a_database_from_before_stock_counting_counts_from_the_upgrade(home, bdb):
+    """A slot table without stock_set (the version before): vends sold before the upgrade are in
+    the stock the operator set; counting starts at the first start of this version."""
+    pk = "SERIAL PRIMARY KEY" if isinstance(bdb, peewee.PostgresqlDatabase) else "INTEGER PRIMARY KEY"
+    bdb.execute_sql(f"CREATE TABLE business_machine (id {pk}, name VARCHAR(32) NOT NULL UNIQUE, "
+                    "location VARCHAR(128), created BIGINT NOT NULL)")
+    bdb.execute_sql(f"CREATE TABLE business_slot (id {pk}, machine_id INTEGER NOT NULL, "
+                    "number SMALLINT NOT NULL, product VARCHAR(64) NOT NULL, price_cents BIGINT NOT NULL, "
+                    "relay VARCHAR(32), stock INTEGER, updated BIGINT NOT NULL, sticker_address VARCHAR(100))")
+    bdb.execute_sql("INSERT INTO business_machine (name, created) VALUES ('vm1', 1)")
+    bdb.execute_sql("INSERT INTO business_slot (machine_id, number, product, price_cents, stock, updated) "
+                    "VALUES (1, 3, 'cola', 200, 5, 1)")
+    sales_tables(bdb)
+    sell(bdb, "vm1", 3, T0 - 100)
+    actor = BusinessData(home, database=bdb, clock=lambda: T0)
+    assert actor.count() == [] and slots(bdb, "vm1")[0]["stock"] == 5
+    vend = sell(bdb, "vm1", 3, T0)
+    assert [(e["vend"], e["stock"]) for e in actor.count()] == [(vend, 4)]
+
+
 # -- the actor on the bus ---------------------------------------------------------
 
 @pytest.fixture
@@ -330,6 +526,61 @@ def test_cli_changes_go_over_the_bus_and_are_published(home, business, clients, 
                                   stock=None, relay=None))
     with pytest.raises(DctrlError, match="unknown policy"):
         business_cli.cmd_policy(ns(home, policy_cmd="set", key="nope", value="1"))
+
+
+def test_cli_edits_change_only_what_is_given_and_go_over_the_bus(home, business, clients, capsys):
+    """Issue 9.9 through the real CLI (subprocesses: argparse as an operator types it) and the bus:
+    `slots set` of one field, `slots rm`, `machines set|rm`, and `machines add` of a name without a
+    machine key warns and says how to add one."""
+    watch = clients(home, "admin", prefixes=["business"])
+    probe(watch)
+
+    def event(topic, **body):
+        return event_body(watch.expect(topic_is(topic, **body), what=topic))
+
+    added = dctrl(home, "machines", "add", "vm1")  # the demo's machine: its key is in the registry
+    assert "machine vm1 added" in added.stdout and "warning" not in added.stderr
+    dctrl(home, "slots", "set", "vm1", "3", "--product", "cola", "--price-cad", "3.50", "--stock", "10",
+          "--relay", "gpio:17")
+    event("business.slot.changed", slot=3)
+    out = dctrl(home, "slots", "set", "vm1", "3", "--price-cad", "4.00")
+    assert "slot vm1/3: 4.00 CAD" in out.stdout
+    assert event("business.slot.changed", slot=3) == {"machine": "vm1", "slot": 3, "product": "cola",
+                                                      "price_cents": 400, "relay": "gpio:17", "stock": 10,
+                                                      "sticker_address": None}
+    dctrl(home, "slots", "set", "vm1", "3", "--stock", "12")
+    assert event("business.slot.changed", slot=3)["stock"] == 12
+    listed = dctrl(home, "slots", "list", "vm1").stdout
+    assert "STOCK" in listed and listed.splitlines()[1].split()[:4] == ["3", "cola", "4.00", "12"]
+    dctrl(home, "slots", "set", "vm1", "3", "--stock", "none")
+    assert event("business.slot.changed", slot=3)["stock"] is None
+    assert dctrl(home, "slots", "list", "vm1").stdout.splitlines()[1].split()[:4] == ["3", "cola", "4.00", "-"]
+    new = dctrl(home, "slots", "set", "vm1", "4", "--price-cad", "1.00", check=False)
+    assert new.returncode != 0 and "slot vm1/4 is new: it needs a product and a price" in new.stderr
+    none = dctrl(home, "slots", "set", "vm1", "3", check=False)
+    assert none.returncode != 0 and "nothing to change" in none.stderr
+    dctrl(home, "slots", "rm", "vm1", "3")
+    event("business.slot.removed", machine="vm1", slot=3)
+    assert "no slots for machine vm1" in dctrl(home, "slots", "list", "vm1").stdout
+
+    added = dctrl(home, "machines", "add", "vm7", "--location", "hall")
+    assert "machine vm7 added (hall)" in added.stdout
+    assert "no key named vm7 in the registry" in added.stderr
+    assert "dctrl keys add vm7 --role machine" in added.stderr
+    dctrl(home, "machines", "set", "vm7", "--location", "back room")
+    assert event("business.machine.changed", name="vm7") == {"name": "vm7", "location": "back room",
+                                                            "created": event("business.machine.added",
+                                                                             name="vm7")["created"]}
+    assert "back room" in dctrl(home, "machines", "list").stdout
+    dctrl(home, "machines", "rm", "vm7")
+    event("business.machine.removed", name="vm7")
+    assert "vm7" not in dctrl(home, "machines", "list").stdout
+    gone = dctrl(home, "machines", "rm", "vm7", check=False)
+    assert gone.returncode != 0 and "refused: unknown machine vm7" in gone.stderr
+
+    # the same functions in process, as the other CLI tests drive them: a key of another role
+    business_cli.cmd_machines(ns(home, machines_cmd="add", name="vault", location=None))
+    assert "vault's key has role" in capsys.readouterr().err
 
 
 def test_retries_applied_once_expired_and_bad_prices_refused(home, business, clients):

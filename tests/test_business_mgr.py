@@ -147,14 +147,31 @@ def prices(home, net):
 @pytest.fixture
 def sales(home, net, chain, machine, observer, prices):
     """Everything up with a fresh price; a test's leftovers are drained first."""
-    set_price(prices, PRICE)
-    observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
-                    and d.message.body["status"] == "ok", timeout=20, what="business_mgr ok with a price")
+    priced(prices, observer)
     machine.drain()
     machine.actor.history.clear()
     observer.drain()
     observer.actor.history.clear()
     return home
+
+
+def priced(prices, observer, timeout=20):
+    """Publish the price until business_mgr says ``ok`` in a heartbeat that arrives after this
+    call began. A heartbeat from before (kept in the observer's history, from a process since
+    restarted) proves nothing about now: taking one for proof let a press reach a restarted
+    business_mgr before the price did (issue 9.5); and a price published before a restarted
+    business_mgr subscribed is lost, so it is published again."""
+    observer.drain()
+    observer.actor.history.clear()
+
+    def ok():
+        set_price(prices, PRICE)
+        try:
+            return observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                                   and d.message.body["status"] == "ok", timeout=1.5)
+        except AssertionError:
+            return None
+    return wait_for(ok, timeout=timeout, interval=0, what="business_mgr ok with a price")
 
 
 def set_config(home, **business):
@@ -615,3 +632,161 @@ def test_unpaid_addresses_are_handed_out_again_before_the_gap_passes_the_limit(s
         set_config(sales, max_invoices_per_minute=1000)
         net.signal("business_mgr")
         net.start("business_mgr")
+
+
+# -- stock and the price at start (issue 9.5) ------------------------------------------------------
+
+def restart(net, watcher, name="business_mgr", sig=signal.SIGTERM, timeout=30) -> dict:
+    """Stop ``name`` with ``sig``, start it again; returns the first heartbeat of the new process
+    that is past ``starting`` (``watcher`` hears health.NAME)."""
+    net.signal(name, sig)
+    net.start(name)
+    pid = net.procs[name].pid
+    return watcher.expect(lambda d: d.message is not None and d.message.topic == f"health.{name}"
+                          and d.message.body["pid"] == pid and d.message.body["status"] != "starting",
+                          timeout=timeout, what=f"{name} back (pid {pid})").message.body
+
+
+def sell_one(chain, machine, observer, slot, sats) -> str:
+    """Press, pay (zero-conf), vend, acknowledge; returns the vend's id (hex)."""
+    inv = press(machine, observer, slot)
+    pay(chain, inv["address"], sats)
+    cmd = vend_command(machine, inv["invoice"])
+    ack(machine, cmd)
+    changed(observer, inv["invoice"], "vended")
+    return cmd.message.body["id"].hex()
+
+
+def slot_row(home, slot) -> dict:
+    from actors.business_data import slots
+
+    database = connect(home.database_url)
+    try:
+        return next(s for s in slots(database, "vm1") if s["slot"] == slot)
+    finally:
+        database.close()
+
+
+def test_each_vend_takes_one_from_the_stock_and_an_empty_slot_is_sold_out(sales, chain, machine, observer):
+    slot = 10
+    dctrl(sales, "slots", "set", "vm1", str(slot), "--product", "Chips", "--price-cad", "1.00", "--stock", "2")
+    stock = BusClient(sales, "admin", prefixes=["business.slot"])
+    try:
+        for left in (1, 0):
+            vend = sell_one(chain, machine, observer, slot, 1000)
+            counted = stock.expect(topic_is("business.slot.changed", machine="vm1", slot=slot, vend=vend),
+                                   what=f"the vend counted ({left} left)").message
+            assert counted.sender == "business_data" and counted.body["stock"] == left
+        assert slot_row(sales, slot)["stock"] == 0
+        machine.publish("machine.vm1.button", {"slot": slot, "pressed_at": 0})
+        refused = observer.expect(topic_is("invoice.refused", slot=slot)).message.body
+        assert refused["reason"] == f"slot vm1/{slot} (Chips) is sold out"
+        dctrl(sales, "slots", "set", "vm1", str(slot), "--stock", "1")  # a refill: it sells again
+        assert press(machine, observer, slot)["product"] == "Chips"
+    finally:
+        stock.close()
+
+
+def test_the_last_items_are_held_and_counted_even_while_business_data_is_down(sales, net, chain, machine,
+                                                                             observer):
+    """Invoices not closed hold their items, and a vend business_data has not counted yet (it is
+    down) is not for sale either; restarted, it counts each such vend once."""
+    slot = 11
+    dctrl(sales, "slots", "set", "vm1", str(slot), "--product", "Nuts", "--price-cad", "1.00", "--stock", "3")
+    watch = BusClient(sales, "admin", prefixes=["business.slot", "health.business_data"])
+    try:
+        assert net.signal("business_data", signal.SIGKILL) == -signal.SIGKILL
+        sold = [sell_one(chain, machine, observer, slot, 1000) for _ in range(2)]  # 1 left, in no count yet
+        assert slot_row(sales, slot)["stock"] == 3
+        last = press(machine, observer, slot)
+        pay(chain, last["address"], 500)  # half paid: its item is held for it
+        changed(observer, last["invoice"], "seen")
+        machine.publish("machine.vm1.button", {"slot": slot, "pressed_at": 0})
+        refused = observer.expect(topic_is("invoice.refused", slot=slot)).message.body
+        assert refused["reason"] == (f"slot vm1/{slot} (Nuts) is sold out: its last 1 item(s) are held by "
+                                     f"invoice(s) {last['invoice']} until paid or expired")
+
+        net.start("business_data")
+        counted = [watch.expect(topic_is("business.slot.changed", slot=slot, vend=v), timeout=20).message.body
+                   for v in sold]
+        assert [c["stock"] for c in counted] == [2, 1] and slot_row(sales, slot)["stock"] == 1
+        back = restart(net, watch, "business_data")  # again: its catch-up at start finds nothing to count
+        assert back["status"] == "ok" and "0 vend(s) counted" in back["detail"], back
+        assert slot_row(sales, slot)["stock"] == 1
+
+        pay(chain, last["address"], 500)  # the rest: the held item is sold to its invoice
+        ack(machine, vend_command(machine, last["invoice"]))
+        changed(observer, last["invoice"], "vended")
+        watch.expect(topic_is("business.slot.changed", slot=slot, stock=0), timeout=20)
+        machine.publish("machine.vm1.button", {"slot": slot, "pressed_at": 0})
+        assert "sold out" in observer.expect(topic_is("invoice.refused", slot=slot)).message.body["reason"]
+        assert slot_row(sales, slot)["stock"] == 0
+    finally:
+        if not net.alive("business_data"):
+            net.start("business_data")
+        watch.close()
+
+
+def test_a_sticker_payment_buys_no_more_than_is_left(sales, chain, machine, observer):
+    from actors.chain.addresses import Deriver
+    from keys.home import demo_account_xpub
+
+    slot, sticker = 12, Deriver(demo_account_xpub(), "regtest").address(7)[0]
+    dctrl(sales, "slots", "set", "vm1", str(slot), "--product", "Mints", "--price-cad", "1.00", "--stock", "2",
+          "--sticker-address", sticker)
+    try:
+        wait_for(lambda: chain.actor.watched.get(sticker) == f"sticker vm1/{slot}", what="the sticker address watched")
+        tx = pay(chain, sticker, 3500)  # 3.5 Mints; 2 left
+        opened = observer.expect(topic_is("invoice.opened", mode="sticker", address=sticker)).message.body
+        pay(chain, sticker, 3500, state="confirmed", confirmations=2, tx=tx)
+        for _ in range(2):
+            ack(machine, vend_command(machine, opened["invoice"]))
+        done = changed(observer, opened["invoice"], "vended")
+        assert (done["items"], done["vended"], done["credit_sats"]) == (2, 2, 1500)
+        assert row(sales, opened["invoice"])["refund_sats"] == 1500
+        tx = pay(chain, sticker, 1000)  # none left: owed back, nothing vended
+        again = observer.expect(topic_is("invoice.opened", mode="sticker", address=sticker)).message.body
+        pay(chain, sticker, 1000, state="confirmed", confirmations=2, tx=tx)
+        failed = changed(observer, again["invoice"], "failed")
+        assert "Mints is sold out" in failed["reason"] and failed["vended"] == 0
+        assert row(sales, again["invoice"])["refund_sats"] == 1000
+        assert not [d for d in machine.drain() if d.message and d.message.topic == "cmd.machine.vm1.vend"
+                    and d.message.body["invoice"] == again["invoice"]]
+    finally:
+        dctrl(sales, "slots", "set", "vm1", str(slot), "--sticker-address", "")
+
+
+def test_a_restarted_business_mgr_sells_at_once_at_the_last_price(sales, net, machine, observer):
+    """Killed and started again, it sells at the last price it accepted (received within
+    price_max_age), without waiting for the next price event."""
+    back = restart(net, observer, sig=signal.SIGKILL)
+    assert back["status"] == "ok", back["detail"]
+    inv = press(machine, observer, COLA)  # no price published since the restart
+    assert inv["cad_per_btc"] == PRICE and inv["sats"] == COLA_SATS
+    assert not [d for d in observer.drain() if topic_is("invoice.refused")(d)]
+
+
+def test_at_start_a_price_too_old_or_a_stale_word_sells_nothing(sales, net, machine, observer, prices):
+    set_config(sales, max_invoices_per_minute=1000, price_max_age=3)
+    try:
+        restart(net, observer)
+        priced(prices, observer)
+        observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                        and "last price is" in (d.message.body["detail"] or ""), what="the price grown old")
+        back = restart(net, observer, sig=signal.SIGKILL)
+        assert back["status"] == "degraded" and "too old" in back["detail"], back
+        machine.publish("machine.vm1.button", {"slot": COLA, "pressed_at": 0})
+        assert "no price yet" in observer.expect(topic_is("invoice.refused", slot=COLA)).message.body["reason"]
+
+        priced(prices, observer)
+        press(machine, observer, COLA)  # the positive control: a fresh price sells
+        prices.publish("price.stale", {"reason": "1 of 5 sources fresh", "fresh": 1, "needed": 2, "sources": []})
+        observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                        and "1 of 5 sources fresh" in (d.message.body["detail"] or ""), what="the price stale")
+        back = restart(net, observer, sig=signal.SIGKILL)
+        assert back["status"] == "degraded" and "1 of 5 sources fresh" in back["detail"], back
+        machine.publish("machine.vm1.button", {"slot": TV, "pressed_at": 0})
+        assert "stale" in observer.expect(topic_is("invoice.refused", slot=TV)).message.body["reason"]
+    finally:
+        set_config(sales, max_invoices_per_minute=1000)
+        restart(net, observer)
