@@ -32,6 +32,7 @@ SLOTS = {
 PIN = {1: 17, 2: 27, 3: 22}
 ACK = "machine.vm1.vend.ack"
 CMD = "cmd.machine.vm1.vend"
+CMD_VM1 = b"cmd.machine.vm1."  # vm1's grant
 
 
 # -- fixtures: one broker + Vault for the module, a fresh MachineMgr per test ----------
@@ -239,17 +240,42 @@ def test_only_business_mgr_can_command_the_machine(home, agent, clients):
     assert not [h for h in bm.drain() if h.message and h.message.body["id"] in (cmd["id"], forged_cmd["id"])]
 
 
-def test_a_command_for_another_machine_never_reaches_vm1(home, agent, clients):
-    """vm1 subscribes to cmd.machine.vm1 only; the broker narrows it, so vm2's and vm10's
-    commands (even a legitimate business_mgr's) are never delivered to it."""
-    a = agent()
-    bm = business_mgr(clients, home)
-    ready(bm)
-    for other in ("vm2", "vm10"):
-        bm.publish(f"cmd.machine.{other}.vend", vend(1))
-    roundtrip(bm)
-    assert a.pulses(1) == []
-    assert a.runtime.counters["received"] == a.runtime.counters["accepted"]  # nothing refused: nothing came
+def test_a_command_for_another_machine_never_reaches_vm1(home, network, clients):
+    """The broker, not vm1's own filter, keeps other machines' commands away: a client with
+    vm1's key that asks for all of ``cmd.machine`` (and for ``cmd``, and for everything) has
+    each request narrowed to its grant ``cmd.machine.vm1``, so business_mgr's commands for vm2
+    and vm10 are never delivered to it, while its own are; an admin (granted everything)
+    hears all of them."""
+    bm = clients(home, "business_mgr")
+    nosy = clients(home, "vm1", prefixes=["cmd.machine", "cmd", ""])
+    watch = clients(home, "admin", prefixes=["cmd.machine"])
+
+    def command(topic, cmd):
+        return lambda d: (d.frames[0] == wire.topic_frame(topic) and d.message is not None
+                          and d.message.body["id"] == cmd["id"])
+
+    def probe():  # positive control, and both subscriptions live: vm1's own command reaches both
+        cmd = vend(slot=200, invoice="probe")
+        bm.publish(CMD, cmd)
+        try:
+            nosy.expect(command(CMD, cmd), timeout=0.5)
+            watch.expect(command(CMD, cmd), timeout=0.5)
+            return True
+        except AssertionError:
+            return False
+    wait_for(probe, interval=0, what="vm1's own command heard by vm1 and by the admin")
+
+    others = {f"cmd.machine.{m}.vend": vend(1, f"inv-{m}") for m in ("vm2", "vm10")}
+    for topic, cmd in others.items():
+        bm.publish(topic, cmd)
+    marker = vend(slot=200, invoice="marker")
+    bm.publish(CMD, marker)  # after them, from the same publisher: the broker handles it after them
+    nosy.expect(command(CMD, marker), what="vm1's own command sent after the others")
+    for topic, cmd in others.items():  # they went through the broker: the admin hears them
+        watch.expect(command(topic, cmd), what=f"the admin hearing {topic}")
+    leaked = sorted({bytes(h.frames[0]) for h in nosy.drain()
+                     if h.frames and h.frames[0].startswith(b"cmd.") and not h.frames[0].startswith(CMD_VM1)})
+    assert leaked == [], f"the broker delivered other machines' commands to vm1: {leaked}"
 
 
 def test_replayed_frames_do_not_dispense_again(home, agent, clients):
