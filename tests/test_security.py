@@ -10,11 +10,13 @@ import time
 
 import nacl.signing
 import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from keys.identity import IdentityKeys
 from proto import token as tokens
 from proto import wire
-from tests.harness import dctrl, publish_until_heard, topic_is, wait_for
+from tests.harness import DEADLINE, dctrl, publish_until_heard, topic_is, wait_for
 
 
 def denied(direction, code=None, identity=None):
@@ -93,11 +95,19 @@ def test_subscribe_outside_policy_gets_nothing(home, network, clients):
 
 def test_vm1_grant_never_covers_vm10(home, network, clients):
     dctrl(home, "keys", "add", "vm10", "--role", "machine")
+    # The admin is granted every topic: it would receive machine.vm10.button if the broker passed it.
     watch = clients(home, "admin", prefixes=["broker.denied", "machine"])
     vm1 = clients(home, "vm1")
-    vm1.send_raw(forged(vm1, "machine.vm10.button", {}))
+    pressed = {"slot": 1, "pressed_at": int(time.time() * 1000)}
+    vm1.send_raw(forged(vm1, "machine.vm10.button", pressed))
     d = watch.expect(denied("publish", "not_granted", "vm1"))
     assert d.message.body["topic"] == "machine.vm10.button"
+    # Positive control and marker: the same press on vm1's own topic, sent after it on the same
+    # connection, is delivered; by then the broker has handled the one for vm10.
+    vm1.send_raw(forged(vm1, "machine.vm1.button", pressed))
+    watch.expect(topic_is("machine.vm1.button", slot=1), what="vm1's own button press")
+    leaked = [h.frames[0] for h in watch.drain() if h.frames and h.frames[0].startswith(b"machine.vm10.")]
+    assert leaked == [], f"the broker delivered vm1's publication on vm10's topic: {leaked}"
 
 
 @pytest.mark.parametrize("attack", ["forged_signature", "expired_token", "token_for_other_topic",
@@ -186,13 +196,66 @@ def test_broker_drops_malformed_framing(home, network, clients, frames, code, re
     assert not [h for h in watch.drain() if h.frames and h.frames[0].startswith(b"debug.x")]
 
 
+def _pub_monitor(client):
+    """A monitor on ``client``'s publishing connection (the runtime watches only its SUB one):
+    made in the client's loop thread, read in the test's. Close it with :func:`_close_monitor`."""
+    made = []
+
+    def attach():
+        made.append(client.runtime.pub.get_monitor_socket(
+            addr=f"inproc://test-pub-monitor-{id(client):x}",
+            events=zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED))
+    client.runtime.call_soon(attach)
+    wait_for(lambda: made, what="a monitor on the publishing socket")
+    return made[0]
+
+
+def _close_monitor(client, monitor):
+    done = []  # stopped in the loop thread before its PAIR closes (see Runtime._close_sockets)
+    client.runtime.call_soon(lambda: (client.runtime.pub.disable_monitor(), done.append(1)))
+    wait_for(lambda: done, what="the monitor stopped")
+    monitor.close(linger=0)
+
+
+def _monitor_events(monitor, until=None, timeout=DEADLINE):
+    """Events read until one of kind ``until`` (None: only those already there, no waiting)."""
+    events, deadline = [], time.monotonic() + timeout
+    while True:
+        if until is None:
+            if not monitor.poll(0):
+                return events
+        elif not monitor.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            raise AssertionError(f"timed out after {timeout} s waiting for monitor event {until}: saw {events}")
+        events.append(recv_monitor_message(monitor)["event"])
+        if until is not None and events[-1] == until:
+            return events
+
+
 def test_oversized_frame_disconnects_only_the_offender(home, network, clients):
     rx = clients(home, "admin", prefixes=["debug"])
-    big = clients(home, "admin")
-    big.send_raw([b"debug.big.", os.urandom(home.config["bus"]["max_message_bytes"] + 1024)])
-    still_working(home, clients, "after-oversize")
-    assert not [h for h in rx.drain() if h.frames and h.frames[0] == b"debug.big."]
-    assert network.alive("broker")
+    big, bystander = clients(home, "admin"), clients(home, "admin")
+    monitors = {c: _pub_monitor(c) for c in (big, bystander)}
+    try:
+        # Positive control: big's connection carries a normal message, and is not dropped for it.
+        big.publish("debug.before", {"n": 1})
+        rx.expect(topic_is("debug.before", n=1), what="a normal message from the offender")
+        assert zmq.EVENT_DISCONNECTED not in _monitor_events(monitors[big])
+        big.send_raw([b"debug.big.", os.urandom(home.config["bus"]["max_message_bytes"] + 1024)])
+        # The broker cuts the offender's connection (MAXMSGSIZE); its socket connects again.
+        _monitor_events(monitors[big], until=zmq.EVENT_DISCONNECTED)
+        _monitor_events(monitors[big], until=zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        # Once reconnected, what it sends is delivered again: the oversized frame, earlier in
+        # its stream, has been handled by then, and was not delivered.
+        publish_until_heard(big, rx, "debug.after")
+        assert not [h for h in rx.drain() if h.frames and h.frames[0] == b"debug.big."]
+        # Only the offender: another peer's connection was never dropped, and still carries.
+        bystander.publish("debug.bystander", {"n": 1})
+        rx.expect(topic_is("debug.bystander", n=1), what="a message from the bystander")
+        assert zmq.EVENT_DISCONNECTED not in _monitor_events(monitors[bystander])
+    finally:
+        for c, m in monitors.items():
+            _close_monitor(c, m)
+    still_working(home, clients, "after-oversize", network)
 
 
 def beat_from(name, key_version=None, vault_public=None):
