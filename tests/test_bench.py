@@ -1,4 +1,8 @@
-"""`dctrl bench --json --quick` end to end, with tiny sizes: shape of the JSON, not the targets."""
+"""`dctrl bench --json --quick` end to end, with tiny sizes: the shape of the JSON, and loose
+bounds on the figures. The bounds are not the targets (a loaded 2-core machine running the
+suite misses those): each is some 40 to 100 times the figure an idle 2-core VM shows (in the
+comments) or 100 times the target, so a regression of that order fails and a busy machine
+does not. Memory, which load does not change, is bounded tighter."""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ NUMBERS = ("msgs_per_s", "broker_cpu_us_per_msg")
 
 @pytest.mark.slow
 def test_bench_prints_one_json_object_with_positive_numbers(monkeypatch, capsys):
-    monkeypatch.setenv("DCTRL_BENCH_MESSAGES", "5000")
+    # Three pairs: a figure is the median of three bursts, so one burst stalled by the
+    # machine's other work does not decide it. 20,000 messages: about 0.1 s a burst.
+    monkeypatch.setenv("DCTRL_BENCH_MESSAGES", "20000")
     monkeypatch.setenv("DCTRL_BENCH_LATENCY_SAMPLES", "500")
-    monkeypatch.setenv("DCTRL_BENCH_PAIRS", "1")
+    monkeypatch.setenv("DCTRL_BENCH_PAIRS", "3")
     started = time.monotonic()
     rc = main(argparse.Namespace(suite="bus", quick=True, json=True))
     elapsed = time.monotonic() - started
@@ -30,7 +36,7 @@ def test_bench_prints_one_json_object_with_positive_numbers(monkeypatch, capsys)
                 "ratio_throughput", "added_p99_latency_us", "sign_verify_us_per_msg", "targets",
                 "meets_targets", "machine"):
         assert key in result, key
-    assert result["suite"] == "bus" and result["quick"] is True and result["messages"] == 5000
+    assert result["suite"] == "bus" and result["quick"] is True and result["messages"] == 20000
     assert result["body_bytes"] > 0 and result["envelope_bytes"] > result["body_bytes"]
     for side in ("baseline", "broker"):
         r = result[side]
@@ -41,10 +47,25 @@ def test_bench_prints_one_json_object_with_positive_numbers(monkeypatch, capsys)
         assert r["latency_us"]["samples"] > 0
         assert 0 < r["received"] <= r["sent"]
         assert r["clean_exit"], r
-    assert result["ratio_throughput"] > 0
     assert isinstance(result["added_p99_latency_us"], (int, float))
     for key in ("sign", "verify", "authproxy_open"):
         assert result["sign_verify_us_per_msg"][key] > 0, key
+
+    # Loose bounds: a 100x regression fails, a busy machine does not.
+    broker = result["broker"]
+    # throughput beside the C proxy, measured in the same run (seen: 0.7 to 1.0)
+    assert result["ratio_throughput"] > 0.05, result["ratio_throughput"]
+    # CPU time, which a busy machine barely changes (seen: main thread 2.5 us, all threads 4 to 6 us)
+    if broker["main_thread_cpu_us_per_msg"] is not None:  # (None where /proc has no schedstat)
+        assert broker["main_thread_cpu_us_per_msg"] < 100, broker["main_thread_cpu_us_per_msg"]
+    assert broker["broker_cpu_us_per_msg"] < 300, broker["broker_cpu_us_per_msg"]
+    # median latency the broker adds to the C proxy's, probes interleaved (seen: 15 to 20 us;
+    # the broker's own p50 140 us)
+    assert result["added_p50_latency_us"] < 5_000, result["added_p50_latency_us"]
+    assert broker["latency_us"]["p50"] < 10_000, broker["latency_us"]
+    # in-process crypto (seen: sign 17 us, verify 39 us, AuthProxy.open 61 us)
+    crypto = result["sign_verify_us_per_msg"]
+    assert crypto["sign"] < 1_000 and crypto["verify"] < 2_000 and crypto["authproxy_open"] < 3_000, crypto
     assert result["targets"] == {"ratio_throughput_min": 0.8, "added_p99_latency_us_max": 100}
     assert isinstance(result["meets_targets"], bool)
     assert result["machine"]["cpus"] >= 1 and result["machine"]["python"]
@@ -60,6 +81,13 @@ def test_chain_bench_runs_and_reports(tmp_path):
     assert r["detection_baseline_ms"]["p50"] > 0
     assert r["catch_up"]["blocks"] >= 10 and r["catch_up"]["seconds"] > 0
     assert r["catch_up"]["ratio"] > 0 and isinstance(r["meets_targets"], bool)
+    # Loose bounds (see the module's doc). Detection, from the simulator's notification to
+    # chain.tx.seen on the bus (seen: p50 1.3 ms, p99 2 ms; the target is p99 10 ms).
+    assert r["detection_ms"]["p99"] < 1_000, r["detection_ms"]
+    assert r["detection_ms"]["p50"] < 100, r["detection_ms"]
+    # Catch-up over 10 blocks, from starting the notifier's process to chain.block for the
+    # tip, so the interpreter's start-up included (seen: 0.24 s; the target is 30 s for 1,000).
+    assert r["catch_up"]["seconds"] < 15, r["catch_up"]
 
 
 @pytest.mark.slow
@@ -75,6 +103,14 @@ def test_vend_bench_runs_and_reports():
     assert set(r["segments_p50_ms"]) == {"chain_notifier", "business_mgr", "agent"}
     assert r["agent"]["rss_mb"] > 0 and r["agent"]["startup_s"] > 0
     assert len(r["slowest"]) == 5 and isinstance(r["meets_targets"], bool)
+    # Loose bounds (see the module's doc). Payment announced to relay on (seen: p50 3.7 ms,
+    # p99 10 ms; the target is p99 10 ms).
+    assert r["latency_ms"]["p99"] < 1_000, r["latency_ms"]
+    assert r["latency_ms"]["p50"] < 250, r["latency_ms"]
+    # The agent (seen: 35 MB, first heartbeat 0.4 s after its start; targets 40 MB, 1.5 s).
+    # Memory does not depend on the machine's load: a tighter bound.
+    assert r["agent"]["peak_rss_mb"] < 100, r["agent"]
+    assert r["agent"]["startup_s"] < 15, r["agent"]
 
 
 def test_vend_bench_setup_refuses_a_configuration_it_cannot_edit():
