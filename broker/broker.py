@@ -146,12 +146,22 @@ class Broker:
         self.poller = zmq.Poller()
         self.poller.register(self.xsub, zmq.POLLIN)
         self.poller.register(self.xpub, zmq.POLLIN)
-        log.info("broker up: publish endpoint %s, subscribe endpoint %s, %d identities",
-                 self.bus["publish_endpoint"], self.bus["subscribe_endpoint"], len(self.registry.names()))
+        log.info("broker up: listening on %s (publish) and %s (subscribe), %d identities",
+                 self._listen("publish_endpoint"), self._listen("subscribe_endpoint"), len(self.registry.names()))
+
+    def _listen(self, key) -> str:
+        """Where to bind for ``[bus] key``: the endpoint, with its host replaced by ``[bus]
+        listen`` when set (``0.0.0.0`` or the LAN address, so machines can reach the broker;
+        local actors still connect to the endpoint)."""
+        endpoint, host = self.bus[key], self.bus.get("listen")
+        if not host:
+            return endpoint
+        scheme, rest = endpoint.split("://", 1)
+        return f"{scheme}://{host}:{rest.rsplit(':', 1)[1]}"
 
     def _bind(self, wait=5.0):
         for sock, key in ((self.xsub, "publish_endpoint"), (self.xpub, "subscribe_endpoint")):
-            endpoint = self.bus[key]
+            endpoint = self._listen(key)
             deadline = time.monotonic() + wait
             while True:
                 try:
@@ -168,8 +178,8 @@ class Broker:
     def rebind(self, why: str):
         """Force every peer to handshake again (revocations take effect now)."""
         log.warning("rebinding both endpoints: %s", why)
-        for sock, endpoint in ((self.xsub, self.bus["publish_endpoint"]), (self.xpub, self.bus["subscribe_endpoint"])):
-            sock.unbind(endpoint)
+        for sock, key in ((self.xsub, "publish_endpoint"), (self.xpub, "subscribe_endpoint")):
+            sock.unbind(self._listen(key))
         self._bind()
         self.counters["rebinds"] += 1
 

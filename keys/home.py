@@ -61,6 +61,9 @@ CONFIG_TEMPLATE = """\
 [bus]
 publish_endpoint = "{pub}"    # broker XSUB: actors publish here
 subscribe_endpoint = "{sub}"  # broker XPUB: actors subscribe here
+# The broker binds the endpoints above; for vending machines on the LAN, have it listen
+# on every interface (or one address) instead, keeping the endpoints' ports:
+# listen = "0.0.0.0"
 
 [vault]
 token_lifetime = 900   # seconds a capability token lives (renewed at half-life)

@@ -342,16 +342,47 @@ def load_inputs(cfg: dict, slots: dict, path):
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def render(home, name) -> str:
+def render(home, name, *, server: str | None = None, slots: list | None = None) -> str:
+    """The agent.toml of machine ``name``. ``server``: the host the machine reaches the
+    broker at (the endpoints' ports are kept). ``slots``: BusinessData's slots of the
+    machine (dicts with ``slot``, ``product``, ``relay``), written as ``[slots.N]``."""
     from keys.registry import Registry
 
     registry = Registry.load(home.registry_path)
     if registry.role(name) != "machine":
         raise ConfigError(f"{name} is not a machine identity (role {registry.role(name)})")
     bus = home.config["bus"]
-    return TEMPLATE.format(name=name, pub=bus["publish_endpoint"], sub=bus["subscribe_endpoint"],
-                           broker=registry.current("broker").curve.decode(),
+    pub, sub = (with_host(bus[k], server) if server else bus[k] for k in ("publish_endpoint", "subscribe_endpoint"))
+    text = TEMPLATE.format(name=name, pub=pub, sub=sub, broker=registry.current("broker").curve.decode(),
                            vault=bytes(home.vault_public).hex())
+    if slots:
+        text += slots_section(slots)
+    return text
+
+
+def with_host(endpoint: str, host: str) -> str:
+    """``tcp://127.0.0.1:7401`` with ``host`` for its host (IPv6 in brackets)."""
+    scheme, rest = endpoint.split("://", 1)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{rest.rsplit(':', 1)[1]}"
+
+
+def slots_section(slots: list) -> str:
+    """``[slots.N]`` for each slot BusinessData knows; a relay it does not know is left
+    for the operator to fill in (the agent refuses to start until it is), with the
+    button of each slot in a commented ``[buttons]`` section."""
+    out = ["", "# The slots BusinessData knows for this machine (`dctrl slots list`)."]
+    for s in sorted(slots, key=lambda s: s["slot"]):
+        product = "".join(c for c in s["product"] if c.isprintable() and c != '"')
+        out.append(f"[slots.{s['slot']}]                 # {product}")
+        out.append(f'relay = "{s["relay"]}"' if s.get("relay") else
+                   'relay = "gpio:FILL-IN"            # the relay of this slot: "gpio:N" or "i2c:0xAA:B"')
+        out.append("pulse_ms = 500")
+    out.append("")
+    out.append("# [buttons]             # the selection button of each slot: slot = pin")
+    out.extend(f'# {s["slot"]} = "gpio:N"' for s in sorted(slots, key=lambda s: s["slot"]))
+    return "\n".join(out) + "\n"
 
 
 DEMO_SLOTS = """
@@ -381,17 +412,21 @@ simulate = true               # the simulated item falls 150 ms after each relay
 """
 
 
-def write_folder(home, name, out, *, demo=False) -> Path:
+def write_folder(home, name, out, *, demo=False, server=None, slots=None, force=False) -> Path:
     """Write OUT/agent.toml and OUT/NAME.key (0600): the folder to copy to machine NAME.
 
     ``demo`` makes a simulated machine: mock pins, two slots, buttons for both, a coin
-    acceptor, a door switch and a drop sensor that the simulator triggers after each pulse."""
+    acceptor, a door switch and a drop sensor that the simulator triggers after each pulse.
+    An existing agent.toml (perhaps edited by hand) is only replaced with ``force``."""
     import os
     import shutil
 
     out = Path(out)
+    if (out / "agent.toml").exists() and not force:
+        raise ConfigError(f"{out / 'agent.toml'} exists (edited by hand?): not overwritten; "
+                          f"give --force to replace it")
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = render(home, name)
+    text = render(home, name, server=server, slots=slots)
     if demo:
         text = text.replace('state_dir = "state"\n', 'state_dir = "state"\npins = "mock"\n', 1) + DEMO_SLOTS
     (out / "agent.toml").write_text(text)

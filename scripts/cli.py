@@ -81,12 +81,41 @@ def cmd_agent_config(args):
     from machine_agent.config import render, write_folder
 
     home = _home(args)
+    server = args.server
+    if server is None and all("127.0.0.1" in home.config["bus"][k] or "localhost" in home.config["bus"][k]
+                              for k in ("publish_endpoint", "subscribe_endpoint")):
+        print("warning: the bus endpoints are on loopback, which a vending machine cannot reach: give "
+              "--server ADDRESS (the server's LAN address) and set [bus] listen = \"0.0.0.0\" in config.toml "
+              "so the broker listens there", file=sys.stderr)
+    slots = _machine_slots(home, args.name)
     if not args.out:
-        print(render(home, args.name), end="")
+        print(render(home, args.name, server=server, slots=slots), end="")
         return
-    config = write_folder(home, args.name, args.out)
+    config = write_folder(home, args.name, args.out, server=server, slots=slots, force=args.force)
     print(f"wrote {config} and {config.parent / (args.name + '.key')} (0600); copy the folder to the machine "
           f"and run `dctrl-agent --config agent.toml` there")
+    if any(not s.get("relay") for s in slots):
+        print(f"fill in the relay of each slot marked FILL-IN in {config} first (and the [buttons])")
+    elif not slots:
+        print(f"BusinessData knows no slots of {args.name} (dctrl slots set {args.name} ...): "
+              f"add [slots.N] sections to {config} by hand, or set the slots and run this again with --force")
+
+
+def _machine_slots(home, name) -> list:
+    """BusinessData's slots of machine ``name`` ([] where there is no database to read)."""
+    try:
+        from actors.business_data import slots
+        from actors.db import connect
+    except ImportError:  # an agent-only install
+        return []
+    try:
+        database = connect(home.database_url)
+    except DctrlError:
+        return []
+    try:
+        return slots(database, name) if database.table_exists("business_slot") else []
+    finally:
+        database.close()
 
 
 def cmd_db(args):
@@ -209,7 +238,7 @@ def cmd_keys(args):
             return
         print(f"rotated {args.name} to key v{new.version}; older keys stay valid for {grace} s")
         if registry.role(args.name) == "machine":
-            print(f"copy {home.key_file(args.name)} to the machine; its agent reloads it")
+            _rotated_machine_key(home, args.name)
     elif args.keys_cmd == "revoke":
         upto = registry.revoke(args.name)
         registry.save()
@@ -227,6 +256,23 @@ connection. The procedure:
      under {home}/agents)
   3. give each machine its new broker_public_key (copy its agent.toml, or
      `dctrl agent-config NAME --out DIR` and copy it), then start the network and the agents"""
+
+
+def _rotated_machine_key(home, name):
+    """Say where a machine's new key goes; a machine whose folder is in the home (the demo's
+    simulated vm1 in agents/vm1/) gets it there at once (its agent reloads it)."""
+    import shutil
+
+    local = home.root / "agents" / name / f"{name}.key"
+    if local.exists():
+        tmp = local.with_name(f".{local.name}.tmp")
+        shutil.copyfile(home.key_file(name), tmp)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, local)
+        print(f"copied the new key to {local}: the agent there reloads it")
+    else:
+        print(f"copy {home.key_file(name)} to the machine as {name}.key, beside its agent.toml "
+              f"(key_file); its agent reloads it")
 
 
 def _repin_broker(home, curve_public: str) -> list:
@@ -521,6 +567,9 @@ def build_parser():
     sp = cmd("agent-config", cmd_agent_config, "config (and key file) for a vending machine's dctrl-agent")
     sp.add_argument("name", help="a machine identity (dctrl keys add NAME --role machine)")
     sp.add_argument("--out", help="write DIR/agent.toml and DIR/NAME.key instead of printing the config")
+    sp.add_argument("--server", help="the address the machine reaches the broker at (the server's LAN address; "
+                    "the endpoints' ports are kept)")
+    sp.add_argument("--force", action="store_true", help="replace an existing DIR/agent.toml")
 
     sp = cmd("status", cmd_status, "a table of every actor and machine from its heartbeats; exit 1 if an "
              "expected one is not ok")
