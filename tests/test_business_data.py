@@ -431,6 +431,16 @@ def test_a_database_from_before_stock_counting_counts_from_the_upgrade(home, bdb
 
 # -- the actor on the bus ---------------------------------------------------------
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def home(request, tmp_path):
+    """The actor's bus tests run on each database (PostgreSQL: a schema of its own)."""
+    if request.param == "sqlite":
+        yield new_home(tmp_path / "home")
+        return
+    with pg_schema("bd_bus") as url:
+        yield new_home(tmp_path / "home", database_url=url)
+
+
 @pytest.fixture
 def business(home, network):
     """BusinessData running in a thread of the test process with its own identity."""
