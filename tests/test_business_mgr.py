@@ -709,9 +709,10 @@ def test_the_last_items_are_held_and_counted_even_while_business_data_is_down(sa
         net.start("business_data")
         counted = [watch.expect(topic_is("business.slot.changed", slot=slot, vend=v), timeout=20).message.body
                    for v in sold]
-        assert [c["stock"] for c in counted] == [2, 1] and slot_row(sales, slot)["stock"] == 1
+        # (each once; in the same second, in no particular order)
+        assert sorted(c["stock"] for c in counted) == [1, 2] and slot_row(sales, slot)["stock"] == 1
         back = restart(net, watch, "business_data")  # again: its catch-up at start finds nothing to count
-        assert back["status"] == "ok" and "0 vend(s) counted" in back["detail"], back
+        assert back["status"] == "ok" and ", 0 vend(s) counted" in back["detail"], back  # (after setup's count)
         assert slot_row(sales, slot)["stock"] == 1
 
         pay(chain, last["address"], 500)  # the rest: the held item is sold to its invoice
