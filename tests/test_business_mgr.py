@@ -132,7 +132,7 @@ def machine(home, net):
 
 @pytest.fixture(scope="module")
 def observer(home, net):
-    client = BusClient(home, "admin", prefixes=["invoice", "health.business_mgr"])
+    client = BusClient(home, "admin", prefixes=["invoice", "health.business_mgr", "cmd.machine.vm1"])
     yield client
     client.close()
 
@@ -231,6 +231,25 @@ def vend_command(machine, inv, timeout=15):
                           and d.message.body["invoice"] == inv, timeout=timeout, what=f"a vend for invoice {inv}")
 
 
+def no_vend_after(sales, observer, inv, processed, what):
+    """Prove that no vend command for ``inv`` went out because of an event: wait until the
+    database shows the event processed (``processed(row)``), then for a business_mgr
+    heartbeat sent after that. business_mgr publishes from one socket in order and its loop
+    sends the heartbeat only after the handler (which sends any vend at once) returned; the
+    observer hears both, so a vend the event caused would be ahead of that heartbeat."""
+    wait_for(lambda: processed(row(sales, inv)), what=what)
+    after = int(time.time() * 1000)
+    heard = []
+
+    def heartbeat(d):
+        heard.append(d)
+        return (d.message is not None and d.message.topic == "health.business_mgr" and d.message.ts > after)
+    beat = observer.expect(heartbeat, what="a business_mgr heartbeat after the event was processed")
+    vends = [d for d in heard + observer.drain() if d.message is not None and d.message.ts <= beat.message.ts
+             and d.message.topic == "cmd.machine.vm1.vend" and d.message.body["invoice"] == str(inv)]
+    assert vends == [], f"a vend for invoice {inv} after {what}"
+
+
 def ack(machine, cmd, status="vended", reason=None):
     b = cmd.message.body
     machine.publish("machine.vm1.vend.ack", {"id": b["id"], "status": status, "slot": b["slot"],
@@ -326,9 +345,9 @@ def test_above_the_zero_conf_limit_it_waits_for_the_confirmations(sales, chain, 
     tx = pay(chain, inv["address"], TV_SATS)
     changed(observer, inv["invoice"], "seen")
     pay(chain, inv["address"], TV_SATS, state="confirmed", confirmations=1, tx=tx)
-    with pytest.raises(AssertionError):  # one confirmation of the two required: no sale
-        vend_command(machine, inv["invoice"], timeout=1.5)
-    pay(chain, inv["address"], TV_SATS, state="confirmed", confirmations=2, tx=tx)
+    no_vend_after(sales, observer, inv["invoice"],  # one confirmation of the two required: no sale
+                  lambda r: r["payments"][0]["confirmations"] == 1, "one confirmation recorded")
+    pay(chain, inv["address"], TV_SATS, state="confirmed", confirmations=2, tx=tx)  # (the positive control)
     changed(observer, inv["invoice"], "paid")
     ack(machine, vend_command(machine, inv["invoice"]))
     changed(observer, inv["invoice"], "vended")
@@ -342,8 +361,12 @@ def test_a_payment_replaced_before_the_sale_does_not_sell(sales, chain, machine,
     back = changed(observer, inv["invoice"], "open")
     assert back["received_sats"] == 0
     assert row(sales, inv["invoice"])["payments"][0]["state"] == "replaced"
-    with pytest.raises(AssertionError):
-        vend_command(machine, inv["invoice"], timeout=1.0)
+    no_vend_after(sales, observer, inv["invoice"], lambda r: r["payments"][0]["state"] == "replaced",
+                  "the replacement recorded")
+    # The positive control: a payment that stays sells this invoice.
+    tx2 = pay(chain, inv["address"], TV_SATS, state="confirmed", confirmations=2)
+    ack(machine, vend_command(machine, inv["invoice"]))
+    assert tx2 in {p["txid"] for p in row(sales, inv["invoice"])["payments"]}
 
 
 def test_a_zero_conf_payment_replaced_after_the_sale_is_recorded_as_lost(sales, chain, machine, observer):
@@ -366,7 +389,21 @@ def test_a_price_update_while_an_invoice_is_open_changes_nothing(sales, chain, m
     for _ in range(3):  # DCTRL's old bug: a rate change re-emitted the payment and vended again
         set_price(prices, "60000.00")
         set_price(prices, PRICE)
-    observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr", timeout=5)
+    set_price(prices, "60001.00")  # the last one, recognisable: once it is recorded, all were handled
+
+    def last_price_recorded():
+        from actors.business_mgr import SalesPrice
+
+        database = connect(sales.database_url)
+        try:
+            with database.bind_ctx([SalesPrice]):
+                return SalesPrice.get_or_none(id=1).cad_per_btc == "60001.00"
+        finally:
+            database.close()
+    wait_for(last_price_recorded, what="the last price handled")
+    after = int(time.time() * 1000)
+    observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                    and d.message.ts > after, what="a heartbeat after the prices were handled")
     cmds = [d for d in machine.drain() if d.message and d.message.topic == "cmd.machine.vm1.vend"
             and d.message.body["invoice"] == inv["invoice"]]
     assert all(d.message.body["id"] == cmd.message.body["id"] for d in cmds)  # retries at most, never new
@@ -483,8 +520,8 @@ def test_sticker_payments_buy_as_many_items_as_they_cover(sales, chain, machine,
     tx = pay(chain, sticker, 2500)  # 2.5 Gum at 1000 sats
     opened = observer.expect(topic_is("invoice.opened", mode="sticker", address=sticker)).message.body
     assert (opened["items"], opened["sats"], opened["zero_conf"]) == (0, None, False)
-    with pytest.raises(AssertionError):  # never zero-conf at a fixed address
-        vend_command(machine, opened["invoice"], timeout=1.5)
+    no_vend_after(sales, observer, opened["invoice"],  # never zero-conf at a fixed address
+                  lambda r: r["payments"] and r["payments"][0]["txid"] == tx, "the unconfirmed payment recorded")
     pay(chain, sticker, 2500, state="confirmed", confirmations=2, tx=tx)
     first = vend_command(machine, opened["invoice"])
     ack(machine, first)
