@@ -269,7 +269,9 @@ class RecordingNotifier(PriceNotifier):
 
 
 def price_config(url, sources=True, **over) -> str:
-    cfg = {"poll_interval": 0.05, "timeout": 0.5, **over}
+    # A generous request timeout: on a loaded 2-core machine a loopback answer took longer than
+    # 0.5 s, and the source counted as failed (a CI failure). Tests of timeouts set their own.
+    cfg = {"poll_interval": 0.05, "timeout": 5, **over}
     lines = ["[price]"] + [f"{k} = {json.dumps(v)}" for k, v in cfg.items()]
     if sources:
         lines += ["[price.sources]"] + [f'{name} = "{url}"' for name in SOURCE_CLASSES]
