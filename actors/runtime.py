@@ -53,10 +53,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from keys.files import file_stamp
-from keys.home import BusSettings, next_boot
+from keys.home import ACTOR_IDENTITIES, BusSettings, next_boot
 from keys.identity import IdentityKeys
 from proto import wire
-from proto.authproxy import AuthProxy, NoToken, ReplayGuard, describe_rejection
+from proto.authproxy import AuthProxy, NoToken, ReplayGuard, boot_id, describe_rejection
 from proto.errors import BadToken, DctrlError
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 OUTBOX_LIMIT = 10_000
 DRAIN = 1000
+INTAKE_BATCH = 64  # requests served from an actor's intake per loop pass (bounded work)
+LOG_INTERVAL = 10.0  # refusals are logged once per (kind, code) per interval, then summarised
 
 
 def on(prefix: str, *, blocking=False, raw=False):
@@ -145,6 +147,11 @@ class Actor:
         """Only the Vault overrides this: it signs its own token instead of asking."""
         return None
 
+    # An object with ``prefix`` (topic frame bytes), ``offer(frames) -> bool`` (cheap, before
+    # any verification: False drops the message), ``pending`` (int) and ``take(n) -> [frames]``
+    # (the next messages to verify and handle, in the intake's order). Only the Vault has one.
+    intake = None
+
 
 class Runtime:
     def __init__(self, actor: Actor, settings: BusSettings, *, clock=time.time, workers=4):
@@ -153,9 +160,13 @@ class Runtime:
         self.keys = IdentityKeys.load(settings.key_file)
         self._key_stamp = file_stamp(settings.key_file)
         auth = actor.untokened_key if type(actor).untokened_key is not Actor.untokened_key else None
-        self.proxy = AuthProxy(self.keys, settings.vault_public, next_boot(settings.boot_file),
+        journal = settings.journal_file
+        if journal is None and settings.name in ACTOR_IDENTITIES:
+            # a server actor keeps its replay window across restarts, as the agent does
+            journal = settings.boot_file.with_name(f"{settings.name}.replay.json")
+        self.proxy = AuthProxy(self.keys, settings.vault_public, boot_id(next_boot(settings.boot_file)),
                                clock=clock, registry_auth=auth,
-                               replay=ReplayGuard(journal_file=settings.journal_file))
+                               replay=ReplayGuard(journal_file=journal, clock=clock))
         self.clock = clock
         self.handlers = []  # (prefix frame, fn, blocking, raw)
         self.scheduler = schedule.Scheduler()
@@ -174,6 +185,8 @@ class Runtime:
         self.secrets_wanted: dict[str, float] = {}  # name -> next retry (monotonic)
         self.counters = collections.Counter(received=0, accepted=0, rejected=0, handler_errors=0, published=0)
         self._errors_window: dict = {}
+        self._log_window: dict = {}  # (kind, code) -> [start, refusals not logged]
+        self.log_interval = LOG_INTERVAL
         self._loop_thread = None
         self._stopping = False  # set by stop() and the signal handlers; a plain store (see the module doc)
         self._stop_signal = None
@@ -393,6 +406,7 @@ class Runtime:
                 if now >= next_keycheck:
                     next_keycheck = now + 2
                     self._check_key_rotation()
+                    self._summarise_refusals()
                 if self.secrets_wanted and self.sub is not None:
                     self._ask_for_secrets()
                 self.scheduler.run_pending()
@@ -400,6 +414,8 @@ class Runtime:
                 events = dict(self.poller.poll(timeout)) if self.sub is not None else self._idle(timeout)
                 if self.sub is not None and self.sub in events:
                     self._drain()
+                if self.actor.intake is not None and self.actor.intake.pending:
+                    self._serve_intake()
                 if self.monitor is not None and self.monitor in events:
                     self._monitor_events()
                 if events.get(self._wake_r):
@@ -443,17 +459,34 @@ class Runtime:
             deadlines.append(now + max(0.0, idle))
         if self._reconnect_at is not None:
             deadlines.append(self._reconnect_at)
+        if self.actor.intake is not None and self.actor.intake.pending:
+            return 0
         return max(0, math.ceil((min(deadlines) - now) * 1000))
 
     def _drain(self):
         recv = self.sub.recv_multipart
+        intake = self.actor.intake
         for _ in range(DRAIN):
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if intake is not None and len(frames) == 2 and frames[0].startswith(intake.prefix):
+                # queued (or refused) before any verification: verified later, fairly
+                self.counters["received"] += 1
+                if not intake.offer(frames):
+                    self.counters["throttled"] += 1
+                continue
             self._deliver(frames)
         self._guarded(self.actor.after_batch, "after_batch")
+        self._guarded(self.proxy.replay.flush, "replay_flush")
+
+    def _serve_intake(self):
+        """Verify and handle a bounded batch from the actor's intake (the rest waits for the
+        next pass of the loop, after the sockets have been read again)."""
+        for frames in self.actor.intake.take(INTAKE_BATCH):
+            self.counters["received"] -= 1  # (counted when queued)
+            self._deliver(frames)
         self._guarded(self.proxy.replay.flush, "replay_flush")
 
     def _deliver(self, frames):
@@ -503,10 +536,10 @@ class Runtime:
         code, reason = describe_rejection(exc)
         if kind == "handler":
             code = "handler_error"
-        if kind == "rejected":
-            log.warning("refused %s: %s (%s)", topic[:80].decode(errors="replace"), reason, code)
         key = (kind, code)
         now = time.monotonic()
+        if kind == "rejected":
+            self._log_refusal(key, now, topic, sender, reason)
         window = self._errors_window.get(key)
         if window and now - window[0] < 1.0:
             window[1] += 1
@@ -516,10 +549,39 @@ class Runtime:
             "kind": kind, "topic": topic[:255].decode(errors="replace").rstrip("."), "sender": sender,
             "code": code, "reason": reason, "suppressed": window[1] if window else 0})
 
+    def _log_refusal(self, key, now, topic, sender, reason):
+        """One WARNING per (kind, code) per LOG_INTERVAL; the others are counted and summarised
+        when the interval is over (at the next refusal, or by :meth:`_summarise_refusals`)."""
+        window = self._log_window.get(key)
+        if window is not None and now - window[0] < self.log_interval:
+            window[1] += 1
+            return
+        if window is not None and window[1]:
+            self._log_summary(key, window, now)
+        self._log_window[key] = [now, 0]
+        log.warning("refused %s from %s: %s (%s)", topic[:80].decode(errors="replace"), sender, reason, key[1])
+
+    def _log_summary(self, key, window, now):
+        log.warning("refused %d more messages (%s) in the last %.0f s", window[1], key[1], now - window[0])
+
+    def _summarise_refusals(self):
+        now = time.monotonic()
+        for key, window in list(self._log_window.items()):
+            if now - window[0] >= self.log_interval:
+                if window[1]:
+                    self._log_summary(key, window, now)
+                del self._log_window[key]
+
     # -- tokens, revocations, keys ------------------------------------------
 
     def _vault_message(self, msg):
         if msg.topic == f"vault.token.{self.keys.name}":
+            if msg.sender != "vault":
+                # Verified, but not the Vault's: only the Vault answers token requests, and a
+                # reply carries revocations; another identity granted vault.token.* is ignored.
+                self._report("rejected", msg.topic_bytes, msg.sender,
+                             BadToken(f"a token reply from {msg.sender}, not the vault: ignored"))
+                return
             try:
                 tok = self.proxy.accept_token_reply(msg)
             except DctrlError as exc:

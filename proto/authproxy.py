@@ -7,25 +7,27 @@ validates the body against its topic family's schema, checks the token
 the sender's signature, and the replay window, in that order, raising a
 :class:`~proto.errors.DctrlError` with a reason for anything it refuses.
 
-Replay protection does not rest on clocks: each sender stamps a persisted
-boot counter and a per-boot sequence. The guard keeps the highest sequence
-of the most recent boots per sender (several boots can be live at once, e.g.
-an actor and an operator's ``dctrl pub`` as the same identity) and refuses
-anything at or below it, or from a boot older than every tracked one.
-Receivers that act on commands persist the guard (``journal_file``).
+Replay protection: each sender stamps a boot id unique to the process (a
+persisted counter and a random part) and a per-boot sequence. The guard keeps
+the highest sequence of each boot per sender (several boots can be live at
+once, e.g. an actor and an operator's ``dctrl pub`` as the same identity) and
+refuses anything at or below it, as long as that boot's tokens live; after
+that the token's expiry refuses its messages. Every runtime persists the guard
+(``journal_file``), so a restart forgets nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import secrets
 import time
 from collections import OrderedDict
 
 import nacl.signing
 
-from keys.files import write_json
 from keys.identity import IdentityKeys
 
 from . import token as tokens
@@ -45,6 +47,16 @@ class NoToken(RuntimeError):
 class ReplayGuard:
     """Per-sender (boot, seq) high-water marks; optionally persisted to a JSON journal.
 
+    Boots are compared only for equality: a boot id is unique per process of an identity
+    (a counter and a random part, see :func:`boot_id`), never ordered across processes (an
+    agent's counter on its machine and the home's for ``dctrl pub --as NAME`` are separate).
+    Each tracked boot remembers the latest token expiry it was seen with. A boot's entry is
+    dropped only when that expiry has passed (every message of that boot accepted before
+    carries a token at least as old, so the expiry check refuses it from then on), or when
+    more than ``boots_per_sender`` are tracked, least recently used first and expired ones
+    before live ones. A new boot arriving while ``boots_per_sender`` boots with live tokens are
+    tracked is refused: no sender can push a live sender out of the window.
+
     The journal is written by :meth:`flush` (the runtime calls it after each batch), at most
     once per ``flush_interval`` seconds, atomically: never on the receive path, where a
     durable write per message would cost two fsyncs. A crash can lose the last interval's
@@ -52,18 +64,33 @@ class ReplayGuard:
     (MachineMgr's command journal does, and refuses expired commands): the guard is the
     fast first line, not the only one."""
 
-    def __init__(self, boots_per_sender=8, journal_file=None, flush_interval=1.0):
+    def __init__(self, boots_per_sender=128, journal_file=None, flush_interval=1.0, untokened_ttl=900,
+                 clock=time.time):
         self.boots_per_sender = boots_per_sender
         self.journal_file = journal_file
         self.flush_interval = flush_interval
+        self.untokened_ttl = untokened_ttl  # how long a boot seen only untokened (vault.req) is kept
+        self.clock = clock
         self.dirty = False
         self._flushed_at = 0.0
+        # sender -> boot -> high-water seq, least recently used first; and boot -> expiry
         self.seen: dict[str, dict[int, int]] = {}
+        self.expires: dict[str, dict[int, float]] = {}
         if journal_file and os.path.exists(journal_file):
-            with open(journal_file) as f:
-                self.seen = {s: {int(b): q for b, q in boots.items()} for s, boots in json.load(f).items()}
+            self._load(journal_file)
 
-    def check(self, sender: str, boot: int, seq: int) -> None:
+    def _load(self, path):
+        now = self.clock()
+        with open(path) as f:
+            data = json.load(f)
+        for sender, boots in data.items():
+            for b, entry in boots.items():
+                # [seq, expiry]; a bare seq is an older journal's: keep it as long as a token lives
+                seq, exp = (entry, now + self.untokened_ttl) if isinstance(entry, int) else entry
+                self.seen.setdefault(sender, {})[int(b)] = seq
+                self.expires.setdefault(sender, {})[int(b)] = exp
+
+    def check(self, sender: str, boot: int, seq: int, now: float | None = None) -> None:
         boots = self.seen.get(sender)
         if not boots:
             return
@@ -71,22 +98,66 @@ class ReplayGuard:
         if high is not None:
             if seq <= high:
                 raise Replayed(f"{sender} boot {boot} seq {seq} already seen (high-water {high})")
-        elif len(boots) >= self.boots_per_sender and boot < min(boots):
-            raise Replayed(f"{sender} boot {boot} is older than every tracked boot")
+        elif len(boots) >= self.boots_per_sender:
+            now = self.clock() if now is None else now
+            if not any(e <= now for e in self.expires[sender].values()):
+                raise Replayed(f"{sender} has {len(boots)} boots with live tokens tracked: "
+                               f"a new boot ({boot}) is refused until one's token expires")
 
-    def record(self, sender: str, boot: int, seq: int) -> None:
+    def record(self, sender: str, boot: int, seq: int, expires: float | None = None,
+               now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        if expires is None:
+            expires = now + self.untokened_ttl
         boots = self.seen.setdefault(sender, {})
-        boots[boot] = seq
-        while len(boots) > self.boots_per_sender:
-            del boots[min(boots)]
+        exps = self.expires.setdefault(sender, {})
+        boots.pop(boot, None)
+        boots[boot] = seq  # most recently used last
+        exps[boot] = max(exps.get(boot, expires), expires)
+        if len(boots) > self.boots_per_sender:
+            for b in [b for b, e in exps.items() if e <= now and b != boot]:
+                del boots[b], exps[b]
+            while len(boots) > self.boots_per_sender:
+                b = next(iter(boots))
+                del boots[b], exps[b]
         self.dirty = bool(self.journal_file)
 
     def flush(self, force: bool = False) -> None:
         """Persist the marks if they changed (at most once per ``flush_interval`` unless forced)."""
         if not self.dirty or (not force and time.monotonic() - self._flushed_at < self.flush_interval):
             return
-        write_json(self.journal_file, self.seen, mode=0o600)
+        now = self.clock()
+        for sender, exps in list(self.expires.items()):  # boots whose tokens have all expired
+            for b in [b for b, e in exps.items() if e <= now]:
+                del self.seen[sender][b], exps[b]
+            if not exps:
+                del self.seen[sender], self.expires[sender]
+        data = {s: {str(b): [q, math.ceil(self.expires[s][b])] for b, q in boots.items()}
+                for s, boots in self.seen.items()}
+        _write_private(self.journal_file, json.dumps(data, sort_keys=True).encode())
         self.dirty, self._flushed_at = False, time.monotonic()
+
+
+def _write_private(path, data: bytes) -> None:
+    """Atomic 0600 write with a temporary name of its own (two runtimes of one process, e.g.
+    tests' clients, may flush the same journal at once: a shared temporary file would clash)."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def boot_id(counter: int) -> int:
+    """A boot id from a persisted per-file counter: the counter in the high bits, 24 random
+    bits below. Two processes of one identity counting in separate files (the agent's
+    ``state/boot`` on its machine, the home's ``run/NAME.boot`` for ``dctrl pub --as NAME``)
+    get different ids (but for a 2**-24 chance); each file's ids still only grow."""
+    return (counter << 24) | secrets.randbits(24)
 
 
 class AuthProxy:
@@ -102,7 +173,8 @@ class AuthProxy:
         self.clock = clock
         self.schemas = schemas
         self.verifier = tokens.TokenVerifier(vault_public, clock)
-        self.replay = replay or ReplayGuard()
+        self.replay = replay or ReplayGuard(clock=clock)
+        self.replay.clock = clock
         self.registry_auth = registry_auth
         self.token: tokens.Token | None = None
         self.pending: OrderedDict[bytes, str] = OrderedDict()  # request id -> op
@@ -188,8 +260,9 @@ class AuthProxy:
             tok = self.verifier.check(msg.token, sender=msg.sender, topic_frame=msg.topic_bytes)
             verify_key = tok.verify_key()
         wire.verify_signature(verify_key, msg)
-        self.replay.check(msg.sender, msg.boot, msg.seq)
-        self.replay.record(msg.sender, msg.boot, msg.seq)
+        now = self.clock()
+        self.replay.check(msg.sender, msg.boot, msg.seq, now)
+        self.replay.record(msg.sender, msg.boot, msg.seq, None if msg.token is None else tok.expires_at, now)
         return msg
 
     def _untokened_key(self, msg: wire.Message) -> nacl.signing.VerifyKey:
@@ -204,4 +277,4 @@ def describe_rejection(exc: Exception) -> tuple[str, str]:
     return code, str(exc)[:500] or type(exc).__name__
 
 
-__all__ = ["AuthProxy", "ReplayGuard", "NoToken", "describe_rejection", "ProtocolError"]
+__all__ = ["AuthProxy", "ReplayGuard", "boot_id", "NoToken", "describe_rejection", "ProtocolError"]

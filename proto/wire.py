@@ -145,10 +145,27 @@ def seal(signing_key: nacl.signing.SigningKey, topic: str, payload: bytes) -> li
     return [tframe, envelope]
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_map(pairs):
+    """msgpack's object_pairs_hook: a map, refusing a key given twice (msgpack keeps the last
+    value, another language's decoder may keep the first: the signed bytes must mean one thing)."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _DuplicateKey()
+    return d
+
+
 def unpack(obj_bytes: bytes):
-    """msgpack-decode untrusted bytes with size limits; raise DecodeError on anything bad."""
+    """msgpack-decode untrusted bytes with size limits; raise DecodeError on anything bad,
+    a map with a duplicate key included."""
     try:
-        return msgpack.unpackb(obj_bytes, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+        return msgpack.unpackb(obj_bytes, raw=False, strict_map_key=True, object_pairs_hook=_unique_map,
+                               **_UNPACK_LIMITS)
+    except _DuplicateKey:
+        raise DecodeError("a msgpack map has a duplicate key") from None
     except Exception as exc:  # msgpack raises many types (ValueError, StackError, ...)
         raise DecodeError(f"undecodable msgpack: {type(exc).__name__}") from None
 

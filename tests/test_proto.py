@@ -1013,25 +1013,106 @@ def test_two_boots_interleaved_are_both_tracked():
         receiver.open(first)
 
 
-def test_boot_older_than_all_tracked_boots_is_refused():
+def test_a_new_boot_never_pushes_a_live_boot_out_of_the_window():
+    # (issue 10, hole 3: this replaces a test of the old rule, which evicted the smallest boot
+    # even while it was live and refused any boot below every tracked one)
+    clock = Clock()
     raw = make_token(A)
-    receiver = make_proxy(B)
-    proxies = {b: make_proxy(A, boot=b, token=raw) for b in range(9, 20)}
-    # while fewer than 8 boots are tracked an older boot is still admitted (it may be live)
-    receiver.open(proxies[12].seal("debug.x", {}))
-    receiver.open(proxies[11].seal("debug.x", {}))
-    for b in (13, 14, 15, 16, 17, 18):
+    receiver = make_proxy(B, clock=clock, replay=ReplayGuard(boots_per_sender=8))
+    proxies = {b: make_proxy(A, boot=b, token=raw) for b in range(9, 21)}
+    live = proxies[12]
+    receiver.open(live.seal("debug.x", {}))
+    for b in (11, 13, 14, 15, 16, 17, 18):  # seven other boots, larger and smaller
         receiver.open(proxies[b].seal("debug.x", {}))
     assert sorted(receiver.replay.seen["alice"]) == list(range(11, 19))
+    # the window is full of boots whose tokens live: a new one is refused, whatever its number
+    for b in (10, 19):
+        with pytest.raises(Replayed, match="boots with live tokens"):
+            receiver.open(proxies[b].seal("debug.x", {}))
+    assert receiver.open(live.seal("debug.x", {})).seq == 2  # the live one, smallest or not
+    # once their tokens have expired, fresh tokens' boots take the expired places
+    clock.t = T0 + 901
+    fresh = make_token(A, issued_at=T0 + 901)
+    late = {b: make_proxy(A, boot=b, token=fresh, clock=clock) for b in (19, 20)}
+    for b, p in late.items():
+        assert receiver.open(p.seal("debug.x", {})).boot == b
+    assert sorted(receiver.replay.seen["alice"]) == [19, 20]  # the expired ones are gone at once
+
+
+def test_replay_window_evicts_least_recently_used_not_smallest():
+    g = ReplayGuard(boots_per_sender=3)
+    now = T0
+    g.record("a", 1, 1, expires=now + 10, now=now)   # the live one: smallest boot
+    g.record("a", 50, 1, expires=now + 10, now=now)
+    g.record("a", 60, 1, expires=now + 10, now=now)
+    g.record("a", 1, 2, expires=now + 10, now=now)   # used again: most recent
+    g.record("a", 70, 1, expires=now + 10, now=now)  # over the bound: the least recently used goes
+    assert list(g.seen["a"]) == [60, 1, 70]
+    g.check("a", 1, 3, now=now)
     with pytest.raises(Replayed):
-        receiver.open(proxies[10].seal("debug.x", {}))
+        g.check("a", 1, 2, now=now)
+    # an expired boot goes before any live one, however recently used
+    g.record("a", 90, 1, expires=now + 1, now=now)   # pushes 60 out (least recently used)
+    g.record("a", 1, 3, expires=now + 10, now=now)
+    assert list(g.seen["a"]) == [70, 90, 1]
+    g.record("a", 80, 1, expires=now + 10, now=now + 5)  # 90's token has expired: it goes, not 70
+    assert list(g.seen["a"]) == [70, 1, 80]
+
+
+def test_boot_ids_of_one_counter_grow_and_two_counters_do_not_collide():
+    from proto.authproxy import boot_id
+
+    ids = [boot_id(c) for c in range(1, 50)]
+    assert ids == sorted(ids) and all(0 < b < 2**63 for b in ids)
+    # two files counting from 1 (the agent's state/boot and the home's run/vm1.boot)
+    agent, home = [boot_id(1) for _ in range(200)], [boot_id(1) for _ in range(200)]
+    assert len(set(agent) | set(home)) >= 399
+
+
+def test_duplicate_map_keys_are_refused():
+    sender = make_proxy(A)
+    receiver = make_proxy(B)
+    good = sender.seal("debug.x", {"n": 1})
+    payload = good[1][:-wire.SIG_LEN]
+    # the same body with "n" given twice (msgpack would keep the last), signed properly
+    body_dup = b"\x82\xa1n\x01\xa1n\x02"
+    assert msgpack.unpackb(body_dup) == {"n": 2}
+    packed_body = msgpack.packb({"n": 1})
+    assert payload.count(packed_body) == 1
+    forged = wire.seal(A.signing_key, "debug.x", payload.replace(packed_body, body_dup))
+    with pytest.raises(DecodeError, match="duplicate key"):
+        receiver.open(forged)
+    # any map: two "seq" (as in a header), and nested
+    with pytest.raises(DecodeError, match="duplicate key"):
+        wire.unpack(b"\x82\xa3seq\x01\xa3seq\x02")
+    with pytest.raises(DecodeError, match="duplicate key"):
+        wire.unpack(b"\x81\xa1b\x82\xa1k\x01\xa1k\x01")  # nested, same value twice
+    assert receiver.open(good).body == {"n": 1}  # positive control: the honest one passes
+
+
+def test_replay_journal_keeps_boots_until_their_tokens_expire(tmp_path):
+    journal = tmp_path / "replay.json"
+    clock = Clock()
+    sender = make_proxy(A, boot=4)
+    frames = [sender.seal("debug.x", {"n": i}) for i in range(2)]
+    r1 = make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal))
+    r1.open(frames[0])
+    r1.replay.flush(force=True)
+    # a receiver restarted within the token's life refuses the replay
+    r2 = make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal))
     with pytest.raises(Replayed):
-        receiver.open(proxies[9].seal("debug.x", {}))
-    receiver.open(proxies[11].seal("debug.x", {}))  # the oldest tracked boot still works
-    receiver.open(proxies[19].seal("debug.x", {}))  # a newer boot evicts the oldest
-    assert sorted(receiver.replay.seen["alice"]) == list(range(12, 20))
+        r2.open(frames[0])
+    assert r2.open(frames[1]).seq == 2
+    # after it, the entry is dropped from the journal, and the token's expiry refuses the replay
+    clock.t = T0 + 901
+    r2.replay.flush(force=True)
+    assert json.loads(journal.read_text()) == {}
+    with pytest.raises(TokenExpired):
+        make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal)).open(frames[0])
+    # an older journal (bare seqs) is still read
+    journal.write_text(json.dumps({"alice": {"4": 2}}))
     with pytest.raises(Replayed):
-        receiver.open(proxies[11].seal("debug.x", {}))
+        ReplayGuard(journal_file=journal).check("alice", 4, 2)
 
 
 def test_replay_guard_journal_persists(tmp_path):
@@ -1041,13 +1122,13 @@ def test_replay_guard_journal_persists(tmp_path):
     r1 = make_proxy(B, replay=ReplayGuard(journal_file=journal))
     r1.open(frames[0])
     r1.replay.flush()
-    assert json.loads(journal.read_text()) == {"alice": {"4": 1}}
+    assert json.loads(journal.read_text()) == {"alice": {"4": [1, T0 + 900]}}  # [seq, token expiry]
     r1.open(frames[1])
     r1.replay.flush()  # within the interval: not written yet (never a write per message)
-    assert json.loads(journal.read_text()) == {"alice": {"4": 1}}
+    assert json.loads(journal.read_text()) == {"alice": {"4": [1, T0 + 900]}}
     r1.replay.flush(force=True)
     assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
-    assert json.loads(journal.read_text()) == {"alice": {"4": 2}}
+    assert json.loads(journal.read_text()) == {"alice": {"4": [2, T0 + 900]}}
     r2 = make_proxy(B, replay=ReplayGuard(journal_file=journal))
     assert r2.replay.seen == {"alice": {4: 2}}
     for f in frames[:2]:
@@ -1055,7 +1136,7 @@ def test_replay_guard_journal_persists(tmp_path):
             r2.open(f)
     assert r2.open(frames[2]).seq == 3
     r2.replay.flush(force=True)
-    r3 = ReplayGuard(journal_file=journal)
+    r3 = ReplayGuard(journal_file=journal, clock=Clock())
     with pytest.raises(Replayed):
         r3.check("alice", 4, 3)
     r3.check("alice", 4, 4)
