@@ -535,6 +535,13 @@ def cmd_bench(args):
 
 # -- parser ------------------------------------------------------------------
 
+def _grace_seconds(value):
+    """--grace: 0 or more seconds (a negative grace would cut the running process off at once)."""
+    if int(value) < 0:
+        raise argparse.ArgumentTypeError(f"the grace must be 0 or more seconds, not {value}")
+    return int(value)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="dctrl", description=(
         "dctrl: DCTRL's services network. Every command takes --home, before or after the command "
@@ -590,7 +597,7 @@ def build_parser():
     k.add_argument("--json", action="store_true", help=JSON_HELP)
     k = ks.add_parser("rotate", help="new keys valid at once; old keys accepted for a grace period")
     k.add_argument("name", help="the identity")
-    k.add_argument("--grace", type=int, help="seconds the old keys stay valid (default [vault] key_grace)")
+    k.add_argument("--grace", type=_grace_seconds, help="seconds the old keys stay valid (default [vault] key_grace)")
     k.add_argument("--offline", action="store_true",
                    help="the broker only, with the network stopped: rotate and re-pin the home's agents")
     k = ks.add_parser("revoke", help="refuse every key of NAME; connected peers are cut off")
