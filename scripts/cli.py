@@ -528,6 +528,10 @@ def cmd_bench(args):
         from scripts.bench_vend import main as vend_main
 
         return vend_main(args)
+    if args.suite == "faults":
+        from scripts.bench_faults import main as faults_main
+
+        return faults_main(args)
     from scripts.bench import main as bench_main
 
     return bench_main(args)
@@ -684,11 +688,15 @@ def build_parser():
     __import__("scripts.sim_machine").sim_machine.add_machine_commands(sim_sub)  # sim press|coin|door|drop|jam|pins
 
     sp = cmd("bench", cmd_bench, "benchmarks; prints one JSON object")
-    sp.add_argument("suite", nargs="?", default="bus", choices=("bus", "chain", "vend"),
+    sp.add_argument("suite", nargs="?", default="bus", choices=("bus", "chain", "vend", "faults"),
                     help="bus: the broker against zmq.proxy; chain: payment detection and catch-up; "
-                         "vend: payment to relay pin end to end, and the agent's memory and start-up")
+                         "vend: payment to relay pin end to end, and the agent's memory and start-up; "
+                         "faults: purchases under random kill -9 and SIGSTOP, counting double, lost and "
+                         "unpaid vends, unrecorded payments and processes that did not come back")
+    sp.add_argument("--seeds", default="3", metavar="N",
+                    help="faults: seeds 0..N-1 (or A-B, or A,B,...), one scenario each (default 3)")
     sp.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
-    sp.add_argument("--quick", action="store_true", help="finish in under 30 s")
+    sp.add_argument("--quick", action="store_true", help="finish in under 30 s (faults: about 25 s a seed)")
     _describe(p)
     return p
 
