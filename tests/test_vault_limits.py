@@ -126,3 +126,32 @@ def test_keys_rotate_refuses_a_negative_grace(home):
     assert [k.version for k in Registry.load(home.registry_path).keys_of("vm1")] == [1]
     dctrl(home, "keys", "rotate", "vm1", "--grace", "5")  # positive control
     assert [k.version for k in Registry.load(home.registry_path).keys_of("vm1")] == [1, 2]
+
+
+def test_request_intake_is_fair_bounded_and_refuses_before_verification():
+    from actors.vault import RequestIntake
+
+    now = [0.0]
+    intake = RequestIntake(lambda name: name in ("vm1", "admin"), rate=0.5, burst=30, per_sender=4,
+                           clock=lambda: now[0])
+    req = lambda name, i: [f"vault.req.{name}.".encode(), b"junk %d" % i]  # never decoded here
+    flood = [intake.offer(req("vm1", i)) for i in range(10_000)]
+    assert flood[:4] == [True] * 4 and not any(flood[4:])  # 4 waiting at most
+    assert intake.offer(req("admin", 0)) is True
+    # round-robin: admin's request comes second, not behind vm1's queue
+    assert [f[0] for f in intake.take(2)] == [b"vault.req.vm1.", b"vault.req.admin."]
+    # unknown names and malformed topics are refused and leave no state behind
+    for topic in (b"vault.req.mallory.", b"vault.req.\xff.", b"vault.req.."):
+        assert intake.offer([topic, b"x"]) is False
+    assert set(intake.buckets) == {"vm1", "admin"} and intake.refused["vm1"] == 9996
+    # the bucket: 30 at once, then 1 every 2 s
+    rest = intake.take(100)
+    assert len(rest) == 3 and intake.pending == 0
+    taken = 0
+    for i in range(100):
+        if intake.offer(req("vm1", i)):
+            taken += len(intake.take(1))
+    assert taken == 30 - 4  # (4 of the burst went to the requests queued above)
+    assert intake.offer(req("vm1", 0)) is False
+    now[0] += 2.0
+    assert intake.offer(req("vm1", 1)) is True
