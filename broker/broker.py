@@ -8,10 +8,25 @@
   frame must be granted to the publisher's ``User-Id``; else it is dropped and
   ``broker.denied`` says why. The loop works frame by frame with bound methods
   (see notes/zeromq.md) and caches the per-identity topic verdicts.
+* Publish limits: each identity has a token bucket (``[broker] publish_rate``
+  messages per second, ``publish_burst`` at once; roles in
+  ``publish_unlimited_roles`` have none). An envelope that cannot be valid
+  (shorter than the smallest valid header plus a signature, longer than
+  ``wire.MAX_ENVELOPE``) is dropped, and so is one whose header ``src`` is not
+  the connection's ``User-Id``: an identity cannot republish another's signed
+  messages on a topic both may publish. The check reads the header bytes where
+  ``wire.pack_payload`` puts them (a slice compare); only a payload laid out
+  otherwise is parsed, and only up to its ``src``.
 * Subscribe ACL: XPUB runs with ``XPUB_MANUAL``; a subscription is applied
   only within the subscriber's grants (``b""`` is narrowed to them). XSUB
   subscribes to everything once; individual (un)subscriptions never go
   upstream. Anything else a subscriber sends is dropped.
+* Subscription limits: a prefix longer than ``wire.MAX_TOPIC`` can never match
+  and is refused; an identity holds at most ``[broker] max_subscriptions``
+  distinct prefixes. The broker's bookkeeping (identity -> prefixes) is freed
+  from the unsubscriptions XPUB makes up for a departed peer; they carry no
+  ``User-Id``, so a prefix is freed for every identity holding it (a count
+  errs low, never high). ``health.broker`` counts what is held.
 * Hot reload: the registry and policy are re-read when their files change.
   When a key stops being valid (revoked, or a rotated key's grace ends) or the
   policy changes, both endpoints are unbound and bound again: every peer must
@@ -34,6 +49,7 @@ import random
 import signal
 import time
 
+import msgpack
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
@@ -43,6 +59,7 @@ from keys.home import Home, next_boot
 from keys.identity import IdentityKeys
 from keys.policy import Policy, load_registry_and_policy
 from keys.registry import Registry
+from proto import wire
 from proto.authproxy import AuthProxy, NoToken
 from proto.errors import ConfigError, DctrlError
 
@@ -52,6 +69,80 @@ ZAP_DOMAIN = "dctrl"
 USER_ID = b"User-Id"
 DRAIN = 2000  # messages per poll wake-up before looking at the other socket
 VERSION = "0.1.0"
+SUBSCRIPTION_FRAME_MAX = 1024  # bytes; a useful one is at most 1 + wire.MAX_TOPIC
+
+# The header as wire.pack_payload lays it out: a map of 8, "v": 1, "id": bin8 of 16 bytes
+# (at 9..25), then "src" and the sender's name. Anything else takes the slow path.
+HEAD = b"\x88\xa1v\x01\xa2id\xc4\x10"
+SRC_AT = len(HEAD) + wire.MSG_ID_LEN
+# The smallest envelope a receiver could accept: the 8 header keys with the shortest values.
+MIN_ENVELOPE = len(wire.pack_payload("a", 0, 0, None, {}, msg_id=bytes(wire.MSG_ID_LEN), ts_ms=0)) + wire.SIG_LEN
+_HEADER_LIMITS = dict(max_str_len=wire.MAX_ENVELOPE, max_bin_len=wire.MAX_ENVELOPE, max_array_len=4096,
+                      max_map_len=1024, max_ext_len=0)
+
+
+def _malloc_trim():
+    """Hand freed heap back to the system (libzmq's subscription tries of a departed peer are
+    freed into malloc's arenas, which glibc keeps otherwise)."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc(0)
+
+
+_libc = None
+
+
+class _Peer:
+    """What the broker keeps per publishing identity: topic verdicts, the expected header
+    bytes for its ``src``, and its publish token bucket."""
+
+    __slots__ = ("verdicts", "tag", "tokens", "stamp", "rate", "burst")
+
+    def __init__(self, uid, rate, burst, now):
+        self.verdicts: dict[bytes, bool] = {}
+        self.tag = b"\xa3src" + msgpack.packb(uid)
+        if rate > 0:
+            self.rate, self.burst = float(rate), float(max(burst, 1))
+        else:  # not limited
+            self.rate, self.burst = 0.0, float("inf")
+        self.tokens, self.stamp = self.burst, now
+
+
+def envelope_problem(uid: str, buf, max_envelope=wire.MAX_ENVELOPE) -> tuple[str, str] | None:
+    """``(code, reason)`` if the envelope ``buf`` cannot be a valid message from ``uid``.
+
+    Reads only up to the header's ``src``; the rest (signature, token, body) is the
+    receivers' to check."""
+    n = len(buf)
+    if n < MIN_ENVELOPE:
+        return "bad_envelope", f"envelope of {n} bytes is shorter than the smallest valid one ({MIN_ENVELOPE})"
+    if n > max_envelope:
+        return "too_large", f"envelope of {n} bytes exceeds {max_envelope} ([bus] max_message_bytes)"
+    try:
+        u = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=n, **_HEADER_LIMITS)
+        u.feed(buf[:-wire.SIG_LEN])
+        size = u.read_map_header()
+        if size != len(wire.HEADER_KEYS):
+            return "bad_envelope", f"payload is a map of {size} keys, not the {len(wire.HEADER_KEYS)} header keys"
+        for _ in range(size):
+            if u.unpack() == "src":
+                src = u.unpack()
+                break
+            u.skip()
+        else:
+            return "bad_envelope", "payload has no src"
+    except Exception as exc:  # msgpack raises many types
+        return "bad_envelope", f"payload header is not msgpack ({type(exc).__name__})"
+    if src != uid:
+        return "wrong_src", f"envelope src {str(src)[:40]!r} is not the connection's identity {uid}"
+    return None
 
 
 class AddressInUse(ConfigError):
@@ -98,6 +189,11 @@ class Broker:
         self.bus = cfg["bus"]
         self.reload_interval = cfg["broker"]["reload_interval"]
         self.denied_rate = cfg["broker"]["denied_events_per_second"]
+        self.max_subscriptions = cfg["broker"]["max_subscriptions"]
+        self.publish_rate = cfg["broker"]["publish_rate"]
+        self.publish_burst = cfg["broker"]["publish_burst"]
+        self.unlimited_roles = frozenset(cfg["broker"]["publish_unlimited_roles"])
+        self.max_envelope = min(wire.MAX_ENVELOPE, self.bus["max_message_bytes"])
         self.heartbeat_interval = cfg["runtime"]["heartbeat_interval"]
         self.keys = IdentityKeys.load(home.key_file(name))
         self.registry = Registry.load(home.registry_path)
@@ -107,10 +203,15 @@ class Broker:
         self._key_expiry = self.registry.next_expiry()
         self.proxy = AuthProxy(self.keys, home.vault_public, next_boot(home.boot_file(name)))
         self.refusals: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._pub_acl: dict[str, dict[bytes, bool]] = {}
+        self._peers: dict[str, _Peer] = {}  # publishing identity -> its verdicts, src tag, bucket
+        self._subs: dict[str, set[bytes]] = {}  # subscribing identity -> the prefixes it holds
+        self._holders: dict[bytes, set[str]] = {}  # prefix -> the identities holding it
+        self._n_subs = 0
+        self._trim_due = False
         self._denied_window: dict[tuple, list] = {}
         self.counters = {"forwarded": 0, "denied_publish": 0, "denied_subscribe": 0,
-                         "refused_connect": 0, "malformed": 0, "reloads": 0, "rebinds": 0}
+                         "refused_connect": 0, "malformed": 0, "reloads": 0, "rebinds": 0,
+                         "rate_limited": 0, "bad_envelope": 0, "wrong_src": 0, "too_large": 0}
         self.started = time.monotonic()
         self.stopping = False
         self.not_applied = None  # why the last edit of registry.json or policy.toml was refused (health)
@@ -126,7 +227,11 @@ class Broker:
         s.curve_publickey = self.keys.curve_public
         s.zap_domain = ZAP_DOMAIN.encode()
         s.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
-        s.maxmsgsize = self.bus["max_message_bytes"]
+        # libzmq cuts a peer off, silently, for a frame over this: twice the bus limit on XSUB
+        # (the broker drops and reports a frame between the two, the connection stays); on
+        # XPUB, where peers send only subscriptions, enough for a refused over-long prefix
+        # (every prefix a peer sends is kept by libzmq until it leaves: keep them small).
+        s.maxmsgsize = 2 * self.bus["max_message_bytes"] if kind == zmq.XSUB else SUBSCRIPTION_FRAME_MAX
         s.heartbeat_ivl = self.bus["heartbeat_ivl_ms"]
         s.heartbeat_timeout = self.bus["heartbeat_timeout_ms"]
         s.handshake_ivl = self.bus["handshake_ivl_ms"]
@@ -217,6 +322,9 @@ class Broker:
                     next_reload = now + self.reload_interval
                     self._maybe_reload()
                     self._report_refusals()
+                    if self._trim_due:
+                        self._trim_due = False
+                        _malloc_trim()
                 if now >= next_token:
                     next_token = now + self._token_step()
                 if now >= next_health:
@@ -231,9 +339,11 @@ class Broker:
 
     def _drain_publish(self):
         recv, send = self.xsub.recv, self.xpub.send
-        acl = self._pub_acl
+        peers = self._peers
         token_topic = self._token_topic
         NOBLOCK, SNDMORE = zmq.NOBLOCK, zmq.SNDMORE
+        head, src_at, min_env, max_env = HEAD, SRC_AT, MIN_ENVELOPE, self.max_envelope
+        now = time.monotonic()
         forwarded = 0
         for _ in range(DRAIN):
             try:
@@ -252,28 +362,55 @@ class Broker:
                 continue
             uid = f0.get(USER_ID)
             topic = f0.bytes
-            verdicts = acl.get(uid)
-            if verdicts is None:
-                verdicts = acl[uid] = {}
+            peer = peers.get(uid)
+            if peer is None:
+                peer = self._peer(uid, now)
+            if peer.stamp != now:  # refill the bucket once per drain
+                peer.tokens = min(peer.burst, peer.tokens + (now - peer.stamp) * peer.rate)
+                peer.stamp = now
+            if peer.tokens < 1.0:
+                self.counters["rate_limited"] += 1
+                self.deny(uid, "publish", topic, "rate_limited",
+                          f"{uid} is over its publish rate ({self.publish_rate:g}/s, burst {self.publish_burst:g})")
+                continue
+            peer.tokens -= 1.0
+            verdicts = peer.verdicts
             ok = verdicts.get(topic)
             if ok is None:
                 ok = self._may_publish(uid, topic)
-                if len(verdicts) > 10_000:
-                    verdicts.clear()
-                verdicts[topic] = ok
-            if ok:
-                send(topic, SNDMORE)  # a short copy beats sending the frame object
-                send(f1, copy=False)
-                forwarded += 1
-                if topic == token_topic:
-                    self._token_reply(f0, f1)
-            else:
+                if len(topic) <= wire.MAX_TOPIC:  # never keep a long junk topic
+                    if len(verdicts) > 10_000:
+                        verdicts.clear()
+                    verdicts[topic] = ok
+            if not ok:
                 self.counters["denied_publish"] += 1
                 if len(topic) > 255 or not topic.endswith(b"."):
                     self.deny(uid, "publish", topic, "bad_topic", "topic frame must be dot-terminated, at most 255 bytes")
                 else:
                     self.deny(uid, "publish", topic, "not_granted", f"{uid} may not publish this topic")
+                continue
+            env = f1.bytes  # one copy (measured cheaper than a memoryview and its slices)
+            if not (min_env <= len(env) <= max_env and env.startswith(head) and env.startswith(peer.tag, src_at)):
+                problem = envelope_problem(uid, env, max_env)
+                if problem is not None:
+                    self.counters[problem[0]] += 1
+                    self.deny(uid, "publish", topic, *problem)
+                    continue
+            send(topic, SNDMORE)  # a short copy beats sending the frame object
+            send(f1, copy=False)
+            forwarded += 1
+            if topic == token_topic:
+                self._token_reply(f0, f1)
         self.counters["forwarded"] += forwarded
+
+    def _peer(self, uid, now) -> _Peer:
+        try:
+            role = self.registry.role(uid)
+        except DctrlError:
+            role = None
+        rate = 0 if role in self.unlimited_roles else self.publish_rate
+        peer = self._peers[uid] = _Peer(uid, rate, self.publish_burst, now)
+        return peer
 
     def _may_publish(self, uid, topic: bytes) -> bool:
         if len(topic) > 255 or not topic.endswith(b"."):
@@ -303,33 +440,98 @@ class Broker:
             if len(frames) != 1 or not data or data[0] not in (0, 1):
                 log.debug("dropped a non-subscription message from a subscriber")
                 continue
+            subscribe, prefix = data[0] == 1, data[1:]
             try:
                 uid = frames[0].get("User-Id")
             except zmq.ZMQError:
-                continue  # XPUB's own unsubscribes for a departed peer: nothing to forward
-            subscribe, prefix = data[0] == 1, data[1:]
-            try:
-                grants = self.policy.grants(uid, self.registry.role(uid))
-                applied = grants.subscription(prefix)
-            except DctrlError:
-                applied = ()
-            option = zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE
-            for p in applied:
-                self.xpub.setsockopt(option, p)  # applies to the pipe of the frame just received
+                # XPUB's own unsubscribes for a departed peer: nothing to forward, but what
+                # the broker keeps for that prefix goes
+                if not subscribe:
+                    self._forget(prefix)
+                continue
             if subscribe:
-                if applied:
-                    log.info("%s subscribed %r%s", uid, prefix.decode(errors="replace"),
-                             "" if applied == (prefix,) else f" (narrowed to {[p.decode() for p in applied]})")
-                else:
-                    self.counters["denied_subscribe"] += 1
-                    self.deny(uid, "subscribe", prefix, "not_granted", f"{uid} may not subscribe this prefix")
+                self._subscribe(uid, prefix)
+            else:
+                self._unsubscribe(uid, prefix)
+
+    def _subscribe(self, uid, prefix: bytes):
+        held = self._subs.get(uid)
+        if held is None or prefix not in held:
+            if len(prefix) > wire.MAX_TOPIC:
+                self.counters["denied_subscribe"] += 1
+                self.deny(uid, "subscribe", prefix[:64], "too_long",
+                          f"a prefix of {len(prefix)} bytes can never match a topic (at most {wire.MAX_TOPIC})")
+                return
+            if held is not None and len(held) >= self.max_subscriptions:
+                self.counters["denied_subscribe"] += 1
+                self.deny(uid, "subscribe", prefix, "too_many",
+                          f"{uid} holds {len(held)} subscriptions, the most allowed ([broker] max_subscriptions)")
+                return
+        try:
+            grants = self.policy.grants(uid, self.registry.role(uid))
+            applied = grants.subscription(prefix)
+        except DctrlError:
+            applied = ()
+        if not applied:
+            self.counters["denied_subscribe"] += 1
+            self.deny(uid, "subscribe", prefix, "not_granted", f"{uid} may not subscribe this prefix")
+            return
+        for p in applied:
+            self.xpub.setsockopt(zmq.SUBSCRIBE, p)  # applies to the pipe of the frame just received
+        if held is None:
+            held = self._subs[uid] = set()
+        if prefix not in held:
+            held.add(prefix)
+            self._holders.setdefault(prefix, set()).add(uid)
+            self._n_subs += 1
+            n = len(held)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s subscribed %r%s", uid, prefix.decode(errors="replace"),
+                          "" if applied == (prefix,) else f" (narrowed to {[p.decode() for p in applied]})")
+            elif n in (1, 10, 100) or n % 1000 == 0:  # a summary, not a line per prefix
+                log.info("%s holds %d subscription%s", uid, n, "" if n == 1 else "s")
+
+    def _unsubscribe(self, uid, prefix: bytes):
+        try:
+            applied = self.policy.grants(uid, self.registry.role(uid)).subscription(prefix)
+        except DctrlError:
+            applied = ()
+        for p in applied:
+            self.xpub.setsockopt(zmq.UNSUBSCRIBE, p)
+        held = self._subs.get(uid)
+        if held is not None and prefix in held:
+            self._drop(uid, held, prefix)
+            holders = self._holders.get(prefix)
+            if holders is not None:
+                holders.discard(uid)
+                if not holders:
+                    del self._holders[prefix]
+
+    def _forget(self, prefix: bytes):
+        """A peer left holding ``prefix``: free it for every identity that holds it."""
+        for uid in self._holders.pop(prefix, ()):
+            held = self._subs.get(uid)
+            if held is not None and prefix in held:
+                self._drop(uid, held, prefix)
+        self._trim_due = True
+
+    def _drop(self, uid, held, prefix):
+        held.discard(prefix)
+        self._n_subs -= 1
+        if not held:
+            del self._subs[uid]
 
     # -- broker.denied --------------------------------------------------------
 
     def deny(self, identity, direction, topic: bytes, code, reason):
-        """Log and publish a refusal, at most ``denied_rate`` events per second per kind."""
-        topic_s = topic.decode("utf-8", errors="replace").rstrip(".") if isinstance(topic, bytes) else topic
-        key = (identity, direction, code)
+        """Log and publish a refusal, at most ``denied_rate`` events per second per kind: per
+        identity, direction and code; a refused handshake per code alone (its key is the
+        stranger's to choose, so keying on it would let a stranger write without limit)."""
+        if isinstance(topic, bytes):
+            topic_s = topic[:wire.MAX_TOPIC + 1].decode("utf-8", errors="replace").rstrip(".")
+        else:
+            topic_s = topic[:wire.MAX_TOPIC + 1]
+        key = (direction, code) if direction == "connect" else (identity, direction, code)
         now = time.monotonic()
         window = self._denied_window.get(key)
         if window and now - window[0] < 1.0 / self.denied_rate:
@@ -394,7 +596,8 @@ class Broker:
             "name": self.proxy.name, "role": "actor", "version": VERSION, "pid": os.getpid(),
             "uptime": int(time.monotonic() - self.started), "interval": self.heartbeat_interval,
             "token_exp": tok.expires_at if tok else None, "status": "degraded" if self.not_applied else "ok",
-            "detail": self.not_applied, "counters": dict(self.counters),
+            "detail": self.not_applied,
+            "counters": {**self.counters, "subscriptions": self._n_subs, "subscribing_identities": len(self._subs)},
         })
 
     # -- hot reload -----------------------------------------------------------
@@ -411,7 +614,7 @@ class Broker:
             return
         policy_changed = stamps[1] != self._stamps[1]
         self.registry, self.policy, self._stamps = registry, policy, stamps
-        self._pub_acl.clear()
+        self._peers.clear()
         self.counters["reloads"] += 1
         valid = self._valid_keys()
         lost, self._valid = self._valid - valid, valid

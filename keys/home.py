@@ -47,7 +47,12 @@ DEFAULTS = {
         "heartbeat_timeout_ms": 6000,
         "handshake_ivl_ms": 5000,
     },
-    "broker": {"reload_interval": 1.0, "denied_events_per_second": 10},
+    "broker": {"reload_interval": 1.0, "denied_events_per_second": 10,
+               # per identity: distinct subscription prefixes held; messages per second and at once
+               # (0: no limit); roles with no publish limit (admin: the operator's CLI, and the
+               # identity `dctrl bench` publishes its bursts as)
+               "max_subscriptions": 1000, "publish_rate": 2000, "publish_burst": 20000,
+               "publish_unlimited_roles": ["admin"]},
     "runtime": {"heartbeat_interval": 5},
     "vault": {"token_lifetime": 900, "key_grace": 86400, "revocations_interval": 30},
     "event_logger": {"segment_mb": 16, "fsync_interval_ms": 50},

@@ -66,7 +66,8 @@ PRICE_SOURCE_NAMES = ("kraken", "coinbase", "bitstamp", "coingecko", "fx")  # ac
 CONFIG = Table({
     "bus": Table({"publish_endpoint": STR, "subscribe_endpoint": STR, "max_message_bytes": INT,
                   "heartbeat_ivl_ms": INT, "heartbeat_timeout_ms": INT, "handshake_ivl_ms": INT, "listen": STR}),
-    "broker": Table({"reload_interval": NUMBER, "denied_events_per_second": NUMBER}),
+    "broker": Table({"reload_interval": NUMBER, "denied_events_per_second": NUMBER, "max_subscriptions": INT,
+                     "publish_rate": NUMBER, "publish_burst": NUMBER, "publish_unlimited_roles": STR_LIST}),
     "runtime": Table({"heartbeat_interval": NUMBER}),
     "vault": Table({"token_lifetime": INT, "key_grace": INT, "revocations_interval": NUMBER,
                     "token_public_key": STR, "passphrase_file": STR}),
