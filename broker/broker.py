@@ -23,10 +23,13 @@
   upstream. Anything else a subscriber sends is dropped.
 * Subscription limits: a prefix longer than ``wire.MAX_TOPIC`` can never match
   and is refused; an identity holds at most ``[broker] max_subscriptions``
-  distinct prefixes. The broker's bookkeeping (identity -> prefixes) is freed
-  from the unsubscriptions XPUB makes up for a departed peer; they carry no
-  ``User-Id``, so a prefix is freed for every identity holding it (a count
-  errs low, never high). ``health.broker`` counts what is held.
+  distinct prefixes over all its connections. The broker counts, per identity
+  and prefix, the subscriptions applied less the unsubscriptions, explicit or
+  made up by XPUB for a departed peer (once per prefix the peer held). Those
+  carry no ``User-Id``: one is charged to the identity holding the prefix, or
+  to every holder when several identities hold it (a count then errs low, by
+  at most the prefixes an identity shares with others). ``health.broker``
+  counts what is held.
 * Hot reload: the registry and policy are re-read when their files change.
   When a key stops being valid (revoked, or a rotated key's grace ends) or the
   policy changes, both endpoints are unbound and bound again: every peer must
@@ -204,7 +207,7 @@ class Broker:
         self.proxy = AuthProxy(self.keys, home.vault_public, next_boot(home.boot_file(name)))
         self.refusals: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._peers: dict[str, _Peer] = {}  # publishing identity -> its verdicts, src tag, bucket
-        self._subs: dict[str, set[bytes]] = {}  # subscribing identity -> the prefixes it holds
+        self._subs: dict[str, dict[bytes, int]] = {}  # subscribing identity -> prefix -> subscriptions
         self._holders: dict[bytes, set[str]] = {}  # prefix -> the identities holding it
         self._n_subs = 0
         self._trim_due = False
@@ -479,9 +482,10 @@ class Broker:
         for p in applied:
             self.xpub.setsockopt(zmq.SUBSCRIBE, p)  # applies to the pipe of the frame just received
         if held is None:
-            held = self._subs[uid] = set()
-        if prefix not in held:
-            held.add(prefix)
+            held = self._subs[uid] = {}
+        count = held.get(prefix, 0)
+        held[prefix] = count + 1  # per connection holding it: one more unsubscription frees it
+        if count == 0:
             self._holders.setdefault(prefix, set()).add(uid)
             self._n_subs += 1
             n = len(held)
@@ -498,28 +502,31 @@ class Broker:
             applied = ()
         for p in applied:
             self.xpub.setsockopt(zmq.UNSUBSCRIBE, p)
-        held = self._subs.get(uid)
-        if held is not None and prefix in held:
-            self._drop(uid, held, prefix)
-            holders = self._holders.get(prefix)
-            if holders is not None:
-                holders.discard(uid)
-                if not holders:
-                    del self._holders[prefix]
+        self._release(uid, prefix)
 
     def _forget(self, prefix: bytes):
-        """A peer left holding ``prefix``: free it for every identity that holds it."""
-        for uid in self._holders.pop(prefix, ()):
-            held = self._subs.get(uid)
-            if held is not None and prefix in held:
-                self._drop(uid, held, prefix)
+        """A peer left holding ``prefix`` (XPUB says which prefix, not whose)."""
+        for uid in tuple(self._holders.get(prefix, ())):
+            self._release(uid, prefix)
         self._trim_due = True
 
-    def _drop(self, uid, held, prefix):
-        held.discard(prefix)
+    def _release(self, uid, prefix):
+        held = self._subs.get(uid)
+        count = held.get(prefix) if held is not None else None
+        if count is None:
+            return
+        if count > 1:
+            held[prefix] = count - 1
+            return
+        del held[prefix]
         self._n_subs -= 1
         if not held:
             del self._subs[uid]
+        holders = self._holders.get(prefix)
+        if holders is not None:
+            holders.discard(uid)
+            if not holders:
+                del self._holders[prefix]
 
     # -- broker.denied --------------------------------------------------------
 

@@ -88,15 +88,25 @@ def in_loop(client, fn):
 # -- hole 1: subscription flood ----------------------------------------------------------
 
 
-def test_subscriptions_are_capped_per_identity_and_freed_at_disconnect(home, network, clients):
-    watch = clients(home, "admin", prefixes=["health.broker", "broker.denied"])
-    bm = clients(home, "business_mgr")  # publishes on vm1's command topics below
-    # Two heartbeats from now: the second was sent after every client here had subscribed.
+def settled_counters(watch):
+    """The broker's counters from a heartbeat sent after every client so far had subscribed
+    (the second one from now)."""
     watch.drain()
     watch.actor.history.clear()
     for _ in range(2):
-        base = watch.expect(broker_beat(lambda c: "subscriptions" in c), what="a heartbeat counting subscriptions")
-    base = base.message.body["counters"]
+        beat = watch.expect(broker_beat(lambda c: "subscriptions" in c), what="a heartbeat counting subscriptions")
+    return beat.message.body["counters"]
+
+
+def held(watch, base, more, what):
+    watch.expect(broker_beat(lambda c: c["subscriptions"] == base["subscriptions"] + more),
+                 what=f"{more} subscriptions held beyond the others' ({what})")
+
+
+def test_subscriptions_are_capped_per_identity_and_freed_at_disconnect(home, network, clients):
+    watch = clients(home, "admin", prefixes=["health.broker", "broker.denied"])
+    bm = clients(home, "business_mgr")  # publishes on vm1's command topics below
+    base = settled_counters(watch)
     assert base["subscriptions"] >= 1, "the actors' and the watcher's own subscriptions are counted"
 
     vm9 = raw_socket(home, "vm1", zmq.SUB, "subscribe_endpoint")
@@ -128,6 +138,32 @@ def test_subscriptions_are_capped_per_identity_and_freed_at_disconnect(home, net
     log = network.log("broker")
     assert "vm1 holds 10 subscriptions" in log
     assert "cmd.machine.vm1.s13" not in log and "cmd.machine.vm1.s7" not in log
+
+
+def test_the_cap_holds_across_connections_of_one_identity(home, network, clients):
+    """Two connections of vm1 holding the same prefixes: one leaving frees none of them."""
+    watch = clients(home, "admin", prefixes=["health.broker", "broker.denied"])
+    base = settled_counters(watch)
+    a = raw_socket(home, "vm1", zmq.SUB, "subscribe_endpoint")
+    b = raw_socket(home, "vm1", zmq.SUB, "subscribe_endpoint")
+    try:
+        shared = [b"cmd.machine.vm1.s%d." % i for i in range(CAP - 1)]
+        for p in shared + [b"cmd.machine.vm1.only-a."]:
+            a.setsockopt(zmq.SUBSCRIBE, p)
+        for p in shared:
+            b.setsockopt(zmq.SUBSCRIBE, p)
+        held(watch, base, CAP, "vm1's two connections")
+        a.close(linger=0)
+        # Marker: the prefix only a held is freed, so a's departure was processed; b's stay.
+        held(watch, base, CAP - 1, "a left, b's stay")
+        b.setsockopt(zmq.SUBSCRIBE, b"cmd.machine.vm1.new1.")  # the last one the cap allows
+        b.setsockopt(zmq.SUBSCRIBE, b"cmd.machine.vm1.new2.")
+        watch.expect(denied("subscribe", "too_many", "vm1"), what="the cap reached by b alone")
+        held(watch, base, CAP, "b at the cap")
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+    held(watch, base, 0, "both left")
 
 
 # -- hole 6: src bound to the connection -----------------------------------------------------
