@@ -74,6 +74,11 @@ writer may be in the middle of writing it).  A reader sees what the writer has
 64 KiB write buffer fills), not only what it has fsynced.  An :class:`EventLog`
 object is not thread-safe; use it from one thread.
 
+Retention: :func:`prune` deletes whole segments from the front of the log (never the last
+one, which the writer appends to), by age (a segment's mtime is the time of its last write) and
+by total size. It takes no lock and may run beside the writer and readers: readers that find a
+segment gone skip it (its records are simply not there any more, as after any prune).
+
 Linux/POSIX only (``os.O_DIRECTORY``, directory fsync, :mod:`fcntl`).
 """
 
@@ -101,6 +106,7 @@ __all__ = [
     "EventLog",
     "LogLocked",
     "follow",
+    "prune",
     "read_records",
     "segment_name",
 ]
@@ -605,6 +611,56 @@ class EventLog:
         )
 
 
+# -- retention ----------------------------------------------------------------
+
+
+def prune(
+    directory: str | os.PathLike[str],
+    *,
+    older_than: float | None = None,
+    max_bytes: int | None = None,
+) -> list[tuple[str, int]]:
+    """Delete whole segments from the front of the log; return ``(name, first_seq)`` of each.
+
+    A segment goes if its last write (mtime) is before ``older_than`` (Unix seconds), or while
+    the log is larger than ``max_bytes``; the last segment (the writer's) always stays, and only
+    a prefix of the log is deleted, so what remains is contiguous. A missing directory prunes
+    nothing.
+    """
+    directory = os.fspath(directory)
+    try:
+        segments = _list_segments(directory)
+    except FileNotFoundError:
+        return []
+    sizes = []
+    for _base, path in segments:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:  # another prune got there first
+            st = None
+        sizes.append(st)
+    total = sum(st.st_size for st in sizes if st is not None)
+    removed = []
+    for (base, path), st in zip(segments[:-1], sizes[:-1]):
+        if st is None:
+            continue
+        too_old = older_than is not None and st.st_mtime < older_than
+        too_big = max_bytes is not None and total > max_bytes
+        if not (too_old or too_big):
+            break
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        total -= st.st_size
+        removed.append((os.path.basename(path), base))
+    if removed:
+        _fsync_dir(directory)
+        log.info("event log %s: pruned %d segments (records below %d)", directory, len(removed),
+                 segments[len(removed)][0])
+    return removed
+
+
 # -- readers ----------------------------------------------------------------
 
 
@@ -664,7 +720,13 @@ def _read_segments(
         base, path = segments[i]
         seq = base
         offset = 0
-        with open(path, "rb") as f:
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            if i == last:
+                return
+            continue  # pruned while we read (retention): its records are gone
+        with f:
             problem = _check_file_header(f)
             if problem is None:
                 offset = _FILE_HEADER_SIZE
@@ -774,7 +836,15 @@ class _Follower:
         None at a clean end, else the reason reading stopped.
         """
         assert self.path is not None
-        with open(self.path, "rb") as f:
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:  # pruned (retention): go on from the first segment left
+            segments = [seg for seg in self.segments() if seg[0] > self.base]
+            if segments:
+                self.select(*segments[0])
+                self.want = max(self.want, self.base)
+            return None
+        with f:
             if self.offset == 0:
                 problem = _check_file_header(f)
                 if problem is not None:
@@ -808,6 +878,12 @@ class _Follower:
                 before = self.seq
                 problem = yield from self.read_available()
                 if successor is not None:
+                    if not os.path.exists(self.path):
+                        # Pruned under us (retention): its records and any segments between
+                        # are gone; go on with what is left.
+                        self.select(*successor)
+                        self.want = max(self.want, self.base)
+                        continue
                     if problem is not None:
                         raise CorruptLog("%s: %s at offset %d" % (self.path, problem, self.offset))
                     if self.seq != successor[0]:

@@ -450,6 +450,8 @@ def cmd_events(args):
     from proto.wire import prefix_frame
 
     home = _home(args)
+    if args.events_cmd == "prune":
+        return _events_prune(home, args)
     if any(not p.strip(" .") for p in args.exclude):
         raise DctrlError("--exclude needs a topic prefix (it would leave nothing)")
     excluded = tuple(prefix_frame(p) for p in args.exclude)
@@ -475,7 +477,31 @@ def cmd_events(args):
 def _event_line(rec):
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["logged"] / 1000))
     what = json.dumps(rec["body"]) if rec["body"] is not None else rec["reason"]
-    return f"{when} #{rec['seq']} {rec['verdict']:<8} {rec['topic']} {rec['sender']}: {what}"
+    return f"{when} #{rec['log_seq']} {rec['verdict']:<8} {rec['topic']} {rec['sender']}: {what}"
+
+
+def _events_prune(home, args):
+    """Delete whole segments older than --older-than or beyond --max-mb (never the last one)."""
+    import re
+
+    from actors.eventlog import prune
+
+    if args.older_than is None and args.max_mb is None:
+        raise DctrlError("events prune: give --older-than (e.g. 30d) and/or --max-mb")
+    older = None
+    if args.older_than is not None:
+        m = re.fullmatch(r"(\d+)([smhd])", args.older_than.strip())
+        if not m:
+            raise DctrlError(f"--older-than {args.older_than!r}: give an age like 30d, 12h, 90m or 3600s")
+        older = time.time() - int(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+    if args.max_mb is not None and args.max_mb < 0:
+        raise DctrlError("--max-mb must not be negative")
+    removed = prune(home.events_dir, older_than=older,
+                    max_bytes=int(args.max_mb * 2**20) if args.max_mb is not None else None)
+    if args.json:
+        print(json.dumps({"removed": [{"segment": name, "first_seq": first} for name, first in removed]}))
+    else:
+        print(f"removed {len(removed)} segment(s)" + (f": {removed[0][0]} to {removed[-1][0]}" if removed else ""))
 
 
 # -- vault secrets -----------------------------------------------------------
@@ -649,8 +675,14 @@ def build_parser():
 
     add_invoice_commands(cmd)  # invoices list|show
 
-    sp = cmd("events", cmd_events, "query or follow the event log")
+    sp = cmd("events", cmd_events, "query, follow or prune the event log")
     es = sp.add_subparsers(dest="events_cmd", required=True, metavar="ACTION")
+    e = es.add_parser("prune", help="delete whole old segments of the log (the event logger also does, "
+                                    "by [event_logger] retention_days and max_mb)")
+    e.add_argument("--older-than", metavar="AGE", help="segments last written more than AGE ago (30d, 12h, 90m)")
+    e.add_argument("--max-mb", type=float, metavar="N", help="oldest segments until the log is at most N MiB")
+    e.add_argument("--json", action="store_true", help="one JSON object")
+    e.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for name, help in (("query", "print logged events, oldest first"), ("tail", "follow new events")):
         e = es.add_parser(name, help=help)
         e.add_argument("--topic", default="", help="topic prefix (whole segments)")

@@ -764,3 +764,206 @@ def test_property_arbitrary_tail_never_breaks_open(tmp_path, items, tail, replac
         with EventLog(d, max_record=64) as log:  # and the result is clean
             assert log.recovered_bytes == 0
             assert log.next_seq == n + 1
+
+
+# -- retention (issue 10): prune, and readers across a prune ---------------------------------------
+
+
+def _old(paths, days):
+    t = time.time() - days * 86400
+    for p in paths:
+        os.utime(p, (t, t))
+
+
+def test_prune_by_age_and_size_deletes_a_prefix_never_the_last_segment(tmp_path):
+    d = tmp_path / "log"
+    write_log(d, range(40), segment_bytes=200)
+    segs = segments(d)
+    assert len(segs) >= 6
+    _old(segs[:3], 40)  # the three oldest last written 40 days ago
+    _old(segs[4:5], 40)  # an old one after a recent one: not a prefix, stays
+    removed = eventlog.prune(d, older_than=time.time() - 30 * 86400)
+    assert [name for name, _ in removed] == [p.name for p in segs[:3]]
+    left = segments(d)
+    assert left == segs[3:]
+    records = list(read_records(d))
+    assert records == expected(range(int(left[0].stem), 40))  # contiguous from the first kept
+
+    size = sum(p.stat().st_size for p in left)
+    last = left[-1].stat().st_size
+    removed = eventlog.prune(d, max_bytes=size - 1)
+    assert [name for name, _ in removed] == [left[0].name]
+    removed = eventlog.prune(d, max_bytes=0, older_than=time.time() + 10)
+    assert segments(d) == left[-1:] and left[-1].stat().st_size == last  # the writer's stays
+    assert eventlog.prune(tmp_path / "missing", max_bytes=0) == []
+    with EventLog(d, segment_bytes=200) as log:  # the writer carries on after a prune
+        assert log.append(body_for(40)) == 40
+    assert list(read_records(d))[-1] == (40, body_for(40))
+
+
+def test_readers_skip_segments_pruned_while_they_read(tmp_path):
+    d = tmp_path / "log"
+    write_log(d, range(30), segment_bytes=200)
+    segs = segments(d)
+    it = read_records(d)
+    assert next(it) == (0, body_for(0))
+    # the reader is in the first segment; the second and third go meanwhile
+    for p in segs[1:3]:
+        p.unlink()
+    rest = [s for s, _ in it]
+    first_after = int(segs[3].stem)
+    assert rest[: first_after - 0][:1] == [1] and rest[-1] == 29
+    assert [s for s in rest if s >= first_after] == list(range(first_after, 30))
+    assert not [s for s in rest if int(segs[1].stem) <= s < first_after]
+
+    # follow: positioned in a segment that is pruned, it goes on with the first one left
+    stop = threading.Event()
+    got = []
+    f = follow(d, start_seq=0, poll=0.01, stop=stop.is_set)
+    got.append(next(f))
+    for p in segments(d)[:-2]:
+        p.unlink()
+    stop.set()
+    got += list(f)
+    tail_start = int(segments(d)[0].stem)
+    assert got[0] == (0, body_for(0)) and got[-1] == (29, body_for(29))
+    assert [s for s, _ in got if s >= tail_start] == list(range(tail_start, 30))
+
+
+# -- refused records sampled (issue 10, hole 4) ----------------------------------------------------
+
+
+def test_reject_sampler_stores_the_first_per_sender_and_counts_the_rest():
+    from actors.event_logger import RejectSampler
+
+    clock = FakeClock(1000.0)
+    s = RejectSampler(per_sender=3, total=5, period=60, clock=clock)
+    stored = [s.admit("vm1", "bad_encoding", b"machine.vm1.x.") for _ in range(10)]
+    assert stored == [True] * 3 + [False] * 7
+    assert [s.admit("vm2", "bad_signature", b"machine.vm2.") for _ in range(3)] == [True, True, False]  # total 5
+    assert not s.due()
+    clock.now += 60
+    assert s.due()
+    summaries = {x["sender"]: x for x in s.roll()}
+    assert summaries["vm1"] == {"sender": "vm1", "suppressed": 7, "codes": {"bad_encoding": 7},
+                                "topics": {"machine.vm1.x": 7}, "from": 1_000_000, "to": 1_060_000}
+    assert summaries["vm2"]["suppressed"] == 1
+    assert s.suppressed_total == 8
+    # a new period: each sender gets its sample again
+    assert s.admit("vm1", "bad_encoding", b"machine.vm1.x.") and s.roll() == []
+
+
+def test_reject_sampler_bounds_senders_and_topics_tracked():
+    from actors import event_logger
+
+    s = event_logger.RejectSampler(per_sender=0, total=0, period=60, clock=FakeClock())
+    for i in range(event_logger.MAX_TRACKED_SENDERS + 50):
+        s.admit(f"s{i}", "bad_encoding", b"debug.t%d." % i)
+    summaries = s.roll()
+    assert len(summaries) == event_logger.MAX_TRACKED_SENDERS + 1  # the rest under "*"
+    star = next(x for x in summaries if x["sender"] == "*")
+    assert star["suppressed"] == 50 and len(star["topics"]) <= event_logger.MAX_SUMMARY_TOPICS + 1
+
+
+# -- the event logger's records, CLI and socket (issue 10) ------------------------------------------
+
+from tests.harness import BusClient, Network, dctrl, new_home, wait_for  # noqa: E402
+
+
+def _query(home, *args):
+    import json
+
+    return [json.loads(ln) for ln in dctrl(home, "events", "query", "--json", *args).stdout.splitlines()]
+
+
+def test_query_json_gives_the_senders_seq_and_the_logs_own_number_and_token_requests_untokened(tmp_path):
+    home = new_home(tmp_path / "home")
+    net = Network(home).start_healthy("broker", "vault", "event_logger")
+    try:
+        tx = BusClient(home, "admin")
+        try:
+            for n in range(5):
+                tx.publish("debug.seqcheck", {"n": n})
+            wait_for(lambda: len(_query(home, "--topic", "debug.seqcheck")) == 5, what="5 events logged")
+            recs = _query(home, "--topic", "debug.seqcheck")
+            last_sent = tx.runtime.proxy.seq
+        finally:
+            tx.close()
+        seqs = [r["seq"] for r in recs]
+        assert seqs == list(range(seqs[0], seqs[0] + 5)) and seqs[-1] <= last_sent  # the sender's numbers
+        everything = _query(home)
+        assert [r["log_seq"] for r in everything] == list(range(len(everything)))  # the log's numbers
+        assert {r["log_seq"] for r in recs} <= {r["log_seq"] for r in everything}
+        # token requests are untokened by design: never "rejected bad_token"
+        reqs = _query(home, "--topic", "vault.req")
+        assert reqs and all(r["verdict"] == "untokened" and r["code"] is None for r in reqs), reqs[:2]
+        assert {r["sender"] for r in reqs} >= {"admin", "event_logger"}
+        human = dctrl(home, "events", "query", "--topic", "debug.seqcheck").stdout.splitlines()
+        assert human[0].split()[2] == f"#{recs[0]['log_seq']}"
+    finally:
+        net.close()
+
+
+def _old_log(home, days=100, n=60):
+    """A log of several segments written long ago (the logger not running)."""
+    with EventLog(home.events_dir, segment_bytes=2000) as log:
+        import msgpack
+
+        for i in range(n):
+            log.append(msgpack.packb([0, b"debug.old.", b"x" * 80, "bad_frames", "old"], use_bin_type=True))
+    segs = segments(home.events_dir)
+    _old(segs, days)
+    return segs
+
+
+def test_event_logger_applies_retention_by_age_when_it_starts(tmp_path):
+    home = new_home(tmp_path / "home")
+    with open(home.root / "config.toml", "a") as f:
+        f.write("\n[event_logger]\nretention_days = 30\n")
+    segs = _old_log(home)
+    assert len(segs) >= 3
+    net = Network(home).start_healthy("broker", "vault", "event_logger")
+    try:
+        wait_for(lambda: segments(home.events_dir)[0] == segs[-1], what="the old segments pruned")
+        assert [p for p in segs if p.exists()] == segs[-1:]  # the writer's segment stays
+    finally:
+        net.close()
+
+
+def test_dctrl_events_prune_by_age_and_size(tmp_path):
+    import json
+
+    home = new_home(tmp_path / "home")
+    segs = _old_log(home, days=40)
+    _old(segs[2:], 1)  # the third on: written yesterday
+    out = json.loads(dctrl(home, "events", "prune", "--older-than", "30d", "--json").stdout)
+    assert [r["segment"] for r in out["removed"]] == [p.name for p in segs[:2]]
+    assert "removed 0 segment(s)" in dctrl(home, "events", "prune", "--older-than", "30d").stdout
+    left = segments(home.events_dir)
+    out = dctrl(home, "events", "prune", "--max-mb", "0").stdout
+    assert f"removed {len(left) - 1} segment(s)" in out and segments(home.events_dir) == left[-1:]
+    bad = dctrl(home, "events", "prune", check=False)
+    assert bad.returncode != 0 and "--older-than" in bad.stderr
+    bad = dctrl(home, "events", "prune", "--older-than", "soon", check=False)
+    assert bad.returncode != 0 and "30d" in bad.stderr
+
+
+def test_event_logger_sub_socket_has_no_receive_hwm(tmp_path):
+    """libzmq#3937 (hole 5): a connection that drops while the receive pipe is full aborts the
+    process. The logger's SUB socket has no receive HWM, so its pipe is never full."""
+    import zmq
+
+    from actors.event_logger import EventLogger
+    from actors.runtime import Runtime
+
+    home = new_home(tmp_path / "home")
+    actor = EventLogger(home)
+    rt = Runtime(actor, home.bus_settings("event_logger"))
+    try:
+        rt._open_sockets()
+        assert rt.sub.rcvhwm == 0 and rt.sub.getsockopt(zmq.RCVHWM) == 0
+        assert rt.pub.sndhwm == 50_000  # only the SUB side changes
+    finally:
+        rt._close_sockets()
+        actor.log.close()
+        rt.ctx.term()
