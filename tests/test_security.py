@@ -16,6 +16,7 @@ from zmq.utils.monitor import recv_monitor_message
 from keys.identity import IdentityKeys
 from proto import token as tokens
 from proto import wire
+from proto.errors import DctrlError
 from tests.harness import DEADLINE, dctrl, publish_until_heard, topic_is, wait_for
 
 
@@ -173,12 +174,35 @@ def test_replayed_message_is_refused(home, network, clients):
     ([b"debug.x.", b"\x87\xa1v\x01" + b"\x00" * 64], "bad_encoding"),    # truncated map
     ([b"debug.x.", b"\x00" * 10], "bad_frames"),                         # too short for a signature
 ])
-def test_malformed_bytes_are_refused(home, network, clients, frames, code):
-    rx = clients(home, "admin", prefixes=["debug"])
+def test_malformed_bytes_are_dropped_by_the_broker_and_refused_by_receivers(home, network, clients, frames, code):
+    """The broker drops an envelope that cannot be valid (issue 10.4) and says so; a receiver
+    that got one anyway (another broker, a bug) refuses it with the reason."""
+    watch = clients(home, "admin", prefixes=["broker.denied", "debug"])
     tx = clients(home, "admin")
     tx.send_raw(frames)
-    rx.expect(rejected(code), what=code)
+    watch.expect(denied("publish", "bad_envelope", "admin"), what="the broker's bad_envelope")
+    publish_until_heard(tx, watch, "debug.after")  # after the junk in tx's stream: it was handled
+    assert not [h for h in watch.drain() if h.frames and h.frames[0] == b"debug.x."]
+    with pytest.raises(DctrlError) as refused:  # the receiver's own check (in its loop's proxy)
+        _open_in_loop(watch, frames)
+    assert refused.value.code == code
     still_working(home, clients, code, network)
+
+
+def _open_in_loop(client, frames):
+    """``client``'s AuthProxy opens ``frames`` in its loop thread (where it always runs)."""
+    out = []
+
+    def open_():
+        try:
+            out.append(("ok", client.runtime.proxy.open(frames)))
+        except DctrlError as exc:
+            out.append(("error", exc))
+    client.runtime.call_soon(open_)
+    kind, value = wait_for(lambda: out and out[0], what="the proxy's verdict")
+    if kind == "error":
+        raise value
+    return value
 
 
 @pytest.mark.parametrize("frames, code, reason", [
@@ -231,23 +255,23 @@ def _monitor_events(monitor, until=None, timeout=DEADLINE):
             return events
 
 
-def test_oversized_frame_disconnects_only_the_offender(home, network, clients):
-    rx = clients(home, "admin", prefixes=["debug"])
+def test_oversized_frame_is_dropped_reported_and_only_the_offenders(home, network, clients):
+    """A frame over max_message_bytes is dropped and reported (broker.denied too_large), not
+    delivered; the offender's connection stays up (issue 10: it used to be cut silently)."""
+    rx = clients(home, "admin", prefixes=["debug", "broker.denied"])
     big, bystander = clients(home, "admin"), clients(home, "admin")
     monitors = {c: _pub_monitor(c) for c in (big, bystander)}
     try:
-        # Positive control: big's connection carries a normal message, and is not dropped for it.
+        # Positive control: big's connection carries a normal message.
         big.publish("debug.before", {"n": 1})
         rx.expect(topic_is("debug.before", n=1), what="a normal message from the offender")
-        assert zmq.EVENT_DISCONNECTED not in _monitor_events(monitors[big])
         big.send_raw([b"debug.big.", os.urandom(home.config["bus"]["max_message_bytes"] + 1024)])
-        # The broker cuts the offender's connection (MAXMSGSIZE); its socket connects again.
-        _monitor_events(monitors[big], until=zmq.EVENT_DISCONNECTED)
-        _monitor_events(monitors[big], until=zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        # Once reconnected, what it sends is delivered again: the oversized frame, earlier in
-        # its stream, has been handled by then, and was not delivered.
+        rx.expect(denied("publish", "too_large", "admin"), what="the broker's too_large")
+        # What it sends next is delivered: the oversized frame, earlier in its stream, has been
+        # handled by then, and was not delivered.
         publish_until_heard(big, rx, "debug.after")
         assert not [h for h in rx.drain() if h.frames and h.frames[0] == b"debug.big."]
+        assert zmq.EVENT_DISCONNECTED not in _monitor_events(monitors[big])
         # Only the offender: another peer's connection was never dropped, and still carries.
         bystander.publish("debug.bystander", {"n": 1})
         rx.expect(topic_is("debug.bystander", n=1), what="a message from the bystander")
@@ -287,8 +311,16 @@ def test_revocation_cuts_off_a_connected_identity_within_5_seconds(home, network
     rx = clients(home, "admin", prefixes=["debug"])
     tx = clients(home, "admin")
     wait_for(lambda: rx.runtime.proxy.verifier.revoked.get("vm1") == 1, what="rx to learn the revocation")
+    as_vm1 = forged(tx, "debug.x", {}, token=old_token, key=vm1_keys.signing_key, sender="vm1")
+    # Relayed over another identity's connection, the broker drops it (src bound to the
+    # connection, issue 10.6); a receiver handed it anyway refuses vm1's revoked token.
+    tx.send_raw(as_vm1)
+    watch_relay = clients(home, "admin", prefixes=["broker.denied"])
     tx.send_raw(forged(tx, "debug.x", {}, token=old_token, key=vm1_keys.signing_key, sender="vm1"))
-    rx.expect(rejected("revoked"))
+    watch_relay.expect(denied("publish", "wrong_src", "admin"), what="the relay dropped as wrong_src")
+    with pytest.raises(DctrlError) as refused:
+        _open_in_loop(rx, as_vm1)
+    assert refused.value.code == "revoked"
     still_working(home, clients, "after-revocation")
     assert not [h for h in watch.drain() if beat_from("vm1")(h)], "vm1 still heard after revocation"
     assert "keys no longer valid: ['vm1']" in network.log("broker")
