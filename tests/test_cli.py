@@ -278,9 +278,9 @@ def test_events_query_exclude_leaves_out_whole_topic_prefixes(home, network, cli
     left = {r["topic"] for r in kept}
     assert "debug.kept" in left and not any(t.startswith(("health.", "vault.")) or t == "debug.dropped"
                                             for t in left), left
-    last = everything[-1]["seq"]  # (more are logged meanwhile: compare what both saw)
-    assert [r["seq"] for r in kept if r["seq"] <= last] == [
-        r["seq"] for r in everything
+    last = everything[-1]["log_seq"]  # (more are logged meanwhile: compare what both saw)
+    assert [r["log_seq"] for r in kept if r["log_seq"] <= last] == [
+        r["log_seq"] for r in everything
         if not r["topic"].startswith(("health.", "vault.")) and r["topic"] != "debug.dropped"]
     # whole segments: "debug.kep" is not a prefix of debug.kept
     partial = dctrl(home, "events", "query", "--topic", "debug", "--exclude", "debug.kep").stdout
