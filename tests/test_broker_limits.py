@@ -52,14 +52,18 @@ def broker_beat(pred):
     return p
 
 
-def raw_socket(home, name, kind, endpoint, keys=None):
-    """A plain ZeroMQ socket with ``name``'s registered CURVE key (or ``keys``)."""
+def raw_socket(home, name, kind, endpoint, keys=None, before_connect=None):
+    """A plain ZeroMQ socket with ``name``'s registered CURVE key (or ``keys``);
+    ``before_connect(socket)`` runs before it connects (a monitor attached later can miss
+    a handshake that already ended)."""
     keys = keys or IdentityKeys.load(home.key_file(name))
     s = zmq.Context.instance().socket(kind)
     s.linger = 0
     s.curve_serverkey = home.bus_settings("admin").broker_public
     s.curve_publickey = keys.curve_public
     s.curve_secretkey = keys.curve_secret
+    if before_connect is not None:
+        before_connect(s)
     s.connect(home.config["bus"][endpoint])
     return s
 
@@ -268,8 +272,11 @@ def test_refused_handshakes_are_limited_by_reason_not_by_key(home, network, clie
 
     def refused_handshake():
         stranger = IdentityKeys.generate("mallory")
-        s = raw_socket(home, "mallory", zmq.PUB, "publish_endpoint", keys=stranger)
-        mon = s.get_monitor_socket(events=zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        monitors = []
+        s = raw_socket(home, "mallory", zmq.PUB, "publish_endpoint", keys=stranger,
+                       before_connect=lambda sock: monitors.append(
+                           sock.get_monitor_socket(events=zmq.EVENT_HANDSHAKE_FAILED_AUTH)))
+        mon = monitors[0]
         try:
             assert mon.poll(int(DEADLINE * 1000)), "the handshake was not refused"
             assert recv_monitor_message(mon)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
