@@ -21,9 +21,10 @@ run: setup
 	$(BIN)/dctrl up --home $(HOME_DIR)
 
 # Run the whole suite (SQLite and PostgreSQL, real broker and actors over loopback),
-# two test files at a time: the tests mostly wait on processes, not on the CPU.
+# four test files at a time: the tests mostly wait on processes, not on the CPU (a run
+# used about 40 % of two cores; two at a time took 9 min 15 s, four 4 min 54 s).
 test: setup
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 4 --dist loadfile
 
 bench: setup
 	$(BIN)/dctrl bench --json
