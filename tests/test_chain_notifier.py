@@ -392,3 +392,32 @@ def test_discovery_finds_the_highest_used_index_within_the_gap(home, sim):
     refused = n.discover("dues", 0, 5)
     assert (refused["status"], refused["reason"]) == ("refused", "unknown address book 'dues'")
     n.database.close()
+
+
+def test_a_worker_that_fails_says_so_in_the_heartbeat(home):
+    """Issue 9.2: on PostgreSQL the worker failed on every round while the heartbeat said
+    only 'starting'. A failure that is not the node's (a bug, the database) is in health."""
+    import threading
+
+    from actors.chain_notifier import ChainNotifier
+
+    class Broken:  # a backend whose client raises what no backend should (the shape of a bug)
+        name = "bitcoind"
+
+        def hints(self, timeout):
+            raise RuntimeError("boom")
+
+        def close(self):
+            pass
+
+    n = ChainNotifier(home, adaptor=Broken())
+    n.secrets_ready.set()  # (no RPC password to wait for)
+    worker = threading.Thread(target=n._work, daemon=True)
+    worker.start()
+    try:
+        status, detail = wait_for(lambda: n.health()[0] != "starting" and n.health(), what="a verdict")
+        assert status == "degraded" and "chain worker failed: RuntimeError: boom" in detail
+    finally:
+        n.stopping.set()
+        worker.join(40)
+        n.database.close()
