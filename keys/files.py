@@ -10,9 +10,28 @@ from pathlib import Path
 from proto.errors import InsecureKeyFile
 
 
-def atomic_write(path, data: bytes, mode=0o644) -> None:
-    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, fsync dir)."""
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: set and restore (never wider than private meanwhile)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, data: bytes, mode=0o600) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, fsync dir).
+
+    The file gets ``mode`` less the process's umask, as a new file does: `dctrl` and
+    `dctrl-agent` run with umask 077, so whatever they write in a home stays private
+    whatever mode a caller asks for."""
     path = Path(path)
+    mode &= ~current_umask() & 0o7777
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

@@ -25,7 +25,7 @@ import nacl.signing
 
 from proto.errors import ConfigError
 
-from .files import atomic_write, read_secret_file, write_json
+from .files import atomic_write, current_umask, read_secret_file, write_json
 from .identity import IdentityKeys
 from .schema import CONFIG, check
 
@@ -286,8 +286,12 @@ class Home:
         root = Path(root).absolute()
         if (root / "config.toml").exists():
             raise ConfigError(f"{root} is already a dctrl home; remove it first to start over")
-        for sub, mode in (("", 0o755), ("keys", 0o700), ("vault", 0o700), ("events", 0o700),
-                          ("run", 0o700), ("log", 0o755)):
+        # The home is private to its user: the root is 0700 whatever the umask; the rest is 0700
+        # and 0600 under `dctrl`'s umask 077, which what the actors create later inherits too
+        # (README "Operating"). The umask masks the modes given here (log, the registry).
+        umask = current_umask()
+        for sub, mode in (("", 0o700), ("keys", 0o700), ("vault", 0o700), ("events", 0o700),
+                          ("run", 0o700), ("log", 0o755 & ~umask), ("agents", 0o700)):
             (root / sub).mkdir(mode=mode, parents=True, exist_ok=True)
             os.chmod(root / sub, mode)
         token_key = nacl.signing.SigningKey.generate()
@@ -302,8 +306,8 @@ class Home:
             chain_rpc_port=chain_rpc_port,
             chain_zmq_port=chain_zmq_port,
             receive=demo_account_xpub(),
-        ).encode())
-        atomic_write(root / "policy.toml", POLICY_TEMPLATE.format().encode())
+        ).encode(), mode=0o600)
+        atomic_write(root / "policy.toml", POLICY_TEMPLATE.format().encode(), mode=0o600)
         registry = Registry(root / "keys" / "registry.json")
         for name, role in [*((a, "actor") for a in ACTOR_IDENTITIES), (ADMIN, "admin"), (DEMO_MACHINE, "machine")]:
             keys = IdentityKeys.generate(name)
@@ -321,6 +325,8 @@ class Home:
             from actors.db import connect
 
             connect(home.database_url).close()
+            if (root / "dctrl.sqlite3").exists():  # SQLite gives its -wal and -shm files the same mode
+                os.chmod(root / "dctrl.sqlite3", 0o600)
         SecretStore.create(home.vault_dir / "secrets.json",
                            key=_load_store_key(home.vault_dir / "secrets.key"))
         return home

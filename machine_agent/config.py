@@ -419,18 +419,19 @@ def write_folder(home, name, out, *, demo=False, server=None, slots=None, force=
     acceptor, a door switch and a drop sensor that the simulator triggers after each pulse.
     An existing agent.toml (perhaps edited by hand) is only replaced with ``force``."""
     import os
-    import shutil
+
+    from keys.files import atomic_write
 
     out = Path(out)
     if (out / "agent.toml").exists() and not force:
         raise ConfigError(f"{out / 'agent.toml'} exists (edited by hand?): not overwritten; "
                           f"give --force to replace it")
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not out.exists():  # private to its user, as the home (a folder given that exists is left as it is)
+        out.mkdir(parents=True, mode=0o700)
+        os.chmod(out, 0o700)
     text = render(home, name, server=server, slots=slots)
     if demo:
         text = text.replace('state_dir = "state"\n', 'state_dir = "state"\npins = "mock"\n', 1) + DEMO_SLOTS
-    (out / "agent.toml").write_text(text)
-    key = out / f"{name}.key"
-    shutil.copyfile(home.key_file(name), key)
-    os.chmod(key, 0o600)
+    atomic_write(out / "agent.toml", text.encode(), mode=0o600)
+    atomic_write(out / f"{name}.key", home.key_file(name).read_bytes(), mode=0o600)
     return out / "agent.toml"

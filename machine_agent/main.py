@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from actors.runtime import Actor, Runtime
@@ -124,6 +125,7 @@ def build(settings, machine: config.MachineConfig, *, pin_factory=None, i2c_bus=
 
 
 def main(argv=None) -> int:
+    os.umask(0o077)  # what the agent writes (its state, journal, boot counter) is private to its user
     p = argparse.ArgumentParser(prog="dctrl-agent", description=(
         "The dctrl agent for one vending machine: joins the bus with the machine's keys. "
         "Make its config on the server with `dctrl agent-config NAME --out DIR`."))

@@ -749,6 +749,9 @@ def _describe(parser):
 
 
 def main(argv=None):
+    # The home is private to its user: everything dctrl creates in it (the database, logs, event
+    # log, keys, config), and what the processes `dctrl up` starts create, inherit this.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     # Long-running processes log what they do; one-shot tools only warnings, unless -v.
     quiet = args.cmd not in ("run", "broker", "up") and not (
