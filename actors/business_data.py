@@ -40,7 +40,9 @@ and :func:`policy`, never by writing these tables.
 Money is CAD as a decimal string ("3.50") parsed with :class:`~decimal.Decimal`
 into integer cents; more than 2 decimals, negatives and floats are refused.
 Policies are append-only: a change is a new :class:`PolicyVersion` row and the
-current value of a key is its latest version (or its default).
+current value of a key is its latest version (or its default). A slot's price
+may not exceed the policy ``max_price_cad`` (1000.00 by default): ``slot.set``
+refuses a higher one, and BusinessMgr opens no invoice for a slot stored above it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,13 @@ def _cad_policy(value) -> str:
     return format_cad(parse_cad(value))
 
 
+def _positive_cad_policy(value) -> str:
+    cents = parse_cad(value)
+    if cents == 0:
+        raise ValueError("must be above 0.00 (a limit of 0 would refuse every price)")
+    return format_cad(cents)
+
+
 def _int_policy(lo, hi):
     def check(value) -> str:
         if not isinstance(value, str) or not INT_RE.fullmatch(value):
@@ -120,6 +129,8 @@ POLICIES = {
     "invoice_lifetime_s": ("900", _int_policy(1, 7 * 86400), int),
     "underpayment_tolerance_cad": ("0.05", _cad_policy, Decimal),
     "confirmations_required": ("1", _int_policy(1, 100), int),
+    # The highest price a slot may have: `slots set` refuses more, BusinessMgr opens no invoice above it.
+    "max_price_cad": ("1000.00", _positive_cad_policy, Decimal),
 }
 
 
@@ -516,6 +527,10 @@ class BusinessData(Actor):
                 raise Refused(f"price: {exc}") from None
             if cents > MAX_CENTS:
                 raise Refused(f"price: {price} CAD is too large")
+            limit = policy(self.database)["max_price_cad"]
+            if cents > int(limit * 100):
+                raise Refused(f"price: {format_cad(cents)} CAD is above the limit of {limit} CAD (policy "
+                              f"max_price_cad; to allow it: dctrl policy set max_price_cad {format_cad(cents)})")
         if product is not None:
             product = product.strip()
             if not product:

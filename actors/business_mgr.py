@@ -314,6 +314,10 @@ class Refusal(Exception):
     """A selection that cannot become an invoice (published on invoice.refused)."""
 
 
+ANSWER_INTERVAL = 1.0  # s: at most one re-announcement per (machine, slot), one refusal per (machine, slot, reason)
+ANSWER_KEYS_MAX = 4096  # remembered answer times beyond which those older than the interval are dropped
+
+
 class BusinessMgr(Actor):
     def __init__(self, home: Home, *, database=None, clock=time.time):
         self.home = home
@@ -358,6 +362,8 @@ class BusinessMgr(Actor):
         chain = merge({"confirm_depth": 6}, home.config.get("chain", {}))
         self.confirm_depth = int(chain["confirm_depth"])  # the notifier counts confirmations up to this
         self.opened_at: dict[str, list[float]] = {}        # machine -> monotonic times of recent invoices
+        self.answered: dict[tuple, float] = {}             # (machine, slot[, reason]) -> monotonic time answered
+        self.suppressed = {"reannounced": 0, "refused": 0}  # answers not sent: a press too soon after the last
         self.asked: set[int] = set()                       # expired invoices the chain was asked about again
         self.held: dict[int, float] = {}                   # expired invoice -> monotonic time of the next look
 
@@ -404,6 +410,9 @@ class BusinessMgr(Actor):
                           for states in (WAITING, SELLING))
         unanswered = SalesVend.select().where(SalesVend.state == "unanswered").count()
         detail = f"{open_} open, {selling} paid and vending, {self.counts['vended']} vended since start"
+        if any(self.suppressed.values()):
+            detail += (f", presses answered at most once a second: {self.suppressed['reannounced']} "
+                       f"re-announcement(s) and {self.suppressed['refused']} refusal(s) suppressed")
         if self.config_error:
             return "degraded", f"{self.config_error}; {detail}"
         if self.discovery is not None:
@@ -492,17 +501,38 @@ class BusinessMgr(Actor):
             self.vend_ack(machine, msg.body)
 
     def press(self, machine: str, slot: int) -> int | None:
-        """A selection: open an invoice (or show the open one again); returns its number."""
+        """A selection: open an invoice (or show the open one again); returns its number.
+
+        A stuck or hammered button must not flood the bus: a refusal is published (and
+        logged) at most once per ``ANSWER_INTERVAL`` per (machine, slot, reason), the
+        first at once; the others are counted (health detail)."""
         try:
             number = self._open_invoice(machine, slot)
         except Refusal as exc:
             self.counts["refused"] += 1
-            log.info("selection %s/%d refused: %s", machine, slot, exc)
-            self.publish("invoice.refused", {"machine": machine, "slot": slot, "reason": str(exc)[:512]})
+            reason = str(exc)[:512]
+            if not self._may_answer((machine, slot, reason)):
+                self.suppressed["refused"] += 1
+                return None
+            log.info("selection %s/%d refused: %s", machine, slot, reason)
+            self.publish("invoice.refused", {"machine": machine, "slot": slot, "reason": reason})
             return None
         self._send_watches(time.monotonic())  # now, not at the next tick: the customer may pay at once
         self._flush()
         return number
+
+    def _may_answer(self, key: tuple) -> bool:
+        """Whether a press may be answered now for ``key``: none was within ANSWER_INTERVAL
+        (and if so, this answer is recorded). The table stays small: past ANSWER_KEYS_MAX
+        entries, those older than the interval (which decide nothing any more) are dropped."""
+        now = time.monotonic()
+        last = self.answered.get(key)
+        if last is not None and now - last < ANSWER_INTERVAL:
+            return False
+        if last is None and len(self.answered) >= ANSWER_KEYS_MAX:
+            self.answered = {k: t for k, t in self.answered.items() if now - t < ANSWER_INTERVAL}
+        self.answered[key] = now
+        return True
 
     def _open_invoice(self, machine: str, slot: int) -> int:
         if self.book is None:
@@ -518,6 +548,10 @@ class BusinessMgr(Actor):
             raise Refusal(f"machine {machine} has no slot {slot} (dctrl slots set {machine} {slot} ...)")
         if item["price_cents"] <= 0:
             raise Refusal(f"slot {machine}/{slot} has no price")
+        if item["price_cents"] > int(pol["max_price_cad"] * 100):
+            raise Refusal(f"slot {machine}/{slot} ({item['product']}) costs {item['price_cad']} CAD, above the limit "
+                          f"of {pol['max_price_cad']} CAD (policy max_price_cad): correct the price (dctrl slots set "
+                          f"{machine} {slot} --price-cad ...) or raise the limit (dctrl policy set max_price_cad ...)")
         if item["stock"] == 0:
             raise Refusal(f"slot {machine}/{slot} ({item['product']}) is sold out")
         cad_per_btc = self.fresh_price()
@@ -530,7 +564,10 @@ class BusinessMgr(Actor):
             & (SalesInvoice.expires >= now + int(self.cfg["reannounce_min_s"])))
             .order_by(SalesInvoice.id.desc()).first())
         if again is not None and not again.payments.exists():  # a second press: the same invoice, shown again
-            self.publish("invoice.opened", self._opened_body(again) | {"event_id": event_id("opened", again.id)})
+            if self._may_answer((machine, slot)):  # (at most once per ANSWER_INTERVAL: the display has it)
+                self.publish("invoice.opened", self._opened_body(again) | {"event_id": event_id("opened", again.id)})
+            else:
+                self.suppressed["reannounced"] += 1
             return again.id
         if len(recent) >= self.cfg["max_invoices_per_minute"]:
             raise Refusal(f"{len(recent)} invoices opened on {machine} in the last minute; wait a moment")

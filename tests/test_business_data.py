@@ -120,9 +120,9 @@ def test_models_and_policy_versions_on_both_backends(home, bdb):
     actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=255, product="cola zero", price_cad="4",
                                                relay=None, stock=12))
     actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=0, product="chips",
-                                               price_cad="999999999999.99", relay=None, stock=None))
+                                               price_cad="1000.00", relay=None, stock=None))  # max_price_cad
     assert [(s["slot"], s["product"], s["price_cents"], s["price_cad"], s["relay"], s["stock"])
-            for s in slots(bdb, "vm1")] == [(0, "chips", 99999999999999, "999999999999.99", None, None),
+            for s in slots(bdb, "vm1")] == [(0, "chips", 100000, "1000.00", None, None),
                                             (255, "cola zero", 400, "4.00", "gpio:17", 12)]
     ack, _ = actor.execute("cmd.business.slot.set", cmd(machine="vm9", slot=1, product="x", price_cad="1",
                                                         relay=None, stock=None))
@@ -130,7 +130,8 @@ def test_models_and_policy_versions_on_both_backends(home, bdb):
     assert machines(bdb) == [{"name": "vm1", "location": "front door", "created": T0}]
 
     assert policy(bdb) == {"zero_conf_limit_cad": Decimal("20.00"), "invoice_lifetime_s": 900,
-                           "underpayment_tolerance_cad": Decimal("0.05"), "confirmations_required": 1}
+                           "underpayment_tolerance_cad": Decimal("0.05"), "confirmations_required": 1,
+                           "max_price_cad": Decimal("1000.00")}
     for key, value in (("confirmations_required", "2"), ("zero_conf_limit_cad", "15.5"),
                        ("confirmations_required", "3")):
         now[0] += 1
@@ -523,7 +524,7 @@ def test_cli_changes_go_over_the_bus_and_are_published(home, business, clients, 
     business_cli.cmd_policy(argparse.Namespace(home=str(home.root), policy_cmd="show", json=True))
     shown = json.loads(capsys.readouterr().out)
     assert shown == {"zero_conf_limit_cad": "25.00", "invoice_lifetime_s": "900",
-                     "underpayment_tolerance_cad": "0.05", "confirmations_required": "1"}
+                     "underpayment_tolerance_cad": "0.05", "confirmations_required": "1", "max_price_cad": "1000.00"}
 
     # refusals come back as clear errors: from business_data, or caught before sending
     with pytest.raises(DctrlError, match="refused: machine vm1 already exists"):
@@ -683,3 +684,54 @@ def test_killed_between_commit_and_publication_the_event_goes_out_once_after_res
             database.close()
     finally:
         net.close()
+
+
+# -- issue 10: an upper bound on prices ---------------------------------------------------
+
+def test_a_price_above_max_price_cad_is_refused_on_both_backends(home, bdb):
+    """Issue 10: 999999999999.99 CAD was accepted as a price (an invoice for 7.8 million BTC).
+    The versioned policy max_price_cad (1000.00 by default) bounds it: `slots set` above it is
+    refused with a reason naming the limit and the command that raises it; at the limit, and
+    under a raised limit, it is accepted."""
+    now = [T0]
+    actor = BusinessData(home, database=bdb, clock=lambda: now[0])
+    actor.execute("cmd.business.machine.add", cmd(name="vm1", location=None))
+
+    def slot_set(**kw):
+        body = dict(machine="vm1", slot=1, product=None, price_cad=None, relay=None, stock=None) | kw
+        return actor.execute("cmd.business.slot.set", cmd(**body))
+
+    def policy_set(value):
+        now[0] += 1
+        return actor.execute("cmd.business.policy.set", cmd(key="max_price_cad", value=value))
+
+    for price in ("999999999999.99", "1000.01"):
+        ack, events = slot_set(product="tv", price_cad=price)
+        assert ack["status"] == "refused" and events == [], ack
+        assert ack["reason"] == (f"price: {format_cad(parse_cad(price))} CAD is above the limit of 1000.00 CAD "
+                                 f"(policy max_price_cad; to allow it: dctrl policy set max_price_cad "
+                                 f"{format_cad(parse_cad(price))})")
+    assert slots(bdb, "vm1") == [] and policy(bdb)["max_price_cad"] == Decimal("1000.00")  # the default
+    ack, _ = slot_set(product="tv", price_cad="1000.00")  # the positive control: at the limit
+    assert ack["status"] == "done", ack
+    ack, _ = slot_set(price_cad="1500.00")  # a change of an existing slot's price: the same bound
+    assert ack["status"] == "refused" and "above the limit of 1000.00 CAD" in ack["reason"]
+    assert [s["price_cents"] for s in slots(bdb, "vm1")] == [100000]
+
+    # the limit is a versioned policy like the others, validated
+    for value, why in (("0", "must be above 0.00"), ("-5", "negative"), ("1.005", "at most 2 decimals"),
+                       ("lots", "not a CAD amount")):
+        ack, events = policy_set(value)
+        assert ack["status"] == "refused" and why in ack["reason"] and events == [], (value, ack)
+    ack, events = policy_set("2000")
+    assert ack["status"] == "done" and events[0][1]["key"] == "max_price_cad" and events[0][1]["value"] == "2000.00"
+    assert policy(bdb)["max_price_cad"] == Decimal("2000.00")
+    ack, _ = slot_set(price_cad="1500.00")
+    assert ack["status"] == "done", ack
+    assert slot_set(price_cad="2000.01")[0]["status"] == "refused"
+    # lowered below a stored price: allowed (BusinessMgr opens no invoice for that slot), and
+    # the slot's other fields can still change
+    assert policy_set("10.00")[0]["status"] == "done"
+    assert slot_set(stock=3)[0]["status"] == "done"
+    assert [(s["price_cents"], s["stock"]) for s in slots(bdb, "vm1")] == [(150000, 3)]
+    assert [v["value"] for v in policy_versions(bdb, "max_price_cad")] == ["2000.00", "10.00"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import threading
 import time
@@ -828,3 +829,107 @@ def test_at_start_a_price_too_old_or_a_stale_word_sells_nothing(sales, net, mach
     finally:
         set_config(sales, max_invoices_per_minute=1000)
         restart(net, observer)
+
+
+# -- issue 10: a price bound and a hammered button ---------------------------------------------
+
+def invoices_of(home, machine, slot) -> list[int]:
+    from actors.business_mgr import SalesInvoice
+
+    database = connect(home.database_url)
+    try:
+        with database.bind_ctx([SalesInvoice]):
+            return [i.id for i in SalesInvoice.select().where((SalesInvoice.machine == machine)
+                                                              & (SalesInvoice.slot == slot))]
+    finally:
+        database.close()
+
+
+def test_no_invoice_for_a_slot_priced_above_max_price_cad(sales, machine, observer):
+    """Issue 10: a slot stored before the max_price_cad policy existed (written here straight
+    into the table: `slots set` refuses such a price now) opens no invoice above the current
+    limit; raised above its price, the same slot sells (the positive control)."""
+    from actors.business_data import BusinessMachine, BusinessSlot
+
+    slot = 20
+    dctrl(sales, "slots", "set", "vm1", str(slot), "--product", "Gold bar", "--price-cad", "5.00")
+    database = connect(sales.database_url)
+    try:
+        with database.bind_ctx([BusinessSlot, BusinessMachine]):
+            vm1 = BusinessMachine.get(BusinessMachine.name == "vm1")
+            assert BusinessSlot.update(price_cents=150000).where(
+                (BusinessSlot.machine == vm1) & (BusinessSlot.number == slot)).execute() == 1
+    finally:
+        database.close()
+    try:
+        machine.publish("machine.vm1.button", {"slot": slot, "pressed_at": 0})
+        answer = observer.expect(lambda d: topic_is("invoice.refused", slot=slot)(d)
+                                 or topic_is("invoice.opened", slot=slot)(d), what="the press answered").message
+        assert answer.topic == "invoice.refused", f"an invoice for {answer.body.get('sats')} sats opened"
+        refused = answer.body
+        assert refused["reason"] == (f"slot vm1/{slot} (Gold bar) costs 1500.00 CAD, above the limit of 1000.00 CAD "
+                                     f"(policy max_price_cad): correct the price (dctrl slots set vm1 {slot} "
+                                     "--price-cad ...) or raise the limit (dctrl policy set max_price_cad ...)")
+        assert invoices_of(sales, "vm1", slot) == []
+        assert not [d for d in observer.drain() if topic_is("invoice.opened", slot=slot)(d)]
+
+        dctrl(sales, "policy", "set", "max_price_cad", "2000.00")
+        opened = press(machine, observer, slot)
+        assert opened["price_cents"] == 150000 and opened["sats"] == 1_500_000
+        assert invoices_of(sales, "vm1", slot) == [int(opened["invoice"])]
+    finally:
+        dctrl(sales, "policy", "set", "max_price_cad", "1000.00")
+
+
+SUPPRESSED = re.compile(r"(\d+) re-announcement\(s\) and (\d+) refusal\(s\) suppressed")
+
+
+def suppressed_counts(observer, after_ms) -> tuple[int, int]:
+    """(re-announcements, refusals) suppressed since business_mgr started, from its first
+    heartbeat sent after ``after_ms`` (every press before it was handled first)."""
+    beat = observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
+                           and d.message.ts > after_ms, what="a business_mgr heartbeat").message
+    found = SUPPRESSED.search(beat.body["detail"] or "")
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def test_a_hammered_button_opens_one_invoice_and_is_answered_at_most_once_a_second(sales, machine, observer):
+    """Issue 10: 2,000 presses gave one invoice but 1,000 invoice.opened re-announcements and
+    1,000 invoice.refused. Now at most one re-announcement per (machine, slot) and one refusal
+    per (machine, slot, reason) each second, the first at once; the rest are counted in the
+    health detail. A press after the interval is answered again (the positive control)."""
+    slot, unknown, marker, n = 21, 99, 98, 150
+    dctrl(sales, "slots", "set", "vm1", str(slot), "--product", "Gum ball", "--price-cad", "0.50")
+    before = suppressed_counts(observer, int(time.time() * 1000))
+    first = press(machine, observer, slot)  # opens the invoice
+    for _ in range(n):
+        machine.publish("machine.vm1.button", {"slot": slot, "pressed_at": 0})
+    for _ in range(n):
+        machine.publish("machine.vm1.button", {"slot": unknown, "pressed_at": 0})
+    # Handled in order from one sender: the marker's refusal (the first for its key: at once)
+    # comes after every answer to the presses before it.
+    machine.publish("machine.vm1.button", {"slot": marker, "pressed_at": 0})
+    done = observer.expect(topic_is("invoice.refused", slot=marker), timeout=60, what="the marker's refusal")
+    heard = [d.message for d in observer.drain() if d.message is not None and d.message.ts <= done.message.ts]
+    opened = [m for m in heard if m.topic == "invoice.opened" and m.body["slot"] == slot]
+    refused = [m for m in heard if m.topic == "invoice.refused" and m.body["slot"] == unknown]
+
+    assert invoices_of(sales, "vm1", slot) == [int(first["invoice"])]  # one invoice
+    assert {m.body["invoice"] for m in opened} == {first["invoice"]}
+    span_s = (done.message.ts - opened[0].ts) / 1000  # the first press after the opening: answered at once
+    assert 1 <= len(opened) <= 2 + span_s, (len(opened), span_s)
+    assert all(b.ts - a.ts >= 950 for a, b in zip(opened, opened[1:])), [m.ts for m in opened]
+    assert 1 <= len(refused) <= 2 + span_s, (len(refused), span_s)
+    assert all(b.ts - a.ts >= 950 for a, b in zip(refused, refused[1:])), [m.ts for m in refused]
+    assert {m.body["reason"] for m in refused} == {f"machine vm1 has no slot {unknown} "
+                                                   f"(dctrl slots set vm1 {unknown} ...)"}
+    after = suppressed_counts(observer, done.message.ts)  # every press counted: answered or suppressed
+    assert (after[0] - before[0], after[1] - before[1]) == (n - len(opened), n - len(refused))
+
+    # The positive control: once the interval has passed, a press is answered again at once.
+    last = max(opened[-1].ts, refused[-1].ts)
+    wait_for(lambda: time.time() * 1000 > last + 1100, what="the interval since the last answer")
+    again = press(machine, observer, slot)
+    assert again["invoice"] == first["invoice"] and again["event_id"] == first["event_id"]
+    machine.publish("machine.vm1.button", {"slot": unknown, "pressed_at": 0})
+    observer.expect(topic_is("invoice.refused", slot=unknown), what="a refusal after the interval")
