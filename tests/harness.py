@@ -62,6 +62,17 @@ def pg_schema(prefix="t"):
         admin.close()
 
 
+@contextlib.contextmanager
+def home_on(database, path, prefix="t"):
+    """A fresh home on ``database``: "sqlite" (a file in the home) or "postgresql" (a
+    schema of its own, named from ``prefix``, dropped at the end)."""
+    if database == "sqlite":
+        yield new_home(path)
+        return
+    with pg_schema(prefix) as url:
+        yield new_home(path, database_url=url)
+
+
 def wait_for(predicate, timeout=DEADLINE, interval=0.02, what="condition"):
     """Poll ``predicate`` until it returns a truthy value; fail the test at the deadline."""
     deadline = time.monotonic() + timeout

@@ -28,7 +28,7 @@ import pytest
 from actors.business_mgr import invoice, invoices, quote_sats
 from actors.db import connect
 from actors.runtime import Actor, Runtime, on
-from tests.harness import BusClient, Network, dctrl, new_home, pg_schema, topic_is, wait_for
+from tests.harness import BusClient, Network, dctrl, home_on, topic_is, wait_for
 
 PRICE = "100000.00"            # CAD per BTC: 1 CAD = 1000 sats
 COLA, COLA_SATS = 1, 2000      # slot 1: 2.00 CAD, below the zero-conf limit (20.00)
@@ -90,11 +90,8 @@ def txid(n) -> str:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def home(request, tmp_path_factory):
     """The whole module runs on each database (PostgreSQL: a schema of its own)."""
-    if request.param == "sqlite":
-        yield new_home(tmp_path_factory.mktemp("sales") / "home")
-        return
-    with pg_schema("sales") as url:
-        yield new_home(tmp_path_factory.mktemp("sales") / "home", database_url=url)
+    with home_on(request.param, tmp_path_factory.mktemp("sales") / "home", "sales") as h:
+        yield h
 
 
 @pytest.fixture(scope="module")
@@ -644,16 +641,7 @@ def test_unpaid_addresses_are_handed_out_again_before_the_gap_passes_the_limit(s
         observer.drain()
         observer.actor.history.clear()  # (the heartbeats of the business_mgr that stopped)
         net.start("business_mgr")
-
-
-        def priced():  # (a price published before the restarted actor subscribed is lost: again)
-            set_price(prices, PRICE)
-            try:
-                return observer.expect(lambda d: d.message is not None and d.message.topic == "health.business_mgr"
-                                       and d.message.body["status"] == "ok", timeout=2)
-            except AssertionError:
-                return None
-        wait_for(priced, timeout=30, what="business_mgr back and ok")
+        priced(prices, observer, timeout=30)
         before = gap()
         again = press(machine, observer, 3)
         database = connect(sales.database_url)

@@ -8,17 +8,14 @@ import signal
 
 import pytest
 
-from tests.harness import dctrl, new_home, pg_schema, wait_for
+from tests.harness import dctrl, home_on, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def home(request, tmp_path):
     """Every test here runs the notifier on each database (PostgreSQL: a schema of its own)."""
-    if request.param == "sqlite":
-        yield new_home(tmp_path / "home")
-        return
-    with pg_schema("chain") as url:
-        yield new_home(tmp_path / "home", database_url=url)
+    with home_on(request.param, tmp_path / "home", "chain") as h:
+        yield h
 
 
 @pytest.fixture

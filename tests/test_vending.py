@@ -21,7 +21,7 @@ import pytest
 
 from actors.business_mgr import btc, invoice
 from actors.db import connect
-from tests.harness import ROOT, BusClient, Network, dctrl, new_home, pg_schema, topic_is, wait_for
+from tests.harness import ROOT, BusClient, Network, dctrl, home_on, topic_is, wait_for
 
 PRICE = "100000.00"  # 1 CAD = 1000 sats
 RELAY = "relay:1"
@@ -67,11 +67,8 @@ class Agent:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def home(request, tmp_path_factory):
     """The whole module runs on each database (PostgreSQL: a schema of its own)."""
-    if request.param == "sqlite":
-        yield new_home(tmp_path_factory.mktemp("vending") / "home")
-        return
-    with pg_schema("vending") as url:
-        yield new_home(tmp_path_factory.mktemp("vending") / "home", database_url=url)
+    with home_on(request.param, tmp_path_factory.mktemp("vending") / "home", "vending") as h:
+        yield h
 
 
 @pytest.fixture(scope="module")
