@@ -278,6 +278,22 @@ class Refused(Exception):
     pass
 
 
+# Characters no free-text field (a product, a location) may hold: controls (Cc: newline, ESC of
+# ANSI sequences), formats (Cf: U+202E right-to-left override, zero-width ones) and the line and
+# paragraph separators (Zl, Zp). Ordinary spaces (Zs) are fine. The CLI's tables escape them too
+# (scripts/business_cli.py printable), for names stored before this check.
+UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
+
+
+def check_text(field: str, value: str) -> None:
+    """Refuse ``value`` if it holds a character of :data:`UNPRINTABLE_CATEGORIES`, naming it."""
+    import unicodedata
+
+    for c in value:
+        if unicodedata.category(c) in UNPRINTABLE_CATEGORIES:
+            raise Refused(f"{field} contains a control character U+{ord(c):04X}")
+
+
 class BusinessData(Actor):
     def __init__(self, home: Home, *, database=None, clock=time.time):
         self.home = home
@@ -444,6 +460,8 @@ class BusinessData(Actor):
 
     def _machine_add(self, body):
         name = body["name"]
+        if body.get("location"):
+            check_text("location", body["location"])
         if BusinessMachine.get_or_none(BusinessMachine.name == name) is not None:
             raise Refused(f"machine {name} already exists")
         m = BusinessMachine.create(name=name, location=body.get("location"), created=int(self.clock()))
@@ -454,6 +472,7 @@ class BusinessData(Actor):
         machine = self._machine(body["name"])
         if body.get("location") is None:
             raise Refused("nothing to change: give a location (\"\" clears it)")
+        check_text("location", body["location"])
         machine.location = body["location"] or None
         machine.save()
         log.info("machine %s: location %s", machine.name, machine.location)
@@ -532,6 +551,7 @@ class BusinessData(Actor):
                 raise Refused(f"price: {format_cad(cents)} CAD is above the limit of {limit} CAD (policy "
                               f"max_price_cad; to allow it: dctrl policy set max_price_cad {format_cad(cents)})")
         if product is not None:
+            check_text("product", product)
             product = product.strip()
             if not product:
                 raise Refused("product: a name is required")

@@ -24,6 +24,23 @@ def _home(args):
     return Home(args.home)
 
 
+UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")  # as actors/business_data.py refuses at input
+
+
+def printable(text) -> str:
+    """``text`` for a terminal table: control and format characters and line or paragraph
+    separators (Unicode Cc, Cf, Zl, Zp: a newline, an ANSI escape, U+202E) shown as \\uXXXX, so
+    a name cannot forge a row or rewrite the screen (one stored before business_data refused
+    them, or read from an older database). Every free-text column goes through it."""
+    import unicodedata
+
+    text = "" if text is None else str(text)
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join((f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+                   if unicodedata.category(c) in UNPRINTABLE_CATEGORIES else c for c in text)
+
+
 def send_command(args, topic: str, body: dict) -> dict:
     """Send ``topic`` to BusinessData until acked; returns the ack, raises DctrlError if refused or silent."""
     from actors.runtime import Runtime
@@ -109,7 +126,7 @@ def cmd_machines(args):
     if not rows:
         print("no machines (add one with: dctrl machines add NAME)")
     for m in rows:
-        print(f"{m['name']:<16} {m['location'] or '-'}")
+        print(f"{printable(m['name']):<16} {printable(m['location'] or '-')}")
 
 
 CLEAR = "none"  # --stock none / --relay none: set the field to nil (not counted / not wired)
@@ -174,8 +191,8 @@ def cmd_slots(args):
     print(f"{'SLOT':>4}  {'PRODUCT':<24} {'CAD':>10} {'STOCK':>6}  {'RELAY':<12} STICKER ADDRESS")
     for s in rows:
         stock = "-" if s["stock"] is None else s["stock"]
-        print(f"{s['slot']:>4}  {s['product']:<24} {s['price_cad']:>10} {stock:>6}  {s['relay'] or '-':<12} "
-              f"{s['sticker_address'] or '-'}")
+        print(f"{s['slot']:>4}  {printable(s['product']):<24} {s['price_cad']:>10} {stock:>6}  "
+              f"{printable(s['relay'] or '-'):<12} {printable(s['sticker_address'] or '-')}")
 
 
 def cmd_policy(args):
@@ -200,7 +217,7 @@ def cmd_policy(args):
         print(json.dumps({k: str(v) for k, v in current.items()}, sort_keys=True))
         return
     for key, value in sorted(current.items()):
-        print(f"{key:<28} {value}")
+        print(f"{printable(key):<28} {printable(value)}")
 
 
 def add_commands(cmd):

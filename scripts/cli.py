@@ -10,6 +10,7 @@ import sys
 import time
 
 from proto.errors import DctrlError
+from scripts.business_cli import printable  # every free-text column of a table goes through it
 
 log = logging.getLogger("dctrl")
 
@@ -172,12 +173,14 @@ def cmd_status(args):
             r = rows.get(name)
             if r is None:
                 role = registry.role(name) if name in names else "?"
-                print(f"{name:<14} {role:<8} {'revoked' if name in revoked else 'down':<9} {'-':>9}")
+                print(f"{printable(name):<14} {printable(role):<8} {'revoked' if name in revoked else 'down':<9} "
+                      f"{'-':>9}")
                 continue
             exp = f"{int(r['token_exp'] - now)} s" if r.get("token_exp") else "-"
             ago = f"{now - r['seen']:.1f} s ago"
-            print(f"{name:<14} {r['role']:<8} {r['status']:<9} {ago:>9} "
-                  f"{r['version']:<8} {exp:>13} {r['pid']:>7} {r['uptime']:>6}s  {r.get('detail') or ''}".rstrip())
+            print(f"{printable(name):<14} {printable(r['role']):<8} {printable(r['status']):<9} {ago:>9} "
+                  f"{printable(r['version']):<8} {exp:>13} {r['pid']:>7} {r['uptime']:>6}s  "
+                  f"{printable(r.get('detail') or '')}".rstrip())
     return 1 if missing else 0
 
 
@@ -220,7 +223,8 @@ def cmd_keys(args):
         print(f"{'NAME':<14} {'ROLE':<8} {'VERSION':>7} {'STATE':<22} CURVE PUBLIC KEY")
         for r in rows:
             state = f"grace, {int(r['not_after'] - now)} s left" if r["state"] == "grace" else r["state"]
-            print(f"{r['name']:<14} {r['role']:<8} {r['version']:>7} {state:<22} {r['curve_public']}")
+            print(f"{printable(r['name']):<14} {printable(r['role']):<8} {r['version']:>7} {state:<22} "
+                  f"{r['curve_public']}")
     elif args.keys_cmd == "rotate":
         grace = args.grace if args.grace is not None else home.config["vault"]["key_grace"]
         if args.name == "broker" and not args.offline:
@@ -476,8 +480,9 @@ def cmd_events(args):
 
 def _event_line(rec):
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["logged"] / 1000))
-    what = json.dumps(rec["body"]) if rec["body"] is not None else rec["reason"]
-    return f"{when} #{rec['log_seq']} {rec['verdict']:<8} {rec['topic']} {rec['sender']}: {what}"
+    what = json.dumps(rec["body"]) if rec["body"] is not None else printable(rec["reason"])  # json: ASCII
+    return (f"{when} #{rec['log_seq']} {printable(rec['verdict']):<8} {printable(rec['topic'])} "
+            f"{printable(rec['sender'])}: {what}")
 
 
 def _events_prune(home, args):

@@ -7,6 +7,7 @@ import datetime
 import json
 
 from proto.errors import DctrlError
+from scripts.business_cli import printable as p
 
 
 def _database(args):
@@ -66,23 +67,24 @@ def cmd_invoices(args):
             if args.json:
                 print(json.dumps(inv, sort_keys=True))
                 return
-            print(f"invoice {inv['invoice']} ({inv['mode']}): {inv['state']}"
-                  + (f" - {inv['reason']}" if inv["reason"] else ""))
-            print(f"  {inv['machine']}/{inv['slot']} {inv['product']} x{inv['items']} at "
+            print(f"invoice {inv['invoice']} ({p(inv['mode'])}): {p(inv['state'])}"
+                  + (f" - {p(inv['reason'])}" if inv["reason"] else ""))
+            print(f"  {p(inv['machine'])}/{inv['slot']} {p(inv['product'])} x{inv['items']} at "
                   f"{format_cad(inv['price_cents'])} CAD")
             print(f"  pay {inv['due_sats'] if inv['due_sats'] is not None else '?'} sats "
-                  f"(at {inv['cad_per_btc'] or '?'} CAD/BTC, tolerance {inv['tolerance_sats']}) to {inv['address']}")
+                  f"(at {inv['cad_per_btc'] or '?'} CAD/BTC, tolerance {inv['tolerance_sats']}) to {p(inv['address'])}")
             print(f"  {'zero-conf' if inv['zero_conf'] else str(inv['confirmations']) + ' confirmation(s)'}; "
                   f"opened {_when(inv['created'])}, expires {_when(inv['expires'])}, paid {_when(inv['paid_at'])}, "
                   f"closed {_when(inv['closed_at'])}")
             print(f"  received {inv['received_sats']}, late {inv['late_sats']}, credit {inv['credit_sats']}, "
                   f"lost {inv['lost_sats']}, to refund {inv['refund_sats']}; vended {inv['vended']}")
-            for p in inv["payments"]:
-                print(f"  payment {p['txid']}:{p['vout']} {p['sats']} sats {p['state']}"
-                      f" ({p['confirmations']} conf){' late' if p['late'] else ''}{' counted' if p['counted'] else ''}")
+            for pay in inv["payments"]:
+                print(f"  payment {p(pay['txid'])}:{pay['vout']} {pay['sats']} sats {p(pay['state'])}"
+                      f" ({pay['confirmations']} conf){' late' if pay['late'] else ''}"
+                      f"{' counted' if pay['counted'] else ''}")
             for v in inv["vends"]:
-                print(f"  vend {v['id']} item {v['item']}: {v['state']} after {v['attempts']} send(s)"
-                      + (f" - {v['reason']}" if v["reason"] else ""))
+                print(f"  vend {p(v['id'])} item {v['item']}: {p(v['state'])} after {v['attempts']} send(s)"
+                      + (f" - {p(v['reason'])}" if v["reason"] else ""))
             return
         rows = owed(database, state=args.state, limit=args.limit) if args.owed else \
             invoices(database, state=args.state, limit=args.limit)
@@ -97,9 +99,9 @@ def cmd_invoices(args):
               f"{'OPENED':<19}  ADDRESS")
         for i in rows:
             due = "-" if i["due_sats"] is None else i["due_sats"]
-            print(f"{i['invoice']:>6}  {i['state']:<9} {i['machine'] + '/' + str(i['slot']):<14} "
-                  f"{i['product'][:16]:<16} {due:>10} {i['refund_sats'] or '-':>10}  {_when(i['created']):<19}  "
-                  f"{i['address']}  {_money(i)}".rstrip())
+            print(f"{i['invoice']:>6}  {p(i['state']):<9} {p(i['machine']) + '/' + str(i['slot']):<14} "
+                  f"{p(i['product'][:16]):<16} {due:>10} {i['refund_sats'] or '-':>10}  {_when(i['created']):<19}  "
+                  f"{p(i['address'])}  {_money(i)}".rstrip())
         if args.owed:
             print(f"owed back: {sum(i['refund_sats'] for i in rows)} sats on {len(rows)} invoice(s)"
                   + (f" (the newest {args.limit}; --limit for more)" if len(rows) == args.limit else ""))
@@ -122,5 +124,5 @@ def add_commands(cmd):
     show = sub.add_parser("show", help="one invoice with its payments and vend commands")
     show.add_argument("id", help="the invoice number")
     show.add_argument("--json", action="store_true", help="one JSON document instead of the text")
-    for p in (lst, show):
-        p.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for parser in (lst, show):
+        parser.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -735,3 +735,68 @@ def test_a_price_above_max_price_cad_is_refused_on_both_backends(home, bdb):
     assert slot_set(stock=3)[0]["status"] == "done"
     assert [(s["price_cents"], s["stock"]) for s in slots(bdb, "vm1")] == [(150000, 3)]
     assert [v["value"] for v in policy_versions(bdb, "max_price_cad")] == ["2000.00", "10.00"]
+
+
+# -- issue 10: control characters in names ----------------------------------------------
+
+def test_control_characters_in_names_are_refused_on_the_bus_with_the_character(home, business, clients):
+    """Issue 10: a product or location holding a control or format character (U+202E, a newline,
+    an ANSI escape, U+2028) is refused by business_data with a reason naming it, and nothing
+    is stored or announced; ordinary spaces (and a no-break space) are fine."""
+    watch = clients(home, "admin", prefixes=["business"])
+    probe(watch)
+
+    def command(topic, **body):
+        return send_until_acked(watch, topic, {"id": os.urandom(16), "expires": int(time.time()) + 60, **body})
+
+    assert command("cmd.business.machine.add", name="vm1", location="lobby")["status"] == "done"
+    for product, code in (("cola\u202eeteled", "U+202E"), ("cola\n  9  free   0.00", "U+000A"),
+                          ("\x1b[2Jcola", "U+001B"), ("cola\u200bzero", "U+200B"), ("cola\tzero", "U+0009")):
+        ack = command("cmd.business.slot.set", machine="vm1", slot=1, product=product, price_cad="3.50",
+                      relay=None, stock=None)
+        assert ack["status"] == "refused" and ack["reason"] == f"product contains a control character {code}", ack
+    for topic, name in (("cmd.business.machine.add", "vm2"), ("cmd.business.machine.set", "vm1")):
+        ack = command(topic, name=name, location="hall\u2028B")
+        assert ack["status"] == "refused" and ack["reason"] == "location contains a control character U+2028", ack
+    ack = command("cmd.business.slot.set", machine="vm1", slot=2, product="Club Mate\u00a00.5 l", price_cad="3.50",
+                  relay=None, stock=None)
+    assert ack["status"] == "done", ack  # the positive control: spaces are not control characters
+
+    probe(watch)  # everything business_data published before this answer has arrived
+    changed = [d.message.body for d in watch.drain() if d.message and d.message.topic == "business.slot.changed"]
+    assert [(b["slot"], b["product"]) for b in changed] == [(2, "Club Mate\u00a00.5 l")]
+    assert not [d for d in watch.drain() if d.message and d.message.topic == "business.machine.added"
+                and d.message.body["name"] == "vm2"]
+    database = connect(home.database_url)
+    try:
+        assert [(s["slot"], s["product"]) for s in slots(database, "vm1")] == [(2, "Club Mate\u00a00.5 l")]
+        assert machines(database) == [{"name": "vm1", "location": "lobby", "created": machines(database)[0]["created"]}]
+    finally:
+        database.close()
+
+
+def test_names_stored_with_control_characters_are_printed_escaped(home):
+    """Issue 10: a name already in the database (an older version let it in) is shown with its
+    control characters as \\uXXXX by `dctrl slots list` and `machines list`: it cannot forge a
+    row, clear the screen or reverse the line. --json keeps the value (JSON escapes it)."""
+    from actors.business_data import BusinessMachine
+
+    actor = BusinessData(home, clock=lambda: T0)
+    try:
+        assert actor.execute("cmd.business.machine.add", cmd(name="vm1", location="lobby"))[0]["status"] == "done"
+        ack, _ = actor.execute("cmd.business.slot.set", cmd(machine="vm1", slot=1, product="cola", price_cad="3.50",
+                                                            relay=None, stock=None))
+        assert ack["status"] == "done", ack
+        evil = "cola\u202eeteled\n   9  free         0.00\x1b[2J"
+        BusinessSlot.update(product=evil).execute()  # as an older version stored it
+        BusinessMachine.update(location="hall\x1b]0;owned\x07").execute()
+    finally:
+        actor.database.close()
+    out = dctrl(home, "slots", "list", "vm1").stdout
+    lines = out.splitlines()
+    assert len(lines) == 2, out  # the header and one row: no forged row
+    assert lines[1].split()[:2] == ["1", "cola\\u202eeteled\\u000a"], lines[1]
+    assert "\\u001b[2J" in lines[1] and not any(c in out for c in "\u202e\x1b"), repr(out)
+    out = dctrl(home, "machines", "list").stdout
+    assert out.splitlines() == ["vm1              hall\\u001b]0;owned\\u0007"], repr(out)
+    assert json.loads(dctrl(home, "slots", "list", "vm1", "--json").stdout)[0]["product"] == evil
