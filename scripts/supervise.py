@@ -44,6 +44,7 @@ stopsignal=TERM
 stopwaitsecs=10
 stopasgroup=true
 killasgroup=true
+umask=077
 redirect_stderr=true
 stdout_logfile={log}/{name}.log
 stdout_logfile_maxbytes=10MB
@@ -76,6 +77,7 @@ def supervisor_config(home, actors=None, *, supervisor_pid=None) -> str:
         f"logfile={home.log_dir}/supervisord.log\n",
         f"pidfile={home.run_dir}/supervisord.pid\n",
         "nodaemon=true\n",
+        "umask=077\n",  # the home is private: its logs too (a system supervisord defaults to 022)
         "\n[unix_http_server]\n",
         f"file={home.run_dir}/supervisor.sock\n",
         "chmod=0700\n",
