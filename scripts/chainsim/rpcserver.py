@@ -117,6 +117,13 @@ class KeepAliveHTTPServer(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+    def handle_error(self, request, client_address):
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a client killed mid-request (kill -9 tests)
+            return
+        super().handle_error(request, client_address)
+
     def process_request(self, request, client_address):
         with self._conns_lock:
             self._conns.add(request)
