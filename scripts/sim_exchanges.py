@@ -1,6 +1,6 @@
 """`dctrl sim exchanges`: the five price APIs the PriceNotifier reads, on one loopback port.
 
-Answers in the real shapes (those of shared/fixtures/prices), with prices
+Answers in the real shapes (those of tests/fixtures/prices), with prices
 derived from one BTC-CAD price and a USD->CAD rate (default 1.382)::
 
     GET /0/public/Ticker?pair=XBTCAD            Kraken      (an unknown pair gets Kraken's error list, HTTP 200)
@@ -52,7 +52,7 @@ ROUTES = {  # path -> source
     "/valet/observations/FXUSDCAD/json": "fx",
 }
 
-# Error bodies as the real APIs send them (shared/fixtures/prices).
+# Error bodies as the real APIs send them (tests/fixtures/prices).
 COINBASE_429 = {"errors": [{"id": "rate_limit_exceeded", "message": "Too many requests"}]}
 COINGECKO_429 = {"status": {"error_code": 429, "error_message": (
     "You've exceeded the Rate Limit. Please visit https://www.coingecko.com/en/api/pricing "
