@@ -18,6 +18,7 @@ from keys.home import Home
 from keys.identity import IdentityKeys
 from proto import wire
 from tests.harness import DEADLINE, new_home, topic_is, wait_for
+from tests.test_security import denied
 
 CAP = 20          # [broker] max_subscriptions
 RATE = 100        # [broker] publish_rate, messages per second
@@ -33,15 +34,6 @@ def home(tmp_path):
         f.write(f"\n[broker]\nmax_subscriptions = {CAP}\npublish_rate = {RATE}\npublish_burst = {BURST}\n"
                 f"denied_events_per_second = {DENIED_RATE}\n")
     return Home(h.root)
-
-
-def denied(direction, code=None, identity=None):
-    def pred(d):
-        m = d.message
-        return (m is not None and m.topic == "broker.denied" and m.body["direction"] == direction
-                and (code is None or m.body["code"] == code)
-                and (identity is None or m.body["identity"].startswith(identity)))
-    return pred
 
 
 def broker_beat(pred):

@@ -27,7 +27,7 @@ from actors.runtime import Runtime
 from keys.home import demo_account_xpub
 from proto.errors import DctrlError
 from scripts import business_cli
-from tests.harness import Network, dctrl, new_home, pg_schema, topic_is, wait_for
+from tests.harness import Network, dctrl, home_on, topic_is, wait_for
 from tests.test_db import PG_URL
 
 T0 = 1_700_000_000
@@ -435,11 +435,8 @@ def test_a_database_from_before_stock_counting_counts_from_the_upgrade(home, bdb
 @pytest.fixture(params=["sqlite", "postgresql"])
 def home(request, tmp_path):
     """The actor's bus tests run on each database (PostgreSQL: a schema of its own)."""
-    if request.param == "sqlite":
-        yield new_home(tmp_path / "home")
-        return
-    with pg_schema("bd_bus") as url:
-        yield new_home(tmp_path / "home", database_url=url)
+    with home_on(request.param, tmp_path / "home", "bd_bus") as h:
+        yield h
 
 
 @pytest.fixture
@@ -635,11 +632,8 @@ def test_retries_applied_once_expired_and_bad_prices_refused(home, business, cli
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_home(request, tmp_path):
     """A home whose database is a SQLite file, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield new_home(tmp_path / "home")
-        return
-    with pg_schema("bd_crash") as url:
-        yield new_home(tmp_path / "home", database_url=url)
+    with home_on(request.param, tmp_path / "home", "bd_crash") as h:
+        yield h
 
 
 def test_killed_between_commit_and_publication_the_event_goes_out_once_after_restart(db_home, clients):
