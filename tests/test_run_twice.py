@@ -109,25 +109,37 @@ def test_a_second_home_on_the_same_ports_is_told_which_port_and_which_home(home,
 
 
 def test_under_supervisord_a_broker_that_cannot_listen_ends_fatal_instead_of_restarting(home, network, tmp_path):
-    """supervisord gives up after START_RETRIES failed starts: the program is FATAL, its log holds
-    the one line once per try, and supervisord saw exit status 78."""
+    """supervisord stops starting it: the program ends FATAL after START_RETRIES failed starts,
+    every try exited 78 and left the one line in its log, and supervisord carries on.
+
+    A try that fails within ``startsecs`` (2 s) counts as a failed start, and the usual end is
+    FATAL after START_RETRIES + 1 tries. On a loaded machine a try can take longer than that to
+    reach its bind (two interpreters start before it): supervisord then takes the 78 as an
+    expected exit and leaves the program EXITED at once. Either way nothing restarts it again;
+    the test waits for whichever end comes (it waited for FATAL alone and timed out once)."""
     other = same_ports_as(home, tmp_path / "other", simulators=False)
     conf = tmp_path / "supervisord.conf"
     conf.write_text(supervisor_config(other, actors=("broker",)))  # as `dctrl supervisor-config` prints it
     supervisord = os.path.join(os.path.dirname(sys.executable), "supervisord")
     sup = subprocess.Popen([supervisord, "-n", "-c", str(conf)], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fatal, expected_exit = "broker entered FATAL state", "exited: broker (exit status 78; expected)"
     try:
         sup_log = other.log_dir / "supervisord.log"
-        wait_for(lambda: sup_log.exists() and "broker entered FATAL state" in sup_log.read_text(),
-                 timeout=90, what="supervisord to give the broker up")
+        wait_for(lambda: sup_log.exists() and (fatal in sup_log.read_text() or expected_exit in sup_log.read_text()),
+                 timeout=90, what="supervisord to stop starting the broker")
         text = sup_log.read_text()
-        assert text.count("exited: broker (exit status 78; not expected)") == START_RETRIES + 1, text
+        tries = len(re.findall(r"exited: broker \(", text))
+        assert tries == len(re.findall(r"exited: broker \(exit status 78; (?:not )?expected\)", text)), text
+        if fatal in text:
+            assert tries == START_RETRIES + 1, text
+        else:
+            assert text.count(expected_exit) == 1 and tries <= START_RETRIES + 1, text
         assert "Traceback" not in (other.log_dir / "broker.log").read_text()
         lines = (other.log_dir / "broker.log").read_text().splitlines()
         endpoint = home.config["bus"]["publish_endpoint"]
         assert lines == [f"dctrl: broker: cannot listen on {endpoint} ([bus] publish_endpoint): in use by "
-                         f"pid {network.procs['broker'].pid}: dctrl run broker --home {home.root}"] * (START_RETRIES + 1)
+                         f"pid {network.procs['broker'].pid}: dctrl run broker --home {home.root}"] * tries
         assert sup.poll() is None  # supervisord itself carries on
     finally:
         sup.terminate()
