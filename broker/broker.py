@@ -23,7 +23,9 @@
   upstream. Anything else a subscriber sends is dropped.
 * Subscription limits: a prefix longer than ``wire.MAX_TOPIC`` can never match
   and is refused; an identity holds at most ``[broker] max_subscriptions``
-  distinct prefixes over all its connections. The broker counts, per identity
+  distinct prefixes over all its connections, and a connection past twice that
+  many refused subscriptions is cut off (libzmq keeps each prefix a peer sent,
+  refused or not, until its connection ends). The broker counts, per identity
   and prefix, the subscriptions applied less the unsubscriptions, explicit or
   made up by XPUB for a departed peer (once per prefix the peer held). Those
   carry no ``User-Id``: one is charged to the identity holding the prefix, or
@@ -31,12 +33,18 @@
   at most the prefixes an identity shares with others). ``health.broker``
   counts what is held.
 * Hot reload: the registry and policy are re-read when their files change.
-  When a key stops being valid (revoked, or a rotated key's grace ends) or the
-  policy changes, both endpoints are unbound and bound again: every peer must
-  handshake anew, revoked keys are refused, valid peers are back within a
-  fraction of a second and their subscriptions are re-checked. An edit that
-  cannot be applied leaves the previous files in force, and ``health.broker``
-  says so (``degraded``, why in its detail) until the files are fixed.
+  Only the connections concerned are cut off, never the whole bus: a
+  connection whose key stopped being valid (revoked, or a rotated key past its
+  grace), and the subscribing connections of an identity whose grants changed
+  (it reconnects, renews its token with the new grants and subscribes again).
+  The ZAP handler puts the connection's key on every message (``X-Key``
+  metadata); subscription frames carry the connection's fd, so the broker
+  knows each subscribing connection's identity, key and peer address, and a
+  publishing connection with a lost key is found by its next message. Cutting
+  off is ``shutdown()`` of that TCP socket under libzmq, checked against the
+  recorded peer address so a reused fd is left alone. An edit that cannot be
+  applied leaves the previous files in force, and ``health.broker`` says so
+  (``degraded``, why in its detail) until the files are fixed.
 
 The broker is also an identity on its own bus: it asks the Vault for a token
 (its request goes straight out of XPUB), catches the reply on XSUB, and signs
@@ -50,6 +58,8 @@ import os
 import queue
 import random
 import signal
+import socket
+import struct
 import time
 
 import msgpack
@@ -70,6 +80,7 @@ log = logging.getLogger(__name__)
 
 ZAP_DOMAIN = "dctrl"
 USER_ID = b"User-Id"
+X_KEY = b"X-Key"  # ZAP metadata on every message: the connection's Curve key (z85), see RegistryAuthenticator
 DRAIN = 2000  # messages per poll wake-up before looking at the other socket
 VERSION = "0.1.0"
 SUBSCRIPTION_FRAME_MAX = 1024  # bytes; a useful one is at most 1 + wire.MAX_TOPIC
@@ -107,9 +118,10 @@ class _Peer:
     """What the broker keeps per publishing identity: topic verdicts, the expected header
     bytes for its ``src``, and its publish token bucket."""
 
-    __slots__ = ("verdicts", "tag", "tokens", "stamp", "rate", "burst")
+    __slots__ = ("verdicts", "tag", "tokens", "stamp", "rate", "burst", "suspect")
 
-    def __init__(self, uid, rate, burst, now):
+    def __init__(self, uid, rate, burst, now, suspect=False):
+        self.suspect = suspect  # some key of uid stopped being valid: check each message's key
         self.verdicts: dict[bytes, bool] = {}
         self.tag = b"\xa3src" + msgpack.packb(uid)
         if rate > 0:
@@ -182,8 +194,21 @@ class RegistryAuthenticator(ThreadAuthenticator):
         return key is not None
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        key = self.broker.registry.by_curve(z85.encode(client_public_key))
+        z85_key = z85.encode(client_public_key)
+        key = self.broker.registry.by_curve(z85_key)
+        self._granted_key = z85_key  # for the reply this handshake gets next, in this same thread
         return key.name if key else "?"
+
+    def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous"):
+        """pyzmq's reply, plus the connection's key as the ``X-Key`` metadata property: libzmq
+        puts it on every message of the connection, so the broker knows which key (of several
+        versions of one identity) a connection holds and can cut off exactly that one."""
+        key, self._granted_key = getattr(self, "_granted_key", None), None
+        if status_code != b"200" or key is None:
+            return super()._send_zap_reply(request_id, status_code, status_text, user_id)
+        user = user_id.encode() if isinstance(user_id, str) else user_id
+        metadata = bytes([len(X_KEY)]) + X_KEY + struct.pack(">I", len(key)) + key  # ZMTP property
+        self.zap_socket.send_multipart([b"1.0", request_id, status_code, status_text, user, metadata])
 
 
 class Broker:
@@ -211,10 +236,14 @@ class Broker:
         self._subs: dict[str, dict[bytes, int]] = {}  # subscribing identity -> prefix -> subscriptions
         self._holders: dict[bytes, set[str]] = {}  # prefix -> the identities holding it
         self._n_subs = 0
+        # subscribing connections, from their subscription frames: fd -> [identity, key, peer
+        # address, refused subscriptions] (to cut one off without touching the others)
+        self._conns: dict[int, list] = {}
+        self._lost: frozenset[tuple[str, bytes]] = frozenset()  # (identity, key) no longer valid
         self._trim_due = False
         self._denied_window: dict[tuple, list] = {}
         self.counters = {"forwarded": 0, "denied_publish": 0, "denied_subscribe": 0,
-                         "refused_connect": 0, "malformed": 0, "reloads": 0, "rebinds": 0,
+                         "refused_connect": 0, "malformed": 0, "reloads": 0, "cut_off": 0,
                          "rate_limited": 0, "bad_envelope": 0, "wrong_src": 0, "too_large": 0}
         self.started = time.monotonic()
         self.stopping = False
@@ -284,13 +313,26 @@ class Broker:
                                            f"{_port_holder(endpoint)}") from None
                     time.sleep(0.02)
 
-    def rebind(self, why: str):
-        """Force every peer to handshake again (revocations take effect now)."""
-        log.warning("rebinding both endpoints: %s", why)
-        for sock, key in ((self.xsub, "publish_endpoint"), (self.xpub, "subscribe_endpoint")):
-            sock.unbind(self._listen(key))
-        self._bind()
-        self.counters["rebinds"] += 1
+    def cut_off(self, fd: int, why: str, peer=None) -> bool:
+        """End one connection by shutting its TCP socket down under libzmq, which then closes it
+        as if the peer had gone (XPUB unsubscribes what it held; the peer reconnects and must
+        handshake again). ``peer``: the address the connection had when recorded; a different
+        one means the fd was closed and reused for another connection, which is left alone."""
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            return False
+        try:
+            if peer is not None and sock.getpeername() != peer:
+                return False
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # gone already
+            return False
+        finally:
+            sock.detach()  # the fd stays libzmq's
+        self.counters["cut_off"] += 1
+        log.warning("cut off a connection (fd %d): %s", fd, why)
+        return True
 
     def close(self):
         if self.ctx is None:
@@ -370,6 +412,8 @@ class Broker:
             peer = peers.get(uid)
             if peer is None:
                 peer = self._peer(uid, now)
+            if peer.suspect and self._lost_key(uid, f0):
+                continue
             if peer.stamp != now:  # refill the bucket once per drain
                 peer.tokens = min(peer.burst, peer.tokens + (now - peer.stamp) * peer.rate)
                 peer.stamp = now
@@ -414,8 +458,23 @@ class Broker:
         except DctrlError:
             role = None
         rate = 0 if role in self.unlimited_roles else self.publish_rate
-        peer = self._peers[uid] = _Peer(uid, rate, self.publish_burst, now)
+        suspect = any(name == uid for name, _ in self._lost)
+        peer = self._peers[uid] = _Peer(uid, rate, self.publish_burst, now, suspect)
         return peer
+
+    def _lost_key(self, uid, frame) -> bool:
+        """Whether ``frame`` came over a connection whose key is no longer valid (it is then cut
+        off): the publishing side of a revoked key, or of a rotated one past its grace."""
+        try:
+            key = frame.get(X_KEY).encode()
+            fd = frame.get(zmq.SRCFD)
+        except zmq.ZMQError:
+            return False
+        if (uid, key) not in self._lost:
+            return False
+        self.counters["denied_publish"] += 1
+        self.cut_off(fd, f"{uid} publishes with a key no longer valid")
+        return True
 
     def _may_publish(self, uid, topic: bytes) -> bool:
         if len(topic) > 255 or not topic.endswith(b"."):
@@ -455,22 +514,58 @@ class Broker:
                     self._forget(prefix)
                 continue
             if subscribe:
-                self._subscribe(uid, prefix)
+                self._subscribe(uid, prefix, frames[0])
             else:
                 self._unsubscribe(uid, prefix)
 
-    def _subscribe(self, uid, prefix: bytes):
+    def _conn(self, frame, uid):
+        """``(fd, record)`` of the subscribing connection ``frame`` came over; the record is
+        made anew when the fd now holds another connection (another peer address)."""
+        try:
+            fd = frame.get(zmq.SRCFD)
+            key = frame.get(X_KEY).encode()
+        except zmq.ZMQError:
+            return None, None
+        try:
+            sock = socket.socket(fileno=fd)
+            try:
+                peer = sock.getpeername()
+            finally:
+                sock.detach()
+        except OSError:
+            peer = None
+        rec = self._conns.get(fd)
+        if rec is None or rec[:3] != [uid, key, peer]:
+            rec = self._conns[fd] = [uid, key, peer, 0]
+        return fd, rec
+
+    def _refused(self, uid, frame):
+        """Count a refused subscription on its connection. libzmq's XPUB keeps every prefix a
+        peer sent, refused or not, until the connection ends: past twice ``max_subscriptions``
+        refusals the connection is cut off, which frees them (so libzmq holds at most three
+        times ``max_subscriptions`` prefixes of at most 1024 bytes for a connection)."""
+        fd, rec = self._conn(frame, uid)
+        if rec is None:
+            return
+        rec[3] += 1
+        if rec[3] > 2 * self.max_subscriptions and self.cut_off(
+                fd, f"{uid} sent more than {2 * self.max_subscriptions} refused subscriptions", rec[2]):
+            del self._conns[fd]
+
+    def _subscribe(self, uid, prefix: bytes, frame=None):
         held = self._subs.get(uid)
         if held is None or prefix not in held:
             if len(prefix) > wire.MAX_TOPIC:
                 self.counters["denied_subscribe"] += 1
                 self.deny(uid, "subscribe", prefix[:64], "too_long",
                           f"a prefix of {len(prefix)} bytes can never match a topic (at most {wire.MAX_TOPIC})")
+                self._refused(uid, frame)
                 return
             if held is not None and len(held) >= self.max_subscriptions:
                 self.counters["denied_subscribe"] += 1
                 self.deny(uid, "subscribe", prefix, "too_many",
                           f"{uid} holds {len(held)} subscriptions, the most allowed ([broker] max_subscriptions)")
+                self._refused(uid, frame)
                 return
         try:
             grants = self.policy.grants(uid, self.registry.role(uid))
@@ -480,7 +575,10 @@ class Broker:
         if not applied:
             self.counters["denied_subscribe"] += 1
             self.deny(uid, "subscribe", prefix, "not_granted", f"{uid} may not subscribe this prefix")
+            self._refused(uid, frame)
             return
+        if frame is not None:
+            self._conn(frame, uid)  # known, to be cut off alone when its key or grants change
         for p in applied:
             self.xpub.setsockopt(zmq.SUBSCRIBE, p)  # applies to the pipe of the frame just received
         if held is None:
@@ -622,16 +720,37 @@ class Broker:
             self._stamps = stamps
             return
         policy_changed = stamps[1] != self._stamps[1]
+        old_grants = self._all_grants() if policy_changed else None
         self.registry, self.policy, self._stamps = registry, policy, stamps
         self._peers.clear()
         self.counters["reloads"] += 1
         valid = self._valid_keys()
         lost, self._valid = self._valid - valid, valid
+        self._lost = frozenset((n, k) for n, k in self._lost | lost if registry.by_curve(k) is None)
         self._key_expiry = registry.next_expiry()
         log.info("reloaded keys and policy (%d identities)", len(registry.names()))
-        if lost or policy_changed:
-            self.rebind("policy changed" if policy_changed and not lost else
-                        f"keys no longer valid: {sorted({n for n, _ in lost})}")
+        # Only the connections concerned are cut off (a rebind of both endpoints dropped every
+        # peer's messages in flight): a key no longer valid, and an identity whose grants
+        # changed, which reconnects, renews its token with the new grants and subscribes again.
+        changed = set()
+        if policy_changed:
+            new_grants = self._all_grants()
+            changed = {n for n in old_grants.keys() | new_grants.keys() if old_grants.get(n) != new_grants.get(n)}
+            log.info("policy changed: the grants of %s", sorted(changed) or "no identity")
+        for fd, (uid, key, peer, _) in list(self._conns.items()):
+            if (uid, key) in self._lost or uid in changed:
+                why = "its grants changed" if uid in changed else "its key is no longer valid"
+                self.cut_off(fd, f"{uid}: {why}", peer)
+                del self._conns[fd]
+
+    def _all_grants(self) -> dict:
+        grants = {}
+        for name in self.registry.names():
+            try:
+                grants[name] = self.policy.grants(name, self.registry.role(name))
+            except DctrlError:
+                grants[name] = None
+        return grants
 
     def _valid_keys(self):
         now = time.time()

@@ -88,9 +88,9 @@ def wait_for(predicate, timeout=DEADLINE, interval=0.02, what="condition"):
 def publish_until_heard(tx: BusClient, rx: BusClient, topic: str, timeout=DEADLINE, what=None) -> Delivery:
     """Publish ``{"n": 1}``, ``{"n": 2}``, ... on ``topic`` from ``tx`` until ``rx`` accepts one; return it.
 
-    After the broker rebinds (a policy or key change) every peer handshakes again on its own
-    schedule, and what is published before both ends are back is lost (the bus is at most
-    once): a test that needs one message through publishes until one is."""
+    After the broker cuts a peer off (its grants or key changed) it handshakes again on its
+    own schedule, and what is published before both ends are back is lost (the bus is at
+    most once): a test that needs one message through publishes until one is."""
     n = itertools.count(1)
 
     def heard():

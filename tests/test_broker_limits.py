@@ -17,7 +17,7 @@ from zmq.utils.monitor import recv_monitor_message
 from keys.home import Home
 from keys.identity import IdentityKeys
 from proto import wire
-from tests.harness import DEADLINE, new_home, topic_is, wait_for
+from tests.harness import DEADLINE, dctrl, new_home, publish_until_heard, topic_is, wait_for
 from tests.test_security import denied
 
 CAP = 20          # [broker] max_subscriptions
@@ -297,3 +297,101 @@ def test_refused_handshakes_are_limited_by_reason_not_by_key(home, network, clie
     assert len(events) <= 10, f"{len(events)} broker.denied events for {total} refused handshakes"
     lines = network.log("broker").count("denied connect")
     assert 1 <= lines <= 10, f"{lines} log lines for {total} refused handshakes"
+
+
+# -- one connection cut off, not the whole bus ------------------------------------------------
+
+
+def disconnects(sock):
+    """A monitor counting ``sock``'s disconnections (attach before it connects)."""
+    mon = sock.get_monitor_socket(events=zmq.EVENT_DISCONNECTED)
+    seen = []
+
+    def count():
+        while mon.poll(0):
+            recv_monitor_message(mon)
+            seen.append(1)
+        return len(seen)
+    return count
+
+
+def test_refused_subscriptions_past_twice_the_cap_cut_that_connection_off(home, network, clients):
+    """libzmq keeps every prefix a subscriber sent, refused ones too, until its connection ends:
+    past 2 x max_subscriptions refusals the broker ends that connection (and only it)."""
+    watch = clients(home, "admin", prefixes=["health.broker", "broker.denied"])
+    counted = []
+    flood = raw_socket(home, "vm1", zmq.SUB, "subscribe_endpoint",
+                       before_connect=lambda s: counted.append(disconnects(s)))
+    calm = raw_socket(home, "vm1", zmq.SUB, "subscribe_endpoint",
+                      before_connect=lambda s: counted.append(disconnects(s)))
+    try:
+        calm.setsockopt(zmq.SUBSCRIBE, b"cmd.machine.vm1.calm.")
+        held(watch, settled_counters(watch), 0, "the calm connection's own")  # (applied before the flood)
+        for i in range(2 * CAP):  # at the limit: not yet cut off
+            flood.setsockopt(zmq.SUBSCRIBE, b"cmd.machine.vm2.x%d." % i)
+        watch.expect(denied("subscribe", "not_granted", "vm1"), what="vm2's prefixes refused to vm1")
+        assert counted[0]() == 0
+        flood.setsockopt(zmq.SUBSCRIBE, b"cmd.machine.vm2.one-more.")
+        wait_for(lambda: counted[0]() >= 1, what="the flooding connection cut off")
+        assert "sent more than 40 refused subscriptions" in network.log("broker")
+        watch.expect(broker_beat(lambda c: c["cut_off"] >= 1), what="cut_off counted")
+        assert counted[1]() == 0, "the other connection of the same identity stays"
+    finally:
+        flood.close(linger=0)
+        calm.close(linger=0)
+
+
+def reconnects(client):
+    """How often ``client``'s runtime has reconnected to the broker from now on."""
+    seen = []
+    original = client.actor.reconnected
+
+    def reconnected():
+        seen.append(1)
+        original()
+    client.actor.reconnected = reconnected  # the runtime looks the method up at each reconnect
+    return lambda: len(seen)
+
+
+def test_a_revocation_cuts_off_only_the_revoked_identity(home, network, clients):
+    """Revoking vm2 ends vm2's connection; the others stay connected and lose nothing of a
+    steady stream (the broker rebound both endpoints before: every peer's messages in flight
+    were dropped and every peer had to handshake again)."""
+    rx = clients(home, "admin", prefixes=["debug"])
+    tx = clients(home, "admin")
+    assert publish_until_heard(tx, rx, "debug.warm").message.sender == "admin"
+    reloads = network.log("broker").count("reloaded keys and policy")
+    dctrl(home, "keys", "add", "vm2", "--role", "machine")
+    wait_for(lambda: network.log("broker").count("reloaded keys and policy") > reloads,
+             what="the broker to know vm2 (a refused handshake is final for a libzmq socket)")
+    counted = []
+    vm2 = raw_socket(home, "vm2", zmq.SUB, "subscribe_endpoint",
+                     before_connect=lambda s: counted.append(disconnects(s)))
+    try:
+        vm2.setsockopt(zmq.SUBSCRIBE, b"cmd.machine.vm2.")
+        wait_for(lambda: "vm2 holds 1 subscription" in network.log("broker"), what="vm2 subscribed")
+        tx_again, rx_again = reconnects(tx), reconnects(rx)
+        rx.drain()
+        rx.actor.history.clear()
+        sent = 0
+        dctrl(home, "keys", "revoke", "vm2")
+        deadline = time.monotonic() + DEADLINE
+        while counted[0]() == 0:  # a steady stream while the broker applies the revocation
+            assert time.monotonic() < deadline, "vm2 was not cut off"
+            tx.publish("debug.n", {"n": sent})
+            sent += 1
+            time.sleep(0.01)
+        for _ in range(20):  # and after it
+            tx.publish("debug.n", {"n": sent})
+            sent += 1
+
+        def heard():
+            return sorted(d.message.body["n"] for d in rx.drain()
+                          if d.message is not None and d.message.topic == "debug.n")
+        wait_for(lambda: len(heard()) >= sent, what=f"all {sent} messages heard")
+        assert heard() == list(range(sent))
+        assert "vm2: its key is no longer valid" in network.log("broker")
+        assert "rebinding" not in network.log("broker")
+        assert (tx_again(), rx_again()) == (0, 0), "nobody else was disconnected"
+    finally:
+        vm2.close(linger=0)

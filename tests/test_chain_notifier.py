@@ -177,8 +177,8 @@ def test_rpc_password_from_the_vault(home, network, clients):
         with open(home.policy_path, "a") as f:
             f.write('bitcoind_rpc_password = ["chain_notifier"]\n')
         wait_for(lambda: "reloaded registry and policy" in network.log("vault"), what="the Vault's reload")
-        # The broker makes every peer handshake again on a policy change: connect after it has.
-        wait_for(lambda: "rebinding both endpoints: policy changed" in network.log("broker"),
+        # Connect once the broker has applied the new policy.
+        wait_for(lambda: "policy changed: the grants of" in network.log("broker"),
                  what="the broker to apply the new policy")
         watch = clients(home, "admin", prefixes=["chain", "health.chain_notifier"])
         network.start("chain_notifier")
