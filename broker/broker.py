@@ -6,7 +6,8 @@
   (``ZAP_ENFORCE_DOMAIN`` on, so no handler means no entry).
 * Publish ACL: each message on XSUB must be exactly two frames and its topic
   frame must be granted to the publisher's ``User-Id``; else it is dropped and
-  ``broker.denied`` says why. The loop works frame by frame with bound methods
+  ``broker.denied`` says why. ``vault.req.NAME`` is granted to NAME alone,
+  whatever the policy says (the Vault rations requests by NAME unverified). The loop works frame by frame with bound methods
   (see notes/zeromq.md) and caches the per-identity topic verdicts.
 * Publish limits: each identity has a token bucket (``[broker] publish_rate``
   messages per second, ``publish_burst`` at once; roles in
@@ -478,6 +479,10 @@ class Broker:
 
     def _may_publish(self, uid, topic: bytes) -> bool:
         if len(topic) > 255 or not topic.endswith(b"."):
+            return False
+        if topic.startswith(b"vault.req.") and topic != b"vault.req.%s." % uid.encode():
+            # whatever the policy grants: the Vault rations requests by this NAME before it
+            # can verify them, so another identity's would spend NAME's allowance
             return False
         try:
             grants = self.policy.grants(uid, self.registry.role(uid))

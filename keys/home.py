@@ -49,10 +49,10 @@ DEFAULTS = {
     },
     "broker": {"reload_interval": 1.0, "denied_events_per_second": 10,
                # per identity: distinct subscription prefixes held; messages per second and at once
-               # (0: no limit); roles with no publish limit (admin: the operator's CLI, and the
-               # identity `dctrl bench` publishes its bursts as)
+               # (0: no limit); roles with no publish limit (none: an admin key is limited too;
+               # `dctrl bench` lifts it for its own throwaway home)
                "max_subscriptions": 1000, "publish_rate": 2000, "publish_burst": 20000,
-               "publish_unlimited_roles": ["admin"]},
+               "publish_unlimited_roles": []},
     "runtime": {"heartbeat_interval": 5},
     "vault": {"token_lifetime": 900, "key_grace": 86400, "revocations_interval": 30},
     # retention: segments older than retention_days or beyond max_mb are deleted (0: keep);

@@ -33,6 +33,8 @@ def home(tmp_path):
     with open(h.root / "config.toml", "a") as f:
         f.write(f"\n[broker]\nmax_subscriptions = {CAP}\npublish_rate = {RATE}\npublish_burst = {BURST}\n"
                 f"denied_events_per_second = {DENIED_RATE}\n")
+    with open(h.root / "policy.toml", "a") as f:  # wider than the template: see the vault.req test
+        f.write('\n[identity.admin]\npublish = ["vault.req"]\n')
     return Home(h.root)
 
 
@@ -212,7 +214,7 @@ def test_envelopes_that_cannot_be_valid_are_dropped_at_the_broker(home, network,
 
 def test_publish_rate_is_limited_per_identity(home, network, clients):
     rx = clients(home, "admin", prefixes=["machine.vm1.door", "debug.bystander", "broker.denied"])
-    vm1, bystander = clients(home, "vm1"), clients(home, "admin")  # admin: no limit by default
+    vm1, bystander = clients(home, "vm1"), clients(home, "admin")  # its own bucket
     n = 3 * BURST
 
     def flood():
@@ -239,6 +241,31 @@ def test_publish_rate_is_limited_per_identity(home, network, clients):
     assert got, "the first messages of the burst went through"
     allowed = BURST + RATE * (elapsed + 0.5)  # the refill over the flood, and slack for the drains
     assert len(got) <= allowed < n, f"{len(got)} of {n} forwarded in {elapsed:.3f} s"
+
+
+def test_an_admin_is_rate_limited_too_by_default(home, network, clients):
+    rx = clients(home, "admin", prefixes=["debug.flood", "broker.denied"])
+    ops = clients(home, "admin")
+
+    def flood():
+        for _ in range(3 * BURST):
+            ops.runtime.pub.send_multipart(ops.runtime.proxy.seal("debug.flood", {"n": 1}))
+    in_loop(ops, flood)
+    d = rx.expect(denied("publish", "rate_limited", "admin"), what="an admin refused over its rate")
+    assert "publish rate" in d.message.body["reason"]
+
+
+def test_only_name_may_ask_the_vault_as_name_whatever_the_policy_grants(home, network, clients):
+    """The Vault rations vault.req.NAME by NAME before it can verify a request: a request on
+    another's topic would spend that one's allowance. The fixture's policy grants admin
+    ``vault.req`` (all of it); the broker still refuses admin's request on vault.req.vm1."""
+    rx = clients(home, "admin", prefixes=["broker.denied"])
+    admin = clients(home, "admin")
+    assert admin.runtime.proxy.token is not None  # its own vault.req.admin goes through
+    admin.send_raw(admin.runtime.proxy.seal("vault.req.vm1", {"rid": os.urandom(16), "op": "token",
+                                                              "key_version": 1, "secret": None}))
+    d = rx.expect(denied("publish", "not_granted", "admin"), what="admin's request as vm1 refused")
+    assert d.message.body["topic"] == "vault.req.vm1"
 
 
 # -- weaknesses ------------------------------------------------------------------------------
