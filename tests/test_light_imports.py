@@ -1,0 +1,51 @@
+"""Readers of the data import no bus (issue 11, item 3).
+
+The models and read queries of each component live apart from its actor, so a
+reader (the CLI, the coming report server) can load them without zmq, the
+runtime, the scheduler or embit. Each check runs in a fresh interpreter: the
+test process itself has loaded everything long ago.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HEAVY = ("zmq", "schedule", "embit", "actors.runtime")
+
+LIGHT = [
+    "actors.business_mgr",
+    "actors.business_mgr.models",
+    "actors.business_mgr.queries",
+    "actors.business_data",
+    "actors.business_data.models",
+    "actors.business_data.queries",
+    "actors.chain_notifier",
+    "actors.chain_notifier.models",
+    "actors.event_logger",
+    "actors.event_logger.queries",
+    "actors.eventlog",
+]
+
+
+def _loaded_after(module: str) -> set[str]:
+    code = (f"import sys, {module}\n"
+            "print('\\n'.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("module", LIGHT)
+def test_models_and_queries_load_no_bus(module):
+    loaded = _loaded_after(module)
+    heavy = sorted(m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY))
+    assert heavy == [], f"import {module} loads {heavy}"
+
+
+def test_the_check_sees_a_heavy_import():
+    """The actor modules do load the bus: the check above would notice a regression."""
+    loaded = _loaded_after("actors.business_mgr.actor")
+    assert "zmq" in loaded and "actors.runtime" in loaded and "embit" in loaded
