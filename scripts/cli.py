@@ -265,14 +265,11 @@ connection. The procedure:
 def _rotated_machine_key(home, name):
     """Say where a machine's new key goes; a machine whose folder is in the home (the demo's
     simulated vm1 in agents/vm1/) gets it there at once (its agent reloads it)."""
-    import shutil
+    from keys.files import atomic_write
 
     local = home.root / "agents" / name / f"{name}.key"
     if local.exists():
-        tmp = local.with_name(f".{local.name}.tmp")
-        shutil.copyfile(home.key_file(name), tmp)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, local)
+        atomic_write(local, home.key_file(name).read_bytes(), mode=0o600)
         print(f"copied the new key to {local}: the agent there reloads it")
     else:
         print(f"copy {home.key_file(name)} to the machine as {name}.key, beside its agent.toml "

@@ -49,3 +49,18 @@ def test_the_check_sees_a_heavy_import():
     """The actor modules do load the bus: the check above would notice a regression."""
     loaded = _loaded_after("actors.business_mgr.actor")
     assert "zmq" in loaded and "actors.runtime" in loaded and "embit" in loaded
+
+
+@pytest.mark.parametrize("module", ["proto.authproxy", "proto.sealed", "proto.errors", "proto.version"])
+def test_proto_imports_no_keys_and_no_zmq(module):
+    """proto is the lowest layer: nothing above it (keys), no sockets (issue 11, item 2)."""
+    loaded = _loaded_after(module)
+    above = sorted(m for m in loaded if m.split(".")[0] in ("keys", "actors", "broker", "machine_agent", "scripts", "zmq"))
+    assert above == [], f"import {module} loads {above}"
+
+
+@pytest.mark.parametrize("module", ["keys.bus", "machine_agent.config"])
+def test_the_bus_settings_need_no_home(module):
+    """An agent's bus settings come from keys/bus.py: no home, no provisioning, no zmq."""
+    loaded = _loaded_after(module)
+    assert "keys.home" not in loaded and "zmq" not in loaded and "actors" not in loaded
