@@ -31,7 +31,7 @@ import nacl.signing
 
 from . import token as tokens
 from . import wire
-from .errors import BadToken, ProtocolError, Replayed, UnknownTopic
+from .errors import BadToken, DctrlError, ProtocolError, Replayed, UnknownTopic
 from .topics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,10 @@ class SignerKeys(Protocol):
     def sign_public(self) -> bytes: ...
 
 
-class NoToken(RuntimeError):
+class NoToken(DctrlError, RuntimeError):
     """Publishing needs a valid token and this process has none (yet)."""
+
+    code = "no_token"
 
 
 class ReplayGuard:

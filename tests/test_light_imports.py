@@ -25,6 +25,7 @@ LIGHT = [
     "actors.business_data.queries",
     "actors.chain_notifier",
     "actors.chain_notifier.models",
+    "actors.chain_notifier.queries",
     "actors.event_logger",
     "actors.event_logger.queries",
     "actors.eventlog",
@@ -64,3 +65,29 @@ def test_the_bus_settings_need_no_home(module):
     """An agent's bus settings come from keys/bus.py: no home, no provisioning, no zmq."""
     loaded = _loaded_after(module)
     assert "keys.home" not in loaded and "zmq" not in loaded and "actors" not in loaded
+
+
+def test_chain_queries_read_plain_data(tmp_path):
+    """The chain's read queries on a database ChainNotifier's tables live in."""
+    from actors.chain_notifier import queries
+    from actors.chain_notifier.models import TABLES, ChainCursor, ChainOutput, ChainWatched
+    from actors.db import connect
+
+    database = connect(f"sqlite:///{tmp_path / 'chain.sqlite3'}")
+    try:
+        assert queries.cursor(database) is None
+        with database.bind_ctx(TABLES):
+            database.create_tables(TABLES)
+            assert queries.cursor(database) is None and queries.watched(database) == [] == queries.outputs(database)
+            ChainCursor.create(id=1, height=7, hash="ab" * 32)
+            ChainWatched.create(script="0014" + "00" * 20, address="bcrt1qa", label="inv 1", created=10)
+            for vout, state in enumerate(("mempool", "confirmed")):
+                ChainOutput.create(txid="cd" * 32, vout=vout, script="0014" + "00" * 20, address="bcrt1qa",
+                                   sats=1000 + vout, state=state, seen_at=11)
+        assert queries.cursor(database) == {"height": 7, "hash": "ab" * 32}
+        assert queries.watched(database) == [{"address": "bcrt1qa", "label": "inv 1", "created": 10}]
+        assert [o["vout"] for o in queries.outputs(database)] == [1, 0]
+        assert [o["sats"] for o in queries.outputs(database, state="mempool")] == [1000]
+        assert queries.outputs(database, address="bcrt1qother") == []
+    finally:
+        database.close()
