@@ -96,6 +96,10 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from keys.files import fsync_dir as _fsync_dir  # the one careful writer's helpers (keys/files.py)
+from keys.files import write_all as _write_all
+from proto.errors import DctrlError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -125,15 +129,19 @@ _SEGMENT_RE = re.compile(r"([0-9]{20})\.seg", re.ASCII)
 _WRITE_BUFFER = 64 * 1024  # write buffered records to the file beyond this
 
 
-class CorruptLog(ValueError):
+class CorruptLog(DctrlError, ValueError):
     """A segment that must be complete (any segment but the last) is not.
 
     The message names the segment file and the byte offset of the problem.
     """
 
+    code = "corrupt_log"
 
-class LogLocked(RuntimeError):
+
+class LogLocked(DctrlError, RuntimeError):
     """Another :class:`EventLog` (in this or another process) holds the log."""
+
+    code = "log_locked"
 
 
 def segment_name(first_seq: int) -> str:
@@ -197,23 +205,6 @@ def _read_record(f: BinaryIO, max_record: int) -> tuple[bytes | None, str | None
     if zlib.crc32(body) != crc:
         return None, "CRC mismatch"
     return body, None
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    """Write all of ``data`` to ``fd`` (retrying short writes)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(path: str) -> None:
-    """Fsync the directory ``path`` (makes entries created in it durable)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_max_record(max_record: int) -> None:

@@ -52,16 +52,17 @@ import schedule
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from keys.files import file_stamp
-from keys.home import ACTOR_IDENTITIES, BusSettings, next_boot
+from keys.bus import BusSettings, next_boot
+from keys.files import atomic_write, file_stamp
+from keys.home import ACTOR_IDENTITIES
 from keys.identity import IdentityKeys
 from proto import wire
 from proto.authproxy import AuthProxy, NoToken, ReplayGuard, boot_id, describe_rejection
 from proto.errors import BadToken, DctrlError
+from proto.version import VERSION  # the package metadata (setup.cfg)
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 OUTBOX_LIMIT = 10_000
 DRAIN = 1000
 INTAKE_BATCH = 64  # requests served from an actor's intake per loop pass (bounded work)
@@ -166,7 +167,7 @@ class Runtime:
             journal = settings.boot_file.with_name(f"{settings.name}.replay.json")
         self.proxy = AuthProxy(self.keys, settings.vault_public, boot_id(next_boot(settings.boot_file)),
                                clock=clock, registry_auth=auth,
-                               replay=ReplayGuard(journal_file=journal, clock=clock))
+                               replay=ReplayGuard(journal_file=journal, clock=clock, save=atomic_write))
         self.clock = clock
         self.handlers = []  # (prefix frame, fn, blocking, raw)
         self.scheduler = schedule.Scheduler()

@@ -26,9 +26,9 @@ decryption, so a ciphertext moved or copied under another name is refused
 (SecretBox has no associated data, so the name rides inside the plaintext;
 names can never contain NUL, which makes the split unambiguous).
 
-Every write is atomic: a temporary file (mode 0600) in the same directory is
-written and fsynced, renamed over the store with :func:`os.replace`, and the
-directory is fsynced.  Read-modify-write cycles (:meth:`SecretStore.set`,
+Every write is atomic (:func:`keys.files.atomic_write`): a temporary file (mode 0600)
+in the same directory is written and fsynced, renamed over the store with
+:func:`os.replace`, and the directory is fsynced.  Read-modify-write cycles (:meth:`SecretStore.set`,
 :meth:`SecretStore.delete`) hold an advisory :func:`fcntl.flock` on a sidecar
 lock file (``.<store name>.lock`` next to the store) and first pick up any
 change another process made, so the Vault actor and the CLI never lose each
@@ -39,11 +39,12 @@ shown by a ``repr``.  Values are decrypted only when :meth:`SecretStore.get`
 is called; the store keeps ciphertexts in memory.  (Python cannot reliably
 wipe memory, so a returned value lives until the garbage collector frees it.)
 
-To hand a secret to another actor over the bus, :func:`seal_for` encrypts it
-to the requester's CurveZMQ public key (an X25519 key) with a
+To hand a secret to another actor over the bus, :func:`proto.sealed.seal_for`
+encrypts it to the requester's CurveZMQ public key (an X25519 key) with a
 :class:`nacl.public.SealedBox`; only the holder of the matching secret key can
-:func:`open_sealed` it, so the value never appears in plaintext on the bus or
-in the event log.
+:func:`~proto.sealed.open_sealed` it, so the value never appears in plaintext on
+the bus or in the event log. Both live in proto (no disk, no sockets) and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 import unicodedata
 from pathlib import Path
@@ -70,7 +70,10 @@ import nacl.public
 import nacl.pwhash.argon2id
 import nacl.secret
 import nacl.utils
-from zmq.utils import z85
+
+from keys.files import atomic_write
+from proto.errors import InsecureKeyFile, SecretError, UnknownSecret, WrongKey
+from proto.sealed import open_sealed, seal_for  # re-exported: moved to proto (no disk, no sockets)
 
 log = logging.getLogger(__name__)
 
@@ -109,32 +112,8 @@ _KEY_FILE_MAX_BYTES = 4096  # a key file is 64 hex digits and a newline
 # Errors
 
 
-class SecretStoreError(Exception):
-    """Base class of every error this module raises on purpose.
-
-    Messages name paths and secret names, never secret values or keys.
-    """
-
-
-class WrongKey(SecretStoreError, PermissionError):
-    """The key or passphrase does not open the store (its ``check`` field
-    fails to decrypt), or the store is protected the other way (passphrase
-    vs key file) than the caller tried."""
-
-
-class InsecureKeyFile(SecretStoreError, PermissionError):
-    """A key file is accessible by group or other, or is not a regular file."""
-
-
-class UnknownSecret(SecretStoreError, KeyError):
-    """No secret of that name is in the store.  ``.name`` holds the name."""
-
-    def __init__(self, name: str, message: str | None = None) -> None:
-        super().__init__(message or f"no secret named {name!r}")
-        self.name = name
-
-    def __str__(self) -> str:  # KeyError.__str__ would repr() the message
-        return str(self.args[0])
+# One hierarchy (proto/errors.py): SecretStoreError is proto's SecretError.
+SecretStoreError = SecretError
 
 
 # --------------------------------------------------------------------------
@@ -190,69 +169,9 @@ def _derive_key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> b
     return nacl.pwhash.argon2id.kdf(KEY_SIZE, secret, salt, opslimit=opslimit, memlimit=memlimit)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-    """Write *data* to *path* atomically with mode 0600.
-
-    The data goes to a temporary file in the same directory (created 0600,
-    fsynced), which then replaces *path* (``os.replace``) and the directory
-    is fsynced.  With ``exclusive=True`` an existing *path* is never replaced:
-    the temporary file is hard-linked into place, which fails with
-    :class:`FileExistsError` if *path* exists, even when another process
-    creates it concurrently.  On filesystems without hard links it falls back
-    to an ``O_EXCL`` create (still exclusive, but not crash-atomic).
-    """
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    tmp = Path(tmp_name)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if not exclusive:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(errno.EEXIST, "refusing to overwrite existing file", str(path)) from None
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-                    raise
-                _write_exclusive_fallback(path, data)
-            tmp.unlink()
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(directory)
-
-
-def _write_exclusive_fallback(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        raise FileExistsError(errno.EEXIST, "refusing to overwrite existing file", str(path)) from None
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write *data* to *path* atomically with mode 0600 (:func:`keys.files.atomic_write`)."""
+    atomic_write(path, data, 0o600, exclusive=exclusive)
 
 
 # --------------------------------------------------------------------------
@@ -654,50 +573,6 @@ def _verify_check(box: nacl.secret.SecretBox, doc: dict[str, Any], path: Path) -
     if not ok:
         what = "passphrase" if doc["kdf"] is not None else "key"
         raise WrongKey(f"wrong {what} for secret store {path}")
-
-
-# --------------------------------------------------------------------------
-# Delivery over the bus
-
-
-def _z85_key(key_z85: bytes | str, what: str) -> bytes:
-    try:
-        raw = z85.decode(key_z85)
-    except Exception:  # ValueError, KeyError, TypeError...; never echo key material
-        raise ValueError(f"{what} is not a Z85-encoded 32-byte CurveZMQ key") from None
-    if len(raw) != 32:
-        raise ValueError(f"{what} is not a Z85-encoded 32-byte CurveZMQ key")
-    return raw
-
-
-def seal_for(curve_public_key_z85: bytes, value: bytes) -> bytes:
-    """Encrypt *value* so only the holder of the CurveZMQ key pair can read it.
-
-    *curve_public_key_z85* is the requester's CurveZMQ public key in Z85 (40
-    characters, as from :func:`zmq.curve_keypair`); CurveZMQ keys are X25519
-    keys, so a :class:`nacl.public.SealedBox` to it is used: an anonymous
-    sender, authenticated encryption, 48 bytes of overhead.  Raises
-    :class:`ValueError` for a malformed key, :class:`TypeError` if *value*
-    is not bytes-like.
-    """
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(f"value must be bytes, not {type(value).__name__}")
-    public = nacl.public.PublicKey(_z85_key(curve_public_key_z85, "curve public key"))
-    return nacl.public.SealedBox(public).encrypt(bytes(value))
-
-
-def open_sealed(curve_secret_key_z85: bytes, sealed: bytes) -> bytes:
-    """Decrypt what :func:`seal_for` sealed to the matching public key.
-
-    *curve_secret_key_z85* is the recipient's CurveZMQ secret key in Z85.
-    Raises :class:`SecretStoreError` if *sealed* was not sealed to this key
-    or was altered, :class:`ValueError` for a malformed key.
-    """
-    secret = nacl.public.PrivateKey(_z85_key(curve_secret_key_z85, "curve secret key"))
-    try:
-        return nacl.public.SealedBox(secret).decrypt(bytes(sealed))
-    except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        raise SecretStoreError("sealed secret could not be opened: wrong key, or the data was altered") from None
 
 
 def uses_passphrase(path: str | os.PathLike[str]) -> bool:

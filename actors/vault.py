@@ -26,16 +26,17 @@ import time
 
 import nacl.signing
 
-from keys.files import file_stamp
+from keys.files import file_stamp, fsync_dir
 from keys.home import Home
 from keys.policy import Policy, load_registry_and_policy
 from keys.registry import Registry
 from proto import token as tokens
 from proto import wire
 from proto.errors import DctrlError, UnknownIdentity
+from proto.sealed import seal_for
 
 from .runtime import Actor, every, on
-from .secretstore import SecretStore, SecretStoreError, UnknownSecret, load_key_file, seal_for, uses_passphrase
+from .secretstore import SecretStore, SecretStoreError, UnknownSecret, load_key_file, uses_passphrase
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def rekey(home: Home, *, passphrase: str | None) -> SecretStore:
         new = SecretStore.create(new_path, passphrase=passphrase)
     for name in old.names():
         new.set(name, old.get(name))
-    os.replace(new_path, path)
+    os.replace(new_path, path)  # the new store was written atomically: a rename, then it is durable
+    fsync_dir(path.parent)
     return open_store(home) if passphrase is None else SecretStore.open(path, passphrase=passphrase)
 
 

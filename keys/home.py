@@ -18,13 +18,13 @@ from __future__ import annotations
 import copy
 import os
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import nacl.signing
 
 from proto.errors import ConfigError
 
+from .bus import BusSettings, next_boot  # noqa: F401  (next_boot re-exported for broker/broker.py)
 from .files import atomic_write, current_umask, read_secret_file, write_json
 from .identity import IdentityKeys
 from .schema import CONFIG, check
@@ -172,24 +172,6 @@ subscribe = ["machine", "chain", "price", "business"]
 """
 
 
-@dataclass(frozen=True)
-class BusSettings:
-    """What a process needs to join the bus; built from a home or an agent config."""
-
-    name: str
-    key_file: Path
-    boot_file: Path
-    publish_endpoint: str
-    subscribe_endpoint: str
-    broker_public: bytes  # z85
-    vault_public: nacl.signing.VerifyKey
-    max_message_bytes: int = 65536
-    heartbeat_ivl_ms: int = 2000
-    heartbeat_timeout_ms: int = 6000
-    heartbeat_interval: int = 5
-    journal_file: Path | None = None  # persist the replay window (command receivers)
-
-
 def default_home() -> Path:
     return Path(os.environ.get("DCTRL_HOME") or "var").absolute()
 
@@ -199,19 +181,6 @@ def merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def next_boot(path) -> int:
-    """Increment and persist a boot counter; it only grows, across crashes too."""
-    path = Path(path)
-    try:
-        boot = int(path.read_text().strip() or 0) + 1
-    except FileNotFoundError:
-        boot = 1
-    except ValueError:
-        raise ConfigError(f"{path} is corrupt; it must hold one integer") from None
-    atomic_write(path, f"{boot}\n".encode(), mode=0o600)
-    return boot
 
 
 class Home:

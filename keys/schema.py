@@ -75,12 +75,12 @@ CONFIG = Table({
                            "max_mb": NUMBER, "rejected_sample": INT, "rejected_period_s": NUMBER}),
     "database": Table({"url": STR}),
     "demo": Table({"simulators": BOOL, "exchanges_port": INT, "chain_rpc_port": INT, "chain_zmq_port": INT}),
-    # actors/chain_notifier.py; a backend's table is named like it: [chain.bitcoind], [chain.esplora2]
+    # actors/chain_notifier/; a backend's table is named like it: [chain.bitcoind], [chain.esplora2]
     "chain": Table({"network": NETWORK, "backends": STR_LIST, "confirm_depth": INT, "reconcile_interval": NUMBER,
                     "recent_blocks": INT, "rescan_limit": INT},
                    patterns=((lambda k: k.startswith("bitcoind"), "bitcoind*", BITCOIND),
                              (lambda k: k.startswith("esplora"), "esplora*", ESPLORA))),
-    # actors/business_mgr.py
+    # actors/business_mgr/
     "business": Table({"receive": STR, "price_max_age": NUMBER, "watch_retry": NUMBER, "vend_retry": NUMBER,
                        "vend_command_ttl": INT, "vend_deadline": INT, "late_window": INT, "reannounce_min_s": INT,
                        "max_invoices_per_minute": INT, "reconcile_interval": NUMBER, "gap_limit": INT,

@@ -76,7 +76,7 @@ from pathlib import Path
 
 import nacl.signing
 
-from keys.home import BusSettings
+from keys.bus import BusSettings
 from keys.schema import AGENT, check
 from proto.errors import ConfigError
 from proto.wire import check_name

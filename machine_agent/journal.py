@@ -45,7 +45,7 @@ retry would be refused. Their number stops growing once callers pass
 ``expires``; a person may delete the file of a machine that is idle and whose
 commands have all expired.
 
-The rewrite is crash-safe: the kept lines go to ``PATH.compact`` (fsynced),
+The rewrite is crash-safe (:func:`keys.files.atomic_write`): the kept lines go to ``PATH.compact`` (fsynced),
 which replaces the journal with ``os.replace``; then the directory is
 fsynced. A kill -9 or power loss at any moment leaves the old journal or the
 new one, both complete; a leftover ``PATH.compact`` is removed at open (the
@@ -59,6 +59,8 @@ import logging
 import os
 import threading
 import time
+
+from keys.files import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,12 @@ def _ack_from_json(rec: dict) -> dict:
 
 
 def _fsync_dir(path):
-    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def _crash_at(stage: str) -> None:
+    if CRASH_AT == f"journal_compact_{stage}":  # written | replaced
+        os._exit(137)
 
 
 class CommandJournal:
@@ -217,23 +220,11 @@ class CommandJournal:
         kept = [line for line, rec in lines
                 if rec is not None and not (isinstance(rec.get("id"), str) and rec["id"] in drop)]
         data = "".join(line + "\n" for line in kept).encode()
-        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            if CRASH_AT == "journal_compact_partial":
-                os.write(fd, data[:len(data) // 2])
-                os._exit(137)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if CRASH_AT == "journal_compact_written":
+        if CRASH_AT == "journal_compact_partial":  # fault injection: a rewrite cut short
+            fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, data[:len(data) // 2])
             os._exit(137)
-        os.replace(self.tmp_path, self.path)
-        if CRASH_AT == "journal_compact_replaced":
-            os._exit(137)
-        _fsync_dir(self.path)
+        atomic_write(self.path, data, 0o600, tmp=self.tmp_path, crash_at=_crash_at)
         if self._file is not None:  # it still points at the old file: follow the new one
             self._file.close()
             self._open()

@@ -25,14 +25,13 @@ import os
 import secrets
 import time
 from collections import OrderedDict
+from typing import Protocol
 
 import nacl.signing
 
-from keys.identity import IdentityKeys
-
 from . import token as tokens
 from . import wire
-from .errors import BadToken, ProtocolError, Replayed, UnknownTopic
+from .errors import BadToken, DctrlError, ProtocolError, Replayed, UnknownTopic
 from .topics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -40,8 +39,24 @@ log = logging.getLogger(__name__)
 TOKEN_REQUEST_PREFIX = "vault.req."
 
 
-class NoToken(RuntimeError):
+class SignerKeys(Protocol):
+    """What the AuthProxy needs of an identity's keys (``keys.identity.IdentityKeys`` is one;
+    proto imports nothing above it)."""
+
+    name: str
+    version: int
+
+    @property
+    def signing_key(self) -> nacl.signing.SigningKey: ...
+
+    @property
+    def sign_public(self) -> bytes: ...
+
+
+class NoToken(DctrlError, RuntimeError):
     """Publishing needs a valid token and this process has none (yet)."""
+
+    code = "no_token"
 
 
 class ReplayGuard:
@@ -65,9 +80,14 @@ class ReplayGuard:
     fast first line, not the only one."""
 
     def __init__(self, boots_per_sender=128, journal_file=None, flush_interval=1.0, untokened_ttl=900,
-                 clock=time.time):
+                 clock=time.time, save=None):
+        """``save(path, data)`` writes the journal (proto has no disk writer of its own: the
+        runtime gives :func:`keys.files.atomic_write`, which keeps the file 0600)."""
+        if journal_file is not None and save is None:
+            raise ValueError("a replay journal_file needs save=, e.g. keys.files.atomic_write")
         self.boots_per_sender = boots_per_sender
         self.journal_file = journal_file
+        self.save = save
         self.flush_interval = flush_interval
         self.untokened_ttl = untokened_ttl  # how long a boot seen only untokened (vault.req) is kept
         self.clock = clock
@@ -134,22 +154,8 @@ class ReplayGuard:
                 del self.seen[sender], self.expires[sender]
         data = {s: {str(b): [q, math.ceil(self.expires[s][b])] for b, q in boots.items()}
                 for s, boots in self.seen.items()}
-        _write_private(self.journal_file, json.dumps(data, sort_keys=True).encode())
+        self.save(self.journal_file, json.dumps(data, sort_keys=True).encode())
         self.dirty, self._flushed_at = False, time.monotonic()
-
-
-def _write_private(path, data: bytes) -> None:
-    """Atomic 0600 write with a temporary name of its own (two runtimes of one process, e.g.
-    tests' clients, may flush the same journal at once: a shared temporary file would clash)."""
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def boot_id(counter: int) -> int:
@@ -161,7 +167,7 @@ def boot_id(counter: int) -> int:
 
 
 class AuthProxy:
-    def __init__(self, keys: IdentityKeys, vault_public: nacl.signing.VerifyKey, boot: int, *,
+    def __init__(self, keys: SignerKeys, vault_public: nacl.signing.VerifyKey, boot: int, *,
                  clock=time.time, schemas=REGISTRY, replay: ReplayGuard | None = None,
                  registry_auth=None):
         """``registry_auth(sender, key_version) -> VerifyKey`` is given only to the Vault:
@@ -185,7 +191,7 @@ class AuthProxy:
     def name(self) -> str:
         return self.keys.name
 
-    def set_keys(self, keys: IdentityKeys) -> None:
+    def set_keys(self, keys: SignerKeys) -> None:
         """Switch to rotated keys; the old token stays usable until renewed."""
         self.keys, self.signing_key = keys, keys.signing_key
 

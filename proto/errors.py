@@ -83,5 +83,36 @@ class ConfigError(DctrlError):
     code = "config"
 
 
-class InsecureKeyFile(ConfigError, PermissionError):
+class SecretError(DctrlError):
+    """A secret could not be stored, found or opened (the Vault's store, a sealed secret).
+
+    Messages name paths and secret names, never secret values or keys."""
+
+    code = "secret"
+
+
+class WrongKey(SecretError, PermissionError):
+    """The key or passphrase does not open the store (its ``check`` field fails to decrypt),
+    or the store is protected the other way (passphrase vs key file) than the caller tried."""
+
+    code = "wrong_key"
+
+
+class UnknownSecret(SecretError, KeyError):
+    """No secret of that name is in the store.  ``.name`` holds the name."""
+
+    code = "unknown_secret"
+
+    def __init__(self, name: str, message: str | None = None) -> None:
+        super().__init__(message or f"no secret named {name!r}")
+        self.name = name
+
+    def __str__(self) -> str:  # KeyError.__str__ would repr() the message
+        return str(self.args[0])
+
+
+class InsecureKeyFile(ConfigError, SecretError, PermissionError):
+    """A secret file (identity key, store key) that group or others can reach, or that is not
+    a regular file. A config error to fix (chmod 600) and a secret that cannot be used."""
+
     code = "insecure_key_file"

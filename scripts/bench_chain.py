@@ -155,7 +155,7 @@ def run_chain_bench(quick=True, payments=None, blocks=None, watched=None) -> dic
         procs.start("chain_notifier")
         if not ready.wait(60):
             raise TimeoutError("chain_notifier did not become healthy")
-        from actors.chain_notifier import ChainWatched, db
+        from actors.chain_notifier.models import ChainWatched, db
         from actors.db import connect
 
         addresses = [sim.new_address() for _ in range(payments)]

@@ -34,7 +34,7 @@ by then. The output says so (``network``).
   (invoice lifetimes are short: ``invoice_lifetime_s`` 15 s) with no vend
   command unanswered, and every payment the simulator made has its row.
 
-**Counted** from the database (``actors.business_mgr.invoice``: invoices,
+**Counted** from the database (``actors.business_mgr.queries.invoice``: invoices,
 ``SalesPayment`` rows, vend commands), the agent's relay pins (``dctrl sim
 pins vm1 --json``: every relay period) and what the simulator paid
 (:func:`count` does it, on plain records):
@@ -210,7 +210,7 @@ def count(invoices: list[dict], payments: list[dict], pulses: list[dict], journa
           blind=(), health: dict | None = None) -> dict:
     """The five counts (and what each is made of) for one seed.
 
-    ``invoices``: :func:`actors.business_mgr.invoice` dicts (with ``payments`` and ``vends``);
+    ``invoices``: :func:`actors.business_mgr.queries.invoice` dicts (with ``payments`` and ``vends``);
     ``payments``: what the simulator paid, ``{"address", "txid", "sats", "at"}`` (``at``: unix s
     when it was sent); ``pulses``, ``journal``, ``blind``: see :func:`attribute_pulses`;
     ``health``: name -> None if it came back, else why not."""
@@ -475,7 +475,7 @@ class Network:
         return out
 
     def invoices_since(self, first: int) -> list[dict]:
-        from actors.business_mgr import invoice
+        from actors.business_mgr.queries import invoice
 
         ids = [r[0] for r in self.db.execute_sql('SELECT "id" FROM "sales_invoice" WHERE "id" >= ? ORDER BY "id"',
                                                  (first,)).fetchall()]
@@ -496,7 +496,7 @@ class Network:
 # -- one seed ------------------------------------------------------------------------------
 
 def run_seed(net: Network, seed: int, quick: bool) -> dict:
-    from actors.business_mgr import btc
+    from actors.business_mgr.models import btc
     from proto.errors import DctrlError
     from scripts.sim_machine import request
 

@@ -106,7 +106,7 @@ def _cli(home, *args):
 
 
 def run_vend_bench(quick=True, vends=None) -> dict:
-    from actors.business_mgr import btc
+    from actors.business_mgr.models import btc
     from actors.chain.bitcoind import Bitcoind
     from actors.runtime import Actor, Runtime
     from keys.home import Home

@@ -24,7 +24,7 @@ def _home(args):
     return Home(args.home)
 
 
-UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")  # as actors/business_data.py refuses at input
+UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")  # as actors/business_data/actor.py refuses at input
 
 
 def printable(text) -> str:
@@ -64,7 +64,7 @@ def send_command(args, topic: str, body: dict) -> dict:
 
 
 def _database(args):
-    from actors.business_data import TABLES
+    from actors.business_data.models import TABLES
     from actors.db import connect
 
     database = connect(_home(args).database_url)
@@ -113,7 +113,7 @@ def cmd_machines(args):
         print(f"machine {args.name} removed, with its slots (its key stays in the registry: "
               f"`dctrl keys revoke {args.name}` cuts its agent off)")
         return
-    from actors.business_data import machines
+    from actors.business_data.queries import machines
 
     database = _database(args)
     try:
@@ -146,7 +146,7 @@ def _stock_arg(text):
 
 def cmd_slots(args):
     if args.slots_cmd == "set":
-        from actors.business_data import MoneyError, parse_cad
+        from actors.business_data.models import MoneyError, parse_cad
 
         product, price, relay, stock = (getattr(args, k, None) for k in ("product", "price_cad", "relay", "stock"))
         sticker = getattr(args, "sticker_address", None)
@@ -175,7 +175,7 @@ def cmd_slots(args):
         send_command(args, "cmd.business.slot.rm", {"machine": args.machine, "slot": args.slot})
         print(f"slot {args.machine}/{args.slot} removed")
         return
-    from actors.business_data import slots
+    from actors.business_data.queries import slots
 
     database = _database(args)
     try:
@@ -197,7 +197,7 @@ def cmd_slots(args):
 
 def cmd_policy(args):
     if args.policy_cmd == "set":
-        from actors.business_data import validate_policy
+        from actors.business_data.models import validate_policy
 
         try:
             value = validate_policy(args.key, args.value)
@@ -206,7 +206,7 @@ def cmd_policy(args):
         send_command(args, "cmd.business.policy.set", {"key": args.key, "value": value})
         print(f"policy {args.key} = {value}")
         return
-    from actors.business_data import policy
+    from actors.business_data.queries import policy
 
     database = _database(args)
     try:

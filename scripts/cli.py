@@ -17,11 +17,11 @@ log = logging.getLogger("dctrl")
 ACTORS = {
     # name -> "module:Class"; the broker is not an Actor but runs the same way.
     "vault": "actors.vault:Vault",
-    "event_logger": "actors.event_logger:EventLogger",
-    "chain_notifier": "actors.chain_notifier:ChainNotifier",
+    "event_logger": "actors.event_logger.actor:EventLogger",
+    "chain_notifier": "actors.chain_notifier.actor:ChainNotifier",
     "price_notifier": "actors.price_notifier:PriceNotifier",
-    "business_data": "actors.business_data:BusinessData",
-    "business_mgr": "actors.business_mgr:BusinessMgr",
+    "business_data": "actors.business_data.actor:BusinessData",
+    "business_mgr": "actors.business_mgr.actor:BusinessMgr",
 }
 
 
@@ -105,7 +105,7 @@ def cmd_agent_config(args):
 def _machine_slots(home, name) -> list:
     """BusinessData's slots of machine ``name`` ([] where there is no database to read)."""
     try:
-        from actors.business_data import slots
+        from actors.business_data.queries import slots
         from actors.db import connect
     except ImportError:  # an agent-only install
         return []
@@ -265,14 +265,11 @@ connection. The procedure:
 def _rotated_machine_key(home, name):
     """Say where a machine's new key goes; a machine whose folder is in the home (the demo's
     simulated vm1 in agents/vm1/) gets it there at once (its agent reloads it)."""
-    import shutil
+    from keys.files import atomic_write
 
     local = home.root / "agents" / name / f"{name}.key"
     if local.exists():
-        tmp = local.with_name(f".{local.name}.tmp")
-        shutil.copyfile(home.key_file(name), tmp)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, local)
+        atomic_write(local, home.key_file(name).read_bytes(), mode=0o600)
         print(f"copied the new key to {local}: the agent there reloads it")
     else:
         print(f"copy {home.key_file(name)} to the machine as {name}.key, beside its agent.toml "
@@ -432,7 +429,8 @@ def cmd_chain(args):
 
 def _address_gap(home) -> dict | None:
     """The invoice address book's gap (issue 9.3), or None where there is no database to read."""
-    from actors.business_mgr import DEFAULTS, address_gap
+    from actors.business_mgr.models import DEFAULTS
+    from actors.business_mgr.queries import address_gap
     from actors.db import connect
 
     try:
@@ -449,7 +447,7 @@ def _address_gap(home) -> dict | None:
 # -- events ------------------------------------------------------------------
 
 def cmd_events(args):
-    from actors.event_logger import query, tail
+    from actors.event_logger.queries import query, tail
 
     from proto.wire import prefix_frame
 

@@ -11,7 +11,7 @@ from scripts.business_cli import printable as p
 
 
 def _database(args):
-    from actors.business_mgr import TABLES
+    from actors.business_mgr.models import TABLES
     from actors.db import connect
     from keys.home import Home
 
@@ -44,15 +44,15 @@ def owed(database, *, state=None, limit=50) -> list[dict]:
     What is owed is derived by BusinessMgr's ``refund_sats`` (from the state, the amounts and
     the late payments), not stored, so the filter runs here over its rows rather than in SQL.
     """
-    from actors.business_mgr import invoices
+    from actors.business_mgr.queries import invoices
 
     rows = [i for i in invoices(database, state=state, limit=None) if i["refund_sats"] > 0]
     return rows[:limit] if limit else rows
 
 
 def cmd_invoices(args):
-    from actors.business_data import format_cad
-    from actors.business_mgr import invoice, invoices
+    from actors.business_data.models import format_cad
+    from actors.business_mgr.queries import invoice, invoices
 
     database = _database(args)
     try:

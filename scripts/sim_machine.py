@@ -87,8 +87,8 @@ def cmd_press(args):
     if topic == "invoice.refused":
         print(f"no invoice: {b['reason']}")
         return 1
-    from actors.business_data import format_cad
-    from actors.business_mgr import btc
+    from actors.business_data.models import format_cad
+    from actors.business_mgr.models import btc
 
     amount = btc(b["sats"])
     print(f"invoice {b['invoice']}: {b['product']}, {format_cad(b['price_cents'])} CAD = {amount} BTC "

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.business_data import (BusinessCommand, BusinessData, BusinessSlot, MoneyError, format_cad, machines,
-                                  parse_cad, policy, policy_versions, slots)
+from actors.business_data.actor import BusinessData
+from actors.business_data.models import BusinessCommand, BusinessSlot, MoneyError, format_cad, parse_cad
+from actors.business_data.queries import machines, policy, policy_versions, slots
 from actors.chain.addresses import Deriver
 from actors.db import connect
 from actors.outbox import Outbox
@@ -283,7 +284,7 @@ def test_slot_set_changes_only_what_it_is_given_on_both_backends(home, bdb):
 
 def sales_tables(bdb):
     """BusinessMgr's tables in ``bdb`` (what business_data reads its sales from)."""
-    from actors.business_mgr import TABLES as SALES_TABLES
+    from actors.business_mgr.models import TABLES as SALES_TABLES
 
     with bdb.bind_ctx(SALES_TABLES):
         bdb.create_tables(SALES_TABLES)
@@ -291,7 +292,7 @@ def sales_tables(bdb):
 
 def sell(bdb, machine, slot, acked_at, state="vended", invoice_state="vended"):
     """What BusinessMgr records for one vend (an invoice and its vend row); returns the vend id."""
-    from actors.business_mgr import SalesInvoice, SalesVend
+    from actors.business_mgr.models import SalesInvoice, SalesVend
 
     vend = os.urandom(16).hex()
     with bdb.bind_ctx([SalesInvoice, SalesVend]):
@@ -306,7 +307,7 @@ def sell(bdb, machine, slot, acked_at, state="vended", invoice_state="vended"):
 
 def test_machines_and_slots_removed_and_changed_on_both_backends(home, bdb):
     """Issue 9.9: slot rm, machine rm (with its slots), machine set; refused while invoices are not closed."""
-    from actors.business_mgr import SalesInvoice
+    from actors.business_mgr.models import SalesInvoice
 
     sales_tables(bdb)
     actor = BusinessData(home, database=bdb, clock=lambda: T0)
@@ -355,7 +356,8 @@ def test_machines_and_slots_removed_and_changed_on_both_backends(home, bdb):
 def test_each_vend_is_counted_once_across_restarts_on_both_backends(home, bdb):
     """Issue 9.5: every vend BusinessMgr records as vended takes one from its slot's stock, once per
     vend id, whether business_data saw it happen or was down; a restart counts nothing twice."""
-    from actors.business_data import BusinessStockMove, stock_left
+    from actors.business_data.models import BusinessStockMove
+    from actors.business_data.queries import stock_left
     from actors.outbox import event_id
 
     sales_tables(bdb)
@@ -773,7 +775,7 @@ def test_names_stored_with_control_characters_are_printed_escaped(home):
     """Issue 10: a name already in the database (an older version let it in) is shown with its
     control characters as \\uXXXX by `dctrl slots list` and `machines list`: it cannot forge a
     row, clear the screen or reverse the line. --json keeps the value (JSON escapes it)."""
-    from actors.business_data import BusinessMachine
+    from actors.business_data.models import BusinessMachine
 
     actor = BusinessData(home, clock=lambda: T0)
     try:

@@ -25,7 +25,8 @@ import time
 
 import pytest
 
-from actors.business_mgr import invoice, invoices, quote_sats
+from actors.business_mgr.models import quote_sats
+from actors.business_mgr.queries import invoice, invoices
 from actors.db import connect
 from actors.runtime import Actor, Runtime, on
 from tests.harness import BusClient, Network, dctrl, home_on, topic_is, wait_for
@@ -390,7 +391,7 @@ def test_a_price_update_while_an_invoice_is_open_changes_nothing(sales, chain, m
     set_price(prices, "60001.00")  # the last one, recognisable: once it is recorded, all were handled
 
     def last_price_recorded():
-        from actors.business_mgr import SalesPrice
+        from actors.business_mgr.models import SalesPrice
 
         database = connect(sales.database_url)
         try:
@@ -620,7 +621,7 @@ def test_unpaid_addresses_are_handed_out_again_before_the_gap_passes_the_limit(s
     wallet restored from the seed scans (20 in Electrum and Sparrow). Past the limit an
     address whose invoices all closed unpaid is handed out again (still watched), and
     `dctrl chain status`'s query says how far the gap reaches."""
-    from actors.business_mgr import address_gap
+    from actors.business_mgr.queries import address_gap
 
     def gap():
         database = connect(sales.database_url)
@@ -646,7 +647,7 @@ def test_unpaid_addresses_are_handed_out_again_before_the_gap_passes_the_limit(s
         again = press(machine, observer, 3)
         database = connect(sales.database_url)
         try:
-            from actors.business_mgr import SalesInvoice
+            from actors.business_mgr.models import SalesInvoice
             with database.bind_ctx([SalesInvoice]):
                 earlier = [i.id for i in SalesInvoice.select().where(SalesInvoice.address == again["address"])]
         finally:
@@ -684,7 +685,7 @@ def sell_one(chain, machine, observer, slot, sats) -> str:
 
 
 def slot_row(home, slot) -> dict:
-    from actors.business_data import slots
+    from actors.business_data.queries import slots
 
     database = connect(home.database_url)
     try:
@@ -822,7 +823,7 @@ def test_at_start_a_price_too_old_or_a_stale_word_sells_nothing(sales, net, mach
 # -- issue 10: a price bound and a hammered button ---------------------------------------------
 
 def invoices_of(home, machine, slot) -> list[int]:
-    from actors.business_mgr import SalesInvoice
+    from actors.business_mgr.models import SalesInvoice
 
     database = connect(home.database_url)
     try:
@@ -837,7 +838,7 @@ def test_no_invoice_for_a_slot_priced_above_max_price_cad(sales, machine, observ
     """Issue 10: a slot stored before the max_price_cad policy existed (written here straight
     into the table: `slots set` refuses such a price now) opens no invoice above the current
     limit; raised above its price, the same slot sells (the positive control)."""
-    from actors.business_data import BusinessMachine, BusinessSlot
+    from actors.business_data.models import BusinessMachine, BusinessSlot
 
     slot = 20
     dctrl(sales, "slots", "set", "vm1", str(slot), "--product", "Gold bar", "--price-cad", "5.00")

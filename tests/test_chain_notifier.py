@@ -252,7 +252,7 @@ def test_a_transaction_paying_nothing_watched_takes_no_write_lock(home, sim):
     database's write lock, which BusinessMgr and BusinessData share (on SQLite a writer
     waits for it). Ours still is recorded."""
     from actors.chain.bitcoind import Bitcoind
-    from actors.chain_notifier import ChainNotifier
+    from actors.chain_notifier.actor import ChainNotifier
     from actors.db import connect
 
     n = ChainNotifier(home, adaptor=Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file))
@@ -282,7 +282,7 @@ def _notifier(home, sim, clock=None):
     import time
 
     from actors.chain.bitcoind import Bitcoind
-    from actors.chain_notifier import ChainNotifier
+    from actors.chain_notifier.actor import ChainNotifier
 
     return ChainNotifier(home, adaptor=Bitcoind(sim.rpc_url, cookie_file=sim.cookie_file), clock=clock or time.time)
 
@@ -309,7 +309,7 @@ def test_a_watch_finds_payments_made_before_it_arrived_in_any_order(home, sim, o
     address = sim.new_address()
     if order == "watched_before_first_sync":
         n.database.close()
-        from actors.chain_notifier import ChainCursor, ChainBlock
+        from actors.chain_notifier.models import ChainCursor, ChainBlock
         n = _notifier(home, sim, clock)
         ChainCursor.delete().execute()  # a notifier that never ran: no cursor yet
         ChainBlock.delete().execute()
@@ -336,7 +336,7 @@ def test_a_watch_finds_payments_made_before_it_arrived_in_any_order(home, sim, o
             script = n.watch(address, "invoice 9", since=since)["script"]  # the watcher's retry
     [found] = n.outputs(script)
     assert (found["txid"], found["sats"], found["state"], found["confirmations"]) == (txid, 70_000, "confirmed", 1)
-    from actors.chain_notifier import ChainOutbox
+    from actors.chain_notifier.models import ChainOutbox
     import msgpack
     confirmed = [msgpack.unpackb(r.body) for r in ChainOutbox.select().where(ChainOutbox.topic == "chain.tx.confirmed")]
     assert [(c["txid"], c["confirmations"]) for c in confirmed] == [(txid, 1)]  # published once, to be sent
@@ -396,7 +396,7 @@ def test_a_worker_that_fails_says_so_in_the_heartbeat(home):
     only 'starting'. A failure that is not the node's (a bug, the database) is in health."""
     import threading
 
-    from actors.chain_notifier import ChainNotifier
+    from actors.chain_notifier.actor import ChainNotifier
 
     class Broken:  # a backend whose client raises what no backend should (the shape of a bug)
         name = "bitcoind"

@@ -323,7 +323,7 @@ def test_sim_pay_and_mine_print_a_human_line_and_keep_stdout_for_scripts(tmp_pat
 
 def _invoices(home, rows):
     """Invoices as BusinessMgr records them, written with its own models (it is not running here)."""
-    from actors.business_mgr import TABLES, SalesInvoice
+    from actors.business_mgr.models import TABLES, SalesInvoice
     from actors.db import connect
 
     database = connect(home.database_url)

@@ -12,7 +12,9 @@ import sys
 
 import pytest
 
-from actors import business_mgr, chain_notifier, price_notifier
+from actors import price_notifier
+from actors.business_mgr import models as business_mgr
+from actors.chain_notifier import actor as chain_notifier
 from keys import home as home_module
 from keys.home import Home
 from keys.policy import Policy

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from actors.event_logger import decode_record
+from actors.event_logger.queries import decode_record
 from actors.eventlog import read_records
 from keys.home import Home
 from tests.harness import ROOT, BusClient, Network, dctrl, new_home, wait_for

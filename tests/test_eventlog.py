@@ -834,7 +834,7 @@ def test_readers_skip_segments_pruned_while_they_read(tmp_path):
 
 
 def test_reject_sampler_stores_the_first_per_sender_and_counts_the_rest():
-    from actors.event_logger import RejectSampler
+    from actors.event_logger.actor import RejectSampler
 
     clock = FakeClock(1000.0)
     s = RejectSampler(per_sender=3, total=5, period=60, clock=clock)
@@ -854,7 +854,7 @@ def test_reject_sampler_stores_the_first_per_sender_and_counts_the_rest():
 
 
 def test_reject_sampler_bounds_senders_and_topics_tracked():
-    from actors import event_logger
+    from actors.event_logger import actor as event_logger
 
     s = event_logger.RejectSampler(per_sender=0, total=0, period=60, clock=FakeClock())
     for i in range(event_logger.MAX_TRACKED_SENDERS + 50):
@@ -953,7 +953,7 @@ def test_event_logger_sub_socket_has_no_receive_hwm(tmp_path):
     process. The logger's SUB socket has no receive HWM, so its pipe is never full."""
     import zmq
 
-    from actors.event_logger import EventLogger
+    from actors.event_logger.actor import EventLogger
     from actors.runtime import Runtime
 
     home = new_home(tmp_path / "home")

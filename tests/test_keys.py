@@ -10,8 +10,9 @@ import nacl.signing
 import pytest
 import zmq
 
+from keys.bus import next_boot
 from keys.files import atomic_write, file_stamp, read_secret_file, write_json
-from keys.home import ACTOR_IDENTITIES, DEMO_MACHINE, Home, next_boot
+from keys.home import ACTOR_IDENTITIES, DEMO_MACHINE, Home
 from keys.identity import IdentityKeys
 from keys.policy import Grants, Policy
 from keys.registry import Registry

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from keys.files import atomic_write
 from keys.identity import IdentityKeys
 from proto import token as tokens
 from proto import wire
@@ -1095,11 +1096,11 @@ def test_replay_journal_keeps_boots_until_their_tokens_expire(tmp_path):
     clock = Clock()
     sender = make_proxy(A, boot=4)
     frames = [sender.seal("debug.x", {"n": i}) for i in range(2)]
-    r1 = make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal))
+    r1 = make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal, save=atomic_write))
     r1.open(frames[0])
     r1.replay.flush(force=True)
     # a receiver restarted within the token's life refuses the replay
-    r2 = make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal))
+    r2 = make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal, save=atomic_write))
     with pytest.raises(Replayed):
         r2.open(frames[0])
     assert r2.open(frames[1]).seq == 2
@@ -1108,18 +1109,18 @@ def test_replay_journal_keeps_boots_until_their_tokens_expire(tmp_path):
     r2.replay.flush(force=True)
     assert json.loads(journal.read_text()) == {}
     with pytest.raises(TokenExpired):
-        make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal)).open(frames[0])
+        make_proxy(B, clock=clock, replay=ReplayGuard(journal_file=journal, save=atomic_write)).open(frames[0])
     # an older journal (bare seqs) is still read
     journal.write_text(json.dumps({"alice": {"4": 2}}))
     with pytest.raises(Replayed):
-        ReplayGuard(journal_file=journal).check("alice", 4, 2)
+        ReplayGuard(journal_file=journal, save=atomic_write).check("alice", 4, 2)
 
 
 def test_replay_guard_journal_persists(tmp_path):
     journal = tmp_path / "replay.json"
     sender = make_proxy(A, boot=4)
     frames = [sender.seal("debug.x", {"n": i}) for i in range(3)]
-    r1 = make_proxy(B, replay=ReplayGuard(journal_file=journal))
+    r1 = make_proxy(B, replay=ReplayGuard(journal_file=journal, save=atomic_write))
     r1.open(frames[0])
     r1.replay.flush()
     assert json.loads(journal.read_text()) == {"alice": {"4": [1, T0 + 900]}}  # [seq, token expiry]
@@ -1129,18 +1130,18 @@ def test_replay_guard_journal_persists(tmp_path):
     r1.replay.flush(force=True)
     assert stat.S_IMODE(os.stat(journal).st_mode) == 0o600
     assert json.loads(journal.read_text()) == {"alice": {"4": [2, T0 + 900]}}
-    r2 = make_proxy(B, replay=ReplayGuard(journal_file=journal))
+    r2 = make_proxy(B, replay=ReplayGuard(journal_file=journal, save=atomic_write))
     assert r2.replay.seen == {"alice": {4: 2}}
     for f in frames[:2]:
         with pytest.raises(Replayed):
             r2.open(f)
     assert r2.open(frames[2]).seq == 3
     r2.replay.flush(force=True)
-    r3 = ReplayGuard(journal_file=journal, clock=Clock())
+    r3 = ReplayGuard(journal_file=journal, save=atomic_write, clock=Clock())
     with pytest.raises(Replayed):
         r3.check("alice", 4, 3)
     r3.check("alice", 4, 4)
-    assert ReplayGuard(journal_file=tmp_path / "absent.json").seen == {}
+    assert ReplayGuard(journal_file=tmp_path / "absent.json", save=atomic_write).seen == {}
 
 
 def test_replay_guard_unit():

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from actors.business_mgr import btc
+from actors.business_mgr.models import btc
 from tests.harness import ROOT, BusClient, Network, dctrl, new_home, topic_is, wait_for
 
 PRICE = "100000.00"

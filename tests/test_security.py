@@ -411,7 +411,7 @@ def _wait_until_the_event_log_hears(home, client, tag):
 
 
 def _query(home, **kw):
-    from actors.event_logger import query
+    from actors.event_logger.queries import query
 
     return list(query(home.events_dir, **kw))
 

@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from actors.business_mgr import btc, invoice
+from actors.business_mgr.models import btc
+from actors.business_mgr.queries import invoice
 from actors.db import connect
 from tests.harness import ROOT, BusClient, Network, dctrl, home_on, topic_is, wait_for
 
@@ -275,7 +276,7 @@ def test_a_new_database_never_hands_out_an_address_with_history(home, sim, net, 
 
 
 def state_of_address(home, address) -> int:
-    from actors.business_mgr import SalesInvoice
+    from actors.business_mgr.models import SalesInvoice
 
     database = connect(home.database_url)
     try:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import threading
 import time
 from decimal import Decimal
 from pathlib import Path
 
+from keys.files import atomic_write
 from scripts.chainsim import outputs
 from scripts.chainsim.chain import Block, Chain, Notifier, TxInfo
 from scripts.chainsim.errors import (
@@ -230,9 +230,7 @@ class ChainSim:
                 "mempool": [{"hex": chain.mempool[t].tx.raw.hex(), "time": chain.mempool[t].time,
                              "unbroadcast": chain.mempool[t].unbroadcast} for t in chain.topo_mempool()],
             }
-            tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, self.state_file)
+            atomic_write(self.state_file, json.dumps(state).encode(), mode=0o644, durable=False)  # as before: no fsync on the pay path
 
     def initial_block_download(self) -> bool:
         """Core's latch: true while the tip is older than 24 h, false for good once it is not."""
@@ -348,11 +346,4 @@ class ChainSim:
 
 def _write_private(path: Path, text: str):
     """Write a 0600 file atomically, as bitcoind writes .cookie (temp file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode(), mode=0o600)

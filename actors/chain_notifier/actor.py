@@ -42,20 +42,19 @@ import threading
 import time
 
 import msgpack
-import peewee
 from embit.networks import NETWORKS
 from embit.script import address_to_scriptpubkey
 
 from keys.home import Home
 from proto.errors import DctrlError
 
-from .chain.adaptor import ChainError, Failover, Tx
-from .db import Statements, add_missing_columns, checkpoint_in_background, connect, write_transaction
-from .runtime import Actor, on
+from ..chain.adaptor import ChainError, Failover, Tx
+from ..db import Statements, add_missing_columns, checkpoint_in_background, connect, write_transaction
+from ..runtime import Actor, on
+from .models import TABLES, ChainBlock, ChainCommand, ChainCursor, ChainOutbox, ChainOutput, ChainWatched, db
 
 log = logging.getLogger(__name__)
 
-db = peewee.DatabaseProxy()
 # Tests set DCTRL_CRASH_AT=block_committed to die right after a block's transaction
 # commits and before its events are sent (the worst moment for exactly-once).
 CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
@@ -80,67 +79,6 @@ DEFAULTS = {
 }
 
 
-class Base(peewee.Model):
-    class Meta:
-        database = db
-        legacy_table_names = False
-
-
-class ChainWatched(Base):
-    script = peewee.CharField(primary_key=True, max_length=200)
-    address = peewee.CharField(max_length=100)
-    label = peewee.CharField(null=True, max_length=64)
-    created = peewee.BigIntegerField()
-
-
-class ChainCursor(Base):
-    id = peewee.IntegerField(primary_key=True)
-    height = peewee.IntegerField()
-    hash = peewee.CharField(max_length=64)
-
-
-class ChainBlock(Base):
-    height = peewee.IntegerField(primary_key=True)
-    hash = peewee.CharField(max_length=64)
-    processed_at = peewee.BigIntegerField(null=True)  # unix s when this notifier processed it (NULL: older versions)
-
-
-class ChainOutput(Base):
-    txid = peewee.CharField(max_length=64)
-    vout = peewee.IntegerField()
-    script = peewee.CharField(max_length=200, index=True)
-    address = peewee.CharField(max_length=100)
-    sats = peewee.BigIntegerField()
-    label = peewee.CharField(null=True, max_length=64)
-    state = peewee.CharField(max_length=12, index=True)  # mempool | confirmed | replaced | removed
-    height = peewee.IntegerField(null=True, index=True)
-    block = peewee.CharField(null=True, max_length=64)
-    confirmations = peewee.IntegerField(default=0)  # the highest count published
-    generation = peewee.IntegerField(default=0)  # bumped when a reorg unconfirms it
-    rbf = peewee.BooleanField(default=False)
-    inputs = peewee.TextField(default="[]")  # the tx's spent outpoints, to find replacements
-    seen_at = peewee.BigIntegerField(null=True)  # unix s when this notifier first saw it (mempool or block)
-    replaced_by = peewee.CharField(null=True, max_length=64)  # the conflicting txid, once replaced
-
-    class Meta:
-        indexes = ((("txid", "vout"), True),)
-
-
-class ChainOutbox(Base):
-    id = peewee.AutoField()
-    event_id = peewee.CharField(max_length=64, unique=True)
-    topic = peewee.CharField(max_length=64)
-    body = peewee.BlobField()
-    sent = peewee.BooleanField(default=False, index=True)
-
-
-class ChainCommand(Base):
-    id = peewee.CharField(primary_key=True, max_length=32)  # command ids seen (dedup)
-    result = peewee.TextField()
-
-
-TABLES = [ChainWatched, ChainCursor, ChainBlock, ChainOutput, ChainOutbox, ChainCommand]
-
 
 def event_id(*parts) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
@@ -148,7 +86,7 @@ def event_id(*parts) -> str:
 
 def build_backends(home: Home, cfg: dict, secret=None):
     """The configured backends, in failover order."""
-    from .chain.bitcoind import Bitcoind
+    from ..chain.bitcoind import Bitcoind
 
     backends = []
     for name in cfg["backends"]:
@@ -160,7 +98,7 @@ def build_backends(home: Home, cfg: dict, secret=None):
                                      cookie_file=(home.root / cookie) if cookie and not bc.get("user") else None,
                                      zmq_endpoint=bc.get("zmq"), name=name, network=cfg["network"]))
         elif name.startswith("esplora"):
-            from .chain.esplora import Esplora  # noqa: F401  (issue 3, next step)
+            from ..chain.esplora import Esplora  # noqa: F401  (issue 3, next step)
 
             backends.append(Esplora(bc["url"], name=name, network=cfg["network"]))
         else:
@@ -388,7 +326,7 @@ class ChainNotifier(Actor):
         used: a gap-limit scan, as a wallet restoring from a seed does. Used means the node
         sees coins at it (a node without an address index cannot see spent ones), or this
         notifier recorded a payment to it, or a mempool transaction pays it."""
-        from .chain.addresses import Deriver
+        from ..chain.addresses import Deriver
 
         section, key = BOOKS.get(book, (None, None))
         spec = (self.home.config.get(section) or {}).get(key) if section else None

@@ -50,226 +50,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
-from decimal import Decimal
-
-import peewee
 
 from keys.home import Home
 
-from .db import add_missing_columns, connect, write_transaction
-from .outbox import Outbox, event_id
-from .runtime import Actor, every, on
+from ..db import add_missing_columns, connect, write_transaction
+from ..outbox import Outbox, event_id
+from ..runtime import Actor, every, on
+from .models import (MAX_CENTS, NOT_CLOSED, TABLES, BusinessCommand, BusinessMachine, BusinessPolicyVersion,
+                     BusinessSlot, BusinessStockMove, MoneyError, db, format_cad, parse_cad, validate_policy)
+from .queries import _sql, machines, policy, uncounted_vends
 
 log = logging.getLogger(__name__)
 
-db = peewee.DatabaseProxy()
 # Tests set DCTRL_CRASH_AT=business_committed to die (like kill -9) right after a change
 # and its events commit, before anything is published.
 CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
-
-MAX_CENTS = 10**14  # a trillion CAD: far beyond any price, well inside 64 bits
-CAD_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,2}))?")
-INT_RE = re.compile(r"[0-9]{1,9}")
-
-
-class MoneyError(ValueError):
-    pass
-
-
-def parse_cad(value) -> int:
-    """CAD as a decimal string ("3.50", "3.5", "3") -> integer cents. Refuses floats, negatives,
-    more than 2 decimals, exponents and anything that is not a plain decimal string."""
-    if not isinstance(value, str):
-        raise MoneyError(f"a CAD amount must be a decimal string like \"3.50\", not {type(value).__name__}")
-    if not CAD_RE.fullmatch(value):
-        if value.strip().startswith("-"):
-            raise MoneyError(f"{value[:40]!r}: a CAD amount cannot be negative")
-        if re.fullmatch(r"[0-9]+\.[0-9]{3,}", value):
-            raise MoneyError(f"{value[:40]!r}: a CAD amount has at most 2 decimals")
-        raise MoneyError(f"{value[:40]!r} is not a CAD amount like \"3.50\"")
-    cents = Decimal(value) * 100
-    assert cents == cents.to_integral_value()  # guaranteed by the pattern
-    return int(cents)
-
-
-def format_cad(cents: int) -> str:
-    """Integer cents -> "3.50"."""
-    if type(cents) is not int or cents < 0:
-        raise MoneyError(f"cents must be a non-negative int, not {cents!r}")
-    return f"{cents // 100}.{cents % 100:02d}"
-
-
-def _cad_policy(value) -> str:
-    return format_cad(parse_cad(value))
-
-
-def _positive_cad_policy(value) -> str:
-    cents = parse_cad(value)
-    if cents == 0:
-        raise ValueError("must be above 0.00 (a limit of 0 would refuse every price)")
-    return format_cad(cents)
-
-
-def _int_policy(lo, hi):
-    def check(value) -> str:
-        if not isinstance(value, str) or not INT_RE.fullmatch(value):
-            raise ValueError(f"{str(value)[:40]!r} is not a whole number")
-        n = int(value)
-        if not lo <= n <= hi:
-            raise ValueError(f"{n} is not in {lo}..{hi}")
-        return str(n)
-    return check
-
-
-# key -> (default as stored, validator returning the normalised string, type of the current value)
-POLICIES = {
-    "zero_conf_limit_cad": ("20.00", _cad_policy, Decimal),
-    "invoice_lifetime_s": ("900", _int_policy(1, 7 * 86400), int),
-    "underpayment_tolerance_cad": ("0.05", _cad_policy, Decimal),
-    "confirmations_required": ("1", _int_policy(1, 100), int),
-    # The highest price a slot may have: `slots set` refuses more, BusinessMgr opens no invoice above it.
-    "max_price_cad": ("1000.00", _positive_cad_policy, Decimal),
-}
-
-
-def validate_policy(key: str, value) -> str:
-    """The normalised string to store for ``key``; raises ValueError with the reason."""
-    if key not in POLICIES:
-        raise ValueError(f"unknown policy {key[:64]!r}; known: {', '.join(sorted(POLICIES))}")
-    try:
-        return POLICIES[key][1](value)
-    except ValueError as exc:
-        raise ValueError(f"{key}: {exc}") from None
-
-
-# -- models -------------------------------------------------------------------
-
-class Base(peewee.Model):
-    class Meta:
-        database = db
-        legacy_table_names = False
-
-
-class BusinessMachine(Base):
-    name = peewee.CharField(unique=True, max_length=32)
-    location = peewee.CharField(null=True, max_length=128)
-    created = peewee.BigIntegerField()
-
-
-class BusinessSlot(Base):
-    machine = peewee.ForeignKeyField(BusinessMachine, backref="slots", on_delete="CASCADE")
-    number = peewee.SmallIntegerField()  # 0..255
-    product = peewee.CharField(max_length=64)
-    price_cents = peewee.BigIntegerField()
-    relay = peewee.CharField(null=True, max_length=32)  # "gpio:17" | "i2c:0x20:3"; None: not wired yet
-    stock = peewee.IntegerField(null=True)  # None: not counted
-    updated = peewee.BigIntegerField()
-    sticker_address = peewee.CharField(null=True, max_length=100, unique=True)  # legacy fixed address
-    stock_set = peewee.BigIntegerField(null=True)  # unix s the stock was last set: vends before are not counted
-
-    class Meta:
-        indexes = ((("machine", "number"), True),)
-
-
-class BusinessPolicyVersion(Base):
-    version = peewee.AutoField()  # grows across all keys; the latest row of a key is its value
-    key = peewee.CharField(max_length=64, index=True)
-    value = peewee.CharField(max_length=64)
-    created = peewee.BigIntegerField()
-
-
-class BusinessCommand(Base):
-    id = peewee.CharField(primary_key=True, max_length=32)  # command ids applied or refused (dedup)
-    topic = peewee.CharField(max_length=64)
-    result = peewee.TextField()  # the ack fields, as JSON
-    created = peewee.BigIntegerField()
-
-
-class BusinessStockMove(Base):
-    vend = peewee.CharField(primary_key=True, max_length=32)  # BusinessMgr's vend id (hex): counted once
-    machine = peewee.CharField(max_length=32)
-    slot = peewee.SmallIntegerField()
-    before = peewee.IntegerField()
-    after = peewee.IntegerField()
-    created = peewee.BigIntegerField()
-
-
-# Short names for readers.
-Machine, Slot, PolicyVersion = BusinessMachine, BusinessSlot, BusinessPolicyVersion
-TABLES = [BusinessMachine, BusinessSlot, BusinessPolicyVersion, BusinessCommand, BusinessStockMove]
-NOT_CLOSED = ("open", "seen", "paid", "vending")  # business_mgr's WAITING + SELLING: a removal waits for these
-
-# Vends BusinessMgr recorded as dispensed (its sales_vend table) from slots whose stock is
-# counted, acknowledged since the stock was last set, and not counted yet.
-_UNCOUNTED = ('FROM "business_slot" s JOIN "business_machine" m ON m."id" = s."machine_id" '
-              'JOIN "sales_vend" v ON v."machine" = m."name" AND v."slot" = s."number" '
-              'WHERE s."stock" IS NOT NULL AND v."state" = \'vended\' AND v."acked_at" >= s."stock_set" '
-              'AND NOT EXISTS (SELECT 1 FROM "business_stock_move" c WHERE c."vend" = v."id")')
-UNCOUNTED_SQL = f'SELECT v."id", v."machine", v."slot" {_UNCOUNTED} ORDER BY v."acked_at", v."id"'
-# One slot's stock and its vends not counted yet, in one statement: one snapshot, so a count
-# committed between two reads can never be seen in one and not the other.
-STOCK_LEFT_SQL = ('SELECT s."stock", (SELECT COUNT(*) FROM "sales_vend" v WHERE v."machine" = m."name" '
-                  'AND v."slot" = s."number" AND v."state" = \'vended\' AND v."acked_at" >= s."stock_set" '
-                  'AND NOT EXISTS (SELECT 1 FROM "business_stock_move" c WHERE c."vend" = v."id")) '
-                  'FROM "business_slot" s JOIN "business_machine" m ON m."id" = s."machine_id" '
-                  'WHERE m."name" = ? AND s."number" = ?')
-
-
-# -- query functions (for other actors and the CLI) ----------------------------
-
-def machines(database) -> list[dict]:
-    q = BusinessMachine.select().order_by(BusinessMachine.name).bind(database)
-    return [{"name": m.name, "location": m.location, "created": m.created} for m in q]
-
-
-def slots(database, machine: str) -> list[dict]:
-    q = (BusinessSlot.select(BusinessSlot, BusinessMachine.name).join(BusinessMachine)
-         .where(BusinessMachine.name == machine).order_by(BusinessSlot.number).bind(database))
-    return [{"machine": machine, "slot": s.number, "product": s.product, "price_cents": s.price_cents,
-             "price_cad": format_cad(s.price_cents), "relay": s.relay, "stock": s.stock, "updated": s.updated,
-             "sticker_address": s.sticker_address}
-            for s in q]
-
-
-def _sql(database, sql: str) -> str:
-    return sql if database.param == "?" else sql.replace("?", database.param)
-
-
-def stock_left(database, machine: str, slot: int) -> int | None:
-    """Items in a slot now: its stock less the vends BusinessMgr recorded that are not
-    counted yet (None: the stock is not counted, or no such slot). Needs BusinessMgr's
-    ``sales_vend`` table."""
-    row = database.execute_sql(_sql(database, STOCK_LEFT_SQL), (machine, slot)).fetchone()
-    if row is None or row[0] is None:
-        return None
-    return max(0, row[0] - row[1])
-
-
-def uncounted_vends(database) -> list[tuple[str, str, int]]:
-    """(vend id, machine, slot) of every vend not counted yet against its slot's stock."""
-    if not database.table_exists("sales_vend"):  # business_mgr has never run here: nothing sold
-        return []
-    return [tuple(r) for r in database.execute_sql(UNCOUNTED_SQL).fetchall()]
-
-
-def policy_versions(database, key: str | None = None) -> list[dict]:
-    """Every stored version (oldest first), optionally of one key."""
-    q = BusinessPolicyVersion.select().order_by(BusinessPolicyVersion.version)
-    if key is not None:
-        q = q.where(BusinessPolicyVersion.key == key)
-    return [{"version": p.version, "key": p.key, "value": p.value, "created": p.created} for p in q.bind(database)]
-
-
-def policy(database) -> dict:
-    """The current value of every policy key (its latest version, else its default), typed:
-    Decimal for ``*_cad`` keys, int for the others."""
-    current = {key: default for key, (default, _, _) in POLICIES.items()}
-    for p in policy_versions(database):  # ascending: the latest wins
-        if p["key"] in current:
-            current[p["key"]] = p["value"]
-    return {key: POLICIES[key][2](value) for key, value in current.items()}
 
 
 # -- the actor ----------------------------------------------------------------
@@ -591,7 +387,7 @@ class BusinessData(Actor):
         """A sticker address must be an address of the chain's network (an error is refused)."""
         from embit.script import address_to_scriptpubkey
 
-        from .chain.addresses import network
+        from ..chain.addresses import network
 
         name = self.home.config.get("chain", {}).get("network", "regtest")
         try:

@@ -64,232 +64,28 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 
 import peewee
 
 from keys.home import Home, merge
 from proto.errors import ConfigError
 
-from . import business_data as bd
-from .chain.addresses import AddressBook, Deriver
-from .db import Statements, add_missing_columns, checkpoint_in_background, connect, write_transaction
-from .outbox import Outbox, event_id
-from .runtime import Actor, every, on
+from ..business_data import models as bdm
+from ..business_data import queries as bd
+from ..chain.addresses import AddressBook, Deriver
+from ..db import Statements, add_missing_columns, checkpoint_in_background, connect, write_transaction
+from ..outbox import Outbox, event_id
+from ..runtime import Actor, every, on
+from .models import (CLOSED, DEFAULTS, LIVE, SELLING, TABLES, WAITING, SalesInvoice, SalesPayment, SalesPrice,
+                     SalesVend, SalesWatch, btc, db, quote_sats, tolerance_sats)
+from .queries import _REUSABLE_SQL, USED_ON_CHAIN, address_gap
 
 log = logging.getLogger(__name__)
 
-db = peewee.DatabaseProxy()
-
-SATS_PER_BTC = 100_000_000
-STATES = ("open", "seen", "paid", "vending", "vended", "expired", "underpaid", "overpaid", "failed")
-WAITING = ("open", "seen")                        # not paid yet: may still be paid or expire
-SELLING = ("paid", "vending")                     # paid, items still to dispense
 DISCOVERING = "checking the chain for invoice addresses already used (waiting for chain_notifier)"
-CLOSED = ("vended", "expired", "underpaid", "overpaid", "failed")
-LIVE = ("mempool", "confirmed")                   # payment states that still hold money
 UNSYNCED_REASON = "clock not synchronised"        # a machine refusal that is not final (see machine_agent/mgr.py)
 FLUSH_DELAY = 0.01                                # s: invoice events wait this long behind a vend command
-
-DEFAULTS = {
-    "receive": "",            # account xpub/tpub/zpub or a wpkh(...) descriptor: invoice addresses
-    "price_max_age": 60,      # seconds a price.btc_cad stays good for a sale
-    "watch_retry": 2.0,       # seconds between cmd.chain.watch retries
-    "vend_retry": 2.0,        # seconds between re-sends of an unacknowledged vend
-    "vend_command_ttl": 30,   # seconds a vend command is valid (never past the item's deadline)
-    "vend_deadline": 300,     # seconds after payment that an item may still be dispensed
-    "late_window": 86400,     # seconds after closing that an invoice is still watched at start
-    "reannounce_min_s": 60,   # a press on a slot with an open invoice shows it again if it has this long left
-    "max_invoices_per_minute": 6,  # per machine: a stuck button must not burn the wallet's address gap
-    "reconcile_interval": 60,  # seconds between asking the chain again about an expired invoice still waiting
-    "gap_limit": 20,          # unused addresses in a row a restoring wallet looks through (Electrum, Sparrow)
-    "reuse_after_s": 3600,    # an address whose invoices closed unpaid this long ago may be handed out again
-}
-
-
-def quote_sats(cents: int, cad_per_btc: Decimal) -> int:
-    """CAD cents at ``cad_per_btc`` in satoshis, rounded up: never sell below the price."""
-    return int((Decimal(cents) * SATS_PER_BTC / (cad_per_btc * 100)).to_integral_value(rounding=ROUND_CEILING))
-
-
-def tolerance_sats(cad: Decimal, cad_per_btc: Decimal) -> int:
-    """A CAD tolerance in satoshis, rounded down: never forgive more than the policy says."""
-    return int((cad * SATS_PER_BTC / cad_per_btc).to_integral_value(rounding=ROUND_FLOOR))
-
-
-def btc(sats: int) -> str:
-    return f"{sats // SATS_PER_BTC}.{sats % SATS_PER_BTC:08d}"
-
-
-# -- models -------------------------------------------------------------------
-
-class Base(peewee.Model):
-    class Meta:
-        database = db
-        legacy_table_names = False
-
-
-class SalesInvoice(Base):
-    id = peewee.AutoField()
-    mode = peewee.CharField(max_length=8)                  # invoice | sticker
-    machine = peewee.CharField(max_length=32)
-    slot = peewee.SmallIntegerField()
-    product = peewee.CharField(max_length=64)
-    price_cents = peewee.BigIntegerField()                 # per item
-    items = peewee.IntegerField(default=1)                 # sticker: set when priced
-    cad_per_btc = peewee.CharField(null=True, max_length=40)  # the quote's price (Decimal as text)
-    due_sats = peewee.BigIntegerField(null=True)           # for all items; sticker: None until priced
-    tolerance_sats = peewee.BigIntegerField(default=0)
-    zero_conf = peewee.BooleanField(default=False)         # amount below the zero-conf limit at opening
-    confirmations = peewee.IntegerField(default=1)         # required when zero_conf is False
-    address = peewee.CharField(max_length=100, index=True)
-    state = peewee.CharField(max_length=10, index=True)
-    version = peewee.IntegerField(default=0)               # bumped on every published change
-    reason = peewee.TextField(null=True)
-    created = peewee.BigIntegerField()
-    expires = peewee.BigIntegerField(index=True)
-    paid_at = peewee.BigIntegerField(null=True)
-    closed_at = peewee.BigIntegerField(null=True)
-    received_sats = peewee.BigIntegerField(default=0)      # on time and still live
-    late_sats = peewee.BigIntegerField(default=0)          # first seen after expiry or closing
-    credit_sats = peewee.BigIntegerField(default=0)        # received beyond the amount due
-    lost_sats = peewee.BigIntegerField(default=0)          # counted for the sale, then replaced or removed
-    vended = peewee.IntegerField(default=0)                # items dispensed
-
-
-class SalesPayment(Base):
-    txid = peewee.CharField(max_length=64)
-    vout = peewee.IntegerField()
-    invoice = peewee.ForeignKeyField(SalesInvoice, backref="payments", on_delete="CASCADE")
-    sats = peewee.BigIntegerField()
-    state = peewee.CharField(max_length=10)                # mempool | confirmed | replaced | removed
-    confirmations = peewee.IntegerField(default=0)
-    rbf = peewee.BooleanField(default=False)
-    late = peewee.BooleanField(default=False)
-    counted = peewee.BooleanField(default=False)           # part of what paid the invoice
-    first_seen = peewee.BigIntegerField()                  # unix s (the chain notifier's, when it says)
-    replaced_by = peewee.CharField(null=True, max_length=64, index=True)  # its replacement (a fee bump) takes its place
-
-    class Meta:
-        indexes = ((("txid", "vout"), True),)
-
-
-class SalesVend(Base):
-    id = peewee.CharField(primary_key=True, max_length=32)  # the command id (hex)
-    invoice = peewee.ForeignKeyField(SalesInvoice, backref="vends", on_delete="CASCADE")
-    item = peewee.IntegerField()
-    machine = peewee.CharField(max_length=32)
-    slot = peewee.SmallIntegerField()
-    state = peewee.CharField(max_length=10, index=True)    # sent | vended | refused | failed | unanswered
-    created = peewee.BigIntegerField()
-    expires = peewee.BigIntegerField()
-    deadline = peewee.BigIntegerField()
-    attempts = peewee.IntegerField(default=0)
-    acked_at = peewee.BigIntegerField(null=True)
-    reason = peewee.TextField(null=True)
-    pulsed_ms = peewee.IntegerField(null=True)
-
-
-class SalesWatch(Base):
-    address = peewee.CharField(primary_key=True, max_length=100)
-    label = peewee.CharField(null=True, max_length=64)
-    command = peewee.CharField(max_length=32)              # the current cmd.chain.watch id (hex)
-    expires = peewee.BigIntegerField()
-    acked = peewee.BooleanField(default=False)
-    reconcile = peewee.BooleanField(default=False)         # apply the ack's outputs; hold expiry until then
-    refused = peewee.TextField(null=True)
-    created = peewee.BigIntegerField(default=0)            # when first asked (sticker: older payments are not sales)
-
-
-class SalesPrice(Base):
-    """The last price event this actor accepted (one row, id 1): a restart sells at once."""
-    id = peewee.IntegerField(primary_key=True)
-    cad_per_btc = peewee.CharField(null=True, max_length=40)  # None: the last event said no price
-    as_of = peewee.BigIntegerField(null=True)              # ms: the notifier's, its oldest quote used
-    received = peewee.BigIntegerField()                    # unix s (this actor's clock) it arrived
-    stale = peewee.TextField(null=True)                    # why there was no price (price.stale, ...)
-
-
-TABLES = [SalesInvoice, SalesPayment, SalesVend, SalesWatch, SalesPrice]
-
-
-# -- query functions (for the CLI and reports) -----------------------------------
-
-def _invoice_dict(inv) -> dict:
-    return {"invoice": inv.id, "mode": inv.mode, "machine": inv.machine, "slot": inv.slot, "product": inv.product,
-            "price_cents": inv.price_cents, "items": inv.items, "cad_per_btc": inv.cad_per_btc,
-            "due_sats": inv.due_sats, "tolerance_sats": inv.tolerance_sats, "zero_conf": inv.zero_conf,
-            "confirmations": inv.confirmations, "address": inv.address, "state": inv.state, "reason": inv.reason,
-            "created": inv.created, "expires": inv.expires, "paid_at": inv.paid_at, "closed_at": inv.closed_at,
-            "received_sats": inv.received_sats, "late_sats": inv.late_sats, "credit_sats": inv.credit_sats,
-            "lost_sats": inv.lost_sats, "vended": inv.vended, "refund_sats": refund_sats(inv)}
-
-
-def refund_sats(inv) -> int:
-    """What the space owes back on this invoice (for the payout work): late payments always;
-    everything received if nothing was sold; what was not delivered (at the quoted unit
-    price) if a vend failed; the excess otherwise."""
-    if inv.state in ("expired", "underpaid"):
-        return inv.received_sats + inv.late_sats
-    if inv.state == "failed":
-        unit = inv.due_sats // inv.items if inv.due_sats and inv.items else 0
-        return max(0, inv.received_sats - inv.vended * unit) + inv.late_sats
-    return inv.credit_sats + inv.late_sats
-
-
-def invoices(database, *, state: str | None = None, limit: int = 50) -> list[dict]:
-    q = SalesInvoice.select().order_by(SalesInvoice.id.desc()).limit(limit)
-    if state:
-        q = q.where(SalesInvoice.state == state)
-    return [_invoice_dict(i) for i in q.bind(database)]
-
-
-_LAST_USED_SQL = (
-    'SELECT MAX(a."position") FROM "sales_address" a WHERE a."book" = ? AND (a."label" = ? OR EXISTS '
-    '(SELECT 1 FROM "sales_invoice" i JOIN "sales_payment" p ON p."invoice_id" = i."id" '
-    'WHERE i."address" = a."address"))')
-_REUSABLE_SQL = (  # issued after the last used one, every invoice at it closed unpaid long enough ago
-    'SELECT a."address" FROM "sales_address" a WHERE a."book" = ? AND a."position" > ? '
-    'AND EXISTS (SELECT 1 FROM "sales_invoice" i WHERE i."address" = a."address") '
-    'AND NOT EXISTS (SELECT 1 FROM "sales_invoice" i WHERE i."address" = a."address" AND '
-    '(i."closed_at" IS NULL OR i."closed_at" > ? OR EXISTS '
-    '(SELECT 1 FROM "sales_payment" p WHERE p."invoice_id" = i."id"))) '
-    'ORDER BY a."position" LIMIT 1')
-USED_ON_CHAIN = "used on the chain (found at start)"
-
-
-def address_gap(database, book: str = "invoices", gap_limit: int = 20) -> dict:
-    """How far the run of unused invoice addresses reaches: a wallet restored from the xpub
-    finds every payment only while ``gap`` stays within its gap limit (20 by default)."""
-    if not database.table_exists("sales_address"):
-        return {"issued": 0, "next": 0, "last_used": None, "gap": 0, "gap_limit": gap_limit}
-    cur = database.execute_sql(_sql(database, 'SELECT COUNT(*), MAX("position") FROM "sales_address" '
-                                              'WHERE "book" = ?'), (book,))
-    issued, last = cur.fetchone()
-    used = database.execute_sql(_sql(database, _LAST_USED_SQL), (book, USED_ON_CHAIN)).fetchone()[0]
-    nxt = 0 if last is None else last + 1
-    return {"issued": issued, "next": nxt, "last_used": used, "gap": nxt - (-1 if used is None else used) - 1,
-            "gap_limit": gap_limit}
-
-
-def _sql(database, sql: str) -> str:
-    return sql if database.param == "?" else sql.replace("?", database.param)
-
-
-def invoice(database, number: int) -> dict | None:
-    with database.bind_ctx(TABLES):
-        inv = SalesInvoice.get_or_none(SalesInvoice.id == number)
-        if inv is None:
-            return None
-        out = _invoice_dict(inv)
-        out["payments"] = [{"txid": p.txid, "vout": p.vout, "sats": p.sats, "state": p.state,
-                            "confirmations": p.confirmations, "late": p.late, "counted": p.counted,
-                            "first_seen": p.first_seen}
-                           for p in inv.payments.order_by(SalesPayment.id)]
-        out["vends"] = [{"id": v.id, "item": v.item, "state": v.state, "attempts": v.attempts, "created": v.created,
-                         "expires": v.expires, "acked_at": v.acked_at, "reason": v.reason, "pulsed_ms": v.pulsed_ms}
-                        for v in inv.vends.order_by(SalesVend.created, SalesVend.item)]
-    return out
 
 
 # -- the actor ----------------------------------------------------------------
@@ -582,7 +378,7 @@ class BusinessMgr(Actor):
         tolerance = tolerance_sats(pol["underpayment_tolerance_cad"], cad_per_btc)
         if tolerance >= due:
             raise Refusal(f"policy underpayment_tolerance_cad ({pol['underpayment_tolerance_cad']}) is not below "
-                          f"the price ({bd.format_cad(item['price_cents'])})")
+                          f"the price ({bdm.format_cad(item['price_cents'])})")
         address = self._fresh_address()
         recent.append(time.monotonic())
         with self._txn():
@@ -597,7 +393,7 @@ class BusinessMgr(Actor):
             self.outbox.add("invoice.opened", self._opened_body(inv), event_id("opened", inv.id))
         self.counts["opened"] += 1
         log.info("invoice %d opened: %s/%d %s, %s CAD = %d sats at %s CAD/BTC, pay to %s until %d", inv.id,
-                 machine, slot, inv.product, bd.format_cad(inv.price_cents), due, cad_per_btc, address, inv.expires)
+                 machine, slot, inv.product, bdm.format_cad(inv.price_cents), due, cad_per_btc, address, inv.expires)
         return inv.id
 
     def _fresh_address(self) -> str:
@@ -623,7 +419,7 @@ class BusinessMgr(Actor):
         as (invoice, items held): every invoice not closed holds what it has not dispensed."""
         if not self._stock_tables:  # made by business_data at its start (a query on a missing table
             # would abort the caller's transaction on PostgreSQL)
-            self._stock_tables = self.database.table_exists(bd.BusinessStockMove._meta.table_name)
+            self._stock_tables = self.database.table_exists(bdm.BusinessStockMove._meta.table_name)
             if not self._stock_tables:
                 log.warning("business_data has not made its stock tables yet: stock not enforced")
                 return None, []
@@ -915,7 +711,7 @@ class BusinessMgr(Actor):
         tol = tolerance_sats(pol["underpayment_tolerance_cad"], cad_per_btc)
         if unit == 0 or tol >= unit:
             inv.cad_per_btc, inv.due_sats = str(cad_per_btc), unit
-            self._close(inv, "failed", f"cannot sell {inv.product} at {bd.format_cad(inv.price_cents)} CAD with "
+            self._close(inv, "failed", f"cannot sell {inv.product} at {bdm.format_cad(inv.price_cents)} CAD with "
                                        f"an underpayment tolerance of {pol['underpayment_tolerance_cad']} CAD")
             return None
         items = wanted = (paid + tol) // unit
