@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 
+from keys.procinfo import cmdline, describe_command, listener_of, parent_of, port_holder  # noqa: F401  (re-exported)
 from proto.errors import ConfigError
 
 EX_CONFIG = 78        # sysexits.h: a configuration error; supervisord does not restart it forever
@@ -159,26 +160,10 @@ def _who_holds(home, name) -> str:
     except (OSError, ValueError, IndexError):
         return "pid unknown"
     sup = supervisord_pid(home)
-    if sup is not None and _parent_of(pid) == sup:
+    if sup is not None and parent_of(pid) == sup:
         return (f"pid {pid}, under `dctrl up`'s supervisord pid {sup}; to restart it: "
                 f"supervisorctl -c {home.root / 'supervisord.conf'} restart {name}")
     return f"pid {pid}; stop it first"
-
-
-def _parent_of(pid) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _cmdline(pid) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
 
 
 def supervisord_pid(home) -> int | None:
@@ -187,55 +172,8 @@ def supervisord_pid(home) -> int | None:
         pid = int((home.run_dir / "supervisord.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    args = _cmdline(pid)
+    args = cmdline(pid)
     return pid if any("supervisord" in a for a in args) and str(home.root / "supervisord.conf") in args else None
-
-
-def describe_command(args: list[str]) -> str:
-    """``python -m scripts.cli run broker --home X`` -> ``dctrl run broker --home X`` (for messages)."""
-    for i, a in enumerate(args):
-        if a == "scripts.cli" and i and args[i - 1] == "-m":
-            return " ".join(["dctrl", *args[i + 1:]])
-        if a == "scripts.supervise" and "--" in args:
-            return describe_command(args[args.index("--") + 1:])
-    return " ".join(os.path.basename(a) if n == 0 else a for n, a in enumerate(args))[:200]
-
-
-def listener_of(port: int) -> int | None:
-    """The pid of a process of ours listening on TCP ``port`` (any address), from /proc; else None."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
-                        inodes.add(f"socket:[{fields[9]}]")
-        except (OSError, StopIteration, IndexError, ValueError):
-            continue
-    if not inodes:
-        return None
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue  # gone, or another user's
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    return int(pid)
-            except OSError:
-                continue
-    return None
-
-
-def port_holder(port: int) -> str:
-    """Who listens on ``port``, for an error message: ``pid 42: dctrl run broker --home /srv/a``."""
-    pid = listener_of(port)
-    if pid is None:
-        return "another process (not ours to see)"
-    return f"pid {pid}: {describe_command(_cmdline(pid))}"
 
 
 def _tcp_ports(home):
