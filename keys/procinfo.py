@@ -28,7 +28,7 @@ def describe_command(args: list[str]) -> str:
     for i, a in enumerate(args):
         if a == "scripts.cli" and i and args[i - 1] == "-m":
             return " ".join(["dctrl", *args[i + 1:]])
-        if a == "scripts.supervise" and "--" in args:
+        if a in ("scripts.cli.supervise", "scripts.supervise") and "--" in args:  # (the second: configs written before the scripts/ split)
             return describe_command(args[args.index("--") + 1:])
     return " ".join(os.path.basename(a) if n == 0 else a for n, a in enumerate(args))[:200]
 

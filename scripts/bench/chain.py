@@ -98,8 +98,8 @@ def observe_announcements(sim, stop, clock):
 def run_chain_bench(quick=True, payments=None, blocks=None, watched=None) -> dict:
     from actors.runtime import Actor, Runtime
     from keys.home import Home
-    from scripts.sim_chain import ChainSim
-    from scripts.bench import free_ports
+    from scripts.sim.chain import ChainSim
+    from scripts.bench.bus import free_ports
 
     payments = payments or (50 if quick else 200)
     blocks = blocks or (200 if quick else 1000)

@@ -48,7 +48,7 @@ import threading
 import time
 from pathlib import Path
 
-from scripts.bench_chain import _pct, _Procs, _summary, observe_announcements
+from scripts.bench.chain import _pct, _Procs, _summary, observe_announcements
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"p99_ms_max": 10, "agent_rss_mb_max": 40, "agent_startup_s_max": 1.5}
@@ -111,9 +111,9 @@ def run_vend_bench(quick=True, vends=None) -> dict:
     from actors.runtime import Actor, Runtime
     from keys.home import Home
     from machine_agent.config import load_machine
-    from scripts.bench import free_ports
-    from scripts.sim_chain import ChainSim
-    from scripts.sim_machine import request
+    from scripts.bench.bus import free_ports
+    from scripts.sim.chain import ChainSim
+    from scripts.sim.machine import request
 
     vends = vends or (50 if quick else 200)
     tmp = Path(tempfile.mkdtemp(prefix="dctrl-bench-vend-"))

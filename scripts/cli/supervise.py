@@ -4,7 +4,7 @@ supervisord restarts a crashed actor, keeps each one's log and stops them
 all with SIGTERM, which the runtime turns into a clean shutdown.
 
 - Children never outlive supervisord: each program starts through
-  ``python -m scripts.supervise child -- COMMAND``, which asks the kernel for
+  ``python -m scripts.cli.supervise child -- COMMAND``, which asks the kernel for
   SIGTERM when its parent dies (``PR_SET_PDEATHSIG``, kept across the exec)
   and then execs COMMAND. A ``kill -9`` of supervisord leaves no actor holding
   the ports. ``stopasgroup``/``killasgroup`` cover what a program itself forks.
@@ -32,7 +32,7 @@ PARENT_PID_ENV = "DCTRL_SUPERVISOR_PID"  # set by `dctrl up`: the child checks i
 
 PROGRAM = """\
 [program:{name}]
-command={python} -m scripts.supervise child -- {python} -m {command}
+command={python} -m scripts.cli.supervise child -- {python} -m {command}
 directory={cwd}
 environment=PYTHONUNBUFFERED="1"{extra_env}
 priority={priority}
@@ -242,12 +242,12 @@ def set_parent_death_signal(sig) -> None:
 
 
 def child_main(argv) -> int:
-    """``python -m scripts.supervise child -- COMMAND...``: exec COMMAND with SIGTERM due when
+    """``python -m scripts.cli.supervise child -- COMMAND...``: exec COMMAND with SIGTERM due when
     supervisord dies. Imports nothing heavy: it runs before every program's own start."""
     import signal
 
     if len(argv) < 3 or argv[0] != "child" or argv[1] != "--":
-        print("usage: python -m scripts.supervise child -- COMMAND [ARG...]", file=sys.stderr)
+        print("usage: python -m scripts.cli.supervise child -- COMMAND [ARG...]", file=sys.stderr)
         return 2
     command = argv[2:]
     if sys.platform.startswith("linux"):
