@@ -11,11 +11,13 @@ import pytest
 import zmq
 
 from keys.files import atomic_write, file_stamp, read_secret_file, write_json
-from keys.home import ACTOR_IDENTITIES, DEMO_MACHINE, Home, next_boot
+from actors.registry import ACTOR_IDENTITIES
+from keys.home import Home, next_boot
 from keys.identity import IdentityKeys
 from keys.policy import Grants, Policy
 from keys.registry import Registry
 from proto.errors import ConfigError, DctrlError, InsecureKeyFile, ProtocolError, UnknownIdentity
+from scripts.cli.provision import DEMO_MACHINE, init_home
 
 T0 = 1_700_000_000
 
@@ -437,7 +439,7 @@ def test_policy_load_errors(tmp_path):
 
 @pytest.fixture
 def fresh_home(tmp_path):
-    return Home.init(tmp_path / "home")
+    return init_home(tmp_path / "home")
 
 
 def test_home_init_layout_and_modes(fresh_home):
@@ -478,14 +480,14 @@ def test_home_init_layout_and_modes(fresh_home):
 def test_home_init_refuses_an_existing_home(fresh_home):
     before = {p.name: p.read_bytes() for p in fresh_home.keys_dir.iterdir()}
     with pytest.raises(ConfigError) as info:
-        Home.init(fresh_home.root)
+        init_home(fresh_home.root)
     assert "already" in str(info.value)
     assert {p.name: p.read_bytes() for p in fresh_home.keys_dir.iterdir()} == before
     Home(fresh_home.root)  # still a valid home
 
 
 def test_home_init_options(tmp_path):
-    h = Home.init(tmp_path / "h", publish_endpoint="tcp://127.0.0.1:9001",
+    h = init_home(tmp_path / "h", publish_endpoint="tcp://127.0.0.1:9001",
                   subscribe_endpoint="tcp://127.0.0.1:9002", database_url="postgresql://x/y")
     again = Home(h.root)
     assert again.config["bus"]["publish_endpoint"] == "tcp://127.0.0.1:9001"

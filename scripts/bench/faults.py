@@ -314,10 +314,11 @@ class Network:
         from keys.home import Home
         from machine_agent.config import load_machine
         from scripts.bench.bus import free_ports
+        from scripts.cli.provision import init_home
         from scripts.sim.chain import ChainSim
 
         pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
-        home = Home.init(self.tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
+        home = init_home(self.tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
                          subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
                          chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         config = home.root / "config.toml"

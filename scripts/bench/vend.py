@@ -112,6 +112,7 @@ def run_vend_bench(quick=True, vends=None) -> dict:
     from keys.home import Home
     from machine_agent.config import load_machine
     from scripts.bench.bus import free_ports
+    from scripts.cli.provision import init_home
     from scripts.sim.chain import ChainSim
     from scripts.sim.machine import request
 
@@ -121,7 +122,7 @@ def run_vend_bench(quick=True, vends=None) -> dict:
     stop = threading.Event()
     try:
         pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
-        home = Home.init(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
+        home = init_home(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
                          subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
                          chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         config = home.root / "config.toml"

@@ -13,30 +13,29 @@ from scripts.cli.common import JSON_HELP, command, printable
 from scripts.cli.common import home as _home
 
 
-ACTORS = {
-    # name -> "module:Class"; the broker is not an Actor but runs the same way.
-    "vault": "actors.vault:Vault",
-    "event_logger": "actors.event_logger:EventLogger",
-    "chain_notifier": "actors.chain_notifier:ChainNotifier",
-    "price_notifier": "actors.price_notifier:PriceNotifier",
-    "business_data": "actors.business_data:BusinessData",
-    "business_mgr": "actors.business_mgr:BusinessMgr",
-}
-
-
-def _load(spec):
+def actor_class(name):
+    """The class `dctrl run NAME` runs, from the actor registry (imported only now); a name the
+    registry does not know, or an agent part, is a DctrlError saying what to run instead."""
     import importlib
 
-    mod, cls = spec.split(":")
-    return getattr(importlib.import_module(mod), cls)
+    from actors import registry
+
+    entry = registry.entry(name)
+    if entry is None:
+        raise DctrlError(f"unknown actor {name!r}; known: {', '.join(e.name for e in registry.server_actors())}")
+    if entry.part != "server":
+        raise DctrlError(f"{name} is a part of a vending machine's agent, not a server process: run "
+                         f"`dctrl-agent --config agent.toml` (the demo's: dctrl up runs agent_vm1)")
+    module, cls = entry.cls.split(":")
+    return entry, getattr(importlib.import_module(module), cls)
 
 
 def cmd_init(args):
     import embit  # noqa: F401  (the demo's receive account; without the server install, say so before writing)
 
-    from keys.home import Home
+    from scripts.cli.provision import init_home
 
-    home = Home.init(args.home or os.environ.get("DCTRL_HOME") or "var",
+    home = init_home(args.home or os.environ.get("DCTRL_HOME") or "var",
                      publish_endpoint=args.publish_endpoint, subscribe_endpoint=args.subscribe_endpoint,
                      database_url=args.database_url)
     from keys.registry import Registry
@@ -52,17 +51,14 @@ def cmd_run(args):
 
     try:  # a config error, or this actor already running for the home, or its port taken: one
         home = _home(args)  # line and EX_CONFIG, which supervisord does not restart forever
-        if args.name != "broker" and args.name not in ACTORS:
-            raise DctrlError(f"unknown actor {args.name!r}; known: broker, {', '.join(sorted(ACTORS))}")
+        entry, cls = actor_class(args.name)
         hold_run_lock(home, args.name)
-        if args.name == "broker":
-            from broker.broker import Broker
-
-            Broker(home).run()
+        if entry.own_loop:  # the broker: not an Actor, it runs its own loop
+            cls(home).run()
             return
         from actors.runtime import Runtime
 
-        actor = _load(ACTORS[args.name])(home)
+        actor = cls(home)
         Runtime(actor, home.bus_settings(args.name)).run(handle_signals=True)
     except ConfigError as exc:
         print(f"dctrl: {exc}", file=sys.stderr)
@@ -91,7 +87,7 @@ def cmd_up(args):
 
 def cmd_status(args):
     from actors.runtime import Runtime
-    from keys.home import SUPERVISED_ACTORS
+    from actors.registry import supervised
     from keys.registry import Registry
     from scripts.cli.tools import StatusCollector
 
@@ -102,7 +98,7 @@ def cmd_status(args):
     revoked = {n for n in names if registry.revoked_up_to(n) >= registry.current(n).version}
     machines = {n for n in names if registry.role(n) == "machine"}
     # Every server actor and every registered machine must be ok, revoked ones aside.
-    expected = set(args.expect.split(",")) if args.expect else set(SUPERVISED_ACTORS) | (machines - revoked)
+    expected = set(args.expect.split(",")) if args.expect else set(supervised()) | (machines - revoked)
     deadline = time.monotonic() + (args.until or 0)
     while True:
         collector = StatusCollector(wait)
@@ -140,8 +136,11 @@ def register(sub):
     sp.add_argument("--subscribe-endpoint", help="broker XPUB endpoint (default tcp://127.0.0.1:7402)")
     sp.add_argument("--database-url", help="peewee database URL (default: SQLite file in the home)")
 
-    sp = command(sub, "run", cmd_run, "run one server process in the foreground (broker, vault, event_logger, chain_notifier, price_notifier, business_data)")
-    sp.add_argument("name", help=f"broker, {', '.join(sorted(ACTORS))}")
+    from actors.registry import server_actors  # (a table of names: imports nothing)
+
+    names = ", ".join(e.name for e in server_actors())
+    sp = command(sub, "run", cmd_run, f"run one server process in the foreground ({names})")
+    sp.add_argument("name", help=names)
     command(sub, "broker", lambda a: cmd_run(argparse.Namespace(home=a.home, name="broker")),
         "run the broker (SubscriptionMgr) in the foreground")
     command(sub, "up", cmd_up, "run every server actor under supervisord in the foreground")
