@@ -1,11 +1,13 @@
 """What every command module of the CLI shares: one way to register a command, the home,
 and safe printing.
 
-Every module of ``scripts/cli/`` named in ``scripts.cli.GROUPS`` has ``register(sub)``, ``sub``
-being the top-level sub-parsers of ``dctrl``; it adds its commands with :func:`command`, and
-actions under a command with :func:`actions`. Each module imports only the standard library and
-``proto`` at the top: anything heavier (the runtime, the database, embit) is imported inside the
-``cmd_*`` functions, so ``dctrl --help`` works on every install and stays fast.
+Every module of ``scripts/cli/`` named in ``scripts.cli.GROUPS`` has ``register(sub)``,
+``sub`` being the top-level sub-parsers of ``dctrl``: it adds each command with
+:func:`command` (which gives it ``--home`` and its ``fn``), then the command's actions on that
+parser. Each module imports only the standard library and ``proto`` at the top (and
+scripts/cli/sim.py the simulators' light client modules): anything heavier (the runtime, the
+database, embit) is imported inside the ``cmd_*`` functions, so ``dctrl --help`` works on every
+install and stays fast.
 """
 
 from __future__ import annotations
@@ -23,11 +25,6 @@ def command(sub, name, fn, help):
     sp.add_argument("--home", default=argparse.SUPPRESS, help=HOME_HELP)
     sp.set_defaults(fn=fn)
     return sp
-
-
-def actions(sp, dest, metavar="ACTION"):
-    """The sub-parsers of a command's actions (``dctrl keys add``): ``args.<dest>`` names the action."""
-    return sp.add_subparsers(dest=dest, required=True, metavar=metavar)
 
 
 def hide_home(*parsers):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 
-from keys.procinfo import cmdline, describe_command, listener_of, parent_of, port_holder  # noqa: F401  (re-exported)
+from keys.procinfo import cmdline, parent_of, port_holder
 from proto.errors import ConfigError
 
 EX_CONFIG = 78        # sysexits.h: a configuration error; supervisord does not restart it forever
