@@ -66,8 +66,9 @@ def _broker_runs_under(home, conf_text) -> list[str]:
         sup_log = home.log_dir / "supervisord.log"
         wait_for(lambda: sup_log.exists() and "success: broker entered RUNNING state" in sup_log.read_text(),
                  timeout=60, what="supervisord to run the broker")
-        pid = int((home.run_dir / "broker.pid").read_text().split()[0])
-        return cmdline(pid)
+        pid_file = home.run_dir / "broker.pid"  # written once `dctrl run broker` holds its run lock
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60, what="the broker's pid")
+        return cmdline(int(pid_file.read_text().split()[0]))
     finally:
         sup.terminate()
         sup.wait(30)
