@@ -488,7 +488,7 @@ def test_home_init_refuses_an_existing_home(fresh_home):
 
 def test_home_init_options(tmp_path):
     h = init_home(tmp_path / "h", publish_endpoint="tcp://127.0.0.1:9001",
-                  subscribe_endpoint="tcp://127.0.0.1:9002", database_url="postgresql://x/y")
+                 subscribe_endpoint="tcp://127.0.0.1:9002", database_url="postgresql://x/y")
     again = Home(h.root)
     assert again.config["bus"]["publish_endpoint"] == "tcp://127.0.0.1:9001"
     assert again.config["bus"]["subscribe_endpoint"] == "tcp://127.0.0.1:9002"

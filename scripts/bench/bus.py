@@ -684,7 +684,7 @@ def run_bench(quick: bool = True, messages: int | None = None, latency_samples: 
         ports = free_ports(4)
         eps = [f"tcp://127.0.0.1:{p}" for p in ports]
         home = init_home(Path(tmp) / "home", publish_endpoint=eps[0], subscribe_endpoint=eps[1],
-                         database_url=f"sqlite:///{tmp}/bench.sqlite3")
+                        database_url=f"sqlite:///{tmp}/bench.sqlite3")
         endpoints = {"broker": (eps[0], eps[1]), "baseline": (eps[2], eps[3])}
         frames, body_bytes, offset, token = bench_frames(home)
         run = run_servers(home, endpoints, frames, offset, cfg, messages, samples, pairs)

@@ -112,8 +112,8 @@ def run_chain_bench(quick=True, payments=None, blocks=None, watched=None) -> dic
     try:
         pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
         home = init_home(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
-                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
-                         chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
+                        subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
+                        chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         sim = ChainSim(home.root / "sim" / "chain", rpc_port=rpc_port, zmq_port=zmq_port).start()
         with open(home.root / "config.toml", "a") as f:
             f.write('\n[runtime]\nheartbeat_interval = 1\n')

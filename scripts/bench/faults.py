@@ -319,8 +319,8 @@ class Network:
 
         pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
         home = init_home(self.tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
-                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
-                         chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
+                        subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
+                        chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         config = home.root / "config.toml"
         # Vend commands retried every second; an invoice paid on time waiting for its block is
         # looked at again every 2 s; no per-machine limit on invoices (the scenario presses often).

@@ -123,8 +123,8 @@ def run_vend_bench(quick=True, vends=None) -> dict:
     try:
         pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
         home = init_home(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
-                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
-                         chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
+                        subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
+                        chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         config = home.root / "config.toml"
         # One vend after another: no per-machine limit on invoices (a guard for stuck buttons).
         config.write_text(_edit(config.read_text(), r"(\[business\]\nreceive = .*\n)",

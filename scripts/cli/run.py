@@ -36,8 +36,8 @@ def cmd_init(args):
     from scripts.cli.provision import init_home
 
     home = init_home(args.home or os.environ.get("DCTRL_HOME") or "var",
-                     publish_endpoint=args.publish_endpoint, subscribe_endpoint=args.subscribe_endpoint,
-                     database_url=args.database_url)
+                    publish_endpoint=args.publish_endpoint, subscribe_endpoint=args.subscribe_endpoint,
+                    database_url=args.database_url)
     from keys.registry import Registry
 
     names = Registry.load(home.registry_path).names()
