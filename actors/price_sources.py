@@ -10,7 +10,7 @@ One class per source, each with its own URL path, timeout and parser::
 
 Production base URLs: https://api.kraken.com, https://api.coinbase.com,
 https://www.bitstamp.net, https://api.coingecko.com, https://www.bankofcanada.ca.
-The defaults point at ``dctrl sim exchanges`` (scripts/sim_exchanges.py).
+The defaults point at ``dctrl sim exchanges`` (scripts/sim/exchanges.py).
 
 Every failure is a :class:`SourceError` naming the source and a stable reason:
 HTTP errors (429...), HTML or truncated JSON with HTTP 200, API error bodies,

@@ -52,9 +52,9 @@ import schedule
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from actors.registry import ACTOR_IDENTITIES
 from keys.bus import BusSettings, next_boot
 from keys.files import atomic_write, file_stamp
-from keys.home import ACTOR_IDENTITIES
 from keys.identity import IdentityKeys
 from proto import wire
 from proto.authproxy import AuthProxy, NoToken, ReplayGuard, boot_id, describe_rejection

@@ -172,7 +172,7 @@ def _port_holder(endpoint) -> str:
     """``in use by pid 42: dctrl run broker --home /srv/a``, as far as /proc tells."""
     from urllib.parse import urlsplit
 
-    from scripts.supervise import port_holder
+    from keys.procinfo import port_holder
 
     try:
         port = urlsplit(endpoint).port

@@ -7,7 +7,7 @@ pins on request: a press is ``pin.drive_low()`` then ``drive_high()`` on the
 button's MockPin (for a pulled-up input), so the event goes the real way:
 gpiozero's ``Button`` callback, the notifier's debounce, the actor loop, the
 bus. Nothing here publishes on the bus. ``dctrl sim press|coin|door|drop|pins``
-(scripts/sim_machine.py) is the client.
+(scripts/sim/machine.py) is the client.
 
 Requests and replies are msgpack maps. Every reply has ``ok`` (bool); a
 refused request has ``error`` (str) and changes nothing.

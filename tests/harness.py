@@ -22,6 +22,7 @@ from pathlib import Path
 
 from actors.runtime import Actor, Delivery, Runtime
 from keys.home import Home
+from scripts.cli.provision import init_home
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 15.0
@@ -35,9 +36,9 @@ def free_port() -> int:
 
 def new_home(path, heartbeat_interval=1, database_url=None) -> Home:
     """A fresh home on free loopback ports; heartbeats every second so tests wait less."""
-    home = Home.init(path, publish_endpoint=f"tcp://127.0.0.1:{free_port()}",
-                     subscribe_endpoint=f"tcp://127.0.0.1:{free_port()}", exchanges_port=free_port(),
-                     chain_rpc_port=free_port(), chain_zmq_port=free_port(), database_url=database_url)
+    home = init_home(path, publish_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                    subscribe_endpoint=f"tcp://127.0.0.1:{free_port()}", exchanges_port=free_port(),
+                    chain_rpc_port=free_port(), chain_zmq_port=free_port(), database_url=database_url)
     with open(home.root / "config.toml", "a") as f:
         f.write(f"\n[runtime]\nheartbeat_interval = {heartbeat_interval}\n")
     return Home(home.root)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from scripts.bench import main
+from scripts.bench.bus import main
 
 NUMBERS = ("msgs_per_s", "broker_cpu_us_per_msg")
 
@@ -74,7 +74,7 @@ def test_bench_prints_one_json_object_with_positive_numbers(monkeypatch, capsys)
 
 def test_chain_bench_runs_and_reports(tmp_path):
     """`dctrl bench chain` on a tiny chain: every figure is there and plausible."""
-    from scripts.bench_chain import run_chain_bench
+    from scripts.bench.chain import run_chain_bench
 
     r = run_chain_bench(quick=True, payments=3, blocks=10, watched=20)
     assert r["detection_ms"]["n"] == 3 and 0 < r["detection_ms"]["p50"] <= r["detection_ms"]["max"]
@@ -94,7 +94,7 @@ def test_chain_bench_runs_and_reports(tmp_path):
 def test_vend_bench_runs_and_reports():
     """`dctrl bench vend` with a few vends: each one pulsed the relay once and every figure is
     there. Twelve vends cross a mined block (the bench mines one every tenth vend)."""
-    from scripts.bench_vend import run_vend_bench
+    from scripts.bench.vend import run_vend_bench
 
     r = run_vend_bench(quick=True, vends=12)
     assert r["vends"] == 12 and r["relay_pulses"] == 12
@@ -114,7 +114,7 @@ def test_vend_bench_runs_and_reports():
 
 
 def test_vend_bench_setup_refuses_a_configuration_it_cannot_edit():
-    from scripts.bench_vend import _edit
+    from scripts.bench.vend import _edit
 
     assert _edit("[drop]\nsimulate = true\n", r"(simulate = true\n)", r"\1simulate_delay_ms = 5\n") \
         == "[drop]\nsimulate = true\nsimulate_delay_ms = 5\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.bench_faults import TARGETS, count, parse_seeds, plan, run_faults_bench
+from scripts.bench.faults import TARGETS, count, parse_seeds, plan, run_faults_bench
 
 COUNTS = ("double_vends", "double_vends_overall", "lost_paid_vends", "unrecorded_payments",
           "vends_without_payment", "did_not_come_back")

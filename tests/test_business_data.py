@@ -25,9 +25,9 @@ from actors.chain.addresses import Deriver
 from actors.db import connect
 from actors.outbox import Outbox
 from actors.runtime import Runtime
-from keys.home import demo_account_xpub
+from scripts.cli.provision import demo_account_xpub
 from proto.errors import DctrlError
-from scripts import business_cli
+from scripts.cli import business as business_cli
 from tests.harness import Network, dctrl, home_on, topic_is, wait_for
 from tests.test_db import PG_URL
 

@@ -511,7 +511,7 @@ def test_a_price_of_zero_is_refused_and_sells_nothing(sales, prices, machine, ob
 
 def test_sticker_payments_buy_as_many_items_as_they_cover(sales, chain, machine, observer):
     from actors.chain.addresses import Deriver
-    from keys.home import demo_account_xpub
+    from scripts.cli.provision import demo_account_xpub
 
     sticker = Deriver(demo_account_xpub(), "regtest").address(0)[0]
     dctrl(sales, "slots", "set", "vm1", "3", "--product", "Gum", "--price-cad", "1.00", "--sticker-address", sticker)
@@ -757,7 +757,7 @@ def test_the_last_items_are_held_and_counted_even_while_business_data_is_down(sa
 
 def test_a_sticker_payment_buys_no_more_than_is_left(sales, chain, machine, observer):
     from actors.chain.addresses import Deriver
-    from keys.home import demo_account_xpub
+    from scripts.cli.provision import demo_account_xpub
 
     slot, sticker = 12, Deriver(demo_account_xpub(), "regtest").address(7)[0]
     dctrl(sales, "slots", "set", "vm1", str(slot), "--product", "Mints", "--price-cad", "1.00", "--stock", "2",

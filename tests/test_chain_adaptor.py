@@ -12,7 +12,7 @@ from tests.harness import free_port, wait_for
 
 @pytest.fixture
 def sim(tmp_path):
-    from scripts.sim_chain import ChainSim
+    from scripts.sim.chain import ChainSim
 
     s = ChainSim(tmp_path / "chain", esplora_port=0)  # every backend over the same chain
     s.start()

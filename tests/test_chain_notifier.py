@@ -20,7 +20,7 @@ def home(request, tmp_path):
 
 @pytest.fixture
 def sim(home):
-    from scripts.sim_chain import ChainSim
+    from scripts.sim.chain import ChainSim
 
     demo = home.config["demo"]  # `dctrl init` configured [chain] for these ports
     s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"])
@@ -164,7 +164,7 @@ def test_bad_address_is_refused(home, sim, chain):
 
 def test_rpc_password_from_the_vault(home, network, clients):
     """Production credentials: user in the config, password sealed to the notifier by the Vault."""
-    from scripts.sim_chain import ChainSim
+    from scripts.sim.chain import ChainSim
 
     demo = home.config["demo"]
     sim = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
@@ -203,7 +203,7 @@ def test_node_refusing_the_password_or_dropping_connections_degrades_then_recove
     txid = sim.pay(address, "0.005")
     chain.expect(events("chain.tx.seen", txid=txid))
     # The node restarts demanding a password we do not have: refused, and the heartbeat says so.
-    from scripts.sim_chain import ChainSim
+    from scripts.sim.chain import ChainSim
 
     demo = home.config["demo"]
     ports = dict(rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"])

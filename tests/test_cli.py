@@ -295,7 +295,7 @@ def test_events_query_exclude_leaves_out_whole_topic_prefixes(home, network, cli
 # -- the chain simulator's human lines ----------------------------------------------------------------
 
 def test_sim_pay_and_mine_print_a_human_line_and_keep_stdout_for_scripts(tmp_path):
-    from scripts.sim_chain import ChainSim
+    from scripts.sim.chain import ChainSim
 
     with ChainSim(tmp_path / "chain") as sim:
         conn = ["--rpc-url", sim.rpc_url, "--cookie", str(sim.cookie_file)]

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts.chainsim import esplora as esplora_mod
-from scripts.chainsim import outputs
-from scripts.chainsim.errors import ChainSimError
-from scripts.sim_chain import ChainSim
+from scripts.sim.chainsim import esplora as esplora_mod
+from scripts.sim.chainsim import outputs
+from scripts.sim.chainsim.errors import ChainSimError
+from scripts.sim.chain import ChainSim
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "esplora"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -12,11 +12,13 @@ import zmq
 
 from keys.bus import next_boot
 from keys.files import atomic_write, file_stamp, read_secret_file, write_json
-from keys.home import ACTOR_IDENTITIES, DEMO_MACHINE, Home
+from actors.registry import ACTOR_IDENTITIES
+from keys.home import Home
 from keys.identity import IdentityKeys
 from keys.policy import Grants, Policy
 from keys.registry import Registry
 from proto.errors import ConfigError, DctrlError, InsecureKeyFile, ProtocolError, UnknownIdentity
+from scripts.cli.provision import DEMO_MACHINE, init_home
 
 T0 = 1_700_000_000
 
@@ -438,7 +440,7 @@ def test_policy_load_errors(tmp_path):
 
 @pytest.fixture
 def fresh_home(tmp_path):
-    return Home.init(tmp_path / "home")
+    return init_home(tmp_path / "home")
 
 
 def test_home_init_layout_and_modes(fresh_home):
@@ -479,15 +481,15 @@ def test_home_init_layout_and_modes(fresh_home):
 def test_home_init_refuses_an_existing_home(fresh_home):
     before = {p.name: p.read_bytes() for p in fresh_home.keys_dir.iterdir()}
     with pytest.raises(ConfigError) as info:
-        Home.init(fresh_home.root)
+        init_home(fresh_home.root)
     assert "already" in str(info.value)
     assert {p.name: p.read_bytes() for p in fresh_home.keys_dir.iterdir()} == before
     Home(fresh_home.root)  # still a valid home
 
 
 def test_home_init_options(tmp_path):
-    h = Home.init(tmp_path / "h", publish_endpoint="tcp://127.0.0.1:9001",
-                  subscribe_endpoint="tcp://127.0.0.1:9002", database_url="postgresql://x/y")
+    h = init_home(tmp_path / "h", publish_endpoint="tcp://127.0.0.1:9001",
+                 subscribe_endpoint="tcp://127.0.0.1:9002", database_url="postgresql://x/y")
     again = Home(h.root)
     assert again.config["bus"]["publish_endpoint"] == "tcp://127.0.0.1:9001"
     assert again.config["bus"]["subscribe_endpoint"] == "tcp://127.0.0.1:9002"

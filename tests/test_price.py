@@ -22,7 +22,9 @@ from actors.runtime import Runtime
 from keys.home import Home
 from proto.errors import ConfigError, DctrlError
 from proto.topics import REGISTRY
-from scripts import price_cli, sim_exchanges
+from scripts.cli import price as price_cli
+from scripts.cli import sim as sim_cli
+from scripts.sim import exchanges as sim_exchanges
 from tests.harness import dctrl, free_port, topic_is, wait_for
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "prices"
@@ -410,14 +412,8 @@ def test_bad_price_config_is_refused(tmp_path, over, message):
 def test_add_commands_wires_price_and_sim():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-
-    def cmd(name, fn, help):  # as scripts/cli.py build_parser does
-        sp = sub.add_parser(name, help=help)
-        sp.add_argument("--home", default=None)
-        sp.set_defaults(fn=fn)
-        return sp
-    sim_sub = cmd("sim", None, "simulators").add_subparsers(dest="sim_cmd", required=True)
-    price_cli.add_commands(cmd, sim_sub)
+    price_cli.register(sub)  # as scripts/cli/__init__.py build_parser does
+    sim_cli.register(sub)
     a = p.parse_args(["price", "show", "--json", "--timeout", "3", "--home", "H"])
     assert (a.fn, a.json, a.timeout, a.home, a.as_name) == (price_cli.cmd_price_show, True, 3.0, "H", "admin")
     a = p.parse_args(["sim", "exchanges", "--port", "9000"])

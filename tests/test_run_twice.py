@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from scripts.supervise import EX_CONFIG, START_RETRIES, supervisor_config
+from scripts.cli.supervise import EX_CONFIG, START_RETRIES, supervisor_config
 from tests.harness import ROOT, Network, dctrl, new_home, wait_for
 
 

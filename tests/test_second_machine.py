@@ -40,7 +40,7 @@ def test_agent_config_refuses_to_overwrite_and_warns_about_loopback(home, tmp_pa
 
 
 def test_a_second_machine_from_keys_to_its_first_sale(home, tmp_path):
-    from scripts.sim_chain import ChainSim
+    from scripts.sim.chain import ChainSim
 
     demo = home.config["demo"]
     sim = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"],

@@ -36,7 +36,7 @@ from bitcoinrpc.authproxy import AuthServiceProxy, JSONRPCException
 from embit.script import Script, Witness
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from scripts.sim_chain import (
+from scripts.sim.chain import (
     ChainSim, cmd_sim_address, cmd_sim_mine, cmd_sim_pay, cmd_sim_reorg, cmd_sim_replace)
 from tests.harness import wait_for
 
@@ -641,7 +641,7 @@ def test_configured_user_and_password_and_legacy_warnings(tmp_path):
 
 def test_process_and_cli_commands(tmp_path, capsys):
     datadir = tmp_path / "chain"
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.sim_chain", "--datadir", str(datadir),
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.sim.chain", "--datadir", str(datadir),
                              "--rpc-port", "0", "--zmq-port", "0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -74,7 +74,7 @@ def home(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sim(home):
-    from scripts.sim_chain import ChainSim
+    from scripts.sim.chain import ChainSim
 
     demo = home.config["demo"]
     s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"])

@@ -77,7 +77,7 @@ class Refused(Exception):
 # Characters no free-text field (a product, a location) may hold: controls (Cc: newline, ESC of
 # ANSI sequences), formats (Cf: U+202E right-to-left override, zero-width ones) and the line and
 # paragraph separators (Zl, Zp). Ordinary spaces (Zs) are fine. The CLI's tables escape them too
-# (scripts/business_cli.py printable), for names stored before this check.
+# (scripts/cli/common.py printable), for names stored before this check.
 UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
 

@@ -3,8 +3,8 @@
 
 Changes are commands over the bus to BusinessData (as identity ``admin`` by
 default), sent until acknowledged; lists read the database through
-BusinessData's query functions. :func:`add_commands` registers them on the
-CLI's parser (scripts/cli.py). Bus imports stay inside the functions so
+BusinessData's query functions. :func:`register` adds them to the CLI's
+parser (scripts/cli/__init__.py). Bus imports stay inside the functions so
 building the parser stays cheap.
 """
 
@@ -16,29 +16,8 @@ import sys
 import threading
 
 from proto.errors import DctrlError
-
-
-def _home(args):
-    from keys.home import Home
-
-    return Home(args.home)
-
-
-UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")  # as actors/business_data/actor.py refuses at input
-
-
-def printable(text) -> str:
-    """``text`` for a terminal table: control and format characters and line or paragraph
-    separators (Unicode Cc, Cf, Zl, Zp: a newline, an ANSI escape, U+202E) shown as \\uXXXX, so
-    a name cannot forge a row or rewrite the screen (one stored before business_data refused
-    them, or read from an older database). Every free-text column goes through it."""
-    import unicodedata
-
-    text = "" if text is None else str(text)
-    if text.isprintable() and text.isascii():
-        return text
-    return "".join((f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
-                   if unicodedata.category(c) in UNPRINTABLE_CATEGORIES else c for c in text)
+from scripts.cli.common import command, printable  # noqa: F401  (printable: re-exported)
+from scripts.cli.common import home as _home
 
 
 def send_command(args, topic: str, body: dict) -> dict:
@@ -46,7 +25,7 @@ def send_command(args, topic: str, body: dict) -> dict:
     from actors.runtime import Runtime
     from proto.errors import SchemaError
     from proto.topics import REGISTRY
-    from scripts.tools import CommandOnce
+    from scripts.cli.tools import CommandOnce
 
     try:  # the same check business_data makes on arrival, with a clear message here
         REGISTRY.schema_for(topic).check({**body, "id": bytes(16), "expires": 0})
@@ -220,8 +199,8 @@ def cmd_policy(args):
         print(f"{printable(key):<28} {printable(value)}")
 
 
-def add_commands(cmd):
-    """Register machines, slots and policy on the CLI's parser; ``cmd(name, fn, help)`` makes a subparser."""
+def register(sub):
+    """`dctrl machines`, `dctrl slots` and `dctrl policy`."""
 
     def common(parsers, *, bus):
         for p in parsers:
@@ -230,7 +209,7 @@ def add_commands(cmd):
                 p.add_argument("--as", dest="as_name", default="admin", help="identity to act as (default admin)")
                 p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the ack")
 
-    sp = cmd("machines", cmd_machines, "vending machines (BusinessData)")
+    sp = command(sub, "machines", cmd_machines, "vending machines (BusinessData)")
     ms = sp.add_subparsers(dest="machines_cmd", required=True, metavar="ACTION")
     add = ms.add_parser("add", help="add a machine (a command acknowledged by business_data); warns if it has "
                                     "no machine key yet")
@@ -246,7 +225,7 @@ def add_commands(cmd):
     common([add, mset, mrm], bus=True)
     common([lst], bus=False)
 
-    sp = cmd("slots", cmd_slots, "a machine's slots: product, price (CAD), relay, stock")
+    sp = command(sub, "slots", cmd_slots, "a machine's slots: product, price (CAD), relay, stock")
     ss = sp.add_subparsers(dest="slots_cmd", required=True, metavar="ACTION")
     st = ss.add_parser("set", help="create a slot (--product and --price-cad needed) or change only what is given")
     st.add_argument("machine", help="the machine")
@@ -269,7 +248,7 @@ def add_commands(cmd):
     common([st, srm], bus=True)
     common([lst], bus=False)
 
-    sp = cmd("policy", cmd_policy, "business policies (versioned): zero-conf limit, invoice lifetime, ...")
+    sp = command(sub, "policy", cmd_policy, "business policies (versioned): zero-conf limit, invoice lifetime, ...")
     ps = sp.add_subparsers(dest="policy_cmd", required=True, metavar="ACTION")
     show = ps.add_parser("show", help="the current value of every policy")
     show.add_argument("--json", action="store_true", help="one JSON document instead of the table")

@@ -3,7 +3,7 @@
 Prints one JSON object on stdout (progress goes to stderr). Method, after
 notes/zeromq.md:
 
-* A throwaway home (``Home.init`` in a temp dir, free loopback ports) gives
+* A throwaway home (``init_home`` in a temp dir, free loopback ports) gives
   everything real CURVE keys; both servers run a ZAP authenticator that admits
   the registry's keys.
 * **baseline**: a process running libzmq's proxy loop (``zmq.proxy_steerable``,
@@ -671,6 +671,7 @@ def run_bench(quick: bool = True, messages: int | None = None, latency_samples: 
     import zmq
 
     from keys.home import Home
+    from scripts.cli.provision import init_home
 
     cfg = dict(SETTINGS[bool(quick)])
     messages = messages or cfg["messages"]
@@ -683,7 +684,7 @@ def run_bench(quick: bool = True, messages: int | None = None, latency_samples: 
     try:
         ports = free_ports(4)
         eps = [f"tcp://127.0.0.1:{p}" for p in ports]
-        home = Home.init(Path(tmp) / "home", publish_endpoint=eps[0], subscribe_endpoint=eps[1],
+        home = init_home(Path(tmp) / "home", publish_endpoint=eps[0], subscribe_endpoint=eps[1],
                          database_url=f"sqlite:///{tmp}/bench.sqlite3")
         with open(home.root / "config.toml", "a") as f:  # the bursts are published as admin, at full speed
             f.write('\n[broker]\npublish_unlimited_roles = ["admin"]\n')

@@ -1,7 +1,7 @@
 """`dctrl bench faults --seeds N --json [--quick]`: purchases under random kill -9 and SIGSTOP, counted.
 
 Prints one JSON object. Everything real, as in ``dctrl bench vend``
-(scripts/bench_vend.py, whose helpers this reuses): a throwaway home with real
+(scripts/bench/vend.py, whose helpers this reuses): a throwaway home with real
 CURVE keys; the broker, the Vault, EventLogger, BusinessData, ChainNotifier and
 BusinessMgr as ``dctrl run`` processes; the agent ``dctrl-agent`` for vm1 with
 mock pins as a process; the chain simulator (Core's RPC and ZMQ) and a price
@@ -95,8 +95,8 @@ import threading
 import time
 from pathlib import Path
 
-from scripts.bench_chain import _Procs
-from scripts.bench_vend import _cli, _edit, _signalling, _wait
+from scripts.bench.chain import _Procs
+from scripts.bench.vend import _cli, _edit, _signalling, _wait
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = ("broker", "vault", "event_logger", "business_data", "chain_notifier", "business_mgr")
@@ -313,13 +313,14 @@ class Network:
         from actors.runtime import Actor, Runtime, every
         from keys.home import Home
         from machine_agent.config import load_machine
-        from scripts.bench import free_ports
-        from scripts.sim_chain import ChainSim
+        from scripts.bench.bus import free_ports
+        from scripts.cli.provision import init_home
+        from scripts.sim.chain import ChainSim
 
         pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
-        home = Home.init(self.tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
-                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
-                         chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
+        home = init_home(self.tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
+                        subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
+                        chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         config = home.root / "config.toml"
         # Vend commands retried every second; an invoice paid on time waiting for its block is
         # looked at again every 2 s; no per-machine limit on invoices (the scenario presses often).
@@ -439,7 +440,7 @@ class Network:
     # -- what happened ------------------------------------------------------------------
 
     def read_pins(self):
-        from scripts.sim_machine import request
+        from scripts.sim.machine import request
 
         reply = request(self.sock, {"op": "pins"}, machine=AGENT, timeout=5)
         for pin in reply["pins"]:
@@ -498,7 +499,7 @@ class Network:
 def run_seed(net: Network, seed: int, quick: bool) -> dict:
     from actors.business_mgr.models import btc
     from proto.errors import DctrlError
-    from scripts.sim_machine import request
+    from scripts.sim.machine import request
 
     scenario = plan(seed, quick)
     first = net.last_invoice() + 1

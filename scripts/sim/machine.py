@@ -11,7 +11,6 @@ press), through the real gpiozero callbacks.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -185,35 +184,3 @@ def cmd_pins(args):
             last = f"{_clock(start)} " + (f"for {(end - start) / 1000:.1f} ms" if end is not None else "(still active)")
         print(f"{p['spec']:<9} {p['role']:<10} {'high' if p['active_high'] else 'low':<6} {now:<6} "
               f"{len(p['periods']):>6}  {last}")
-
-
-def add_machine_commands(sim_sub) -> None:
-    """Register `press, coin, door, drop, jam, pins` in the `dctrl sim` subparsers (dest="sim_cmd")."""
-
-    def action(name, fn, help):
-        a = sim_sub.add_parser(name, help=help, description=help)
-        a.add_argument("machine", help="the simulated machine's name (vm1 in the demo)")
-        a.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the agent (default 5)")
-        a.add_argument("--socket", help="the control socket (default HOME/agents/MACHINE/state/sim.sock)")
-        a.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        a.set_defaults(fn=fn)
-        return a
-
-    a = action("press", cmd_press, "press a selection button of a simulated machine")
-    a.add_argument("slot", type=int, help="the slot whose button to press")
-    a.add_argument("--hold-ms", type=int, default=80, help="how long the button is held (default 80)")
-    a.add_argument("--wait", type=float, default=10.0,
-                   help="seconds to wait for business_mgr's invoice and print how to pay it (0: don't; default 10)")
-    a.add_argument("--as", dest="as_name", default="admin", help="identity that listens for the invoice (admin)")
-    a = action("coin", cmd_coin, "send N coin-acceptor pulses to a simulated machine")
-    a.add_argument("n", type=int, help="how many pulses")
-    a.add_argument("--pulse-ms", type=int, default=30, help="each pulse's length (default 30)")
-    a.add_argument("--gap-ms", type=int, default=30, help="the gap between pulses (default 30)")
-    a = action("door", cmd_door, "open or close a simulated machine's door")
-    a.add_argument("state", choices=("open", "closed"), help="open or closed")
-    action("drop", cmd_drop, "trigger a simulated machine's drop sensor (an item fell)")
-    a = action("jam", cmd_jam, "make the next N vends of a simulated machine drop nothing (they ack failed)")
-    a.add_argument("n", type=int, nargs="?", default=1, help="how many vends (default 1)")
-    a = action("pins", cmd_pins, "a simulated machine's pins: levels now and when each was active")
-    a.add_argument("--json", action="store_true", help="the agent's whole answer, with every change (µs since "
-                                                       "the epoch)")

@@ -48,7 +48,7 @@ import threading
 import time
 from pathlib import Path
 
-from scripts.bench_chain import _pct, _Procs, _summary, observe_announcements
+from scripts.bench.chain import _pct, _Procs, _summary, observe_announcements
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"p99_ms_max": 10, "agent_rss_mb_max": 40, "agent_startup_s_max": 1.5}
@@ -111,9 +111,10 @@ def run_vend_bench(quick=True, vends=None) -> dict:
     from actors.runtime import Actor, Runtime
     from keys.home import Home
     from machine_agent.config import load_machine
-    from scripts.bench import free_ports
-    from scripts.sim_chain import ChainSim
-    from scripts.sim_machine import request
+    from scripts.bench.bus import free_ports
+    from scripts.cli.provision import init_home
+    from scripts.sim.chain import ChainSim
+    from scripts.sim.machine import request
 
     vends = vends or (50 if quick else 200)
     tmp = Path(tempfile.mkdtemp(prefix="dctrl-bench-vend-"))
@@ -121,9 +122,9 @@ def run_vend_bench(quick=True, vends=None) -> dict:
     stop = threading.Event()
     try:
         pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
-        home = Home.init(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
-                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
-                         chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
+        home = init_home(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
+                        subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
+                        chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         config = home.root / "config.toml"
         # One vend after another: no per-machine limit on invoices (a guard for stuck buttons).
         config.write_text(_edit(config.read_text(), r"(\[business\]\nreceive = .*\n)",

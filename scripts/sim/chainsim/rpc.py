@@ -8,7 +8,7 @@ JSON-RPC 2.0 requests get 2.0 replies (``"jsonrpc": "2.0"``, ``result`` XOR
 500 for any other error. Batches are always HTTP 200.
 
 Methods whose name starts with ``sim_`` do not exist in bitcoind: they drive
-the simulation (see :mod:`scripts.sim_chain`).
+the simulation (see :mod:`scripts.sim.chain`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import logging
 import time
 from decimal import Decimal
 
-from scripts.chainsim import outputs
-from scripts.chainsim.chain import MEMPOOL_HEIGHT, Block, TxInfo, difficulty
-from scripts.chainsim.errors import (
+from scripts.sim.chainsim import outputs
+from scripts.sim.chainsim.chain import MEMPOOL_HEIGHT, Block, TxInfo, difficulty
+from scripts.sim.chainsim.errors import (
     RPC_DESERIALIZATION_ERROR, RPC_INVALID_ADDRESS_OR_KEY, RPC_INVALID_PARAMETER, RPC_INVALID_REQUEST,
     RPC_METHOD_NOT_FOUND, RPC_MISC_ERROR, RPC_PARSE_ERROR, RPC_TYPE_ERROR, RPC_VERIFY_ALREADY_IN_CHAIN,
     RPC_VERIFY_ERROR, Rejected, RpcError)
-from scripts.chainsim.jsonfmt import BTC, COIN, dumps, parse_amount
+from scripts.sim.chainsim.jsonfmt import BTC, COIN, dumps, parse_amount
 
 log = logging.getLogger(__name__)
 

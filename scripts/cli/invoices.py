@@ -7,7 +7,8 @@ import datetime
 import json
 
 from proto.errors import DctrlError
-from scripts.business_cli import printable as p
+from scripts.cli.common import command
+from scripts.cli.common import printable as p
 
 
 def _database(args):
@@ -109,9 +110,9 @@ def cmd_invoices(args):
         database.close()
 
 
-def add_commands(cmd):
-    """Register ``invoices list|show`` on the CLI's parser."""
-    sp = cmd("invoices", cmd_invoices, "sales invoices (BusinessMgr): states, payments, vends, refunds due")
+def register(sub):
+    """`dctrl invoices list|show`."""
+    sp = command(sub, "invoices", cmd_invoices, "sales invoices (BusinessMgr): states, payments, vends, refunds due")
     sub = sp.add_subparsers(dest="invoices_cmd", required=True, metavar="ACTION")
     lst = sub.add_parser("list", help="the newest invoices, with what is owed back on each (OWED, sats)")
     lst.add_argument("--state", choices=("open", "seen", "paid", "vending", "vended", "expired", "underpaid",

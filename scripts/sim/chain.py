@@ -6,20 +6,20 @@ amounts printed with 8 decimals) and publishes bitcoind's ZMQ notifications
 (``hashblock``, ``hashtx``, ``rawblock``, ``rawtx``, ``sequence``; three
 frames ``[topic, body, uint32 LE sequence]``; 32-byte hashes in RPC display
 order, so ``body.hex() == getbestblockhash()``, exactly as bitcoind sends them:
-see scripts/chainsim/zmqpub.py). Blocks and transactions are
+see scripts/sim/chainsim/zmqpub.py). Blocks and transactions are
 real serializations (embit), so txids, wtxids, block hashes, merkle roots and
 raw bodies are what bitcoind would produce for them.
 
 In-process::
 
-    from scripts.sim_chain import ChainSim
+    from scripts.sim.chain import ChainSim
     with ChainSim(tmp_path / "chain") as sim:   # free ports; premines 101 blocks on first start
         sim.rpc_url, sim.auth_url, sim.zmq_endpoint, sim.cookie_file
         sim.wait_zmq_subscribed("rawtx", "sequence")     # after a SUB connects
         txid = sim.pay(sim.new_address(), "0.0015", rbf=True)
         sim.mine(); sim.replace(txid); sim.reorg(2); sim.drop_zmq(1); sim.stop_rpc(0.5)
 
-As a process: ``python -m scripts.sim_chain --datadir D [--rpc-port 18443] [--zmq-port 28332]``
+As a process: ``python -m scripts.sim.chain --datadir D [--rpc-port 18443] [--zmq-port 28332]``
 (or ``dctrl sim chain`` once wired in); ``dctrl sim pay ADDRESS AMOUNT`` etc. drive it over RPC.
 
 RPC methods (Core's parameters, positional or named): getblockchaininfo,
@@ -65,14 +65,14 @@ from __future__ import annotations
 
 import sys
 
-from scripts.chainsim.cli import (
-    add_chain_commands, add_sim_parser, cmd_sim_address, cmd_sim_chain, cmd_sim_drop_zmq, cmd_sim_mine, cmd_sim_pay,
+from scripts.sim.chainsim.cli import (
+    cmd_sim_address, cmd_sim_chain, cmd_sim_drop_zmq, cmd_sim_mine, cmd_sim_pay,
     cmd_sim_reorg, cmd_sim_replace, cmd_sim_stop_rpc, default_datadir, main, rpc_call)
-from scripts.chainsim.errors import RpcError
-from scripts.chainsim.sim import DEFAULT_RPC_PORT, DEFAULT_ZMQ_PORT, ChainSim
+from scripts.sim.chainsim.errors import RpcError
+from scripts.sim.chainsim.sim import DEFAULT_RPC_PORT, DEFAULT_ZMQ_PORT, ChainSim
 
 __all__ = [
-    "ChainSim", "RpcError", "DEFAULT_RPC_PORT", "DEFAULT_ZMQ_PORT", "main", "add_chain_commands", "add_sim_parser",
+    "ChainSim", "RpcError", "DEFAULT_RPC_PORT", "DEFAULT_ZMQ_PORT", "main",
     "default_datadir",
     "rpc_call", "cmd_sim_chain", "cmd_sim_address", "cmd_sim_pay", "cmd_sim_mine", "cmd_sim_replace",
     "cmd_sim_reorg", "cmd_sim_drop_zmq", "cmd_sim_stop_rpc",

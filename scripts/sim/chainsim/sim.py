@@ -8,7 +8,7 @@ Usable in-process (threads) from tests::
         sim.mine()
 
 ``esplora_port=0`` (a free port) or a port also serves Esplora's REST API over
-the same chain at ``sim.esplora_url`` (scripts/chainsim/esplora.py).
+the same chain at ``sim.esplora_url`` (scripts/sim/chainsim/esplora.py).
 
 State is saved to ``<datadir>/chain.json`` after every change (blocks as raw
 hex, the mempool, the wallet seed) and loaded on start, so a restart keeps
@@ -27,15 +27,15 @@ from decimal import Decimal
 from pathlib import Path
 
 from keys.files import atomic_write
-from scripts.chainsim import outputs
-from scripts.chainsim.chain import Block, Chain, Notifier, TxInfo
-from scripts.chainsim.errors import (
+from scripts.sim.chainsim import outputs
+from scripts.sim.chainsim.chain import Block, Chain, Notifier, TxInfo
+from scripts.sim.chainsim.errors import (
     RPC_INVALID_ADDRESS_OR_KEY, RPC_INVALID_PARAMETER, ChainSimError, Rejected, RpcError)
-from scripts.chainsim.jsonfmt import parse_amount, to_python
-from scripts.chainsim.rpc import IBD_MAX_TIP_AGE, JsonRpcEndpoint, NodeRpc
-from scripts.chainsim.rpcserver import RpcHttpServer
-from scripts.chainsim.wallet import SimWallet
-from scripts.chainsim.zmqpub import ZmqPublisher
+from scripts.sim.chainsim.jsonfmt import parse_amount, to_python
+from scripts.sim.chainsim.rpc import IBD_MAX_TIP_AGE, JsonRpcEndpoint, NodeRpc
+from scripts.sim.chainsim.rpcserver import RpcHttpServer
+from scripts.sim.chainsim.wallet import SimWallet
+from scripts.sim.chainsim.zmqpub import ZmqPublisher
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ChainSim:
             self.rpc_server.after_reply = self._after_reply
             self.rpc_server.start()
             if self._esplora_port is not None:
-                from scripts.chainsim.esplora import EsploraHttpServer
+                from scripts.sim.chainsim.esplora import EsploraHttpServer
 
                 self.esplora_server = EsploraHttpServer(self.host, self._esplora_port, self)
                 self.esplora_server.start()

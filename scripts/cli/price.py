@@ -1,13 +1,12 @@
 """The CLI's price commands: `dctrl price show`, `dctrl sim exchanges`, `dctrl sim exchange-set`.
 
-Each ``cmd_*`` takes the argparse Namespace; :func:`add_commands` registers
-them on the CLI's parser (scripts/cli.py). Imports of the bus stay inside the
-functions so building the parser stays cheap.
+Each ``cmd_*`` takes the argparse Namespace; :func:`register` adds `price` to
+the CLI's parser; scripts/cli/sim.py adds the simulator's two under `sim`.
+Imports of the bus stay inside the functions so building the parser stays cheap.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import urllib.error
@@ -15,7 +14,8 @@ import urllib.request
 
 from proto.errors import DctrlError
 
-from .sim_exchanges import DEFAULT_PORT, MODES, SOURCES
+from scripts.cli.common import command, hide_home
+from scripts.sim.exchanges import DEFAULT_PORT
 
 SIM_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 PRICE_TOPICS = ("price.btc_cad", "price.stale")
@@ -79,7 +79,7 @@ def cmd_sim_exchanges(args):
     """Run the exchange simulator in the foreground."""
     from decimal import Decimal
 
-    from .sim_exchanges import DEFAULT_FX, DEFAULT_PRICE, serve
+    from scripts.sim.exchanges import DEFAULT_FX, DEFAULT_PRICE, serve
 
     def ready(server):
         print(f"sim exchanges on {server.url}; control: dctrl sim exchange-set SOURCE --mode MODE --price P",
@@ -110,32 +110,13 @@ def _cmd_price(args):
     return cmd_price_show(args)  # `show` is the only action so far
 
 
-def add_commands(cmd, sim_sub) -> None:
-    """Register `price show` (with the CLI's ``cmd(name, fn, help)``) and `sim exchanges`,
-    `sim exchange-set` (on the ``sim`` command's sub-parsers)."""
-    sp = cmd("price", _cmd_price, "the BTC-CAD price and each source's health, from price_notifier")
+def register(sub) -> None:
+    """`dctrl price show` (the exchange simulator's commands are the `sim` group's: scripts/cli/sim.py)."""
+    sp = command(sub, "price", _cmd_price, "the BTC-CAD price and each source's health, from price_notifier")
     actions = sp.add_subparsers(dest="price_cmd", required=True, metavar="ACTION")
     p = actions.add_parser("show", help="wait for the next price message; exit 1 if stale")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     p.add_argument("--as", dest="as_name", default="admin", help="identity to listen as (default admin)")
     p.set_defaults(fn=cmd_price_show)
-
-    p = sim_sub.add_parser("exchanges", help="serve Kraken, Coinbase, Bitstamp, CoinGecko and the "
-                                             "Bank of Canada FX APIs on loopback, with faults on command")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--price", help="BTC-CAD price (default 128400.00)")
-    p.add_argument("--fx", help="USD->CAD rate (default 1.382)")
-    p.set_defaults(fn=cmd_sim_exchanges)
-
-    p = sim_sub.add_parser("exchange-set", help="set a simulated source's price or fault mode")
-    p.add_argument("source", choices=(*SOURCES, "all"), help="all: --price sets the base price")
-    p.add_argument("--price", help="CAD per BTC for this source (fx: the USD->CAD rate)")
-    p.add_argument("--mode", choices=MODES, help="how it answers: ok, or a fault (see `dctrl sim exchanges`)")
-    p.add_argument("--delay", type=float, help="seconds a slow answer takes (default 10)")
-    p.add_argument("--url", default=SIM_URL, help=f"the simulator (default {SIM_URL})")
-    p.set_defaults(fn=cmd_sim_exchange_set)
-
-    for parser in (*actions.choices.values(), sim_sub.choices["exchanges"], sim_sub.choices["exchange-set"]):
-        parser.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    hide_home(*actions.choices.values())

@@ -28,7 +28,7 @@ import time
 
 import zmq
 
-from scripts.chainsim.chain import Block, Notifier, TxInfo
+from scripts.sim.chainsim.chain import Block, Notifier, TxInfo
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import json
 import re
 from decimal import Decimal, InvalidOperation
 
-from scripts.chainsim.errors import RPC_TYPE_ERROR, RpcError
+from scripts.sim.chainsim.errors import RPC_TYPE_ERROR, RpcError
 
 COIN = 100_000_000
 MAX_MONEY = 21_000_000 * COIN

@@ -36,7 +36,7 @@ def default_datadir(args) -> Path:
 
 def cmd_sim_chain(args) -> int:
     """Run the simulator in the foreground until SIGINT/SIGTERM or the `stop` RPC."""
-    from scripts.chainsim.sim import DEFAULT_RPC_PORT, DEFAULT_ZMQ_PORT, ChainSim
+    from scripts.sim.chainsim.sim import DEFAULT_RPC_PORT, DEFAULT_ZMQ_PORT, ChainSim
 
     rpc_port = DEFAULT_RPC_PORT if getattr(args, "rpc_port", None) is None else args.rpc_port
     zmq_port = DEFAULT_ZMQ_PORT if getattr(args, "zmq_port", None) is None else args.zmq_port
@@ -178,7 +178,7 @@ def cmd_sim_stop_rpc(args) -> int:
 
 # -- parsers -----------------------------------------------------------------------
 
-def _server_options(p, *, home_suppressed: bool):
+def server_options(p, *, home_suppressed: bool):
     if home_suppressed:
         p.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--datadir", help="sim data directory (default HOME/sim/chain)")
@@ -186,65 +186,18 @@ def _server_options(p, *, home_suppressed: bool):
     p.add_argument("--rpc-password", help="RPC password instead of the cookie")
 
 
-def _client_options(p):
+def client_options(p):
     p.add_argument("--rpc-url", default=None,
                    help=f"sim RPC URL (default: the home's [chain.bitcoind] rpc_url, else {DEFAULT_RPC_URL})")
     p.add_argument("--cookie", help="cookie file (default DATADIR/.cookie)")
 
 
-def add_chain_commands(sim_sub):
-    """Register `chain, address, pay, mine, replace, reorg, drop-zmq, stop-rpc` in an existing
-    `dctrl sim` subparsers object (the one scripts/cli.py creates with dest="sim_cmd")."""
-
-    def action(name, fn, help):
-        a = sim_sub.add_parser(name, help=help, description=help)
-        _server_options(a, home_suppressed=True)
-        if name != "chain":
-            _client_options(a)
-        a.set_defaults(fn=fn)
-        return a
-
-    a = action("chain", cmd_sim_chain, "run the chain simulator in the foreground (JSON-RPC and ZMQ like "
-                                       "a regtest bitcoind)")
-    a.add_argument("--rpc-port", type=int, default=None, help="JSON-RPC port (default 18443; 0 = any free port)")
-    a.add_argument("--zmq-port", type=int, default=None, help="ZMQ PUB port (default 28332; 0 = any free port)")
-    a.add_argument("--esplora-port", type=int, default=None,
-                   help="also serve the Esplora REST API on this port (default off; 0 = any free port)")
-    action("address", cmd_sim_address, "print a fresh regtest address from the chain sim (sim_newaddress)")
-    a = action("pay", cmd_sim_pay, "pay AMOUNT BTC to ADDRESS from the chain sim's coins; prints the txid "
-                                   "(and on stderr what happened)")
-    a.add_argument("address", help="a regtest address (dctrl sim address makes one)")
-    a.add_argument("amount", help="BTC, e.g. 0.00120000")
-    a.add_argument("--rbf", action="store_true", help="signal BIP125 replaceability")
-    a.add_argument("--feerate", type=int, help="sat/vB (default 2)")
-    a = action("mine", cmd_sim_mine, "mine N blocks (the mempool goes into the first); prints their hashes "
-                                     "(and on stderr the new height)")
-    a.add_argument("n", type=int, nargs="?", default=1, help="how many blocks (default 1)")
-    a = action("replace", cmd_sim_replace, "replace a mempool tx by a higher-fee spend to the sim; prints the txid")
-    a.add_argument("txid", help="the mempool transaction to replace")
-    a = action("reorg", cmd_sim_reorg, "disconnect DEPTH blocks and mine DEPTH+1 new ones; prints their hashes")
-    a.add_argument("depth", type=int, help="how many blocks to disconnect")
-    a = action("drop-zmq", cmd_sim_drop_zmq, "do not send the next N zmq messages (a sequence gap)")
-    a.add_argument("n", type=int, nargs="?", default=1, help="how many messages (default 1)")
-    a = action("stop-rpc", cmd_sim_stop_rpc, "close RPC connections unanswered for SECONDS")
-    a.add_argument("seconds", type=float, help="for how long")
-
-
-def add_sim_parser(sub):
-    """A whole `sim` command for a parser that has none yet (standalone use)."""
-    sp = sub.add_parser("sim", help="simulators for the demo and the tests",
-                        description="Run the chain simulator or drive a running one.")
-    sp.add_argument("--home", default=None, help="dctrl home (default $DCTRL_HOME, else ./var)")
-    add_chain_commands(sp.add_subparsers(dest="sim_cmd", required=True, metavar="SIM"))
-    return sp
-
-
 def main(argv=None) -> int:
-    """``python -m scripts.sim_chain --datadir D [--rpc-port P] [--zmq-port Q]``: run the simulator."""
+    """``python -m scripts.sim.chain --datadir D [--rpc-port P] [--zmq-port Q]``: run the simulator."""
     p = argparse.ArgumentParser(prog="sim_chain", description="Run the chain simulator (regtest bitcoind "
                                                               "stand-in) in the foreground.")
     p.add_argument("--home", default=None, help="dctrl home, for the default datadir")
-    _server_options(p, home_suppressed=False)
+    server_options(p, home_suppressed=False)
     p.add_argument("--rpc-port", type=int, default=None, help="JSON-RPC port (default 18443; 0 = any free port)")
     p.add_argument("--zmq-port", type=int, default=None, help="ZMQ PUB port (default 28332; 0 = any free port)")
     p.add_argument("-v", "--verbose", action="store_true")

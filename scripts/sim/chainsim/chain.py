@@ -24,9 +24,9 @@ from embit import compact
 from embit.script import Script, Witness
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from scripts.chainsim import outputs
-from scripts.chainsim.errors import Rejected
-from scripts.chainsim.jsonfmt import COIN, MAX_MONEY, format_feerate, format_money
+from scripts.sim.chainsim import outputs
+from scripts.sim.chainsim.errors import Rejected
+from scripts.sim.chainsim.jsonfmt import COIN, MAX_MONEY, format_feerate, format_money
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ Routes, shapes, statuses and error bodies follow Blockstream/electrs
   ``estimatesmartfee`` rate in sat/vB.
 
 Every request reads the chain under the sim's lock, as the JSON-RPC server does
-(scripts/chainsim/rpc.py, JsonRpcEndpoint); ``POST /tx`` runs Core's
+(scripts/sim/chainsim/rpc.py, JsonRpcEndpoint); ``POST /tx`` runs Core's
 ``sendrawtransaction`` of the RPC layer and saves the state afterwards.
 """
 
@@ -40,11 +40,11 @@ import logging
 import math
 from http.server import BaseHTTPRequestHandler
 
-from scripts.chainsim import outputs
-from scripts.chainsim.chain import Block, TxInfo, difficulty
-from scripts.chainsim.errors import RpcError
-from scripts.chainsim.rpc import NodeRpc
-from scripts.chainsim.rpcserver import KeepAliveHTTPServer
+from scripts.sim.chainsim import outputs
+from scripts.sim.chainsim.chain import Block, TxInfo, difficulty
+from scripts.sim.chainsim.errors import RpcError
+from scripts.sim.chainsim.rpc import NodeRpc
+from scripts.sim.chainsim.rpcserver import KeepAliveHTTPServer
 
 log = logging.getLogger(__name__)
 

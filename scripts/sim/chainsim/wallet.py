@@ -18,9 +18,9 @@ from embit.networks import NETWORKS
 from embit.script import Script, Witness, p2pkh, p2wpkh
 from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
 
-from scripts.chainsim import outputs
-from scripts.chainsim.chain import COINBASE_MATURITY, SEQUENCE_NONFINAL, SEQUENCE_RBF, Chain, TxInfo
-from scripts.chainsim.errors import RPC_INVALID_ADDRESS_OR_KEY, RPC_WALLET_INSUFFICIENT_FUNDS, RpcError
+from scripts.sim.chainsim import outputs
+from scripts.sim.chainsim.chain import COINBASE_MATURITY, SEQUENCE_NONFINAL, SEQUENCE_RBF, Chain, TxInfo
+from scripts.sim.chainsim.errors import RPC_INVALID_ADDRESS_OR_KEY, RPC_WALLET_INSUFFICIENT_FUNDS, RpcError
 
 NET = NETWORKS["regtest"]
 DUMMY_SIG = bytes(72)  # upper bound of a DER signature plus sighash byte, for size estimates

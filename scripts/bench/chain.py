@@ -98,8 +98,9 @@ def observe_announcements(sim, stop, clock):
 def run_chain_bench(quick=True, payments=None, blocks=None, watched=None) -> dict:
     from actors.runtime import Actor, Runtime
     from keys.home import Home
-    from scripts.sim_chain import ChainSim
-    from scripts.bench import free_ports
+    from scripts.bench.bus import free_ports
+    from scripts.cli.provision import init_home
+    from scripts.sim.chain import ChainSim
 
     payments = payments or (50 if quick else 200)
     blocks = blocks or (200 if quick else 1000)
@@ -110,9 +111,9 @@ def run_chain_bench(quick=True, payments=None, blocks=None, watched=None) -> dic
     rt = None
     try:
         pub_port, sub_port, ex_port, rpc_port, zmq_port = free_ports(5)
-        home = Home.init(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
-                         subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
-                         chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
+        home = init_home(tmp / "home", publish_endpoint=f"tcp://127.0.0.1:{pub_port}",
+                        subscribe_endpoint=f"tcp://127.0.0.1:{sub_port}", exchanges_port=ex_port,
+                        chain_rpc_port=rpc_port, chain_zmq_port=zmq_port)
         sim = ChainSim(home.root / "sim" / "chain", rpc_port=rpc_port, zmq_port=zmq_port).start()
         with open(home.root / "config.toml", "a") as f:
             f.write('\n[runtime]\nheartbeat_interval = 1\n')

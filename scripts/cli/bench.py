@@ -1,0 +1,36 @@
+"""`dctrl bench [bus|chain|vend|faults]`: the benchmarks of scripts/bench/, one JSON object."""
+
+from __future__ import annotations
+
+from scripts.cli.common import command
+
+
+def cmd_bench(args):
+    if args.suite == "chain":
+        from scripts.bench.chain import main as chain_main
+
+        return chain_main(args)
+    if args.suite == "vend":
+        from scripts.bench.vend import main as vend_main
+
+        return vend_main(args)
+    if args.suite == "faults":
+        from scripts.bench.faults import main as faults_main
+
+        return faults_main(args)
+    from scripts.bench.bus import main as bench_main
+
+    return bench_main(args)
+
+
+def register(sub):
+    sp = command(sub, "bench", cmd_bench, "benchmarks; prints one JSON object")
+    sp.add_argument("suite", nargs="?", default="bus", choices=("bus", "chain", "vend", "faults"),
+                    help="bus: the broker against zmq.proxy; chain: payment detection and catch-up; "
+                         "vend: payment to relay pin end to end, and the agent's memory and start-up; "
+                         "faults: purchases under random kill -9 and SIGSTOP, counting double, lost and "
+                         "unpaid vends, unrecorded payments and processes that did not come back")
+    sp.add_argument("--seeds", default="3", metavar="N",
+                    help="faults: seeds 0..N-1 (or A-B, or A,B,...), one scenario each (default 3)")
+    sp.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
+    sp.add_argument("--quick", action="store_true", help="finish in under 30 s (faults: about 25 s a seed)")
