@@ -50,13 +50,13 @@ ENTRIES: tuple[Entry, ...] = (
     # The bus itself first: supervisord starts them in this order.
     Entry("broker", "broker.broker:Broker", grants=Grants(publish=("broker",)), own_loop=True),
     Entry("vault", "actors.vault:Vault", grants=Grants(publish=("vault",), subscribe=("vault.req",))),
-    Entry("event_logger", "actors.event_logger:EventLogger", grants=Grants(publish=("events",), subscribe=("",))),
+    Entry("event_logger", "actors.event_logger.actor:EventLogger", grants=Grants(publish=("events",), subscribe=("",))),
     Entry("price_notifier", "actors.price_notifier:PriceNotifier", grants=Grants(publish=("price",))),
-    Entry("chain_notifier", "actors.chain_notifier:ChainNotifier",
+    Entry("chain_notifier", "actors.chain_notifier.actor:ChainNotifier",
           grants=Grants(publish=("chain",), subscribe=("cmd.chain",))),
-    Entry("business_data", "actors.business_data:BusinessData",
+    Entry("business_data", "actors.business_data.actor:BusinessData",
           grants=Grants(publish=("business",), subscribe=("cmd.business",))),
-    Entry("business_mgr", "actors.business_mgr:BusinessMgr",
+    Entry("business_mgr", "actors.business_mgr.actor:BusinessMgr",
           grants=Grants(publish=("cmd.machine", "cmd.chain", "invoice"),
                         subscribe=("machine", "chain", "price", "business"))),
     # The vending machine's agent (dctrl-agent, machine_agent/main.py): its parts share the machine's

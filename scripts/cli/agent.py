@@ -36,7 +36,7 @@ def cmd_agent_config(args):
 def _machine_slots(home, name) -> list:
     """BusinessData's slots of machine ``name`` ([] where there is no database to read)."""
     try:
-        from actors.business_data import slots
+        from actors.business_data.queries import slots
         from actors.db import connect
     except ImportError:  # an agent-only install
         return []

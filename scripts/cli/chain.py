@@ -46,7 +46,8 @@ def cmd_chain(args):
 
 def _address_gap(home) -> dict | None:
     """The invoice address book's gap (issue 9.3), or None where there is no database to read."""
-    from actors.business_mgr import DEFAULTS, address_gap
+    from actors.business_mgr.models import DEFAULTS
+    from actors.business_mgr.queries import address_gap
     from actors.db import connect
 
     try:

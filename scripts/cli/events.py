@@ -12,7 +12,7 @@ from scripts.cli.common import home as _home
 
 
 def cmd_events(args):
-    from actors.event_logger import query, tail
+    from actors.event_logger.queries import query, tail
 
     from proto.wire import prefix_frame
 
