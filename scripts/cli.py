@@ -72,7 +72,8 @@ def cmd_run(args):
         from actors.runtime import Runtime
 
         actor = _load(ACTORS[args.name])(home)
-        Runtime(actor, home.bus_settings(args.name)).run(handle_signals=True)
+        options = actor.runtime_options() if args.name == "vault" else {}  # its own token source
+        Runtime(actor, home.bus_settings(args.name), **options).run(handle_signals=True)
     except ConfigError as exc:
         print(f"dctrl: {exc}", file=sys.stderr)
         return EX_CONFIG
