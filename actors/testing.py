@@ -26,6 +26,7 @@ reverse -- and:
   that only :meth:`FakeRuntime.advance` moves;
 * runs ``blocking=True`` handlers inline (default) or queues them for
   :meth:`FakeRuntime.run_pool` (``blocking="pool"``), deterministically;
+* records secret requests and lets the test answer them (:meth:`FakeRuntime.give_secret`);
 * takes ``publish`` and ``call_soon`` from other threads (an actor's worker)
   into a queue the test pumps (:meth:`FakeRuntime.run_pending`, :meth:`FakeRuntime.wait_for`),
   as the real loop does.
@@ -161,6 +162,7 @@ class FakeRuntime:
         self.blocking, self.raise_errors = blocking, raise_errors
         self.published: list[tuple[str, dict]] = []
         self.errors: list[tuple[str, BaseException]] = []
+        self.secrets_requested: list[str] = []
         self.counters = collections.Counter(received=0, accepted=0, rejected=0, handler_errors=0, published=0)
         self.connected = True  # False: ready_to_publish() says no, as with no broker
         self.pool: collections.deque = collections.deque()  # blocking handlers waiting (blocking="pool")
@@ -231,7 +233,14 @@ class FakeRuntime:
         heapq.heappush(self._later, (self.clock.monotonic() + delay, self._later_n, fn, args))
 
     def request_secret(self, name: str) -> None:
-        raise NotImplementedError("secrets are not served by the fake runtime: call on_secret() directly")
+        """Recorded in :attr:`secrets_requested`; the test answers with :meth:`give_secret`."""
+        self.secrets_requested.append(name)
+
+    def give_secret(self, name: str, value: bytes | None = None, error: str | None = None) -> None:
+        """The Vault's answer to a secret request: every part's ``on_secret``."""
+        for part in self.parts:
+            self._guarded(part.on_secret, "on_secret", name, value, error)
+        self.run_pending()
 
     @property
     def name(self) -> str:

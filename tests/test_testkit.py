@@ -143,3 +143,22 @@ def test_no_production_entry_point_loads_the_test_kit():
     hits = [str(p.relative_to(ROOT)) for folder in ("actors", "machine_agent", "broker", "scripts", "proto", "keys")
             for p in (ROOT / folder).rglob("*.py") if importing.search(p.read_text())]
     assert hits == []
+
+
+def test_secrets_are_asked_and_answered_by_the_test():
+    class Reader(Actor):
+        def __init__(self):
+            self.got = []
+
+        def setup(self):
+            self.runtime.request_secret("smtp_password")
+
+        def on_secret(self, name, value, error):
+            self.got.append((name, value, error))
+
+    reader = Reader()
+    rt = FakeRuntime(reader, name="admin").start()
+    assert rt.secrets_requested == ["smtp_password"]
+    rt.give_secret("smtp_password", b"pw")
+    rt.give_secret("smtp_password", error="not granted")
+    assert reader.got == [("smtp_password", b"pw", None), ("smtp_password", None, "not granted")]
