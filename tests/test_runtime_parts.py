@@ -158,7 +158,7 @@ def test_the_base_class_has_no_vault_hooks():
 
 def test_two_parts_served_on_the_bus(home, network, clients):
     log = Log()
-    rt = Runtime([Left(log), Right(log)], home.bus_settings("admin"))
+    rt = Runtime([Left(log, ("ok", "left here")), Right(log, ("ok", "right here"))], home.bus_settings("admin"))
     t = threading.Thread(target=rt.run, daemon=True)
     t.start()
     try:
@@ -170,8 +170,9 @@ def test_two_parts_served_on_the_bus(home, network, clients):
         tx.publish("debug.parts.right", {"n": 2})
         wait_for(lambda: ("right", 2, "admin") in log.lines, what="the right part's (blocking) handler")
         assert ("left saw", "debug.parts.right") in log.lines  # a message goes to every part that matches
-        beat = watch.expect(topic_is("health.admin", role="test"), what="the runtime's heartbeat")
-        assert beat.message.body["status"] == "ok"
+        beat = watch.expect(topic_is("health.admin", detail="left here; right here"),
+                            what="the two parts' runtime's heartbeat (their health combined)")
+        assert (beat.message.body["status"], beat.message.body["role"]) == ("ok", "test")
     finally:
         rt.stop()
         t.join(10)
