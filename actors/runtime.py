@@ -20,7 +20,21 @@ or a handler that raises is logged and reported on ``error.NAME``; the actor
 keeps running. Handlers marked ``blocking=True`` run on a thread pool so the
 loop never stalls; :meth:`Actor.publish` is safe from any thread.
 
-Handlers never touch zmq, so tests can call them with a decoded message.
+Handlers never touch zmq, so tests can call them with a decoded message: the
+test kit (:mod:`actors.testing`, tests only) hosts an actor on a fake runtime
+that dispatches the same way (:mod:`actors.dispatch`) without sockets.
+
+A runtime hosts one actor or several *parts* of one identity
+(``Runtime([notifier, sim, mgr], settings)``, the machine agent): every part's
+``@on`` handlers and ``@every`` jobs are served, parts are set up in order and
+torn down in reverse, and their health is combined. A handler it cannot serve
+(on an object a part holds but the runtime does not host, or on a prefix no
+topic family falls under) is an error at start (:class:`~actors.dispatch.HandlerError`).
+
+Tokens, secrets and key rotation are decided by a socket-free
+:class:`~actors.session.Session`; the runtime sends what it returns. Tokens
+come from a token source: by default the Vault, asked over the bus; the Vault's
+own runtime is given one that mints locally (``token_source=``).
 
 Stopping. :meth:`Runtime.stop` (any thread) and the SIGTERM/SIGINT handlers
 (``run(handle_signals=True)``) set a plain flag and write a byte to the loop's
@@ -54,12 +68,16 @@ from zmq.utils.monitor import recv_monitor_message
 
 from actors.registry import ACTOR_IDENTITIES
 from keys.bus import BusSettings, next_boot
-from keys.files import atomic_write, file_stamp
+from keys.files import atomic_write
 from keys.identity import IdentityKeys
 from proto import wire
 from proto.authproxy import AuthProxy, NoToken, ReplayGuard, boot_id, describe_rejection
 from proto.errors import BadToken, DctrlError
+from proto.topics import REGISTRY
 from proto.version import VERSION  # the package metadata (setup.cfg)
+
+from .dispatch import Handlers, HandlerError, combined_health
+from .session import Session, VaultTokens
 
 log = logging.getLogger(__name__)
 
@@ -136,54 +154,49 @@ class Actor:
         (a broker restart, a network cut). Publish/subscribe is at most once: whatever was
         published to or by this process meanwhile may be gone, so ask again for what matters."""
 
-    def untokened_key(self, sender, key_version):
-        """Only the Vault overrides this (see AuthProxy.registry_auth)."""
-        raise NotImplementedError
-
     def on_secret(self, name: str, value: bytes | None, error: str | None) -> None:
         """Called in the loop thread with a secret asked for by :meth:`Runtime.request_secret`
         (``value``), or with the Vault's refusal (``error``)."""
 
-    def issue_own_token(self) -> bytes | None:
-        """Only the Vault overrides this: it signs its own token instead of asking."""
-        return None
-
-    # An object with ``prefix`` (topic frame bytes), ``offer(frames) -> bool`` (cheap, before
-    # any verification: False drops the message), ``pending`` (int) and ``take(n) -> [frames]``
-    # (the next messages to verify and handle, in the intake's order). Only the Vault has one.
-    intake = None
 
 
 class Runtime:
-    def __init__(self, actor: Actor, settings: BusSettings, *, clock=time.time, workers=4):
-        self.actor = actor
+    """Runs ``actor`` -- one Actor, or an iterable of parts of one identity -- on the bus as
+    ``settings.name``. ``token_source`` says where tokens come from (default: the Vault, over
+    the bus; see :mod:`actors.session`); ``intake`` is an optional object that takes messages
+    under its ``prefix`` before any verification (only the Vault's runtime has one: ``offer(frames)
+    -> bool``, cheap, False drops the message; ``pending``; ``take(n) -> [frames]``)."""
+
+    def __init__(self, actor, settings: BusSettings, *, clock=time.time, workers=4, token_source=None,
+                 intake=None, schemas=REGISTRY):
+        self.parts = [actor] if isinstance(actor, Actor) else list(actor)
+        if not self.parts:
+            raise HandlerError("a runtime needs at least one part")
+        self.actor = self.parts[0]
         self.settings = settings
-        self.keys = IdentityKeys.load(settings.key_file)
-        self._key_stamp = file_stamp(settings.key_file)
-        auth = actor.untokened_key if type(actor).untokened_key is not Actor.untokened_key else None
+        self.intake = intake
+        self.token_source = token_source or VaultTokens()
+        keys = IdentityKeys.load(settings.key_file)
         journal = settings.journal_file
         if journal is None and settings.name in ACTOR_IDENTITIES:
             # a server actor keeps its replay window across restarts, as the agent does
             journal = settings.boot_file.with_name(f"{settings.name}.replay.json")
-        self.proxy = AuthProxy(self.keys, settings.vault_public, boot_id(next_boot(settings.boot_file)),
-                               clock=clock, registry_auth=auth,
+        self.dispatch = Handlers(self.parts, schemas)  # raises HandlerError before anything is opened
+        self.proxy = AuthProxy(keys, settings.vault_public, boot_id(next_boot(settings.boot_file)),
+                               clock=clock, registry_auth=self.token_source.registry_auth, schemas=schemas,
                                replay=ReplayGuard(journal_file=journal, clock=clock, save=atomic_write))
+        self.session = Session(self.proxy, settings.key_file, token_source=self.token_source,
+                               on_token=self._token_installed, on_secret=self._on_secret)
         self.clock = clock
-        self.handlers = []  # (prefix frame, fn, blocking, raw)
+        self.handlers = self.dispatch.on  # (prefix frame, fn, blocking, raw)
         self.scheduler = schedule.Scheduler()
-        for attr in dir(type(actor)):
-            fn = getattr(actor, attr, None)
-            if hasattr(fn, "_dctrl_on"):
-                prefix, blocking, raw = fn._dctrl_on
-                self.handlers.append((wire.prefix_frame(prefix), fn, blocking, raw))
-            if hasattr(fn, "_dctrl_every"):
-                self.scheduler.every(fn._dctrl_every).seconds.do(self._guarded, fn, "job")
+        for seconds, fn in self.dispatch.every:
+            self.scheduler.every(seconds).seconds.do(self._guarded, fn, "job")
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.keys.name}-work")
         self.outbox: collections.deque = collections.deque()  # (topic, body) awaiting a token
         self.crossthread: collections.deque = collections.deque()
         self.later: list = []  # heap of (monotonic due, n, fn, args): call_later
         self._later_n = 0
-        self.secrets_wanted: dict[str, float] = {}  # name -> next retry (monotonic)
         self.counters = collections.Counter(received=0, accepted=0, rejected=0, handler_errors=0, published=0)
         self._errors_window: dict = {}
         self._log_window: dict = {}  # (kind, code) -> [start, refusals not logged]
@@ -199,12 +212,43 @@ class Runtime:
         self._idle_poller.register(self._wake_r, zmq.POLLIN)
         self._monitors = 0
         self.started = time.monotonic()
-        self.connected = self._was_connected = self._force_renew = False
+        self.connected = self._was_connected = False
         self.ctx = zmq.Context()
         self.pub = self.sub = self.monitor = None
         self._reconnect_at = None
         self._backoff = 1.0
-        actor.runtime = self
+        for part in self.parts:
+            part.runtime = self
+
+    @property
+    def keys(self) -> IdentityKeys:
+        return self.proxy.keys
+
+    @property
+    def secrets_wanted(self) -> dict:
+        return self.session.secrets_wanted
+
+    # -- the parts ------------------------------------------------------------
+
+    def _setup_parts(self):
+        for part in self.parts:  # a part that fails to set up stops the start (as one actor's did)
+            part.setup()
+
+    def _teardown_parts(self):
+        for part in reversed(self.parts):
+            self._guarded(part.teardown, "teardown")
+
+    def _each_part(self, method, kind, *args):
+        for part in self.parts:
+            self._guarded(getattr(part, method), kind, *args)
+
+    def _health(self):
+        if len(self.parts) == 1:
+            return self.actor.health()
+        return combined_health([p.health() for p in self.parts])
+
+    def _on_secret(self, name, value, error):
+        self._each_part("on_secret", "on_secret", name, value, error)
 
     # -- sockets --------------------------------------------------------------
 
@@ -242,8 +286,7 @@ class Runtime:
         self.poller.register(self.sub, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
         self.poller.register(self._wake_r, zmq.POLLIN)
-        self._next_token_request = time.monotonic()
-        self._token_retry = 0.1
+        self.session.connected()
 
     def _close_sockets(self):
         # The monitor is stopped before its PAIR socket closes: libzmq's I/O thread sends each
@@ -291,9 +334,9 @@ class Runtime:
         return self.pub is not None and self.connected and self.proxy.token_valid()
 
     def add_handler(self, prefix: str, fn, *, blocking=False, raw=False) -> None:
-        """Register a handler at run time (same meaning as ``@on``); loop thread or before run()."""
-        frame = wire.prefix_frame(prefix)
-        self.handlers.append((frame, fn, blocking, raw))
+        """Register a handler at run time (same meaning as ``@on``, and refused the same way if no
+        topic family falls under ``prefix``); loop thread or before run()."""
+        frame = self.dispatch.add(prefix, fn, blocking, raw)
         if self.sub is not None:
             self.sub.setsockopt(zmq.SUBSCRIBE, frame)
 
@@ -302,34 +345,11 @@ class Runtime:
         if threading.get_ident() != self._loop_thread:
             self.call_soon(self.request_secret, name)
             return
-        self.secrets_wanted[name] = time.monotonic()
+        self.session.want_secret(name)
 
     def _ask_for_secrets(self):
-        now = time.monotonic()
-        for name, due in list(self.secrets_wanted.items()):
-            if due <= now and self.proxy.token_valid():
-                self.pub.send_multipart(self.proxy.request("secret", name))
-                self.secrets_wanted[name] = now + random.uniform(1.0, 2.0)
-
-    def _secret_reply(self, msg):
-        body = msg.body
-        if self.proxy.pending.pop(body["rid"], None) != "secret" or body["secret"] not in self.secrets_wanted:
-            return  # for another process with our name
-        del self.secrets_wanted[body["secret"]]
-        if body["sealed"] is None:
-            log.error("vault refused secret %r: %s", body["secret"], body["reason"])
-            self._guarded(self.actor.on_secret, "on_secret", body["secret"], None, body["reason"] or body["code"])
-            return
-        from .secretstore import SecretStoreError, open_sealed
-
-        try:
-            value = open_sealed(self.keys.curve_secret, body["sealed"])
-        except SecretStoreError as exc:
-            log.error("secret %r could not be opened: %s", body["secret"], exc)
-            self._guarded(self.actor.on_secret, "on_secret", body["secret"], None, str(exc))
-            return
-        log.info("secret %r received", body["secret"])
-        self._guarded(self.actor.on_secret, "on_secret", body["secret"], value, None)
+        for frames in self.session.secret_requests():
+            self.pub.send_multipart(frames)
 
     def call_soon(self, fn, *args) -> None:
         """Run ``fn(*args)`` in the loop thread (sockets are not thread-safe). Any thread."""
@@ -387,7 +407,7 @@ class Runtime:
         self._open_sockets()
         log.info("%s starting (boot %d), broker %s", self.keys.name, self.proxy.boot, self.settings.subscribe_endpoint)
         try:
-            self.actor.setup()
+            self._setup_parts()
             # Everything made so far (modules, keys, the actor) lives as long as the process:
             # leave it out of the collector's full passes, which otherwise walk all of it
             # (15 ms seen on the agent, landing on whatever message was in flight).
@@ -399,7 +419,7 @@ class Runtime:
                 if self._reconnect_at is not None and now >= self._reconnect_at:
                     self._reconnect_at = None
                     self._open_sockets()
-                if self.sub is not None and now >= self._next_token_request:
+                if self.sub is not None and now >= self.session.next_token_request:
                     self._maybe_request_token()
                 if now >= next_health and self.proxy.token_valid():
                     next_health = now + self.settings.heartbeat_interval
@@ -415,7 +435,7 @@ class Runtime:
                 events = dict(self.poller.poll(timeout)) if self.sub is not None else self._idle(timeout)
                 if self.sub is not None and self.sub in events:
                     self._drain()
-                if self.actor.intake is not None and self.actor.intake.pending:
+                if self.intake is not None and self.intake.pending:
                     self._serve_intake()
                 if self.monitor is not None and self.monitor in events:
                     self._monitor_events()
@@ -449,10 +469,7 @@ class Runtime:
         deadlines = [now + 1.0]
         if self.proxy.token_valid():
             deadlines.append(next_health)
-            if self.sub is not None:
-                deadlines.extend(self.secrets_wanted.values())
-        if self.sub is not None:
-            deadlines.append(self._next_token_request)
+        deadlines.extend(self.session.deadlines(self.sub is not None))
         if self.later:
             deadlines.append(self.later[0][0])
         idle = self.scheduler.idle_seconds
@@ -460,13 +477,13 @@ class Runtime:
             deadlines.append(now + max(0.0, idle))
         if self._reconnect_at is not None:
             deadlines.append(self._reconnect_at)
-        if self.actor.intake is not None and self.actor.intake.pending:
+        if self.intake is not None and self.intake.pending:
             return 0
         return max(0, math.ceil((min(deadlines) - now) * 1000))
 
     def _drain(self):
         recv = self.sub.recv_multipart
-        intake = self.actor.intake
+        intake = self.intake
         for _ in range(DRAIN):
             try:
                 frames = recv(zmq.NOBLOCK)
@@ -479,13 +496,13 @@ class Runtime:
                     self.counters["throttled"] += 1
                 continue
             self._deliver(frames)
-        self._guarded(self.actor.after_batch, "after_batch")
+        self._each_part("after_batch", "after_batch")
         self._guarded(self.proxy.replay.flush, "replay_flush")
 
     def _serve_intake(self):
         """Verify and handle a bounded batch from the actor's intake (the rest waits for the
         next pass of the loop, after the sockets have been read again)."""
-        for frames in self.actor.intake.take(INTAKE_BATCH):
+        for frames in self.intake.take(INTAKE_BATCH):
             self.counters["received"] -= 1  # (counted when queued)
             self._deliver(frames)
         self._guarded(self.proxy.replay.flush, "replay_flush")
@@ -576,72 +593,23 @@ class Runtime:
     # -- tokens, revocations, keys ------------------------------------------
 
     def _vault_message(self, msg):
-        if msg.topic == f"vault.token.{self.keys.name}":
-            if msg.sender != "vault":
-                # Verified, but not the Vault's: only the Vault answers token requests, and a
-                # reply carries revocations; another identity granted vault.token.* is ignored.
-                self._report("rejected", msg.topic_bytes, msg.sender,
-                             BadToken(f"a token reply from {msg.sender}, not the vault: ignored"))
-                return
-            try:
-                tok = self.proxy.accept_token_reply(msg)
-            except DctrlError as exc:
-                log.error("no token: %s", exc)
-                return
-            if tok is None:
-                return  # an answer to another process with our name
-            self._apply_revocations(msg.body.get("revocations") or ())
-            log.info("token received (key v%d), expires in %d s", tok.key_version, tok.expires_at - self.clock())
-            self._token_installed()
-        elif msg.topic == f"vault.secret.{self.keys.name}" and msg.sender == "vault":
-            self._secret_reply(msg)
-        elif msg.topic == "vault.revoked" and msg.sender == "vault":
-            self._apply_revocations(msg.body["revocations"])
-
-    def _apply_revocations(self, revocations):
-        for r in revocations:
-            self.proxy.verifier.revoke(r["identity"], r["up_to"])
+        refusal = self.session.vault_message(msg)
+        if refusal is not None:
+            self._report("rejected", msg.topic_bytes, msg.sender, refusal)
 
     def _token_installed(self):
-        self._token_retry = 0.1
-        self._force_renew = False
-        self._next_token_request = time.monotonic() + self.proxy.renew_in()
         while self.outbox and self.proxy.token_valid():
             self.publish(*self.outbox.popleft())
 
     def _maybe_request_token(self):
-        if self.proxy.renew_in() > 0 and not self._force_renew:
-            self._next_token_request = time.monotonic() + self.proxy.renew_in()
-            return
-        own = self.actor.issue_own_token()
-        if own is not None:
-            self.proxy.set_token(own)
-            self._token_installed()
-            return
-        self.pub.send_multipart(self.proxy.request("token"))
-        # Until the Vault answers, ask again with backoff and jitter: the first request
-        # of a fresh connection is often lost (slow joiner), a down Vault is not hammered.
-        self._token_retry = min(self._token_retry * 2, 5.0)
-        self._next_token_request = time.monotonic() + self._token_retry * random.uniform(0.8, 1.2)
+        frames = self.session.token_step()
+        if frames is not None:
+            self.pub.send_multipart(frames)
 
     def _check_key_rotation(self):
-        stamp = file_stamp(self.settings.key_file)
-        if stamp == self._key_stamp:
-            return
-        self._key_stamp = stamp
-        try:
-            keys = IdentityKeys.load(self.settings.key_file)
-        except DctrlError as exc:
-            log.error("key file changed but cannot be loaded, keeping current keys: %s", exc)
-            return
-        if keys.version == self.keys.version:
-            return
-        log.warning("keys rotated to v%d: reconnecting and renewing the token", keys.version)
-        self.keys = keys
-        self.proxy.set_keys(keys)
-        self.proxy.token = None
-        self._close_sockets()
-        self._open_sockets()
+        if self.session.keys_rotated():
+            self._close_sockets()
+            self._open_sockets()
 
     def _monitor_events(self):
         while True:
@@ -656,12 +624,11 @@ class Runtime:
                     # The broker rebinds when keys or policy change: renew the token so its
                     # grants follow the current policy.
                     log.info("reconnected to the broker; renewing the token")
-                    self._force_renew = True
-                    self._next_token_request = time.monotonic()
+                    self.session.reconnected()
                 self.connected = self._was_connected = True
                 self._backoff = 1.0
                 if again:
-                    self._guarded(self.actor.reconnected, "reconnected")
+                    self._each_part("reconnected", "reconnected")
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.connected = False
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
@@ -677,7 +644,7 @@ class Runtime:
                 return
 
     def _heartbeat(self):
-        status, detail = self.actor.health()
+        status, detail = self._health()
         tok = self.proxy.token
         self.publish(f"health.{self.keys.name}", {
             "name": self.keys.name, "role": self.actor.role, "version": VERSION, "pid": os.getpid(),
@@ -691,7 +658,7 @@ class Runtime:
             log.info("%s stopping (%s)", self.keys.name, signal.Signals(self._stop_signal).name)
         else:
             log.info("%s stopping", self.keys.name)
-        self._guarded(self.actor.teardown, "teardown")
+        self._teardown_parts()
         self.pool.shutdown(wait=True, cancel_futures=False)
         self._run_crossthread()
         self._guarded(self.proxy.replay.flush, "replay_flush", True)

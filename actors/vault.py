@@ -12,7 +12,11 @@ for identities the policy's ``[secrets]`` table names, sealed to the
 requester's Curve public key, so the plaintext never crosses the bus or
 reaches the event log.
 
-The Vault issues its own token directly. The registry and policy are
+The Vault issues its own token directly: its runtime is given
+:class:`LocalTokens` (``Runtime(vault, settings, **vault.runtime_options())``)
+instead of the default token source, which asks the Vault over the bus; the
+same object verifies the untokened ``vault.req.*`` against the registry, and
+the runtime takes those requests through the Vault's :class:`RequestIntake`. The registry and policy are
 reloaded when their files change; every revocation in force is published on
 ``vault.revoked`` at once, 2 s and 5 s later, and every ``revocations_interval`` seconds.
 """
@@ -155,6 +159,21 @@ class RequestIntake:
         return out
 
 
+class LocalTokens:
+    """The Vault's token source (see :mod:`actors.session`): its own token is minted here, from
+    the registry and the policy, never asked for over the bus; and untokened ``vault.req.NAME``
+    messages are verified against NAME's registered key (:meth:`Vault.untokened_key`)."""
+
+    def __init__(self, vault: "Vault"):
+        self.vault = vault
+
+    def own_token(self, keys) -> bytes:
+        return self.vault.issue(keys.name, keys.version)
+
+    def registry_auth(self, sender: str, key_version: int):
+        return self.vault.untokened_key(sender, key_version)
+
+
 class Vault(Actor):
     def __init__(self, home: Home, *, clock=time.time, requests_per_minute=30):
         self.home = home
@@ -184,8 +203,9 @@ class Vault(Actor):
     def setup(self):
         self.publish_revocations()  # queued until the runtime installs our own token
 
-    def issue_own_token(self) -> bytes:
-        return self.issue(self.name, self.runtime.proxy.keys.version)
+    def runtime_options(self) -> dict:
+        """What the Vault's Runtime is given beyond the actor: its token source and its intake."""
+        return {"token_source": LocalTokens(self), "intake": self.intake}
 
     def issue(self, name: str, key_version: int) -> bytes:
         key = self.registry.key(name, key_version)  # raises if unknown, revoked or expired

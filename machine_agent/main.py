@@ -6,14 +6,13 @@ pyzmq, msgpack, PyNaCl, schedule (and gpiozero/smbus2 for the relays). It
 never imports peewee or bottle. Vending (MachineMgr) and hardware inputs
 (MachineNotifier) build on this runtime.
 
-One process, one identity, one bus connection: the Runtime takes one actor,
-so :class:`Agent` is that actor and delegates to its parts -- the
-MachineNotifier, the simulator's control socket (``pins = "mock"`` only,
-machine_agent/simctl.py) and the MachineMgr, set up in that order and torn
-down in reverse (the vend worker finishes, waiting for its drop, before the
-input pins close). The parts register no ``@on``/``@every`` handlers (the
-runtime only looks for those on the actor's own class); MachineMgr adds its
-handler with ``runtime.add_handler`` in setup.
+One process, one identity, one bus connection: the Runtime hosts the
+agent's parts -- the MachineNotifier, the simulator's control socket
+(``pins = "mock"`` only, machine_agent/simctl.py) and the MachineMgr -- set up
+in that order and torn down in reverse (the vend worker finishes, waiting for
+its drop, before the input pins close), their health combined. Each part's
+``@on``/``@every`` handlers are served (MachineMgr adds its own, whose topic
+holds the machine's name, with ``runtime.add_handler`` in setup).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import logging
 import os
 import sys
 
-from actors.runtime import Actor, Runtime
+from actors.runtime import Runtime
 from proto.errors import DctrlError
 
 from . import config
@@ -34,37 +33,15 @@ from .relays import pin_factory_for
 log = logging.getLogger("dctrl-agent")
 
 
-class Agent(Actor):
-    """The agent's one actor: setup, teardown, health and after_batch delegated to its parts."""
-
-    role = "machine"
+class Agent:
+    """The agent's parts, in the order the runtime sets them up: ``Runtime(agent, settings)``."""
 
     def __init__(self, mgr: MachineMgr, notifier: MachineNotifier, sim=None):
         self.mgr, self.notifier, self.sim = mgr, notifier, sim
         self.parts = [p for p in (notifier, sim, mgr) if p is not None]
 
-    def setup(self):
-        for p in self.parts:
-            p.runtime = self.runtime
-        for p in self.parts:
-            p.setup()
-
-    def teardown(self):
-        for p in reversed(self.parts):
-            try:
-                p.teardown()
-            except Exception:
-                log.exception("%s teardown failed", type(p).__name__)
-
-    def health(self):
-        results = [p.health() for p in self.parts]
-        status = "degraded" if any(s == "degraded" for s, _ in results) else "ok"
-        detail = "; ".join(d for _, d in results if d)
-        return status, (detail[:512] or None)
-
-    def after_batch(self):
-        for p in self.parts:
-            p.after_batch()
+    def __iter__(self):
+        return iter(self.parts)
 
 
 def build(settings, machine: config.MachineConfig, *, pin_factory=None, i2c_bus=None) -> Agent:

@@ -240,9 +240,8 @@ def _ms() -> int:
 # -- the notifier -------------------------------------------------------------------
 
 class MachineNotifier(Actor):
-    """Hardware inputs to events. Runs as a part of the agent's one actor (machine_agent.main.Agent)
-    or alone under a Runtime; it registers no ``@on``/``@every`` handlers (it has its own timers),
-    so it can be composed."""
+    """Hardware inputs to events. Runs as a part of the agent's runtime (machine_agent.main.Agent)
+    or alone under a Runtime; it has its own timers rather than ``@every`` jobs."""
 
     role = "machine"
 

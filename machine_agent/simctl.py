@@ -57,6 +57,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from actors.runtime import Actor
 from proto.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,8 @@ class SimPin:
                 "level": bool(self.pin.state), "history": history, "periods": periods}
 
 
-class SimControl:
-    """The control socket of a simulated machine: a part of the agent's actor (setup/teardown/health)."""
+class SimControl(Actor):
+    """The control socket of a simulated machine: a part of the agent's runtime (setup/teardown/health)."""
 
     role = "machine"
 

@@ -59,7 +59,9 @@ def cmd_run(args):
         from actors.runtime import Runtime
 
         actor = cls(home)
-        Runtime(actor, home.bus_settings(args.name)).run(handle_signals=True)
+        # what an actor gives its Runtime beyond itself (the Vault: its own token source)
+        options = actor.runtime_options() if hasattr(actor, "runtime_options") else {}
+        Runtime(actor, home.bus_settings(args.name), **options).run(handle_signals=True)
     except ConfigError as exc:
         print(f"dctrl: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -1,0 +1,41 @@
+"""Databases for the handler tests on the fake runtime: one home per module and database kind,
+emptied before each test (creating the tables again for every test costs a PostgreSQL test
+most of its time: DDL is slow; an empty table is as fresh as a new one)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import peewee
+
+from actors.db import connect
+from tests.harness import new_home, pg_schema
+
+
+def empty(url: str) -> None:
+    """Delete every row of every table of the database at ``url`` (the tables stay)."""
+    database = connect(url)
+    try:
+        tables = database.get_tables()
+        if not tables:
+            return
+        with database.atomic():  # (DELETE, not TRUNCATE: on tables this small it is the faster)
+            if isinstance(database, peewee.PostgresqlDatabase):
+                database.execute_sql("SET CONSTRAINTS ALL DEFERRED")
+            for t in tables:
+                database.execute_sql(f'DELETE FROM "{t}"')
+    finally:
+        database.close()
+
+
+@contextlib.contextmanager
+def unit_home(database: str, path, prefix: str):
+    """A home on ``database`` ("sqlite" or "postgresql") for the fake-runtime tests. On PostgreSQL
+    a schema of its own (harness.pg_schema) whose connections do not wait for the WAL's fsync
+    at commit (``synchronous_commit = off``: a crash of the server could lose the last commits,
+    which no handler test is about; on a loaded machine the wait is most of a test's time)."""
+    if database == "sqlite":
+        yield new_home(path)
+        return
+    with pg_schema(prefix) as url:
+        yield new_home(path, database_url=url.replace("options=", "options=-csynchronous_commit%3Doff%20", 1))
