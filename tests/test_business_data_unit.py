@@ -18,8 +18,9 @@ from proto.errors import SchemaError
 from tests.unit_db import empty, unit_home
 
 # The actor under test and its read queries: one import block (the module moves with issue 11 item 3).
-from actors.business_data import BusinessData, slots, stock_left
-from actors.business_mgr import TABLES as SALES_TABLES, SalesInvoice, SalesVend
+from actors.business_data.actor import BusinessData
+from actors.business_data.queries import slots, stock_left
+from actors.business_mgr.models import TABLES as SALES_TABLES, SalesInvoice, SalesVend
 
 ACK = "business.ack"
 

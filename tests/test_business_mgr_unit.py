@@ -22,8 +22,9 @@ from tests.contracts import COLA, COLA_SATS, PRICE, SaleAdapter, SaleContract
 from tests.unit_db import empty, unit_home
 
 # The actors under test and their read queries: one import block (the modules move with issue 11 item 3).
-from actors.business_data import BusinessData
-from actors.business_mgr import BusinessMgr, invoice as stored_invoice
+from actors.business_data.actor import BusinessData
+from actors.business_mgr.actor import BusinessMgr
+from actors.business_mgr.queries import invoice as stored_invoice
 
 TV, TV_SATS = 2, 50000     # 50.00 CAD: above the zero-conf limit, needs 2 confirmations
 TOLERANCE_SATS = 50        # 0.05 CAD at PRICE
