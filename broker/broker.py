@@ -68,14 +68,16 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from keys.bus import next_boot
 from keys.files import file_stamp
-from keys.home import Home, next_boot
+from keys.home import Home
 from keys.identity import IdentityKeys
 from keys.policy import Policy, load_registry_and_policy
 from keys.registry import Registry
 from proto import wire
 from proto.authproxy import AuthProxy, NoToken
 from proto.errors import ConfigError, DctrlError
+from proto.version import VERSION  # the package metadata (setup.cfg)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,6 @@ ZAP_DOMAIN = "dctrl"
 USER_ID = b"User-Id"
 X_KEY = b"X-Key"  # ZAP metadata on every message: the connection's Curve key (z85), see RegistryAuthenticator
 DRAIN = 2000  # messages per poll wake-up before looking at the other socket
-VERSION = "0.1.0"
 SUBSCRIPTION_FRAME_MAX = 1024  # bytes; a useful one is at most 1 + wire.MAX_TOPIC
 
 # The header as wire.pack_payload lays it out: a map of 8, "v": 1, "id": bin8 of 16 bytes

@@ -52,7 +52,7 @@ exchanges_port = {exchanges_port}
 chain_rpc_port = {chain_rpc_port}
 chain_zmq_port = {chain_zmq_port}
 
-# The chain (actors/chain_notifier.py). Backends are tried in order. Production:
+# The chain (actors/chain_notifier/). Backends are tried in order. Production:
 # network = "mainnet", [chain.bitcoind] rpc_url of your node with user = "..." and
 # password_secret = "bitcoind_rpc_password" (kept in the Vault), zmq = its zmqpubsequence.
 [chain]
@@ -65,7 +65,7 @@ rpc_url = "http://127.0.0.1:{chain_rpc_port}"
 zmq = "tcp://127.0.0.1:{chain_zmq_port}"
 cookie_file = "sim/chain/.cookie"
 
-# Sales (actors/business_mgr.py). receive: the account xpub (or a wpkh(...) descriptor)
+# Sales (actors/business_mgr/). receive: the account xpub (or a wpkh(...) descriptor)
 # invoice addresses are derived from; no private key ever comes here. The demo's is
 # a random regtest account whose private key was thrown away at `dctrl init`.
 [business]
