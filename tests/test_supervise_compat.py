@@ -94,3 +94,13 @@ def test_the_old_child_entry_point_refuses_a_bad_command_line():
                           text=True, timeout=60)
     assert proc.returncode == 2
     assert "usage: python -m scripts.cli.supervise child -- COMMAND" in proc.stderr
+
+
+def test_the_broker_names_a_ports_holder_without_importing_scripts():
+    """The broker sits below scripts/: it takes port_holder from keys/procinfo.py."""
+    code = ("import sys, broker.broker; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scripts'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert "import scripts" not in (ROOT / "broker" / "broker.py").read_text()
+    assert "from scripts" not in (ROOT / "broker" / "broker.py").read_text()
