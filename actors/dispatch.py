@@ -96,6 +96,12 @@ class Handlers:
         self.on.append((frame, fn, blocking, raw))
         return frame
 
+    def outside(self, subscribe) -> list[tuple[bytes, object]]:
+        """The (prefix, fn) of handlers (not ``raw``) no message could reach under the subscribe
+        grants ``subscribe`` (topic frame prefixes): the broker narrows every subscription to them."""
+        return [(p, fn) for p, fn, _, raw in self.on
+                if not raw and not any(g.startswith(p) or p.startswith(g) for g in subscribe)]
+
     def prefixes(self) -> set[bytes]:
         return {h[0] for h in self.on}
 

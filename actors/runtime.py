@@ -29,7 +29,9 @@ A runtime hosts one actor or several *parts* of one identity
 ``@on`` handlers and ``@every`` jobs are served, parts are set up in order and
 torn down in reverse, and their health is combined. A handler it cannot serve
 (on an object a part holds but the runtime does not host, or on a prefix no
-topic family falls under) is an error at start (:class:`~actors.dispatch.HandlerError`).
+topic family falls under) is an error at start (:class:`~actors.dispatch.HandlerError`);
+one outside the identity's subscribe grants is named in an error log line when
+the token arrives (the broker would pass it nothing).
 
 Tokens, secrets and key rotation are decided by a socket-free
 :class:`~actors.session.Session`; the runtime sends what it returns. Tokens
@@ -217,6 +219,7 @@ class Runtime:
         self.pub = self.sub = self.monitor = None
         self._reconnect_at = None
         self._backoff = 1.0
+        self._outside_said: set = set()  # handlers outside the subscribe grants, last said (a log line)
         for part in self.parts:
             part.runtime = self
 
@@ -600,6 +603,14 @@ class Runtime:
     def _token_installed(self):
         while self.outbox and self.proxy.token_valid():
             self.publish(*self.outbox.popleft())
+        outside = self.dispatch.outside(self.proxy.token.subscribe)
+        said = {(p, getattr(fn, "__qualname__", repr(fn))) for p, fn in outside}
+        if said and said != self._outside_said:  # once per change (tokens are renewed every few minutes)
+            log.error("handler(s) %s are outside %s's subscribe grants: the broker passes no message to "
+                      "them (grant the topics in policy.toml, or remove the handlers)",
+                      ", ".join(f"{name} on {p.decode().rstrip('.') or '(all)'}" for p, name in sorted(said)),
+                      self.keys.name)
+        self._outside_said = said
 
     def _maybe_request_token(self):
         frames = self.session.token_step()

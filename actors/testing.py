@@ -8,7 +8,8 @@ every message as before; this module replaces the runtime, in a test, by one
 that verifies nothing because every message it is given was built here.
 
 :class:`Messages` builds a message as a receiver would see it after the bus:
-the body is checked against the schema registry (``proto/topics.py``), sealed
+the body is checked against the schema registry (``proto/topics.py``) and,
+given the home, the sender against the policy's publish grants, then sealed
 and signed into the two wire frames, and decoded again by the bus's own
 decoder (:func:`proto.wire.decode`), so a test cannot hand a handler a body
 the real bus would refuse (a missing key, a float, a wrong type, an unknown
@@ -54,7 +55,7 @@ import msgpack
 import nacl.signing
 
 from proto import wire
-from proto.errors import UnknownTopic
+from proto.errors import DctrlError, NotGranted, UnknownTopic
 from proto.topics import REGISTRY
 
 from .dispatch import Handlers, combined_health
@@ -96,13 +97,32 @@ class FakeClock:
 
 
 class Messages:
-    """Builds messages as a handler receives them from the bus, refusing what the bus would refuse."""
+    """Builds messages as a handler receives them from the bus, refusing what the bus would refuse.
 
-    def __init__(self, schemas=REGISTRY, clock=time.time):
+    Given a ``home``, a message is also refused (:class:`~proto.errors.NotGranted`) unless the
+    sender's registered role and ``policy.toml`` grant it the topic, as the broker checks every
+    publish; ``bypass_broker=True`` builds one anyway, to test an actor's own check of the sender
+    (a message only a broken or bypassed broker would deliver)."""
+
+    def __init__(self, schemas=REGISTRY, clock=time.time, home=None):
         self.schemas = schemas
         self.clock = clock
+        self.home = home
         self._keys: dict[str, nacl.signing.SigningKey] = {}
         self._seq = collections.Counter()
+
+    def grant_check(self, topic: str, sender: str) -> None:
+        if self.home is None:
+            return
+        from keys.policy import Policy
+        from keys.registry import Registry
+
+        try:
+            role = Registry.load(self.home.registry_path).role(sender)
+        except DctrlError:
+            raise NotGranted(f"{sender} is not in the registry: the broker admits no such connection") from None
+        if not Policy.load(self.home.policy_path).grants(sender, role).may_publish(wire.topic_frame(topic)):
+            raise NotGranted(f"the policy does not let {sender} publish {topic}: the broker would drop it")
 
     def schema_check(self, topic: str, body: dict) -> None:
         schema = self.schemas.schema_for(topic)
@@ -110,9 +130,12 @@ class Messages:
             raise UnknownTopic(f"no schema for topic {topic}")
         schema.check(body)
 
-    def frames(self, topic: str, body: dict, *, sender: str, boot: int = 1, seq: int | None = None) -> list[bytes]:
+    def frames(self, topic: str, body: dict, *, sender: str, boot: int = 1, seq: int | None = None,
+               bypass_broker: bool = False) -> list[bytes]:
         """The two wire frames of ``body`` on ``topic`` from ``sender`` (schema-checked, signed)."""
         self.schema_check(topic, body)
+        if not bypass_broker:
+            self.grant_check(topic, sender)
         key = self._keys.get(sender)
         if key is None:
             key = self._keys[sender] = nacl.signing.SigningKey.generate()
@@ -148,14 +171,14 @@ class FakeRuntime:
     """Hosts ``actor`` (an Actor or an iterable of parts) as ``name`` without sockets (see the module doc)."""
 
     def __init__(self, actor, *, name: str, clock: FakeClock | None = None, schemas=REGISTRY,
-                 blocking: str = "inline", raise_errors: bool = True):
+                 blocking: str = "inline", raise_errors: bool = True, home=None):
         if blocking not in ("inline", "pool"):
             raise ValueError("blocking is 'inline' or 'pool'")
         self.parts = [actor] if isinstance(actor, Actor) else list(actor)
         self.actor = self.parts[0]
         self.clock = clock or FakeClock()
         self.schemas = schemas
-        self.messages = Messages(schemas, clock=self.clock.time)
+        self.messages = Messages(schemas, clock=self.clock.time, home=home)  # home: the broker's grants too
         self.dispatch = Handlers(self.parts, schemas)  # the Runtime's own collection and checks
         self.handlers = self.dispatch.on
         self.proxy = _Proxy(wire.check_name(name))

@@ -16,9 +16,10 @@ The Vault issues its own token directly: its runtime is given
 :class:`LocalTokens` (``Runtime(vault, settings, **vault.runtime_options())``)
 instead of the default token source, which asks the Vault over the bus; the
 same object verifies the untokened ``vault.req.*`` against the registry, and
-the runtime takes those requests through the Vault's :class:`RequestIntake`. The registry and policy are
-reloaded when their files change; every revocation in force is published on
-``vault.revoked`` at once, 2 s and 5 s later, and every ``revocations_interval`` seconds.
+the runtime takes those requests through the Vault's :class:`RequestIntake`.
+The registry and policy are reloaded when their files change; every
+revocation in force is published on ``vault.revoked`` at once, 2 s and 5 s
+later, and every ``revocations_interval`` seconds.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def bd(home):
     empty(home.database_url)
     clock = FakeClock()
     actor = BusinessData(home, clock=clock.time)
-    rt = FakeRuntime(actor, name="business_data", clock=clock).start()
+    rt = FakeRuntime(actor, name="business_data", clock=clock, home=home).start()  # senders' grants checked
 
     def send(topic, sender="admin", **body):
         body = {"id": os.urandom(16), "expires": int(clock.time()) + 60, **body}

@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from actors.testing import FakeClock, FakeRuntime
+from proto.errors import NotGranted
 from tests.contracts import COLA, COLA_SATS, PRICE, SaleAdapter, SaleContract
 from tests.unit_db import empty, unit_home
 
@@ -39,7 +40,7 @@ class Sales(SaleAdapter):
         self.home = home
         self.clock = FakeClock()
         self.data = FakeRuntime(BusinessData(home, clock=self.clock.time), name="business_data",
-                                clock=self.clock).start()
+                                clock=self.clock, home=home).start()
         self.command("cmd.business.machine.add", name="vm1", location=None)
         self.command("cmd.business.slot.set", machine="vm1", slot=COLA, product="Cola", price_cad="2.00")
         self.command("cmd.business.slot.set", machine="vm1", slot=TV, product="Tiny TV", price_cad="50.00")
@@ -54,7 +55,7 @@ class Sales(SaleAdapter):
 
     def start(self):
         self.mgr = BusinessMgr(self.home, clock=self.clock.time)
-        self.rt = FakeRuntime(self.mgr, name="business_mgr", clock=self.clock).start()
+        self.rt = FakeRuntime(self.mgr, name="business_mgr", clock=self.clock, home=self.home).start()
         self.answered = 0
 
     def restart(self):
@@ -141,7 +142,8 @@ class Sales(SaleAdapter):
     def ack(self, command, status="vended", reason=None, sender="vm1"):
         self.rt.send(VEND_ACK, {"id": command["id"], "status": status, "slot": command["slot"],
                                 "invoice": command["invoice"], "reason": reason,
-                                "pulsed_ms": 500 if status == "vended" else None, "dropped": None}, sender=sender)
+                                "pulsed_ms": 500 if status == "vended" else None, "dropped": None}, sender=sender,
+                     bypass_broker=sender != "vm1")  # (only a broken broker would deliver another's)
 
     def changed(self, invoice, state):
         for _ in range(8):
@@ -207,8 +209,11 @@ def test_no_invoice_at_a_stale_price_for_an_unknown_slot_or_too_often(sale):
 
 
 def test_a_selection_from_another_sender_is_ignored(sale):
-    """The broker lets only vm1 publish machine.vm1.*; BusinessMgr checks it again."""
-    sale.rt.send("machine.vm1.button", {"slot": COLA, "pressed_at": 0}, sender="vm2")
+    """The broker lets only vm1 publish machine.vm1.* (the builder refuses it too); BusinessMgr
+    checks it again, for a message the broker should never have passed."""
+    with pytest.raises(NotGranted):
+        sale.rt.send("machine.vm1.button", {"slot": COLA, "pressed_at": 0}, sender="admin")
+    sale.rt.send("machine.vm1.button", {"slot": COLA, "pressed_at": 0}, sender="vm2", bypass_broker=True)
     assert sale.rt.bodies("invoice.opened") == [] and sale.rt.bodies("invoice.refused") == []
 
 

@@ -179,3 +179,32 @@ def test_two_parts_served_on_the_bus(home, network, clients):
     assert not t.is_alive()
     assert [x for x in log.lines if x[0] in ("setup", "teardown")] == [
         ("setup", "left"), ("setup", "right"), ("teardown", "right"), ("teardown", "left")]
+
+
+def test_a_handler_outside_the_identity_s_grants_is_named_when_the_token_arrives(home, network, caplog):
+    """vm1 may not subscribe to chain.*: the broker narrows its subscription, so a handler there
+    would never be called. The runtime says so (once), naming the handler and the topic."""
+    class Curious(Actor):
+        role = "machine"
+
+        @on("chain.tx")
+        def payments(self, msg):
+            pass
+
+        @on("cmd.machine.vm1")  # within vm1's grants: not named
+        def commands(self, msg):
+            pass
+
+    rt = Runtime(Curious(), home.bus_settings("vm1"))
+    t = threading.Thread(target=rt.run, daemon=True)
+    with caplog.at_level("ERROR", logger="actors.runtime"):
+        t.start()
+        try:
+            wait_for(rt.proxy.token_valid, what="vm1's token")
+            wait_for(lambda: [r for r in caplog.records if "outside vm1's subscribe grants" in r.getMessage()],
+                     what="the error naming the handler")
+        finally:
+            rt.stop()
+            t.join(10)
+    (record,) = [r for r in caplog.records if "subscribe grants" in r.getMessage()]
+    assert "Curious.payments on chain.tx" in record.getMessage() and "commands" not in record.getMessage()

@@ -166,3 +166,24 @@ def test_a_rotated_key_file_is_detected_and_installed(tmp_path):
     assert s.keys_rotated()
     assert s.keys.version == 2 and s.keys.sign_public == new.sign_public and not w.proxy.token_valid()
     assert wire.decode(s.token_step()).body["key_version"] == 2
+
+
+def test_the_vault_s_token_source_mints_locally_and_verifies_requests_against_the_registry(home):
+    """The Vault's runtime gets LocalTokens (Vault.runtime_options): its own token is made from
+    the registry and the policy, and untokened vault.req.* are checked against registered keys."""
+    from actors.vault import LocalTokens, Vault
+    from proto.errors import UnknownIdentity
+
+    vault = Vault(home)
+    options = vault.runtime_options()
+    assert isinstance(options["token_source"], LocalTokens) and options["intake"] is vault.intake
+    source = options["token_source"]
+    keys = IdentityKeys.load(home.key_file("vault"))
+    tok = tokens.TokenVerifier(home.vault_public, lambda: 0).check(source.own_token(keys), sender="vault")
+    assert (tok.identity, tok.key, tok.key_version) == ("vault", keys.sign_public, keys.version)
+    vm1 = IdentityKeys.load(home.key_file("vm1"))
+    assert bytes(source.registry_auth("vm1", vm1.version)) == vm1.sign_public
+    with pytest.raises(UnknownIdentity):
+        source.registry_auth("vm1", vm1.version + 1)
+    with pytest.raises(UnknownIdentity):
+        source.registry_auth("nobody", 1)

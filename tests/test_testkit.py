@@ -162,3 +162,19 @@ def test_secrets_are_asked_and_answered_by_the_test():
     rt.give_secret("smtp_password", b"pw")
     rt.give_secret("smtp_password", error="not granted")
     assert reader.got == [("smtp_password", b"pw", None), ("smtp_password", None, "not granted")]
+
+
+def test_given_a_home_the_builder_refuses_what_the_broker_would_drop(home):
+    from proto.errors import NotGranted
+
+    m = Messages(home=home)
+    assert m.build("machine.vm1.button", {"slot": 1, "pressed_at": 5}, sender="vm1").sender == "vm1"
+    for topic, sender in (("machine.vm1.button", "admin"),        # not admin's to publish
+                          ("cmd.machine.vm1.vend", "vm1"),         # a machine cannot command itself
+                          ("machine.vm9.button", "vm9")):          # not in the registry at all
+        body = ({"slot": 1, "pressed_at": 5} if topic.endswith("button") else
+                {"id": b"\x00" * 16, "expires": 1, "slot": 1, "invoice": "1", "pulse_ms": None})
+        with pytest.raises(NotGranted):
+            m.build(topic, body, sender=sender)
+        assert m.build(topic, body, sender=sender, bypass_broker=True).sender == sender
+    assert Messages().build("machine.vm1.button", {"slot": 1, "pressed_at": 5}, sender="admin")  # no home: no policy
