@@ -7,7 +7,7 @@ supervisord, in this order; ``dctrl status`` expects every supervised one to be 
 
 Adding an actor is one :class:`Entry` here plus its package: for a component ``reporter``::
 
-    Entry("reporter", "actors.reporter:Reporter", publish=("report",), subscribe=("invoice",)),
+    Entry("reporter", "actors.reporter.actor:Reporter", grants=Grants(publish=("report",), subscribe=("invoice",))),
 
 Classes are dotted strings, so reading this table imports nothing (no zmq, no database): the
 CLI's parser, ``dctrl status`` and the agent read it for free. This module imports nothing but
