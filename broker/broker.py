@@ -7,8 +7,9 @@
 * Publish ACL: each message on XSUB must be exactly two frames and its topic
   frame must be granted to the publisher's ``User-Id``; else it is dropped and
   ``broker.denied`` says why. ``vault.req.NAME`` is granted to NAME alone,
-  whatever the policy says (the Vault rations requests by NAME unverified). The loop works frame by frame with bound methods
-  (see notes/zeromq.md) and caches the per-identity topic verdicts.
+  whatever the policy says (the Vault rations requests by NAME unverified).
+  The loop works frame by frame with bound methods and pyzmq's C-level send,
+  and caches the per-identity topic verdicts.
 * Publish limits: each identity has a token bucket (``[broker] publish_rate``
   messages per second, ``publish_burst`` at once; roles in
   ``publish_unlimited_roles`` have none). An envelope that cannot be valid
