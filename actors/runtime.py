@@ -632,7 +632,7 @@ class Runtime:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 again = self._was_connected
                 if again:
-                    # The broker rebinds when keys or policy change: renew the token so its
+                    # The broker cuts us off when our key or grants change: renew the token so its
                     # grants follow the current policy.
                     log.info("reconnected to the broker; renewing the token")
                     self.session.reconnected()

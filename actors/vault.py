@@ -310,7 +310,7 @@ class Vault(Actor):
 
     def publish_revocations(self):
         """Publish every revocation in force. After a change, again 2 s and 5 s later:
-        the broker rebinds on a revocation, and peers still reconnecting miss the first."""
+        peers reconnecting then (cut off because their grants changed) miss the first."""
         revs = self.registry.revocations()
         now = time.monotonic()
         if revs != self._last_revocations:

@@ -49,7 +49,7 @@ def test_every_registered_machine_is_listed_and_one_down_fails(home, network, cl
     code, report = status_json(home)
     assert (code, report["missing"], report["down"]) == (1, ["vm2"], ["vm2"])
 
-    # Revoked: listed as such, and no longer expected (the broker rebinds: wait for everyone back).
+    # Revoked: listed as such, and no longer expected (wait for everyone to be reported ok).
     dctrl(home, "keys", "revoke", "vm2")
     out = dctrl(home, "status", "--until", "20", check=False)
     assert out.returncode == 0, out.stdout

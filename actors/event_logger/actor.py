@@ -191,7 +191,7 @@ class EventLogger(Actor):
         def _open_sockets():
             open_sockets()
             # RCVHWM 0 (no limit): libzmq#3937 aborts the process (stream_engine_base.cpp:396)
-            # when a connection drops (a heartbeat timeout, a broker rebind) while the receive
+            # when a connection drops (a heartbeat timeout, a connection cut off) while the receive
             # pipe is full; a pipe with no limit is never full. Options are taken at connect.
             sub = rt.sub
             endpoint = rt.settings.subscribe_endpoint
