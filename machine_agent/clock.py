@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 TIME_OK, TIME_INS, TIME_DEL, TIME_OOP, TIME_WAIT, TIME_ERROR = range(6)
 SYNCHRONISED_STATES = frozenset((TIME_OK, TIME_INS, TIME_DEL, TIME_OOP, TIME_WAIT))
 STA_UNSYNC = 0x0040  # status bit: the clock is not synchronised
+STA_NANO = 0x2000  # status bit: time.tv_usec holds nanoseconds, not microseconds
 
 KINDS = ("system", "kernel")
 
