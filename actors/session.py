@@ -15,7 +15,8 @@ Tokens come from a *token source*:
 * :class:`VaultTokens` (the default) asks the Vault over the bus: a signed,
   untokened ``vault.req.NAME`` request, retried with backoff and jitter until
   the Vault answers on ``vault.token.NAME``, renewed at half the token's life,
-  and again after every reconnect (the broker cuts a connection off when its key or grants change).
+  and again after every reconnect (the broker cuts a connection off when its
+  key or grants change).
 * The Vault passes its own source (``actors.vault.LocalTokens``) that mints
   the token locally and verifies untokened requests against the registry.
 
