@@ -315,7 +315,10 @@ def test_two_commands_dispense_one_at_a_time(home, agent, clients):
     assert p1[1] - p1[0] >= 0.295 and p3[1] - p3[0] >= 0.295
 
 
-def test_journal_recovery_never_pulses_an_interrupted_command(home, agent, clients, tmp_path):
+def interrupted_journal(path):
+    """Write the agent's journal as a kill -9 leaves it while slot 1's relay was on, after an
+    earlier vend on slot 2 had finished (and a torn last line); returns (cut, finished, the
+    finished command's ack)."""
     cut, finished = os.urandom(16), os.urandom(16)
     old_ack = {"id": finished.hex(), "status": "vended", "slot": 2, "invoice": "inv-old", "reason": None,
                "pulsed_ms": 80}
@@ -326,7 +329,12 @@ def test_journal_recovery_never_pulses_an_interrupted_command(home, agent, clien
         {"id": cut.hex(), "event": "received", "t": 2, "slot": 1, "invoice": "inv-cut", "pulse_ms": None},
         {"id": cut.hex(), "event": "actuating", "t": 2, "slot": 1, "invoice": "inv-cut", "pulse_ms": 120},
     ]
-    (tmp_path / "commands.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"id": "torn')
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"id": "torn')
+    return cut, finished, old_ack
+
+
+def test_journal_recovery_never_pulses_an_interrupted_command(home, agent, clients, tmp_path):
+    cut, finished, old_ack = interrupted_journal(tmp_path / "commands.jsonl")
     a = agent()
     assert a.mgr.health()[0] == "degraded"
     bm = business_mgr(clients, home)

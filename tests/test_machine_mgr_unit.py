@@ -19,6 +19,7 @@ from machine_agent.journal import INTERRUPTED
 from machine_agent.mgr import UNSYNCED, MachineMgr, Slot
 from proto.errors import SchemaError
 from tests.contracts import AgentAdapter, ExactlyOnceContract
+from tests.test_machine_mgr import interrupted_journal
 
 SLOTS = {
     1: Slot("gpio:17", pulse_ms=20),                     # active-high
@@ -182,17 +183,7 @@ def test_two_commands_dispense_one_at_a_time(machines):
 
 
 def test_journal_recovery_never_pulses_an_interrupted_command(machines, tmp_path):
-    cut, finished = os.urandom(16), os.urandom(16)
-    old_ack = {"id": finished.hex(), "status": "vended", "slot": 2, "invoice": "inv-old", "reason": None,
-               "pulsed_ms": 80}
-    lines = [  # as left by a kill -9 while slot 1's relay was on, after an earlier vend
-        {"id": finished.hex(), "event": "received", "t": 1, "slot": 2, "invoice": "inv-old", "pulse_ms": None},
-        {"id": finished.hex(), "event": "actuating", "t": 1, "slot": 2, "invoice": "inv-old", "pulse_ms": 80},
-        {"id": finished.hex(), "event": "done", "t": 1, "ack": old_ack},
-        {"id": cut.hex(), "event": "received", "t": 2, "slot": 1, "invoice": "inv-cut", "pulse_ms": None},
-        {"id": cut.hex(), "event": "actuating", "t": 2, "slot": 1, "invoice": "inv-cut", "pulse_ms": 120},
-    ]
-    (tmp_path / "commands.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"id": "torn')
+    cut, finished, old_ack = interrupted_journal(tmp_path / "commands.jsonl")
     m = machines()
     assert m.mgr.health()[0] == "degraded"
     interrupted = {"id": cut, "status": "failed", "slot": 1, "invoice": "inv-cut", "reason": INTERRUPTED,
