@@ -161,3 +161,13 @@ def test_a_restart_skipped_on_purpose_counts_as_did_not_come_back(monkeypatch):
     assert "event_logger" in s["details"]["did_not_come_back"] and s["timeline"]
     assert any("NOT restarted event_logger" in e["what"] for e in s["timeline"])
     assert r["replay"] == [f"dctrl bench faults --seeds {seed}-{seed} --json --quick"]
+
+
+def test_an_invoice_carried_over_from_an_earlier_seed_keeps_its_pulses_and_payments():
+    # Left open by the seed before (its quiescence not reached), vended late: one pulse now,
+    # none before, paid before: a clean sale, not a vend without payment.
+    r = count([_invoice(1)], [_paid(1)], [_pulse(T + 30.001)], _journal("v1", T + 30), prior={1: 0})
+    assert r["counts"] == dict.fromkeys(COUNTS, 0)
+    # It had pulsed already in the seed before, and pulses again now: a double vend.
+    r = count([_invoice(1)], [_paid(1)], [_pulse(T + 30.001)], _journal("v1", T + 30), prior={1: 1})
+    assert r["counts"]["double_vends"] == 1 and r["counts"]["double_vends_overall"] == 1
