@@ -50,9 +50,11 @@ DEFAULTS = {
     "vault": {"token_lifetime": 900, "key_grace": 86400, "revocations_interval": 30},
     # retention: segments older than retention_days or beyond max_mb are deleted (0: keep);
     # refused messages: the first rejected_sample per claimed sender per rejected_period_s are
-    # stored, the rest counted in a summary record (actors/event_logger.py)
+    # stored, the rest counted in a summary record; valid messages: at most quota_mb per sender
+    # per quota_period_s stored, the rest counted the same way (0: no quota)
+    # (actors/event_logger/actor.py)
     "event_logger": {"segment_mb": 16, "fsync_interval_ms": 50, "retention_days": 90, "max_mb": 2048,
-                     "rejected_sample": 100, "rejected_period_s": 60},
+                     "rejected_sample": 100, "rejected_period_s": 60, "quota_mb": 64, "quota_period_s": 3600},
     "database": {"url": ""},
     "demo": {"simulators": False, "exchanges_port": 7480, "chain_rpc_port": 18443, "chain_zmq_port": 28332},
 }

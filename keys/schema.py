@@ -72,7 +72,8 @@ CONFIG = Table({
     "vault": Table({"token_lifetime": INT, "key_grace": INT, "revocations_interval": NUMBER,
                     "token_public_key": STR, "passphrase_file": STR}),
     "event_logger": Table({"segment_mb": NUMBER, "fsync_interval_ms": NUMBER, "retention_days": NUMBER,
-                           "max_mb": NUMBER, "rejected_sample": INT, "rejected_period_s": NUMBER}),
+                           "max_mb": NUMBER, "rejected_sample": INT, "rejected_period_s": NUMBER,
+                           "quota_mb": NUMBER, "quota_period_s": NUMBER}),
     "database": Table({"url": STR}),
     "demo": Table({"simulators": BOOL, "exchanges_port": INT, "chain_rpc_port": INT, "chain_zmq_port": INT}),
     # actors/chain_notifier/; a backend's table is named like it: [chain.bitcoind], [chain.esplora2]

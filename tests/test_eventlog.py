@@ -865,6 +865,22 @@ def test_reject_sampler_bounds_senders_and_topics_tracked():
     assert star["suppressed"] == 50 and len(star["topics"]) <= event_logger.MAX_SUMMARY_TOPICS + 1
 
 
+def test_storage_quota_per_sender_per_period(caplog):
+    from actors.event_logger.actor import StorageQuota
+
+    clock = FakeClock(1000.0)
+    q = StorageQuota(max_bytes=1000, period=3600, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="actors.event_logger.actor"):
+        assert [q.take("admin", 300) for _ in range(5)] == [True, True, True, False, False]
+        assert q.take("vm1", 900) and not q.take("vm1", 101)  # each sender its own
+        assert q.take("admin", 100)  # a smaller one still fits
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and warned[0].startswith("admin is past its storage quota")  # once a period
+    clock.now += 3600
+    assert q.take("admin", 1000) and not q.take("admin", 1)  # a new period
+    assert StorageQuota(max_bytes=0, period=3600, clock=clock).take("admin", 10**9)  # 0: no quota
+
+
 # -- the event logger's records, CLI and socket (issue 10) ------------------------------------------
 
 from tests.harness import BusClient, Network, dctrl, new_home, wait_for  # noqa: E402
@@ -900,6 +916,45 @@ def test_query_json_gives_the_senders_seq_and_the_logs_own_number_and_token_requ
         assert {r["sender"] for r in reqs} >= {"admin", "event_logger"}
         human = dctrl(home, "events", "query", "--topic", "debug.seqcheck").stdout.splitlines()
         assert human[0].split()[2] == f"#{recs[0]['log_seq']}"
+    finally:
+        net.close()
+
+
+def test_one_senders_storage_quota_leaves_the_others_history_whole(tmp_path):
+    """Issue 10: an identity past its storage quota (an admin, unbounded by the broker's rate
+    limit if a space lifts it) has the rest of its messages counted, not stored; another
+    sender's are all stored, and no sequence gap is reported for either."""
+    home = new_home(tmp_path / "home")
+    with open(home.root / "config.toml", "a") as f:
+        f.write("\n[event_logger]\nquota_mb = 0.05\nrejected_period_s = 1\n")  # 51 KiB; summaries every second
+    net = Network(home).start_healthy("broker", "vault", "event_logger")
+    sent = 60
+    try:
+        flood, other = BusClient(home, "admin"), BusClient(home, "price_notifier")
+        try:
+            for n in range(sent):
+                flood.publish("debug.quota", {"n": n, "pad": "x" * 4000})  # 60 of these: 240 KB; 60 prices: 20 KB
+                other.publish("price.btc_cad", {"cad_per_btc": f"{100000 + n}.00", "sources": [], "used": 3,
+                                                "as_of": int(time.time() * 1000)})
+        finally:
+            flood.close()
+            other.close()
+
+        def over_quota():
+            return sum(r["body"]["topics"].get("debug.quota", 0) for r in _query(home, "--topic", "events.suppressed")
+                       if r["body"]["sender"] == "admin" and "over_quota" in r["body"]["codes"])
+
+        def accounted():
+            return len(_query(home, "--topic", "debug.quota")) + over_quota() == sent
+
+        wait_for(accounted, what="every flooded message stored or counted over quota")
+        stored = len(_query(home, "--topic", "debug.quota"))
+        assert 0 < stored < sent // 2 and over_quota() == sent - stored  # the quota bit, and counted exactly
+        assert len(_query(home, "--topic", "price.btc_cad")) == sent  # the other sender: all of it
+        assert _query(home, "--topic", "events.gap") == []
+        wait_for(lambda: any(f"{sent - stored} over quota not stored" in (r["body"]["detail"] or "")
+                             for r in _query(home, "--topic", "health", "--sender", "event_logger")),
+                 what="the logger's health counting what it did not store")
     finally:
         net.close()
 

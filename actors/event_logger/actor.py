@@ -14,6 +14,14 @@ per sender at the end of the period (and at a clean stop)::
 
 with ``summary = {"sender", "suppressed", "codes": {code: n}, "topics": {topic: n}, "from", "to"}``.
 So one identity's flood of junk costs the log a bounded number of records, never a valid one.
+
+Valid messages have a storage quota per sender: at most ``quota_mb`` of topic and envelope bytes
+per ``quota_period_s`` (default 64 MB an hour, far above the busiest actor: a day of a busy
+space's sales, prices and heartbeats is well under 10 MB for any one sender; 0 turns it off).
+Past it, that sender's messages are still checked (their sequence, so no false gap) but counted,
+not stored, into the same summaries with the code ``over_quota``, and a WARNING says so once a
+period. So one identity (an admin key, which the broker's publish rate limit may not bound)
+cannot push the others' history out of the log's ``max_mb``.
 Token requests (``vault.req.SRC`` with no token: only the Vault can verify them) are logged
 with the verdict ``untokened``, not as refusals.
 
@@ -61,6 +69,34 @@ MAX_SUMMARY_TOPICS = 20  # distinct topics named in one summary; the rest are co
 MAX_TRACKED_SENDERS = 1000  # claimed senders tracked per period; the rest are summarised as "*"
 
 
+class StorageQuota:
+    """Bytes of valid messages stored per sender per period: ``take`` says whether one more fits."""
+
+    def __init__(self, max_bytes: int, period: float, clock=time.time):
+        self.max_bytes, self.period, self.clock = max_bytes, period, clock
+        self.start = clock()
+        self.used: Counter = Counter()  # sender -> bytes stored this period
+        self.over: set[str] = set()  # senders past their quota this period
+
+    def take(self, sender: str, size: int) -> bool:
+        """True: store it (and count its bytes); False: ``sender`` is past its quota."""
+        if not self.max_bytes:
+            return True
+        if self.clock() - self.start >= self.period:
+            self.start = self.clock()
+            self.used.clear()
+            self.over.clear()
+        if self.used[sender] + size > self.max_bytes:
+            if sender not in self.over:
+                self.over.add(sender)
+                log.warning("%s is past its storage quota of %g MB per %g s: its messages are counted, "
+                            "not stored, until %s", sender, self.max_bytes / 2**20, self.period,
+                            time.strftime("%H:%M:%S", time.localtime(self.start + self.period)))
+            return False
+        self.used[sender] += size
+        return True
+
+
 class RejectSampler:
     """Which refused records to store: per claimed sender, the first ``per_sender`` of each
     period (at most ``total`` in all); the rest are counted and handed back as summaries."""
@@ -81,6 +117,11 @@ class RejectSampler:
             self.stored[sender] += 1
             self.stored_total += 1
             return True
+        self.count(sender, code, topic)
+        return False
+
+    def count(self, sender: str, code: str, topic: bytes):
+        """Count a record not stored into ``sender``'s summary of this period."""
         if sender not in self.suppressed and len(self.suppressed) >= MAX_TRACKED_SENDERS:
             sender = "*"
         s = self.suppressed.get(sender)
@@ -94,7 +135,6 @@ class RejectSampler:
         else:
             s["topics"]["*"] += 1
         self.suppressed_total += 1
-        return False
 
     def due(self) -> bool:
         return self.clock() - self.start >= self.period
@@ -170,6 +210,8 @@ class EventLogger(Actor):
         self.max_mb = cfg["max_mb"]
         self.sampler = RejectSampler(int(cfg["rejected_sample"]), int(cfg["rejected_sample"]) * 10,
                                      cfg["rejected_period_s"], clock=clock)
+        self.quota = StorageQuota(int(cfg["quota_mb"] * 2**20), cfg["quota_period_s"], clock=clock)
+        self.over_quota = 0  # valid messages counted, not stored (since start)
         self.positions: OrderedDict[tuple[str, int], int] = OrderedDict()  # (sender, boot) -> last seq
         self.logged = 0
         self.gaps = 0
@@ -224,9 +266,13 @@ class EventLogger(Actor):
                 code, reason = getattr(error, "code", "error"), str(error)[:500]
             self._refused(frames, code, reason, sender if sender is not None else _claimed_sender(frames))
             return
-        self._append(frames, None, None)
         if message is not None:
             self._check_sequence(message)
+            if not self.quota.take(message.sender, sum(len(f) for f in frames)):
+                self.over_quota += 1
+                self.sampler.count(message.sender, "over_quota", bytes(frames[0]))
+                return
+        self._append(frames, None, None)
 
     def _refused(self, frames, code, reason, sender):
         """A refused (or untokened) message: stored if the sampler admits it, else counted."""
@@ -255,9 +301,9 @@ class EventLogger(Actor):
     def write_summaries(self):
         """End the sampling period: one summary record per sender with suppressed records."""
         for s in self.sampler.roll():
-            log.warning("suppressed %d refused messages claiming to be from %s (%s)", s["suppressed"],
+            log.warning("did not store %d messages from %s (%s)", s["suppressed"],
                         s["sender"], ", ".join(f"{c} {n}" for c, n in sorted(s["codes"].items())))
-            reason = f"{s['suppressed']} refused messages not stored (sampling)"
+            reason = f"{s['suppressed']} messages not stored (refused: sampled; valid: over the sender's quota)"
             self.log.append(msgpack.packb([int(self.clock() * 1000), SUMMARY_TOPIC, b"", "suppressed", reason, s],
                                           use_bin_type=True))
         self.log.flush()
@@ -298,8 +344,9 @@ class EventLogger(Actor):
             self.log.close()
 
     def health(self):
-        return "ok", (f"{self.logged} logged, {self.sampler.suppressed_total} refused not stored, "
-                      f"{self.gaps} gaps, next seq {self.log.next_seq}")
+        return "ok", (f"{self.logged} logged, {self.sampler.suppressed_total - self.over_quota} refused "
+                      f"not stored, {self.over_quota} over quota not stored, {self.gaps} gaps, "
+                      f"next seq {self.log.next_seq}")
 
 
 def _claimed_sender(frames) -> str:
