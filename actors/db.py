@@ -121,30 +121,50 @@ class Checkpointer:
             self._thread.join(10)
 
 
-def add_missing_columns(database, model, names) -> list[str]:
-    """Add ``model``'s fields ``names`` to its existing table if they are missing (a column
-    added after the table was first made; create_tables leaves existing tables alone).
-    Call it before create_tables, which then makes their indexes: on SQLite an index on a
-    missing column is no error, its quoted name silently becomes a string constant.
-    Columns are added nullable, without constraints. Returns the names added."""
+def ensure_tables(database, models, add_columns=None) -> list[tuple]:
+    """Make what is missing of ``models``' tables and indexes; on a table that exists, first
+    add the columns ``add_columns[model]`` (field names) that a later version introduced.
+    Returns the (model, field name) pairs added.
+
+    Actors start often (a supervisord restart, each handler test), and peewee's
+    ``create_tables(safe=True)`` sends a statement per table and per index, each built
+    anew (PostgreSQL also takes a lock for each). Here two catalogue reads answer what
+    exists, and only what is missing is made.
+
+    Added columns are nullable, without constraints. They are added before the table's
+    indexes are made: on SQLite an index on a missing column is no error, its quoted name
+    silently becomes a string constant."""
     import copy
 
     from playhouse.migrate import SchemaMigrator, migrate
 
-    table = model._meta.table_name
-    if not database.table_exists(table):
-        return []
-    have = {c.name for c in database.get_columns(table)}
+    tables = set(database.get_tables())
+    if isinstance(database, peewee.PostgresqlDatabase):
+        sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'index'"
+    indexes = {r[0] for r in database.execute_sql(sql).fetchall()}
     added = []
-    migrator = SchemaMigrator.from_database(database)
-    for name in names:
-        if name in have:
+    for model in peewee.sort_models(models):
+        table = model._meta.table_name
+        if table not in tables:
+            model.create_table(safe=True)  # with its indexes
             continue
-        field = copy.copy(model._meta.fields[name])
-        field.null, field.unique, field.index, field.default = True, False, False, None
-        migrate(migrator.add_column(table, field.column_name, field))
-        added.append(name)
-        log.info("added column %s.%s", table, name)
+        wanted = (add_columns or {}).get(model, ())
+        if wanted:
+            cursor = database.execute_sql(f'SELECT * FROM "{table}" LIMIT 0')  # the columns, cheaply
+            have = {d[0] for d in cursor.description}
+            for name in wanted:
+                field = copy.copy(model._meta.fields[name])
+                if field.column_name in have:
+                    continue
+                field.null, field.unique, field.index, field.default = True, False, False, None
+                migrate(SchemaMigrator.from_database(database).add_column(table, field.column_name, field))
+                added.append((model, name))
+                log.info("added column %s.%s", table, field.column_name)
+        for index in model._meta.fields_to_index():
+            if index._name not in indexes:
+                database.execute(model._schema._create_index(index, safe=True))
     return added
 
 

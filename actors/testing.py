@@ -47,6 +47,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import heapq
+import os
 import threading
 import time
 import types
@@ -62,6 +63,7 @@ from .dispatch import Handlers, combined_health
 from .runtime import Actor, Delivery
 
 T0 = 1_800_000_000.0  # a fixed wall-clock start (2027-01-15)
+_PARSED: dict = {}  # (class, path) -> (the file's stamp, Registry or Policy): for the grant check
 
 
 class FakeClock:
@@ -118,11 +120,23 @@ class Messages:
         from keys.registry import Registry
 
         try:
-            role = Registry.load(self.home.registry_path).role(sender)
+            role = self._loaded(Registry, self.home.registry_path).role(sender)
         except DctrlError:
             raise NotGranted(f"{sender} is not in the registry: the broker admits no such connection") from None
-        if not Policy.load(self.home.policy_path).grants(sender, role).may_publish(wire.topic_frame(topic)):
+        if not self._loaded(Policy, self.home.policy_path).grants(sender, role).may_publish(wire.topic_frame(topic)):
             raise NotGranted(f"the policy does not let {sender} publish {topic}: the broker would drop it")
+
+    def _loaded(self, cls, path):
+        """``cls.load(path)``, parsed again only when the file changed (as the broker reloads it)."""
+        st = os.stat(path)
+        key = (cls, str(path))
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = _PARSED.get(key)
+        if cached is None or cached[0] != stamp:
+            if len(_PARSED) > 256:
+                _PARSED.clear()
+            cached = _PARSED[key] = (stamp, cls.load(path))
+        return cached[1]
 
     def schema_check(self, topic: str, body: dict) -> None:
         schema = self.schemas.schema_for(topic)

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from actors.db import connect
 from actors.testing import FakeClock, FakeRuntime
 from proto.errors import NotGranted
 from tests.contracts import COLA, COLA_SATS, PRICE, SaleAdapter, SaleContract
@@ -33,13 +34,14 @@ VEND, VEND_ACK = "cmd.machine.vm1.vend", "machine.vm1.vend.ack"
 
 
 class Sales(SaleAdapter):
-    """BusinessData and BusinessMgr on fake runtimes sharing one clock and one database; the
+    """BusinessData and BusinessMgr on fake runtimes sharing one clock and one database (one
+    connection, the module's: opening one costs a PostgreSQL test more than its handlers); the
     chain notifier's watch and discovery answers are given automatically (no payments)."""
 
-    def __init__(self, home):
-        self.home = home
+    def __init__(self, home, database):
+        self.home, self.database = home, database
         self.clock = FakeClock()
-        self.data = FakeRuntime(BusinessData(home, clock=self.clock.time), name="business_data",
+        self.data = FakeRuntime(BusinessData(home, database=database, clock=self.clock.time), name="business_data",
                                 clock=self.clock, home=home).start()
         self.command("cmd.business.machine.add", name="vm1", location=None)
         self.command("cmd.business.slot.set", machine="vm1", slot=COLA, product="Cola", price_cad="2.00")
@@ -54,7 +56,7 @@ class Sales(SaleAdapter):
         self.returned: dict[str, int] = {}  # invoice -> vend commands returned so far
 
     def start(self):
-        self.mgr = BusinessMgr(self.home, clock=self.clock.time)
+        self.mgr = BusinessMgr(self.home, database=self.database, clock=self.clock.time)
         self.rt = FakeRuntime(self.mgr, name="business_mgr", clock=self.clock, home=self.home).start()
         self.answered = 0
 
@@ -167,10 +169,17 @@ def home(request, tmp_path_factory):
         yield h
 
 
+@pytest.fixture(scope="module")
+def database(home):
+    database = connect(home.database_url)
+    yield database
+    database.close()
+
+
 @pytest.fixture
-def sale(home):
-    empty(home.database_url)
-    s = Sales(home)
+def sale(home, database):
+    empty(database)
+    s = Sales(home, database)
     try:
         yield s
     finally:

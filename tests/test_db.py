@@ -70,43 +70,61 @@ def test_init_creates_the_embedded_database(home):
     assert "journal wal" in dctrl(home, "db").stdout
 
 
-def test_add_missing_columns_upgrades_an_older_table(db):
-    """A column added to a model after its table was made is added in place, on both backends."""
+def test_ensure_tables_upgrades_an_older_table_and_leaves_a_current_one_alone(db):
+    """A column added to a model after its table was made is added in place, and an index
+    added later is made, on both backends; a schema that is current costs no DDL at all."""
     import uuid
 
-    from actors.db import add_missing_columns
+    from actors.db import ensure_tables
 
-    table = f"upgrade_{uuid.uuid4().hex[:10]}"  # parallel runs share the PostgreSQL database
+    # Parallel runs share the PostgreSQL database, where index names are the schema's: index
+    # names come from the model's class name, so that is unique too.
+    suffix = uuid.uuid4().hex[:10]
+    table = f"upgrade_{suffix}"
 
-    class Old(peewee.Model):
-        name = peewee.CharField()
+    def model(cls, **fields):
+        meta = type("Meta", (), {"database": db, "table_name": table})
+        return type(f"{cls}{suffix}", (peewee.Model,), {"name": peewee.CharField(), **fields, "Meta": meta})
 
-        class Meta:
-            database = db
-            table_name = table
+    Old = model("Old")
+    New = model("New", seen_at=peewee.BigIntegerField(null=True), label=peewee.CharField(null=True, unique=True))
+    Newer = model("New", name=peewee.CharField(index=True), seen_at=peewee.BigIntegerField(null=True),
+                  label=peewee.CharField(null=True, unique=True))
 
-    class New(peewee.Model):
-        name = peewee.CharField()
-        seen_at = peewee.BigIntegerField(null=True)
-        label = peewee.CharField(null=True, unique=True)
+    ensure_tables(db, [Old])
+    try:
+        _upgrade(db, Old, New, Newer, ensure_tables)
+    finally:
+        db.drop_tables([New])
 
-        class Meta:
-            database = db
-            table_name = table
 
-    db.drop_tables([Old])
-    db.create_tables([Old])
+def _upgrade(db, Old, New, Newer, ensure_tables):
     Old.create(name="before")
-    assert add_missing_columns(db, New, ["seen_at", "label"]) == ["seen_at", "label"]
-    assert add_missing_columns(db, New, ["seen_at", "label"]) == []  # idempotent
-    db.create_tables([New], safe=True)  # then the unique index, on the real column
+    assert ensure_tables(db, [New], add_columns={New: ["seen_at", "label"]}) == [(New, "seen_at"), (New, "label")]
     New.create(name="after", seen_at=5, label="x")
     assert [(r.name, r.seen_at, r.label) for r in New.select().order_by(New.id)] == [("before", None, None),
                                                                                   ("after", 5, "x")]
-    with pytest.raises(peewee.IntegrityError):
+    with pytest.raises(peewee.IntegrityError):  # the unique index, made on the real column
         with db.atomic():
             New.create(name="dup", label="x")
-    db.drop_tables([New])
+
+    statements = []
+    execute_sql = db.execute_sql
+
+    def recording(sql, params=None, *args, **kw):
+        statements.append(sql)
+        return execute_sql(sql, params, *args, **kw)
+
+    db.execute_sql = recording
+    try:
+        assert ensure_tables(db, [New], add_columns={New: ["seen_at", "label"]}) == []  # idempotent
+        assert statements and not [s for s in statements if s.lstrip().upper().startswith(("CREATE", "ALTER"))]
+        statements.clear()
+        ensure_tables(db, [Newer])  # a later version indexes name: that index alone is made
+        made = [s for s in statements if s.lstrip().upper().startswith(("CREATE", "ALTER"))]
+        assert len(made) == 1 and "INDEX" in made[0] and '"name"' in made[0], made
+    finally:
+        del db.execute_sql
 
 
 def test_statements_read_and_write_what_peewee_does(db):

@@ -12,9 +12,11 @@ from actors.db import connect
 from tests.harness import new_home, pg_schema
 
 
-def empty(url: str) -> None:
-    """Delete every row of every table of the database at ``url`` (the tables stay)."""
-    database = connect(url)
+def empty(url_or_database) -> None:
+    """Delete every row of every table of the database at ``url_or_database`` (a URL, or an
+    open peewee database, left open) (the tables stay)."""
+    opened = isinstance(url_or_database, str)
+    database = connect(url_or_database) if opened else url_or_database
     try:
         tables = database.get_tables()
         if not tables:
@@ -25,7 +27,8 @@ def empty(url: str) -> None:
             for t in tables:
                 database.execute_sql(f'DELETE FROM "{t}"')
     finally:
-        database.close()
+        if opened:
+            database.close()
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ import time
 
 from keys.home import Home
 
-from ..db import add_missing_columns, connect, write_transaction
+from ..db import connect, ensure_tables, write_transaction
 from ..outbox import Outbox, event_id
 from ..runtime import Actor, every, on
 from .models import (MAX_CENTS, NOT_CLOSED, TABLES, BusinessCommand, BusinessMachine, BusinessPolicyVersion,
@@ -94,14 +94,14 @@ class BusinessData(Actor):
     def __init__(self, home: Home, *, database=None, clock=time.time):
         self.home = home
         self.clock = clock
+        self.own_database = database is None  # closed at teardown only if opened here
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
-        added = add_missing_columns(self.database, BusinessSlot, ["sticker_address", "stock_set"])  # first
-        self.database.create_tables(TABLES, safe=True)
-        if "stock_set" in added:  # counting starts now: vends sold before this version are not counted again
-            BusinessSlot.update(stock_set=int(clock())).where(BusinessSlot.stock.is_null(False)).execute()
         self.outbox = Outbox(Outbox.model_for(self.database, "business_outbox"))
-        self.database.create_tables([self.outbox.model], safe=True)
+        added = ensure_tables(self.database, [*TABLES, self.outbox.model],
+                              add_columns={BusinessSlot: ["sticker_address", "stock_set"]})  # (older versions)
+        if (BusinessSlot, "stock_set") in added:  # counting starts now: vends sold before it are not counted again
+            BusinessSlot.update(stock_set=int(clock())).where(BusinessSlot.stock.is_null(False)).execute()
         self.unsent = True  # a previous run may have left events unsent: look at the first flush
         self.applied = 0
         self.refused = 0
@@ -112,7 +112,8 @@ class BusinessData(Actor):
         self.count_vends()  # vends sold while this actor was down
 
     def teardown(self):
-        self.database.close()
+        if self.own_database:
+            self.database.close()
 
     def health(self):
         detail = (f"{len(machines(self.database))} machines, {self.applied} changes, {self.refused} refused, "

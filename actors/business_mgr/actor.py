@@ -74,7 +74,7 @@ from proto.errors import ConfigError
 from ..business_data import models as bdm
 from ..business_data import queries as bd
 from ..chain.addresses import AddressBook, Deriver
-from ..db import Statements, add_missing_columns, checkpoint_in_background, connect, write_transaction
+from ..db import Statements, checkpoint_in_background, connect, ensure_tables, write_transaction
 from ..outbox import Outbox, event_id
 from ..runtime import Actor, every, on
 from .models import (CLOSED, DEFAULTS, LIVE, SELLING, TABLES, WAITING, SalesInvoice, SalesPayment, SalesPrice,
@@ -120,20 +120,18 @@ class BusinessMgr(Actor):
         self.cfg = merge(DEFAULTS, home.config.get("business", {}))
         self.clock = clock
         self.network = home.config.get("chain", {}).get("network", "regtest")
+        self.own_database = database is None  # closed at teardown only if opened here
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
-        add_missing_columns(self.database, SalesPayment, ["replaced_by"])  # tables of older versions
-        add_missing_columns(self.database, SalesWatch, ["created"])
-        self.database.create_tables(TABLES, safe=True)
         self.sql = Statements(self.database)  # the sale's path: fixed statements (see actors/db.py)
         self.outbox = Outbox(Outbox.model_for(self.database, "sales_outbox"))
-        self.database.create_tables([self.outbox.model], safe=True)
+        book_model = AddressBook.model(self.database, "sales_address")
+        ensure_tables(self.database, [*TABLES, self.outbox.model, book_model],
+                      add_columns={SalesPayment: ["replaced_by"], SalesWatch: ["created"]})  # (older versions)
         self.book = None
         self.config_error = None
         if self.cfg["receive"]:
             try:
-                book_model = AddressBook.model(self.database, "sales_address")
-                self.database.create_tables([book_model], safe=True)
                 self.book = AddressBook(book_model, "invoices", Deriver(self.cfg["receive"], self.network),
                                         gap_limit=int(self.cfg["gap_limit"]), clock=clock)
             except ConfigError as exc:
@@ -199,7 +197,8 @@ class BusinessMgr(Actor):
     def teardown(self):
         if self._checkpoints is not None:
             self._checkpoints.stop()
-        self.database.close()
+        if self.own_database:
+            self.database.close()
 
     def health(self):
         open_, selling = (SalesInvoice.select().where(SalesInvoice.state.in_(states)).count()

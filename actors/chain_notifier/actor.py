@@ -49,7 +49,7 @@ from keys.home import Home
 from proto.errors import DctrlError
 
 from ..chain.adaptor import ChainError, Failover, Tx
-from ..db import Statements, add_missing_columns, checkpoint_in_background, connect, write_transaction
+from ..db import Statements, checkpoint_in_background, connect, ensure_tables, write_transaction
 from ..runtime import Actor, on
 from .models import TABLES, ChainBlock, ChainCommand, ChainCursor, ChainOutbox, ChainOutput, ChainWatched, db
 
@@ -121,11 +121,11 @@ class ChainNotifier(Actor):
         self.needed_secrets = sorted({self.cfg.get(b, {}).get("password_secret") for b in self.cfg["backends"]} - {None})
         self.secrets_ready = threading.Event()
         self._secret_refused_at = None
+        self.own_database = database is None  # closed at teardown only if opened here
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
-        add_missing_columns(self.database, ChainOutput, ["seen_at", "replaced_by"])  # tables of older versions
-        add_missing_columns(self.database, ChainBlock, ["processed_at"])
-        self.database.create_tables(TABLES, safe=True)
+        ensure_tables(self.database, TABLES, add_columns={ChainOutput: ["seen_at", "replaced_by"],
+                                                          ChainBlock: ["processed_at"]})  # (older versions)
         self.sql = Statements(self.database)  # a payment's path: fixed statements (see actors/db.py)
         self.commands: queue.Queue = queue.Queue()
         self.sent: queue.Queue = queue.Queue()
@@ -169,7 +169,8 @@ class ChainNotifier(Actor):
             self.adaptor.close()
         if self._checkpoints is not None:
             self._checkpoints.stop()
-        self.database.close()
+        if self.own_database:
+            self.database.close()
 
     def health(self):
         s = self.status
