@@ -133,7 +133,14 @@ def ensure_tables(database, models, add_columns=None) -> list[tuple]:
 
     Added columns are nullable, without constraints. They are added before the table's
     indexes are made: on SQLite an index on a missing column is no error, its quoted name
-    silently becomes a string constant."""
+    silently becomes a string constant.
+
+    Index names are the schema's (the database's, on SQLite), not the table's: two tables
+    made from one model factory (an outbox, an address book) must name their indexes after
+    the table (``legacy_table_names = False``), or the second silently gets none. Older
+    versions had that fault; a unique index added to a table that holds duplicates keeps the
+    first of each (lowest key) if the model says so (``KEEP_FIRST_ON_UPGRADE``), and is
+    otherwise refused with the table and index named."""
     import copy
 
     from playhouse.migrate import SchemaMigrator, migrate
@@ -163,9 +170,29 @@ def ensure_tables(database, models, add_columns=None) -> list[tuple]:
                 added.append((model, name))
                 log.info("added column %s.%s", table, field.column_name)
         for index in model._meta.fields_to_index():
-            if index._name not in indexes:
-                database.execute(model._schema._create_index(index, safe=True))
+            if index._name in indexes:
+                continue
+            if index._unique and getattr(model, "KEEP_FIRST_ON_UPGRADE", False):
+                _keep_first(database, model, index)
+            try:
+                with database.atomic():
+                    database.execute(model._schema._create_index(index, safe=True))
+            except peewee.IntegrityError as exc:
+                raise ConfigError(f"table {table}: cannot make the unique index {index._name}: rows repeat "
+                                  f"its columns ({str(exc).strip()}); remove the duplicates by hand") from None
+            log.info("made index %s on %s", index._name, table)
     return added
+
+
+def _keep_first(database, model, index) -> None:
+    """Delete the rows of ``model``'s table that repeat ``index``'s columns, keeping the first."""
+    table, pk = model._meta.table_name, model._meta.primary_key.column_name
+    cols = ", ".join(f'"{f.column_name}"' for f in index._expressions)
+    cursor = database.execute_sql(f'DELETE FROM "{table}" WHERE "{pk}" NOT IN '
+                                  f'(SELECT MIN("{pk}") FROM "{table}" GROUP BY {cols})')
+    if cursor.rowcount:
+        log.warning("table %s: removed %d rows that repeated (%s) of an earlier row, before making its "
+                    "unique index %s", table, cursor.rowcount, cols, index._name)
 
 
 def redact(url: str) -> str:

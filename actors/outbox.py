@@ -50,6 +50,13 @@ class Outbox:
             body = peewee.BlobField()
             sent = peewee.BooleanField(default=False, index=True)
 
+            # Rows with the same event_id are the same event: when an older version's table
+            # lacks the unique index (see actors/db.py ensure_tables), the first is kept.
+            KEEP_FIRST_ON_UPGRADE = True
+
+            class Meta:
+                legacy_table_names = False  # index names from the table's name, not the class's
+
         OutboxRow._meta.database = database
         OutboxRow._meta.table_name = table_name
         return OutboxRow

@@ -98,6 +98,74 @@ def test_ensure_tables_upgrades_an_older_table_and_leaves_a_current_one_alone(db
         db.drop_tables([New])
 
 
+def _index_names(db, table):
+    if isinstance(db, peewee.PostgresqlDatabase):
+        sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s"
+    else:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?"
+    return {r[0] for r in db.execute_sql(sql, (table,)).fetchall()} - {f"{table}_pkey"}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_two_outboxes_of_an_older_version_get_their_own_indexes_and_keep_the_first_of_each_event(kind, tmp_path):
+    """Index names are the schema's: before, business_outbox and sales_outbox (one model factory)
+    both named theirs outboxrow_*, so the table made second had none: no unique event_id (an
+    event recorded twice went out twice) and no index on sent (every flush a full scan)."""
+    from actors.db import ensure_tables, write_transaction
+    from actors.outbox import Outbox
+    from tests.harness import home_on
+
+    def legacy(database, table):  # Outbox.model_for as it was
+        class OutboxRow(peewee.Model):
+            id = peewee.AutoField()
+            event_id = peewee.CharField(max_length=64, unique=True)
+            topic = peewee.CharField(max_length=255)
+            body = peewee.BlobField()
+            sent = peewee.BooleanField(default=False, index=True)
+
+        OutboxRow._meta.database = database
+        OutboxRow._meta.table_name = table
+        return OutboxRow
+
+    with home_on(kind, tmp_path / "home", "upg") as home:
+        db = connect(home.database_url)
+        try:
+            old = legacy(db, "sales_outbox")
+            db.create_tables([legacy(db, "business_outbox")], safe=True)
+            db.create_tables([old], safe=True)
+            assert _index_names(db, "sales_outbox") == set()  # the fault, as it was
+            for eid, body in (("a", b"1"), ("a", b"2"), ("b", b"3")):
+                old.create(event_id=eid, topic="t", body=body)
+
+            business, sales = Outbox.model_for(db, "business_outbox"), Outbox.model_for(db, "sales_outbox")
+            ensure_tables(db, [business, sales])
+            assert _index_names(db, "sales_outbox") == {"sales_outbox_event_id", "sales_outbox_sent"}
+            assert _index_names(db, "business_outbox") >= {"business_outbox_event_id", "business_outbox_sent"}
+            assert [(r.event_id, bytes(r.body)) for r in sales.select().order_by(sales.id)] == [("a", b"1"),
+                                                                                              ("b", b"3")]
+            box = Outbox(sales)
+            with write_transaction(db):
+                box.add("t", {}, "b")
+                box.add("t", {}, "c")
+            assert sorted(r.event_id for r in sales.select()) == ["a", "b", "c"]  # b recorded once
+
+            # A unique index that may not drop rows is refused, named, when rows repeat.
+            class Plain(peewee.Model):
+                code = peewee.CharField(unique=True)
+
+                class Meta:
+                    database = db
+                    table_name = "plain_upgrade"
+
+            Plain._schema.create_table(safe=True)  # the table alone, as if its index had never been made
+            Plain.insert_many([{"code": "x"}, {"code": "x"}]).execute()
+            with pytest.raises(ConfigError, match="plain_upgrade: cannot make the unique index plain_code"):
+                ensure_tables(db, [Plain])
+            assert Plain.select().count() == 2
+        finally:
+            db.close()
+
+
 def _upgrade(db, Old, New, Newer, ensure_tables):
     Old.create(name="before")
     assert ensure_tables(db, [New], add_columns={New: ["seen_at", "label"]}) == [(New, "seen_at"), (New, "label")]

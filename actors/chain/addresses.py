@@ -94,6 +94,7 @@ class AddressBook:
 
             class Meta:
                 indexes = ((("book", "position"), True),)
+                legacy_table_names = False  # index names from the table's name, not the class's
 
         IssuedAddress._meta.database = database
         IssuedAddress._meta.table_name = table_name
