@@ -359,12 +359,16 @@ HANDLE = NAME  # a member's handle: safe in a topic, a path or a log line
 ISO_DATE = Str(max=10, pattern=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # a calendar date; MemberData checks it is real
 CAD_TEXT = Str(max=32)  # CAD as a decimal string ("40.00", "-10.00"); judged by MemberData, never a float
 
+# A name and an email travel only sealed to member_data's Curve public key (crypto_box_seal of the
+# msgpack map {"name": str?, "email": str?}), so the event log, which records every message, never
+# holds them in clear.
+PERSONAL = Bytes(max=1024)
+
 # cmd.members.add: a new member, on a plan from the day they join (default: today, UTC).
-register("cmd.members.add", Map({**BUSINESS_CMD, "handle": HANDLE, "name": Str(max=128), "email": Str(max=254),
-                                 "plan": NAME, "joined": Opt(ISO_DATE)}))
-# cmd.members.set: correct a member's name or email (nil keeps it).
-register("cmd.members.set", Map({**BUSINESS_CMD, "handle": HANDLE, "name": Opt(Str(max=128)),
-                                 "email": Opt(Str(max=254))}))
+register("cmd.members.add", Map({**BUSINESS_CMD, "handle": HANDLE, "personal": PERSONAL, "plan": NAME,
+                                 "joined": Opt(ISO_DATE)}))
+# cmd.members.set: correct a member's name or email (sealed as above; nil in the map keeps one).
+register("cmd.members.set", Map({**BUSINESS_CMD, "handle": HANDLE, "personal": PERSONAL}))
 # cmd.members.pay: a payment recorded by an admin (cash, etransfer: a note says how), or a bitcoin
 # one with its txid:vout (counted once); on: the day paid (default today).
 register("cmd.members.pay", Map({

@@ -13,9 +13,11 @@ import pytest
 
 from actors.member_data.actor import MemberData
 from actors.member_data.models import (MemberAdjustment, MemberFact, MemberInputError, MemberMember, MemberPayment,
-                                       format_cents, parse_cents)
+                                       format_cents, parse_cents, seal_personal)
 from actors.member_data.queries import adjustments, member, members, payments, plan_versions, plans, today
 from actors.testing import FakeClock, FakeRuntime
+from keys.identity import IdentityKeys
+from keys.registry import Registry
 from proto.errors import NotGranted, SchemaError
 from tests.unit_db import empty, unit_home
 
@@ -47,7 +49,11 @@ def md(home):
     def answer(body):
         (ack,) = rt.bodies(ACK, id=body["id"]) or [None]
         return ack
-    rt.command, rt.answer = send, answer
+    public = Registry.load(home.registry_path).current("member_data").curve
+
+    def seal(name=None, email=None):  # as the CLI seals them (scripts/cli/members.py sealer)
+        return seal_personal(public, name=name, email=email)
+    rt.command, rt.answer, rt.seal = send, answer, seal
     yield rt
     rt.stop()
 
@@ -72,7 +78,7 @@ def plan_set(md, name="regular", cad="40.00", period="month", grace_days=30, con
 
 
 def add(md, handle="ada", name=NAME, email=EMAIL, plan="regular", joined="2026-01-31"):
-    return done(md, "cmd.members.add", handle=handle, name=name, email=email, plan=plan, joined=joined)
+    return done(md, "cmd.members.add", handle=handle, personal=md.seal(name, email), plan=plan, joined=joined)
 
 
 def pay(md, handle="ada", cad="40.00", method="cash", note="at the door", on=None, txid_vout=None):
@@ -135,7 +141,7 @@ def test_a_retried_command_gets_the_same_answer_and_is_applied_once(md):
         md.deliver(md.build("cmd.members.pay", p, sender="admin"))
     assert md.topics() == [ACK] * 3 and all(b == first[-1][1] for b in md.bodies(ACK))
     assert rows(md, MemberPayment) == 1
-    no = md.command("cmd.members.add", handle="ada", name="Other", email="o@example.org", plan="regular",
+    no = md.command("cmd.members.add", handle="ada", personal=md.seal("Other", "o@example.org"), plan="regular",
                     joined=None)
     first_no = md.answer(no)
     assert first_no["status"] == "refused" and "already exists" in first_no["reason"]
@@ -147,8 +153,8 @@ def test_a_retried_command_gets_the_same_answer_and_is_applied_once(md):
 
 def test_an_expired_command_is_refused_and_nothing_written(md):
     plan_set(md)
-    body = {"id": os.urandom(16), "expires": int(md.clock.time()) + 5, "handle": "ada", "name": NAME,
-            "email": EMAIL, "plan": "regular", "joined": None}
+    body = {"id": os.urandom(16), "expires": int(md.clock.time()) + 5, "handle": "ada",
+            "personal": md.seal(NAME, EMAIL), "plan": "regular", "joined": None}
     md.advance(6)
     md.send("cmd.members.add", body, sender="admin")
     assert md.answer(body) == {"id": body["id"], "status": "refused", "reason": "command expired"}
@@ -227,11 +233,12 @@ def test_forget_erases_name_and_email_and_keeps_the_money(md):
     assert [p["cents"] for p in shown["payments"]] == [4000] and [a["cents"] for a in shown["adjustments"]] == [500]
     assert shown["facts"][-1]["kind"] == "forgotten"
     assert "forgotten already" in refused(md, "cmd.members.forget", handle="ada")
-    assert "was forgotten" in refused(md, "cmd.members.set", handle="ada", name="Ada", email=None)
+    assert "was forgotten" in refused(md, "cmd.members.set", handle="ada", personal=md.seal("Ada", None))
     assert "was forgotten" in refused(md, "cmd.members.rejoin", handle="ada", on=None)
     # the handle is never given to someone else
-    assert "already exists" in refused(md, "cmd.members.add", handle="ada", name="Another Ada",
-                                       email="other@example.org", plan="regular", joined=None)
+    assert "already exists" in refused(md, "cmd.members.add", handle="ada",
+                                       personal=md.seal("Another Ada", "other@example.org"), plan="regular",
+                                       joined=None)
     # nothing personal anywhere in the database any more
     database = md.actor.database
     for table in database.get_tables():
@@ -252,6 +259,7 @@ def test_bad_input_is_refused_with_a_reason_and_writes_nothing(md, field, value,
     before = (rows(md, MemberMember), rows(md, MemberFact))
     body = {"handle": "bob", "name": "Bob", "email": "bob@example.org", "plan": "regular", "joined": None,
             field: value}
+    body["personal"] = md.seal(body.pop("name"), body.pop("email"))
     assert why in refused(md, "cmd.members.add", **body)
     assert (rows(md, MemberMember), rows(md, MemberFact)) == before
 
@@ -296,8 +304,9 @@ def test_a_float_or_a_wrong_field_never_reaches_the_handler(md):
 def test_events_carry_no_personal_data(md):
     plan_set(md)
     add(md)
-    done(md, "cmd.members.set", handle="ada", name="Ada King", email="ada.king@example.org")
-    assert "nothing to change" in refused(md, "cmd.members.set", handle="ada", name="Ada King", email=None)
+    done(md, "cmd.members.set", handle="ada", personal=md.seal("Ada King", "ada.king@example.org"))
+    assert member(md.actor.database, "ada")["email"] == "ada.king@example.org"
+    assert "nothing to change" in refused(md, "cmd.members.set", handle="ada", personal=md.seal("Ada King"))
     pay(md)
     done(md, "cmd.members.group", handle="ada", group="keys", action="add")
     done(md, "cmd.members.leave", handle="ada", on=None)
@@ -308,6 +317,44 @@ def test_events_carry_no_personal_data(md):
         text = repr(body)
         for secret in (NAME, EMAIL, "Ada King", "ada.king@example.org", "example.org", "Ada"):
             assert secret not in text, (topic, body)
+
+
+def test_names_and_emails_travel_sealed_to_member_data_alone(md, home, tmp_path):
+    plan_set(md)
+    sealed = md.seal(NAME, EMAIL)
+    body = {"id": os.urandom(16), "expires": int(md.clock.time()) + 60, "handle": "ada", "personal": sealed,
+            "plan": "regular", "joined": None}
+    frames = md.messages.frames("cmd.members.add", body, sender="admin")
+    assert NAME.encode() not in b"".join(frames) and EMAIL.encode() not in b"".join(frames)
+    md.send("cmd.members.add", body, sender="admin")
+    assert md.answer(body)["status"] == "done" and member(md.actor.database, "ada")["email"] == EMAIL
+    # sealed to another identity's key (business_data's): refused, nothing written
+    other = seal_personal(IdentityKeys.load(home.key_file("business_data")).curve_public, name="Bob",
+                          email="bob@example.org")
+    assert "not sealed to member_data's key" in refused(md, "cmd.members.add", handle="bob", personal=other,
+                                                        plan="regular", joined=None)
+    assert "not sealed" in refused(md, "cmd.members.set", handle="ada", personal=sealed[:-1] + b"x")
+    assert rows(md, MemberMember) == 1
+
+
+def test_after_a_key_rotation_the_new_key_and_the_old_one_both_open(md, home):
+    """`dctrl keys rotate member_data` writes a new key file while the actor runs: a command sealed
+    to the new key (the CLI reads the registry) is opened after reading the file again, and a
+    retry sealed to the old one still opens."""
+    plan_set(md)
+    add(md)  # the actor has read key v1
+    path = home.key_file("member_data")
+    old = path.read_bytes()
+    new = IdentityKeys.generate("member_data", version=2)
+    try:
+        new.save(path)
+        done(md, "cmd.members.add", handle="bob", personal=seal_personal(new.curve_public, name="Bob",
+                                                                         email="bob@example.org"),
+             plan="regular", joined=None)
+        done(md, "cmd.members.set", handle="ada", personal=md.seal(None, "ada@example.net"))
+    finally:
+        path.write_bytes(old)
+    assert [member(md.actor.database, h)["email"] for h in ("ada", "bob")] == ["ada@example.net", "bob@example.org"]
 
 
 def test_events_wait_in_the_outbox_while_nothing_can_be_sent(md):

@@ -9,10 +9,13 @@ expired command is refused. Every command is answered on ``members.ack`` {id, st
 "refused", reason}; every change is published as an event: ``member.changed`` {handle, kind,
 ref} for a member, ``member.plan.changed`` for a plan's new version.
 
-Personal data never leaves through the bus: events carry the handle, the kind of fact and the
+Personal data is never in clear on the bus: events carry the handle, the kind of fact and the
 id of its row, never a name or an email (not even a changed one: ``kind`` ``details`` and the
-row say which fields changed). Readers who need them read the database
-(:mod:`actors.member_data.queries`).
+row say which fields changed); the commands that give a name or an email (``add``, ``set``)
+carry them sealed to this identity's Curve public key (``personal``, see
+:func:`~actors.member_data.models.seal_personal`), because the event log records every message
+for months and ``forget`` could never erase a name from it. Readers who need them read the
+database (:mod:`actors.member_data.queries`).
 
 Append-only. Facts, payments and adjustments are inserted, never updated or deleted: a wrong
 payment is reversed by an adjustment of the opposite amount naming it (once). Only a member's
@@ -55,7 +58,7 @@ from ..outbox import Outbox, event_id
 from ..runtime import Actor, every, on
 from .models import (MANUAL_METHODS, TABLES, MemberAdjustment, MemberCommand, MemberFact, MemberInputError,
                      MemberMember, MemberPayment, MemberPlanVersion, check_date, check_email, check_handle,
-                     check_name, check_note, db, format_cents, parse_cents)
+                     check_name, check_note, db, format_cents, open_personal, parse_cents)
 from .queries import plan as plan_terms
 from .queries import state_from_facts, today
 
@@ -69,6 +72,8 @@ class Refused(Exception):
 
 
 class MemberData(Actor):
+    IDENTITY = "member_data"  # its name in the registry: commands seal personal data to this key
+
     def __init__(self, home: Home, *, database=None, clock=time.time):
         self.home = home
         self.clock = clock
@@ -78,6 +83,7 @@ class MemberData(Actor):
         self.outbox = Outbox(Outbox.model_for(self.database, "member_outbox"))
         ensure_tables(self.database, [*TABLES, self.outbox.model])
         self.unsent = True  # a previous run may have left events unsent: look at the first flush
+        self._curve_secrets: list[bytes] = []  # this identity's Curve secret keys, newest first (personal data)
         self.applied = 0
         self.refused = 0
 
@@ -186,9 +192,26 @@ class MemberData(Actor):
             raise Refused(f"unknown plan {name} (dctrl plans set {name} ... makes it)")
         return terms
 
+    def _personal(self, body) -> dict:
+        """The name and email a command carries sealed to this identity's Curve key. Tried with
+        every key version this run has read, and once more after reading the key file again
+        (`dctrl keys rotate member_data` may have written a new one since)."""
+        if self._curve_secrets:
+            try:
+                return open_personal(self._curve_secrets, body["personal"])
+            except MemberInputError:
+                pass
+        from keys.identity import IdentityKeys
+
+        secret = IdentityKeys.load(self.home.key_file(self.IDENTITY)).curve_secret
+        if secret not in self._curve_secrets:
+            self._curve_secrets.insert(0, secret)
+        return open_personal(self._curve_secrets, body["personal"])
+
     def _add(self, body, cid):
         handle = check_handle(body["handle"])
-        name, email = check_name(body["name"]), check_email(body["email"])
+        personal = self._personal(body)
+        name, email = check_name(personal["name"]), check_email(personal["email"])
         joined = check_date(body["joined"], "joined") if body.get("joined") else self._today()
         self._plan(body["plan"])
         if MemberMember.get_or_none(MemberMember.handle == handle) is not None:
@@ -203,13 +226,14 @@ class MemberData(Actor):
         if m.forgotten is not None:
             raise Refused(f"member {m.handle} was forgotten: nothing personal is kept to change")
         changed = []
-        if body.get("name") is not None:
-            name = check_name(body["name"])
+        personal = self._personal(body)
+        if personal["name"] is not None:
+            name = check_name(personal["name"])
             if name != m.name:
                 m.name = name
                 changed.append("name")
-        if body.get("email") is not None:
-            email = check_email(body["email"])
+        if personal["email"] is not None:
+            email = check_email(personal["email"])
             if email != m.email:
                 m.email = email
                 changed.append("email")

@@ -30,9 +30,11 @@ import re
 import unicodedata
 from decimal import Decimal
 
+import msgpack
 import peewee
 
-from proto.errors import DctrlError
+from proto.errors import DctrlError, SecretError
+from proto.sealed import open_sealed, seal_for
 
 db = peewee.DatabaseProxy()
 
@@ -139,6 +141,41 @@ def format_cents(cents: int) -> str:
         raise MemberInputError(f"cents must be an int, not {type(cents).__name__}")
     sign = "-" if cents < 0 else ""
     return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
+# -- personal data on the bus -----------------------------------------------------------
+# A command that gives a name or an email (cmd.members.add, cmd.members.set) carries them sealed
+# to member_data's CurveZMQ public key (a SealedBox, as the Vault's secrets): the event log records
+# every message on the bus for months, and `members forget` could never erase a name from it.
+# Only member_data's secret key opens them; nothing else on the bus ever holds them.
+
+PERSONAL_KEYS = ("name", "email")
+
+
+def seal_personal(curve_public_z85: bytes, *, name: str | None, email: str | None) -> bytes:
+    """``{"name", "email"}`` (either may be None: unchanged) sealed to member_data's Curve key."""
+    return seal_for(curve_public_z85, msgpack.packb({"name": name, "email": email}, use_bin_type=True))
+
+
+def open_personal(curve_secrets_z85, sealed: bytes) -> dict:
+    """The ``{"name", "email"}`` that :func:`seal_personal` sealed, opened with the first of
+    ``curve_secrets_z85`` that opens it; MemberInputError if none does or it is not that map."""
+    for secret in curve_secrets_z85:
+        try:
+            raw = open_sealed(secret, sealed)
+        except SecretError:
+            continue
+        try:
+            value = msgpack.unpackb(raw, raw=False, max_str_len=1024, max_bin_len=0, max_array_len=0,
+                                    max_map_len=2)
+        except Exception:  # msgpack raises several types for bad input
+            value = None
+        if (not isinstance(value, dict) or set(value) != set(PERSONAL_KEYS)
+                or not all(v is None or isinstance(v, str) for v in value.values())):
+            raise MemberInputError("personal: not a sealed map of name and email")
+        return value
+    raise MemberInputError("personal: not sealed to member_data's key (sealed to another identity, a key "
+                           "rotated away, or altered)")
 
 
 # -- models -------------------------------------------------------------------

@@ -67,6 +67,19 @@ def send_command(args, topic: str, body: dict) -> dict:
     return ack
 
 
+def sealer(args):
+    """A function sealing (name, email) to member_data's current Curve key, from the registry."""
+    from actors.member_data.models import seal_personal
+    from keys.registry import Registry
+
+    try:
+        public = Registry.load(_home(args).registry_path).current("member_data").curve
+    except (DctrlError, KeyError) as exc:
+        raise DctrlError(f"no key for member_data in the registry ({exc}): `dctrl keys add member_data --role "
+                         "actor` and its [identity.member_data] in policy.toml") from None
+    return lambda name, email: seal_personal(public, name=name, email=email)
+
+
 def _check(fn, *a, **kw):
     """A validator's verdict before anything is sent (member_data judges again)."""
     from actors.member_data.models import MemberInputError
@@ -112,7 +125,8 @@ class ImportCheck:
 
 
 def parse_import(data: bytes, *, plans: set[str], existing: set[str]) -> ImportCheck:
-    """Judge a CSV file of members (its bytes) before anything is written.
+    """Judge a CSV file of members (its bytes) before anything is written. The rows' bodies hold
+    the name and email in clear; :func:`cmd_import` seals them when it sends.
 
     Raises DctrlError for a file that cannot be read as a table of members at all (not UTF-8,
     empty, unknown, missing or repeated columns, naming them). Otherwise returns every row
@@ -212,7 +226,10 @@ def cmd_import(args):
     if not result.rows:
         print(f"{summary}: nothing to import")
         return 1 if result.bad else 0
-    acks = send_commands(args, [("cmd.members.add", body) for _, body in result.rows])
+    seal = sealer(args)
+    acks = send_commands(args, [("cmd.members.add", {"handle": b["handle"], "personal": seal(b["name"], b["email"]),
+                                                     "plan": b["plan"], "joined": b["joined"]})
+                                for _, b in result.rows])
     refused = [(line, ack["reason"]) for (line, _), ack in zip(result.rows, acks) if ack["status"] != "done"]
     for line, reason in refused:
         print(f"{args.file}:{line}: refused by member_data: {printable(reason)}", file=sys.stderr)
@@ -237,7 +254,7 @@ def cmd_members(args):
         _check(check_email, args.email)
         if args.joined:
             _check(check_date, args.joined, "--joined")
-        send_command(args, "cmd.members.add", {"handle": args.handle, "name": args.name, "email": args.email,
+        send_command(args, "cmd.members.add", {"handle": args.handle, "personal": sealer(args)(args.name, args.email),
                                                "plan": args.plan, "joined": args.joined})
         print(f"member {args.handle} added, plan {args.plan}" + (f" from {args.joined}" if args.joined else ""))
     elif action == "set":
@@ -247,7 +264,8 @@ def cmd_members(args):
             _check(check_name, args.name)
         if args.email is not None:
             _check(check_email, args.email)
-        send_command(args, "cmd.members.set", {"handle": args.handle, "name": args.name, "email": args.email})
+        send_command(args, "cmd.members.set", {"handle": args.handle,
+                                               "personal": sealer(args)(args.name, args.email)})
         print(f"member {args.handle}: " + " and ".join(k for k in ("name", "email") if getattr(args, k)) + " changed")
     elif action == "pay":
         cents = _check(parse_cents, args.cad, field="--cad")
