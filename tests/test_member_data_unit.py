@@ -181,6 +181,7 @@ def test_facts_are_appended_never_edited_and_an_adjustment_reverses_a_payment(md
     assert [(p["id"], p["cents"], p["note"]) for p in payments(md.actor.database, "ada")] == before
     assert [(a["cents"], a["reverses"]) for a in adjustments(md.actor.database, "ada")] == [
         (-40000, wrong["id"]), (-1000, None)]
+    assert rows(md, MemberAdjustment) == 2 and rows(md, MemberPayment) == 2  # refused ones wrote nothing
     net = sum(p["cents"] for p in payments(md.actor.database)) + sum(a["cents"] for a in adjustments(md.actor.database))
     assert net == 4000 - 1000
     # leaving and rejoining are facts too: nothing about the member row changes but its own columns

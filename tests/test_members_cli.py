@@ -4,13 +4,14 @@ member_data as processes, `dctrl` as a subprocess) on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from proto.errors import DctrlError
 from scripts.cli.members import parse_import
-from tests.harness import Network, dctrl, home_on, wait_for
+from tests.harness import Network, dctrl, home_on, new_home, wait_for
 
 PLANS = {"regular", "student"}
 HEADER = "handle,name,email,plan,joined\n"
@@ -85,6 +86,55 @@ def test_a_file_that_is_not_utf8_or_empty_is_an_error():
         judge(HEADER.encode() + "zoë,Zoë,z@example.org,regular,\n".encode("latin-1"))
     with pytest.raises(DctrlError, match="empty"):
         judge("\n\n")
+
+
+@pytest.fixture
+def offline_home(tmp_path):
+    """A home whose database has member_data's tables and a plan, and no bus running."""
+    from actors.member_data.actor import MemberData
+
+    home = new_home(tmp_path / "home")
+    actor = MemberData(home)
+    ack, _ = actor.execute("cmd.members.plan_set", {"id": b"\x01" * 16, "expires": 2**40, "name": "regular",
+                                                    "cad": "40.00", "period": "month", "grace_days": 30,
+                                                    "confirmations": 1})
+    assert ack["status"] == "done"
+    actor.teardown()
+    return home
+
+
+def run_import(home, monkeypatch, path, **flags):
+    """`members import` with the bus replaced by a recorder that answers every command done;
+    returns (exit status, the commands it would have sent)."""
+    from scripts.cli import members as members_cli
+
+    sent = []
+
+    def record(args, commands):
+        sent.extend(commands)
+        return [{"status": "done", "reason": None} for _ in commands]
+    monkeypatch.setattr(members_cli, "send_commands", record)
+    args = argparse.Namespace(**{"home": str(home.root), "file": str(path), "dry_run": False, "skip_bad": False,
+                                 "as_name": "admin", "timeout": 5.0, "members_cmd": "import", **flags})
+    return members_cli.cmd_import(args), sent
+
+
+def test_import_sends_nothing_on_a_dry_run_or_with_a_bad_row_and_the_good_rows_with_skip_bad(
+        offline_home, monkeypatch, tmp_path, capsys):
+    path = tmp_path / "m.csv"
+    path.write_text(HEADER + "ada,Ada,ada@example.org,regular,\nbob,Bob,bob@,regular,\n")
+    for flags in ({}, {"dry_run": True}):
+        with pytest.raises(DctrlError, match=r"1 row\(s\) valid, 1 bad: nothing imported"):
+            run_import(offline_home, monkeypatch, path, **flags)
+        assert "m.csv:3: email 'bob@'" in capsys.readouterr().err
+    assert run_import(offline_home, monkeypatch, path, dry_run=True, skip_bad=True) == (1, [])
+    assert "would import 1 member(s)" in capsys.readouterr().out
+    rc, sent = run_import(offline_home, monkeypatch, path, skip_bad=True)
+    assert rc == 1 and [(t, b["handle"], b["plan"]) for t, b in sent] == [("cmd.members.add", "ada", "regular")]
+    assert b"ada@example.org" not in sent[0][1]["personal"]  # sealed to member_data
+    path.write_text(HEADER + "ada,Ada,ada@example.org,regular,\n")
+    assert run_import(offline_home, monkeypatch, path, dry_run=True) == (0, [])
+    assert run_import(offline_home, monkeypatch, path)[0] == 0
 
 
 # -- end to end over the bus ------------------------------------------------------
