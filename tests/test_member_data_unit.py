@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from actors.member_data.actor import MemberData
-from actors.member_data.models import (MemberAdjustment, MemberFact, MemberInputError, MemberMember, MemberPayment,
-                                       format_cents, parse_cents, seal_personal)
+from actors.member_data.models import (MemberAdjustment, MemberCommand, MemberFact, MemberInputError, MemberMember,
+                                       MemberPayment, format_cents, parse_cents, seal_personal)
 from actors.member_data.queries import adjustments, member, members, payments, plan_versions, plans, today
 from actors.testing import FakeClock, FakeRuntime
 from keys.identity import IdentityKeys
@@ -188,8 +188,10 @@ def test_facts_are_appended_never_edited_and_an_adjustment_reverses_a_payment(md
     done(md, "cmd.members.leave", handle="ada", on="2026-06-30")
     assert "left already" in refused(md, "cmd.members.leave", handle="ada", on=None)
     assert members(md.actor.database)[0]["left"] == "2026-06-30"
+    assert "before ada left (2026-06-30)" in refused(md, "cmd.members.rejoin", handle="ada", on="2026-06-29")
     done(md, "cmd.members.rejoin", handle="ada", on="2026-09-01")
     assert "has not left" in refused(md, "cmd.members.rejoin", handle="ada", on=None)
+    assert "before ada rejoined (2026-09-01)" in refused(md, "cmd.members.leave", handle="ada", on="2026-08-31")
     assert [f["kind"] for f in member(md.actor.database, "ada")["facts"]] == ["joined", "plan", "left", "rejoined"]
     assert members(md.actor.database)[0]["left"] is None
     assert members(md.actor.database, as_of="2026-07-01")[0]["left"] == "2026-06-30"
@@ -236,6 +238,7 @@ def test_forget_erases_name_and_email_and_keeps_the_money(md):
     assert "forgotten already" in refused(md, "cmd.members.forget", handle="ada")
     assert "was forgotten" in refused(md, "cmd.members.set", handle="ada", personal=md.seal("Ada", None))
     assert "was forgotten" in refused(md, "cmd.members.rejoin", handle="ada", on=None)
+    assert "was forgotten" in refused(md, "cmd.members.group", handle="ada", group="keys", action="add")
     # the handle is never given to someone else
     assert "already exists" in refused(md, "cmd.members.add", handle="ada",
                                        personal=md.seal("Another Ada", "other@example.org"), plan="regular",
@@ -356,6 +359,23 @@ def test_after_a_key_rotation_the_new_key_and_the_old_one_both_open(md, home):
     finally:
         path.write_bytes(old)
     assert [member(md.actor.database, h)["email"] for h in ("ada", "bob")] == ["ada@example.net", "bob@example.org"]
+
+
+def test_a_change_its_events_and_its_dedup_record_commit_together_or_not_at_all(md, monkeypatch):
+    plan_set(md)
+    actor = md.actor
+    body = {"id": os.urandom(16), "expires": int(md.clock.time()) + 60, "handle": "ada",
+            "personal": md.seal(NAME, EMAIL), "plan": "regular", "joined": None}
+
+    def broken(*a):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(actor.outbox, "add", broken)
+    with pytest.raises(RuntimeError):
+        actor.execute("cmd.members.add", body)
+    assert (rows(md, MemberMember), rows(md, MemberFact), rows(md, MemberCommand)) == (0, 0, 1)  # (plan_set's)
+    monkeypatch.undo()
+    assert actor.execute("cmd.members.add", body)[0]["status"] == "done"  # the retry applies it, once
+    assert (rows(md, MemberMember), rows(md, MemberFact), actor.outbox.pending()) == (1, 2, 2)
 
 
 def test_events_wait_in_the_outbox_while_nothing_can_be_sent(md):

@@ -305,8 +305,10 @@ class MemberData(Actor):
         if state["left"] is not None:
             raise Refused(f"member {m.handle} left already (on {state['left']})")
         on = check_date(body["on"], "on") if body.get("on") else self._today()
-        if on < m.joined:
-            raise Refused(f"on {on}: before {m.handle} joined ({m.joined})")
+        since = max([m.joined] + [f.on for f in MemberFact.select(MemberFact.on).where(
+            (MemberFact.handle == m.handle) & (MemberFact.kind == "rejoined"))])
+        if on < since:
+            raise Refused(f"on {on}: before {m.handle} {'joined' if since == m.joined else 'rejoined'} ({since})")
         log.info("member %s leaves on %s", m.handle, on)
         return [self._fact(cid, m.handle, "left", on)]
 
@@ -325,6 +327,8 @@ class MemberData(Actor):
 
     def _group(self, body, cid):
         m = self._locked_member(body["handle"])
+        if m.forgotten is not None:
+            raise Refused(f"member {m.handle} was forgotten")
         group = check_handle(body["group"], "group")
         groups = self._state(m.handle)["groups"]
         if body["action"] == "add":
