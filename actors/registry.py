@@ -56,6 +56,9 @@ ENTRIES: tuple[Entry, ...] = (
           grants=Grants(publish=("chain",), subscribe=("cmd.chain",))),
     Entry("business_data", "actors.business_data.actor:BusinessData",
           grants=Grants(publish=("business",), subscribe=("cmd.business",))),
+    # members.ack: the answer to cmd.members.* (the grant "member" covers member.*, not members.*).
+    Entry("member_data", "actors.member_data.actor:MemberData",
+          grants=Grants(publish=("member", "members.ack"), subscribe=("cmd.members",))),
     Entry("business_mgr", "actors.business_mgr.actor:BusinessMgr",
           grants=Grants(publish=("cmd.machine", "cmd.chain", "invoice"),
                         subscribe=("machine", "chain", "price", "business"))),
@@ -72,7 +75,7 @@ ALL_GRANTS = Grants(publish=("health.{self}", "error.{self}", "vault.req.{self}"
                     subscribe=("vault.token.{self}", "vault.secret.{self}", "vault.revoked"))
 ROLE_GRANTS = {
     "machine": Grants(publish=("machine.{self}",), subscribe=("cmd.machine.{self}",)),
-    "admin": Grants(publish=("debug", "cmd.chain", "cmd.business"), subscribe=("",)),
+    "admin": Grants(publish=("debug", "cmd.chain", "cmd.business", "cmd.members"), subscribe=("",)),
 }
 
 

@@ -350,3 +350,78 @@ register("invoice.changed", Map({
 }))
 # invoice.refused: a selection that could not become an invoice (stale price, unknown slot, sold out, ...).
 register("invoice.refused", Map({"machine": NAME, "slot": Int(min=0, max=255), "reason": REASON}))
+
+# -- members: MemberData is the single writer ----------------------------------------
+# Events carry a member's handle, never a name or an email: the bus and the event log hold no
+# personal data (names and emails stay in MemberData's tables, erased by `members forget`).
+
+HANDLE = NAME  # a member's handle: safe in a topic, a path or a log line
+ISO_DATE = Str(max=10, pattern=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # a calendar date; MemberData checks it is real
+CAD_TEXT = Str(max=32)  # CAD as a decimal string ("40.00", "-10.00"); judged by MemberData, never a float
+
+# A name and an email travel only sealed to member_data's Curve public key (crypto_box_seal of the
+# msgpack map {"name": str?, "email": str?}), so the event log, which records every message, never
+# holds them in clear.
+PERSONAL = Bytes(max=1024)
+
+# cmd.members.add: a new member, on a plan from the day they join (default: today, UTC).
+register("cmd.members.add", Map({**BUSINESS_CMD, "handle": HANDLE, "personal": PERSONAL, "plan": NAME,
+                                 "joined": Opt(ISO_DATE)}))
+# cmd.members.set: correct a member's name or email (sealed as above; nil in the map keeps one).
+register("cmd.members.set", Map({**BUSINESS_CMD, "handle": HANDLE, "personal": PERSONAL}))
+# cmd.members.pay: a payment recorded by an admin (cash, etransfer: a note says how), or a bitcoin
+# one with its txid:vout (counted once); on: the day paid (default today).
+register("cmd.members.pay", Map({
+    **BUSINESS_CMD,
+    "handle": HANDLE,
+    "cad": CAD_TEXT,
+    "method": Str(choices=("bitcoin", "cash", "etransfer")),
+    "note": Opt(Str(max=256)),
+    "on": Opt(ISO_DATE),
+    "txid_vout": Opt(Str(max=72, pattern=r"[0-9a-f]{64}:[0-9]{1,6}")),
+}))
+# cmd.members.adjust: a signed amount with a note; reverses: the payment it takes back (once, its exact amount).
+register("cmd.members.adjust", Map({**BUSINESS_CMD, "handle": HANDLE, "cad": CAD_TEXT, "note": Str(max=256),
+                                    "on": Opt(ISO_DATE), "reverses": Opt(Int(min=1))}))
+# cmd.members.plan: the member's plan from a date on.
+register("cmd.members.plan", Map({**BUSINESS_CMD, "handle": HANDLE, "plan": NAME, "from": ISO_DATE}))
+# cmd.members.leave / rejoin: on a date (default today).
+register("cmd.members.leave", Map({**BUSINESS_CMD, "handle": HANDLE, "on": Opt(ISO_DATE)}))
+register("cmd.members.rejoin", Map({**BUSINESS_CMD, "handle": HANDLE, "on": Opt(ISO_DATE)}))
+# cmd.members.group: join or leave a group.
+register("cmd.members.group", Map({**BUSINESS_CMD, "handle": HANDLE, "group": NAME,
+                                   "action": Str(choices=("add", "remove"))}))
+# cmd.members.forget: erase a member's name and email (after leaving); the facts and money stay.
+register("cmd.members.forget", Map({**BUSINESS_CMD, "handle": HANDLE}))
+# cmd.members.plan_set: a new version of a plan's terms.
+register("cmd.members.plan_set", Map({
+    **BUSINESS_CMD,
+    "name": NAME,
+    "cad": CAD_TEXT,                       # dues per period
+    "period": Str(choices=("month", "quarter", "year")),
+    "grace_days": Int(min=0, max=3650),    # days past due before a member counts as overdue
+    "confirmations": Int(min=1, max=100),  # for dues paid in bitcoin
+}))
+# members.ack: the answer to any cmd.members.* (the same answer for a retried id).
+register("members.ack", Map({"id": RID, "status": Str(choices=("done", "refused")), "reason": Opt(REASON)}))
+# member.changed: a new fact about a member: its kind and the id of its row (in member_fact, or
+# member_payment for paid, member_adjustment for adjusted), never personal data. From an outbox:
+# event_id as business.* events.
+register("member.changed", Map({
+    "event_id": EVENT_ID,
+    "handle": HANDLE,
+    "kind": Str(choices=("joined", "plan", "left", "rejoined", "group_joined", "group_left", "details",
+                         "forgotten", "paid", "adjusted")),
+    "ref": Int(min=1),
+    "on": ISO_DATE,                        # the day it takes effect
+}))
+# member.plan.changed: a plan's new terms (version grows across all plans).
+register("member.plan.changed", Map({
+    "event_id": EVENT_ID,
+    "name": NAME,
+    "version": Int(min=1),
+    "cents": Int(min=0),
+    "period": Str(choices=("month", "quarter", "year")),
+    "grace_days": Int(min=0),
+    "confirmations": Int(min=1),
+}))

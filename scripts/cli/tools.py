@@ -83,7 +83,54 @@ class StatusCollector(Actor):
             self.runtime.stop()
 
 
-__all__ = ["PublishOnce", "Subscriber", "StatusCollector", "describe_frames", "jsonable"]
+class CommandsUntilAcked(Actor):
+    """Sends several commands, each retried until its ack arrives, at most ``window`` unanswered
+    at a time (so a thousand-row import does not send a thousand messages a second); stops when
+    every one is answered or at the deadline. ``acks`` maps each command's id to its ack.
+
+    As :class:`CommandOnce`: the receiver deduplicates by id, so retrying is safe, and every
+    command expires with the deadline, so none is acted on after the sender gave up."""
+
+    def __init__(self, commands, ack_prefix, *, timeout=15.0, retry=1.0, window=50):
+        expires = int(time.time() + timeout)
+        self.commands = [(topic, {**body, "id": os.urandom(16), "expires": expires}) for topic, body in commands]
+        self.ack_prefix, self.retry, self.window = ack_prefix, retry, window
+        self.deadline = time.monotonic() + timeout
+        self.next_send: dict[bytes, float] = {}
+        self.acks: dict[bytes, dict] = {}
+        self._ids = {body["id"] for _, body in self.commands}
+
+    def setup(self):
+        self.runtime.add_handler(self.ack_prefix, self._ack)
+
+    def _ack(self, msg):
+        cid = msg.body.get("id")
+        if cid in self._ids and cid not in self.acks:
+            self.acks[cid] = msg.body
+            if len(self.acks) == len(self.commands):
+                self.runtime.stop()
+
+    @every(0.05)
+    def tick(self):
+        now = time.monotonic()
+        if now >= self.deadline or len(self.acks) == len(self.commands):
+            self.runtime.stop()
+            return
+        if not self.runtime.proxy.token_valid():
+            return
+        waiting = 0
+        for topic, body in self.commands:
+            if body["id"] in self.acks:
+                continue
+            waiting += 1
+            if waiting > self.window:
+                break
+            if now >= self.next_send.get(body["id"], 0.0):
+                self.publish(topic, body)
+                self.next_send[body["id"]] = now + self.retry
+
+
+__all__ = ["CommandsUntilAcked", "PublishOnce", "Subscriber", "StatusCollector", "describe_frames", "jsonable"]
 
 
 class CommandOnce(Actor):

@@ -1,0 +1,133 @@
+"""MemberData's read queries: each takes the database and returns plain data.
+
+For other actors (the coming Reporter and MemberMail), the CLI and reports; they never write
+these tables. Nothing here derives a status or a balance: that is the Reporter's, from these
+facts, with its own ``as_of``. What is derived here is only what the facts say directly: the
+plan in force on a date, whether a member has left, the groups they are in.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from .models import (PERIODS, MemberAdjustment, MemberFact, MemberMember, MemberPayment, MemberPlanVersion,
+                     format_cents)
+
+
+def today(clock_time: float) -> str:
+    """The UTC calendar date of a unix time, ISO."""
+    return datetime.datetime.fromtimestamp(int(clock_time), datetime.timezone.utc).date().isoformat()
+
+
+# -- plans -------------------------------------------------------------------------
+
+def _plan_row(p) -> dict:
+    return {"name": p.name, "version": p.version, "cents": p.cents, "cad": format_cents(p.cents),
+            "period": p.period, "grace_days": p.grace_days, "confirmations": p.confirmations,
+            "created": p.created}
+
+
+def plan_versions(database, name: str | None = None) -> list[dict]:
+    """Every stored version, oldest first (optionally of one plan)."""
+    q = MemberPlanVersion.select().order_by(MemberPlanVersion.version)
+    if name is not None:
+        q = q.where(MemberPlanVersion.name == name)
+    return [_plan_row(p) for p in q.bind(database)]
+
+
+def plans(database) -> list[dict]:
+    """Each plan's current terms (its latest version), by name."""
+    current: dict[str, dict] = {}
+    for p in plan_versions(database):  # ascending: the latest wins
+        current[p["name"]] = p
+    return [current[n] for n in sorted(current)]
+
+
+def plan(database, name: str) -> dict | None:
+    versions = plan_versions(database, name)
+    return versions[-1] if versions else None
+
+
+# -- members -----------------------------------------------------------------------
+
+def handles(database) -> set[str]:
+    """Every handle ever given (forgotten ones included: a handle is never reused)."""
+    return {h for (h,) in MemberMember.select(MemberMember.handle).bind(database).tuples()}
+
+
+def facts(database, handle: str | None = None) -> list[dict]:
+    """Facts in the order recorded (of one member, or of all)."""
+    q = MemberFact.select().order_by(MemberFact.id)
+    if handle is not None:
+        q = q.where(MemberFact.handle == handle)
+    return [{"id": f.id, "handle": f.handle, "kind": f.kind, "on": f.on, "plan": f.plan, "group": f.group,
+             "detail": f.detail, "created": f.created} for f in q.bind(database)]
+
+
+def payments(database, handle: str | None = None) -> list[dict]:
+    q = MemberPayment.select().order_by(MemberPayment.id)
+    if handle is not None:
+        q = q.where(MemberPayment.handle == handle)
+    return [{"id": p.id, "handle": p.handle, "on": p.on, "method": p.method, "cents": p.cents,
+             "cad": format_cents(p.cents), "note": p.note, "txid_vout": p.txid_vout, "created": p.created}
+            for p in q.bind(database)]
+
+
+def adjustments(database, handle: str | None = None) -> list[dict]:
+    q = MemberAdjustment.select().order_by(MemberAdjustment.id)
+    if handle is not None:
+        q = q.where(MemberAdjustment.handle == handle)
+    return [{"id": a.id, "handle": a.handle, "on": a.on, "cents": a.cents, "cad": format_cents(a.cents),
+             "note": a.note, "reverses": a.reverses, "created": a.created} for a in q.bind(database)]
+
+
+def state_from_facts(fs: list[dict], as_of: str | None = None) -> dict:
+    """What a member's facts (in recording order) say as of ``as_of`` (ISO date; None: all):
+    the plan in force (the plan fact with the latest effective date not after ``as_of``; of
+    two on one date, the later recorded), whether they have left and when, their groups."""
+    plan_name, plan_on, left, groups = None, None, None, set()
+    for f in fs:
+        if as_of is not None and f["on"] > as_of:
+            continue
+        kind = f["kind"]
+        if kind == "plan" and (plan_on is None or f["on"] >= plan_on):
+            plan_name, plan_on = f["plan"], f["on"]
+        elif kind == "left":
+            left = f["on"]
+        elif kind == "rejoined":
+            left = None
+        elif kind == "group_joined":
+            groups.add(f["group"])
+        elif kind == "group_left":
+            groups.discard(f["group"])
+    return {"plan": plan_name, "left": left, "groups": sorted(groups)}
+
+
+def members(database, as_of: str | None = None) -> list[dict]:
+    """Every member, by handle: handle, plan (in force as of ``as_of``, default all facts), joined,
+    left (None: a member now), groups, forgotten. No name or email: see :func:`member`."""
+    by_handle: dict[str, list] = {}
+    for f in facts(database):
+        by_handle.setdefault(f["handle"], []).append(f)
+    out = []
+    for m in MemberMember.select().order_by(MemberMember.handle).bind(database):
+        state = state_from_facts(by_handle.get(m.handle, []), as_of)
+        out.append({"handle": m.handle, "plan": state["plan"], "joined": m.joined, "left": state["left"],
+                    "groups": state["groups"], "forgotten": m.forgotten is not None})
+    return out
+
+
+def member(database, handle: str, as_of: str | None = None) -> dict | None:
+    """Everything held on one member (personal data included: for the admin's eyes, never the bus),
+    or None: the member row, the derived state, and every fact, payment and adjustment."""
+    m = MemberMember.select().where(MemberMember.handle == handle).bind(database).first()
+    if m is None:
+        return None
+    fs = facts(database, handle)
+    return {"handle": m.handle, "name": m.name, "email": m.email, "joined": m.joined, "created": m.created,
+            "forgotten": m.forgotten, **state_from_facts(fs, as_of), "facts": fs,
+            "payments": payments(database, handle), "adjustments": adjustments(database, handle)}
+
+
+__all__ = ["PERIODS", "adjustments", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
+           "plans", "state_from_facts", "today"]
