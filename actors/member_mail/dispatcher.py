@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 
 from ..db import ensure_tables, write_transaction
@@ -99,6 +100,8 @@ class Dispatcher:
         self.stats = collections.Counter()  # sent, failed, deferred, skipped, possible_duplicates
         self._server_failures = 0
         self._server_retry_at = 0.0
+        self._draining = threading.Lock()
+        self._needs_recovery = False
         db.initialize(database)
         ensure_tables(database, TABLES)
         self.recover()
@@ -118,24 +121,38 @@ class Dispatcher:
     def drain(self) -> int:
         """Send what is due, until nothing is, the rate limit says wait or the server is down;
         returns how many were accepted by the server. Call again at :meth:`next_wake`."""
+        if not self._draining.acquire(blocking=False):  # never two rounds at once (a slow one and a timer)
+            return 0
+        try:
+            if self._needs_recovery:  # an exception escaped mid-send: a row may be left 'sending'
+                self._needs_recovery = False
+                self.recover()
+            return self._drain()
+        finally:
+            self._draining.release()
+
+    def _drain(self) -> int:
         sent = 0
         now = self.clock()
         if now < self._server_retry_at:
             return 0
+        seen: set[int] = set()  # each row once per round, whatever its backoff
         while True:
             rows = (MailOutbox.select().where((MailOutbox.state == "queued") & (MailOutbox.next_attempt <= now))
                     .order_by(MailOutbox.next_attempt, MailOutbox.id).limit(self.config["batch"])
                     .bind(self.database))
-            rows = list(rows)
+            rows = [r for r in rows if r.id not in seen]
             if not rows:
                 return sent
             for row in rows:
                 if self.limit.wait() > 0:
                     return sent
+                seen.add(row.id)
                 try:
                     outcome = self._send(row)
-                except BaseException:  # a bug, or the process stopping: leave no SMTP transaction open
-                    self.transport.close()
+                except BaseException:  # a bug, a database error, the process stopping:
+                    self.transport.close()  # leave no SMTP transaction open
+                    self._needs_recovery = True
                     raise
                 if outcome == "sent":
                     sent += 1
@@ -154,7 +171,14 @@ class Dispatcher:
     def _send(self, row) -> str:
         """One row: 'sent', 'next' (done with it, go on) or 'stop' (server down: end the round)."""
         now = self.clock()
-        if row.kind in OPT_OUT_KINDS and self.opted_out(row.handle, row.kind):
+        try:
+            to = self.address_of(row.handle) if self.address_of else row.recipient
+            opted_out = row.kind in OPT_OUT_KINDS and self.opted_out(row.handle, row.kind)
+        except Exception as exc:  # MemberData's read failed: not this mail's fault, try later
+            log.exception("mail %s: cannot read member %s now", row.id, row.handle)
+            self._defer(row, f"member lookup failed: {type(exc).__name__}: {exc}")
+            return "next"
+        if opted_out:
             self._finish(row, "skipped", f"{row.handle} opted out of {row.kind} mail")
             self.stats["skipped"] += 1
             log.info("mail %s (%s for %s) skipped: opted out", row.id, row.kind, row.handle)
@@ -162,12 +186,6 @@ class Dispatcher:
         if now - (row.released or row.created) > self.config["give_up_after_s"]:
             return self._fail(row, f"not accepted within {self.config['give_up_after_s']} s of being queued; "
                                    f"last error: {row.last_error}")
-        try:
-            to = self.address_of(row.handle) if self.address_of else row.recipient
-        except Exception as exc:  # MemberData's read failed: not this mail's fault, try later
-            log.exception("mail %s: address of %s unknown for now", row.id, row.handle)
-            self._defer(row, f"address lookup failed: {type(exc).__name__}: {exc}")
-            return "next"
         if not to:
             return self._fail(row, f"member {row.handle} has no mail address")
         if to != row.recipient:

@@ -56,6 +56,7 @@ DEFAULTS = {
 
 SECURITY = ("plain", "starttls", "tls")
 INTERRUPTED = ("resend", "hold")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class Base(peewee.Model):
@@ -116,6 +117,9 @@ def settings(config: dict | None = None) -> dict:
         raise ConfigError(f"[member_mail] smtp_security = {out['smtp_security']!r}: one of {', '.join(SECURITY)}")
     if out["interrupted"] not in INTERRUPTED:
         raise ConfigError(f"[member_mail] interrupted = {out['interrupted']!r}: one of {', '.join(INTERRUPTED)}")
+    if out["smtp_user"] and out["smtp_security"] == "plain" and out["smtp_host"] not in LOOPBACK:
+        raise ConfigError(f"[member_mail] smtp_user is set: the password would cross the network in clear to "
+                          f"{out['smtp_host']}; set smtp_security to starttls or tls")
     if "@" not in out["from"] or (out["staging_to"] and "@" not in out["staging_to"]):
         raise ConfigError("[member_mail] from and staging_to must be mail addresses")
     return out

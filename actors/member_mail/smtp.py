@@ -25,6 +25,8 @@ import ssl
 
 from proto.errors import DctrlError
 
+from .models import LOOPBACK
+
 log = logging.getLogger(__name__)
 
 
@@ -99,6 +101,9 @@ class SmtpTransport:
         """Open the connection if it is not open; raises MailDeferred(connection=True)."""
         if self._smtp is not None:
             return
+        if self.user and self.security == "plain" and self.host not in LOOPBACK:  # (settings() refuses it too)
+            raise MailDeferred(f"SMTP AUTH refused over a plain connection to {self.host}: "
+                               "set smtp_security to starttls or tls", connection=True)
         smtp = None
         try:
             if self.security == "tls":
@@ -110,13 +115,7 @@ class SmtpTransport:
                 smtp.starttls(context=self._context())  # raises SMTPNotSupportedError: never fall back
                 smtp.ehlo()
             if self.user:
-                if self.security == "plain" and self.host not in ("127.0.0.1", "::1", "localhost"):
-                    raise MailDeferred(f"SMTP AUTH refused over a plain connection to {self.host}: "
-                                       "set smtp_security to starttls or tls", connection=True)
                 smtp.login(self.user, self._password or "")
-        except MailDeferred:
-            self._abandon(smtp)
-            raise
         except smtplib.SMTPAuthenticationError as exc:
             self._abandon(smtp)  # the server's words only; the password is in no message
             raise MailDeferred(f"SMTP AUTH as {self.user!r} refused: {_reply(exc.smtp_code, exc.smtp_error)}",
