@@ -183,6 +183,40 @@ def test_the_same_key_is_queued_and_sent_once(database, sink, clock, caplog):
                               updated=T0).bind(database).execute()
 
 
+def test_two_writers_racing_for_one_key_make_one_row_on_postgresql(tmp_path, clock):
+    """The second writer's INSERT waits on the unique index for the first's commit, fails, and
+    answers with the first's row. (SQLite: the write lock taken at BEGIN serialises them.)"""
+    import threading
+
+    from actors.db import write_transaction
+    from tests.harness import pg_schema
+
+    with pg_schema("mailrace") as url:
+        first, second, watcher = connect(url), connect(url), connect(url)
+        try:
+            outbox = Outbox(second, {"from": FROM}, clock=clock)
+            result = {}
+            with write_transaction(first):
+                MailOutbox.insert(kind="welcome", handle="alice", period="", recipient="alice@example.org",
+                                  subject="s", text="t", html="h", message_id="<first@dctrl.test>",
+                                  next_attempt=T0, created=T0, updated=T0).bind(first).execute()
+                worker = threading.Thread(target=lambda: result.setdefault(
+                    "enqueued", welcome(outbox, "alice", "alice@example.org")))
+                worker.start()
+                wait_for(lambda: "enqueued" in result or watcher.execute_sql(  # (first's would be a snapshot)
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND position('mail_outbox' in query) > 0").fetchone()[0] == 1,
+                    "the second INSERT to wait on the first's uncommitted row")
+                assert "enqueued" not in result, result
+            worker.join(DEADLINE)
+            enqueued = result["enqueued"]
+            assert not enqueued.queued and enqueued.message_id == "<first@dctrl.test>"
+            assert len(rows(first)) == 1
+        finally:
+            for database in (first, second, watcher):
+                database.close()
+
+
 def test_welcome_is_multipart_alternative_with_the_qr_code_inline(sqlite_db, sink, clock):
     outbox = Outbox(sqlite_db, config_for(sink), clock=clock)
     queued = welcome(outbox, "alice", "alice@example.org")
@@ -247,6 +281,27 @@ def test_a_550_fails_that_mail_alone_visibly_and_the_others_go(database, sink, c
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "failed" in r.getMessage()]
     assert len(warnings) == 1 and "bob" in warnings[0].getMessage()
     assert queries.counts(database)["failed"] == 1
+
+
+def test_a_450_for_one_recipient_defers_it_alone_and_a_421_ends_the_round(sqlite_db, sink, clock):
+    sink.rcpt_replies["bob@example.org"] = "450 4.2.1 mailbox busy"
+    outbox = Outbox(sqlite_db, config_for(sink), clock=clock)
+    for handle in ("alice", "bob", "carol"):
+        welcome(outbox, handle, f"{handle}@example.org")
+    with Dispatcher(sqlite_db, config_for(sink), clock=clock) as dispatcher:
+        assert dispatcher.drain() == 2
+        bob = rows(sqlite_db, handle="bob")[0]
+        assert (bob.state, bob.attempts) == ("queued", 1) and "450 4.2.1" in bob.last_error
+        sink.rcpt_replies["bob@example.org"] = "421 4.3.2 shutting down"
+        clock.advance(DEFAULTS["retry_base_s"])
+        welcome(outbox, "dave", "dave@example.org")  # due with bob's retry, after it
+        assert dispatcher.drain() == 0  # bob's 421: the server is going away, so is the round
+        assert rows(sqlite_db, handle="dave")[0].state == "queued" and not dispatcher.transport.connected
+        del sink.rcpt_replies["bob@example.org"]
+        clock.advance(DEFAULTS["retry_max_s"])
+        assert dispatcher.drain() == 2
+    assert sorted(a for _, rcpts, _ in sink.received() for a in rcpts) == [
+        "alice@example.org", "bob@example.org", "carol@example.org", "dave@example.org"]
 
 
 def test_a_4xx_is_retried_with_exponential_backoff(sqlite_db, sink, clock):
