@@ -4,7 +4,8 @@ Its port is taken at construction (a socket bound to 127.0.0.1 port 0) and held,
 listening, until :meth:`SmtpSink.start`: before that a connection is refused, like a server
 that is down, and no other test can take the port. Tests run in parallel; each has its own.
 
-It keeps every message it accepts and can, on command: answer a code to RCPT for some
+It keeps every message it accepts and can, on command: answer a code to MAIL FROM
+(``mail_reply``), to RCPT for some
 addresses (``rcpt_replies``), answer a code to DATA a number of times (``data_replies``),
 keep a message and hold its reply until :attr:`release` is set (``stall``: a crash between
 the server taking the mail and the client hearing 250), require AUTH (``auth``), serve TLS.
@@ -25,6 +26,13 @@ from aiosmtpd.smtp import AuthResult
 class Handler:
     def __init__(self, sink: "SmtpSink"):
         self.sink = sink
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.sink.mail_reply:
+            return self.sink.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.sink.rcpt_replies.get(address)
@@ -67,6 +75,7 @@ class SmtpSink:
         self.lock = threading.Lock()
         self.messages: list = []           # (mail_from, rcpt_tos, email.message.EmailMessage)
         self.rcpt_replies: dict[str, str] = {}
+        self.mail_reply = ""               # answered to every MAIL FROM when set
         self.data_replies: list[str] = []  # answered to the next DATA commands, in order
         self.data_seen = 0
         self.stall = False

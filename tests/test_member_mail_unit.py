@@ -304,6 +304,21 @@ def test_a_450_for_one_recipient_defers_it_alone_and_a_421_ends_the_round(sqlite
         "alice@example.org", "bob@example.org", "carol@example.org", "dave@example.org"]
 
 
+def test_a_refused_sender_fails_no_mail_and_ends_the_round(sqlite_db, sink, clock, caplog):
+    sink.mail_reply = "553 5.7.1 <members@dctrl.test>: sender address rejected"
+    outbox = Outbox(sqlite_db, config_for(sink), clock=clock)
+    for handle in ("alice", "bob"):
+        welcome(outbox, handle, f"{handle}@example.org")
+    with Dispatcher(sqlite_db, config_for(sink), clock=clock) as dispatcher:
+        assert dispatcher.drain() == 0
+        assert [(r.state, r.attempts) for r in rows(sqlite_db)] == [("queued", 1), ("queued", 0)]
+        assert "553 5.7.1" in rows(sqlite_db)[0].last_error
+        assert any(r.levelno == logging.WARNING and "553" in r.getMessage() for r in caplog.records)
+        sink.mail_reply = ""  # the operator fixed the relay's sender list
+        clock.advance(DEFAULTS["retry_base_s"])
+        assert dispatcher.drain() == 2
+
+
 def test_a_4xx_is_retried_with_exponential_backoff(sqlite_db, sink, clock):
     sink.data_replies = ["451 4.3.0 try again later", "452 4.3.1 insufficient storage"]
     outbox = Outbox(sqlite_db, config_for(sink), clock=clock)

@@ -27,10 +27,11 @@ So the one duplicate possible comes from a crash inside a window of one DATA rep
 counted (``possible_duplicate`` on the row, ``stats["possible_duplicates"]``), logged, and
 carries the first delivery's Message-ID, by which mail clients and the server's log can tell it.
 
-Failures: connection refused, or lost before DATA, or a 4xx: the row goes back to ``queued``
+Failures: connection refused, or lost before DATA, a 4xx, a refused MAIL FROM (our sender,
+so every message): the row goes back to ``queued``
 with ``next_attempt`` after an exponential backoff (``retry_base_s`` doubling up to
 ``retry_max_s``); after a connection failure the round stops and the next connection waits
-as long. A 5xx: that row is ``failed`` with the server's reply in ``last_error`` and a
+as long. A 5xx to RCPT or DATA: that row is ``failed`` with the server's reply in ``last_error`` and a
 WARNING, and the round goes on. A mail not accepted ``give_up_after_s`` after it was
 queued fails too. Rate: at most ``rate_per_second`` and ``rate_per_minute`` transactions,
 counted against the injected clock.

@@ -10,9 +10,10 @@ error (smtplib's debug output, which would print the AUTH exchange, stays off).
 One message is one SMTP transaction: MAIL, RCPT, then ``before_data()`` (the dispatcher
 commits the row as ``sending`` there), then DATA. What the server says decides:
 
-- a connection that cannot be made or is lost before DATA, a 4xx anywhere: :class:`MailDeferred`
-  (the server does not have the mail; try again later);
-- a 5xx anywhere: :class:`MailRejected` (it never will; this message fails, the others go);
+- a connection that cannot be made or is lost before DATA, a 4xx anywhere, any refusal of
+  MAIL FROM (it is about our sender, so about every message): :class:`MailDeferred` (the
+  server does not have the mail; try again later);
+- a 5xx to RCPT or DATA: :class:`MailRejected` (it never will; this message fails, the others go);
 - the connection lost after DATA began, before the server's reply: :class:`MailInterrupted`
   (the server may have the mail: only this case can make a duplicate).
 """
@@ -139,8 +140,9 @@ class SmtpTransport:
         smtp = self._smtp
         try:
             code, text = smtp.mail(sender)
-            if code != 250:
-                raise self._refused(code, text, "MAIL FROM")
+            if code != 250:  # about our sender, not this message: every message would get it
+                error = self._refused(code, text, "MAIL FROM")
+                raise MailDeferred(f"{error} (the sender {sender!r}: check from and smtp_user)", connection=True)
             code, text = smtp.rcpt(recipient)
             if code not in (250, 251):
                 raise self._refused(code, text, "RCPT TO")
