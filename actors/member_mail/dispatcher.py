@@ -28,13 +28,12 @@ counted (``possible_duplicate`` on the row, ``stats["possible_duplicates"]``), l
 carries the first delivery's Message-ID, by which mail clients and the server's log can tell it.
 
 Failures: connection refused, or lost before DATA, a 4xx, a refused MAIL FROM (our sender,
-so every message): the row goes back to ``queued``
-with ``next_attempt`` after an exponential backoff (``retry_base_s`` doubling up to
-``retry_max_s``); after a connection failure the round stops and the next connection waits
-as long. A 5xx to RCPT or DATA: that row is ``failed`` with the server's reply in ``last_error`` and a
-WARNING, and the round goes on. A mail not accepted ``give_up_after_s`` after it was
-queued fails too. Rate: at most ``rate_per_second`` and ``rate_per_minute`` transactions,
-counted against the injected clock.
+so every message): the row goes back to ``queued`` with ``next_attempt`` after an
+exponential backoff (``retry_base_s`` doubling up to ``retry_max_s``); after a connection
+failure the round stops and the next connection waits as long. A 5xx to RCPT or DATA: that
+row is ``failed`` with the server's reply in ``last_error`` and a WARNING, and the round
+goes on. A mail not accepted ``give_up_after_s`` after it was queued fails too. Rate: at
+most ``rate_per_second`` and ``rate_per_minute`` transactions, counted against the injected clock.
 """
 
 from __future__ import annotations
@@ -300,6 +299,11 @@ class Dispatcher:
                             released=self.clock())  # (a fresh give-up window)
         log.info("mail %s (%s for %s) released by an operator from %s", row_id, row.kind, row.handle, row.state)
         return done
+
+    def set_password(self, password: str | None) -> None:
+        """The SMTP password as the Vault now has it (asked again after a rotation, or when AUTH
+        was refused); the next connection uses it."""
+        self.transport.set_password(password)
 
     def close(self) -> None:
         self.transport.close()

@@ -89,6 +89,12 @@ class SmtpTransport:
     def __repr__(self):  # no password, ever
         return f"SmtpTransport({self.security}://{self.host}:{self.port}, user={self.user or None!r})"
 
+    def set_password(self, password: str | None) -> None:
+        """A new password (the Vault's secret changed): used from the next connection on."""
+        if password != self._password:
+            self._password = password
+            self.close()
+
     @property
     def connected(self) -> bool:
         return self._smtp is not None
