@@ -217,6 +217,18 @@ def test_two_writers_racing_for_one_key_make_one_row_on_postgresql(tmp_path, clo
                 database.close()
 
 
+def test_names_outside_ascii_arrive_intact(sqlite_db, sink, clock):
+    outbox = Outbox(sqlite_db, config_for(sink), clock=clock)
+    name = "Zoë Ångström 日本"
+    outbox.enqueue("welcome", "zoe", "", "zoe@example.org", {**SAMPLES["welcome"], "name": name})
+    with Dispatcher(sqlite_db, config_for(sink), clock=clock) as dispatcher:
+        assert dispatcher.drain() == 1
+    (msg,) = sink.to("zoe@example.org")
+    assert msg["Subject"] == f"Welcome to DCTRL, {name}"
+    text, related = msg.get_payload()
+    assert f"Hello {name}," in text.get_content() and f"Hello {name}," in related.get_payload()[0].get_content()
+
+
 def test_welcome_is_multipart_alternative_with_the_qr_code_inline(sqlite_db, sink, clock):
     outbox = Outbox(sqlite_db, config_for(sink), clock=clock)
     queued = welcome(outbox, "alice", "alice@example.org")
@@ -681,6 +693,14 @@ def test_starttls_and_implicit_tls_with_auth(sqlite_db, clock, certificate, secu
         with Dispatcher(sqlite_db, cfg, clock=clock, password="pw") as dispatcher:
             assert dispatcher.drain() == 0
         assert "CERTIFICATE_VERIFY_FAILED" in rows(sqlite_db, handle="bob")[0].last_error
+
+
+def test_starttls_is_never_downgraded(sqlite_db, sink, clock):
+    outbox = Outbox(sqlite_db, config_for(sink), clock=clock)
+    welcome(outbox, "alice", "alice@example.org")
+    with Dispatcher(sqlite_db, config_for(sink, smtp_security="starttls"), clock=clock) as dispatcher:
+        assert dispatcher.drain() == 0  # the sink offers no STARTTLS: nothing goes in clear
+    assert "STARTTLS" in rows(sqlite_db)[0].last_error and sink.received() == []
 
 
 def test_plain_auth_is_refused_off_loopback():
