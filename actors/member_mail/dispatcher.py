@@ -43,6 +43,8 @@ import logging
 import threading
 import time
 
+import peewee
+
 from ..db import ensure_tables, write_transaction
 from .message import build, envelope_address
 from .models import OPT_OUT_KINDS, TABLES, MailOutbox, db, settings
@@ -214,7 +216,11 @@ class Dispatcher:
             return "stop"
         self.limit.note()
         self._server_failures = 0
-        self._finish(row, "sent", None, sent_at=self.clock())
+        # Not waiting for PostgreSQL's WAL flush here: losing this commit in a server crash leaves
+        # the row 'sending', which recover() resolves like any crash. The 'sending' commit is the
+        # one that must be durable, and is. (Measured under load: this commit took about 60 % of
+        # the time of the durable one, 0.5 ms a message saved.)
+        self._finish(row, "sent", None, durable=False, sent_at=self.clock())
         self.stats["sent"] += 1
         log.info("mail %s sent: %s for %s%s (%s)", row.id, row.kind, row.handle,
                  " (to staging)" if staging else "", reply)
@@ -225,9 +231,11 @@ class Dispatcher:
     def _row(self, row_id: int):
         return MailOutbox.select().where(MailOutbox.id == row_id).bind(self.database).get()
 
-    def _update(self, row_id: int, expect: str, **values) -> bool:
+    def _update(self, row_id: int, expect: str, durable: bool = True, **values) -> bool:
         values["updated"] = self.clock()
         with write_transaction(self.database):
+            if not durable and isinstance(self.database, peewee.PostgresqlDatabase):
+                self.database.execute_sql("SET LOCAL synchronous_commit TO OFF")
             n = (MailOutbox.update(**values).where((MailOutbox.id == row_id) & (MailOutbox.state == expect))
                  .bind(self.database).execute())
         return n == 1
@@ -239,8 +247,8 @@ class Dispatcher:
             raise RuntimeError(f"mail {row.id} changed state under the dispatcher")
         row.state, row.recipient = "sending", to
 
-    def _finish(self, row, state: str, error: str | None, **values):
-        self._update(row.id, row.state, state=state, last_error=error, **values)
+    def _finish(self, row, state: str, error: str | None, durable: bool = True, **values):
+        self._update(row.id, row.state, durable, state=state, last_error=error, **values)
         row.state = state
 
     def _fail(self, row, reason: str) -> str:
