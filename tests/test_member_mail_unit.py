@@ -200,12 +200,15 @@ def test_two_writers_racing_for_one_key_make_one_row_on_postgresql(tmp_path, clo
                 MailOutbox.insert(kind="welcome", handle="alice", period="", recipient="alice@example.org",
                                   subject="s", text="t", html="h", message_id="<first@dctrl.test>",
                                   next_attempt=T0, created=T0, updated=T0).bind(first).execute()
-                worker = threading.Thread(target=lambda: result.setdefault(
-                    "enqueued", welcome(outbox, "alice", "alice@example.org")))
+
+                def second_writer():  # (its own connection: peewee's are per thread)
+                    result["pid"] = second.execute_sql("SELECT pg_backend_pid()").fetchone()[0]
+                    result["enqueued"] = welcome(outbox, "alice", "alice@example.org")
+                worker = threading.Thread(target=second_writer)
                 worker.start()
-                wait_for(lambda: "enqueued" in result or watcher.execute_sql(  # (first's would be a snapshot)
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND position('mail_outbox' in query) > 0").fetchone()[0] == 1,
+                wait_for(lambda: "enqueued" in result or ("pid" in result and watcher.execute_sql(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",  # (first's: a snapshot)
+                    (result["pid"],)).fetchone()[0] == "Lock"),
                     "the second INSERT to wait on the first's uncommitted row")
                 assert "enqueued" not in result, result
             worker.join(DEADLINE)
