@@ -10,14 +10,15 @@ mail is never queued twice, whoever asks and however often.
 States::
 
     queued --(MAIL, RCPT accepted)--> sending --(250 after DATA)--> sent
-       ^                                 |
-       |  4xx, connection error:          +--(5xx)--> failed      (reason kept, WARNING)
-       +--- back to queued, later --------+
-    sending found at start-up, or the connection lost during DATA: the server may or
-    may not have the mail; see ``interrupted`` in DEFAULTS and docs/architecture.md
-       -> queued with possible_duplicate set (resend, same Message-ID), or -> held
-    held --(an operator: dispatcher.release)--> queued
-    queued --(member opted out of this kind)--> skipped
+       |  ^                              |
+       |  +--- 4xx to DATA: later -------+   (from queued too: connection refused or lost,
+       |                                 |    a 4xx, MAIL FROM refused)
+       +--(5xx to RCPT)--> failed <------+ (5xx to DATA)   reason kept, WARNING
+       +--(member opted out of this kind)--> skipped
+    sending found at start-up, or the connection lost during DATA: the server may or may
+    not have the mail (``interrupted`` in DEFAULTS; docs/architecture.md, "Member mail")
+       -> queued with possible_duplicate set (resent with the same Message-ID), or -> held
+    held, failed --(an operator: Dispatcher.release)--> queued
 """
 
 from __future__ import annotations
