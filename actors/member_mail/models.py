@@ -1,0 +1,126 @@
+"""MemberMail's outbox table (``mail_outbox``), its states and its settings.
+
+Light on purpose: peewee only (no zmq, no runtime, no smtplib), for every reader of the data.
+
+A row is one mail to one member, keyed by (kind, handle, period): ``welcome`` once per
+member (period ``""``), ``receipt`` once per payment (period ``txid:vout``), ``reminder``
+and ``statement`` once per dues period or month, and so on. The key is UNIQUE, so the same
+mail is never queued twice, whoever asks and however often.
+
+States::
+
+    queued --(MAIL, RCPT accepted)--> sending --(250 after DATA)--> sent
+       |  ^                              |
+       |  +--- 4xx to DATA: later -------+   (from queued too: connection refused or lost,
+       |                                 |    a 4xx, MAIL FROM refused)
+       +--(5xx to RCPT)--> failed <------+ (5xx to DATA)   reason kept, WARNING
+       +--(member opted out of this kind)--> skipped
+    sending found at start-up, or the connection lost during DATA: the server may or may
+    not have the mail (``interrupted`` in DEFAULTS; docs/architecture.md, "Member mail")
+       -> queued with possible_duplicate set (resent with the same Message-ID), or -> held
+    held, failed --(an operator: Dispatcher.release)--> queued
+"""
+
+from __future__ import annotations
+
+import peewee
+
+from proto.errors import ConfigError
+
+db = peewee.DatabaseProxy()
+
+KINDS = ("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement")
+# A member may opt out of these; never of receipts, nor of the mails about their status.
+OPT_OUT_KINDS = frozenset({"reminder", "statement"})
+STATES = ("queued", "sending", "sent", "failed", "held", "skipped")
+FINAL = ("sent", "failed", "skipped")
+
+DEFAULTS = {
+    "smtp_host": "127.0.0.1",
+    "smtp_port": 25,
+    "smtp_security": "plain",       # plain | starttls | tls (implicit TLS, usually port 465)
+    "smtp_user": "",                # AUTH when set; the password comes from the Vault (smtp_password)
+    "smtp_timeout": 30.0,           # seconds for each SMTP exchange
+    "from": "DCTRL <members@dctrl.invalid>",
+    "space_name": "DCTRL",
+    "msgid_domain": "",             # right side of Message-IDs; "" takes the From address's domain
+    "staging_to": "",               # when set, every mail goes here (the member's address in a header)
+    "rate_per_second": 20,          # messages sent at most per second (0: no limit) ...
+    "rate_per_minute": 600,         # ... and per minute (makeradmin: 4 per 1 s wake-up)
+    "batch": 200,                   # rows looked at per drain
+    "retry_base_s": 60,             # first retry after a 4xx or connection error; doubles each time
+    "retry_max_s": 3600,            # ... up to this
+    "give_up_after_s": 3 * 86400,   # a mail still not accepted this long after it was queued fails
+    "interrupted": "resend",        # a mail maybe sent before a crash: resend (same Message-ID) | hold
+    "templates_dir": "",            # "" : the package's templates/
+}
+
+SECURITY = ("plain", "starttls", "tls")
+INTERRUPTED = ("resend", "hold")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class Base(peewee.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class MailOutbox(Base):
+    id = peewee.AutoField()
+    kind = peewee.CharField(max_length=16)                  # one of KINDS
+    handle = peewee.CharField(max_length=64)                # the member (events carry handles only)
+    period = peewee.CharField(max_length=100, default="")   # what makes it one mail: "2026-12", "txid:vout"
+    recipient = peewee.CharField(max_length=320)            # resolved at enqueue; updated to the address used
+    subject = peewee.TextField()
+    text = peewee.TextField()
+    html = peewee.TextField()
+    qr = peewee.TextField(null=True)                        # text of an inline QR image (a bitcoin: URI)
+    message_id = peewee.CharField(max_length=255, unique=True)  # made at enqueue; a resend reuses it
+    state = peewee.CharField(max_length=10, default="queued", index=True)
+    attempts = peewee.IntegerField(default=0)               # SMTP transactions begun for it
+    possible_duplicate = peewee.BooleanField(default=False)  # was (maybe) delivered before a crash
+    next_attempt = peewee.DoubleField(index=True)            # unix time; queued rows go when it passes
+    last_error = peewee.TextField(null=True)
+    created = peewee.DoubleField()
+    updated = peewee.DoubleField()
+    sent_at = peewee.DoubleField(null=True)
+    released = peewee.DoubleField(null=True)                 # an operator put it back (held or failed)
+
+    class Meta:
+        table_name = "mail_outbox"
+        indexes = ((("kind", "handle", "period"), True),)  # every mail at most once
+
+
+TABLES = [MailOutbox]
+
+
+def settings(config: dict | None = None) -> dict:
+    """``config`` (a ``[member_mail]`` table) over :data:`DEFAULTS`, checked; raises ConfigError
+    naming the key. (The home's config schema takes these DEFAULTS when the actor is wired in.)"""
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"[member_mail]: unknown setting(s) {', '.join(unknown)}")
+    out = {**DEFAULTS, **config}
+    for key, default in DEFAULTS.items():
+        value = out[key]
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, type(default))
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and value >= 0
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ConfigError(f"[member_mail] {key} = {value!r}: expected {type(default).__name__} "
+                              f"{'>= 0 ' if isinstance(default, (int, float)) else ''}like {default!r}")
+    if out["smtp_security"] not in SECURITY:
+        raise ConfigError(f"[member_mail] smtp_security = {out['smtp_security']!r}: one of {', '.join(SECURITY)}")
+    if out["interrupted"] not in INTERRUPTED:
+        raise ConfigError(f"[member_mail] interrupted = {out['interrupted']!r}: one of {', '.join(INTERRUPTED)}")
+    if out["smtp_user"] and out["smtp_security"] == "plain" and out["smtp_host"] not in LOOPBACK:
+        raise ConfigError(f"[member_mail] smtp_user is set: the password would cross the network in clear to "
+                          f"{out['smtp_host']}; set smtp_security to starttls or tls")
+    if "@" not in out["from"] or (out["staging_to"] and "@" not in out["staging_to"]):
+        raise ConfigError("[member_mail] from and staging_to must be mail addresses")
+    return out

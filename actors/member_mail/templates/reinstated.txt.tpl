@@ -1,0 +1,7 @@
+Subject: {{space}}: welcome back, {{name}}
+
+Hello {{name}},
+
+your {{space}} membership is active again, paid through {{paid_through}}.
+
+Welcome back!

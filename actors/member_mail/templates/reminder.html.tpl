@@ -1,0 +1,4 @@
+% rebase('layout.html.tpl', title='Dues reminder')
+<p>Hello {{name}},</p>
+<p>your {{space}} dues of {{cad(dues_cents)}} CAD are due on {{due_date}}, in {{days}} day{{'' if days == 1 else 's'}}.</p>
+<p>Pay to your dues address: <a href="{{uri}}"><code>{{address}}</code></a></p>
