@@ -75,6 +75,11 @@ Transitions
     Status only changes on a period start, a due_on or lapses_on date, a
     payment's or adjustment's date, a leave or a rejoin, so only those days are
     evaluated (a property test checks this against every day).
+
+    The status of day d counts everything paid on d (a payment on the last
+    day of the grace keeps the member out of ``lapsed``), so a day is final
+    only once it is over: the Reporter judges transitions up to yesterday, and
+    a status for today is provisional.
 """
 
 from __future__ import annotations

@@ -1,0 +1,483 @@
+"""The Reporter's dues arithmetic (actors/reporter): pure functions, no database, no bus, no clock.
+
+Example tests name each edge where member systems break (month ends, 31st and
+29 February joiners, a plan change in mid-period, a payment on the last day of
+the grace, partial payments and credit, leaving and rejoining, quarter and
+year plans); their expected dates and amounts are worked out by hand in the
+test, never taken from the code. Property tests (hypothesis) check the laws
+that hold for any facts: money is conserved, paid-through only moves forward
+with more money, status only worsens with time alone, transitions replay to
+the status of every day, and the schedule never skips or repeats a month.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from fractions import Fraction
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from actors.reporter.business import (Sale, active_members, joins_and_leaves, monthly_income, retention)
+from actors.reporter.dues import (
+    Adjustment, DuesError, MemberHistory, Payment, PlanChange, Plans, PlanVersion, Status, Transition,
+    member_state, periods, schedule, status, transitions)
+from actors.reporter.feeds import Outage, judge, publishable
+
+D = date
+DAY = timedelta(days=1)
+
+REGULAR = PlanVersion("regular", 4000, "month", grace_days=30, term_days=7)
+STUDENT = PlanVersion("student", 2000, "month", grace_days=30, term_days=7)
+QUARTER = PlanVersion("quarterly", 11000, "quarter", grace_days=45, term_days=14)
+YEAR = PlanVersion("yearly", 40000, "year", grace_days=60, term_days=14)
+PLANS = Plans((REGULAR, STUDENT, QUARTER, YEAR))
+
+
+def member(joined, plan="regular", *, changes=(), pay=(), adjust=(), leaves=(), rejoins=(), handle="ann"):
+    """A history: ``pay`` is (day, cents) pairs credited that day (cash), or Payment objects."""
+    payments = tuple(p if isinstance(p, Payment) else Payment(p[0], p[1], method="cash") for p in pay)
+    return MemberHistory(handle, joined, (PlanChange(joined, plan), *(PlanChange(d, n) for d, n in changes)),
+                         payments, tuple(Adjustment(d, c) for d, c in adjust), tuple(leaves), tuple(rejoins))
+
+
+def starts(history, until, plans=PLANS):
+    return [p.start for p in schedule(history, plans, until)]
+
+
+# -- the schedule: anchor days, month ends, leap days ---------------------------------------------
+
+def test_a_31st_joiner_is_charged_on_short_months_last_day_and_back_on_the_31st():
+    h = member(D(2023, 1, 31))
+    assert starts(h, D(2024, 3, 31)) == [
+        D(2023, 1, 31), D(2023, 2, 28), D(2023, 3, 31), D(2023, 4, 30), D(2023, 5, 31), D(2023, 6, 30),
+        D(2023, 7, 31), D(2023, 8, 31), D(2023, 9, 30), D(2023, 10, 31), D(2023, 11, 30), D(2023, 12, 31),
+        D(2024, 1, 31), D(2024, 2, 29), D(2024, 3, 31)]
+
+
+def test_a_period_ends_the_day_before_the_next_starts():
+    ps = schedule(member(D(2023, 1, 31)), PLANS, D(2023, 4, 30))
+    assert [(p.start, p.end) for p in ps] == [
+        (D(2023, 1, 31), D(2023, 2, 27)), (D(2023, 2, 28), D(2023, 3, 30)),
+        (D(2023, 3, 31), D(2023, 4, 29)), (D(2023, 4, 30), D(2023, 5, 30))]
+
+
+def test_a_30th_joiner_in_february_of_a_leap_year():
+    assert starts(member(D(2024, 1, 30)), D(2024, 4, 30)) == [D(2024, 1, 30), D(2024, 2, 29), D(2024, 3, 30),
+                                                             D(2024, 4, 30)]
+
+
+def test_a_29_february_joiner_on_a_year_plan_pays_on_28_february_in_common_years():
+    h = member(D(2024, 2, 29), "yearly")
+    assert starts(h, D(2028, 12, 31)) == [D(2024, 2, 29), D(2025, 2, 28), D(2026, 2, 28), D(2027, 2, 28),
+                                         D(2028, 2, 29)]
+
+
+def test_a_29_february_joiner_on_a_month_plan_keeps_the_29th():
+    h = member(D(2024, 2, 29))
+    assert starts(h, D(2025, 3, 29)) == [
+        D(2024, 2, 29), D(2024, 3, 29), D(2024, 4, 29), D(2024, 5, 29), D(2024, 6, 29), D(2024, 7, 29),
+        D(2024, 8, 29), D(2024, 9, 29), D(2024, 10, 29), D(2024, 11, 29), D(2024, 12, 29), D(2025, 1, 29),
+        D(2025, 2, 28), D(2025, 3, 29)]
+
+
+def test_a_quarter_plan_from_the_30th_of_november():
+    h = member(D(2025, 11, 30), "quarterly")
+    assert starts(h, D(2026, 12, 1)) == [D(2025, 11, 30), D(2026, 2, 28), D(2026, 5, 30), D(2026, 8, 30),
+                                        D(2026, 11, 30)]
+    ps = schedule(h, PLANS, D(2026, 3, 1))
+    assert [p.dues_cents for p in ps] == [11000, 11000]
+    assert ps[0].end == D(2026, 2, 27)
+
+
+def test_a_year_plan_from_31_march():
+    h = member(D(2023, 3, 31), "yearly")
+    ps = schedule(h, PLANS, D(2025, 12, 31))
+    assert [(p.start, p.end, p.dues_cents) for p in ps] == [
+        (D(2023, 3, 31), D(2024, 3, 30), 40000), (D(2024, 3, 31), D(2025, 3, 30), 40000),
+        (D(2025, 3, 31), D(2026, 3, 30), 40000)]
+
+
+# -- plan changes ---------------------------------------------------------------------------------
+
+def test_a_plan_change_in_mid_period_applies_from_the_next_period_start():
+    h = member(D(2025, 1, 10), changes=[(D(2025, 2, 20), "student")])
+    ps = schedule(h, PLANS, D(2025, 4, 10))
+    assert [(p.start, p.dues_cents) for p in ps] == [
+        (D(2025, 1, 10), 4000), (D(2025, 2, 10), 4000), (D(2025, 3, 10), 2000), (D(2025, 4, 10), 2000)]
+
+
+def test_a_plan_change_on_a_period_start_applies_to_that_period():
+    h = member(D(2025, 1, 10), changes=[(D(2025, 3, 10), "student")])
+    assert [p.dues_cents for p in schedule(h, PLANS, D(2025, 3, 10))] == [4000, 4000, 2000]
+
+
+def test_a_new_price_of_the_same_plan_in_mid_period_applies_from_the_next_start():
+    plans = Plans((REGULAR, PlanVersion("regular", 4500, "month", 30, effective=D(2025, 2, 1))))
+    h = member(D(2025, 1, 15))
+    # The period of 15 January to 14 February holds the new price's first day: it keeps 40.00.
+    assert [p.dues_cents for p in schedule(h, plans, D(2025, 3, 15))] == [4000, 4500, 4500]
+
+
+def test_switching_from_month_to_year_keeps_the_anchor_day():
+    h = member(D(2025, 1, 31), changes=[(D(2025, 3, 5), "yearly")])
+    ps = schedule(h, PLANS, D(2027, 12, 31))
+    assert [(p.start, p.end, p.dues_cents) for p in ps] == [
+        (D(2025, 1, 31), D(2025, 2, 27), 4000), (D(2025, 2, 28), D(2025, 3, 30), 4000),
+        (D(2025, 3, 31), D(2026, 3, 30), 40000), (D(2026, 3, 31), D(2027, 3, 30), 40000),
+        (D(2027, 3, 31), D(2028, 3, 30), 40000)]
+
+
+# -- statuses, paid-through, balance --------------------------------------------------------------
+
+def test_the_statuses_of_a_member_who_never_pays():
+    # Joined 1 March 2025: due 1-7 March, overdue 8 March to 6 April (30 days), lapsed from 7 April.
+    h = member(D(2025, 3, 1))
+    assert status(h, PLANS, D(2025, 2, 28)) is None
+    assert status(h, PLANS, D(2025, 3, 1)) == Status.DUE
+    assert status(h, PLANS, D(2025, 3, 7)) == Status.DUE
+    assert status(h, PLANS, D(2025, 3, 8)) == Status.OVERDUE
+    assert status(h, PLANS, D(2025, 4, 6)) == Status.OVERDUE
+    assert status(h, PLANS, D(2025, 4, 7)) == Status.LAPSED
+    assert transitions(h, PLANS, D(2025, 1, 1), D(2025, 12, 31)) == [
+        Transition("ann", D(2025, 3, 1), None, Status.DUE),
+        Transition("ann", D(2025, 3, 8), Status.DUE, Status.OVERDUE),
+        Transition("ann", D(2025, 4, 7), Status.OVERDUE, Status.LAPSED)]
+
+
+def test_prepaid_then_current_then_due():
+    h = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 8000)])
+    assert status(h, PLANS, D(2025, 3, 31)) == Status.PREPAID  # March and April paid
+    assert status(h, PLANS, D(2025, 4, 1)) == Status.CURRENT  # April paid, May not
+    assert status(h, PLANS, D(2025, 4, 30)) == Status.CURRENT
+    assert status(h, PLANS, D(2025, 5, 1)) == Status.DUE
+    s = member_state(h, PLANS, D(2025, 4, 15))
+    assert (s.paid_through, s.balance_cents, s.next_charge.start) == (D(2025, 4, 30), 0, D(2025, 5, 1))
+
+
+def test_a_partial_payment_leaves_the_period_unpaid_with_the_rest_as_credit():
+    h = member(D(2025, 3, 1), pay=[(D(2025, 3, 2), 2500)])
+    s = member_state(h, PLANS, D(2025, 3, 10))
+    assert (s.status, s.paid_through, s.balance_cents) == (Status.OVERDUE, D(2025, 2, 28), -1500)
+    h2 = member(D(2025, 3, 1), pay=[(D(2025, 3, 2), 2500), (D(2025, 3, 12), 1500)])
+    s = member_state(h2, PLANS, D(2025, 3, 12))
+    assert (s.status, s.paid_through, s.balance_cents) == (Status.CURRENT, D(2025, 3, 31), 0)
+
+
+def test_credit_is_carried_forward_period_by_period():
+    h = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 10000)])  # 2.5 months of 40.00
+    assert (member_state(h, PLANS, D(2025, 3, 1)).paid_through, member_state(h, PLANS, D(2025, 3, 1)).balance_cents) \
+        == (D(2025, 4, 30), 6000)
+    s = member_state(h, PLANS, D(2025, 5, 1))
+    assert (s.status, s.paid_through, s.balance_cents) == (Status.DUE, D(2025, 4, 30), -2000)
+    h2 = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 10000), (D(2025, 5, 3), 2000)])
+    s = member_state(h2, PLANS, D(2025, 5, 3))
+    assert (s.status, s.paid_through, s.balance_cents) == (Status.CURRENT, D(2025, 5, 31), 0)
+
+
+def test_a_payment_on_the_last_day_of_grace_keeps_the_member_out_of_lapsed():
+    # Year plan from 1 June 2025: due until 14 June, overdue 15 June to 13 August (60 days),
+    # lapsed from 14 August. 13 August is the last day of the grace.
+    on_time = member(D(2025, 6, 1), "yearly", pay=[(D(2025, 8, 13), 40000)])
+    assert status(on_time, PLANS, D(2025, 8, 12)) == Status.OVERDUE
+    assert status(on_time, PLANS, D(2025, 8, 13)) == Status.CURRENT
+    assert Status.LAPSED not in {t.new for t in transitions(on_time, PLANS, D(2025, 5, 1), D(2026, 1, 1))}
+    late = member(D(2025, 6, 1), "yearly", pay=[(D(2025, 8, 15), 40000)])
+    assert transitions(late, PLANS, D(2025, 8, 1), D(2025, 9, 1)) == [
+        Transition("ann", D(2025, 8, 14), Status.OVERDUE, Status.LAPSED),
+        Transition("ann", D(2025, 8, 15), Status.LAPSED, Status.CURRENT)]
+
+
+def test_adjustments_credit_and_charge():
+    h = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 4000)], adjust=[(D(2025, 3, 5), -1000), (D(2025, 3, 9), 1000)])
+    assert member_state(h, PLANS, D(2025, 3, 6)).balance_cents == -1000
+    assert status(h, PLANS, D(2025, 3, 6)) == Status.DUE
+    assert status(h, PLANS, D(2025, 3, 9)) == Status.CURRENT
+
+
+def test_a_quarter_plan_statuses_use_its_term_and_grace():
+    # 14 days' term and 45 days' grace: due 1-14 Jan, overdue 15 Jan - 28 Feb, lapsed from 1 March.
+    h = member(D(2025, 1, 1), "quarterly")
+    days = [t.on for t in transitions(h, PLANS, D(2024, 12, 31), D(2025, 6, 1))]
+    assert days == [D(2025, 1, 1), D(2025, 1, 15), D(2025, 3, 1)]
+
+
+# -- leaving and rejoining ------------------------------------------------------------------------
+
+def test_no_charges_while_left_and_a_rejoin_restarts_the_schedule():
+    h = member(D(2025, 1, 15), leaves=[D(2025, 3, 20)], rejoins=[D(2025, 6, 3)])
+    assert starts(h, D(2025, 8, 31)) == [D(2025, 1, 15), D(2025, 2, 15), D(2025, 3, 15), D(2025, 6, 3),
+                                        D(2025, 7, 3), D(2025, 8, 3)]
+    assert status(h, PLANS, D(2025, 4, 1)) == Status.LEFT
+    assert member_state(h, PLANS, D(2025, 5, 31)).balance_cents == -12000
+
+
+def test_a_leave_on_a_period_start_is_not_charged_for_that_period():
+    h = member(D(2025, 1, 15), pay=[(D(2025, 1, 15), 8000)], leaves=[D(2025, 3, 15)])
+    s = member_state(h, PLANS, D(2025, 6, 1))
+    assert (s.status, s.balance_cents, s.charged_cents) == (Status.LEFT, 0, 8000)
+
+
+def test_rejoining_inside_the_last_paid_period_continues_the_old_schedule():
+    h = member(D(2025, 1, 15), pay=[(D(2025, 1, 15), 12000)], leaves=[D(2025, 3, 20)], rejoins=[D(2025, 4, 2)])
+    assert starts(h, D(2025, 6, 30)) == [D(2025, 1, 15), D(2025, 2, 15), D(2025, 3, 15), D(2025, 4, 15),
+                                        D(2025, 5, 15), D(2025, 6, 15)]
+    assert status(h, PLANS, D(2025, 4, 2)) == Status.CURRENT  # paid until 14 April, no new charge
+    assert status(h, PLANS, D(2025, 4, 15)) == Status.DUE
+
+
+def test_credit_and_arrears_follow_the_member_across_a_rejoin():
+    paid_ahead = member(D(2025, 1, 1), pay=[(D(2025, 1, 1), 8000)], leaves=[D(2025, 1, 20)], rejoins=[D(2025, 5, 7)])
+    s = member_state(paid_ahead, PLANS, D(2025, 5, 7))
+    assert (s.status, s.paid_through, s.balance_cents) == (Status.CURRENT, D(2025, 6, 6), 0)
+    owing = member(D(2025, 1, 1), leaves=[D(2025, 1, 20)], rejoins=[D(2025, 5, 7)])
+    # January was never paid: its grace ended on 7 February, so the member comes back lapsed.
+    assert status(owing, PLANS, D(2025, 5, 7)) == Status.LAPSED
+
+
+def test_facts_that_do_not_describe_a_member_are_refused():
+    with pytest.raises(DuesError):
+        PlanVersion("x", 40.0, "month", 30)
+    with pytest.raises(DuesError):
+        PlanVersion("x", 4000, "week", 30)
+    with pytest.raises(DuesError):
+        Payment(D(2025, 1, 1), 40.0)
+    with pytest.raises(DuesError):
+        Payment(D(2025, 1, 1), 4000, made=D(2025, 1, 2))
+    with pytest.raises(DuesError):
+        member(D(2025, 1, 1), leaves=[D(2025, 2, 1)], rejoins=[D(2025, 1, 15)])
+    with pytest.raises(DuesError):
+        MemberHistory("ann", D(2025, 1, 1), (PlanChange(D(2025, 1, 2), "regular"),))
+    with pytest.raises(DuesError):
+        status(member(D(2025, 1, 1), "nosuchplan"), PLANS, D(2025, 1, 1))
+
+
+# -- the feeds rule -------------------------------------------------------------------------------
+
+def test_no_overdue_while_the_chain_feed_is_down_and_judged_as_of_the_right_day_after():
+    h = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 4000)])  # April's dues are overdue from 8 April
+    down = [Outage("chain", D(2025, 4, 5))]
+    j = publishable(h, PLANS, down, D(2025, 3, 31), D(2025, 4, 10))
+    assert [t.new for t in j.published] == [Status.DUE]
+    assert [(t.on, t.new) for t in j.held] == [(D(2025, 4, 8), Status.OVERDUE)]
+    assert j.judged_through == D(2025, 4, 7) and "chain" in j.reason
+    back = [Outage("chain", D(2025, 4, 5), D(2025, 4, 11))]
+    j2 = publishable(h, PLANS, back, j.judged_through, D(2025, 4, 12))
+    assert [(t.on, t.new) for t in j2.published] == [(D(2025, 4, 8), Status.OVERDUE)]
+    assert (j2.held, j2.judged_through) == ((), D(2025, 4, 12))
+
+
+def test_a_payment_made_before_the_deadline_and_seen_after_the_outage_is_on_time():
+    paid = Payment(credited=D(2025, 4, 12), cents=4000, made=D(2025, 4, 6), sats=5000, key="tx:0")
+    h = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 4000), paid])
+    back = [Outage("chain", D(2025, 4, 5), D(2025, 4, 11))]
+    j = publishable(h, PLANS, back, D(2025, 4, 7), D(2025, 4, 12))
+    assert j.published == () and j.held == ()  # never overdue: paid on 6 April, inside the term
+    assert status(h, PLANS, D(2025, 4, 9)) == Status.CURRENT
+
+
+def test_a_seen_but_unconfirmed_payment_holds_back_a_lapse():
+    pending = Payment(credited=None, cents=4000, made=D(2025, 4, 6), key="tx:1")
+    h = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 4000), pending])
+    j = publishable(h, PLANS, [], D(2025, 4, 1), D(2025, 4, 10))
+    assert [t.on for t in j.held] == [D(2025, 4, 8)] and "not credited" in j.reason
+    assert member_state(h, PLANS, D(2025, 4, 10)).balance_cents == -4000  # pending counts nowhere
+
+
+def test_a_price_outage_holds_and_a_held_transition_holds_everything_after_it():
+    ts = [Transition("ann", D(2025, 4, 8), Status.DUE, Status.OVERDUE),
+          Transition("ann", D(2025, 4, 9), Status.OVERDUE, Status.CURRENT)]
+    j = judge(ts, [Outage("price", D(2025, 4, 8), D(2025, 4, 20))], [], D(2025, 4, 15))
+    assert (j.published, j.held, j.judged_through) == ((), tuple(ts), D(2025, 4, 7))
+    j = judge(ts, [Outage("price", D(2025, 4, 9), D(2025, 4, 20))], [], D(2025, 4, 15))  # after d: no cause
+    assert j.published == tuple(ts)
+
+
+def test_transitions_to_better_statuses_are_never_held():
+    ts = [Transition("ann", D(2025, 4, 8), Status.LAPSED, Status.CURRENT)]
+    assert judge(ts, [Outage("chain", D(2025, 4, 1))], [D(2025, 4, 1)], D(2025, 4, 9)).published == tuple(ts)
+
+
+# -- business reports -----------------------------------------------------------------------------
+
+def test_monthly_income_by_method_and_by_machine_and_product():
+    pays = [Payment(D(2025, 1, 31), 4000, "bitcoin", made=D(2025, 1, 30), sats=4400, key="a:0"),
+            Payment(D(2025, 2, 1), 4000, "bitcoin", made=D(2025, 1, 31), sats=4500, key="b:0"),
+            Payment(D(2025, 1, 5), 4000, "cash"), Payment(None, 4000, made=D(2025, 1, 6), sats=1)]
+    sales = [Sale("vm1", "cola", 1500, 250, D(2025, 1, 2)), Sale("vm1", "cola", 1600, 250, D(2025, 1, 9)),
+             Sale("vm2", "chips", 900, 150, D(2025, 2, 28))]
+    income = monthly_income(pays, sales)
+    assert list(income) == [D(2025, 1, 1), D(2025, 2, 1)]
+    jan, feb = income[D(2025, 1, 1)], income[D(2025, 2, 1)]
+    assert (jan.dues["bitcoin"].sats, jan.dues["bitcoin"].cents, jan.dues["cash"].cents) == (4400, 4000, 4000)
+    assert (jan.sales[("vm1", "cola")].sats, jan.sales[("vm1", "cola")].cents) == (3100, 500)
+    assert (jan.total.sats, jan.total.cents) == (7500, 8500)
+    assert (feb.dues["bitcoin"].sats, feb.sales[("vm2", "chips")].cents) == (4500, 150)
+
+
+def test_active_members_joins_leaves_and_retention():
+    ann = member(D(2025, 1, 10), pay=[(D(2025, 1, 10), 40000)], handle="ann")  # paid 10 months ahead
+    bob = member(D(2025, 1, 20), handle="bob")  # never pays: overdue from 27 January, lapsed from 26 February
+    cy = member(D(2025, 2, 3), pay=[(D(2025, 2, 3), 40000)], leaves=[D(2025, 3, 4)], handle="cy")
+    people = [ann, bob, cy]
+    assert active_members(people, PLANS, D(2025, 1, 1), D(2025, 4, 15)) == {
+        D(2025, 1, 1): 2, D(2025, 2, 1): 2, D(2025, 3, 1): 1, D(2025, 4, 1): 1}
+    assert joins_and_leaves(people, D(2025, 1, 1), D(2025, 3, 31)) == {
+        D(2025, 1, 1): (2, 0), D(2025, 2, 1): (1, 0), D(2025, 3, 1): (0, 1)}
+    assert retention(people, PLANS, D(2025, 2, 28), D(2025, 3, 31)) == Fraction(1, 2)  # ann stays, cy left
+    assert retention(people, PLANS, D(2024, 12, 31), D(2025, 3, 31)) is None
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+START, END = D(2020, 1, 1), D(2028, 12, 31)
+days = st.dates(min_value=START, max_value=END)
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def plan_books(draw):
+    versions = []
+    for name in ("a", "b"):
+        for effective in [date.min, *draw(st.lists(days, max_size=2))]:
+            versions.append(PlanVersion(name, draw(st.integers(0, 12000)),
+                                        draw(st.sampled_from(["month", "quarter", "year"])),
+                                        draw(st.integers(0, 60)), effective, draw(st.integers(0, 14))))
+    return Plans(tuple(versions))
+
+
+@st.composite
+def histories(draw, *, with_credits=True, with_leaves=True):
+    joined = draw(st.dates(min_value=START, max_value=D(2026, 12, 31)))
+    after = st.dates(min_value=joined, max_value=END)
+    changes = [PlanChange(joined, draw(st.sampled_from("ab")))]
+    changes += [PlanChange(d, draw(st.sampled_from("ab"))) for d in draw(st.lists(after, max_size=3))]
+    payments, adjustments = [], []
+    if with_credits:
+        for credited in draw(st.lists(after, max_size=8)):
+            made = credited - timedelta(days=draw(st.integers(0, 5))) if draw(st.booleans()) else None
+            payments.append(Payment(credited, draw(st.integers(1, 20000)), made=made))
+        adjustments = [Adjustment(d, draw(st.integers(-5000, 5000))) for d in draw(st.lists(after, max_size=3))]
+    leaves, rejoins = [], []
+    if with_leaves:
+        marks = sorted(draw(st.sets(st.dates(min_value=joined + DAY, max_value=END), max_size=4)))
+        leaves, rejoins = marks[0::2], marks[1::2]
+    return MemberHistory("m", joined, tuple(changes), tuple(payments), tuple(adjustments), tuple(leaves),
+                         tuple(rejoins))
+
+
+def counted_credit(h, as_of):
+    """Credit by as_of, summed here from the facts, without the code under test."""
+    return (sum(p.cents for p in h.payments if (p.made or p.credited) <= as_of)
+            + sum(a.cents for a in h.adjustments if a.on <= as_of))
+
+
+@PROPS
+@given(plan_books(), histories(), days)
+def test_money_is_conserved(plans, h, as_of):
+    s = member_state(h, plans, as_of)
+    charged = sum(p.dues_cents for p in schedule(h, plans, as_of))
+    assert charged == s.charged_cents
+    assert charged - counted_credit(h, as_of) == -s.balance_cents
+
+
+@PROPS
+@given(plan_books(), histories(), days, days, st.integers(1, 50000))
+def test_paid_through_never_moves_earlier_with_one_more_payment(plans, h, as_of, paid_on, cents):
+    more = MemberHistory(h.handle, h.joined, h.plan_changes, (*h.payments, Payment(paid_on, cents)),
+                         h.adjustments, h.leaves, h.rejoins)
+    before, after = member_state(h, plans, as_of), member_state(more, plans, as_of)
+    assert after.paid_through >= before.paid_through
+    if paid_on <= as_of:
+        assert after.balance_cents == before.balance_cents + cents
+
+
+RANK = {Status.PREPAID: 0, Status.CURRENT: 1, Status.DUE: 2, Status.OVERDUE: 3, Status.LAPSED: 4}
+
+
+@PROPS
+@given(plan_books(), histories(with_leaves=False), st.lists(days, min_size=2, max_size=12))
+def test_status_only_worsens_with_time_when_nothing_is_paid(plans, h, sample):
+    # Only the credits before the first sampled day count: from then on, time alone passes.
+    first = min(sample)
+    h = MemberHistory(h.handle, h.joined, h.plan_changes,
+                      tuple(p for p in h.payments if (p.made or p.credited) <= first),
+                      tuple(a for a in h.adjustments if a.on <= first))
+    ranks = [RANK[s] for s in (status(h, plans, d) for d in sorted(sample)) if s is not None]
+    assert ranks == sorted(ranks)
+
+
+@PROPS
+@given(plan_books(), histories(), days, st.integers(1, 2000))
+def test_lapsed_stays_lapsed_without_a_payment_even_across_leaving_and_rejoining(plans, h, d1, gap):
+    d2 = d1 + timedelta(days=gap)
+    if status(h, plans, d1) != Status.LAPSED:
+        return
+    no_new_credit = not any(d1 < (p.made or p.credited) <= d2 for p in h.payments) \
+        and not any(d1 < a.on <= d2 for a in h.adjustments)
+    if no_new_credit:
+        assert status(h, plans, d2) in (Status.LAPSED, Status.LEFT)
+
+
+@PROPS
+@given(plan_books(), histories(), days, st.integers(0, 900), st.integers(0, 900))
+def test_transitions_replay_to_the_status_of_any_day(plans, h, start, span, at):
+    end = start + timedelta(days=span)
+    as_of = start + timedelta(days=min(at, span))
+    found = transitions(h, plans, start, end)
+    chain = replayed = status(h, plans, start)
+    for t in found:
+        assert start < t.on <= end and t.old == chain and t.new != t.old
+        chain = t.new
+        if t.on <= as_of:
+            replayed = t.new
+    assert replayed == status(h, plans, as_of)
+    assert [t.on for t in found] == sorted({t.on for t in found})  # each day at most once
+
+
+@settings(max_examples=25, deadline=None)
+@given(plan_books(), histories(), days)
+def test_transitions_agree_with_the_status_of_every_day(plans, h, start):
+    end = start + timedelta(days=120)
+    expected, before = [], status(h, plans, start)
+    d = start + DAY
+    while d <= end:
+        now = status(h, plans, d)
+        if now != before:
+            expected.append(Transition("m", d, before, now))
+            before = now
+        d += DAY
+    assert transitions(h, plans, start, end) == expected
+
+
+def month_index(d):
+    return d.year * 12 + d.month
+
+
+@PROPS
+@given(st.integers(1, 31), st.integers(2000, 2100), st.integers(1, 12), st.sampled_from(["month", "quarter", "year"]))
+def test_period_starts_keep_the_anchor_day_and_never_skip_or_repeat_a_month(anchor_day, year, month, period):
+    first_of = D(year, month, 1)
+    last = (D(year + month // 12, month % 12 + 1, 1) - DAY).day
+    if anchor_day > last:
+        return  # no such anchor in that month
+    joined = D(year, month, anchor_day)
+    plan = PlanVersion("p", 100, period, 10)
+    h = MemberHistory("m", joined, (PlanChange(first_of, "p"),))
+    ps = schedule(h, Plans((plan,)), joined + timedelta(days=366 * 9))
+    step = plan.months
+    for p, q in zip(ps, ps[1:]):
+        assert q.start > p.start and p.end == q.start - DAY
+        assert month_index(q.start) - month_index(p.start) == step
+        month_len = (D(q.start.year + q.start.month // 12, q.start.month % 12 + 1, 1) - DAY).day
+        assert q.start.day == min(anchor_day, month_len)
+
+
+@PROPS
+@given(plan_books(), histories(), days, st.integers(0, 400))
+def test_no_overdue_or_lapse_is_published_during_an_ongoing_outage(plans, h, since, span):
+    now = since + timedelta(days=span)
+    outage = Outage("chain", since + timedelta(days=span // 2))
+    j = publishable(h, plans, [outage], since, now)
+    assert not [t for t in j.published if t.new in (Status.OVERDUE, Status.LAPSED) and t.on >= outage.start]
+    assert j.published + j.held == tuple(transitions(h, plans, since, now))
