@@ -23,7 +23,7 @@ from datetime import date
 from fractions import Fraction
 from typing import Iterable
 
-from .dues import ACTIVE, ONE_DAY, _cents, _day, MemberHistory, Payment, Plans, add_months, status
+from .dues import ACTIVE, ONE_DAY, MemberBook, MemberHistory, Payment, Plans, _cents, _day, add_months
 
 
 @dataclass(frozen=True)
@@ -95,14 +95,19 @@ def monthly_income(payments: Iterable[Payment], sales: Iterable[Sale]) -> dict[d
     return dict(sorted(out.items()))
 
 
-def active_on(histories: Iterable[MemberHistory], plans: Plans, day: date) -> set[str]:
-    return {h.handle for h in histories if status(h, plans, day) in ACTIVE}
+def _books(histories: Iterable[MemberHistory | MemberBook], plans: Plans) -> list[MemberBook]:
+    return [h if isinstance(h, MemberBook) else MemberBook(h, plans) for h in histories]
+
+
+def active_on(histories: Iterable[MemberHistory | MemberBook], plans: Plans, day: date) -> set[str]:
+    """The handles of the members active on ``day``."""
+    return {b.history.handle for b in _books(histories, plans) if b.status(day) in ACTIVE}
 
 
 def active_members(histories: Iterable[MemberHistory], plans: Plans, first: date, as_of: date) -> dict[date, int]:
     """Members active at the end of each month from ``first``'s to ``as_of``'s (that one on as_of)."""
-    histories = tuple(histories)
-    return {m: len(active_on(histories, plans, min(add_months(m, 1) - ONE_DAY, as_of)))
+    books = _books(histories, plans)
+    return {m: len(active_on(books, plans, min(add_months(m, 1) - ONE_DAY, as_of)))
             for m in months(first, as_of)}
 
 
@@ -121,8 +126,8 @@ def joins_and_leaves(histories: Iterable[MemberHistory], first: date, last: date
 
 def retention(histories: Iterable[MemberHistory], plans: Plans, start: date, end: date) -> Fraction | None:
     """Of the members active on ``start``, the fraction still active on ``end``."""
-    histories = tuple(histories)
-    before = active_on(histories, plans, start)
+    books = _books(histories, plans)
+    before = active_on(books, plans, start)
     if not before:
         return None
-    return Fraction(len(before & active_on(histories, plans, end)), len(before))
+    return Fraction(len(before & active_on(books, plans, end)), len(before))

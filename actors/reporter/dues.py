@@ -301,8 +301,12 @@ def add_months(anchor: date, months: int) -> date:
     """The anchor's day ``months`` later, or that month's last day when it is shorter."""
     years, month0 = divmod(anchor.month - 1 + months, 12)
     year = anchor.year + years
-    last = calendar.monthrange(year, month0 + 1)[1]
+    last = 29 if month0 == 1 and calendar.isleap(year) else _MONTH_DAYS[month0]
     return date(year, month0 + 1, min(anchor.day, last))
+
+
+# Days of each month in a common year (calendar.monthrange also computes a weekday: twice the time).
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 @dataclass(frozen=True)
@@ -366,15 +370,14 @@ def periods(history: MemberHistory, plans: Plans, as_of: date | None = None) -> 
             anchor, offset = last.anchor, last.offset + last.plan.months  # back inside a paid-for period
         else:
             anchor, offset = start, 0
-        while True:
-            p_start = add_months(anchor, offset)
-            if end is not None and p_start >= end:
-                break
+        p_start = add_months(anchor, offset)
+        while end is None or p_start < end:
             plan = _plan_at(history, plans, p_start)
-            p_end = add_months(anchor, offset + plan.months) - ONE_DAY
-            last = Period(p_start, p_end, plan, anchor, offset)
+            next_start = add_months(anchor, offset + plan.months)
+            last = Period(p_start, next_start - ONE_DAY, plan, anchor, offset)
             yield last
             offset += plan.months
+            p_start = next_start
 
 
 def schedule(history: MemberHistory, plans: Plans, until: date) -> list[Period]:
@@ -411,43 +414,88 @@ def credit_cents(history: MemberHistory, as_of: date) -> int:
     return paid + sum(a.cents for a in history.adjustments if a.on <= as_of)
 
 
-def _active(history: MemberHistory, as_of: date) -> bool | None:
-    """None before joining, else whether a stint covers as_of."""
-    if as_of < history.joined:
-        return None
-    _, end = _stints(history, as_of)[-1]
-    return end is None
+class _Ledger:
+    """The periods of one cut of a history (its leaves and rejoins up to some day), generated only
+    as far as a question needs, with the running total of their dues."""
+
+    def __init__(self, history: MemberHistory, plans: Plans, cut: date):
+        self._more = periods(history, plans, cut)
+        self.periods: list[Period] = []
+        self.starts: list[date] = []
+        self.total: list[int] = []  # total[i]: the dues of periods[0..i]
+
+    def _next(self) -> bool:
+        p = next(self._more, None)
+        if p is None:
+            self._more = iter(())
+            return False
+        self.periods.append(p)
+        self.starts.append(p.start)
+        self.total.append((self.total[-1] if self.total else 0) + p.dues_cents)
+        return True
+
+    def reach(self, as_of: date, credit: int) -> None:
+        """Generate past the first period starting after as_of and past the first one credit does
+        not cover (or past the horizon)."""
+        while (not self.starts or self.starts[-1] <= as_of) and self._next():
+            pass
+        horizon = add_months(as_of, 12 * HORIZON_YEARS)
+        while self.total and self.total[-1] <= credit and self.starts[-1] <= horizon and self._next():
+            pass
+
+
+class MemberBook:
+    """One member's facts, ready for many ``as_of`` questions (transitions, monthly reports):
+    the periods of each cut are generated once and searched by bisection."""
+
+    def __init__(self, history: MemberHistory, plans: Plans):
+        self.history, self.plans = history, plans
+        # Leaves and rejoins alternate and increase: how many fall on or before a day decides the cut.
+        self._marks = sorted((*history.leaves, *history.rejoins))
+        self._ledgers: dict[int, _Ledger] = {}
+        credits = sorted([(p.paid_on, p.cents) for p in history.payments if not p.pending]
+                         + [(a.on, a.cents) for a in history.adjustments])
+        self._credit_days = [d for d, _ in credits]
+        self._credit_totals, t = [], 0
+        for _, cents in credits:
+            t += cents
+            self._credit_totals.append(t)
+
+    def credit(self, as_of: date) -> int:
+        i = bisect_right(self._credit_days, as_of)
+        return self._credit_totals[i - 1] if i else 0
+
+    def state(self, as_of: date) -> MemberState:
+        """Paid-through, balance and status on ``as_of`` (see the module docstring for the rules)."""
+        h = self.history
+        _day(as_of, "as_of")
+        marks = bisect_right(self._marks, as_of)
+        ledger = self._ledgers.get(marks)
+        if ledger is None:
+            ledger = self._ledgers[marks] = _Ledger(h, self.plans, as_of)
+        credit = self.credit(as_of)
+        ledger.reach(as_of, credit)
+        started = bisect_right(ledger.starts, as_of)  # periods charged by as_of
+        paid = bisect_right(ledger.total, credit)  # periods credit covers, in order (dues are >= 0)
+        ps = ledger.periods
+        active = None if as_of < h.joined else marks % 2 == 0  # an odd count: the last mark is a leave
+        current = ps[started - 1] if active and started and ps[started - 1].end >= as_of else None
+        first_unpaid = ps[paid] if paid < len(ps) else None
+        next_charge = ps[started] if started < len(ps) else None
+        charged = ledger.total[started - 1] if started else 0
+        return MemberState(
+            handle=h.handle, as_of=as_of, status=_status(active, current, first_unpaid, next_charge, as_of),
+            paid_through=ps[paid - 1].end if paid else h.joined - ONE_DAY, balance_cents=credit - charged,
+            charged_cents=charged, credited_cents=credit, current=current, first_unpaid=first_unpaid,
+            next_charge=next_charge)
+
+    def status(self, as_of: date) -> Status | None:
+        return self.state(as_of).status
 
 
 def member_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState:
     """Paid-through, balance and status on ``as_of`` (see the module docstring for the rules)."""
-    _day(as_of, "as_of")
-    credit = credit_cents(history, as_of)
-    horizon = add_months(as_of, 12 * HORIZON_YEARS)
-    charged = covered = 0
-    paid_through = history.joined - ONE_DAY
-    current = first_unpaid = next_charge = None
-    active = _active(history, as_of)
-    for p in periods(history, plans, as_of):
-        if p.start <= as_of:
-            charged += p.dues_cents
-            current = p
-        elif next_charge is None:
-            next_charge = p
-        if first_unpaid is None:
-            if covered + p.dues_cents <= credit:
-                covered += p.dues_cents
-                paid_through = p.end
-            else:
-                first_unpaid = p
-        if p.start > as_of and (first_unpaid is not None or p.start > horizon):
-            break
-    if not active or (current is not None and current.end < as_of):
-        current = None  # left (or inside a stint with no period: joined and left the same day)
-    return MemberState(
-        handle=history.handle, as_of=as_of, status=_status(active, current, first_unpaid, next_charge, as_of),
-        paid_through=paid_through, balance_cents=credit - charged, charged_cents=charged,
-        credited_cents=credit, current=current, first_unpaid=first_unpaid, next_charge=next_charge)
+    return MemberBook(history, plans).state(as_of)
 
 
 def _status(active, current, first_unpaid, next_charge, as_of) -> Status | None:
@@ -510,9 +558,10 @@ def transitions(history: MemberHistory, plans: Plans, from_date: date, to_date: 
     out = []
     if to_date <= from_date:
         return out
-    before = status(history, plans, from_date)
+    book = MemberBook(history, plans)
+    before = book.status(from_date)
     for day in sorted(d for d in _change_days(history, plans, to_date) if from_date < d <= to_date):
-        now = status(history, plans, day)
+        now = book.status(day)
         if now != before:
             out.append(Transition(history.handle, day, before, now))
             before = now
