@@ -481,3 +481,69 @@ def test_no_overdue_or_lapse_is_published_during_an_ongoing_outage(plans, h, sin
     j = publishable(h, plans, [outage], since, now)
     assert not [t for t in j.published if t.new in (Status.OVERDUE, Status.LAPSED) and t.on >= outage.start]
     assert j.published + j.held == tuple(transitions(h, plans, since, now))
+
+
+# -- a reference model: the docstring's rules written out plainly, day arithmetic from the calendar --
+
+def ref_state(h, plans, as_of):
+    """(status, paid_through, balance) straight from the rules, one period at a time."""
+    import calendar
+
+    def nth_month(anchor, k):
+        y, m0 = divmod(anchor.month - 1 + k, 12)
+        return date(anchor.year + y, m0 + 1, min(anchor.day, calendar.monthrange(anchor.year + y, m0 + 1)[1]))
+
+    versions = sorted(plans.versions, key=lambda v: v.effective)
+
+    def version_at(day):
+        name = [c.plan for c in h.plan_changes if c.effective <= day][-1]
+        return [v for v in versions if v.name == name and v.effective <= day][-1]
+
+    credit = counted_credit(h, as_of)
+    horizon = nth_month(as_of, 12 * 100)
+    ps, last, active, total = [], None, None, 0
+    for i, begin in enumerate((h.joined, *h.rejoins)):
+        if begin > as_of:
+            break
+        leave = h.leaves[i] if i < len(h.leaves) and h.leaves[i] <= as_of else None
+        active = leave is None
+        anchor, k = (last[3], last[4]) if last and last[0] < begin <= last[1] else (begin, 0)
+        while True:
+            start = nth_month(anchor, k)
+            if (leave is not None and start >= leave) or start > horizon or (
+                    start > as_of and total > credit):
+                break
+            v = version_at(start)
+            months = {"month": 1, "quarter": 3, "year": 12}[v.period]
+            last = (start, nth_month(anchor, k + months) - DAY, v, anchor, k + months)
+            ps.append(last)
+            total += v.dues_cents
+            k += months
+    charged = sum(p[2].dues_cents for p in ps if p[0] <= as_of)
+    covered, paid, unpaid = 0, [], None
+    for p in ps:
+        if covered + p[2].dues_cents > credit:
+            unpaid = p
+            break
+        covered += p[2].dues_cents
+        paid.append(p)
+    paid_through = paid[-1][1] if paid else h.joined - DAY
+    if active is None:
+        st = None
+    elif not active:
+        st = Status.LEFT
+    elif unpaid is not None and unpaid[0] <= as_of:
+        due_on = unpaid[0] + timedelta(days=unpaid[2].term_days)
+        st = (Status.DUE if as_of < due_on else Status.OVERDUE
+              if as_of < due_on + timedelta(days=unpaid[2].grace_days) else Status.LAPSED)
+    else:
+        later = [p for p in ps if p[0] > as_of]
+        st = Status.PREPAID if later and later[0] in paid else Status.CURRENT
+    return st, paid_through, credit - charged
+
+
+@PROPS
+@given(plan_books(), histories(), days)
+def test_the_state_agrees_with_the_reference_model(plans, h, as_of):
+    s = member_state(h, plans, as_of)
+    assert (s.status, s.paid_through, s.balance_cents) == ref_state(h, plans, as_of)

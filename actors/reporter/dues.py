@@ -62,7 +62,8 @@ due_on + grace_days)
     ``overdue``  due_on <= as_of < lapses_on (within the grace);
     ``lapsed``   as_of >= lapses_on;
     ``left``     the member has left and not rejoined by ``as_of``.
-    Before the joined date there is no status (None). A payment made on the
+    Before the joined date there is no status (None), nothing is charged or
+    covered, and paid_through is the day before joining. A payment made on the
     last day of the grace (lapses_on - 1) that covers U keeps the member out of
     ``lapsed``. With term_days 0 there is no ``due`` day; with grace_days 0
     there is no ``overdue`` day. Reminders before a period starts are MemberMail's
@@ -474,11 +475,16 @@ class MemberBook:
         if ledger is None:
             ledger = self._ledgers[marks] = _Ledger(h, self.plans, as_of)
         credit = self.credit(as_of)
+        if as_of < h.joined:  # not a member yet: nothing charged, nothing covered
+            return MemberState(h.handle, as_of, None, h.joined - ONE_DAY, credit, 0, credit, None, None, None)
         ledger.reach(as_of, credit)
         started = bisect_right(ledger.starts, as_of)  # periods charged by as_of
         paid = bisect_right(ledger.total, credit)  # periods credit covers, in order (dues are >= 0)
         ps = ledger.periods
-        active = None if as_of < h.joined else marks % 2 == 0  # an odd count: the last mark is a leave
+        in_horizon = bisect_right(ledger.starts, add_months(as_of, 12 * HORIZON_YEARS))
+        if paid >= in_horizon:  # covered as far as we look: nothing unpaid within the horizon
+            paid, ps = in_horizon, ps[:in_horizon]
+        active = marks % 2 == 0  # an odd count: the last mark is a leave
         current = ps[started - 1] if active and started and ps[started - 1].end >= as_of else None
         first_unpaid = ps[paid] if paid < len(ps) else None
         next_charge = ps[started] if started < len(ps) else None
@@ -498,9 +504,7 @@ def member_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberSta
     return MemberBook(history, plans).state(as_of)
 
 
-def _status(active, current, first_unpaid, next_charge, as_of) -> Status | None:
-    if active is None:
-        return None
+def _status(active, current, first_unpaid, next_charge, as_of) -> Status:
     if not active:
         return Status.LEFT
     if first_unpaid is not None and first_unpaid.start <= as_of:
