@@ -11,8 +11,7 @@ The rule, as a pure function of facts the Reporter already has:
   ChainNotifier only saw when it caught up after an outage, but that was made
   before the deadline, counts as on time: recomputed after the outage, the
   overdue transition simply is not there, or comes on its right date.
-- What cannot be known yet is held back. A transition to ``overdue`` or
-  ``lapsed`` on day d is held when
+- What cannot be known yet is held back. A transition on day d is held when
     (1) an outage is still going on ``now`` (its end is None or >= now) and
         began on or before d: a payment made by d may be unseen; or
     (2) a payment made on or before d is seen but not yet credited (pending:
@@ -21,15 +20,23 @@ The rule, as a pure function of facts the Reporter already has:
   An outage that is over no longer holds anything: ChainNotifier has caught up
   (catching up is part of being healthy), so every payment made before d is
   known, credited or pending, and the transition is judged as of d.
+- Every transition is held under those conditions, not only those to
+  ``overdue`` and ``lapsed``: a payment seen late can also undo a ``due`` (a
+  member who paid on the period's first day during the outage) or turn a
+  ``current`` into ``prepaid``, and a published transition is never taken
+  back. What is held is only late, never lost.
 - Transitions are published in order: the first held one and every one after
-  it wait (a ``current`` after a held ``overdue`` would make no sense alone).
-  ``judged_through`` is the last day whose transitions are final; the next run
-  computes transitions from that day, so each is published exactly once, late
-  if need be but dated the day it happened.
-
-Other transitions (into ``current``, ``prepaid``, ``due``, ``left``) are
-never held for themselves: our feed breaking can only make a member look
-worse than they are, never better, since credits are never invented.
+  it wait. ``judged_through`` is the last day whose transitions are final:
+  the day before the first held transition, before an ongoing outage's start
+  and before a pending payment was made, else ``now`` (a late payment can add
+  a transition where there was none). The next run computes transitions from
+  that day, so each is published exactly
+  once, late if need be but dated the day it happened. A test simulates a
+  Reporter judging every day while feeds fail and payments are seen late, and
+  checks that what it published, put together, is exactly the transitions
+  computed afterwards from everything.
+- A payment stuck unconfirmed holds its member's transitions until it
+  confirms or MemberData records it gone (replaced, evicted).
 """
 
 from __future__ import annotations
@@ -38,12 +45,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Iterable
 
-from .dues import ONE_DAY, DuesError, MemberHistory, Plans, Status, Transition, _day, transitions
+from .dues import ONE_DAY, DuesError, MemberHistory, Plans, Transition, _day, transitions
 
 FEEDS = ("chain", "price")
-
-# Transitions that our own feed breaking could cause wrongly.
-GUARDED = frozenset({Status.OVERDUE, Status.LAPSED})
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,6 @@ class Judgement:
 
 def hold_reason(transition: Transition, outages: Iterable[Outage], pending_made: Iterable[date], now: date) -> str:
     """Why ``transition`` cannot be published on ``now``, or "" when it can."""
-    if transition.new not in GUARDED:
-        return ""
     for o in outages:
         if o.ongoing(now) and o.start <= transition.on:
             return f"{o.feed} feed down since {o.start}"
@@ -91,15 +93,21 @@ def judge(found: Iterable[Transition], outages: Iterable[Outage], pending_made: 
     """Split transitions (in date order, all on or before ``now``) into published and held."""
     outages, pending_made = tuple(outages), tuple(pending_made)
     found = tuple(found)
+    # Days on or after these may still change, with or without a transition on them today.
+    unsure = [o.start for o in outages if o.ongoing(now)] + list(pending_made)
+    through = min([now, *(d - ONE_DAY for d in unsure)])
     for i, t in enumerate(found):
         why = hold_reason(t, outages, pending_made, now)
         if why:
-            return Judgement(found[:i], found[i:], t.on - ONE_DAY, why)
-    return Judgement(found, (), now)
+            return Judgement(found[:i], found[i:], min(through, t.on - ONE_DAY), why)
+    return Judgement(found, (), through)
 
 
 def publishable(history: MemberHistory, plans: Plans, outages: Iterable[Outage], since: date,
                 now: date) -> Judgement:
     """The member's transitions after ``since`` up to ``now``, judged against our feeds' health."""
     pending = [p.made for p in history.payments if p.pending]
-    return judge(transitions(history, plans, since, now), outages, pending, now)
+    j = judge(transitions(history, plans, since, now), outages, pending, now)
+    # Never behind the day this run started from: what was published up to it stays (a payment
+    # made before it and only known now would have been under an outage or pending, see above).
+    return j if j.judged_through >= since else Judgement(j.published, j.held, since, j.reason)
