@@ -23,7 +23,7 @@ from datetime import date
 from fractions import Fraction
 from typing import Iterable
 
-from .dues import ACTIVE, ONE_DAY, MemberBook, MemberHistory, Payment, Plans, _cents, _day, add_months
+from .dues import ACTIVE, ONE_DAY, MemberBook, MemberHistory, Payment, Plans, add_months, check_cents, check_day
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ class Sale:
     on: date
 
     def __post_init__(self):
-        _cents(self.sats, "sale sats")
-        _cents(self.cents, "sale cents")
-        _day(self.on, "sale day")
+        check_cents(self.sats, "sale sats")
+        check_cents(self.cents, "sale cents")
+        check_day(self.on, "sale day")
 
 
 @dataclass

@@ -123,14 +123,14 @@ class Status(StrEnum):
 ACTIVE = frozenset({Status.PREPAID, Status.CURRENT, Status.DUE, Status.OVERDUE})
 
 
-def _cents(value, what: str) -> int:
+def check_cents(value, what: str) -> int:
     # bool is an int; a float is never money.
     if not isinstance(value, int) or isinstance(value, bool):
         raise DuesError(f"{what} must be integer cents, not {value!r}")
     return value
 
 
-def _day(value, what: str) -> date:
+def check_day(value, what: str) -> date:
     # datetime is a date subclass: a timestamp here would compare wrongly with plain dates.
     if not isinstance(value, date) or hasattr(value, "hour"):
         raise DuesError(f"{what} must be a datetime.date, not {value!r}")
@@ -155,7 +155,7 @@ class PlanVersion:
     term_days: int = 7
 
     def __post_init__(self):
-        if _cents(self.dues_cents, "dues_cents") < 0:
+        if check_cents(self.dues_cents, "dues_cents") < 0:
             raise DuesError(f"plan {self.name}: dues cannot be negative")
         if self.period not in PERIOD_MONTHS:
             raise DuesError(f"plan {self.name}: period must be one of {sorted(PERIOD_MONTHS)}, not {self.period!r}")
@@ -163,7 +163,7 @@ class PlanVersion:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise DuesError(f"plan {self.name}: {name} must be a whole number of days >= 0, not {v!r}")
-        _day(self.effective, "effective")
+        check_day(self.effective, "effective")
 
     @property
     def months(self) -> int:
@@ -225,13 +225,13 @@ class Payment:
     key: str = ""
 
     def __post_init__(self):
-        _cents(self.cents, "payment cents")
+        check_cents(self.cents, "payment cents")
         if self.credited is None and self.made is None:
             raise DuesError("a payment needs the day it was made or credited")
         if self.credited is not None:
-            _day(self.credited, "credited")
+            check_day(self.credited, "credited")
         if self.made is not None:
-            _day(self.made, "made")
+            check_day(self.made, "made")
             if self.credited is not None and self.made > self.credited:
                 raise DuesError(f"payment {self.key}: made {self.made} after it was credited {self.credited}")
         if self.sats is not None and (not isinstance(self.sats, int) or isinstance(self.sats, bool)):
@@ -256,8 +256,8 @@ class Adjustment:
     note: str = ""
 
     def __post_init__(self):
-        _day(self.on, "adjustment day")
-        _cents(self.cents, "adjustment cents")
+        check_day(self.on, "adjustment day")
+        check_cents(self.cents, "adjustment cents")
 
 
 @dataclass(frozen=True)
@@ -276,8 +276,8 @@ class MemberHistory:
     rejoins: tuple[date, ...] = ()
 
     def __post_init__(self):
-        _day(self.joined, "joined")
-        changes = tuple(sorted(self.plan_changes, key=lambda c: _day(c.effective, "plan change")))
+        check_day(self.joined, "joined")
+        changes = tuple(sorted(self.plan_changes, key=lambda c: check_day(c.effective, "plan change")))
         if not changes or changes[0].effective > self.joined:
             raise DuesError(f"member {self.handle}: no plan in force on the joined date {self.joined}")
         object.__setattr__(self, "plan_changes", changes)
@@ -288,10 +288,10 @@ class MemberHistory:
             raise DuesError(f"member {self.handle}: {len(leaves)} leaves and {len(rejoins)} rejoins do not alternate")
         start = self.joined
         for i, leave in enumerate(leaves):
-            if _day(leave, "leave") < start:
+            if check_day(leave, "leave") < start:
                 raise DuesError(f"member {self.handle}: left on {leave}, before (re)joining on {start}")
             if i < len(rejoins):
-                start = _day(rejoins[i], "rejoin")
+                start = check_day(rejoins[i], "rejoin")
                 if start <= leave:
                     raise DuesError(f"member {self.handle}: rejoined on {start}, not after leaving on {leave}")
 
@@ -469,7 +469,7 @@ class MemberBook:
     def state(self, as_of: date) -> MemberState:
         """Paid-through, balance and status on ``as_of`` (see the module docstring for the rules)."""
         h = self.history
-        _day(as_of, "as_of")
+        check_day(as_of, "as_of")
         marks = bisect_right(self._marks, as_of)
         ledger = self._ledgers.get(marks)
         if ledger is None:
@@ -557,8 +557,8 @@ def _change_days(history: MemberHistory, plans: Plans, to_date: date) -> set[dat
 
 def transitions(history: MemberHistory, plans: Plans, from_date: date, to_date: date) -> list[Transition]:
     """The status changes on days d, from_date < d <= to_date, in order, each once."""
-    _day(from_date, "from_date")
-    _day(to_date, "to_date")
+    check_day(from_date, "from_date")
+    check_day(to_date, "to_date")
     out = []
     if to_date <= from_date:
         return out

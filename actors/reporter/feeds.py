@@ -5,6 +5,8 @@ The rule, as a pure function of facts the Reporter already has:
 - An :class:`Outage` is a run of days on which one of our feeds was unhealthy:
   ChainNotifier behind the tip or disconnected (``chain``), or the price stale
   (``price``). ``end`` is its last unhealthy day, None while it lasts.
+  Outages with no whole healthy day between them count as one (:func:`merged`):
+  a feed that was never healthy for a day may not have caught up.
 - Transitions are computed by :func:`actors.reporter.dues.transitions`, where a
   payment counts from the day it was *made* (for bitcoin the earliest of first
   seen and its block's time), not the day we credited it. So a payment that
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Iterable
 
-from .dues import ONE_DAY, DuesError, MemberHistory, Plans, Transition, _day, transitions
+from .dues import ONE_DAY, DuesError, MemberHistory, Plans, Transition, check_day, transitions
 
 FEEDS = ("chain", "price")
 
@@ -59,10 +61,10 @@ class Outage:
     end: date | None = None
 
     def __post_init__(self):
-        if self.feed not in FEEDS:
+        if not all(f in FEEDS for f in self.feed.split("+")):  # "chain+price": merged outages
             raise DuesError(f"feed must be one of {FEEDS}, not {self.feed!r}")
-        _day(self.start, "outage start")
-        if self.end is not None and _day(self.end, "outage end") < self.start:
+        check_day(self.start, "outage start")
+        if self.end is not None and check_day(self.end, "outage end") < self.start:
             raise DuesError(f"outage ends {self.end} before it starts {self.start}")
 
     def ongoing(self, now: date) -> bool:
@@ -75,6 +77,21 @@ class Judgement:
     held: tuple[Transition, ...]  # not yet: recomputed by the next run
     judged_through: date  # the next run computes transitions after this day
     reason: str = ""  # why the first held transition is held
+
+
+def merged(outages: Iterable[Outage]) -> list[Outage]:
+    """Outages that overlap or follow each other without one healthy day between them, as one:
+    a feed must be healthy for a day to have caught up (a day-granular bound)."""
+    out: list[Outage] = []
+    for o in sorted(outages, key=lambda o: o.start):
+        if out and (out[-1].end is None or o.start <= out[-1].end + ONE_DAY):
+            last = out[-1]
+            end = None if last.end is None or o.end is None else max(last.end, o.end)
+            feed = last.feed if last.feed == o.feed else "+".join(sorted({*last.feed.split("+"), o.feed}))
+            out[-1] = Outage(feed, last.start, end)
+        else:
+            out.append(o)
+    return out
 
 
 def hold_reason(transition: Transition, outages: Iterable[Outage], pending_made: Iterable[date], now: date) -> str:
@@ -91,7 +108,7 @@ def hold_reason(transition: Transition, outages: Iterable[Outage], pending_made:
 def judge(found: Iterable[Transition], outages: Iterable[Outage], pending_made: Iterable[date],
           now: date) -> Judgement:
     """Split transitions (in date order, all on or before ``now``) into published and held."""
-    outages, pending_made = tuple(outages), tuple(pending_made)
+    outages, pending_made = merged(outages), tuple(pending_made)
     found = tuple(found)
     # Days on or after these may still change, with or without a transition on them today.
     unsure = [o.start for o in outages if o.ongoing(now)] + list(pending_made)
