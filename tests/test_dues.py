@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from actors.reporter.business import (Sale, active_members, joins_and_leaves, monthly_income, retention)
 from actors.reporter.dues import (
-    add_months, Adjustment, DuesError, MemberHistory, Payment, PlanChange, Plans, PlanVersion, Status, Transition,
+    add_months, Adjustment, DuesError, GroupChange, MemberHistory, Payment, PlanChange, Plans, PlanVersion, Status, Transition,
     member_state, periods, schedule, status, transitions)
 from actors.reporter.feeds import Outage, judge, publishable
+from actors.reporter.groups import KEYHOLDER_STATUSES, GroupRule, groups_on, members_of
 
 D = date
 DAY = timedelta(days=1)
@@ -353,6 +354,23 @@ def test_active_members_joins_leaves_and_retention():
         D(2025, 1, 1): (2, 0), D(2025, 2, 1): (1, 0), D(2025, 3, 1): (0, 1)}
     assert retention(people, PLANS, D(2025, 2, 28), D(2025, 3, 31)) == Fraction(1, 2)  # ann stays, cy left
     assert retention(people, PLANS, D(2024, 12, 31), D(2025, 3, 31)) is None
+
+
+def test_groups_explicit_and_by_rule():
+    keys = (GroupChange(D(2025, 1, 5), "keys"), GroupChange(D(2025, 3, 1), "keys", member=False),
+            GroupChange(D(2025, 2, 1), "laser"))
+    ann = MemberHistory("ann", D(2025, 1, 1), (PlanChange(D(2025, 1, 1), "regular"),),
+                        (Payment(D(2025, 1, 1), 40000, "cash"),), groups=keys)
+    bob = MemberHistory("bob", D(2025, 1, 1), (PlanChange(D(2025, 1, 1), "regular"),),
+                        groups=(GroupChange(D(2025, 1, 1), "keys"),))  # never pays: overdue from 8 January
+    assert groups_on(ann, D(2025, 1, 4)) == frozenset()
+    assert groups_on(ann, D(2025, 2, 10)) == {"keys", "laser"}
+    assert groups_on(ann, D(2025, 3, 1)) == {"laser"}
+    keyholders = GroupRule("keyholders", KEYHOLDER_STATUSES, "keys")
+    assert members_of(keyholders, [ann, bob], PLANS, D(2025, 1, 7)) == ["ann", "bob"]
+    assert members_of(keyholders, [ann, bob], PLANS, D(2025, 1, 8)) == ["ann"]
+    assert members_of(keyholders, [ann, bob], PLANS, D(2025, 3, 2)) == []
+    assert members_of(GroupRule("overdue", frozenset({Status.OVERDUE})), [ann, bob], PLANS, D(2025, 1, 8)) == ["bob"]
 
 
 # -- properties -----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ server and the tests call it without a database, a bus or a clock:
 - :mod:`actors.reporter.feeds`: which overdue and lapsed transitions are held
   back while our own payment or price feeds are down;
 - :mod:`actors.reporter.business`: monthly income, active members, joins and
-  leaves, retention.
+  leaves, retention;
+- :mod:`actors.reporter.groups`: groups, explicit and by rule (keyholders).
 
 Every function takes plain frozen values (built by MemberData's queries) and
 an ``as_of`` date. The Reporter actor (scheduling, snapshots, ``member.status``

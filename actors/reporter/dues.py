@@ -261,6 +261,18 @@ class Adjustment:
 
 
 @dataclass(frozen=True)
+class GroupChange:
+    """From ``on``, the member is in ``group`` (``member`` True) or out of it (False)."""
+
+    on: date
+    group: str
+    member: bool = True
+
+    def __post_init__(self):
+        check_day(self.on, "group change day")
+
+
+@dataclass(frozen=True)
 class MemberHistory:
     """Everything the dues arithmetic needs about one member (facts only, nothing derived).
 
@@ -274,6 +286,7 @@ class MemberHistory:
     adjustments: tuple[Adjustment, ...] = ()
     leaves: tuple[date, ...] = ()
     rejoins: tuple[date, ...] = ()
+    groups: tuple[GroupChange, ...] = ()
 
     def __post_init__(self):
         check_day(self.joined, "joined")
@@ -281,7 +294,7 @@ class MemberHistory:
         if not changes or changes[0].effective > self.joined:
             raise DuesError(f"member {self.handle}: no plan in force on the joined date {self.joined}")
         object.__setattr__(self, "plan_changes", changes)
-        for name in ("payments", "adjustments", "leaves", "rejoins"):
+        for name in ("payments", "adjustments", "leaves", "rejoins", "groups"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         leaves, rejoins = self.leaves, self.rejoins
         if not (len(leaves) - 1 <= len(rejoins) <= len(leaves)):
@@ -368,7 +381,7 @@ def periods(history: MemberHistory, plans: Plans, as_of: date | None = None) -> 
     last: Period | None = None
     for start, end in _stints(history, as_of):
         if last is not None and last.start < start <= last.end:
-            anchor, offset = last.anchor, last.offset + last.plan.months  # back inside a paid-for period
+            anchor, offset = last.anchor, last.offset + last.plan.months  # back inside a charged period
         else:
             anchor, offset = start, 0
         p_start = add_months(anchor, offset)
