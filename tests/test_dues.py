@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from actors.reporter.business import (Sale, active_members, joins_and_leaves, monthly_income, retention)
 from actors.reporter.dues import (
     add_months, Adjustment, DuesError, GroupChange, MemberHistory, Payment, PlanChange, Plans, PlanVersion, Status, Transition,
-    member_state, periods, schedule, status, transitions)
+    member_state, periods, schedule, status, transitions, upcoming_charge)
 from actors.reporter.feeds import Outage, judge, publishable
 from actors.reporter.groups import KEYHOLDER_STATUSES, GroupRule, groups_on, members_of
 
@@ -356,6 +356,16 @@ def test_active_members_joins_leaves_and_retention():
     assert retention(people, PLANS, D(2024, 12, 31), D(2025, 3, 31)) is None
 
 
+def test_a_reminder_is_for_the_next_uncovered_period_within_the_notice():
+    h = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 4000)])  # March paid, April not
+    assert upcoming_charge(member_state(h, PLANS, D(2025, 3, 24)), 7) is None
+    soon = upcoming_charge(member_state(h, PLANS, D(2025, 3, 25)), 7)
+    assert (soon.start, soon.dues_cents) == (D(2025, 4, 1), 4000)
+    assert upcoming_charge(member_state(h, PLANS, D(2025, 4, 1)), 7) is None  # due now: no reminder
+    ahead = member(D(2025, 3, 1), pay=[(D(2025, 3, 1), 8000)])
+    assert upcoming_charge(member_state(ahead, PLANS, D(2025, 3, 28)), 7) is None  # April covered
+
+
 def test_groups_explicit_and_by_rule():
     keys = (GroupChange(D(2025, 1, 5), "keys"), GroupChange(D(2025, 3, 1), "keys", member=False),
             GroupChange(D(2025, 2, 1), "laser"))
@@ -436,6 +446,24 @@ def counted_credit(h, as_of):
     """Credit by as_of, summed here from the facts, without the code under test."""
     return (sum(p.cents for p in h.payments if (p.made or p.credited) <= as_of)
             + sum(a.cents for a in h.adjustments if a.on <= as_of))
+
+
+@PROPS
+@given(st.lists(st.tuples(days, st.integers(0, 10**6), st.integers(0, 10**8), st.booleans(),
+                          st.sampled_from(["bitcoin", "cash", "etransfer"])), max_size=12),
+       st.lists(st.tuples(days, st.integers(0, 10**6), st.integers(0, 10**5), st.sampled_from(["vm1", "vm2"]),
+                          st.sampled_from(["cola", "chips"])), max_size=12))
+def test_monthly_income_adds_up_to_every_credited_payment_and_sale(pays, vends):
+    payments = [Payment(None if pending else d, cents, method, made=d, sats=sats)
+                for d, cents, sats, pending, method in pays]
+    sales = [Sale(machine, product, sats, cents, d) for d, cents, sats, machine, product in vends]
+    income = monthly_income(payments, sales)
+    assert sum(m.total.cents for m in income.values()) == (
+        sum(c for _, c, _, pending, _ in pays if not pending) + sum(c for _, c, _, _, _ in vends))
+    assert sum(m.total.sats for m in income.values()) == (
+        sum(s for _, _, s, pending, _ in pays if not pending) + sum(s for _, _, s, _, _ in vends))
+    for month, m in income.items():
+        assert month.day == 1 and (m.dues or m.sales)
 
 
 @PROPS

@@ -66,8 +66,9 @@ due_on + grace_days)
     covered, and paid_through is the day before joining. A payment made on the
     last day of the grace (lapses_on - 1) that covers U keeps the member out of
     ``lapsed``. With term_days 0 there is no ``due`` day; with grace_days 0
-    there is no ``overdue`` day. Reminders before a period starts are MemberMail's
-    business: :func:`member_state` gives the next charge and its amount.
+    there is no ``overdue`` day. A reminder before a period starts is for
+    :func:`upcoming_charge` (a ``current`` member whose next, uncovered period
+    starts within the notice), keyed by that period's start.
 
 Transitions
     ``transitions(history, plans, from_date, to_date)`` lists each change of
@@ -542,6 +543,17 @@ def paid_through(history: MemberHistory, plans: Plans, as_of: date) -> date:
 
 def balance_cents(history: MemberHistory, plans: Plans, as_of: date) -> int:
     return member_state(history, plans, as_of).balance_cents
+
+
+def upcoming_charge(state: MemberState, notice_days: int) -> Period | None:
+    """The period a reminder is for on ``state.as_of``: the next one, when it starts within
+    ``notice_days`` and the credit does not cover it, and the member is not already behind
+    (then overdue and lapsed mails speak). Its start is the reminder's key with the member's
+    handle, so MemberMail sends one reminder per period."""
+    nxt = state.next_charge
+    if state.status != Status.CURRENT or nxt is None:
+        return None  # prepaid: covered; due, overdue, lapsed: behind already; left: no charges
+    return nxt if (nxt.start - state.as_of).days <= notice_days else None
 
 
 # -- transitions ----------------------------------------------------------------------------------
