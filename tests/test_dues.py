@@ -12,7 +12,7 @@ the status of every day, and the schedule never skips or repeats a month.
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from fractions import Fraction
 
 import pytest
@@ -154,6 +154,9 @@ def test_prepaid_then_current_then_due():
     assert status(h, PLANS, D(2025, 5, 1)) == Status.DUE
     s = member_state(h, PLANS, D(2025, 4, 15))
     assert (s.paid_through, s.balance_cents, s.next_charge.start) == (D(2025, 4, 30), 0, D(2025, 5, 1))
+    assert s.summary() == {"handle": "ann", "as_of": "2025-04-15", "status": "current",
+                           "paid_through": "2025-04-30", "balance_cents": 0, "next_charge": "2025-05-01",
+                           "next_charge_cents": 4000}
 
 
 def test_a_partial_payment_leaves_the_period_unpaid_with_the_rest_as_credit():
@@ -243,6 +246,10 @@ def test_facts_that_do_not_describe_a_member_are_refused():
         PlanVersion("x", 4000, "week", 30)
     with pytest.raises(DuesError):
         Payment(D(2025, 1, 1), 40.0)
+    with pytest.raises(DuesError):  # a timestamp compares wrongly with dates
+        Payment(datetime(2025, 1, 1, 12, 0), 4000)
+    with pytest.raises(DuesError):
+        Payment(D(2025, 1, 1), True)
     with pytest.raises(DuesError):
         Payment(D(2025, 1, 1), 4000, made=D(2025, 1, 2))
     with pytest.raises(DuesError):

@@ -422,6 +422,15 @@ class MemberState:
     first_unpaid: Period | None
     next_charge: Period | None  # the next period to start after as_of, if any
 
+    def summary(self) -> dict:
+        """Plain data for an event body or a report row: the handle, never personal data; dates
+        as ISO strings; money as integer cents."""
+        return {"handle": self.handle, "as_of": self.as_of.isoformat(),
+                "status": None if self.status is None else self.status.value,
+                "paid_through": self.paid_through.isoformat(), "balance_cents": self.balance_cents,
+                "next_charge": None if self.next_charge is None else self.next_charge.start.isoformat(),
+                "next_charge_cents": None if self.next_charge is None else self.next_charge.dues_cents}
+
 
 def credit_cents(history: MemberHistory, as_of: date) -> int:
     """Payments (counted from their paid_on day, pending ones not at all) and adjustments up to as_of."""
