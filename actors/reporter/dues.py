@@ -36,12 +36,17 @@ Leaving and rejoining
     (same anchor, the next charge at its next start), so nobody pays twice for
     the same days. Credit and arrears follow the member across stints.
 
+    Leaves and rejoins dated after ``as_of`` have not happened yet and are
+    ignored; plan changes and plan versions dated later are known prices and
+    apply to the periods they cover (they only matter to how far credit
+    reaches).
+
 Credit
     A payment counts from its ``paid_on`` date: when it was *made* (for a
     bitcoin payment the earliest of first seen in the mempool and its block's
     time) if known, else when it was credited. A payment seen but not yet
     confirmed (``credited`` is None) counts nowhere yet: it only holds back
-    overdue and lapsed transitions (actors/reporter/feeds.py). Adjustments are
+    transitions (actors/reporter/feeds.py). Adjustments are
     signed amounts on their date. Credits are applied to the periods in
     schedule order: a period is paid when the cumulative credit covers it and
     every earlier period; a partial payment leaves the period unpaid and the
@@ -56,8 +61,8 @@ Credit
 Status on ``as_of`` (U is the oldest unpaid period; its plan version gives
 ``term_days`` and ``grace_days``; due_on = U.start + term_days, lapses_on =
 due_on + grace_days)
-    ``prepaid``  the current period and the next one are paid;
-    ``current``  the current period is paid, the next is not (or there is none);
+    ``prepaid``  every period started is paid, and so is the next one;
+    ``current``  every period started is paid, the next is not (or there is none);
     ``due``      U has started: U.start <= as_of < due_on;
     ``overdue``  due_on <= as_of < lapses_on (within the grace);
     ``lapsed``   as_of >= lapses_on;
@@ -76,7 +81,8 @@ Transitions
     them over status(from_date) gives status(d) for every d in the range.
     Status only changes on a period start, a due_on or lapses_on date, a
     payment's or adjustment's date, a leave or a rejoin, so only those days are
-    evaluated (a property test checks this against every day).
+    evaluated (a property test checks this against every day). :class:`MemberBook`
+    generates a member's periods once and answers each day by bisection.
 
     The status of day d counts everything paid on d (a payment on the last
     day of the grace keeps the member out of ``lapsed``), so a day is final
