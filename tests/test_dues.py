@@ -230,6 +230,24 @@ def test_rejoining_inside_the_last_paid_period_continues_the_old_schedule():
     assert status(h, PLANS, D(2025, 4, 15)) == Status.DUE
 
 
+def test_rejoining_on_the_last_paid_day_or_the_day_after_charges_the_next_day_once():
+    # makeradmin charged nothing when a subscription started on the day access ended (#556).
+    for rejoin in (D(2025, 4, 14), D(2025, 4, 15)):
+        h = member(D(2025, 1, 15), pay=[(D(2025, 1, 15), 12000)], leaves=[D(2025, 3, 20)], rejoins=[rejoin])
+        ps = schedule(h, PLANS, D(2025, 5, 20))
+        assert [(p.start, p.dues_cents) for p in ps] == [
+            (D(2025, 1, 15), 4000), (D(2025, 2, 15), 4000), (D(2025, 3, 15), 4000), (D(2025, 4, 15), 4000),
+            (D(2025, 5, 15), 4000)]
+        assert status(h, PLANS, D(2025, 4, 15)) == Status.DUE
+
+
+def test_leaving_on_the_joined_day_charges_nothing():
+    h = member(D(2025, 1, 15), leaves=[D(2025, 1, 15)])
+    s = member_state(h, PLANS, D(2025, 2, 1))
+    assert (s.status, s.charged_cents, s.balance_cents) == (Status.LEFT, 0, 0)
+    assert transitions(h, PLANS, D(2025, 1, 1), D(2025, 2, 1)) == [Transition("ann", D(2025, 1, 15), None, Status.LEFT)]
+
+
 def test_credit_and_arrears_follow_the_member_across_a_rejoin():
     paid_ahead = member(D(2025, 1, 1), pay=[(D(2025, 1, 1), 8000)], leaves=[D(2025, 1, 20)], rejoins=[D(2025, 5, 7)])
     s = member_state(paid_ahead, PLANS, D(2025, 5, 7))
