@@ -18,10 +18,10 @@ from fractions import Fraction
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from actors.reporter.business import (Sale, active_members, joins_and_leaves, monthly_income, retention)
+from actors.reporter.business import Sale, active_members, joins_and_leaves, monthly_income, retention
 from actors.reporter.dues import (
-    add_months, Adjustment, DuesError, GroupChange, MemberHistory, Payment, PlanChange, Plans, PlanVersion, Status, Transition,
-    member_state, periods, schedule, status, transitions, upcoming_charge)
+    Adjustment, DuesError, GroupChange, MemberHistory, Payment, PlanChange, Plans, PlanVersion, Status, Transition,
+    add_months, member_state, schedule, status, transitions, upcoming_charge)
 from actors.reporter.feeds import Outage, judge, publishable
 from actors.reporter.groups import KEYHOLDER_STATUSES, GroupRule, groups_on, members_of
 
