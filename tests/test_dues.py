@@ -199,6 +199,17 @@ def test_adjustments_credit_and_charge():
     assert status(h, PLANS, D(2025, 3, 9)) == Status.CURRENT
 
 
+def test_a_payment_reorged_out_is_reversed_from_the_day_we_learn_it_never_before():
+    # Paid on 2 March (made that day), reorged out on 20 March: a reversing adjustment that day.
+    h = member(D(2025, 3, 1), pay=[Payment(D(2025, 3, 3), 4000, made=D(2025, 3, 2), key="tx:0")],
+               adjust=[(D(2025, 3, 20), -4000)])
+    assert transitions(h, PLANS, D(2025, 2, 28), D(2025, 3, 31)) == [
+        Transition("ann", D(2025, 3, 1), None, Status.DUE),
+        Transition("ann", D(2025, 3, 2), Status.DUE, Status.CURRENT),
+        Transition("ann", D(2025, 3, 20), Status.CURRENT, Status.OVERDUE)]
+    assert member_state(h, PLANS, D(2025, 3, 20)).balance_cents == -4000
+
+
 def test_a_quarter_plan_statuses_use_its_term_and_grace():
     # 14 days' term and 45 days' grace: due 1-14 Jan, overdue 15 Jan - 28 Feb, lapsed from 1 March.
     h = member(D(2025, 1, 1), "quarterly")
