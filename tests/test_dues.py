@@ -419,6 +419,20 @@ def test_groups_explicit_and_by_rule():
     assert members_of(GroupRule("overdue", frozenset({Status.OVERDUE})), [ann, bob], PLANS, D(2025, 1, 8)) == ["bob"]
 
 
+def test_the_core_loads_no_database_bus_or_scheduler():
+    """Pure functions: importing them in a fresh interpreter loads no peewee, zmq, schedule or runtime."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("import sys, actors.reporter.dues, actors.reporter.feeds, actors.reporter.business, "
+            "actors.reporter.groups; print(' '.join(sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert "actors.reporter.groups" in out
+    heavy = ("peewee", "zmq", "schedule", "psycopg2", "actors.runtime", "actors.db")
+    assert [m for m in out if m.split(".")[0] in heavy or m in heavy] == []
+
+
 # -- properties -----------------------------------------------------------------------------------
 
 START, END = D(2020, 1, 1), D(2028, 12, 31)
