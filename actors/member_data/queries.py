@@ -117,6 +117,14 @@ def members(database, as_of: str | None = None) -> list[dict]:
     return out
 
 
+def email_of(database, handle: str) -> str | None:
+    """The member's mail address now (None: no such member, or forgotten). For MemberMail, which
+    reads it just before sending, so a changed address is used by mail queued before the change."""
+    row = (MemberMember.select(MemberMember.email).where(MemberMember.handle == handle)
+           .bind(database).first())
+    return row.email if row is not None else None
+
+
 def member(database, handle: str, as_of: str | None = None) -> dict | None:
     """Everything held on one member (personal data included: for the admin's eyes, never the bus),
     or None: the member row, the derived state, and every fact, payment and adjustment."""
@@ -129,5 +137,5 @@ def member(database, handle: str, as_of: str | None = None) -> dict | None:
             "payments": payments(database, handle), "adjustments": adjustments(database, handle)}
 
 
-__all__ = ["PERIODS", "adjustments", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
+__all__ = ["PERIODS", "adjustments", "email_of", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
            "plans", "state_from_facts", "today"]

@@ -29,7 +29,10 @@ from proto.errors import ConfigError
 
 db = peewee.DatabaseProxy()
 
-KINDS = ("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement")
+KINDS = ("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement", "test")
+# Mails that go to the row's own recipient, not to a member's address read at send time:
+# ``test`` (`dctrl mail send-test ADDRESS`; handle "", period "test:<command id>").
+DIRECT_KINDS = frozenset({"test"})
 # A member may opt out of these; never of receipts, nor of the mails about their status.
 OPT_OUT_KINDS = frozenset({"reminder", "statement"})
 STATES = ("queued", "sending", "sent", "failed", "held", "skipped")

@@ -1,0 +1,245 @@
+"""MemberMail on the bus: member events in, mail out through the outbox (issue 12, item 3).
+
+Start-up, in order (each step stops the actor if it fails, before anything is sent):
+
+1. the ``[member_mail]`` settings checked (:func:`~actors.member_mail.models.settings`);
+2. every template rendered with sample data (:func:`~actors.member_mail.templates.check_templates`):
+   a broken template raises :class:`TemplateError` and the process exits;
+3. (in ``setup``) the :class:`~actors.member_mail.dispatcher.Dispatcher` made, whose
+   ``recover()`` resolves rows a crash left ``sending``: resent flagged
+   ``X-Dctrl-Possible-Duplicate`` with the same Message-ID, or ``held`` (``interrupted``);
+4. with ``smtp_user`` set, the password asked of the Vault (secret ``smtp_password``, readable by
+   ``member_mail`` in policy.toml's ``[secrets]``); nothing is sent until it arrives. It is
+   handed to the transport, never logged, never in an exception's text.
+
+Threads. The loop thread (the runtime's) handles events and commands: it reads MemberData's
+tables and inserts ``queued`` rows (:class:`~actors.member_mail.outbox.Outbox`), a few
+milliseconds of database work, then wakes the sender. The sender is ONE thread of this actor
+(``member_mail-send``) that runs ``Dispatcher.drain()`` and sleeps until ``next_wake()`` or
+until woken: SMTP (connect, TLS, a slow or stalled server: up to ``smtp_timeout`` per exchange)
+never blocks the loop, so heartbeats, tokens and commands go on while a server hangs. One
+thread and not ``@on(..., blocking=True)`` on the runtime's pool: the pool would run
+several drains at once for several events (the dispatcher refuses a second round, but the
+wake-up would be lost) and has no timer; one sender keeps one SMTP connection and the rate
+limit in one place. The sender publishes ``mail.sent|failed|held`` through
+``runtime.publish`` (safe from any thread: queued to the loop).
+
+The table has one writer: this process. The loop thread only inserts rows and releases held
+or failed ones (``cmd.mail.retry``); the sender alone moves rows through
+``sending``/``sent``/``failed``, each change a conditional UPDATE on the state it expects.
+
+Events: ``member.changed`` kind ``joined`` queues the welcome (key (welcome, handle, "")),
+kind ``paid`` the receipt (key (receipt, handle, txid:vout or payment:<id>)); see
+:mod:`actors.member_mail.context`. The same event again (redelivered, replayed from the
+event log, MemberData's outbox resending after a crash) meets the unique key and queues
+nothing. The member's address is read from MemberData's table at send time (``address_of``),
+so a changed address is used by mail queued before the change.
+
+Commands (from ``admin``): ``cmd.mail.retry {row}`` and ``cmd.mail.send_test {to}``, answered
+on ``mail.ack``. A retried command (same id) gets the same answer from a memory of the last
+1,000 ids (a restart forgets them: retry is harmless twice, a test mail's key is its command id).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+from keys.home import Home
+
+from ..db import connect
+from ..runtime import Actor, on
+from . import context
+from .dispatcher import Dispatcher
+from .models import settings
+from .outbox import Outbox
+from .templates import check_templates
+
+log = logging.getLogger(__name__)
+
+ACK = "mail.ack"
+SECRET = "smtp_password"
+IDLE_S = 60.0      # the sender looks at the outbox at least this often
+MIN_WAIT_S = 0.05  # ... and at most this often (no busy loop on a row due now that cannot go)
+
+
+class MemberMail(Actor):
+    IDENTITY = "member_mail"
+
+    def __init__(self, home: Home, *, database=None, clock=time.time, config: dict | None = None,
+                 tls_context=None):
+        self.home = home
+        self.clock = clock
+        self.config = settings(home.config.get("member_mail", {}) if config is None else config)
+        # a broken template stops the actor here, before the database is touched or anything sent
+        self.templates = check_templates(self.config["templates_dir"] or None, self.config["space_name"])
+        self.own_database = database is None
+        self.database = database or connect(home.database_url)
+        self.outbox = Outbox(self.database, self.config, clock=clock, templates=self.templates)
+        self.tls_context = tls_context
+        self.dispatcher: Dispatcher | None = None
+        self.needs_password = bool(self.config["smtp_user"])
+        self._password = None
+        self._password_new = threading.Event()  # set by on_secret, taken by the sender
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._acks: collections.OrderedDict = collections.OrderedDict()
+        self.error: str | None = None
+        self.queued = 0
+
+    # -- lifecycle (loop thread) -----------------------------------------------------------
+
+    def setup(self):
+        self.dispatcher = Dispatcher(self.database, self.config, clock=self.clock, address_of=self._address_of,
+                                     tls_context=self.tls_context, notify=self._notify)
+        if self.needs_password:
+            self.runtime.request_secret(SECRET)
+        self._thread = threading.Thread(target=self._sender, name="member_mail-send", daemon=True)
+        self._thread.start()
+
+    def teardown(self):
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.config["smtp_timeout"] + 5)
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        if self.own_database:
+            self.database.close()
+
+    def health(self):
+        if self.error:
+            return "degraded", self.error
+        if self.needs_password and not self._password_new.is_set() and self._password is None:
+            return "degraded", f"waiting for secret {SECRET} from the Vault"
+        stats = self.dispatcher.stats if self.dispatcher else {}
+        return "ok", (f"{self.queued} queued, {stats.get('sent', 0)} sent, {stats.get('failed', 0)} failed, "
+                      f"{stats.get('deferred', 0)} deferred")
+
+    def on_secret(self, name, value, error):
+        if name != SECRET:
+            return
+        if error:
+            self.error = f"the Vault refused secret {SECRET}: {error}"
+            log.warning("%s", self.error)
+            return
+        self._password = value.decode()  # kept for the sender; never logged
+        self.error = None
+        self._password_new.set()
+        self._wake.set()
+
+    def wake(self):
+        """Have the sender look at the outbox now (any thread)."""
+        self._wake.set()
+
+    # -- the sender thread -----------------------------------------------------------------
+
+    def _address_of(self, handle: str) -> str | None:
+        return context.members.email_of(self.database, handle)
+
+    def _notify(self, row_id, kind, handle, state):
+        if state in ("sent", "failed", "held"):
+            self.runtime.publish(f"mail.{state}", {"id": row_id, "kind": kind, "handle": handle or None})
+
+    def _sender(self):
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                if self._password_new.is_set():
+                    self._password_new.clear()
+                    self.dispatcher.set_password(self._password)
+                wait = IDLE_S
+                if not self.needs_password or self._password is not None:
+                    try:
+                        self.dispatcher.drain()
+                        wake = self.dispatcher.next_wake()
+                        if wake is not None:
+                            wait = min(IDLE_S, max(MIN_WAIT_S, wake - self.clock()))
+                    except Exception as exc:  # the database gone, a bug: said, and tried again later
+                        log.exception("mail round failed")
+                        self.error = f"mail round failed: {type(exc).__name__}: {exc}"[:300]
+                        wait = 5.0
+                    else:
+                        if self.error and self.error.startswith("mail round failed"):
+                            self.error = None
+                self._wake.wait(wait)
+        finally:
+            self.database.close()  # this thread's connection (peewee keeps one per thread)
+
+    # -- events (loop thread) --------------------------------------------------------------
+
+    @on("member.changed")
+    def member_changed(self, msg):
+        body = msg.body
+        if msg.sender != "member_data":  # (the broker grants member.* to member_data only)
+            log.warning("member.changed from %s ignored", msg.sender)
+            return
+        if body["kind"] == "joined":
+            self.queue("welcome", body["handle"])
+        elif body["kind"] == "paid":
+            self.queue("receipt", body["handle"], body["ref"])
+
+    def queue(self, kind: str, handle: str, *args):
+        """Queue ``kind`` for ``handle`` once (the outbox's key); returns the Enqueued or None."""
+        try:
+            period, data = context.BUILDERS[kind](self.database, handle, *args)
+            email = context.members.email_of(self.database, handle)
+            done = self.outbox.enqueue(kind, handle, period, email, data)
+        except context.NoMail as exc:
+            log.info("no %s mail: %s", kind, exc)
+            return None
+        except ValueError as exc:  # no usable address
+            log.warning("no %s mail for %s: %s", kind, handle, exc)
+            return None
+        if done.queued:
+            self.queued += 1
+            self.wake()
+        return done
+
+    # -- commands (loop thread) -------------------------------------------------------------
+
+    @on("cmd.mail")
+    def command(self, msg):
+        body = msg.body
+        cid = body["id"]
+        ack = self._acks.get(cid)
+        if ack is None:
+            ack = self._execute(msg.topic, body)
+            self._acks[cid] = ack
+            while len(self._acks) > 1000:
+                self._acks.popitem(last=False)
+        self.runtime.publish(ACK, ack)
+
+    def _execute(self, topic: str, body: dict) -> dict:
+        ack = {"id": body["id"], "status": "done", "reason": None, "row": None}
+        if body["expires"] < self.clock():
+            return {**ack, "status": "refused", "reason": "command expired"}
+        if topic == "cmd.mail.retry":
+            ack["row"] = body["row"]
+            try:
+                released = self.dispatcher.release(body["row"])
+            except Exception:  # no such row (peewee's DoesNotExist)
+                return {**ack, "status": "refused", "reason": f"no mail {body['row']} in the outbox"}
+            if not released:
+                state = self.outbox_state(body["row"])
+                return {**ack, "status": "refused", "reason": f"mail {body['row']} is {state}: only a held or "
+                                                              "failed mail is retried"}
+            self.wake()
+            return ack
+        if topic == "cmd.mail.send_test":
+            done = self.outbox.enqueue("test", "", f"test:{body['id'].hex()}", body["to"], {})
+            self.wake()
+            return {**ack, "row": done.id}
+        return {**ack, "status": "refused", "reason": f"unknown command {topic}"}
+
+    def outbox_state(self, row_id: int) -> str | None:
+        from .models import MailOutbox
+
+        row = MailOutbox.select(MailOutbox.state).where(MailOutbox.id == row_id).bind(self.database).first()
+        return row.state if row else None
+
+
+__all__ = ["ACK", "SECRET", "MemberMail"]
