@@ -55,8 +55,8 @@ smtp_port = {smtp_port}          # `dctrl sim smtp`: keeps every mail in HOME/si
 
 # Member mail (actors/member_mail/; every key and its default: models.py DEFAULTS). The demo
 # sends to the sink above. Production: your server, smtp_security = "starttls" (or "tls" on
-# 465), smtp_user = "..." with the password in the Vault: `dctrl vault set smtp_password` and
-# smtp_password = ["member_mail"] under [secrets] in policy.toml.
+# 465), smtp_user = "..." with the password in the Vault (dctrl vault set-secret
+# smtp_password) and smtp_password = ["member_mail"] under [secrets] in policy.toml.
 [member_mail]
 smtp_host = "127.0.0.1"
 smtp_port = {smtp_port}
