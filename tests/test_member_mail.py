@@ -173,6 +173,38 @@ def test_a_refused_recipient_fails_visibly_and_retry_sends_it_and_send_test_goes
         assert "@" not in json.dumps(body, default=repr), (topic, body)
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # (the sink: loopback, a test)
+def test_with_smtp_user_nothing_is_sent_until_the_vault_gives_the_password_never_logged(home, caplog):
+    empty(home.database_url)
+    members = Members(home)
+    members.command("cmd.members.plan_set", name="regular", cad="40.00", period="month", grace_days=30,
+                    confirmations=1)
+    password = "s3cret-Pw-" + os.urandom(4).hex()
+    caplog.set_level("DEBUG")
+    with SmtpSink(auth={"mm": password}) as sink:
+        sink.start()
+        clock = FakeClock()
+        actor = MemberMail(home, clock=clock.time, config={"smtp_port": sink.port, "from": FROM, "smtp_user": "mm"})
+        rt = FakeRuntime(actor, name="member_mail", clock=clock, home=home).start()
+        try:
+            assert rt.secrets_requested == ["smtp_password"]
+            deliver(rt, members.add("ada", "ada@example.org"))
+            assert rt.health()[0] == "degraded" and "smtp_password" in rt.health()[1]
+            actor.wake()
+            assert outbox(rt)[0].state == "queued" and outbox(rt)[0].attempts == 0 and sink.received() == []
+            rt.give_secret("smtp_password", error="not a reader")  # refused: asked again later
+            rt.advance(31)
+            assert rt.secrets_requested == ["smtp_password", "smtp_password"]
+            rt.give_secret("smtp_password", password.encode())
+            rt.wait_for(lambda: rt.bodies("mail.sent"), what="mail.sent after the password")
+            assert sink.logins == ["mm"] and len(sink.to("ada@example.org")) == 1
+            assert rt.health()[0] == "ok"
+        finally:
+            rt.stop()
+            members.rt.stop()
+    assert password not in caplog.text
+
+
 def test_a_broken_template_stops_start_up_before_anything_is_queued(home, tmp_path):
     empty(home.database_url)
     broken = tmp_path / "templates"
@@ -216,6 +248,14 @@ def test_members_add_mails_a_welcome_and_a_kill_during_delivery_resends_it_flagg
     assert msg["Subject"] == "Welcome to DCTRL, Ada Lovelace"
     rows = wait_for(lambda: [r for r in outbox_json(home) if r["state"] == "sent"], what="outbox: sent")
     assert [(r["kind"], r["handle"], r["message_id"]) for r in rows] == [("welcome", "ada", msg["Message-ID"])]
+    # the CLI's other actions: preview reads, retry and send-test ask member_mail over the bus
+    html = home.root / "welcome.html"
+    out = dctrl(home, "mail", "preview", "welcome", "ada", "--html", str(html)).stdout
+    assert out.startswith("Subject: Welcome to DCTRL, Ada Lovelace") and "<b>ada</b>" in html.read_text()
+    refused = dctrl(home, "mail", "retry", str(rows[0]["id"]), check=False)
+    assert refused.returncode == 2 and f"refused: mail {rows[0]['id']} is sent" in refused.stderr
+    out = dctrl(home, "mail", "send-test", "ops@example.org").stdout
+    assert "sent to ops@example.org" in out and sink.to("ops@example.org")[0]["Subject"] == "DCTRL: a test mail"
 
     # the server takes bob's welcome and holds its 250; member_mail is killed meanwhile
     sink.stall = True

@@ -50,7 +50,7 @@ import time
 from keys.home import Home
 
 from ..db import connect
-from ..runtime import Actor, on
+from ..runtime import Actor, every, on
 from . import context
 from .dispatcher import Dispatcher
 from .models import settings
@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 ACK = "mail.ack"
 SECRET = "smtp_password"
+ASK_AGAIN_S = 30.0  # a refused or unanswered secret is asked for again this often
+STOP_WAIT_S = 5.0  # teardown waits this long for the sender (a hung server: the process ends anyway)
 IDLE_S = 60.0      # the sender looks at the outbox at least this often
 MIN_WAIT_S = 0.05  # ... and at most this often (no busy loop on a row due now that cannot go)
 
@@ -104,7 +106,9 @@ class MemberMail(Actor):
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.config["smtp_timeout"] + 5)
+            # (a daemon thread: if a server holds it mid-DATA the process ends anyway, and the
+            # row left 'sending' is resolved at the next start like any crash)
+            self._thread.join(timeout=STOP_WAIT_S)
         if self.dispatcher is not None:
             self.dispatcher.close()
         if self.own_database:
@@ -130,6 +134,13 @@ class MemberMail(Actor):
         self.error = None
         self._password_new.set()
         self._wake.set()
+
+    @every(ASK_AGAIN_S)
+    def ask_again(self):
+        """Until the Vault has answered with the password, ask again (a refusal is an answer the
+        runtime does not retry: the operator may add the reader to [secrets] meanwhile)."""
+        if self.needs_password and self._password is None:
+            self.runtime.request_secret(SECRET)
 
     def wake(self):
         """Have the sender look at the outbox now (any thread)."""
