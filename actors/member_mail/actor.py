@@ -53,7 +53,7 @@ from ..db import connect
 from ..runtime import Actor, every, on
 from . import context
 from .dispatcher import Dispatcher
-from .models import settings
+from .models import MailCursor, settings
 from .outbox import Outbox
 from .templates import check_templates
 
@@ -63,6 +63,7 @@ ACK = "mail.ack"
 SECRET = "smtp_password"
 ASK_AGAIN_S = 30.0  # a refused or unanswered secret is asked for again this often
 STOP_WAIT_S = 5.0  # teardown waits this long for the sender (a hung server: the process ends anyway)
+RECONCILE_S = 60.0  # MemberData's new rows are looked at this often (events missed while away)
 IDLE_S = 60.0      # the sender looks at the outbox at least this often
 MIN_WAIT_S = 0.05  # ... and at most this often (no busy loop on a row due now that cannot go)
 
@@ -95,6 +96,7 @@ class MemberMail(Actor):
     # -- lifecycle (loop thread) -----------------------------------------------------------
 
     def setup(self):
+        self.reconcile()  # what was recorded while this actor was away (before the first event)
         self.dispatcher = Dispatcher(self.database, self.config, clock=self.clock, address_of=self._address_of,
                                      tls_context=self.tls_context, notify=self._notify)
         if self.needs_password:
@@ -209,6 +211,49 @@ class MemberMail(Actor):
             self.queued += 1
             self.wake()
         return done
+
+    @every(RECONCILE_S)
+    def reconcile(self) -> int:
+        """Queue the mail of MemberData's rows recorded since the cursor (``mail_cursor``): what
+        member.changed events this actor did not hear (it was stopped, or the bus lost them: it
+        keeps nothing for a subscriber that is away). The events are the prompt; this is the
+        record. The same row twice meets the outbox's key. At the first start the cursor is
+        set at MemberData's highest ids: history (an imported list, years of payments) is
+        never mailed. Returns how many mails were queued."""
+        cursor = {c.name: c.last_id for c in MailCursor.select().bind(self.database)}
+        first = not cursor
+        if not self.database.table_exists("member_fact"):  # member_data has not run: nothing yet
+            if first:
+                self._save_cursor(0, 0)
+            return 0
+        seen = context.members.changes_after(self.database, cursor.get("member_fact", 0),
+                                             cursor.get("member_payment", 0))
+        if first:
+            self._save_cursor(seen["max_fact"], seen["max_payment"])
+            log.info("mail cursor set at member fact %d, payment %d: earlier rows are not mailed",
+                     seen["max_fact"], seen["max_payment"])
+            return 0
+        n = 0
+        for _, handle, _ in seen["facts"]:
+            done = self.queue("welcome", handle)
+            n += bool(done and done.queued)
+        for payment_id, handle in seen["payments"]:
+            done = self.queue("receipt", handle, payment_id)
+            n += bool(done and done.queued)
+        full = 1000  # (changes_after's limit: the rest at the next call)
+        fact = seen["facts"][-1][0] if len(seen["facts"]) == full else seen["max_fact"]
+        payment = seen["payments"][-1][0] if len(seen["payments"]) == full else seen["max_payment"]
+        self._save_cursor(max(fact, cursor.get("member_fact", 0)), max(payment, cursor.get("member_payment", 0)))
+        if n:
+            log.info("%d mail(s) queued for member rows whose events were not heard", n)
+        return n
+
+    def _save_cursor(self, fact: int, payment: int):
+        with self.database.atomic():
+            for name, value in (("member_fact", fact), ("member_payment", payment)):
+                (MailCursor.insert(name=name, last_id=value)
+                 .on_conflict(conflict_target=[MailCursor.name], update={MailCursor.last_id: value})
+                 .bind(self.database).execute())
 
     # -- commands (loop thread) -------------------------------------------------------------
 

@@ -95,7 +95,18 @@ class MailOutbox(Base):
         indexes = ((("kind", "handle", "period"), True),)  # every mail at most once
 
 
-TABLES = [MailOutbox]
+class MailCursor(Base):
+    """How far MemberMail has looked at MemberData's rows (``member_fact``, ``member_payment``):
+    the highest id it has queued mail for, or decided none is due. Made at the first start
+    at MemberData's highest ids, so history is never mailed."""
+    name = peewee.CharField(max_length=32, primary_key=True)
+    last_id = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "mail_cursor"
+
+
+TABLES = [MailOutbox, MailCursor]
 
 
 def settings(config: dict | None = None) -> dict:
