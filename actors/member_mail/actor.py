@@ -33,7 +33,9 @@ kind ``paid`` the receipt (key (receipt, handle, txid:vout or payment:<id>)); se
 :mod:`actors.member_mail.context`. The same event again (redelivered, replayed from the
 event log, MemberData's outbox resending after a crash) meets the unique key and queues
 nothing. The member's address is read from MemberData's table at send time (``address_of``),
-so a changed address is used by mail queued before the change.
+so a changed address is used by mail queued before the change. Events missed (the actor was
+away, the bus lost them) are found by :meth:`MemberMail.reconcile` from a cursor over
+MemberData's rows, at start-up and every 60 s; history before the first start is not mailed.
 
 Commands (from ``admin``): ``cmd.mail.retry {row}`` and ``cmd.mail.send_test {to}``, answered
 on ``mail.ack``. A retried command (same id) gets the same answer from a memory of the last
