@@ -218,7 +218,8 @@ def test_with_smtp_user_nothing_is_sent_until_the_vault_gives_the_password_never
                     confirmations=1)
     password = "s3cret-Pw-" + os.urandom(4).hex()
     caplog.set_level("DEBUG")
-    with SmtpSink(auth={"mm": password}) as sink:
+    credentials = {"mm": password}
+    with SmtpSink(auth=credentials) as sink:
         sink.start()
         clock = FakeClock()
         actor = MemberMail(home, clock=clock.time, config={"smtp_port": sink.port, "from": FROM, "smtp_user": "mm"})
@@ -236,10 +237,21 @@ def test_with_smtp_user_nothing_is_sent_until_the_vault_gives_the_password_never
             rt.wait_for(lambda: rt.bodies("mail.sent"), what="mail.sent after the password")
             assert sink.logins == ["mm"] and len(sink.to("ada@example.org")) == 1
             assert rt.health()[0] == "ok"
+            # the password rotated at the server: AUTH refused, the Vault asked again, the new one used
+            rotated = password + "-2"
+            credentials["mm"] = rotated
+            actor.dispatcher.transport.close()
+            deliver(rt, members.pay("ada"))
+            rt.wait_for(lambda: len(rt.secrets_requested) == 3, what="the secret asked for again")
+            rt.give_secret("smtp_password", rotated.encode())
+            rt.advance(120)  # past the server's backoff
+            actor.wake()
+            rt.wait_for(lambda: rt.bodies("mail.sent", kind="receipt"), what="the receipt with the new password")
+            assert sink.logins == ["mm", "mm"]
         finally:
             rt.stop()
             members.rt.stop()
-    assert password not in caplog.text
+    assert password not in caplog.text and "s3cret" not in caplog.text
 
 
 def test_a_broken_template_stops_start_up_before_anything_is_queued(home, tmp_path):

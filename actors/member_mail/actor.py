@@ -159,6 +159,15 @@ class MemberMail(Actor):
         if state in ("sent", "failed", "held"):
             self.runtime.publish(f"mail.{state}", {"id": row_id, "kind": kind, "handle": handle or None})
 
+    def _auth_refused(self):
+        """AUTH refused with the password we have: ask the Vault again, once per refusal (it may
+        have been rotated: `dctrl vault set-secret smtp_password`); the sender's backoff applies."""
+        transport = self.dispatcher.transport
+        if self.needs_password and getattr(transport, "auth_refused", False):
+            transport.auth_refused = False
+            log.warning("SMTP AUTH as %r refused: asking the Vault for %s again", self.config["smtp_user"], SECRET)
+            self.runtime.call_soon(self.runtime.request_secret, SECRET)
+
     def _sender(self):
         try:
             while not self._stop.is_set():
@@ -170,6 +179,7 @@ class MemberMail(Actor):
                 if not self.needs_password or self._password is not None:
                     try:
                         self.dispatcher.drain()
+                        self._auth_refused()
                         wake = self.dispatcher.next_wake()
                         if wake is not None:
                             wait = min(IDLE_S, max(MIN_WAIT_S, wake - self.clock()))
