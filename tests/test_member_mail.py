@@ -297,6 +297,10 @@ def test_members_add_mails_a_welcome_and_a_kill_during_delivery_resends_it_flagg
     assert msg["Subject"] == "Welcome to DCTRL, Ada Lovelace"
     rows = wait_for(lambda: [r for r in outbox_json(home) if r["state"] == "sent"], what="outbox: sent")
     assert [(r["kind"], r["handle"], r["message_id"]) for r in rows] == [("welcome", "ada", msg["Message-ID"])]
+    dctrl(home, "members", "pay", "ada", "--cad", "40.00", "--method", "cash", "--note", "at the door")
+    receipt = wait_for(lambda: [m for m in sink.to("ada@example.org") if "receipt" in m["Subject"]],
+                       what="ada's receipt at the server")[0]
+    assert receipt["Subject"] == "DCTRL: receipt for 40.00 CAD" and receipt["X-Dctrl-Mail"] == "receipt ada payment:1"
     # the CLI's other actions: preview reads, retry and send-test ask member_mail over the bus
     html = home.root / "welcome.html"
     out = dctrl(home, "mail", "preview", "welcome", "ada", "--html", str(html)).stdout
@@ -322,5 +326,5 @@ def test_members_add_mails_a_welcome_and_a_kill_during_delivery_resends_it_flagg
     first, second = sink.to("bob@example.org")  # twice, and the second says so: never silently
     assert first["Message-ID"] == second["Message-ID"] == rows[0]["message_id"]
     assert first[POSSIBLE_DUPLICATE] is None and second[POSSIBLE_DUPLICATE] == "yes"
-    assert len(sink.to("ada@example.org")) == 1  # ada's, sent before the crash, is not sent again
+    assert len(sink.to("ada@example.org")) == 2  # ada's welcome and receipt, sent before the crash: not again
     assert "found in state 'sending' at start-up" in net.log("member_mail")
