@@ -51,7 +51,7 @@ import time
 
 from keys.home import Home
 
-from ..db import connect
+from ..db import connect, write_transaction
 from ..runtime import Actor, every, on
 from . import context
 from .dispatcher import Dispatcher
@@ -261,7 +261,7 @@ class MemberMail(Actor):
         return n
 
     def _save_cursor(self, fact: int, payment: int):
-        with self.database.atomic():
+        with write_transaction(self.database):
             for name, value in (("member_fact", fact), ("member_payment", payment)):
                 (MailCursor.insert(name=name, last_id=value)
                  .on_conflict(conflict_target=[MailCursor.name], update={MailCursor.last_id: value})
