@@ -54,7 +54,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # Long-running processes log what they do; one-shot tools only warnings, unless -v.
     quiet = args.cmd not in ("run", "broker", "up") and not (
-        args.cmd == "sim" and args.sim_cmd in ("chain", "exchanges"))
+        args.cmd == "sim" and args.sim_cmd in ("chain", "exchanges", "smtp"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
