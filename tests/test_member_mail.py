@@ -267,6 +267,23 @@ def test_a_broken_template_stops_start_up_before_anything_is_queued(home, tmp_pa
     actor.teardown()
 
 
+def test_dctrl_run_member_mail_with_a_broken_template_exits_78_naming_it(tmp_path):
+    """EX_CONFIG: supervisord does not restart it forever; the operator reads one line."""
+    from scripts.cli.supervise import EX_CONFIG
+    from tests.harness import new_home
+
+    home = new_home(tmp_path / "home")
+    broken = tmp_path / "templates"
+    shutil.copytree(PACKAGE_DIR, broken)
+    (broken / "welcome.html.tpl").write_text("<p>{{no_such_name}}</p>\n")
+    text = (home.root / "config.toml").read_text()
+    assert text.count("[member_mail]\n") == 1
+    (home.root / "config.toml").write_text(text.replace("[member_mail]\n", f'[member_mail]\ntemplates_dir = "{broken}"\n'))
+    out = dctrl(home, "run", "member_mail", check=False, timeout=30)
+    assert out.returncode == EX_CONFIG, out.stdout + out.stderr
+    assert "welcome.html.tpl" in out.stderr
+
+
 # -- real processes -------------------------------------------------------------------
 
 @pytest.fixture(params=["sqlite", "postgresql"])
