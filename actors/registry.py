@@ -59,6 +59,9 @@ ENTRIES: tuple[Entry, ...] = (
     # members.ack: the answer to cmd.members.* (the grant "member" covers member.*, not members.*).
     Entry("member_data", "actors.member_data.actor:MemberData",
           grants=Grants(publish=("member", "members.ack"), subscribe=("cmd.members",))),
+    # MemberMail: the single writer of mail_outbox; member.* in, mail.* out (the acks of cmd.mail.* too).
+    Entry("member_mail", "actors.member_mail.actor:MemberMail",
+          grants=Grants(publish=("mail",), subscribe=("member", "cmd.mail"))),
     Entry("business_mgr", "actors.business_mgr.actor:BusinessMgr",
           grants=Grants(publish=("cmd.machine", "cmd.chain", "invoice"),
                         subscribe=("machine", "chain", "price", "business"))),
@@ -75,7 +78,7 @@ ALL_GRANTS = Grants(publish=("health.{self}", "error.{self}", "vault.req.{self}"
                     subscribe=("vault.token.{self}", "vault.secret.{self}", "vault.revoked"))
 ROLE_GRANTS = {
     "machine": Grants(publish=("machine.{self}",), subscribe=("cmd.machine.{self}",)),
-    "admin": Grants(publish=("debug", "cmd.chain", "cmd.business", "cmd.members"), subscribe=("",)),
+    "admin": Grants(publish=("debug", "cmd.chain", "cmd.business", "cmd.members", "cmd.mail"), subscribe=("",)),
 }
 
 

@@ -75,7 +75,14 @@ CONFIG = Table({
                            "max_mb": NUMBER, "rejected_sample": INT, "rejected_period_s": NUMBER,
                            "quota_mb": NUMBER, "quota_period_s": NUMBER}),
     "database": Table({"url": STR}),
-    "demo": Table({"simulators": BOOL, "exchanges_port": INT, "chain_rpc_port": INT, "chain_zmq_port": INT}),
+    "demo": Table({"simulators": BOOL, "exchanges_port": INT, "chain_rpc_port": INT, "chain_zmq_port": INT,
+                   "smtp_port": INT}),
+    # actors/member_mail/ (its DEFAULTS in models.py; settings() there checks the values' ranges)
+    "member_mail": Table({"smtp_host": STR, "smtp_port": INT, "smtp_security": STR, "smtp_user": STR,
+                          "smtp_timeout": NUMBER, "from": STR, "space_name": STR, "msgid_domain": STR,
+                          "staging_to": STR, "rate_per_second": INT, "rate_per_minute": INT, "batch": INT,
+                          "retry_base_s": NUMBER, "retry_max_s": NUMBER, "give_up_after_s": NUMBER,
+                          "interrupted": STR, "templates_dir": STR}),
     # actors/chain_notifier/; a backend's table is named like it: [chain.bitcoind], [chain.esplora2]
     "chain": Table({"network": NETWORK, "backends": STR_LIST, "confirm_depth": INT, "reconcile_interval": NUMBER,
                     "recent_blocks": INT, "rescan_limit": INT},

@@ -425,3 +425,21 @@ register("member.plan.changed", Map({
     "grace_days": Int(min=0),
     "confirmations": Int(min=1),
 }))
+
+# -- member mail: MemberMail is the single writer of the outbox (mail_outbox) ----------------
+# Events name the outbox row, its kind and the member's handle (nil for a test mail), never an
+# address or a mail's text; `dctrl mail outbox` reads the rest from the table.
+MAIL_KIND = Str(choices=("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement", "test"))
+MAIL_EVENT = Map({"id": Int(min=1), "kind": MAIL_KIND, "handle": Opt(HANDLE)})
+# mail.sent: the server accepted it (250 after DATA); mail.failed: given up (5xx, or too long
+# undelivered); mail.held: maybe delivered before a crash, waiting for `dctrl mail retry ID`.
+register("mail.sent", MAIL_EVENT)
+register("mail.failed", MAIL_EVENT)
+register("mail.held", MAIL_EVENT)
+# cmd.mail.retry: put a held or failed row back in the queue (an operator's decision).
+register("cmd.mail.retry", Map({**BUSINESS_CMD, "row": Int(min=1)}))
+# cmd.mail.send_test: one test mail to an address (the operator's own, not a member's).
+register("cmd.mail.send_test", Map({**BUSINESS_CMD, "to": Str(max=320, pattern=r"[^@\s]+@[^@\s]+")}))
+# mail.ack: the answer to cmd.mail.* (row: the outbox row concerned).
+register("mail.ack", Map({"id": RID, "status": Str(choices=("done", "refused")), "reason": Opt(REASON),
+                          "row": Opt(Int(min=1))}))

@@ -145,7 +145,8 @@ def test_sigterm_stops_actors_and_broker_cleanly(home, network):
 def test_dctrl_up_runs_everything_under_supervisord(home, clients):
     conf = dctrl(home, "supervisor-config").stdout
     for program in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data",
-                    "member_data", "business_mgr", "sim_exchanges", "sim_chain", "agent_vm1"):
+                    "member_data", "member_mail", "business_mgr", "sim_exchanges", "sim_chain", "sim_smtp",
+                    "agent_vm1"):
         assert f"[program:{program}]" in conf
     up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--home", str(home.root)], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
@@ -153,7 +154,7 @@ def test_dctrl_up_runs_everything_under_supervisord(home, clients):
         out = dctrl(home, "status", "--until", "30", check=False)
         assert out.returncode == 0, out.stdout + out.stderr
         for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data",
-                     "member_data", "business_mgr", "vm1"):
+                     "member_data", "member_mail", "business_mgr", "vm1"):
             line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
             assert " ok " in line
         price = dctrl(home, "price", "show", "--json", check=False)
@@ -171,6 +172,15 @@ def test_dctrl_up_runs_everything_under_supervisord(home, clients):
                  timeout=30, what="invoice 1 vended")
         acks = dctrl(home, "events", "query", "--topic", "machine.vm1.vend.ack", "--json").stdout
         assert '"status": "vended"' in acks and '"pulsed_ms": 500' in acks
+        # The README's member mail: a new member's welcome lands in the demo sink's Maildir.
+        dctrl(home, "plans", "set", "regular", "--cad", "40.00", "--period", "month", "--grace-days", "30")
+        dctrl(home, "members", "add", "ada", "--name", "Ada Lovelace", "--email", "ada@example.org",
+              "--plan", "regular")
+        maildir = home.root / "sim" / "mail" / "new"
+        (mailed,) = wait_for(lambda: list(maildir.glob("*")) if maildir.is_dir() else [], timeout=30,
+                             what="the welcome in the demo's Maildir")
+        assert "Subject: Welcome to DCTRL, Ada Lovelace" in mailed.read_text()
+        assert json.loads(dctrl(home, "mail", "outbox", "--json").stdout)[0]["state"] == "sent"
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0

@@ -15,6 +15,7 @@ import pytest
 from actors import price_notifier
 from actors.business_mgr import models as business_mgr
 from actors.chain_notifier import actor as chain_notifier
+from actors.member_mail import models as member_mail_models
 from keys import home as home_module
 from keys.home import Home
 from keys.policy import Policy
@@ -92,7 +93,8 @@ def test_what_the_defaults_hold_is_valid_and_every_default_has_a_schema_entry():
         return {k: without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
     sections = {**home_module.DEFAULTS, "business": business_mgr.DEFAULTS,
-                "chain": chain_notifier.DEFAULTS, "price": price_notifier.DEFAULTS}
+                "chain": chain_notifier.DEFAULTS, "price": price_notifier.DEFAULTS,
+                "member_mail": member_mail_models.DEFAULTS}
     for name, table in sections.items():
         check({name: without_none(table)}, CONFIG, "defaults")
     # and the other way round: every section the schema knows has defaults (or is [business]'s receive,

@@ -38,6 +38,8 @@ def cli_home(path) -> Home:
     for default in ("7480", "18443", "28332"):  # [demo] exchanges, chain RPC and ZMQ ports
         assert default in text
         text = text.replace(default, str(free_port()))
+    assert text.count("smtp_port = 2525") == 2  # [demo] (the SMTP sink) and [member_mail], one port
+    text = text.replace("smtp_port = 2525", f"smtp_port = {free_port()}")
     with open(path / "config.toml", "w") as f:
         f.write(text + "\n[runtime]\nheartbeat_interval = 1\n")
     return Home(path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime
 
+from peewee import fn
+
 from .models import (PERIODS, MemberAdjustment, MemberFact, MemberMember, MemberPayment, MemberPlanVersion,
                      format_cents)
 
@@ -117,6 +119,30 @@ def members(database, as_of: str | None = None) -> list[dict]:
     return out
 
 
+def changes_after(database, fact_id: int, payment_id: int, kinds=("joined",), limit: int = 1000) -> dict:
+    """Rows recorded after the given ids, oldest first: ``facts`` [(id, handle, kind)] of
+    ``kinds`` and ``payments`` [(id, handle)], at most ``limit`` of each, up to the highest ids
+    there were when asked (``max_fact``, ``max_payment``; 0 for none). For a reader that catches up on member.changed events it
+    missed (MemberMail, after a restart): the ids only grow (one writer, in commit order)."""
+    max_fact = MemberFact.select(fn.MAX(MemberFact.id)).bind(database).scalar() or 0  # (first: a row
+    max_payment = MemberPayment.select(fn.MAX(MemberPayment.id)).bind(database).scalar() or 0  # added now waits)
+    facts_ = list(MemberFact.select(MemberFact.id, MemberFact.handle, MemberFact.kind)
+                  .where((MemberFact.id > fact_id) & (MemberFact.id <= max_fact) & MemberFact.kind.in_(list(kinds)))
+                  .order_by(MemberFact.id).limit(limit).tuples().bind(database))
+    pays = list(MemberPayment.select(MemberPayment.id, MemberPayment.handle)
+                .where((MemberPayment.id > payment_id) & (MemberPayment.id <= max_payment))
+                .order_by(MemberPayment.id).limit(limit).tuples().bind(database))
+    return {"facts": facts_, "payments": pays, "max_fact": max_fact, "max_payment": max_payment}
+
+
+def email_of(database, handle: str) -> str | None:
+    """The member's mail address now (None: no such member, or forgotten). For MemberMail, which
+    reads it just before sending, so a changed address is used by mail queued before the change."""
+    row = (MemberMember.select(MemberMember.email).where(MemberMember.handle == handle)
+           .bind(database).first())
+    return row.email if row is not None else None
+
+
 def member(database, handle: str, as_of: str | None = None) -> dict | None:
     """Everything held on one member (personal data included: for the admin's eyes, never the bus),
     or None: the member row, the derived state, and every fact, payment and adjustment."""
@@ -129,5 +155,5 @@ def member(database, handle: str, as_of: str | None = None) -> dict | None:
             "payments": payments(database, handle), "adjustments": adjustments(database, handle)}
 
 
-__all__ = ["PERIODS", "adjustments", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
+__all__ = ["PERIODS", "adjustments", "changes_after", "email_of", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
            "plans", "state_from_facts", "today"]

@@ -47,7 +47,7 @@ import peewee
 
 from ..db import ensure_tables, write_transaction
 from .message import build, envelope_address
-from .models import OPT_OUT_KINDS, TABLES, MailOutbox, db, settings
+from .models import DIRECT_KINDS, OPT_OUT_KINDS, TABLES, MailOutbox, db, settings
 from .smtp import MailDeferred, MailInterrupted, MailRejected, SmtpTransport
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,11 @@ def _opt_out_check(opted_out):
 
 class Dispatcher:
     def __init__(self, database, config: dict | None = None, *, clock=time.time, address_of=None,
-                 opted_out=None, password: str | None = None, transport=None, tls_context=None):
+                 opted_out=None, password: str | None = None, transport=None, tls_context=None, notify=None):
         self.config = settings(config)
+        # notify(row_id, kind, handle, state): called after a row's commit into sent, skipped,
+        # failed or held (MemberMail publishes mail.* from it); never with an address.
+        self.notify = notify
         self.database = database
         self.clock = clock
         self.address_of = address_of
@@ -174,7 +177,8 @@ class Dispatcher:
         """One row: 'sent', 'next' (done with it, go on) or 'stop' (server down: end the round)."""
         now = self.clock()
         try:
-            to = self.address_of(row.handle) if self.address_of else row.recipient
+            direct = row.kind in DIRECT_KINDS or not self.address_of
+            to = row.recipient if direct else self.address_of(row.handle)
             opted_out = row.kind in OPT_OUT_KINDS and self.opted_out(row.handle, row.kind)
         except Exception as exc:  # MemberData's read failed: not this mail's fault, try later
             log.exception("mail %s: cannot read member %s now", row.id, row.handle)
@@ -250,6 +254,14 @@ class Dispatcher:
     def _finish(self, row, state: str, error: str | None, durable: bool = True, **values):
         self._update(row.id, row.state, durable, state=state, last_error=error, **values)
         row.state = state
+        self._notify(row, state)
+
+    def _notify(self, row, state: str):
+        if self.notify is not None:
+            try:
+                self.notify(row.id, row.kind, row.handle, state)
+            except Exception:  # telling others is not worth losing the round for
+                log.exception("mail %s: notify failed", row.id)
 
     def _fail(self, row, reason: str) -> str:
         if row.state == "queued":
@@ -258,6 +270,7 @@ class Dispatcher:
         row.state = "failed"
         self.stats["failed"] += 1
         log.warning("mail %s (%s for %s) failed: %s", row.id, row.kind, row.handle, reason)
+        self._notify(row, "failed")
         return "next"
 
     def _backoff(self, attempts: int) -> float:
@@ -289,6 +302,7 @@ class Dispatcher:
             row.state = "held"
             log.warning("mail %s (%s for %s, %s) held for an operator: %s", row.id, row.kind, row.handle,
                         row.message_id, reason)
+            self._notify(row, "held")
             return
         self._update(row.id, "sending", state="queued", possible_duplicate=True, next_attempt=self.clock(),
                      last_error=f"{reason}; resent with the same Message-ID, possibly a duplicate")

@@ -29,7 +29,10 @@ from proto.errors import ConfigError
 
 db = peewee.DatabaseProxy()
 
-KINDS = ("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement")
+KINDS = ("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement", "test")
+# Mails that go to the row's own recipient, not to a member's address read at send time:
+# ``test`` (`dctrl mail send-test ADDRESS`; handle "", period "test:<command id>").
+DIRECT_KINDS = frozenset({"test"})
 # A member may opt out of these; never of receipts, nor of the mails about their status.
 OPT_OUT_KINDS = frozenset({"reminder", "statement"})
 STATES = ("queued", "sending", "sent", "failed", "held", "skipped")
@@ -92,7 +95,18 @@ class MailOutbox(Base):
         indexes = ((("kind", "handle", "period"), True),)  # every mail at most once
 
 
-TABLES = [MailOutbox]
+class MailCursor(Base):
+    """How far MemberMail has looked at MemberData's rows (``member_fact``, ``member_payment``):
+    the highest id it has queued mail for, or decided none is due. Made at the first start
+    at MemberData's highest ids, so history is never mailed."""
+    name = peewee.CharField(max_length=32, primary_key=True)
+    last_id = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "mail_cursor"
+
+
+TABLES = [MailOutbox, MailCursor]
 
 
 def settings(config: dict | None = None) -> dict:

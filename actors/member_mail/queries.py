@@ -23,6 +23,12 @@ def outbox(database, state: str | None = None, handle: str | None = None, limit:
     return list(query.dicts().bind(database))
 
 
+def one(database, row_id: int) -> dict | None:
+    """One outbox row as a dict of ``COLUMNS``, or None."""
+    return (MailOutbox.select(*(getattr(MailOutbox, c) for c in COLUMNS)).where(MailOutbox.id == row_id)
+            .dicts().bind(database).first())
+
+
 def counts(database) -> dict[str, int]:
     """How many rows per state, and how many were possibly sent twice."""
     out = {s: n for s, n in MailOutbox.select(MailOutbox.state, fn.COUNT(MailOutbox.id))

@@ -85,6 +85,7 @@ class SmtpTransport:
         self._password = password
         self._tls = tls_context
         self._smtp: smtplib.SMTP | None = None
+        self.auth_refused = False  # the last connection's AUTH was refused
 
     def __repr__(self):  # no password, ever
         return f"SmtpTransport({self.security}://{self.host}:{self.port}, user={self.user or None!r})"
@@ -125,6 +126,7 @@ class SmtpTransport:
                 smtp.login(self.user, self._password or "")
         except smtplib.SMTPAuthenticationError as exc:
             self._abandon(smtp)  # the server's words only; the password is in no message
+            self.auth_refused = True  # (MemberMail asks the Vault again: the password may have changed)
             raise MailDeferred(f"SMTP AUTH as {self.user!r} refused: {_reply(exc.smtp_code, exc.smtp_error)}",
                                connection=True) from None
         except smtplib.SMTPResponseException as exc:
@@ -135,6 +137,7 @@ class SmtpTransport:
             self._abandon(smtp)
             raise MailDeferred(f"SMTP {self.host}:{self.port}: {type(exc).__name__}: {exc}", connection=True) from None
         self._smtp = smtp
+        self.auth_refused = False
         log.debug("connected to %r", self)
 
     def send(self, sender: str, recipient: str, message: bytes, before_data=lambda: None) -> str:

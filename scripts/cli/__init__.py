@@ -19,7 +19,7 @@ from scripts.cli.common import HOME_HELP
 log = logging.getLogger("dctrl")
 
 # In the order `dctrl --help` lists them.
-GROUPS = ("run", "agent", "keys", "bus", "chain", "business", "members", "invoices", "events", "vault", "sim", "price",
+GROUPS = ("run", "agent", "keys", "bus", "chain", "business", "members", "mail", "invoices", "events", "vault", "sim", "price",
           "bench")
 
 
@@ -54,7 +54,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # Long-running processes log what they do; one-shot tools only warnings, unless -v.
     quiet = args.cmd not in ("run", "broker", "up") and not (
-        args.cmd == "sim" and args.sim_cmd in ("chain", "exchanges"))
+        args.cmd == "sim" and args.sim_cmd in ("chain", "exchanges", "smtp"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -51,6 +51,16 @@ simulators = true
 exchanges_port = {exchanges_port}
 chain_rpc_port = {chain_rpc_port}
 chain_zmq_port = {chain_zmq_port}
+smtp_port = {smtp_port}          # `dctrl sim smtp`: keeps every mail in HOME/sim/mail (a Maildir)
+
+# Member mail (actors/member_mail/; every key and its default: models.py DEFAULTS). The demo
+# sends to the sink above. Production: your server, smtp_security = "starttls" (or "tls" on
+# 465), smtp_user = "..." with the password in the Vault (dctrl vault set-secret
+# smtp_password) and smtp_password = ["member_mail"] under [secrets] in policy.toml.
+[member_mail]
+smtp_host = "127.0.0.1"
+smtp_port = {smtp_port}
+from = "DCTRL <members@dctrl.invalid>"
 
 # The chain (actors/chain_notifier/). Backends are tried in order. Production:
 # network = "mainnet", [chain.bitcoind] rpc_url of your node with user = "..." and
@@ -113,7 +123,7 @@ def identities() -> list[tuple[str, str]]:
 
 
 def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_url=None,
-              exchanges_port=7480, chain_rpc_port=18443, chain_zmq_port=28332) -> Home:
+              exchanges_port=7480, chain_rpc_port=18443, chain_zmq_port=28332, smtp_port=2525) -> Home:
     """Create a new home with keys for every server actor, ``admin`` and ``vm1``.
 
     Refuses to touch an existing home (its keys would be replaced).
@@ -143,6 +153,7 @@ def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_
         exchanges_port=exchanges_port,
         chain_rpc_port=chain_rpc_port,
         chain_zmq_port=chain_zmq_port,
+        smtp_port=smtp_port,
         receive=demo_account_xpub(),
     ).encode(), mode=0o600)
     atomic_write(root / "policy.toml", policy_template().encode(), mode=0o600)

@@ -4,6 +4,7 @@
   (scripts/sim/chainsim/cli.py; not scripts/sim/chain.py, which imports embit)
 - the exchanges' price APIs: `sim exchanges|exchange-set` (scripts/cli/price.py)
 - the simulated vending machine's pins: `sim press|coin|door|drop|jam|pins` (scripts/sim/machine.py)
+- the mail server: `sim smtp`, an SMTP sink keeping every message in a Maildir (scripts/sim/smtp.py)
 """
 
 from __future__ import annotations
@@ -25,6 +26,38 @@ def register(sub):
     _exchanges(sim_sub)
     _chain(sim_sub)
     _machine(sim_sub)
+    _smtp(sim_sub)
+
+
+def _smtp(sim_sub):
+    """sim smtp"""
+    p = sim_sub.add_parser("smtp", help="an SMTP sink on loopback keeping every message in a Maildir "
+                                        "(HOME/sim/mail); the demo's [member_mail] sends to it")
+    p.add_argument("--port", type=int, default=None, help="default: [demo] smtp_port (2525)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--maildir", help="where to keep the mail (default HOME/sim/mail)")
+    p.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.set_defaults(fn=cmd_sim_smtp)
+
+
+def cmd_sim_smtp(args):
+    """Run the SMTP sink in the foreground."""
+    from keys.home import DEFAULTS, Home, default_home
+    from proto.errors import ConfigError
+    from scripts.sim.smtp import maildir_path, serve
+
+    root = getattr(args, "home", None) or default_home()
+    port = args.port
+    if port is None:
+        try:
+            port = Home(root).config["demo"]["smtp_port"]
+        except ConfigError:  # no home: the default port
+            port = DEFAULTS["demo"]["smtp_port"]
+    maildir = args.maildir or maildir_path(root)
+
+    def ready(controller):
+        print(f"sim smtp on 127.0.0.1:{port}; every message kept in the Maildir {maildir}", flush=True)
+    serve(port, maildir, host=args.host, ready=ready)
 
 
 def _exchanges(sim_sub):

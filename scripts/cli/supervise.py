@@ -60,6 +60,7 @@ SIMULATORS = {
     "sim_exchanges": ("scripts.cli sim exchanges --port {demo[exchanges_port]} --home {home}", 5),
     "sim_chain": ("scripts.cli sim chain --rpc-port {demo[chain_rpc_port]} --zmq-port {demo[chain_zmq_port]} "
                   "--home {home}", 6),
+    "sim_smtp": ("scripts.cli sim smtp --port {demo[smtp_port]} --home {home}", 7),
     "agent_vm1": ("machine_agent.main --config {home}/agents/vm1/agent.toml --pins mock", 100),
 }
 
@@ -193,7 +194,7 @@ def _tcp_ports(home):
     demo = home.config["demo"]
     if demo["simulators"]:
         out += [(demo[key], "127.0.0.1", f"[demo] {key}")
-                for key in ("exchanges_port", "chain_rpc_port", "chain_zmq_port")]
+                for key in ("exchanges_port", "chain_rpc_port", "chain_zmq_port", "smtp_port")]
     return [p for p in out if p[0]]
 
 

@@ -1,0 +1,313 @@
+"""MemberMail on the bus: member events in, mail out through the outbox (issue 12, item 3).
+
+Start-up, in order (each step stops the actor if it fails, before anything is sent):
+
+1. the ``[member_mail]`` settings checked (:func:`~actors.member_mail.models.settings`);
+2. every template rendered with sample data (:func:`~actors.member_mail.templates.check_templates`):
+   a broken template raises :class:`TemplateError` and the process exits;
+3. (in ``setup``) the :class:`~actors.member_mail.dispatcher.Dispatcher` made, whose
+   ``recover()`` resolves rows a crash left ``sending``: resent flagged
+   ``X-Dctrl-Possible-Duplicate`` with the same Message-ID, or ``held`` (``interrupted``);
+4. with ``smtp_user`` set, the password asked of the Vault (secret ``smtp_password``, readable by
+   ``member_mail`` in policy.toml's ``[secrets]``); nothing is sent until it arrives. It is
+   handed to the transport, never logged, never in an exception's text.
+
+Threads. The loop thread (the runtime's) handles events and commands: it reads MemberData's
+tables and inserts ``queued`` rows (:class:`~actors.member_mail.outbox.Outbox`), a few
+milliseconds of database work, then wakes the sender. The sender is ONE thread of this actor
+(``member_mail-send``) that runs ``Dispatcher.drain()`` and sleeps until ``next_wake()`` or
+until woken: SMTP (connect, TLS, a slow or stalled server: up to ``smtp_timeout`` per exchange)
+never blocks the loop, so heartbeats, tokens and commands go on while a server hangs. One
+thread and not ``@on(..., blocking=True)`` on the runtime's pool: the pool would run
+several drains at once for several events (the dispatcher refuses a second round, but the
+wake-up would be lost) and has no timer; one sender keeps one SMTP connection and the rate
+limit in one place. The sender publishes ``mail.sent|failed|held`` through
+``runtime.publish`` (safe from any thread: queued to the loop).
+
+The table has one writer: this process. The loop thread only inserts rows and releases held
+or failed ones (``cmd.mail.retry``); the sender alone moves rows through
+``sending``/``sent``/``failed``, each change a conditional UPDATE on the state it expects.
+
+Events: ``member.changed`` kind ``joined`` queues the welcome (key (welcome, handle, "")),
+kind ``paid`` the receipt (key (receipt, handle, txid:vout or payment:<id>)); see
+:mod:`actors.member_mail.context`. The same event again (redelivered, replayed from the
+event log, MemberData's outbox resending after a crash) meets the unique key and queues
+nothing. The member's address is read from MemberData's table at send time (``address_of``),
+so a changed address is used by mail queued before the change. Events missed (the actor was
+away, the bus lost them) are found by :meth:`MemberMail.reconcile` from a cursor over
+MemberData's rows, at start-up and every 60 s; history before the first start is not mailed.
+
+Commands (from ``admin``): ``cmd.mail.retry {row}`` and ``cmd.mail.send_test {to}``, answered
+on ``mail.ack``. A retried command (same id) gets the same answer from a memory of the last
+1,000 ids (a restart forgets them: retry is harmless twice, a test mail's key is its command id).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+from keys.home import Home
+
+from ..db import connect, write_transaction
+from ..runtime import Actor, every, on
+from . import context
+from .dispatcher import Dispatcher
+from .models import MailCursor, settings
+from .outbox import Outbox
+from .templates import check_templates
+
+log = logging.getLogger(__name__)
+
+ACK = "mail.ack"
+SECRET = "smtp_password"
+ASK_AGAIN_S = 30.0  # a refused or unanswered secret is asked for again this often
+STOP_WAIT_S = 5.0  # teardown waits this long for the sender (a hung server: the process ends anyway)
+RECONCILE_S = 60.0  # MemberData's new rows are looked at this often (events missed while away)
+IDLE_S = 60.0      # the sender looks at the outbox at least this often
+MIN_WAIT_S = 0.05  # ... and at most this often (no busy loop on a row due now that cannot go)
+
+
+class MemberMail(Actor):
+    IDENTITY = "member_mail"
+
+    def __init__(self, home: Home, *, database=None, clock=time.time, config: dict | None = None,
+                 tls_context=None):
+        self.home = home
+        self.clock = clock
+        self.config = settings(home.config.get("member_mail", {}) if config is None else config)
+        # a broken template stops the actor here, before the database is touched or anything sent
+        self.templates = check_templates(self.config["templates_dir"] or None, self.config["space_name"])
+        self.own_database = database is None
+        self.database = database or connect(home.database_url)
+        self.outbox = Outbox(self.database, self.config, clock=clock, templates=self.templates)
+        self.tls_context = tls_context
+        self.dispatcher: Dispatcher | None = None
+        self.needs_password = bool(self.config["smtp_user"])
+        self._password = None
+        self._password_new = threading.Event()  # set by on_secret, taken by the sender
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._acks: collections.OrderedDict = collections.OrderedDict()
+        self.error: str | None = None
+        self.queued = 0
+
+    # -- lifecycle (loop thread) -----------------------------------------------------------
+
+    def setup(self):
+        self.reconcile()  # what was recorded while this actor was away (before the first event)
+        self.dispatcher = Dispatcher(self.database, self.config, clock=self.clock, address_of=self._address_of,
+                                     tls_context=self.tls_context, notify=self._notify)
+        if self.needs_password:
+            self.runtime.request_secret(SECRET)
+        self._thread = threading.Thread(target=self._sender, name="member_mail-send", daemon=True)
+        self._thread.start()
+
+    def teardown(self):
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            # (a daemon thread: if a server holds it mid-DATA the process ends anyway, and the
+            # row left 'sending' is resolved at the next start like any crash)
+            self._thread.join(timeout=STOP_WAIT_S)
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        if self.own_database:
+            self.database.close()
+
+    def health(self):
+        if self.error:
+            return "degraded", self.error
+        if self.needs_password and not self._password_new.is_set() and self._password is None:
+            return "degraded", f"waiting for secret {SECRET} from the Vault"
+        stats = self.dispatcher.stats if self.dispatcher else {}
+        return "ok", (f"{self.queued} queued, {stats.get('sent', 0)} sent, {stats.get('failed', 0)} failed, "
+                      f"{stats.get('deferred', 0)} deferred")
+
+    def on_secret(self, name, value, error):
+        if name != SECRET:
+            return
+        if error:
+            self.error = f"the Vault refused secret {SECRET}: {error}"
+            log.warning("%s", self.error)
+            return
+        self._password = value.decode()  # kept for the sender; never logged
+        self.error = None
+        self._password_new.set()
+        self._wake.set()
+
+    @every(ASK_AGAIN_S)
+    def ask_again(self):
+        """Until the Vault has answered with the password, ask again (a refusal is an answer the
+        runtime does not retry: the operator may add the reader to [secrets] meanwhile)."""
+        if self.needs_password and self._password is None:
+            self.runtime.request_secret(SECRET)
+
+    def wake(self):
+        """Have the sender look at the outbox now (any thread)."""
+        self._wake.set()
+
+    # -- the sender thread -----------------------------------------------------------------
+
+    def _address_of(self, handle: str) -> str | None:
+        return context.members.email_of(self.database, handle)
+
+    def _notify(self, row_id, kind, handle, state):
+        if state in ("sent", "failed", "held"):
+            self.runtime.publish(f"mail.{state}", {"id": row_id, "kind": kind, "handle": handle or None})
+
+    def _auth_refused(self):
+        """AUTH refused with the password we have: ask the Vault again, once per refusal (it may
+        have been rotated: `dctrl vault set-secret smtp_password`); the sender's backoff applies."""
+        transport = self.dispatcher.transport
+        if self.needs_password and getattr(transport, "auth_refused", False):
+            transport.auth_refused = False
+            log.warning("SMTP AUTH as %r refused: asking the Vault for %s again", self.config["smtp_user"], SECRET)
+            self.runtime.call_soon(self.runtime.request_secret, SECRET)
+
+    def _sender(self):
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                if self._password_new.is_set():
+                    self._password_new.clear()
+                    self.dispatcher.set_password(self._password)
+                wait = IDLE_S
+                if not self.needs_password or self._password is not None:
+                    try:
+                        self.dispatcher.drain()
+                        self._auth_refused()
+                        wake = self.dispatcher.next_wake()
+                        if wake is not None:
+                            wait = min(IDLE_S, max(MIN_WAIT_S, wake - self.clock()))
+                    except Exception as exc:  # the database gone, a bug: said, and tried again later
+                        log.exception("mail round failed")
+                        self.error = f"mail round failed: {type(exc).__name__}: {exc}"[:300]
+                        wait = 5.0
+                    else:
+                        if self.error and self.error.startswith("mail round failed"):
+                            self.error = None
+                self._wake.wait(wait)
+        finally:
+            self.database.close()  # this thread's connection (peewee keeps one per thread)
+
+    # -- events (loop thread) --------------------------------------------------------------
+
+    @on("member.changed")
+    def member_changed(self, msg):
+        body = msg.body
+        if msg.sender != "member_data":  # (the broker grants member.* to member_data only)
+            log.warning("member.changed from %s ignored", msg.sender)
+            return
+        if body["kind"] == "joined":
+            self.queue("welcome", body["handle"])
+        elif body["kind"] == "paid":
+            self.queue("receipt", body["handle"], body["ref"])
+
+    def queue(self, kind: str, handle: str, *args):
+        """Queue ``kind`` for ``handle`` once (the outbox's key); returns the Enqueued or None."""
+        try:
+            period, data = context.BUILDERS[kind](self.database, handle, *args)
+            email = context.members.email_of(self.database, handle)
+            done = self.outbox.enqueue(kind, handle, period, email, data)
+        except context.NoMail as exc:
+            log.info("no %s mail: %s", kind, exc)
+            return None
+        except ValueError as exc:  # no usable address
+            log.warning("no %s mail for %s: %s", kind, handle, exc)
+            return None
+        if done.queued:
+            self.queued += 1
+            self.wake()
+        return done
+
+    @every(RECONCILE_S)
+    def reconcile(self) -> int:
+        """Queue the mail of MemberData's rows recorded since the cursor (``mail_cursor``): what
+        member.changed events this actor did not hear (it was stopped, or the bus lost them: it
+        keeps nothing for a subscriber that is away). The events are the prompt; this is the
+        record. The same row twice meets the outbox's key. At the first start the cursor is
+        set at MemberData's highest ids: history (an imported list, years of payments) is
+        never mailed. Returns how many mails were queued."""
+        cursor = {c.name: c.last_id for c in MailCursor.select().bind(self.database)}
+        first = not cursor
+        if not self.database.table_exists("member_fact"):  # member_data has not run: nothing yet
+            if first:
+                self._save_cursor(0, 0)
+            return 0
+        seen = context.members.changes_after(self.database, cursor.get("member_fact", 0),
+                                             cursor.get("member_payment", 0))
+        if first:
+            self._save_cursor(seen["max_fact"], seen["max_payment"])
+            log.info("mail cursor set at member fact %d, payment %d: earlier rows are not mailed",
+                     seen["max_fact"], seen["max_payment"])
+            return 0
+        n = 0
+        for _, handle, _ in seen["facts"]:
+            done = self.queue("welcome", handle)
+            n += bool(done and done.queued)
+        for payment_id, handle in seen["payments"]:
+            done = self.queue("receipt", handle, payment_id)
+            n += bool(done and done.queued)
+        full = 1000  # (changes_after's limit: the rest at the next call)
+        fact = seen["facts"][-1][0] if len(seen["facts"]) == full else seen["max_fact"]
+        payment = seen["payments"][-1][0] if len(seen["payments"]) == full else seen["max_payment"]
+        self._save_cursor(max(fact, cursor.get("member_fact", 0)), max(payment, cursor.get("member_payment", 0)))
+        if n:
+            log.info("%d mail(s) queued for member rows whose events were not heard", n)
+        return n
+
+    def _save_cursor(self, fact: int, payment: int):
+        with write_transaction(self.database):
+            for name, value in (("member_fact", fact), ("member_payment", payment)):
+                (MailCursor.insert(name=name, last_id=value)
+                 .on_conflict(conflict_target=[MailCursor.name], update={MailCursor.last_id: value})
+                 .bind(self.database).execute())
+
+    # -- commands (loop thread) -------------------------------------------------------------
+
+    @on("cmd.mail")
+    def command(self, msg):
+        body = msg.body
+        cid = body["id"]
+        ack = self._acks.get(cid)
+        if ack is None:
+            ack = self._execute(msg.topic, body)
+            self._acks[cid] = ack
+            while len(self._acks) > 1000:
+                self._acks.popitem(last=False)
+        self.runtime.publish(ACK, ack)
+
+    def _execute(self, topic: str, body: dict) -> dict:
+        ack = {"id": body["id"], "status": "done", "reason": None, "row": None}
+        if body["expires"] < self.clock():
+            return {**ack, "status": "refused", "reason": "command expired"}
+        if topic == "cmd.mail.retry":
+            ack["row"] = body["row"]
+            try:
+                released = self.dispatcher.release(body["row"])
+            except Exception:  # no such row (peewee's DoesNotExist)
+                return {**ack, "status": "refused", "reason": f"no mail {body['row']} in the outbox"}
+            if not released:
+                state = self.outbox_state(body["row"])
+                return {**ack, "status": "refused", "reason": f"mail {body['row']} is {state}: only a held or "
+                                                              "failed mail is retried"}
+            self.wake()
+            return ack
+        if topic == "cmd.mail.send_test":
+            done = self.outbox.enqueue("test", "", f"test:{body['id'].hex()}", body["to"], {})
+            self.wake()
+            return {**ack, "row": done.id}
+        return {**ack, "status": "refused", "reason": f"unknown command {topic}"}
+
+    def outbox_state(self, row_id: int) -> str | None:
+        from .models import MailOutbox
+
+        row = MailOutbox.select(MailOutbox.state).where(MailOutbox.id == row_id).bind(self.database).first()
+        return row.state if row else None
+
+
+__all__ = ["ACK", "SECRET", "MemberMail"]
