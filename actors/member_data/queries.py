@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import datetime
 
-from .models import (PERIODS, MemberAdjustment, MemberFact, MemberMember, MemberPayment, MemberPlanVersion,
-                     format_cents)
+from .models import (PERIODS, MemberAddress, MemberAdjustment, MemberChainPayment, MemberFact, MemberMember,
+                     MemberPayment, MemberPlanVersion, MemberWatch, format_cents)
 
 
 def today(clock_time: float) -> str:
@@ -117,6 +117,47 @@ def members(database, as_of: str | None = None) -> list[dict]:
     return out
 
 
+def dues_addresses(database, handle: str) -> list[dict]:
+    """Every dues address handed out to the member, the current one (the newest) last, with
+    whether the chain notifier has acknowledged its watch."""
+    if not database.table_exists(MemberAddress._meta.table_name):
+        return []
+    acked = {w.address: w.acked for w in MemberWatch.select().where(MemberWatch.handle == handle).bind(database)}
+    return [{"index": a.position, "address": a.address, "issued_at": a.issued_at, "watched": acked.get(a.address, False),
+             "uri": f"bitcoin:{a.address}"}
+            for a in MemberAddress.select().where((MemberAddress.book == "dues") & (MemberAddress.label == handle))
+            .order_by(MemberAddress.position).bind(database)]
+
+
+def dues_uri(address: str, cents: int | None = None, cad_per_btc=None) -> str:
+    """The BIP21 URI of a dues address; with ``cents`` at ``cad_per_btc`` (a Decimal), the amount
+    in BTC (rounded up to the satoshi: never less than the dues)."""
+    if cents is None or cad_per_btc is None:
+        return f"bitcoin:{address}"
+    from decimal import ROUND_CEILING, Decimal
+
+    sats = int((Decimal(cents) * 1_000_000 / Decimal(cad_per_btc)).to_integral_value(rounding=ROUND_CEILING))
+    return f"bitcoin:{address}?amount={sats // 100_000_000}.{sats % 100_000_000:08d}"
+
+
+def chain_payments(database, handle: str | None = None) -> list[dict]:
+    """Outputs paid to dues addresses, as the chain says and as counted: state, confirmations,
+    the rate (and its sources, and whether it came after the payment was first seen), the
+    payment it counted as and the adjustment that reversed it."""
+    if not database.table_exists(MemberChainPayment._meta.table_name):
+        return []
+    q = MemberChainPayment.select().order_by(MemberChainPayment.first_seen, MemberChainPayment.txid_vout)
+    if handle is not None:
+        q = q.where(MemberChainPayment.handle == handle)
+    import json
+
+    return [{"txid_vout": p.txid_vout, "handle": p.handle, "address": p.address, "sats": p.sats, "state": p.state,
+             "confirmations": p.confirmations, "first_seen": p.first_seen, "cad_per_btc": p.cad_per_btc,
+             "rate_as_of": p.rate_as_of, "rate_sources": json.loads(p.rate_sources) if p.rate_sources else None,
+             "rate_late": p.rate_late, "payment": p.payment, "reversal": p.reversal, "replaced_by": p.replaced_by}
+            for p in q.bind(database)]
+
+
 def member(database, handle: str, as_of: str | None = None) -> dict | None:
     """Everything held on one member (personal data included: for the admin's eyes, never the bus),
     or None: the member row, the derived state, and every fact, payment and adjustment."""
@@ -126,8 +167,12 @@ def member(database, handle: str, as_of: str | None = None) -> dict | None:
     fs = facts(database, handle)
     return {"handle": m.handle, "name": m.name, "email": m.email, "joined": m.joined, "created": m.created,
             "forgotten": m.forgotten, **state_from_facts(fs, as_of), "facts": fs,
-            "payments": payments(database, handle), "adjustments": adjustments(database, handle)}
+            "payments": payments(database, handle), "adjustments": adjustments(database, handle),
+            "dues_addresses": (addresses := dues_addresses(database, handle)),
+            "dues_address": addresses[-1]["address"] if addresses else None,
+            "dues_uri": addresses[-1]["uri"] if addresses else None,
+            "chain_payments": chain_payments(database, handle)}
 
 
-__all__ = ["PERIODS", "adjustments", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
+__all__ = ["PERIODS", "adjustments", "chain_payments", "dues_addresses", "dues_uri", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
            "plans", "state_from_facts", "today"]
