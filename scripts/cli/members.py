@@ -335,6 +335,11 @@ def _show(args):
     for key in ("name", "email", "joined", "plan", "left"):
         print(f"  {key + ':':<8} {printable(found[key] if found[key] is not None else '-')}")
     print(f"  {'groups:':<8} {' '.join(found['groups']) or '-'}")
+    if found["dues_address"]:
+        print(f"  {'dues:':<8} {found['dues_address']}  ({found['dues_uri']})")
+    else:
+        print(f"  {'dues:':<8} no dues address yet (member_data hands one out once the chain notifier has "
+              "checked which addresses were used; is [members] receive set?)")
     print("facts:")
     for f in found["facts"]:
         what = f["plan"] or f["group"] or f["detail"] or ""
@@ -343,6 +348,12 @@ def _show(args):
     for p in found["payments"]:
         print(f"  #{p['id']:<5} {p['on']}  {p['cad']:>10} CAD  {p['method']:<9} {printable(p['note'] or '')}"
               + (f" {p['txid_vout']}" if p["txid_vout"] else ""))
+    waiting = [c for c in found["chain_payments"] if c["payment"] is None]
+    if waiting:
+        print("bitcoin payments not counted yet:")
+    for c in waiting:
+        print(f"  {c['txid_vout']}  {c['sats']} sats  {c['state']}, {c['confirmations']} confirmation(s)"
+              + (f", at {c['cad_per_btc']} CAD/BTC" if c["cad_per_btc"] else ", waiting for a fresh price"))
     if found["adjustments"]:
         print("adjustments:")
     for a in found["adjustments"]:
