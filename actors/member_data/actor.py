@@ -38,9 +38,15 @@ id and the event's index in it, so the one duplicate possible (killed between se
 marking) has the same id. The ack is published directly (a lost one is answered again when the
 sender retries).
 
-Not here yet: dues addresses and bitcoin payments seen on the chain (a later step: the schema
-already takes ``method`` bitcoin with its ``txid_vout``, counted once), and statuses and
-balances, which the Reporter derives from these facts.
+Dues in bitcoin (the section "dues in bitcoin" below; docs/architecture.md has the rules):
+each member a dues address from ``[members] receive`` (book ``dues``, after the chain
+notifier's discovery), every address handed out watched for good (again at every start, with
+its birth time); a payment valued once at the fresh price when first seen (else the next fresh
+one, marked late), counted once at the plan's confirmations as a ``bitcoin`` payment keyed by
+its ``txid:vout``, and reversed once by an adjustment if replaced or reorged out after it
+counted. A payment to an address no member was given is ignored and logged.
+
+Not here: statuses and balances, which the Reporter derives from these facts.
 """
 
 from __future__ import annotations
