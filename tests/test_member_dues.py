@@ -63,7 +63,7 @@ def test_a_member_pays_dues_to_their_address_and_show_has_the_payment(home, sim)
         address = shown["dues_address"]
         assert shown["dues_uri"] == f"bitcoin:{address}"
         text = dctrl(home, "members", "show", "ada").stdout
-        assert address in text and f"bitcoin:{address}" in text
+        assert f"bitcoin:{address}?amount=0.00080000" in text  # one month's 40.00 CAD at the price just heard
 
         txid = dctrl(home, "sim", "pay", address, "0.00100000").stdout.strip().split()[-1]
         wait_for(price_and(lambda: show()["chain_payments"]), timeout=30, what="the payment seen")

@@ -19,7 +19,7 @@ import pytest
 from actors.chain.addresses import Deriver
 from actors.member_data.actor import MemberData
 from actors.member_data.models import MemberAdjustment, MemberChainPayment, MemberPayment, seal_personal
-from actors.member_data.queries import chain_payments, member
+from actors.member_data.queries import chain_payments, dues_uri, last_price, member
 from actors.testing import FakeClock, FakeRuntime
 from keys.registry import Registry
 from tests.harness import new_home
@@ -354,3 +354,36 @@ def test_after_a_paid_address_the_next_is_fresh_and_the_old_one_stays_watched(du
                                     "seen_at": int(dues.clock.time()) - 5, "by": None}]})
     assert [p["txid_vout"] for p in dues.shown()["payments"]] == [f"{tx}:0", f"{tx2}:1"]
     assert dues.shown()["payments"][1]["cents"] == cents_of(40_000, PRICE)
+
+
+def test_a_restart_values_at_once_at_the_last_price_if_still_fresh_and_never_at_a_stale_one(dues):
+    dues.ready(confirmations=1)
+    dues.price("55000.00")
+    dues.rt.advance(10)
+    dues.restart()
+    dues.run(0.5)
+    tx = dues.chain(dues.address(), 80_000, "confirmed", confirmations=1)
+    (cp,) = chain_payments(dues.db, "ada")
+    assert (cp["cad_per_btc"], cp["rate_late"]) == ("55000.00", False)  # the price kept over the restart
+    assert last_price(dues.db)["cad_per_btc"] == "55000.00"
+    # a restart after the price went stale, and one with a price too old: nothing valued until a fresh one
+    for stale in (True, False):
+        if stale:
+            dues.stale()
+        else:
+            dues.price("56000.00")
+            dues.rt.advance(61)
+        dues.restart()
+        dues.run(0.5)
+        address = dues.address()
+        tx = dues.chain(address, 80_000, "confirmed", confirmations=1)
+        assert chain_payments(dues.db, "ada")[-1]["cad_per_btc"] is None, stale
+        dues.price("57000.00")
+        assert [c["cad_per_btc"] for c in chain_payments(dues.db, "ada") if c["txid_vout"] == f"{tx}:0"] == [
+            "57000.00"]
+
+
+def test_the_bip21_uri_carries_one_periods_dues_rounded_up_to_the_satoshi():
+    assert dues_uri("bcrt1qx") == "bitcoin:bcrt1qx"
+    assert dues_uri("bcrt1qx", 4000, "50000.00") == "bitcoin:bcrt1qx?amount=0.00080000"
+    assert dues_uri("bcrt1qx", 4000, "30000.00") == "bitcoin:bcrt1qx?amount=0.00133334"  # 133333.33 sats

@@ -69,7 +69,7 @@ from ..db import connect, ensure_tables, write_transaction
 from ..outbox import Outbox, event_id
 from ..runtime import Actor, every, on
 from .models import (MANUAL_METHODS, TABLES, MemberAddress, MemberAdjustment, MemberChainPayment, MemberCommand,
-                     MemberFact, MemberInputError, MemberMember, MemberPayment, MemberPlanVersion, MemberWatch,
+                     MemberFact, MemberInputError, MemberMember, MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch,
                      check_date, check_email, check_handle, check_name, check_note, db, format_cents,
                      open_personal, parse_cents)
 from .queries import plan as plan_terms
@@ -217,6 +217,7 @@ class MemberData(Actor):
         self._paid_handles: set[str] = set()  # members whose current address was just paid: a fresh one
 
     def _setup_dues(self):
+        self._restore_price()
         if self.dues_error:
             log.error("%s: no dues addresses are handed out", self.dues_error)
             return
@@ -451,10 +452,12 @@ class MemberData(Actor):
         price = Decimal(msg.body["cad_per_btc"])
         if price <= 0:
             self.price_stale = f"the last price ({price}) made no sense"
+            self._keep_price()
             return
         used = [s["name"] for s in msg.body["sources"] if s.get("used")]
         self.price = (price, msg.body["as_of"], json.dumps(used), self.clock())
         self.price_stale = None
+        self._keep_price()
         waiting = list(MemberChainPayment.select().where(MemberChainPayment.cad_per_btc.is_null()
                                                          & MemberChainPayment.payment.is_null()))
         if not waiting:
@@ -471,6 +474,36 @@ class MemberData(Actor):
     @on("price.stale")
     def on_price_stale(self, msg):
         self.price_stale = f"price stale: {msg.body['reason']}"
+        self._keep_price()
+
+    def _keep_price(self):
+        """Record the price event just accepted (or why there is none), for a restart."""
+        if self.price_stale or self.price is None:
+            values = {"cad_per_btc": None, "as_of": None, "sources": None, "stale": self.price_stale}
+        else:
+            values = {"cad_per_btc": str(self.price[0]), "as_of": self.price[1], "sources": self.price[2],
+                      "stale": None}
+        values["received"] = int(self.clock())
+        with write_transaction(self.database):
+            if not MemberPrice.update(**values).where(MemberPrice.id == 1).execute():
+                MemberPrice.create(id=1, **values)
+
+    def _restore_price(self):
+        """At start: the last price accepted, if it arrived within ``price_max_age`` s by the wall
+        clock (a clock that went back makes it unusable), or why there was none."""
+        row = MemberPrice.get_or_none(MemberPrice.id == 1)
+        if row is None:
+            return
+        if row.stale or row.cad_per_btc is None:
+            self.price_stale = f"{row.stale or 'no price'} (the last word before a restart)"
+            return
+        age = self.clock() - row.received
+        if 0 <= age <= float(self.cfg["price_max_age"]):
+            self.price = (Decimal(row.cad_per_btc), row.as_of, row.sources, row.received)
+            self.price_stale = None
+            log.info("price at start: %s CAD/BTC, received %.0f s ago", row.cad_per_btc, age)
+        else:
+            self.price_stale = f"no price yet (the last one, received {age:.0f} s ago, is too old)"
 
 
     # -- the commands --------------------------------------------------------------------

@@ -293,9 +293,20 @@ class MemberChainPayment(Base):
     replaced_by = peewee.CharField(null=True, max_length=64)
 
 
+class MemberPrice(Base):
+    """The last price event MemberData accepted (one row, id 1), or why there is none: a restart
+    values a payment at once at a price that arrived within ``price_max_age`` s (wall clock)."""
+    id = peewee.IntegerField(primary_key=True)
+    cad_per_btc = peewee.CharField(null=True, max_length=32)
+    as_of = peewee.BigIntegerField(null=True)  # the price's as_of, unix ms
+    sources = peewee.TextField(null=True)  # JSON list of the sources used
+    received = peewee.BigIntegerField()  # unix s
+    stale = peewee.TextField(null=True)  # why there is no price (price.stale), else None
+
+
 FACT_KINDS = ("joined", "plan", "left", "rejoined", "group_joined", "group_left", "details", "forgotten")
 # Short names for readers.
 Member, PlanVersion, Fact, Payment, Adjustment = (MemberMember, MemberPlanVersion, MemberFact, MemberPayment,
                                                   MemberAdjustment)
 TABLES = [MemberMember, MemberPlanVersion, MemberFact, MemberPayment, MemberAdjustment, MemberCommand, MemberAddress,
-          MemberWatch, MemberChainPayment]
+          MemberWatch, MemberChainPayment, MemberPrice]

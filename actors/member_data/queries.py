@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 
 from .models import (PERIODS, MemberAddress, MemberAdjustment, MemberChainPayment, MemberFact, MemberMember,
-                     MemberPayment, MemberPlanVersion, MemberWatch, format_cents)
+                     MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch, format_cents)
 
 
 def today(clock_time: float) -> str:
@@ -140,6 +140,20 @@ def dues_uri(address: str, cents: int | None = None, cad_per_btc=None) -> str:
     return f"bitcoin:{address}?amount={sats // 100_000_000}.{sats % 100_000_000:08d}"
 
 
+def last_price(database) -> dict | None:
+    """The last price MemberData accepted: {cad_per_btc, as_of (ms), sources, received (unix s)},
+    or None (none yet, or the last word was that the price is stale)."""
+    if not database.table_exists(MemberPrice._meta.table_name):
+        return None
+    row = MemberPrice.select().where(MemberPrice.id == 1).bind(database).first()
+    if row is None or row.stale or row.cad_per_btc is None:
+        return None
+    import json
+
+    return {"cad_per_btc": row.cad_per_btc, "as_of": row.as_of, "sources": json.loads(row.sources or "[]"),
+            "received": row.received}
+
+
 def chain_payments(database, handle: str | None = None) -> list[dict]:
     """Outputs paid to dues addresses, as the chain says and as counted: state, confirmations,
     the rate (and its sources, and whether it came after the payment was first seen), the
@@ -174,5 +188,5 @@ def member(database, handle: str, as_of: str | None = None) -> dict | None:
             "chain_payments": chain_payments(database, handle)}
 
 
-__all__ = ["PERIODS", "adjustments", "chain_payments", "dues_addresses", "dues_uri", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
+__all__ = ["PERIODS", "adjustments", "chain_payments", "dues_addresses", "dues_uri", "last_price", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
            "plans", "state_from_facts", "today"]
