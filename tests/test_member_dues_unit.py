@@ -19,7 +19,7 @@ import pytest
 from actors.chain.addresses import Deriver
 from actors.member_data.actor import MemberData
 from actors.member_data.models import MemberAdjustment, MemberChainPayment, MemberPayment, seal_personal
-from actors.member_data.queries import chain_payments, dues_uri, last_price, member
+from actors.member_data.queries import chain_payments, dues_gap, dues_uri, last_price, member
 from actors.testing import FakeClock, FakeRuntime
 from keys.registry import Registry
 from tests.harness import new_home
@@ -387,3 +387,14 @@ def test_the_bip21_uri_carries_one_periods_dues_rounded_up_to_the_satoshi():
     assert dues_uri("bcrt1qx") == "bitcoin:bcrt1qx"
     assert dues_uri("bcrt1qx", 4000, "50000.00") == "bitcoin:bcrt1qx?amount=0.00080000"
     assert dues_uri("bcrt1qx", 4000, "30000.00") == "bitcoin:bcrt1qx?amount=0.00133334"  # 133333.33 sats
+
+
+def test_the_run_of_unused_dues_addresses_is_measured_and_said_past_the_gap_limit(dues):
+    dues.ready(handles=("ada", "bob", "cyd"), highest=1)  # /0/0 and /0/1 used elsewhere (/0/1 recorded as such): 2, 3, 4 handed out
+    assert dues_gap(dues.db) == {"issued": 4, "next": 5, "last_used": 1, "gap": 3, "gap_limit": 20}
+    tx = dues.chain(dues.address("cyd"), 80_000, "seen")  # cyd's /0/4 paid: cyd gets /0/5
+    assert dues_gap(dues.db)["last_used"] == 4 and dues_gap(dues.db)["gap"] == 1
+    assert "unused dues addresses" not in dues.actor.health()[1]
+    dues.actor.cfg["gap_limit"] = 0
+    assert "1 unused dues addresses in a row, more than the gap limit (0)" in dues.actor.health()[1]
+    assert tx

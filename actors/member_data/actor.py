@@ -68,18 +68,16 @@ from ..chain.watching import Discovery, forward
 from ..db import connect, ensure_tables, write_transaction
 from ..outbox import Outbox, event_id
 from ..runtime import Actor, every, on
-from .models import (MANUAL_METHODS, TABLES, MemberAddress, MemberAdjustment, MemberChainPayment, MemberCommand,
+from .models import (DUES_BOOK, MANUAL_METHODS, TABLES, USED_ON_CHAIN, MemberAddress, MemberAdjustment, MemberChainPayment, MemberCommand,
                      MemberFact, MemberInputError, MemberMember, MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch,
                      check_date, check_email, check_handle, check_name, check_note, db, format_cents,
                      open_personal, parse_cents)
 from .queries import plan as plan_terms
-from .queries import state_from_facts, today
+from .queries import dues_gap, state_from_facts, today
 
 log = logging.getLogger(__name__)
 
 ACK = "members.ack"
-DUES_BOOK = "dues"
-USED_ON_CHAIN = "used on the chain (found at start)"  # the label of a dues index skipped: it has history
 DISCOVERING = "checking the chain for dues addresses already used (waiting for chain_notifier)"
 LIVE = ("mempool", "confirmed")  # payment states that still hold money
 CHAIN_STATES = {"seen": "mempool", "confirmed": "confirmed", "replaced": "replaced", "removed": "removed"}
@@ -121,6 +119,11 @@ class MemberData(Actor):
             return "degraded", f"no dues addresses: {self.dues_error}; {detail}"
         if self.discovery is not None:
             return "ok", f"{detail}; no dues address handed out yet: {self.discovery.error or DISCOVERING}"
+        gap = dues_gap(self.database, int(self.cfg["gap_limit"]))
+        if gap["gap"] > gap["gap_limit"]:
+            detail += (f"; {gap['gap']} unused dues addresses in a row, more than the gap limit ({gap['gap_limit']})"
+                       f" a wallet restoring [members] receive scans by default: restore with a gap limit of at "
+                       f"least {gap['gap'] + 1}")
         return "ok", detail
 
     # -- commands from the bus (loop thread: one writer, one command at a time) ----

@@ -247,6 +247,10 @@ class MemberCommand(Base):
     created = peewee.BigIntegerField()
 
 
+DUES_BOOK = "dues"  # the address book of dues addresses ([members] receive)
+USED_ON_CHAIN = "used on the chain (found at start)"  # the label of a dues index skipped: it has history
+
+
 class MemberAddress(Base):
     """Dues addresses handed out (book ``dues``): the columns of actors/chain/addresses.py
     ``AddressBook.model``, which MemberData's AddressBook writes (this module imports no embit).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 
-from .models import (PERIODS, MemberAddress, MemberAdjustment, MemberChainPayment, MemberFact, MemberMember,
+from .models import (DUES_BOOK, PERIODS, USED_ON_CHAIN, MemberAddress, MemberAdjustment, MemberChainPayment, MemberFact, MemberMember,
                      MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch, format_cents)
 
 
@@ -140,6 +140,24 @@ def dues_uri(address: str, cents: int | None = None, cad_per_btc=None) -> str:
     return f"bitcoin:{address}?amount={sats // 100_000_000}.{sats % 100_000_000:08d}"
 
 
+def dues_gap(database, gap_limit: int = 20) -> dict:
+    """How far the run of unused dues addresses reaches (each member holds one unpaid address,
+    so it grows with the members who have not paid in bitcoin yet): a wallet restored from
+    ``[members] receive`` finds every payment only if it scans at least ``gap + 1`` in a row."""
+    if not database.table_exists(MemberAddress._meta.table_name):
+        return {"issued": 0, "next": 0, "last_used": None, "gap": 0, "gap_limit": gap_limit}
+    M, C = MemberAddress, MemberChainPayment
+    import peewee
+
+    issued, last = (M.select(peewee.fn.COUNT(M.id), peewee.fn.MAX(M.position)).where(M.book == DUES_BOOK)
+                    .bind(database).tuples().first())
+    used = (M.select(peewee.fn.MAX(M.position)).where((M.book == DUES_BOOK) & (
+        (M.label == USED_ON_CHAIN) | M.address.in_(C.select(C.address)))).bind(database).scalar())
+    nxt = 0 if last is None else last + 1
+    return {"issued": issued, "next": nxt, "last_used": used, "gap": nxt - (-1 if used is None else used) - 1,
+            "gap_limit": gap_limit}
+
+
 def last_price(database) -> dict | None:
     """The last price MemberData accepted: {cad_per_btc, as_of (ms), sources, received (unix s)},
     or None (none yet, or the last word was that the price is stale)."""
@@ -188,5 +206,5 @@ def member(database, handle: str, as_of: str | None = None) -> dict | None:
             "chain_payments": chain_payments(database, handle)}
 
 
-__all__ = ["PERIODS", "adjustments", "chain_payments", "dues_addresses", "dues_uri", "last_price", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
+__all__ = ["PERIODS", "adjustments", "chain_payments", "dues_addresses", "dues_gap", "dues_uri", "last_price", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
            "plans", "state_from_facts", "today"]
