@@ -195,18 +195,25 @@ def test_an_address_with_history_is_never_handed_out(dues):
     assert dues.address() not in {dues.deriver.address(i)[0] for i in range(5)}
 
 
-def test_the_same_key_as_sales_is_refused_with_a_clear_error(tmp_path):
+@pytest.mark.parametrize("form, why", [("xpub", "same key as [business] receive"),
+                                       ("descriptor", "derives the same addresses as [business] receive"),
+                                       ("own", None)])
+def test_the_same_key_as_sales_is_refused_with_a_clear_error(tmp_path, form, why):
     h = new_home(tmp_path / "home")
     cfg = h.root / "config.toml"
-    sales = h.config["business"]["receive"]
-    assert h.config["members"]["receive"] and h.config["members"]["receive"] != sales  # init gives each its own
-    cfg.write_text(cfg.read_text().replace(h.config["members"]["receive"], sales))
+    sales, dues_key = h.config["business"]["receive"], h.config["members"]["receive"]
+    assert dues_key and dues_key != sales  # `dctrl init` gives each its own account
+    if form != "own":
+        cfg.write_text(cfg.read_text().replace(dues_key, sales if form == "xpub" else f"wpkh({sales}/0/*)"))
     from keys.home import Home
 
     actor = MemberData(Home(h.root))
     try:
         status, detail = actor.health()
-        assert status == "degraded" and "same key as [business] receive" in detail
+        if why is None:  # the control: its own account is taken
+            assert actor.book is not None and "no dues address handed out yet" in detail
+            return
+        assert status == "degraded" and why in detail
         assert actor.book is None and actor.discovery is None  # no dues address could be an invoice's
     finally:
         actor.teardown()

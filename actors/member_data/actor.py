@@ -87,6 +87,15 @@ class Refused(Exception):
     pass
 
 
+def _same_addresses(deriver, other_spec: str, network: str) -> bool:
+    """Whether ``other_spec`` derives the addresses ``deriver`` does (its first two)."""
+    try:
+        other = Deriver(other_spec, network)
+    except ConfigError:
+        return False  # (BusinessMgr says what is wrong with its own)
+    return all(deriver.address(i) == other.address(i) for i in (0, 1))
+
+
 class MemberData(Actor):
     IDENTITY = "member_data"  # its name in the registry: commands seal personal data to this key
 
@@ -208,8 +217,13 @@ class MemberData(Actor):
                                "an invoice's")
         else:
             try:
-                self.book = AddressBook(MemberAddress, DUES_BOOK, Deriver(spec, self.network),
-                                        gap_limit=int(self.cfg["gap_limit"]), clock=clock)
+                deriver = Deriver(spec, self.network)
+                if sales and _same_addresses(deriver, sales, self.network):  # (an xpub and its descriptor)
+                    self.dues_error = ("[members] receive derives the same addresses as [business] receive: dues "
+                                       "need an account of their own")
+                else:
+                    self.book = AddressBook(MemberAddress, DUES_BOOK, deriver, gap_limit=int(self.cfg["gap_limit"]),
+                                            clock=clock)
             except ConfigError as exc:
                 self.dues_error = f"[members] receive: {exc}"
         self.discovery = Discovery(self.book, retry=float(self.cfg["watch_retry"]), clock=clock,
