@@ -278,7 +278,9 @@ def test_a_payment_first_seen_at_a_stale_price_is_valued_at_the_next_fresh_one(d
     assert dues.count(MemberPayment) == 0  # confirmed enough, but no fresh price to value it at
     (cp,) = chain_payments(dues.db, "ada")
     assert cp["cad_per_btc"] is None and cp["payment"] is None
+    assert "1 dues payment(s) waiting for a fresh price" in dues.actor.health()[1]
     dues.price("60000.00")
+    assert "waiting for a fresh price" not in dues.actor.health()[1]
     (pay,) = dues.shown()["payments"]
     assert pay["cents"] == cents_of(sats, "60000.00") == 4800
     (cp,) = chain_payments(dues.db, "ada")

@@ -128,6 +128,11 @@ class MemberData(Actor):
             return "degraded", f"no dues addresses: {self.dues_error}; {detail}"
         if self.discovery is not None:
             return "ok", f"{detail}; no dues address handed out yet: {self.discovery.error or DISCOVERING}"
+        waiting = MemberChainPayment.select().where(MemberChainPayment.cad_per_btc.is_null()
+                                                    & MemberChainPayment.payment.is_null()
+                                                    & MemberChainPayment.state.in_(LIVE)).count()
+        if waiting:
+            detail += f"; {waiting} dues payment(s) waiting for a fresh price ({self.price_stale or 'too old'})"
         gap = dues_gap(self.database, int(self.cfg["gap_limit"]))
         if gap["gap"] > gap["gap_limit"]:
             detail += (f"; {gap['gap']} unused dues addresses in a row, more than the gap limit ({gap['gap_limit']})"
