@@ -407,3 +407,17 @@ def test_the_run_of_unused_dues_addresses_is_measured_and_said_past_the_gap_limi
     dues.actor.cfg["gap_limit"] = 0
     assert "1 unused dues addresses in a row, more than the gap limit (0)" in dues.actor.health()[1]
     assert tx
+
+
+def test_member_data_is_granted_the_two_chain_commands_and_hears_the_chain_and_the_price(home):
+    from keys.policy import Policy
+    from proto.wire import prefix_frame, topic_frame
+
+    grants = Policy.load(home.policy_path).grants("member_data", "actor")
+    for topic in ("cmd.chain.watch", "cmd.chain.discover", "member.changed", "members.ack"):
+        assert grants.may_publish(topic_frame(topic)), topic
+    for topic in ("cmd.chain.rescan", "cmd.machine.vm1.vend", "chain.tx.seen", "price.btc_cad", "invoice.opened"):
+        assert not grants.may_publish(topic_frame(topic)), topic
+    for prefix in ("chain", "chain.tx", "chain.watch.ack", "chain.discover.ack", "price", "cmd.members"):
+        assert grants.subscription(prefix_frame(prefix)) == (prefix_frame(prefix),), prefix
+    assert grants.subscription(prefix_frame("machine")) == ()
