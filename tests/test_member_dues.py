@@ -81,6 +81,18 @@ def test_a_member_pays_dues_to_their_address_and_show_has_the_payment(home, sim)
         dctrl(home, "sim", "mine", "3")
         wait_for(lambda: show()["chain_payments"][0]["confirmations"] >= 5, timeout=30, what="more confirmations")
         assert len(show()["payments"]) == 1
+
+        # paid while member_data was stopped, to the new address: found when it is back (its watch
+        # carries the address's birth), counted once; the first payment is not counted again
+        second = shown["dues_address"]
+        assert net.signal("member_data") == 0
+        txid2 = dctrl(home, "sim", "pay", second, "0.00040000").stdout.strip().split()[-1]
+        dctrl(home, "sim", "mine", "2")
+        net.start("member_data")
+        shown = wait_for(price_and(lambda: len((s := show())["payments"]) == 2 and s), timeout=30,
+                         what="the payment made while member_data was stopped")
+        assert [(p["cents"], p["txid_vout"].split(":")[0]) for p in shown["payments"]] == [(5000, txid), (2000, txid2)]
+        assert shown["adjustments"] == [] and len(shown["dues_addresses"]) == 3
     finally:
         if prices is not None:
             prices.close()
