@@ -237,6 +237,8 @@ class MemberData(Actor):
         self.price_stale: str | None = "no price yet"
         self.watch_due: dict[str, float] = {}  # address -> monotonic time to (re)send its watch
         self._paid_handles: set[str] = set()  # members whose current address was just paid: a fresh one
+        self.watched: set[str] = set()  # every dues address handed out (chain events for others: no transaction)
+        self._ignored: set[str] = set()  # outputs to other addresses already logged (bounded)
 
     def _setup_dues(self):
         self._restore_price()
@@ -247,6 +249,7 @@ class MemberData(Actor):
         # through its blocks again from the address's birth, whatever the order of restarts.
         with write_transaction(self.database):
             for w in MemberWatch.select():
+                self.watched.add(w.address)
                 MemberWatch.update(command=os.urandom(16).hex(), expires=int(self.clock()) + 60, acked=False,
                                    refused=None).where(MemberWatch.address == w.address).execute()
                 self.watch_due[w.address] = 0.0
@@ -297,6 +300,7 @@ class MemberData(Actor):
             MemberWatch.create(address=address, handle=handle, since=issued.issued_at, command=os.urandom(16).hex(),
                                expires=int(self.clock()) + 60)
         self.watch_due[address] = 0.0
+        self.watched.add(address)
         log.info("member %s: dues address /0/%d %s%s", handle, index, address,
                  f" (the last one, {current.address}, was paid)" if current is not None else "")
         return address
@@ -319,6 +323,8 @@ class MemberData(Actor):
     @on("chain.watch.ack")
     def on_watch_ack(self, msg):
         b = msg.body
+        if b["address"] not in self.watched:
+            return  # someone else's watch (an invoice's)
         row = MemberWatch.get_or_none(MemberWatch.address == b["address"])
         if row is None or row.command != b["id"].hex() or row.acked:
             return  # someone else's watch (an invoice's), or an answer to an older id
@@ -339,6 +345,9 @@ class MemberData(Actor):
     def on_chain_tx(self, msg):
         b, kind = msg.body, msg.topic.rsplit(".", 1)[1]
         if kind not in CHAIN_STATES:
+            return
+        if b["address"] not in self.watched:  # an invoice's, or nobody's: no write lock taken for it
+            self._ignore(f"{b['txid']}:{b['vout']}", b["sats"], b["address"])
             return
         with write_transaction(self.database):
             self._observe(b["address"], b["txid"], b["vout"], b["sats"], CHAIN_STATES[kind],
@@ -364,8 +373,7 @@ class MemberData(Actor):
         if p is None:
             w = MemberWatch.get_or_none(MemberWatch.address == address)
             if w is None:
-                log.info("payment %s of %d sats to %s: not a dues address given to a member, ignored", key, sats,
-                         address)
+                self._ignore(key, sats, address)
                 return
             if state not in LIVE:
                 return  # never seen alive: nothing was paid
@@ -387,6 +395,15 @@ class MemberData(Actor):
                 p.replaced_by = by
             p.save()
         self._settle(p)
+
+    def _ignore(self, key, sats, address):
+        """A payment to an address no member was given: never attributed; logged once per output."""
+        if key in self._ignored:
+            return
+        if len(self._ignored) >= 4096:
+            self._ignored.clear()
+        self._ignored.add(key)
+        log.info("payment %s of %d sats to %s: not a dues address given to a member, ignored", key, sats, address)
 
     def _fresh_price(self):
         if self.price_stale or self.price is None:
