@@ -237,7 +237,7 @@ def test_a_payment_counts_once_at_the_plans_confirmations_valued_at_its_first_se
         PRICE, ["kraken", "coinbase"], False, pay["id"])
     assert cp["rate_as_of"] is not None and "kraken, coinbase" in pay["note"]
     (event,) = dues.rt.bodies("member.changed", kind="payment")
-    assert event == {"handle": "ada", "kind": "payment", "ref": pay["id"], "on": event["on"],
+    assert event == {"handle": "ada", "kind": "payment", "ref": pay["id"], "on": pay["on"],
                      "event_id": event["event_id"]}  # the handle only: no name, no email
     # repeated and further events change nothing
     for _ in range(2):
@@ -250,6 +250,29 @@ def test_a_payment_counts_once_at_the_plans_confirmations_valued_at_its_first_se
                                       "confirmations": 6, "height": 101, "rbf": False, "seen_at": 1, "by": None}]})
     assert dues.count(MemberPayment) == 1 and len(dues.rt.bodies("member.changed", kind="payment")) == 0
     assert dues.count(MemberAdjustment) == 0
+
+
+def test_a_payment_is_dated_the_day_it_was_first_seen(dues):
+    dues.ready(confirmations=2)
+    dues.clock.wall = 1_800_057_000.0  # 2027-01-15 23:50 UTC
+    tx = dues.chain(dues.address(), 80_000, "seen")
+    dues.rt.advance(20 * 60)  # confirmed after midnight
+    dues.price(PRICE)
+    first = dues.shown()["dues_addresses"][0]["address"]  # (ada's next address was handed out when it was seen)
+    dues.chain(first, 80_000, "confirmed", tx=tx, confirmations=2)
+    (pay,) = dues.shown()["payments"]
+    assert pay["on"] == "2027-01-15" and dues.rt.last("member.changed")["on"] == "2027-01-15"
+
+
+def test_a_payment_an_admin_reversed_already_is_not_reversed_again(dues):
+    dues.ready(confirmations=1)
+    address = dues.address()
+    tx = dues.chain(address, 80_000, "confirmed", confirmations=1)
+    (pay,) = dues.shown()["payments"]
+    dues.command("cmd.members.adjust", handle="ada", cad="-40.00", note="refunded", on=None, reverses=pay["id"])
+    dues.chain(address, 80_000, "removed", tx=tx)
+    assert [a["note"] for a in dues.shown()["adjustments"]] == ["refunded"]
+    assert not dues.actor.runtime.errors
 
 
 def test_one_confirmation_plan_counts_at_the_first_block(dues):

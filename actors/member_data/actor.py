@@ -456,16 +456,22 @@ class MemberData(Actor):
             sources = ", ".join(json.loads(p.rate_sources or "[]")) or "no source named"
             note = (f"{p.sats} sats at {p.cad_per_btc} CAD/BTC ({sources})"
                     + ("; rate from a price after it was first seen" if p.rate_late else ""))
-            pay = MemberPayment.create(handle=p.handle, on=today_, method="bitcoin", cents=cents, note=note[:256],
+            paid_on = today(p.first_seen)  # the day it was first seen: paid then, as its value
+            pay = MemberPayment.create(handle=p.handle, on=paid_on, method="bitcoin", cents=cents, note=note[:256],
                                        txid_vout=p.txid_vout, command=("chain" + p.txid_vout[:27]),
                                        created=int(self.clock()))
             p.payment = pay.id
             p.save()
             log.info("member %s paid %s CAD in bitcoin (%s, %d confirmations)", p.handle, format_cents(cents),
                      p.txid_vout, p.confirmations)
-            self._chain_event(p, "payment", pay.id, today_)
+            self._chain_event(p, "payment", pay.id, paid_on)
         elif p.reversal is None and p.state in ("replaced", "removed"):
             paid = MemberPayment.get_by_id(p.payment)
+            done = MemberAdjustment.get_or_none(MemberAdjustment.reverses == paid.id)
+            if done is not None:  # an admin reversed it already (members adjust --reverses): once
+                p.reversal = done.id
+                p.save()
+                return
             why = f"replaced by {p.replaced_by}" if p.state == "replaced" and p.replaced_by else \
                 "replaced" if p.state == "replaced" else "reorged out of the chain"
             adj = MemberAdjustment.create(handle=p.handle, on=today_, cents=-paid.cents,
