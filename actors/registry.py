@@ -57,8 +57,11 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("business_data", "actors.business_data.actor:BusinessData",
           grants=Grants(publish=("business",), subscribe=("cmd.business",))),
     # members.ack: the answer to cmd.members.* (the grant "member" covers member.*, not members.*).
+    # Dues in bitcoin: it asks the chain notifier to watch its dues addresses and to discover the
+    # used ones (those two commands only), and hears the chain's answers and events and the price.
     Entry("member_data", "actors.member_data.actor:MemberData",
-          grants=Grants(publish=("member", "members.ack"), subscribe=("cmd.members",))),
+          grants=Grants(publish=("member", "members.ack", "cmd.chain.watch", "cmd.chain.discover"),
+                        subscribe=("cmd.members", "chain", "price"))),
     # MemberMail: the single writer of mail_outbox; member.* in, mail.* out (the acks of cmd.mail.* too).
     Entry("member_mail", "actors.member_mail.actor:MemberMail",
           grants=Grants(publish=("mail",), subscribe=("member", "cmd.mail"))),

@@ -56,6 +56,10 @@ DEFAULTS = {
     "event_logger": {"segment_mb": 16, "fsync_interval_ms": 50, "retention_days": 90, "max_mb": 2048,
                      "rejected_sample": 100, "rejected_period_s": 60, "quota_mb": 64, "quota_period_s": 3600},
     "database": {"url": ""},
+    # MemberData's dues in bitcoin (actors/member_data/actor.py): receive is the account xpub (or a
+    # wpkh(...) descriptor) dues addresses are derived from, never the same as [business] receive;
+    # a payment is valued at a price.btc_cad at most price_max_age seconds old
+    "members": {"receive": "", "gap_limit": 20, "price_max_age": 60, "watch_retry": 2.0},
     "demo": {"simulators": False, "exchanges_port": 7480, "chain_rpc_port": 18443, "chain_zmq_port": 28332,
              "smtp_port": 2525},  # the demo's mail sink (`dctrl sim smtp`), [member_mail] points at it
 }

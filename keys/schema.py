@@ -93,6 +93,8 @@ CONFIG = Table({
                        "vend_command_ttl": INT, "vend_deadline": INT, "late_window": INT, "reannounce_min_s": INT,
                        "max_invoices_per_minute": INT, "reconcile_interval": NUMBER, "gap_limit": INT,
                        "reuse_after_s": INT}),
+    # actors/member_data/ (its defaults are keys/home.py's)
+    "members": Table({"receive": STR, "gap_limit": INT, "price_max_age": NUMBER, "watch_retry": NUMBER}),
     # actors/price_notifier.py
     "price": Table({"poll_interval": NUMBER, "max_age": NUMBER, "outlier_pct": DECIMAL, "min_sources": INT,
                     "timeout": NUMBER, "min_cad": DECIMAL, "max_cad": DECIMAL, "fx_interval": NUMBER,

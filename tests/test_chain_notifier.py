@@ -386,8 +386,16 @@ def test_discovery_finds_the_highest_used_index_within_the_gap(home, sim):
     sim.pay(deriver.address(33)[0], "0.0001")
     n.sync_mempool()
     assert n.discover("invoices", 31, 5)["highest"] == 33
-    refused = n.discover("dues", 0, 5)
-    assert (refused["status"], refused["reason"]) == ("refused", "unknown address book 'dues'")
+    refused = n.discover("pantry", 0, 5)
+    assert (refused["status"], refused["reason"]) == ("refused", "unknown address book 'pantry'")
+    # the dues book derives from [members] receive, an account of its own: the sales payments
+    # above are not its history, a payment to its /0/2 is
+    dues = Deriver(home.config["members"]["receive"], "regtest")
+    assert n.discover("dues", 0, 5)["highest"] is None
+    sim.pay(dues.address(2)[0], "0.0001")
+    sim.mine(1)
+    assert n.discover("dues", 0, 5) == {"status": "done", "reason": None, "highest": 2, "scanned": 10}
+    assert n.discover("invoices", 34, 5)["highest"] is None
     n.database.close()
 
 

@@ -386,8 +386,9 @@ def test_events_wait_in_the_outbox_while_nothing_can_be_sent(md):
     add(md)
     assert md.topics() == [ACK] and md.actor.outbox.pending() == 2
     md.connected = True
-    md.advance(1)
-    assert md.topics() == [ACK, "member.changed", "member.changed"] and md.actor.outbox.pending() == 0
+    md.advance(1)  # (the dues' discovery is asked meanwhile: cmd.chain.discover, not an event)
+    assert [t for t in md.topics() if not t.startswith("cmd.chain.")] == [ACK, "member.changed", "member.changed"]
+    assert md.actor.outbox.pending() == 0
 
 
 def test_two_admins_changing_one_member_at_once_are_both_applied_or_cleanly_refused(md, monkeypatch):

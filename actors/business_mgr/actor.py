@@ -74,6 +74,8 @@ from proto.errors import ConfigError
 from ..business_data import models as bdm
 from ..business_data import queries as bd
 from ..chain.addresses import AddressBook, Deriver
+from ..chain.watching import Discovery
+from ..chain.watching import forward as _forward
 from ..db import Statements, checkpoint_in_background, connect, ensure_tables, write_transaction
 from ..outbox import Outbox, event_id
 from ..runtime import Actor, every, on
@@ -140,7 +142,8 @@ class BusinessMgr(Actor):
             self.config_error = "no [business] receive xpub configured: no invoices can open"
         # Until the chain notifier has said which receive addresses have history, no address
         # is handed out (a new or switched database would start at index 0 again).
-        self.discovery: dict | None = {"id": os.urandom(16), "expires": 0, "due": 0.0} if self.book else None
+        self.discovery = Discovery(self.book, retry=self.cfg["watch_retry"], clock=clock, used_label=USED_ON_CHAIN,
+                                   section="[business] receive") if self.book else None
         self.price: tuple[Decimal, float] | None = None   # (CAD per BTC, monotonic time received)
         self.price_stale: str | None = "no price yet"
         self._restore_price()
@@ -439,39 +442,21 @@ class BusinessMgr(Actor):
     # -- the chain: addresses used before, watches and payments --------------------
 
     def _send_discovery(self, now_mono):
-        d = self.discovery
-        if d is None or d["due"] > now_mono:
-            return
-        if d["expires"] <= self.clock() + 5:
-            d["id"], d["expires"] = os.urandom(16), int(self.clock()) + 60
-        self.publish("cmd.chain.discover", {"id": d["id"], "expires": d["expires"], "book": self.book.name,
-                                            "start": self.book.next_index(), "gap": self.book.gap_limit})
-        d["due"] = now_mono + self.cfg["watch_retry"]
+        body = self.discovery.request(now_mono) if self.discovery is not None else None
+        if body is not None:
+            self.publish("cmd.chain.discover", body)
 
     @on("chain.discover.ack")
     def on_discover_ack(self, msg):
-        b, d = msg.body, self.discovery
-        if d is None or b["id"] != d["id"]:
+        d = self.discovery
+        if d is None:
             return
-        if b["status"] == "refused":  # the same config on both sides: say it, keep asking
-            self.config_error = f"chain_notifier cannot check which addresses were used: {b['reason']}"
-            log.error("%s", self.config_error)
-            return
-        start = self.book.next_index()
-        if b["highest"] is not None and self.book.skip_past(b["highest"], USED_ON_CHAIN):
-            if start == 0:
-                log.warning("the invoice address book is empty, yet receive addresses up to /0/%d of "
-                            "[business] receive have history on the chain: a new or switched database? "
-                            "Continuing at /0/%d", b["highest"], b["highest"] + 1)
-            else:
-                log.warning("receive addresses /0/%d to /0/%d have history on the chain but not in this "
-                            "database (another database or wallet uses the same xpub?): continuing at /0/%d",
-                            start, b["highest"], b["highest"] + 1)
-        log.info("addresses checked on the chain (%d looked at): the next invoice gets /0/%d", b["scanned"],
-                 self.book.next_index())
-        self.config_error = None if self.config_error and self.config_error.startswith("chain_notifier cannot") \
-            else self.config_error
-        self.discovery = None
+        if d.answer(msg.body):
+            if self.config_error and self.config_error.startswith("chain_notifier cannot"):
+                self.config_error = None
+            self.discovery = None
+        elif d.error and msg.body["id"] == d.id:
+            self.config_error = d.error  # the same config on both sides: say it, keep asking
 
     def _want_watch(self, address: str, label: str | None, *, reconcile: bool = False):
         """Record that ``address`` must be watched (inside a transaction); sent by the tick."""
@@ -948,11 +933,3 @@ class BusinessMgr(Actor):
         self._flush_pending = False
         self._flush()
 
-
-def _forward(pay, state, confirmations) -> bool:
-    """Whether a snapshot's (state, confirmations) is news for ``pay`` (never a step back)."""
-    if state == "confirmed":  # (also after replaced or removed: it was mined after all)
-        return pay.state != "confirmed" or confirmations > pay.confirmations
-    if pay.state in ("replaced", "removed"):
-        return False
-    return state in ("replaced", "removed")

@@ -65,7 +65,7 @@ HEADER_SLACK = 7200  # s: a block's header time may be this far behind the time 
 
 DISCOVER_LIMIT = 100_000  # receive indexes one discovery looks at, at most
 # Address books whose used addresses the notifier can discover: name -> (config section, key).
-BOOKS = {"invoices": ("business", "receive")}
+BOOKS = {"invoices": ("business", "receive"), "dues": ("members", "receive")}
 
 DEFAULTS = {
     "network": "regtest",

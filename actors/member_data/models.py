@@ -247,8 +247,70 @@ class MemberCommand(Base):
     created = peewee.BigIntegerField()
 
 
+DUES_BOOK = "dues"  # the address book of dues addresses ([members] receive)
+USED_ON_CHAIN = "used on the chain (found at start)"  # the label of a dues index skipped: it has history
+
+
+class MemberAddress(Base):
+    """Dues addresses handed out (book ``dues``): the columns of actors/chain/addresses.py
+    ``AddressBook.model``, which MemberData's AddressBook writes (this module imports no embit).
+    ``label`` is the member's handle, or why an index was skipped (history found on the chain)."""
+    book = peewee.CharField(max_length=32)
+    position = peewee.IntegerField()  # the receive index (/0/position)
+    address = peewee.CharField(max_length=100, unique=True)
+    script = peewee.CharField(max_length=200)
+    label = peewee.CharField(null=True, max_length=64)
+    issued_at = peewee.BigIntegerField()  # unix s handed out: the watch's birth (the notifier rescans from it)
+
+    class Meta:
+        indexes = ((("book", "position"), True),)
+
+
+class MemberWatch(Base):
+    """One row per dues address handed out: watched for good (re-watched at every start)."""
+    address = peewee.CharField(primary_key=True, max_length=100)
+    handle = peewee.CharField(max_length=32, index=True)
+    since = peewee.BigIntegerField()  # unix s handed out (cmd.chain.watch ``since``)
+    command = peewee.CharField(max_length=32)  # the current cmd.chain.watch id (hex)
+    expires = peewee.BigIntegerField()
+    acked = peewee.BooleanField(default=False)
+    refused = peewee.TextField(null=True)
+
+
+class MemberChainPayment(Base):
+    """What the chain says of one output paying a dues address, and what was made of it: its
+    CAD value (fixed once, with the rate and its sources), the payment it counted as (once,
+    at the plan's confirmations) and the adjustment that reversed it (once)."""
+    txid_vout = peewee.CharField(primary_key=True, max_length=72)
+    handle = peewee.CharField(max_length=32, index=True)
+    address = peewee.CharField(max_length=100, index=True)
+    sats = peewee.BigIntegerField()
+    state = peewee.CharField(max_length=16)  # mempool | confirmed | replaced | removed
+    confirmations = peewee.IntegerField(default=0)
+    first_seen = peewee.BigIntegerField()  # unix s first seen (the notifier's, for a payment learnt late)
+    cad_per_btc = peewee.CharField(null=True, max_length=32)  # the rate it is valued at (None: no fresh price yet)
+    rate_as_of = peewee.BigIntegerField(null=True)  # the price's as_of, unix ms
+    rate_sources = peewee.TextField(null=True)  # JSON list of the price sources used
+    rate_late = peewee.BooleanField(default=False)  # valued at a price that came after it was first seen
+    payment = peewee.IntegerField(null=True)  # member_payment id once counted
+    reversal = peewee.IntegerField(null=True)  # member_adjustment id once reversed
+    replaced_by = peewee.CharField(null=True, max_length=64)
+
+
+class MemberPrice(Base):
+    """The last price event MemberData accepted (one row, id 1), or why there is none: a restart
+    values a payment at once at a price that arrived within ``price_max_age`` s (wall clock)."""
+    id = peewee.IntegerField(primary_key=True)
+    cad_per_btc = peewee.CharField(null=True, max_length=32)
+    as_of = peewee.BigIntegerField(null=True)  # the price's as_of, unix ms
+    sources = peewee.TextField(null=True)  # JSON list of the sources used
+    received = peewee.BigIntegerField()  # unix s
+    stale = peewee.TextField(null=True)  # why there is no price (price.stale), else None
+
+
 FACT_KINDS = ("joined", "plan", "left", "rejoined", "group_joined", "group_left", "details", "forgotten")
 # Short names for readers.
 Member, PlanVersion, Fact, Payment, Adjustment = (MemberMember, MemberPlanVersion, MemberFact, MemberPayment,
                                                   MemberAdjustment)
-TABLES = [MemberMember, MemberPlanVersion, MemberFact, MemberPayment, MemberAdjustment, MemberCommand]
+TABLES = [MemberMember, MemberPlanVersion, MemberFact, MemberPayment, MemberAdjustment, MemberCommand, MemberAddress,
+          MemberWatch, MemberChainPayment, MemberPrice]

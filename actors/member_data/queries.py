@@ -12,7 +12,8 @@ import datetime
 
 from peewee import fn
 
-from .models import (PERIODS, MemberAdjustment, MemberFact, MemberMember, MemberPayment, MemberPlanVersion,
+from .models import (DUES_BOOK, PERIODS, USED_ON_CHAIN, MemberAddress, MemberAdjustment, MemberChainPayment,
+                     MemberFact, MemberMember, MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch,
                      format_cents)
 
 
@@ -143,6 +144,79 @@ def email_of(database, handle: str) -> str | None:
     return row.email if row is not None else None
 
 
+def dues_addresses(database, handle: str) -> list[dict]:
+    """Every dues address handed out to the member, the current one (the newest) last, with
+    whether the chain notifier has acknowledged its watch."""
+    if not database.table_exists(MemberAddress._meta.table_name):
+        return []
+    acked = {w.address: w.acked for w in MemberWatch.select().where(MemberWatch.handle == handle).bind(database)}
+    return [{"index": a.position, "address": a.address, "issued_at": a.issued_at, "watched": acked.get(a.address, False),
+             "uri": f"bitcoin:{a.address}"}
+            for a in MemberAddress.select().where((MemberAddress.book == "dues") & (MemberAddress.label == handle))
+            .order_by(MemberAddress.position).bind(database)]
+
+
+def dues_uri(address: str, cents: int | None = None, cad_per_btc=None) -> str:
+    """The BIP21 URI of a dues address; with ``cents`` at ``cad_per_btc`` (a Decimal), the amount
+    in BTC (rounded up to the satoshi: never less than the dues)."""
+    if cents is None or cad_per_btc is None:
+        return f"bitcoin:{address}"
+    from decimal import ROUND_CEILING, Decimal
+
+    sats = int((Decimal(cents) * 1_000_000 / Decimal(cad_per_btc)).to_integral_value(rounding=ROUND_CEILING))
+    return f"bitcoin:{address}?amount={sats // 100_000_000}.{sats % 100_000_000:08d}"
+
+
+def dues_gap(database, gap_limit: int = 20) -> dict:
+    """How far the run of unused dues addresses reaches (each member holds one unpaid address,
+    so it grows with the members who have not paid in bitcoin yet): a wallet restored from
+    ``[members] receive`` finds every payment only if it scans at least ``gap + 1`` in a row."""
+    if not database.table_exists(MemberAddress._meta.table_name):
+        return {"issued": 0, "next": 0, "last_used": None, "gap": 0, "gap_limit": gap_limit}
+    M, C = MemberAddress, MemberChainPayment
+    import peewee
+
+    issued, last = (M.select(peewee.fn.COUNT(M.id), peewee.fn.MAX(M.position)).where(M.book == DUES_BOOK)
+                    .bind(database).tuples().first())
+    used = (M.select(peewee.fn.MAX(M.position)).where((M.book == DUES_BOOK) & (
+        (M.label == USED_ON_CHAIN) | M.address.in_(C.select(C.address)))).bind(database).scalar())
+    nxt = 0 if last is None else last + 1
+    return {"issued": issued, "next": nxt, "last_used": used, "gap": nxt - (-1 if used is None else used) - 1,
+            "gap_limit": gap_limit}
+
+
+def last_price(database) -> dict | None:
+    """The last price MemberData accepted: {cad_per_btc, as_of (ms), sources, received (unix s)},
+    or None (none yet, or the last word was that the price is stale)."""
+    if not database.table_exists(MemberPrice._meta.table_name):
+        return None
+    row = MemberPrice.select().where(MemberPrice.id == 1).bind(database).first()
+    if row is None or row.stale or row.cad_per_btc is None:
+        return None
+    import json
+
+    return {"cad_per_btc": row.cad_per_btc, "as_of": row.as_of, "sources": json.loads(row.sources or "[]"),
+            "received": row.received}
+
+
+def chain_payments(database, handle: str | None = None) -> list[dict]:
+    """Outputs paid to dues addresses, as the chain says and as counted: state, confirmations,
+    the rate (and its sources, and whether it came after the payment was first seen), the
+    payment it counted as and the adjustment that reversed it."""
+    if not database.table_exists(MemberChainPayment._meta.table_name):
+        return []
+    q = MemberChainPayment.select().order_by(MemberChainPayment.first_seen, MemberChainPayment.txid_vout)
+    if handle is not None:
+        q = q.where(MemberChainPayment.handle == handle)
+    import json
+
+    return [{"txid_vout": p.txid_vout, "handle": p.handle, "address": p.address, "sats": p.sats, "state": p.state,
+             "confirmations": p.confirmations, "first_seen": p.first_seen, "cad_per_btc": p.cad_per_btc,
+             "rate_as_of": p.rate_as_of, "rate_sources": json.loads(p.rate_sources) if p.rate_sources else None,
+             "rate_late": p.rate_late, "payment": p.payment, "reversal": p.reversal, "replaced_by": p.replaced_by}
+            for p in q.bind(database)]
+
+
 def member(database, handle: str, as_of: str | None = None) -> dict | None:
     """Everything held on one member (personal data included: for the admin's eyes, never the bus),
     or None: the member row, the derived state, and every fact, payment and adjustment."""
@@ -152,8 +226,14 @@ def member(database, handle: str, as_of: str | None = None) -> dict | None:
     fs = facts(database, handle)
     return {"handle": m.handle, "name": m.name, "email": m.email, "joined": m.joined, "created": m.created,
             "forgotten": m.forgotten, **state_from_facts(fs, as_of), "facts": fs,
-            "payments": payments(database, handle), "adjustments": adjustments(database, handle)}
+            "payments": payments(database, handle), "adjustments": adjustments(database, handle),
+            "dues_addresses": (addresses := dues_addresses(database, handle)),
+            "dues_address": addresses[-1]["address"] if addresses else None,
+            "dues_uri": addresses[-1]["uri"] if addresses else None,
+            "chain_payments": chain_payments(database, handle)}
 
 
-__all__ = ["PERIODS", "adjustments", "changes_after", "email_of", "facts", "handles", "member", "members", "payments", "plan", "plan_versions",
+__all__ = ["PERIODS", "adjustments", "chain_payments", "changes_after", "dues_addresses", "dues_gap",
+           "dues_uri", "email_of", "last_price", "facts", "handles", "member", "members", "payments", "plan",
+           "plan_versions",
            "plans", "state_from_facts", "today"]

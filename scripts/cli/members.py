@@ -303,6 +303,21 @@ def cmd_members(args):
     return 0
 
 
+def _dues_uri_amount(args, found) -> str | None:
+    """The dues address's BIP21 URI with one period's dues of the member's plan at the last
+    price member_data accepted, if that arrived within [members] price_max_age s; else None."""
+    import time
+
+    from actors.member_data.queries import dues_uri, last_price, plan
+
+    price = _read(args, last_price)
+    terms = _read(args, plan, found["plan"]) if found["plan"] else None
+    max_age = _home(args).config["members"]["price_max_age"]
+    if price is None or terms is None or not 0 <= time.time() - price["received"] <= max_age:
+        return None
+    return dues_uri(found["dues_address"], terms["cents"], price["cad_per_btc"])
+
+
 def _show(args):
     from actors.member_data.queries import member, members
 
@@ -328,6 +343,8 @@ def _show(args):
     found = _read(args, member, args.handle)
     if found is None:
         raise DctrlError(f"unknown member {args.handle}")
+    if action == "show" and found["dues_address"]:
+        found["dues_uri_amount"] = _dues_uri_amount(args, found)
     if action == "export" or args.json:
         print(json.dumps(found, sort_keys=True, indent=2 if action == "export" else None))
         return 0
@@ -335,6 +352,11 @@ def _show(args):
     for key in ("name", "email", "joined", "plan", "left"):
         print(f"  {key + ':':<8} {printable(found[key] if found[key] is not None else '-')}")
     print(f"  {'groups:':<8} {' '.join(found['groups']) or '-'}")
+    if found["dues_address"]:
+        print(f"  {'dues:':<8} {found['dues_address']}  ({found['dues_uri_amount'] or found['dues_uri']})")
+    else:
+        print(f"  {'dues:':<8} no dues address yet (member_data hands one out once the chain notifier has "
+              "checked which addresses were used; is [members] receive set?)")
     print("facts:")
     for f in found["facts"]:
         what = f["plan"] or f["group"] or f["detail"] or ""
@@ -343,6 +365,12 @@ def _show(args):
     for p in found["payments"]:
         print(f"  #{p['id']:<5} {p['on']}  {p['cad']:>10} CAD  {p['method']:<9} {printable(p['note'] or '')}"
               + (f" {p['txid_vout']}" if p["txid_vout"] else ""))
+    waiting = [c for c in found["chain_payments"] if c["payment"] is None]
+    if waiting:
+        print("bitcoin payments not counted yet:")
+    for c in waiting:
+        print(f"  {c['txid_vout']}  {c['sats']} sats  {c['state']}, {c['confirmations']} confirmation(s)"
+              + (f", at {c['cad_per_btc']} CAD/BTC" if c["cad_per_btc"] else ", waiting for a fresh price"))
     if found["adjustments"]:
         print("adjustments:")
     for a in found["adjustments"]:

@@ -81,6 +81,11 @@ cookie_file = "sim/chain/.cookie"
 [business]
 receive = "{receive}"
 
+# Member dues (actors/member_data/). receive: the account xpub dues addresses are derived
+# from, never the sales one (the demo's: account 1 of the same thrown-away seed).
+[members]
+receive = "{members_receive}"
+
 # BTC-CAD price sources (actors/price_notifier.py; "" disables one). Production:
 # kraken = "https://api.kraken.com", coinbase = "https://api.coinbase.com",
 # bitstamp = "https://www.bitstamp.net", coingecko = "https://api.coingecko.com",
@@ -145,6 +150,7 @@ def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_
     token_key = nacl.signing.SigningKey.generate()
     atomic_write(root / "vault" / "token.key", bytes(token_key).hex().encode() + b"\n", mode=0o600)
     db_url = database_url or f"sqlite:///{root / 'dctrl.sqlite3'}"
+    sales_xpub, dues_xpub = demo_account_xpubs(2)
     atomic_write(root / "config.toml", CONFIG_TEMPLATE.format(
         pub=publish_endpoint or DEFAULTS["bus"]["publish_endpoint"],
         sub=subscribe_endpoint or DEFAULTS["bus"]["subscribe_endpoint"],
@@ -154,7 +160,8 @@ def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_
         chain_rpc_port=chain_rpc_port,
         chain_zmq_port=chain_zmq_port,
         smtp_port=smtp_port,
-        receive=demo_account_xpub(),
+        receive=sales_xpub,
+        members_receive=dues_xpub,
     ).encode(), mode=0o600)
     atomic_write(root / "policy.toml", policy_template().encode(), mode=0o600)
     registry = Registry(root / "keys" / "registry.json")
@@ -181,9 +188,15 @@ def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_
 def demo_account_xpub() -> str:
     """A BIP84 regtest account tpub from a random seed that is thrown away: payments to its
     addresses can never be spent, which is right for a demo and wrong for anything else."""
+    return demo_account_xpubs(1)[0]
+
+
+def demo_account_xpubs(n: int) -> list[str]:
+    """Accounts 0 .. n-1 (m/84h/1h/ih) of one random regtest seed that is thrown away: the
+    demo's sales account (0) and its member dues account (1)."""
     from embit import bip32
     from embit.networks import NETWORKS
 
     net = NETWORKS["regtest"]
     root = bip32.HDKey.from_seed(os.urandom(32), version=net["xprv"])
-    return root.derive("m/84h/1h/0h").to_public().to_string(version=net["xpub"])
+    return [root.derive(f"m/84h/1h/{i}h").to_public().to_string(version=net["xpub"]) for i in range(n)]
