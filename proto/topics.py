@@ -405,14 +405,14 @@ register("cmd.members.plan_set", Map({
 # members.ack: the answer to any cmd.members.* (the same answer for a retried id).
 register("members.ack", Map({"id": RID, "status": Str(choices=("done", "refused")), "reason": Opt(REASON)}))
 # member.changed: a new fact about a member: its kind and the id of its row (in member_fact, or
-# member_payment for paid and payment (a bitcoin payment to a dues address that counted, at the
+# member_payment for paid (by hand, or a bitcoin payment to a dues address that counted, at the
 # plan's confirmations), member_adjustment for adjusted), never personal data. From an outbox:
 # event_id as business.* events.
 register("member.changed", Map({
     "event_id": EVENT_ID,
     "handle": HANDLE,
     "kind": Str(choices=("joined", "plan", "left", "rejoined", "group_joined", "group_left", "details",
-                         "forgotten", "paid", "adjusted", "payment")),
+                         "forgotten", "paid", "adjusted")),
     "ref": Int(min=1),
     "on": ISO_DATE,                        # the day it takes effect
 }))

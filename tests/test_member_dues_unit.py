@@ -227,7 +227,7 @@ def test_a_payment_counts_once_at_the_plans_confirmations_valued_at_its_first_se
     tx = dues.chain(address, sats, "seen")
     dues.price("60000.00")  # the price moves after the payment was seen: its value does not
     dues.chain(address, sats, "confirmed", tx=tx, confirmations=1)
-    assert dues.count(MemberPayment) == 0 and not dues.rt.bodies("member.changed", kind="payment")
+    assert dues.count(MemberPayment) == 0 and not dues.rt.bodies("member.changed", kind="paid")
     dues.chain(address, sats, "confirmed", tx=tx, confirmations=2)
     (pay,) = dues.shown()["payments"]
     assert (pay["method"], pay["cents"], pay["txid_vout"]) == ("bitcoin", cents_of(sats, PRICE), f"{tx}:0")
@@ -236,8 +236,8 @@ def test_a_payment_counts_once_at_the_plans_confirmations_valued_at_its_first_se
     assert (cp["cad_per_btc"], cp["rate_sources"], cp["rate_late"], cp["payment"]) == (
         PRICE, ["kraken", "coinbase"], False, pay["id"])
     assert cp["rate_as_of"] is not None and "kraken, coinbase" in pay["note"]
-    (event,) = dues.rt.bodies("member.changed", kind="payment")
-    assert event == {"handle": "ada", "kind": "payment", "ref": pay["id"], "on": pay["on"],
+    (event,) = dues.rt.bodies("member.changed", kind="paid")
+    assert event == {"handle": "ada", "kind": "paid", "ref": pay["id"], "on": pay["on"],
                      "event_id": event["event_id"]}  # the handle only: no name, no email
     # repeated and further events change nothing
     for _ in range(2):
@@ -248,7 +248,7 @@ def test_a_payment_counts_once_at_the_plans_confirmations_valued_at_its_first_se
     dues.restart()
     dues.run(1.0, outputs={address: [{"txid": tx, "vout": 0, "sats": sats, "state": "confirmed",
                                       "confirmations": 6, "height": 101, "rbf": False, "seen_at": 1, "by": None}]})
-    assert dues.count(MemberPayment) == 1 and len(dues.rt.bodies("member.changed", kind="payment")) == 0
+    assert dues.count(MemberPayment) == 1 and len(dues.rt.bodies("member.changed", kind="paid")) == 0
     assert dues.count(MemberAdjustment) == 0
 
 
@@ -444,3 +444,23 @@ def test_member_data_is_granted_the_two_chain_commands_and_hears_the_chain_and_t
     for prefix in ("chain", "chain.tx", "chain.watch.ack", "chain.discover.ack", "price", "cmd.members"):
         assert grants.subscription(prefix_frame(prefix)) == (prefix_frame(prefix),), prefix
     assert grants.subscription(prefix_frame("machine")) == ()
+
+
+def test_the_welcome_carries_the_dues_address_and_a_bitcoin_receipt_its_sats_and_rate(dues):
+    """What MemberMail renders (actors/member_mail/context.py) from MemberData's records."""
+    from actors.member_mail import context
+
+    dues.ready(confirmations=1)
+    address = dues.address()
+    _, welcome = context.welcome(dues.db, "ada")
+    assert (welcome["address"], welcome["uri"]) == (address, dues.shown()["dues_uri"])
+    assert welcome["uri"].startswith(f"bitcoin:{address}")
+    tx = dues.chain(address, 80_000, "seen")
+    dues.chain(address, 80_000, "confirmed", tx=tx, confirmations=1)
+    (pay,) = dues.shown()["payments"]
+    period, receipt = context.receipt(dues.db, "ada", pay["id"])
+    assert period == f"{tx}:0" and (receipt["txid"], receipt["vout"]) == (tx, 0)
+    assert (receipt["sats"], receipt["rate"], receipt["cad_cents"], receipt["method"]) == (
+        80_000, PRICE, pay["cents"], "bitcoin")
+    _, welcome = context.welcome(dues.db, "ada")
+    assert welcome["address"] == dues.address() != address  # after a paid address, the next one

@@ -464,7 +464,7 @@ class MemberData(Actor):
             p.save()
             log.info("member %s paid %s CAD in bitcoin (%s, %d confirmations)", p.handle, format_cents(cents),
                      p.txid_vout, p.confirmations)
-            self._chain_event(p, "payment", pay.id, paid_on)
+            self._chain_event(p, "paid", pay.id, paid_on)  # (as a payment by hand: one kind, one receipt path)
         elif p.reversal is None and p.state in ("replaced", "removed"):
             paid = MemberPayment.get_by_id(p.payment)
             done = MemberAdjustment.get_or_none(MemberAdjustment.reverses == paid.id)

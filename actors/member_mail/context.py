@@ -31,9 +31,12 @@ def _member(database, handle: str) -> dict:
 
 
 def dues_address(database, handle: str) -> tuple[str | None, str | None]:
-    """The member's dues address and its ``bitcoin:`` URI, once MemberData hands them out (a
-    later step of issue 12); (None, None) until then: the welcome mail says to pay at the space."""
-    return None, None
+    """The member's current dues address and its ``bitcoin:`` URI; (None, None) when MemberData
+    has none for them (no ``[members] receive``, or its discovery not answered yet): the
+    welcome mail then says to pay at the space. MemberData hands the address out before it
+    publishes the member's ``joined``, so the welcome that event queues carries it."""
+    m = members.member(database, handle) or {}
+    return m.get("dues_address"), m.get("dues_uri")
 
 
 def welcome(database, handle: str) -> tuple[str, dict]:
@@ -58,9 +61,11 @@ def receipt(database, handle: str, payment_id: int | None = None) -> tuple[str, 
         txid, _, vout_text = p["txid_vout"].partition(":")
         vout = int(vout_text)
     period = p["txid_vout"] if p["txid_vout"] else f"payment:{p['id']}"
-    # sats and the rate: recorded with bitcoin payments once MemberData watches dues addresses
-    return period, {"name": m["name"], "handle": handle, "sats": p.get("sats"), "cad_cents": p["cents"],
-                    "rate": p.get("rate"), "txid": txid, "vout": vout, "method": p["method"],
+    # A bitcoin payment to a dues address: its sats and the rate it was valued at (MemberData's
+    # record of the output); one recorded by hand has neither.
+    chain = next((c for c in members.chain_payments(database, handle) if c["payment"] == p["id"]), {})
+    return period, {"name": m["name"], "handle": handle, "sats": chain.get("sats"), "cad_cents": p["cents"],
+                    "rate": chain.get("cad_per_btc"), "txid": txid, "vout": vout, "method": p["method"],
                     "paid_through": None}  # (the Reporter's, not computed yet)
 
 
