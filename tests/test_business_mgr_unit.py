@@ -331,6 +331,40 @@ def test_a_restarted_business_mgr_resends_the_same_vend_and_sells_at_the_last_pr
     assert other["cad_per_btc"] == PRICE
 
 
+def test_a_watch_answered_after_expiry_with_a_payment_still_closes_the_invoice(sale):
+    """Found by `dctrl bench faults` (seed 120): BusinessMgr killed while an invoice held a
+    partial payment; after its restart the reconcile watch was answered only after the expiry,
+    with the payment in the answer, confirmed meanwhile. Evaluating it asked the chain once more
+    (a new watch), and the ack's handler then dropped that new watch from the send queue: never
+    sent, never answered, and the invoice stayed 'seen' for good."""
+    sale.command("cmd.business.policy.set", key="invoice_lifetime_s", value="15")
+    sale.run(0.25)  # (the policy seen)
+    inv = sale.press(COLA)
+    address = inv["address"]
+    tx = sale.pay(address, COLA_SATS // 2)  # too little, seen; its block comes while BusinessMgr is down
+    sale.rt.stop()
+    sale.start()  # after a kill: every open invoice's watch sent again, to reconcile
+    restarted = len(sale.rt.published)
+    for _ in range(round(20 / 0.25)):  # past the expiry, the chain notifier busy with watches
+        sale.rt.advance(0.25)
+        for topic, body in sale.rt.published[restarted:]:
+            if topic == "cmd.chain.discover":  # (the discovery alone answered)
+                sale.rt.send("chain.discover.ack", {"id": body["id"], "book": body["book"], "status": "done",
+                                                    "reason": None, "highest": None, "scanned": body["gap"]},
+                             sender="chain_notifier")
+        restarted = len(sale.rt.published)
+    assert sale.stored(inv["invoice"])["state"] == "seen"  # expired, waiting for the chain's answer
+    watch = sale.rt.bodies("cmd.chain.watch", address=address)[-1]
+    sale.answered = len(sale.rt.published)  # (what came before was answered above)
+    sale.rt.send("chain.watch.ack", {
+        "id": watch["id"], "address": address, "script": "0014" + "00" * 20, "status": "watching",
+        "reason": None, "outputs": [{"txid": tx, "vout": 0, "sats": COLA_SATS // 2, "state": "confirmed",
+                                     "confirmations": 1, "height": 101, "rbf": False,
+                                     "seen_at": int(sale.clock.time()) - 19, "by": None}]}, sender="chain_notifier")
+    sale.run(65)  # the chain notifier answering (an expired invoice still waiting: looked at every 60 s)
+    assert sale.changed(inv["invoice"], "underpaid")["received_sats"] == COLA_SATS // 2
+
+
 def test_a_reconnect_asks_the_chain_again_about_open_invoices(sale):
     inv = sale.press(COLA)
     sale.run(0.5)

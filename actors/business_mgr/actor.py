@@ -494,6 +494,19 @@ class BusinessMgr(Actor):
         row = SalesWatch.get_or_none(SalesWatch.address == b["address"])
         if row is None or row.command != b["id"].hex() or row.acked:
             return  # someone else's watch, or an answer to an older id
+        # Answered: no more re-sends of this id. Dropped from the queue before the evaluation
+        # below, which may want the address watched again (an expired invoice asks the chain
+        # once more before it closes): dropped after, that new watch was never sent, and the
+        # invoice waited for its answer for good (found by `dctrl bench faults`, seed 120).
+        self.watch_due.pop(row.address, None)
+        try:
+            self._watch_answered(row, b)
+        except BaseException:
+            self.watch_due[row.address] = 0.0  # not recorded: ask again (the same id: answered again)
+            raise
+        self._flush()
+
+    def _watch_answered(self, row, b):
         with self._txn():
             SalesWatch.update(acked=True, reconcile=False,
                               refused=b["reason"] if b["status"] == "refused" else None) \
@@ -509,8 +522,6 @@ class BusinessMgr(Actor):
                     self._observe(row.address, o["txid"], o["vout"], o["sats"], o["state"], o["confirmations"],
                                   o["rbf"], snapshot=True, seen_at=o.get("seen_at"), by=o.get("by"),
                                   watched_since=row.created)
-        self.watch_due.pop(row.address, None)
-        self._flush()
 
     @on("chain.tx")
     def on_chain_tx(self, msg):

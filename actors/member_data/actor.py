@@ -328,6 +328,15 @@ class MemberData(Actor):
         row = MemberWatch.get_or_none(MemberWatch.address == b["address"])
         if row is None or row.command != b["id"].hex() or row.acked:
             return  # someone else's watch (an invoice's), or an answer to an older id
+        self.watch_due.pop(row.address, None)  # (before what follows may want it again: as BusinessMgr)
+        try:
+            self._watch_answered(row, b)
+        except BaseException:
+            self.watch_due[row.address] = 0.0
+            raise
+        self._after_chain()
+
+    def _watch_answered(self, row, b):
         with write_transaction(self.database):
             MemberWatch.update(acked=True, refused=b["reason"] if b["status"] == "refused" else None) \
                 .where(MemberWatch.address == row.address).execute()
@@ -338,8 +347,6 @@ class MemberData(Actor):
                 for o in reversed(b["outputs"] or []):  # oldest first
                     self._observe(row.address, o["txid"], o["vout"], o["sats"], o["state"], o["confirmations"],
                                   snapshot=True, seen_at=o.get("seen_at"), by=o.get("by"))
-        self.watch_due.pop(row.address, None)
-        self._after_chain()
 
     @on("chain.tx")
     def on_chain_tx(self, msg):
