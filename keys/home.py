@@ -56,6 +56,10 @@ DEFAULTS = {
     "event_logger": {"segment_mb": 16, "fsync_interval_ms": 50, "retention_days": 90, "max_mb": 2048,
                      "rejected_sample": 100, "rejected_period_s": 60, "quota_mb": 64, "quota_period_s": 3600},
     "database": {"url": ""},
+    # actors/reporter/actor.py: judge and snapshot daily at `at` (local time, HH:MM) and every
+    # `interval` s; a feed is down when ChainNotifier says so, lags more than `max_lag` blocks, or
+    # is silent `chain_timeout` s, or the price is stale or silent `price_timeout` s
+    "reporter": {"at": "00:05", "interval": 3600, "max_lag": 2, "chain_timeout": 60, "price_timeout": 600},
     "demo": {"simulators": False, "exchanges_port": 7480, "chain_rpc_port": 18443, "chain_zmq_port": 28332},
 }
 
