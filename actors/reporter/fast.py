@@ -55,6 +55,8 @@ def fast_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState
         k -= 1
     started = k + 1
     paid = credit // dues if credit > 0 else 0
+    if paid * m > (k + 1) * m + 12 * HORIZON_YEARS:
+        return None  # far past the core's horizon (and maybe the calendar's end)
     first_unpaid_start = add_months(anchor, paid * m)
     if first_unpaid_start > add_months(as_of, 12 * HORIZON_YEARS):
         return None  # the core caps what credit covers at its horizon
