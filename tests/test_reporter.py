@@ -14,7 +14,7 @@ import io
 import json
 import os
 import random
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
@@ -327,9 +327,33 @@ def test_members_add_and_pay_then_report_member_shows_current(tmp_path, database
             r = dctrl(home, "report", "member", "ada", "--json", check=False)
             return json.loads(r.stdout) if r.returncode == 0 else None
         found = wait_for(lambda: (shown() or {}).get("status") == "current" and shown(), what="ada current")
-        from datetime import datetime, timezone
         today = datetime.now(timezone.utc).date()
         # joined and paid today: the period runs to the day before the same day next month
         from actors.reporter.dues import add_months
         assert found["paid_through"] == (add_months(today, 1) - timedelta(days=1)).isoformat()
         assert net.alive("reporter")
+
+
+def test_income_counts_vending_sales_by_machine_and_product_in_their_month(world):
+    from actors.business_mgr.models import TABLES as SALES_TABLES, SalesInvoice
+    from actors.db import ensure_tables
+    from actors.reporter.reports import income_rows
+
+    db = world.reporter.database
+    with db.bind_ctx(SALES_TABLES):
+        ensure_tables(db, SALES_TABLES)
+        jan31 = int(datetime(2027, 1, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp())  # its last second (UTC)
+        for product, items, vended, paid_at in (("cola", 2, 2, jan31), ("cola", 2, 1, jan31 + 1),
+                                                ("chips", 1, 0, jan31), ("chips", 1, 1, None)):
+            SalesInvoice.create(mode="invoice", machine="vm1", slot=1, product=product, price_cents=350, items=items,
+                                due_sats=1000 * items, address="bc1q", state="vended", created=jan31, expires=jan31,
+                                paid_at=paid_at, vended=vended)
+    world.plan()
+    world.add("ada", "2027-01-15")
+    world.pay("ada", on="2027-02-01")
+    rows = income_rows(db, D("2027-02-28"))
+    assert [(m["month"], m["sales"], m["dues"]) for m in rows] == [
+        ("2027-01", [{"machine": "vm1", "product": "cola", "sats": 2000, "cents": 700}], {}),
+        ("2027-02", [{"machine": "vm1", "product": "cola", "sats": 1000, "cents": 350}],
+         {"cash": {"sats": 0, "cents": 4000}})]
+    assert [m["month"] for m in income_rows(db, D("2027-01-31"))] == ["2027-01"]

@@ -58,7 +58,7 @@ from keys.home import DEFAULTS, Home, merge
 from ..db import connect, ensure_tables, write_transaction
 from ..outbox import Outbox, event_id
 from ..runtime import Actor, every, on
-from .dues import MemberBook, Status
+from .dues import DuesError, MemberBook, Status
 from .feeds import Outage, publishable
 from .inputs import load, utc_day
 from .models import TABLES, ReportMemberStatus, ReportOutage, ReportSnapshot, ReportTransition, db
@@ -219,13 +219,17 @@ class Reporter(Actor):
                 since = date.fromisoformat(row.judged_through) if row else h.joined - ONE_DAY
                 if since >= now:
                     continue
-                book_status = MemberBook(h, inputs.plans).status(since)
+                try:
+                    book_status = MemberBook(h, inputs.plans).status(since)
+                    j = publishable(h, inputs.plans, outages, since, now)
+                except DuesError as exc:  # facts the core cannot read (a plan with no version then)
+                    log.warning("member %s not judged: %s", h.handle, exc)
+                    continue
                 last = row.status if row else None
                 events = []
                 if (book_status.value if book_status else None) != last and book_status is not None:
                     events.append((since, last, book_status.value))  # a correction: facts entered late
                     last = book_status.value
-                j = publishable(h, inputs.plans, outages, since, now)
                 for t in j.published:
                     events.append((t.on, last, t.new.value))
                     last = t.new.value

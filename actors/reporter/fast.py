@@ -75,6 +75,12 @@ def fast_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState
         credited_cents=credit, current=current, first_unpaid=first_unpaid, next_charge=next_charge)
 
 
+def state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState:
+    """The member's state on ``as_of``: the closed form when it applies, else the core."""
+    s = fast_state(history, plans, as_of)
+    return s if s is not None else MemberBook(history, plans).state(as_of)
+
+
 def states(histories: Iterable[MemberHistory], plans: Plans, as_of: date) -> list[MemberState]:
     """Every member's state on ``as_of``, in the order given."""
     check_day(as_of, "as_of")

@@ -25,9 +25,7 @@ import logging
 from dataclasses import dataclass
 from datetime import date
 
-import peewee
-
-from ..member_data.models import MemberAdjustment, MemberFact, MemberMember, MemberPayment, MemberPlanVersion
+from ..member_data.models import MemberPlanVersion
 from .business import Sale
 from .dues import Adjustment, DuesError, GroupChange, MemberHistory, Payment, PlanChange, Plans, PlanVersion
 
@@ -57,32 +55,28 @@ class Inputs:
 
 
 def load(database, as_of: date, *, since: date | None = None, handle: str | None = None) -> Inputs:
-    """Every member's history up to ``as_of`` (or one member's), the plans: four queries, plus
-    two aggregates when ``since`` is given. Payments and adjustments after ``as_of`` are left
+    """Every member's history up to ``as_of`` (or one member's), the plans: five queries (plans,
+    members, facts, payments and adjustments after ``since``, and two aggregates of the money up
+    to ``since`` when it is given). Payments and adjustments after ``as_of`` are left
     out (they count from their day on; a status on ``as_of`` cannot see them)."""
     until = as_of.isoformat()
     cut = since.isoformat() if since is not None and since < as_of else until if since is not None else None
     plans = load_plans(database)
 
-    def only(q, model):
-        return q.where(model.handle == handle) if handle is not None else q
+    one = ' AND "handle" = ?' if handle is not None else ""
+    extra = (handle,) if handle is not None else ()
 
-    members = only(MemberMember.select(MemberMember.handle, MemberMember.joined), MemberMember)
-    facts = only(MemberFact.select(MemberFact.handle, MemberFact.kind, MemberFact.on, MemberFact.plan,
-                                   MemberFact.group).order_by(MemberFact.id), MemberFact)
-    lower = (lambda model: model.on > cut) if cut is not None else (lambda model: model.on > "")
-    pays = only(MemberPayment.select(MemberPayment.handle, MemberPayment.on, MemberPayment.cents,
-                                     MemberPayment.method, MemberPayment.id)
-                .where((MemberPayment.on <= until) & lower(MemberPayment)), MemberPayment)
-    adjs = only(MemberAdjustment.select(MemberAdjustment.handle, MemberAdjustment.on, MemberAdjustment.cents)
-                .where((MemberAdjustment.on <= until) & lower(MemberAdjustment)), MemberAdjustment)
+    def rows(sql: str, *params) -> list[tuple]:  # plain cursors: peewee's row objects cost more than the query
+        return database.execute_sql(sql.replace("?", database.param), params).fetchall()
 
     by: dict[str, dict] = {}
-    for h, joined in members.bind(database).tuples():
-        by[h] = {"joined": date.fromisoformat(joined), "plans": [], "leaves": [], "rejoins": [], "groups": [],
-                 "payments": [], "adjustments": []}
     fromiso = date.fromisoformat
-    for h, kind, on, plan, group in facts.bind(database).tuples():
+    for h, joined in rows(f'SELECT "handle", "joined" FROM "member_member" WHERE 1 = 1{one}', *extra):
+        by[h] = {"joined": fromiso(joined), "plans": [], "leaves": [], "rejoins": [], "groups": [],
+                 "payments": [], "adjustments": []}
+    for h, kind, on, plan, group in rows(
+            'SELECT "handle", "kind", "on", "plan", "group" FROM "member_fact" WHERE "kind" IN '
+            f"('plan', 'left', 'rejoined', 'group_joined', 'group_left'){one} ORDER BY \"id\"", *extra):
         m = by.get(h)
         if m is None:
             continue
@@ -92,21 +86,23 @@ def load(database, as_of: date, *, since: date | None = None, handle: str | None
             m["leaves"].append(fromiso(on))
         elif kind == "rejoined":
             m["rejoins"].append(fromiso(on))
-        elif kind in ("group_joined", "group_left"):
+        else:
             m["groups"].append(GroupChange(fromiso(on), group, kind == "group_joined"))
-    for h, on, cents, method, pid in pays.bind(database).tuples():
+    low = cut or ""
+    money = [] if cut == until else rows('SELECT "handle", "on", "cents", "method", "id" FROM "member_payment" '
+                                          f'WHERE "on" <= ? AND "on" > ?{one} ORDER BY "id"', until, low, *extra)
+    for h, on, cents, method, pid in money:
         if h in by:
             by[h]["payments"].append(Payment(fromiso(on), int(cents), method, key=str(pid)))
-    for h, on, cents in adjs.bind(database).tuples():
+    money = [] if cut == until else rows('SELECT "handle", "on", "cents" FROM "member_adjustment" '
+                                         f'WHERE "on" <= ? AND "on" > ?{one} ORDER BY "id"', until, low, *extra)
+    for h, on, cents in money:
         if h in by:
             by[h]["adjustments"].append(Adjustment(fromiso(on), int(cents)))
     if cut is not None:  # the money up to the cut, summed by the database: one credit per member
-        for model in (MemberPayment, MemberAdjustment):
-            q = (model.select(model.handle, peewee.fn.SUM(model.cents), peewee.fn.MAX(model.on))
-                 .where(model.on <= cut).group_by(model.handle))
-            if handle is not None:
-                q = q.where(model.handle == handle)
-            for h, cents, last in q.bind(database).tuples():
+        for table in ("member_payment", "member_adjustment"):  # (each grouped along its handle index)
+            for h, cents, last in rows(f'SELECT "handle", SUM("cents"), MAX("on") FROM "{table}" '
+                                       f'WHERE "on" <= ?{one} GROUP BY "handle"', cut, *extra):
                 if h in by and cents:
                     by[h]["adjustments"].append(Adjustment(fromiso(last), int(cents), "before " + cut))
 
@@ -123,27 +119,29 @@ def load(database, as_of: date, *, since: date | None = None, handle: str | None
 
 
 def dues_payments(database, until: date) -> list[Payment]:
-    """Every payment booked on or before ``until`` (for the income report), oldest first."""
-    q = (MemberPayment.select(MemberPayment.on, MemberPayment.cents, MemberPayment.method, MemberPayment.id)
-         .where(MemberPayment.on <= until.isoformat()).order_by(MemberPayment.id))
-    return [Payment(date.fromisoformat(on), int(c), m, key=str(i)) for on, c, m, i in q.bind(database).tuples()]
-
-
-_SALES_SQL = ('SELECT "machine", "product", "due_sats", "items", "vended", "price_cents", "paid_at" '
-              'FROM "sales_invoice" WHERE "vended" > 0 AND "paid_at" IS NOT NULL AND "paid_at" < ?')
+    """The dues booked on or before ``until`` for the income report, summed by the database per
+    month and method: one :class:`~actors.reporter.dues.Payment` each, dated the month's first
+    day (monthly_income books a payment in its month, per method: the same totals as one per row)."""
+    sql = ('SELECT SUBSTR("on", 1, 7), "method", SUM("cents") FROM "member_payment" WHERE "on" <= ? '
+           'GROUP BY SUBSTR("on", 1, 7), "method"').replace("?", database.param)
+    return [Payment(date.fromisoformat(month + "-01"), int(cents), method, key=f"{month} {method}")
+            for month, method, cents in database.execute_sql(sql, (until.isoformat(),)).fetchall()]
 
 
 def sales(database, until: date) -> list[Sale]:
-    """BusinessMgr's vending sales on or before ``until`` (UTC days): an invoice with items
-    dispensed is a sale of those items, in sats at its quote (the amount due for the items
-    dispensed) and in CAD at its price, dated the day it was paid. None if BusinessMgr has never
-    run on this database."""
+    """BusinessMgr's vending sales on or before ``until`` (UTC days), summed by the database per
+    month, machine and product (one :class:`~actors.reporter.business.Sale` each, dated the
+    month's first day). An invoice with items dispensed is a sale of those items: in sats at its
+    quote (the amount due for the items dispensed), in CAD at its price, in the month it was
+    paid. None if BusinessMgr has never run on this database."""
     if not database.table_exists("sales_invoice"):
         return []
     end = int(datetime.datetime.combine(until, datetime.time(), datetime.timezone.utc).timestamp()) + 86400
-    sql = _SALES_SQL if database.param == "?" else _SALES_SQL.replace("?", database.param)
-    out = []
-    for machine, product, due_sats, items, vended, price_cents, paid_at in database.execute_sql(sql, (end,)):
-        sats = (int(due_sats) * int(vended) // int(items)) if due_sats and items else 0
-        out.append(Sale(machine, product, sats, int(price_cents) * int(vended), utc_day(paid_at)))
-    return out
+    month = ("""strftime('%Y-%m', "paid_at", 'unixepoch')""" if database.param == "?" else
+             """to_char(to_timestamp("paid_at") AT TIME ZONE 'UTC', 'YYYY-MM')""")
+    sql = (f'SELECT {month}, "machine", "product", SUM(COALESCE("due_sats", 0) * "vended" / "items"), '
+           'SUM("price_cents" * "vended") FROM "sales_invoice" '
+           'WHERE "vended" > 0 AND "items" > 0 AND "paid_at" IS NOT NULL AND "paid_at" < ? '
+           f'GROUP BY {month}, "machine", "product"').replace("?", database.param)
+    return [Sale(machine, product, int(sats), int(cents), date.fromisoformat(m + "-01"))
+            for m, machine, product, sats, cents in database.execute_sql(sql, (end,)).fetchall()]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import date
 
 from .business import monthly_income
-from .dues import MemberBook
-from .fast import states
+from .dues import DuesError, MemberBook
+from .fast import state
 from .inputs import dues_payments, load, sales
 
 
@@ -19,7 +19,12 @@ def member_rows(database, as_of: date) -> list[dict]:
     """Every member's status, paid-through and balance on ``as_of``, by handle: one aggregate
     pass over the money (inputs.load with since=as_of)."""
     inputs = load(database, as_of, since=as_of)
-    rows = [s.summary() for s in states(inputs.histories, inputs.plans, as_of)]
+    rows = []
+    for h in inputs.histories:
+        try:
+            rows.append(state(h, inputs.plans, as_of).summary())
+        except DuesError as exc:  # e.g. a plan with no version in force: reported, the others computed
+            inputs.broken[h.handle] = str(exc)
     rows += [{"handle": h, "as_of": as_of.isoformat(), "status": "error", "paid_through": None, "balance_cents": None,
               "next_charge": None, "next_charge_cents": None, "error": why} for h, why in inputs.broken.items()]
     return sorted(rows, key=lambda r: r["handle"])
@@ -32,7 +37,10 @@ def member_report(database, handle: str, as_of: date) -> dict | None:
         return {"handle": handle, "as_of": as_of.isoformat(), "status": "error", "error": inputs.broken[handle]}
     if not inputs.histories:
         return None
-    s = MemberBook(inputs.histories[0], inputs.plans).state(as_of)
+    try:
+        s = MemberBook(inputs.histories[0], inputs.plans).state(as_of)
+    except DuesError as exc:
+        return {"handle": handle, "as_of": as_of.isoformat(), "status": "error", "error": str(exc)}
 
     def period(p):
         return None if p is None else {"start": p.start.isoformat(), "end": p.end.isoformat(), "plan": p.plan.name,
