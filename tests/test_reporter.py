@@ -331,6 +331,10 @@ def test_members_add_and_pay_then_report_member_shows_current(tmp_path, database
         # joined and paid today: the period runs to the day before the same day next month
         from actors.reporter.dues import add_months
         assert found["paid_through"] == (add_months(today, 1) - timedelta(days=1)).isoformat()
+        listed = json.loads(dctrl(home, "members", "list", "--status", "current", "--json").stdout)
+        assert [(m["handle"], m["status"]) for m in listed] == [("ada", "current")]
+        assert json.loads(dctrl(home, "members", "list", "--status", "lapsed", "--json").stdout) == []
+        assert "status:  current (paid through " in dctrl(home, "members", "show", "ada").stdout
         assert net.alive("reporter")
 
 
