@@ -200,6 +200,8 @@ class Reporter(Actor):
         today = self.today()
         self.dirty = False
         self._last_run_mono = self.monotonic()
+        if not self.database.table_exists("member_member"):
+            return {"as_of": (as_of or today).isoformat(), "waiting": "member_data has not made its tables yet"}
         judged = self.judge(today - ONE_DAY)
         snap = self.snapshot(as_of or today)
         self.last_run = today.isoformat()
@@ -209,7 +211,12 @@ class Reporter(Actor):
     def judge(self, now: date) -> dict:
         """Publish every member's transitions up to ``now`` that are final (feeds.py), once."""
         rows = {r.handle: r for r in ReportMemberStatus.select().bind(self.database)}
-        inputs = load(self.database, now)  # (full histories: transitions need each payment's day)
+        # Transitions need each payment's day only after the day each member was judged through:
+        # the money before the earliest of those is summed by the database. A member never judged
+        # yet (no row) is judged from joining: then every payment is read.
+        (members,) = self.database.execute_sql('SELECT COUNT(*) FROM "member_member"').fetchone()
+        since = min((date.fromisoformat(r.judged_through) for r in rows.values()), default=None)
+        inputs = load(self.database, now, since=since if members == len(rows) else None)
         outages = self.outages()
         published, held = 0, 0
         created = int(self.clock())
