@@ -14,10 +14,15 @@ histories.
 from __future__ import annotations
 
 from datetime import date
+from functools import lru_cache
 from typing import Iterable
 
 from .dues import (HORIZON_YEARS, ONE_DAY, MemberBook, MemberHistory, MemberState, Period, Plans, _status,
                    add_months, check_day)
+
+
+# Members share anchors (joined dates) and offsets: the calendar arithmetic is memoised.
+_add_months = lru_cache(maxsize=1 << 16)(add_months)
 
 
 def _simple_plan(history: MemberHistory, plans: Plans, as_of: date):
@@ -49,21 +54,21 @@ def fast_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState
             credit += a.cents
     # k: the last period started on or before as_of (k >= 0 since as_of >= joined)
     k = ((as_of.year - anchor.year) * 12 + as_of.month - anchor.month) // m
-    while add_months(anchor, (k + 1) * m) <= as_of:
+    while _add_months(anchor, (k + 1) * m) <= as_of:
         k += 1
-    while k > 0 and add_months(anchor, k * m) > as_of:
+    while k > 0 and _add_months(anchor, k * m) > as_of:
         k -= 1
     started = k + 1
     paid = credit // dues if credit > 0 else 0
     if paid * m > (k + 1) * m + 12 * HORIZON_YEARS:
         return None  # far past the core's horizon (and maybe the calendar's end)
-    first_unpaid_start = add_months(anchor, paid * m)
-    if first_unpaid_start > add_months(as_of, 12 * HORIZON_YEARS):
+    first_unpaid_start = _add_months(anchor, paid * m)
+    if first_unpaid_start > _add_months(as_of, 12 * HORIZON_YEARS):
         return None  # the core caps what credit covers at its horizon
 
     def period(i: int) -> Period:
-        start = add_months(anchor, i * m)
-        return Period(start, add_months(anchor, (i + 1) * m) - ONE_DAY, plan, anchor, i * m)
+        start = _add_months(anchor, i * m)
+        return Period(start, _add_months(anchor, (i + 1) * m) - ONE_DAY, plan, anchor, i * m)
 
     current = period(k)
     first_unpaid = period(paid) if paid != k else current
