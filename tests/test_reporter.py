@@ -361,3 +361,34 @@ def test_income_counts_vending_sales_by_machine_and_product_in_their_month(world
         ("2027-02", [{"machine": "vm1", "product": "cola", "sats": 1000, "cents": 350}],
          {"cash": {"sats": 0, "cents": 4000}})]
     assert [m["month"] for m in income_rows(db, D("2027-01-31"))] == ["2027-01"]
+
+
+def test_runs_are_scheduled_daily_and_wait_for_member_data_tables(tmp_path):
+    from actors.db import connect
+    from tests.harness import new_home
+
+    home = new_home(tmp_path / "home")
+    database = connect(f"sqlite:///{tmp_path}/empty.sqlite3")
+    clock = FakeClock()
+    rep = FakeRuntime(Reporter(home, database=database, clock=clock.time, monotonic=clock.monotonic),
+                      name="reporter", clock=clock, home=home).start()
+    (job,) = rep.actor.scheduler.jobs
+    assert (job.unit, job.at_time.strftime("%H:%M")) == ("days", "00:05")
+    assert rep.actor.run()["waiting"] == "member_data has not made its tables yet"
+    rep.advance(5)  # the tick runs too, without an error
+    assert rep.errors == []
+    rep.stop()
+    database.close()
+
+
+def test_bench_members_reports_each_measure_and_its_baseline():
+    from actors.db import connect
+    from scripts.bench.members import measure
+
+    database = connect("sqlite:///:memory:")
+    out = measure(database, 60, 1)
+    assert out["members"] == 60 and out["payments"] == 60 * 60 - 2 * 12  # two of them stopped a year ago
+    assert out["counts"]["current"] >= 50 and out["counts"].get("lapsed") == 2
+    for key in ("full_status_ms", "baseline_ms", "one_member_ms", "income_ms", "income_baseline_ms"):
+        assert out[key] > 0
+    assert out["ratio"] == round(out["full_status_ms"] / out["baseline_ms"], 2)
