@@ -392,3 +392,13 @@ def test_bench_members_reports_each_measure_and_its_baseline():
     for key in ("full_status_ms", "baseline_ms", "one_member_ms", "income_ms", "income_baseline_ms"):
         assert out[key] > 0
     assert out["ratio"] == round(out["full_status_ms"] / out["baseline_ms"], 2)
+    # the one-pass, summed, closed-form path gives what the core gives from every row
+    from actors.reporter.inputs import load
+    from actors.reporter.reports import member_rows
+
+    as_of = D(out["as_of"])
+    for day in (as_of, as_of - timedelta(days=400), D("2021-01-15")):
+        full = load(database, day)
+        assert full.simple == [] and len(full.histories) == 60
+        assert member_rows(database, day) == sorted((MemberBook(h, full.plans).state(day).summary()
+                                                     for h in full.histories), key=lambda r: r["handle"])

@@ -17,12 +17,21 @@ from datetime import date
 from functools import lru_cache
 from typing import Iterable
 
-from .dues import (HORIZON_YEARS, ONE_DAY, MemberBook, MemberHistory, MemberState, Period, Plans, _status,
-                   add_months, check_day)
+from .dues import (HORIZON_YEARS, ONE_DAY, MemberBook, MemberHistory, MemberState, Period, Plans, PlanVersion,
+                   _status, add_months, check_day)
 
 
 # Members share anchors (joined dates) and offsets: the calendar arithmetic is memoised.
 _add_months = lru_cache(maxsize=1 << 16)(add_months)
+
+
+def simple_plan(plans: Plans, name: str, joined: date):
+    """The one version of plan ``name`` if the closed form applies to it (one version, in force
+    on the joined date, dues above 0), else None."""
+    days, versions = plans._by_name.get(name, ((), ()))
+    if len(versions) != 1 or versions[0].dues_cents <= 0 or versions[0].effective > joined:
+        return None
+    return versions[0]
 
 
 def _simple_plan(history: MemberHistory, plans: Plans, as_of: date):
@@ -31,10 +40,7 @@ def _simple_plan(history: MemberHistory, plans: Plans, as_of: date):
     name = history.plan_changes[0].plan
     if any(c.plan != name for c in history.plan_changes):
         return None
-    days, versions = plans._by_name.get(name, ((), ()))
-    if len(versions) != 1 or versions[0].dues_cents <= 0 or versions[0].effective > history.joined:
-        return None
-    return versions[0]
+    return simple_plan(plans, name, history.joined)
 
 
 def fast_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState | None:
@@ -44,7 +50,6 @@ def fast_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState
     plan = _simple_plan(history, plans, as_of)
     if plan is None:
         return None
-    anchor, m, dues = history.joined, plan.months, plan.dues_cents
     credit = 0
     for p in history.payments:
         if not p.pending and p.paid_on <= as_of:
@@ -52,6 +57,16 @@ def fast_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState
     for a in history.adjustments:
         if a.on <= as_of:
             credit += a.cents
+    return closed_form(history.handle, history.joined, plan, credit, as_of)
+
+
+def closed_form(handle: str, anchor: date, plan: PlanVersion, credit: int, as_of: date) -> MemberState | None:
+    """The state on ``as_of`` of a member who joined on ``anchor`` (never left) on the one version
+    ``plan`` (see :func:`simple_plan`), with ``credit`` cents paid and adjusted up to that day;
+    None when the core must answer (before joining, credit beyond its horizon)."""
+    if as_of < anchor:
+        return None
+    m, dues = plan.months, plan.dues_cents
     # k: the last period started on or before as_of (k >= 0 since as_of >= joined)
     k = ((as_of.year - anchor.year) * 12 + as_of.month - anchor.month) // m
     while _add_months(anchor, (k + 1) * m) <= as_of:
@@ -67,15 +82,14 @@ def fast_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState
         return None  # the core caps what credit covers at its horizon
 
     def period(i: int) -> Period:
-        start = _add_months(anchor, i * m)
-        return Period(start, _add_months(anchor, (i + 1) * m) - ONE_DAY, plan, anchor, i * m)
+        return Period(_add_months(anchor, i * m), _add_months(anchor, (i + 1) * m) - ONE_DAY, plan, anchor, i * m)
 
     current = period(k)
     first_unpaid = period(paid) if paid != k else current
     next_charge = period(started) if started != paid else first_unpaid
     charged = started * dues
     return MemberState(
-        handle=history.handle, as_of=as_of, status=_status(True, current, first_unpaid, next_charge, as_of),
+        handle=handle, as_of=as_of, status=_status(True, current, first_unpaid, next_charge, as_of),
         paid_through=first_unpaid_start - ONE_DAY, balance_cents=credit - charged, charged_cents=charged,
         credited_cents=credit, current=current, first_unpaid=first_unpaid, next_charge=next_charge)
 

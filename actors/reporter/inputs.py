@@ -5,8 +5,8 @@ CLI (`dctrl report`). :func:`load` reads every member's facts, payments and adju
 fixed number of queries (four, whatever the number of members), never one per member, and
 builds the plain values of :mod:`actors.reporter.dues`.
 
-``since``: the money on or before this day is summed by the database (one row per member, an
-:class:`~actors.reporter.dues.Adjustment` dated the last such day) instead of read row by row.
+``since``: the money on or before this day is summed by the database (one row per member and
+table, an :class:`~actors.reporter.dues.Adjustment` dated ``since``) instead of read row by row.
 That is exact for every status, balance and paid-through on a day >= ``since`` (they depend on
 the credit up to that day only, never on how it was made up), and for the transitions after
 ``since`` (:func:`actors.reporter.dues.transitions` evaluates days after its ``from_date``). A
@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from ..member_data.models import MemberPlanVersion
 from .business import Sale
+from .fast import simple_plan
 from .dues import Adjustment, DuesError, GroupChange, MemberHistory, Payment, PlanChange, Plans, PlanVersion
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,19 @@ class Inputs:
     plans: Plans
     histories: list[MemberHistory]
     broken: dict  # handle -> why its facts cannot describe a member (DuesError): reported, not computed
+    simple: list = field(default_factory=list)  # (handle, joined, PlanVersion, credit cents): see load(simple=True)
 
 
-def load(database, as_of: date, *, since: date | None = None, handle: str | None = None) -> Inputs:
+def load(database, as_of: date, *, since: date | None = None, handle: str | None = None,
+         simple: bool = False) -> Inputs:
     """Every member's history up to ``as_of`` (or one member's), the plans: five queries (plans,
     members, facts, payments and adjustments after ``since``, and two aggregates of the money up
     to ``since`` when it is given). Payments and adjustments after ``as_of`` are left
-    out (they count from their day on; a status on ``as_of`` cannot see them)."""
+    out (they count from their day on; a status on ``as_of`` cannot see them).
+
+    ``simple`` (with ``since=as_of``: a status on one day): the members the closed form answers
+    (:func:`actors.reporter.fast.simple_plan`: one plan, never left, all money summed) come in
+    ``Inputs.simple`` as (handle, joined, plan version, credit) instead of a MemberHistory."""
     until = as_of.isoformat()
     cut = since.isoformat() if since is not None and since < as_of else until if since is not None else None
     plans = load_plans(database)
@@ -81,7 +88,7 @@ def load(database, as_of: date, *, since: date | None = None, handle: str | None
         if m is None:
             continue
         if kind == "plan":
-            m["plans"].append(PlanChange(fromiso(on), plan))
+            m["plans"].append((on, plan))
         elif kind == "left":
             m["leaves"].append(fromiso(on))
         elif kind == "rejoined":
@@ -101,21 +108,33 @@ def load(database, as_of: date, *, since: date | None = None, handle: str | None
             by[h]["adjustments"].append(Adjustment(fromiso(on), int(cents)))
     if cut is not None:  # the money up to the cut, summed by the database: one credit per member
         for table in ("member_payment", "member_adjustment"):  # (each grouped along its handle index)
-            for h, cents, last in rows(f'SELECT "handle", SUM("cents"), MAX("on") FROM "{table}" '
-                                       f'WHERE "on" <= ?{one} GROUP BY "handle"', cut, *extra):
+            for h, cents in rows(f'SELECT "handle", SUM("cents") FROM "{table}" '
+                                 f'WHERE "on" <= ?{one} GROUP BY "handle"', cut, *extra):
                 if h in by and cents:
-                    by[h]["adjustments"].append(Adjustment(fromiso(last), int(cents), "before " + cut))
+                    by[h].setdefault("summed", []).append(int(cents))
 
-    histories, broken = [], {}
+    histories, broken, simple_ = [], {}, []
+    cut_day = fromiso(cut) if cut is not None else None
     for h, m in by.items():
+        summed = m.get("summed", ())
+        if simple and cut == until and not m["leaves"] and m["plans"]:
+            name = m["plans"][0][1]
+            if all(p == name for _, p in m["plans"]) and min(on for on, _ in m["plans"]) <= m["joined"].isoformat():
+                version = simple_plan(plans, name, m["joined"])
+                if version is not None:
+                    simple_.append((h, m["joined"], version, sum(summed)))
+                    continue
         try:
-            histories.append(MemberHistory(h, m["joined"], tuple(m["plans"]), tuple(m["payments"]),
-                                           tuple(m["adjustments"]), tuple(sorted(m["leaves"])),
-                                           tuple(sorted(m["rejoins"])), tuple(m["groups"])))
+            histories.append(MemberHistory(h, m["joined"], tuple(PlanChange(fromiso(on), p) for on, p in m["plans"]),
+                                           tuple(m["payments"]),
+                                           (*m["adjustments"],
+                                            *(Adjustment(cut_day, c, "to " + cut) for c in summed)),
+                                           tuple(sorted(m["leaves"])), tuple(sorted(m["rejoins"])),
+                                           tuple(m["groups"])))
         except DuesError as exc:
             broken[h] = str(exc)
             log.warning("member %s left out of the reports: %s", h, exc)
-    return Inputs(plans, histories, broken)
+    return Inputs(plans, histories, broken, simple_)
 
 
 def dues_payments(database, until: date) -> list[Payment]:

@@ -10,16 +10,23 @@ from __future__ import annotations
 from datetime import date
 
 from .business import monthly_income
-from .dues import DuesError, MemberBook
-from .fast import state
+from .dues import Adjustment, DuesError, MemberBook, MemberHistory, PlanChange
+from .fast import closed_form, state
 from .inputs import dues_payments, load, sales
 
 
 def member_rows(database, as_of: date) -> list[dict]:
     """Every member's status, paid-through and balance on ``as_of``, by handle: one aggregate
     pass over the money (inputs.load with since=as_of)."""
-    inputs = load(database, as_of, since=as_of)
+    inputs = load(database, as_of, since=as_of, simple=True)
     rows = []
+    for h, joined, version, credit in inputs.simple:
+        s = closed_form(h, joined, version, credit, as_of)
+        if s is None:  # (before joining, or credit past the horizon): the core, from the same facts
+            s = MemberBook(MemberHistory(h, joined, (PlanChange(joined, version.name),),
+                                         adjustments=(Adjustment(as_of, credit),) if credit else ()),
+                           inputs.plans).state(as_of)
+        rows.append(s.summary())
     for h in inputs.histories:
         try:
             rows.append(state(h, inputs.plans, as_of).summary())
