@@ -386,7 +386,8 @@ def test_bench_members_reports_each_measure_and_its_baseline():
     from scripts.bench.members import measure
 
     database = connect("sqlite:///:memory:")
-    out = measure(database, 60, 1)
+    out = measure(database, 60, 1, sales=120)
+    assert out["sales"] == 120 and out["sales_cents"] == 10 * sum(150 + 25 * i for i in range(12))
     assert out["members"] == 60 and out["payments"] == 60 * 60 - 2 * 12  # two of them stopped a year ago
     assert out["counts"]["current"] >= 50 and out["counts"].get("lapsed") == 2
     for key in ("full_status_ms", "baseline_ms", "one_member_ms", "income_ms", "income_baseline_ms"):

@@ -38,5 +38,6 @@ def register(sub):
     sp.add_argument("--seeds", default="3", metavar="N",
                     help="faults: seeds 0..N-1 (or A-B, or A,B,...), one scenario each (default 3)")
     sp.add_argument("--members", type=int, default=5000, help="members: how many (default 5000)")
+    sp.add_argument("--sales", type=int, default=500_000, help="members: vending sales (default 500000)")
     sp.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
     sp.add_argument("--quick", action="store_true", help="finish in under 30 s (faults: about 25 s a seed)")
