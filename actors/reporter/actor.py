@@ -88,6 +88,12 @@ class Reporter(Actor):
         self.scheduler.every().day.at(self.cfg["at"]).do(self.run)
         self.last_seen = {"chain": self.monotonic(), "price": self.monotonic()}  # a silent feed is down
         self.dirty = True  # a run is due (at start: whatever happened while we were away)
+        self._last_run_mono = float("-inf")
+        # Each feed's state as last recorded (False: an outage is open), so that the heartbeats and
+        # prices that say nothing new touch no table.
+        self.healthy = {feed: True for feed in self.last_seen}
+        for o in ReportOutage.select().where(ReportOutage.end.is_null()).bind(self.database):
+            self.healthy[o.feed] = False
         self.published = 0
         self.held = 0
         self.last_run: str | None = None
@@ -162,7 +168,7 @@ class Reporter(Actor):
             if now - self.last_seen[feed] > timeout:
                 self.feed(feed, False, f"no news from the {feed} feed for {timeout:g} s")
         self.scheduler.run_pending()
-        if self.dirty or (now - getattr(self, "_last_run_mono", -1e18)) >= self.cfg["interval"]:
+        if self.dirty or now - self._last_run_mono >= self.cfg["interval"]:
             self.run()
         self.flush()
 
@@ -176,6 +182,9 @@ class Reporter(Actor):
     def feed(self, feed: str, healthy: bool, reason: str = "") -> None:
         """Record what we see of a feed: an outage opens on the first bad news and closes (dated
         today, its last unhealthy day) on the first good news after it."""
+        if self.healthy.get(feed) == healthy:
+            return
+        self.healthy[feed] = healthy
         today = self.today().isoformat()
         with write_transaction(self.database):
             open_ = ReportOutage.get_or_none((ReportOutage.feed == feed) & ReportOutage.end.is_null())
