@@ -2,7 +2,7 @@
 
 A reader (peewee and the pure core only: no bus, no scheduler), for the Reporter actor and the
 CLI (`dctrl report`). :func:`load` reads every member's facts, payments and adjustments with a
-fixed number of queries (four, whatever the number of members), never one per member, and
+fixed number of queries (at most seven, whatever the number of members), never one per member, and
 builds the plain values of :mod:`actors.reporter.dues`.
 
 ``since``: the money on or before this day is summed by the database (one row per member and
@@ -27,8 +27,8 @@ from datetime import date
 
 from ..member_data.models import MemberPlanVersion
 from .business import Sale
-from .fast import simple_plan
 from .dues import Adjustment, DuesError, GroupChange, MemberHistory, Payment, PlanChange, Plans, PlanVersion
+from .fast import simple_plan
 
 log = logging.getLogger(__name__)
 
