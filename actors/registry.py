@@ -68,6 +68,11 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("business_mgr", "actors.business_mgr.actor:BusinessMgr",
           grants=Grants(publish=("cmd.machine", "cmd.chain", "invoice"),
                         subscribe=("machine", "chain", "price", "business"))),
+    # member.status: the Reporter's (the grant "member.status" is that topic only, not MemberData's
+    # member.changed); health.chain_notifier and price: the feeds whose outages hold transitions back.
+    Entry("reporter", "actors.reporter.actor:Reporter",
+          grants=Grants(publish=("report", "member.status"),
+                        subscribe=("cmd.report", "member.changed", "price", "health.chain_notifier"))),
     # The vending machine's agent (dctrl-agent, machine_agent/main.py): its parts share the machine's
     # identity and its [role.machine] grants; supervisord runs the demo's agent as a simulator.
     Entry("machine_mgr", "machine_agent.mgr:MachineMgr", role="machine", supervised=False, part="agent"),
@@ -81,7 +86,8 @@ ALL_GRANTS = Grants(publish=("health.{self}", "error.{self}", "vault.req.{self}"
                     subscribe=("vault.token.{self}", "vault.secret.{self}", "vault.revoked"))
 ROLE_GRANTS = {
     "machine": Grants(publish=("machine.{self}",), subscribe=("cmd.machine.{self}",)),
-    "admin": Grants(publish=("debug", "cmd.chain", "cmd.business", "cmd.members", "cmd.mail"), subscribe=("",)),
+    "admin": Grants(publish=("debug", "cmd.chain", "cmd.business", "cmd.members", "cmd.mail", "cmd.report"),
+                    subscribe=("",)),
 }
 
 

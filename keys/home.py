@@ -60,6 +60,10 @@ DEFAULTS = {
     # wpkh(...) descriptor) dues addresses are derived from, never the same as [business] receive;
     # a payment is valued at a price.btc_cad at most price_max_age seconds old
     "members": {"receive": "", "gap_limit": 20, "price_max_age": 60, "watch_retry": 2.0},
+    # actors/reporter/actor.py: judge and snapshot daily at `at` (local time, HH:MM) and every
+    # `interval` s; a feed is down when ChainNotifier says so, lags more than `max_lag` blocks, or
+    # is silent `chain_timeout` s, or the price is stale or silent `price_timeout` s
+    "reporter": {"at": "00:05", "interval": 3600, "max_lag": 2, "chain_timeout": 60, "price_timeout": 600},
     "demo": {"simulators": False, "exchanges_port": 7480, "chain_rpc_port": 18443, "chain_zmq_port": 28332,
              "smtp_port": 2525},  # the demo's mail sink (`dctrl sim smtp`), [member_mail] points at it
 }

@@ -88,6 +88,9 @@ CONFIG = Table({
                     "recent_blocks": INT, "rescan_limit": INT},
                    patterns=((lambda k: k.startswith("bitcoind"), "bitcoind*", BITCOIND),
                              (lambda k: k.startswith("esplora"), "esplora*", ESPLORA))),
+    # actors/reporter/actor.py
+    "reporter": Table({"at": STR, "interval": NUMBER, "max_lag": INT, "chain_timeout": NUMBER,
+                       "price_timeout": NUMBER}),
     # actors/business_mgr/
     "business": Table({"receive": STR, "price_max_age": NUMBER, "watch_retry": NUMBER, "vend_retry": NUMBER,
                        "vend_command_ttl": INT, "vend_deadline": INT, "late_window": INT, "reannounce_min_s": INT,

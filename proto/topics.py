@@ -444,3 +444,39 @@ register("cmd.mail.send_test", Map({**BUSINESS_CMD, "to": Str(max=320, pattern=r
 # mail.ack: the answer to cmd.mail.* (row: the outbox row concerned).
 register("mail.ack", Map({"id": RID, "status": Str(choices=("done", "refused")), "reason": Opt(REASON),
                           "row": Opt(Int(min=1))}))
+
+# -- reports: the Reporter is the single writer of snapshots and statuses -----------------------
+MEMBER_STATUS = Str(choices=("prepaid", "current", "due", "overdue", "lapsed", "left"))
+# member.status: a member's status changed on the day `on` (published once, in order, from an
+# outbox; held while our own feeds are down, then published dated the day it happened). The
+# handle only, never personal data.
+register("member.status", Map({
+    "event_id": EVENT_ID,
+    "handle": HANDLE,
+    "status": MEMBER_STATUS,
+    "previous": Opt(MEMBER_STATUS),        # None: the member's first status (joining)
+    "on": ISO_DATE,
+}))
+# cmd.report.run: judge transitions now and store the snapshots of a day (default today, UTC).
+register("cmd.report.run", Map({**BUSINESS_CMD, "as_of": Opt(ISO_DATE)}))
+# cmd.report.member: one member's state on a day (default today), answered in the ack's result.
+register("cmd.report.member", Map({**BUSINESS_CMD, "handle": HANDLE, "as_of": Opt(ISO_DATE)}))
+# report.ack: the answer to any cmd.report.* (result: the run's counts, or the member's state).
+register("report.ack", Map({"id": RID, "status": Str(choices=("done", "refused")), "reason": Opt(REASON),
+                            "result": Opt(Map({}, extra=Any(), max=64))}))
+# report.members: a members snapshot was stored (report_snapshot): members per status; the rows
+# themselves are in the table (5,000 members do not fit a message).
+register("report.members", Map({
+    "event_id": EVENT_ID,
+    "as_of": ISO_DATE,
+    "members": Int(min=0),
+    "counts": Map({}, extra=Int(min=0), max=16),
+    "balance_cents": Int(),                # the sum of the balances (negative: owed to the space)
+}))
+# report.income: an income snapshot was stored: the last 24 months' totals.
+register("report.income", Map({
+    "event_id": EVENT_ID,
+    "as_of": ISO_DATE,
+    "months": List(Map({"month": Str(max=7, pattern=r"[0-9]{4}-[0-9]{2}"), "dues_cents": Int(),
+                        "dues_sats": Int(min=0), "sales_cents": Int(min=0), "sales_sats": Int(min=0)}), max=24),
+}))

@@ -185,7 +185,7 @@ def test_members_add_pay_show_and_import_through_the_real_bus(members_net, tmp_p
     out = dctrl(home, "members", "import", str(csv_file), "--skip-bad", check=False)
     assert out.returncode == 1 and "imported 1 member(s); 1 bad row(s) skipped" in out.stdout
     listed = dctrl(home, "members", "list", "--csv").stdout.splitlines()
-    assert listed[0] == "handle,plan,joined,left,groups,forgotten" and [r.split(",")[0] for r in listed[1:]] == [
+    assert listed[0] == "handle,plan,joined,left,groups,forgotten,status" and [r.split(",")[0] for r in listed[1:]] == [
         "ada", "bob"]
     # the event log records every message on the bus: commands (name and email sealed to member_data),
     # events and answers; no name or email is in it

@@ -688,6 +688,25 @@ EXAMPLES = {
                                required="to", int=("expires",), range=(("expires",), -1), long=None),
     "mail.ack": dict(body={"id": RID, "status": "done", "reason": None, "row": 5},
                      required="status", int=("row",), range=(("row",), 0), long=(("reason",), 513)),
+    # the Reporter (actors/reporter/actor.py)
+    "member.status": dict(body={"event_id": "ab" * 32, "handle": "ada", "status": "overdue", "previous": "due",
+                                "on": "2027-01-22"},
+                          required="status", int=(), range=(), long=(("handle",), 33)),
+    "cmd.report.run": dict(body={"id": b"\x01" * 16, "expires": 1, "as_of": "2027-01-22"},
+                           required="expires", int=("expires",), range=(("expires",), -1), long=()),
+    "cmd.report.member": dict(body={"id": b"\x01" * 16, "expires": 1, "handle": "ada", "as_of": None},
+                              required="handle", int=("expires",), range=(("expires",), -1),
+                              long=(("handle",), 33)),
+    "report.ack": dict(body={"id": b"\x01" * 16, "status": "done", "reason": None, "result": {"members": 3}},
+                       required="status", int=(), range=(), long=(("reason",), 513)),
+    "report.members": dict(body={"event_id": "ab" * 32, "as_of": "2027-01-22", "members": 3,
+                                 "counts": {"current": 2, "due": 1}, "balance_cents": -4000},
+                           required="counts", int=("members",), range=(("members",), -1), long=()),
+    "report.income": dict(body={"event_id": "ab" * 32, "as_of": "2027-01-22",
+                                "months": [{"month": "2027-01", "dues_cents": 4000, "dues_sats": 0,
+                                            "sales_cents": 350, "sales_sats": 3900}]},
+                          required="months", int=("months", 0, "sales_sats"),
+                          range=(("months", 0, "sales_sats"), -1), long=()),
 }
 
 

@@ -89,13 +89,13 @@ def test_dctrl_run_resolves_each_server_actor_and_refuses_the_rest():
 
 
 def test_one_new_entry_is_provisioned_granted_and_supervised(tmp_path, monkeypatch):
-    new = Entry("reporter", "actors.reporter:Reporter", grants=Grants(publish=("report",), subscribe=("invoice",)))
+    new = Entry("ledger", "actors.ledger:Ledger", grants=Grants(publish=("ledger",), subscribe=("invoice",)))
     monkeypatch.setattr(registry, "ENTRIES", (*registry.ENTRIES, new))
     home = init_home(tmp_path / "home")
-    assert Registry.load(home.registry_path).role("reporter") == "actor"
-    assert Policy.load(home.policy_path).grants("reporter", "actor").may_publish(topic_frame("report.daily"))
+    assert Registry.load(home.registry_path).role("ledger") == "actor"
+    assert Policy.load(home.policy_path).grants("ledger", "actor").may_publish(topic_frame("ledger.daily"))
     home.config["demo"]["simulators"] = False
-    assert "reporter" in programs(supervisor_config(home))
+    assert "ledger" in programs(supervisor_config(home))
     assert isinstance(Home(home.root), Home)
 
 

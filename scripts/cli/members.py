@@ -319,25 +319,29 @@ def _dues_uri_amount(args, found) -> str | None:
 
 
 def _show(args):
+    from actors.member_data.models import format_cents
     from actors.member_data.queries import member, members
 
     action = args.members_cmd
     if action == "list":
-        rows = _read(args, members)
+        rows = _with_status(args, _read(args, members))
+        if args.status:
+            rows = [r for r in rows if r["status"] == args.status]
         if args.json:
             print(json.dumps(rows, sort_keys=True))
         elif args.csv:
             out = csv.writer(sys.stdout, lineterminator="\n")
-            out.writerow(["handle", "plan", "joined", "left", "groups", "forgotten"])
+            out.writerow(["handle", "plan", "joined", "left", "groups", "forgotten", "status"])
             for r in rows:
                 out.writerow([r["handle"], r["plan"] or "", r["joined"], r["left"] or "", " ".join(r["groups"]),
-                              "yes" if r["forgotten"] else ""])
+                              "yes" if r["forgotten"] else "", r["status"] or ""])
         elif not rows:
             print("no members (add one with: dctrl members add HANDLE --name N --email E --plan P)")
         else:
-            print(f"{'HANDLE':<20} {'PLAN':<16} {'JOINED':<10} {'LEFT':<10} GROUPS")
+            print(f"{'HANDLE':<20} {'STATUS':<8} {'PLAN':<16} {'JOINED':<10} {'LEFT':<10} GROUPS")
             for r in rows:
-                print(f"{r['handle']:<20} {r['plan'] or '-':<16} {r['joined']:<10} {r['left'] or '-':<10} "
+                print(f"{r['handle']:<20} {r['status'] or '-':<8} {r['plan'] or '-':<16} {r['joined']:<10} "
+                      f"{r['left'] or '-':<10} "
                       f"{' '.join(r['groups']) or '-'}" + (" (forgotten)" if r["forgotten"] else ""))
         return 0
     found = _read(args, member, args.handle)
@@ -345,6 +349,8 @@ def _show(args):
         raise DctrlError(f"unknown member {args.handle}")
     if action == "show" and found["dues_address"]:
         found["dues_uri_amount"] = _dues_uri_amount(args, found)
+    if action == "show":
+        found["dues"] = _member_status(args, found["handle"])
     if action == "export" or args.json:
         print(json.dumps(found, sort_keys=True, indent=2 if action == "export" else None))
         return 0
@@ -357,6 +363,9 @@ def _show(args):
     else:
         print(f"  {'dues:':<8} no dues address yet (member_data hands one out once the chain notifier has "
               "checked which addresses were used; is [members] receive set?)")
+    dues = found["dues"]
+    print(f"  {'status:':<8} {dues.get('status') or '-'} (paid through {dues.get('paid_through') or '-'}, balance "
+          f"{format_cents(dues['balance_cents']) if dues.get('balance_cents') is not None else '-'} CAD, today UTC)")
     print("facts:")
     for f in found["facts"]:
         what = f["plan"] or f["group"] or f["detail"] or ""
@@ -377,6 +386,30 @@ def _show(args):
         print(f"  #{a['id']:<5} {a['on']}  {a['cad']:>10} CAD  {printable(a['note'])}"
               + (f" (reverses payment #{a['reverses']})" if a["reverses"] else ""))
     return 0
+
+
+def _with_status(args, rows: list[dict]) -> list[dict]:
+    """``rows`` (each with a handle) with the Reporter's status, paid-through and balance today
+    (UTC), computed here from the database (actors/reporter/reports.py: one pass for all)."""
+    import datetime
+
+    from actors.reporter.reports import member_rows
+
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    states = {r["handle"]: r for r in _read(args, member_rows, today)}
+    return [{**r, **{k: states.get(r["handle"], {}).get(k) for k in ("status", "paid_through", "balance_cents")}}
+            for r in rows]
+
+
+def _member_status(args, handle: str) -> dict:
+    """One member's status, paid-through and balance today (UTC), by the Reporter's rules."""
+    import datetime
+
+    from actors.reporter.reports import member_report
+
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    found = _read(args, member_report, handle, today) or {}
+    return {k: found.get(k) for k in ("status", "paid_through", "balance_cents", "next_charge", "error") if k in found}
 
 
 def cmd_plans(args):
@@ -435,7 +468,9 @@ def register(sub):
     mset.add_argument("handle", help="the member")
     mset.add_argument("--name", help="new full name")
     mset.add_argument("--email", help="new email address")
-    lst = ms.add_parser("list", help="every member: handle, plan, joined, left, groups")
+    lst = ms.add_parser("list", help="every member: handle, status, plan, joined, left, groups")
+    lst.add_argument("--status", choices=("prepaid", "current", "due", "overdue", "lapsed", "left"),
+                     help="only the members with this status today (the Reporter's rules)")
     fmt = lst.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help=JSON_HELP)
     fmt.add_argument("--csv", action="store_true", help="CSV with a header line instead of the table")

@@ -1,0 +1,109 @@
+"""`dctrl report members|income|member HANDLE [--as-of DATE] [--json|--csv]`: the Reporter's
+reports, computed here from the database through the same reader functions the Reporter uses
+(actors/reporter/reports.py): no bus, no running Reporter needed. Dates are UTC days (default
+today); money in CAD (the JSON keeps integer cents and sats)."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import sys
+
+from proto.errors import DctrlError
+from scripts.cli.common import JSON_HELP, command, hide_home
+
+
+def _as_of(args) -> datetime.date:
+    if not args.as_of:
+        return datetime.datetime.now(datetime.timezone.utc).date()
+    try:
+        return datetime.date.fromisoformat(args.as_of)
+    except ValueError:
+        raise DctrlError(f"--as-of {args.as_of!r} is not a date like 2026-01-31") from None
+
+
+def _cad(cents) -> str:
+    if cents is None:
+        return ""
+    from actors.member_data.models import format_cents
+
+    return format_cents(cents)
+
+
+def cmd_report(args):
+    from scripts.cli.members import _read
+    from actors.reporter.reports import income_rows, member_report, member_rows
+
+    as_of = _as_of(args)
+    out = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
+    if args.report_cmd == "members":
+        rows = _read(args, member_rows, as_of)
+        if args.json:
+            print(json.dumps(rows, sort_keys=True))
+        elif out:
+            out.writerow(["handle", "status", "paid_through", "balance_cad", "next_charge", "next_charge_cad"])
+            for r in rows:
+                out.writerow([r["handle"], r["status"] or "", r["paid_through"] or "", _cad(r["balance_cents"]),
+                              r["next_charge"] or "", _cad(r["next_charge_cents"])])
+        else:
+            print(f"members on {as_of}")
+            print(f"{'HANDLE':<20} {'STATUS':<8} {'PAID THROUGH':<12} {'BALANCE':>10}")
+            for r in rows:
+                print(f"{r['handle']:<20} {r['status'] or '-':<8} {r['paid_through'] or '-':<12} "
+                      f"{_cad(r['balance_cents']):>10}")
+        return 0
+    if args.report_cmd == "member":
+        found = _read(args, member_report, args.handle, as_of)
+        if found is None:
+            raise DctrlError(f"unknown member {args.handle}")
+        if args.json:
+            print(json.dumps(found, sort_keys=True))
+        elif out:
+            keys = ["handle", "as_of", "status", "paid_through", "balance_cents", "next_charge", "next_charge_cents"]
+            out.writerow(keys)
+            out.writerow(["" if found.get(k) is None else found.get(k) for k in keys])
+        else:
+            print(f"member {found['handle']} on {found['as_of']}: {found['status'] or 'not a member yet'}")
+            if "error" in found:
+                print(f"  error: {found['error']}")
+                return 1
+            print(f"  paid through {found['paid_through']}, balance {_cad(found['balance_cents'])} CAD")
+            if found["next_charge"]:
+                print(f"  next charge {found['next_charge']}: {_cad(found['next_charge_cents'])} CAD")
+        return 0
+    rows = _read(args, income_rows, as_of)
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+    elif out:
+        out.writerow(["month", "kind", "what", "sats", "cad"])
+        for m in rows:
+            for method, a in m["dues"].items():
+                out.writerow([m["month"], "dues", method, a["sats"], _cad(a["cents"])])
+            for s in m["sales"]:
+                out.writerow([m["month"], "sales", f"{s['machine']}/{s['product']}", s["sats"], _cad(s["cents"])])
+    else:
+        print(f"income up to {as_of}")
+        print(f"{'MONTH':<8} {'DUES CAD':>10} {'SALES CAD':>10} {'TOTAL SATS':>12} {'TOTAL CAD':>10}")
+        for m in rows:
+            dues = sum(a["cents"] for a in m["dues"].values())
+            sales = sum(s["cents"] for s in m["sales"])
+            print(f"{m['month']:<8} {_cad(dues):>10} {_cad(sales):>10} {m['total_sats']:>12} "
+                  f"{_cad(m['total_cents']):>10}")
+    return 0
+
+
+def register(sub):
+    """`dctrl report`."""
+    sp = command(sub, "report", cmd_report, "reports on members and income (computed from the database)")
+    rs = sp.add_subparsers(dest="report_cmd", required=True, metavar="REPORT")
+    members = rs.add_parser("members", help="every member: status, paid-through, balance")
+    income = rs.add_parser("income", help="income by month: dues by method, vending sales by machine and product")
+    member = rs.add_parser("member", help="one member: status, paid-through, balance, next charge")
+    member.add_argument("handle", help="the member")
+    for p in (members, income, member):
+        p.add_argument("--as-of", help="YYYY-MM-DD (default today, UTC)")
+        fmt = p.add_mutually_exclusive_group()
+        fmt.add_argument("--json", action="store_true", help=JSON_HELP)
+        fmt.add_argument("--csv", action="store_true", help="CSV with a header line instead of the table")
+    hide_home(members, income, member)
