@@ -464,7 +464,7 @@ def test_home_init_layout_and_modes(fresh_home):
     assert {n: reg.role(n) for n in names} == {"broker": "actor", "vault": "actor", "event_logger": "actor",
                                                "chain_notifier": "actor", "price_notifier": "actor",
                                                "business_mgr": "actor", "business_data": "actor", "member_data": "actor",
-                                               "reporter": "actor",
+                                               "reporter": "actor", "member_mail": "actor",
                                                "admin": "admin", "vm1": "machine"}
     for name in names:
         keys = IdentityKeys.load(fresh_home.key_file(name))

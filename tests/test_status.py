@@ -14,7 +14,8 @@ import json
 
 from tests.harness import dctrl, topic_is, wait_for
 
-STAND_INS = ("price_notifier", "chain_notifier", "business_data", "member_data", "business_mgr", "reporter")
+STAND_INS = ("price_notifier", "chain_notifier", "business_data", "member_data", "member_mail", "business_mgr",
+             "reporter")
 SERVER = "broker,vault,event_logger"
 
 
