@@ -53,6 +53,7 @@ import os
 import time
 
 from keys.home import Home
+from proto.text import unprintable_reason
 
 from ..db import connect, ensure_tables, write_transaction
 from ..outbox import Outbox, event_id
@@ -74,20 +75,12 @@ class Refused(Exception):
     pass
 
 
-# Characters no free-text field (a product, a location) may hold: controls (Cc: newline, ESC of
-# ANSI sequences), formats (Cf: U+202E right-to-left override, zero-width ones) and the line and
-# paragraph separators (Zl, Zp). Ordinary spaces (Zs) are fine. The CLI's tables escape them too
-# (scripts/cli/common.py printable), for names stored before this check.
-UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
-
-
 def check_text(field: str, value: str) -> None:
-    """Refuse ``value`` if it holds a character of :data:`UNPRINTABLE_CATEGORIES`, naming it."""
-    import unicodedata
-
-    for c in value:
-        if unicodedata.category(c) in UNPRINTABLE_CATEGORIES:
-            raise Refused(f"{field} contains a control character U+{ord(c):04X}")
+    """Refuse ``value`` if it holds a character a terminal or a table could be fooled by
+    (proto/text.py), naming it."""
+    reason = unprintable_reason(field, value)
+    if reason:
+        raise Refused(reason)
 
 
 class BusinessData(Actor):

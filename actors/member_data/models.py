@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import unicodedata
 from decimal import Decimal
 
 import msgpack
@@ -35,6 +34,7 @@ import peewee
 
 from proto.errors import DctrlError, SecretError
 from proto.sealed import open_sealed, seal_for
+from proto.text import unprintable_reason
 
 db = peewee.DatabaseProxy()
 
@@ -50,10 +50,6 @@ MAX_CENTS = 10**11  # a billion CAD: far beyond any dues, well inside 64 bits
 PERIODS = ("month", "quarter", "year")
 METHODS = ("bitcoin", "cash", "etransfer")
 MANUAL_METHODS = ("cash", "etransfer")  # what an admin records by hand (bitcoin: the chain's, with txid:vout)
-# Characters no free-text field may hold: controls (Cc: newline, ESC of ANSI sequences), formats
-# (Cf: U+202E right-to-left override, zero-width ones), line and paragraph separators (Zl, Zp).
-# The same set BusinessData refuses (actors/business_data/actor.py check_text).
-UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
 
 class MemberInputError(DctrlError, ValueError):
@@ -67,9 +63,9 @@ class MemberInputError(DctrlError, ValueError):
 def check_text(field: str, value, *, max_len: int, required: bool = True) -> str:
     if not isinstance(value, str):
         raise MemberInputError(f"{field}: expected text, not {type(value).__name__}")
-    for c in value:
-        if unicodedata.category(c) in UNPRINTABLE_CATEGORIES:
-            raise MemberInputError(f"{field} contains a control character U+{ord(c):04X}")
+    reason = unprintable_reason(field, value)  # (proto/text.py: what BusinessData refuses too)
+    if reason:
+        raise MemberInputError(reason)
     value = value.strip()
     if required and not value:
         raise MemberInputError(f"{field}: required")

@@ -39,21 +39,18 @@ def home(args):
     return Home(args.home)
 
 
-UNPRINTABLE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")  # as actors/business_data/actor.py refuses at input
-
-
 def printable(text) -> str:
     """``text`` for a terminal table: control and format characters and line or paragraph
     separators (Unicode Cc, Cf, Zl, Zp: a newline, an ANSI escape, U+202E) shown as \\uXXXX, so
     a name cannot forge a row or rewrite the screen (one stored before business_data refused
     them, or read from an older database). Every free-text column goes through it."""
-    import unicodedata
+    from proto.text import is_unprintable
 
     text = "" if text is None else str(text)
     if text.isprintable() and text.isascii():
         return text
     return "".join((f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
-                   if unicodedata.category(c) in UNPRINTABLE_CATEGORIES else c for c in text)
+                   if is_unprintable(c) else c for c in text)
 
 
 def with_deadline(rt, seconds):
