@@ -14,6 +14,7 @@ this one is for the simpler case of an actor writing on its loop thread.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import msgpack
@@ -29,6 +30,47 @@ log = logging.getLogger(__name__)
 def event_id(*parts) -> str:
     """A stable idempotency key: the same fact always gets the same id."""
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+
+
+class Refused(Exception):
+    """A command that is not applied; its text is the ack's reason."""
+
+
+def apply_once(database, commands, outbox, topic: str, body: dict, now: float, apply, source: str):
+    """Apply the command ``body`` (schema-checked, with ``id`` and ``expires``) at most once, for
+    the single writer of its tables (BusinessData, MemberData); returns (ack body, [(topic,
+    event)], "done" | "refused" | None for a retry).
+
+    ``apply(cid)`` makes the change and returns its events; it raises :class:`Refused` or
+    ValueError (a unique index met, IntegrityError, too) to refuse. The dedup record in
+    ``commands`` (a model with ``id``, ``topic``, ``result``, ``created``), the change and its
+    events (in ``outbox``, each with ``event_id(source, cid, n)``) commit in one transaction: a
+    command is either applied, remembered and announced, or none of these. A refused command
+    writes only its dedup record (a retry gets the same refusal). Nothing is published here."""
+    cid = body["id"].hex()
+    events: list = []
+    with write_transaction(database):
+        done = commands.get_or_none(commands.id == cid)
+        if done is not None:  # a retry: the same answer again, nothing done twice
+            return {"id": body["id"], **json.loads(done.result)}, [], None
+        try:
+            if body["expires"] < now:
+                raise Refused("command expired")
+            try:
+                with database.atomic():  # a savepoint: a refused command writes nothing
+                    events = apply(cid)
+            except peewee.IntegrityError as exc:  # a unique index met (the same thing added at once)
+                raise Refused(f"conflicts with a record made meanwhile: {str(exc).splitlines()[0][:200]}") \
+                    from None
+            result = {"status": "done", "reason": None}
+        except (Refused, ValueError) as exc:
+            result = {"status": "refused", "reason": str(exc)[:512]}
+            log.info("refused %s %s: %s", topic, cid, exc)
+        commands.create(id=cid, topic=topic[:64], result=json.dumps(result), created=int(now))
+        events = [(t, {**e, "event_id": event_id(source, cid, n)}) for n, (t, e) in enumerate(events)]
+        for t, e in events:
+            outbox.add(t, e, e["event_id"])
+    return {"id": body["id"], **result}, events, result["status"]
 
 
 class Outbox:

@@ -47,7 +47,6 @@ refuses a higher one, and BusinessMgr opens no invoice for a slot stored above i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -56,7 +55,8 @@ from keys.home import Home
 from proto.text import unprintable_reason
 
 from ..db import connect, ensure_tables, write_transaction
-from ..outbox import Outbox, event_id
+from .. import outbox
+from ..outbox import Outbox, apply_once, event_id
 from ..runtime import Actor, every, on
 from .models import (MAX_CENTS, NOT_CLOSED, TABLES, BusinessCommand, BusinessMachine, BusinessPolicyVersion,
                      BusinessSlot, BusinessStockMove, MoneyError, db, format_cad, parse_cad, validate_policy)
@@ -71,8 +71,7 @@ CRASH_AT = os.environ.get("DCTRL_CRASH_AT")
 
 # -- the actor ----------------------------------------------------------------
 
-class Refused(Exception):
-    pass
+Refused = outbox.Refused  # (a command not applied: its text is the ack's reason)
 
 
 def check_text(field: str, value: str) -> None:
@@ -207,46 +206,23 @@ class BusinessData(Actor):
 
     def execute(self, topic: str, body: dict) -> tuple[dict, list]:
         """Apply one command (a validated body) exactly once; returns (ack body, [(topic, event)]).
-
-        The dedup record, the change and its events (in the outbox, each with its
-        ``event_id``) commit in one transaction, so a command is either applied,
-        remembered and announced, or none of these. Nothing is published here."""
-        cid = body["id"].hex()
+        The dedup record, the change and its events commit together (actors/outbox.py
+        apply_once). Nothing is published here."""
         kind = topic.split(".", 2)[2]  # machine.add|set|rm | slot.set|rm | policy.set
-        events: list = []
-        with write_transaction(self.database):
-            done = BusinessCommand.get_or_none(BusinessCommand.id == cid)
-            if done is not None:  # a retry: the same answer again, nothing done twice
-                return {"id": body["id"], **json.loads(done.result)}, []
-            try:
-                if body["expires"] < self.clock():
-                    raise Refused("command expired")
-                with self.database.atomic():  # a savepoint: a refused command writes nothing
-                    if kind == "machine.add":
-                        events = self._machine_add(body)
-                    elif kind == "machine.set":
-                        events = self._machine_set(body)
-                    elif kind == "machine.rm":
-                        events = self._machine_rm(body)
-                    elif kind == "slot.set":
-                        events = self._slot_set(body)
-                    elif kind == "slot.rm":
-                        events = self._slot_rm(body)
-                    elif kind == "policy.set":
-                        events = self._policy_set(body)
-                    else:
-                        raise Refused(f"unknown command {topic}")
-                result = {"status": "done", "reason": None}
-                self.applied += 1
-            except (Refused, ValueError) as exc:
-                result = {"status": "refused", "reason": str(exc)[:512]}
-                self.refused += 1
-                log.info("refused %s %s: %s", topic, cid, exc)
-            BusinessCommand.create(id=cid, topic=topic[:64], result=json.dumps(result), created=int(self.clock()))
-            events = [(t, {**e, "event_id": event_id("business", cid, n)}) for n, (t, e) in enumerate(events)]
-            for t, e in events:
-                self.outbox.add(t, e, e["event_id"])
-        return {"id": body["id"], **result}, events
+        handler = self.COMMANDS.get(kind)
+
+        def apply(cid):
+            if handler is None:
+                raise Refused(f"unknown command {topic}")
+            return handler(self, body)
+
+        ack, events, status = apply_once(self.database, BusinessCommand, self.outbox, topic, body, self.clock(),
+                                         apply, "business")
+        if status == "done":
+            self.applied += 1
+        elif status == "refused":
+            self.refused += 1
+        return ack, events
 
     def _machine_add(self, body):
         name = body["name"]
@@ -396,3 +372,6 @@ class BusinessData(Actor):
         p = BusinessPolicyVersion.create(key=key, value=value, created=int(self.clock()))
         log.info("policy %s = %s (version %d)", key, value, p.version)
         return [("business.policy.changed", {"key": key, "value": value, "version": p.version})]
+
+    COMMANDS = {"machine.add": _machine_add, "machine.set": _machine_set, "machine.rm": _machine_rm,
+                "slot.set": _slot_set, "slot.rm": _slot_rm, "policy.set": _policy_set}

@@ -66,7 +66,8 @@ from proto.errors import ConfigError
 from ..chain.addresses import AddressBook, Deriver
 from ..chain.watching import Discovery, forward
 from ..db import connect, ensure_tables, write_transaction
-from ..outbox import Outbox, event_id
+from .. import outbox
+from ..outbox import Outbox, apply_once, event_id
 from ..runtime import Actor, every, on
 from .models import (DUES_BOOK, MANUAL_METHODS, TABLES, USED_ON_CHAIN, MemberAddress, MemberAdjustment, MemberChainPayment, MemberCommand,
                      MemberFact, MemberInputError, MemberMember, MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch,
@@ -83,8 +84,7 @@ LIVE = ("mempool", "confirmed")  # payment states that still hold money
 CHAIN_STATES = {"seen": "mempool", "confirmed": "confirmed", "replaced": "replaced", "removed": "removed"}
 
 
-class Refused(Exception):
-    pass
+Refused = outbox.Refused  # (a command not applied: its text is the ack's reason)
 
 
 def _same_addresses(deriver, other_spec: str, network: str) -> bool:
@@ -164,41 +164,23 @@ class MemberData(Actor):
 
     def execute(self, topic: str, body: dict) -> tuple[dict, list]:
         """Apply one command (a schema-checked body) exactly once; returns (ack body, [(topic, event)]).
+        The dedup record, the change and its events commit together (actors/outbox.py
+        apply_once); a refused command writes only its dedup record (the same refusal for a
+        retry). Nothing is published here."""
+        handler = self.COMMANDS.get(topic.split(".", 2)[2])
 
-        The dedup record, the change and its events (in the outbox) commit in one transaction:
-        a command is either applied, remembered and announced, or none of these. A refused
-        command writes only its dedup record (the same refusal for a retry). Nothing is
-        published here."""
-        cid = body["id"].hex()
-        kind = topic.split(".", 2)[2]
-        events: list = []
-        with write_transaction(self.database):
-            done = MemberCommand.get_or_none(MemberCommand.id == cid)
-            if done is not None:  # a retry: the same answer again, nothing done twice
-                return {"id": body["id"], **json.loads(done.result)}, []
-            try:
-                if body["expires"] < self.clock():
-                    raise Refused("command expired")
-                handler = self.COMMANDS.get(kind)
-                if handler is None:
-                    raise Refused(f"unknown command {topic}")
-                try:
-                    with self.database.atomic():  # a savepoint: a refused command writes nothing
-                        events = handler(self, body, cid)
-                except peewee.IntegrityError as exc:  # a unique index met (a handle or txid:vout added at once)
-                    raise Refused(f"conflicts with a record made meanwhile: {str(exc).splitlines()[0][:200]}") \
-                        from None
-                result = {"status": "done", "reason": None}
-                self.applied += 1
-            except (Refused, ValueError) as exc:
-                result = {"status": "refused", "reason": str(exc)[:512]}
-                self.refused += 1
-                log.info("refused %s %s: %s", topic, cid, exc)
-            MemberCommand.create(id=cid, topic=topic[:64], result=json.dumps(result), created=int(self.clock()))
-            events = [(t, {**e, "event_id": event_id("member", cid, n)}) for n, (t, e) in enumerate(events)]
-            for t, e in events:
-                self.outbox.add(t, e, e["event_id"])
-        return {"id": body["id"], **result}, events
+        def apply(cid):
+            if handler is None:
+                raise Refused(f"unknown command {topic}")
+            return handler(self, body, cid)
+
+        ack, events, status = apply_once(self.database, MemberCommand, self.outbox, topic, body, self.clock(),
+                                         apply, "member")
+        if status == "done":
+            self.applied += 1
+        elif status == "refused":
+            self.refused += 1
+        return ack, events
 
     # -- dues in bitcoin --------------------------------------------------------------------
     # Each member gets a dues address from the ``dues`` book ([members] receive), handed out
