@@ -296,9 +296,19 @@ def make_notifier(tmp_path, sim):
 
 
 def poll(n):
-    """Run the notifier's job as the scheduler would until one more poll has finished."""
-    done = n.polls
-    wait_for(lambda: n.tick() or n.polls > done, what="a poll to finish")
+    """Run the notifier's job as the scheduler would until one more poll has finished and
+    published, with none under way after it: the test may change the sim before the next.
+    (It used to tick before looking: a finished poll let it start the next at once, whose
+    fetches then raced the test's next change of the sim, a flake seen in CI.)"""
+    done, sent = n.polls, len(n.sent)
+
+    def finished():
+        if n.polls == done:
+            n.tick()  # (starts one only when none is under way)
+            return False
+        return len(n.sent) > sent and not n._polling
+
+    wait_for(finished, what="a poll to finish")
     return n.sent[-1]
 
 
