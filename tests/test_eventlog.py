@@ -913,7 +913,9 @@ def test_query_json_gives_the_senders_seq_and_the_logs_own_number_and_token_requ
         # token requests are untokened by design: never "rejected bad_token"
         reqs = _query(home, "--topic", "vault.req")
         assert reqs and all(r["verdict"] == "untokened" and r["code"] is None for r in reqs), reqs[:2]
-        assert {r["sender"] for r in reqs} >= {"admin", "event_logger"}
+        # admin's, sent once the logger was up (the logger's own first request can go out before
+        # its subscription is live: a slow joiner, seen in CI on a loaded machine)
+        assert "admin" in {r["sender"] for r in reqs}
         human = dctrl(home, "events", "query", "--topic", "debug.seqcheck").stdout.splitlines()
         assert human[0].split()[2] == f"#{recs[0]['log_seq']}"
     finally:
