@@ -74,7 +74,7 @@ from proto.errors import ConfigError
 from ..business_data import models as bdm
 from ..business_data import queries as bd
 from ..chain.addresses import AddressBook, Deriver
-from ..chain.watching import Discovery
+from ..chain.watching import Discovery, send_due_watches
 from ..chain.watching import forward as _forward
 from ..db import Statements, checkpoint_in_background, connect, ensure_tables, write_transaction
 from ..outbox import Outbox, event_id
@@ -474,19 +474,8 @@ class BusinessMgr(Actor):
         self.watch_due[address] = 0.0
 
     def _send_watches(self, now_mono):
-        for address, due in list(self.watch_due.items()):
-            if due > now_mono:
-                continue
-            row = SalesWatch.get_or_none(SalesWatch.address == address)
-            if row is None or row.acked:
-                self.watch_due.pop(address, None)
-                continue
-            if row.expires <= self.clock() + 5:  # a new id: watching is idempotent
-                row.command, row.expires = os.urandom(16).hex(), int(self.clock()) + 60
-                row.save()
-            self.publish("cmd.chain.watch", {"id": bytes.fromhex(row.command), "expires": row.expires,
-                                             "address": address, "label": row.label, "since": row.created or None})
-            self.watch_due[address] = now_mono + self.cfg["watch_retry"]
+        send_due_watches(self.publish, SalesWatch, self.watch_due, now_mono, self.clock(), self.cfg["watch_retry"],
+                         lambda row: (row.label, row.created or None))
 
     @on("chain.watch.ack")
     def on_watch_ack(self, msg):

@@ -69,3 +69,24 @@ def forward(pay, state: str, confirmations: int) -> bool:
     if pay.state in ("replaced", "removed"):
         return False
     return state in ("replaced", "removed")
+
+
+def send_due_watches(publish, model, due: dict, now_mono: float, now: float, retry: float, describe) -> None:
+    """(Re)send ``cmd.chain.watch`` for each address in ``due`` (address -> monotonic time to send)
+    whose time has come, until its row in ``model`` (``address``, ``command``, ``expires``,
+    ``acked``) says it was answered; a command about to expire gets a new id (watching is
+    idempotent). ``describe(row)`` gives the watch's (label, since)."""
+    for address, when in list(due.items()):
+        if when > now_mono:
+            continue
+        row = model.get_or_none(model.address == address)
+        if row is None or row.acked:
+            due.pop(address, None)
+            continue
+        if row.expires <= now + 5:
+            row.command, row.expires = os.urandom(16).hex(), int(now) + 60
+            row.save()
+        label, since = describe(row)
+        publish("cmd.chain.watch", {"id": bytes.fromhex(row.command), "expires": row.expires, "address": address,
+                                    "label": label, "since": since})
+        due[address] = now_mono + retry

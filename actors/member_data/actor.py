@@ -64,7 +64,7 @@ from keys.home import Home, merge
 from proto.errors import ConfigError
 
 from ..chain.addresses import AddressBook, Deriver
-from ..chain.watching import Discovery, forward
+from ..chain.watching import Discovery, forward, send_due_watches
 from ..db import connect, ensure_tables, write_transaction
 from .. import outbox
 from ..outbox import Outbox, apply_once, event_id
@@ -288,19 +288,8 @@ class MemberData(Actor):
         return address
 
     def _send_watches(self, now_mono):
-        for address, due in list(self.watch_due.items()):
-            if due > now_mono:
-                continue
-            row = MemberWatch.get_or_none(MemberWatch.address == address)
-            if row is None or row.acked:
-                self.watch_due.pop(address, None)
-                continue
-            if row.expires <= self.clock() + 5:  # a new id: watching is idempotent
-                row.command, row.expires = os.urandom(16).hex(), int(self.clock()) + 60
-                row.save()
-            self.publish("cmd.chain.watch", {"id": bytes.fromhex(row.command), "expires": row.expires,
-                                             "address": address, "label": f"dues {row.handle}", "since": row.since})
-            self.watch_due[address] = now_mono + float(self.cfg["watch_retry"])
+        send_due_watches(self.publish, MemberWatch, self.watch_due, now_mono, self.clock(),
+                         float(self.cfg["watch_retry"]), lambda row: (f"dues {row.handle}", row.since))
 
     @on("chain.watch.ack")
     def on_watch_ack(self, msg):
