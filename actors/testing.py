@@ -167,11 +167,23 @@ class Messages:
         return msg
 
 
+class _Revoked:
+    """The AuthProxy's verifier as far as the Vault uses it: the revocations it was told of."""
+
+    def __init__(self):
+        self.revoked: dict[str, int] = {}
+
+    def revoke(self, identity: str, up_to: int) -> None:
+        self.revoked[identity] = max(up_to, self.revoked.get(identity, 0))
+
+
 class _Proxy:
-    """What actors read of the runtime's AuthProxy: the identity's name."""
+    """What actors read of the runtime's AuthProxy: the identity's name (and, for the Vault,
+    the revocations its verifier applies)."""
 
     def __init__(self, name):
         self.name = name
+        self.verifier = _Revoked()
 
     def token_valid(self) -> bool:
         return True

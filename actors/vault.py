@@ -225,6 +225,11 @@ class Vault(Actor):
     @on("vault.req")
     def request(self, msg):
         """vault.req.NAME {"rid": <16 bytes>, "op": "token"|"secret", "key_version": 1, "secret": null}"""
+        # The broker cuts off an identity whose grants changed the moment it sees the edit; the
+        # identity reconnects and asks for a token at once. Answered from a policy a second old,
+        # that token would carry the old grants for its whole lifetime: look at the files first
+        # (two stats; a changed file is loaded before answering).
+        self.reload()
         if msg.body["op"] == "token":
             self._answer_token(msg)
         else:
