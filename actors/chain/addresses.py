@@ -21,6 +21,7 @@ import time
 import peewee
 from embit import bip32, script
 from embit.descriptor import Descriptor
+from embit.descriptor.checksum import add_checksum
 from embit.networks import NETWORKS
 
 from actors.db import write_transaction
@@ -37,6 +38,19 @@ def network(name: str) -> dict:
         raise ConfigError(f"unknown network {name!r}: mainnet, testnet, signet or regtest") from None
 
 
+def parse_descriptor(spec: str, what: str) -> Descriptor:
+    """``spec`` as an embit Descriptor; its checksum, if given, verified (embit ignores it: a
+    descriptor mistyped after its checksum was made would derive other addresses silently)."""
+    spec = spec.strip()
+    body, _, checksum = spec.partition("#")
+    if checksum and add_checksum(body) != spec:
+        raise ConfigError(f"{what}: the descriptor's checksum #{checksum} does not match it (mistyped?)")
+    try:
+        return Descriptor.from_string(body)
+    except Exception as exc:  # embit raises several types
+        raise ConfigError(f"{what}: not a descriptor embit understands: {exc}") from None
+
+
 class Deriver:
     """Derives receive addresses ``/0/i`` from public material only."""
 
@@ -44,10 +58,7 @@ class Deriver:
         self.net = network(network_name)
         self.spec = spec.strip()
         if "(" in self.spec:
-            try:
-                self.descriptor = Descriptor.from_string(self.spec)
-            except Exception as exc:  # embit raises several types
-                raise ConfigError(f"not a descriptor embit understands: {exc}") from None
+            self.descriptor = parse_descriptor(self.spec, "receive")
             if not self.descriptor.is_wildcard:
                 raise ConfigError("the descriptor must end in /* (a range of addresses)")
             if any(getattr(k, "is_private", False) for k in self.descriptor.keys):
