@@ -51,7 +51,10 @@ def write_transaction(db):
     SQLite's own busy handler waits in steps of 1, 2, 5, 10 ms and more: a writer
     that finds the lock taken for 50 µs would sleep a whole millisecond, on the
     path a vend waits for. So the lock is asked for here every 100 µs instead, up
-    to the same ``busy_timeout``."""
+    to the same ``busy_timeout``. A DatabaseProxy is looked through (given the proxy, the check
+    below would miss SQLite and open a deferred transaction: "database is locked" under a race)."""
+    if isinstance(db, peewee.DatabaseProxy):
+        db = db.obj
     if isinstance(db, peewee.SqliteDatabase):
         return _sqlite_write(db)
     return db.atomic()
