@@ -114,6 +114,10 @@ class Payout(Base):
     raw_tx = peewee.TextField(null=True)                      # hex, once finalized
     updated_at = peewee.BigIntegerField()
 
+    @property
+    def outpoints(self) -> list[str]:
+        return json.loads(self.inputs) if self.inputs else []
+
 
 class PayoutClaim(Base):
     key = peewee.CharField(max_length=100, primary_key=True)  # "utxo:TXID:VOUT" | "invoice:ID"

@@ -26,6 +26,7 @@ Finalizing (:func:`finalize`): k signatures per input, in the witness script's k
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from dataclasses import dataclass
 
 from embit import bip32, bip39, ec
@@ -111,7 +112,7 @@ def output_script(address: str, treasury: Treasury) -> bytes:
 
 # -- building ---------------------------------------------------------------------------------
 
-def select(utxos: list[Utxo], outputs: list[bytes], amount: int, feerate: float, treasury: Treasury,
+def select(utxos: list[Utxo], outputs: list[bytes], amount: int, feerate: Decimal | float, treasury: Treasury,
            change_script: bytes) -> tuple[list[Utxo], int, int]:
     """(inputs, fee, change sats): the largest UTXOs first until they pay ``amount``, the fee at
     ``feerate`` sat/vB, and change above dust (or no change, the remainder to the fee)."""
@@ -139,7 +140,7 @@ def _derivations(treasury: Treasury, change: bool, index: int) -> dict:
     return out
 
 
-def build(treasury: Treasury, utxos: list[Utxo], destinations: list[tuple[str, int]], *, feerate: float,
+def build(treasury: Treasury, utxos: list[Utxo], destinations: list[tuple[str, int]], *, feerate: Decimal | float,
           change_index: int, max_fee: int) -> Built:
     """A payout of ``destinations`` ((address, sats), ...) from ``utxos`` at ``feerate`` sat/vB,
     refused when an output is dust, the fee would exceed ``max_fee`` or the funds do not reach."""
