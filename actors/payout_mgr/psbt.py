@@ -133,11 +133,10 @@ def select(utxos: list[Utxo], outputs: list[bytes], amount: int, feerate: Decima
                             f"this payout needs {need} with its fee")
 
 
-def _derivations(treasury: Treasury, change: bool, index: int) -> dict:
-    out = {}
-    for c, key in zip(treasury.cosigners, treasury.derived(index, change).keys):
-        out[key.key.get_public_key()] = DerivationPath(bytes.fromhex(c.fingerprint), key.origin.derivation)
-    return out
+def _derivations(treasury: Treasury, derived) -> dict:
+    """Each co-signer's public key in a derived descriptor, with its fingerprint and full path."""
+    return {key.key.get_public_key(): DerivationPath(bytes.fromhex(c.fingerprint), key.origin.derivation)
+            for c, key in zip(treasury.cosigners, derived.keys)}
 
 
 def build(treasury: Treasury, utxos: list[Utxo], destinations: list[tuple[str, int]], *, feerate: Decimal | float,
@@ -168,17 +167,18 @@ def build(treasury: Treasury, utxos: list[Utxo], destinations: list[tuple[str, i
         prev = Transaction.parse(u.prev_tx)
         if prev.txid().hex() != u.txid or u.vout >= len(prev.vout) or prev.vout[u.vout].value != u.sats:
             raise PayoutError(f"the recorded transaction of {u.outpoint} does not match its output")
-        expected = treasury.address(u.index, u.change)[1]
-        if prev.vout[u.vout].script_pubkey.data.hex() != expected:
+        derived = treasury.derived(u.index, u.change)
+        if prev.vout[u.vout].script_pubkey.data != derived.script_pubkey().data:
             raise PayoutError(f"{u.outpoint} does not pay the treasury address it was recorded at")
         inp.non_witness_utxo = prev
         inp.witness_utxo = prev.vout[u.vout]
-        inp.witness_script = treasury.witness_script(u.index, u.change)
-        inp.bip32_derivations.update(_derivations(treasury, u.change, u.index))
+        inp.witness_script = derived.witness_script()
+        inp.bip32_derivations.update(_derivations(treasury, derived))
     if change:
         out = psbt.outputs[-1]
-        out.witness_script = treasury.witness_script(change_index, True)
-        out.bip32_derivations.update(_derivations(treasury, True, change_index))
+        derived = treasury.derived(change_index, True)
+        out.witness_script = derived.witness_script()
+        out.bip32_derivations.update(_derivations(treasury, derived))
     for c in treasury.cosigners:
         xpub = bip32.HDKey.from_string(c.xpub)
         psbt.xpubs[xpub] = DerivationPath(bytes.fromhex(c.fingerprint),

@@ -22,6 +22,7 @@ co-signer sets up the identical wallet.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -125,8 +126,14 @@ class Treasury:
     # -- addresses ----------------------------------------------------------------------------
 
     def derived(self, index: int, change: bool = False) -> Descriptor:
+        """The descriptor at ``index`` of a branch (derived once: BIP32 derivation is most of the
+        cost of building a payout; the last 4,096 are kept)."""
         if not 0 <= index < 2**31:
             raise ValueError("index out of range")
+        return self._derived(index, bool(change))
+
+    @functools.lru_cache(maxsize=4096)
+    def _derived(self, index: int, change: bool) -> Descriptor:
         return self._branches[CHANGE if change else RECEIVE](index)
 
     def address(self, index: int, change: bool = False) -> tuple[str, str]:

@@ -1,0 +1,144 @@
+"""`dctrl bench payouts`: a payout built, signed 2 of 3 and finalized from a treasury of 2,000
+UTXOs, against embit alone doing the same in the same run (issue 13's benchmark, the PSBT part).
+
+- ``payout_ms``: what PayoutMgr and two co-signers do: ``psbt.build`` (largest-first selection
+  over every UTXO, each input checked against its previous transaction, every co-signer's
+  derivations, both UTXOs, global xpubs), then per co-signer: sign a copy, cut it to the
+  signatures (``service.signatures_only``), ``psbt.combine`` (each signature verified against
+  our own sighash); then ``psbt.finalize``. Each run starts with the treasury's derivation
+  cache empty (a running PayoutMgr has most of it warm: this is the slower case).
+- ``baseline_ms``: embit alone: the same selection by a sort, a PSBT with only what signing
+  needs (witness UTXO, witness script, derivations), ``sign_with`` for two keys on the one PSBT,
+  the witnesses put together. No checks, no copies.
+- ``ratio`` = payout_ms / baseline_ms (target: at most 2).
+
+Each UTXO comes from a transaction of its own (one output to the treasury and one elsewhere),
+values spread from 10,000 to 100,000 sats; the payout is 1,000,000 sats (about 20 inputs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import statistics
+import time
+from decimal import Decimal
+
+
+def _treasury_and_keys():
+    from embit import bip32, bip39
+    from embit.networks import NETWORKS
+
+    from actors.payout_mgr.treasury import Treasury
+
+    net = NETWORKS["regtest"]
+    mnemonics = [bip39.mnemonic_from_bytes(hashlib.sha256(b"dctrl bench cosigner %d" % i).digest()[:16])
+                 for i in range(3)]
+    keys = []
+    for m in mnemonics:
+        root = bip32.HDKey.from_seed(bip39.mnemonic_to_seed(m), version=net["xprv"])
+        account = root.derive("m/48h/1h/0h/2h").to_public().to_string(version=net["xpub"])
+        keys.append(f"[{root.my_fingerprint.hex()}/48h/1h/0h/2h]{account}/<0;1>/*")
+    return Treasury(f"wsh(sortedmulti(2,{','.join(keys)}))", "regtest"), mnemonics
+
+
+def _utxos(treasury, n: int, seed: int = 7):
+    from embit.script import Script
+    from embit.transaction import Transaction, TransactionInput, TransactionOutput
+
+    from actors.payout_mgr.psbt import Utxo
+
+    rng = random.Random(seed)
+    other = Script(bytes.fromhex("0014") + bytes(20))
+    out = []
+    for i in range(n):
+        sats = rng.randrange(10_000, 100_001)
+        spk = Script(bytes.fromhex(treasury.address(i % 500, change=bool(i % 2))[1]))
+        tx = Transaction(vin=[TransactionInput(hashlib.sha256(b"fund %d" % i).digest(), 0)],
+                         vout=[TransactionOutput(sats, spk), TransactionOutput(rng.randrange(1000, 10**8), other)])
+        out.append(Utxo(tx.txid().hex(), 0, sats, bool(i % 2), i % 500, tx.serialize()))
+    return out
+
+
+def _ours(treasury, mnemonics, utxos, amount, dest):
+    from actors.payout_mgr import psbt as tx
+    from actors.payout_mgr.service import signatures_only
+
+    built = tx.build(treasury, utxos, [(dest, amount)], feerate=Decimal("2"), change_index=0, max_fee=10**6)
+    exported = built.psbt.to_base64()
+    ours = tx.decode(exported)
+    for m in mnemonics[:2]:
+        theirs = tx.decode(exported)
+        tx.sign(treasury, theirs, m)
+        ours, _ = tx.combine(treasury, ours, tx.decode(signatures_only(theirs.to_base64())))
+    return tx.finalize(treasury, ours), len(built.inputs)
+
+
+def _baseline(treasury, mnemonics, utxos, amount, dest):
+    from embit import bip32, bip39
+    from embit.psbt import PSBT, DerivationPath
+    from embit.script import Script, Witness, address_to_scriptpubkey
+    from embit.transaction import Transaction, TransactionInput, TransactionOutput
+
+    chosen, total = [], 0
+    fee_per_input, fee_fixed = 2 * 105, 2 * 120
+    for u in sorted(utxos, key=lambda u: -u.sats):
+        chosen.append(u)
+        total += u.sats
+        if total >= amount + fee_fixed + fee_per_input * len(chosen) + 1000:
+            break
+    fee = fee_fixed + fee_per_input * len(chosen)
+    change_spk = Script(bytes.fromhex(treasury.address(0, change=True)[1]))
+    t = Transaction(vin=[TransactionInput(bytes.fromhex(u.txid), u.vout, sequence=0xFFFFFFFD) for u in chosen],
+                    vout=[TransactionOutput(amount, address_to_scriptpubkey(dest)),
+                          TransactionOutput(total - amount - fee, change_spk)])
+    p = PSBT(t)
+    for inp, u in zip(p.inputs, chosen):
+        d = treasury.derived(u.index, u.change)
+        inp.witness_utxo = TransactionOutput(u.sats, d.script_pubkey())
+        inp.witness_script = d.witness_script()
+        for c, k in zip(treasury.cosigners, d.keys):
+            inp.bip32_derivations[k.key.get_public_key()] = DerivationPath(bytes.fromhex(c.fingerprint),
+                                                                           k.origin.derivation)
+    for m in mnemonics[:2]:
+        p.sign_with(bip32.HDKey.from_seed(bip39.mnemonic_to_seed(m), version=treasury.net["xprv"]))
+    final = p.tx
+    for i, inp in enumerate(p.inputs):
+        sigs = list(inp.partial_sigs.values())[:2]
+        final.vin[i].witness = Witness([b""] + sigs + [inp.witness_script.data])
+    return final, len(chosen)
+
+
+def _timed(fn, repeat):
+    times, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 1), out
+
+
+def main(args) -> int:
+    quick = bool(getattr(args, "quick", False))
+    n = 200 if quick else 2000
+    repeat = 3 if quick else 5
+    treasury, mnemonics = _treasury_and_keys()
+    utxos = _utxos(treasury, n)
+    amount = 1_000_000
+    dest = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+    _ours(treasury, mnemonics, utxos, amount, dest)  # warm up imports and caches for both
+    _baseline(treasury, mnemonics, utxos, amount, dest)
+    def cold():  # the treasury's derivation cache emptied: no help from the runs before
+        type(treasury)._derived.cache_clear()
+        return _ours(treasury, mnemonics, utxos, amount, dest)
+    ours_ms, (_, inputs) = _timed(cold, repeat)
+    base_ms, (_, base_inputs) = _timed(lambda: _baseline(treasury, mnemonics, utxos, amount, dest), repeat)
+    out = {"suite": "payouts", "utxos": n, "inputs": inputs, "baseline_inputs": base_inputs,
+           "payout_ms": ours_ms, "baseline_ms": base_ms,
+           "ratio": round(ours_ms / base_ms, 2) if base_ms else math.inf, "target_ratio": 2.0,
+           "restart_200_pending_s": None,
+           "note": "restart time is measured once PayoutMgr runs as an actor (not yet)"}
+    print(json.dumps(out, sort_keys=True))
+    return 0
