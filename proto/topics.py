@@ -480,3 +480,45 @@ register("report.income", Map({
     "months": List(Map({"month": Str(max=7, pattern=r"[0-9]{4}-[0-9]{2}"), "dues_cents": Int(),
                         "dues_sats": Int(min=0), "sales_cents": Int(min=0), "sales_sats": Int(min=0)}), max=24),
 }))
+
+# -- payouts: PayoutMgr is the single writer of the payout tables (issue 13) ----------------------
+PAYOUT_ADDRESS = Str(max=100, pattern=r"[a-zA-Z0-9]{14,100}")  # judged against the network by PayoutMgr
+CAD = Str(max=32, pattern=r"[0-9]{1,12}(\.[0-9]{1,2})?")       # "40.00": a decimal string, never a float
+PAYOUT_STATE = Str(choices=("requested", "awaiting_signatures", "signed", "broadcast", "confirmed",
+                            "cancelled", "expired", "invalidated"))
+# cmd.payouts.request: pay ADDRESS an amount in sats or in CAD (at the price now), with the reason.
+register("cmd.payouts.request", Map({**BUSINESS_CMD, "to": PAYOUT_ADDRESS, "sats": Opt(Int(min=1)), "cad": Opt(CAD),
+                                     "kind": Str(choices=("manual", "share", "sweep")), "reason": REASON}))
+# cmd.payouts.refund: refund an invoice's refund_sats to ADDRESS, the sats paid ("then") or their CAD
+# value at the invoice's rate converted at the price now ("now"); once per invoice.
+register("cmd.payouts.refund", Map({**BUSINESS_CMD, "invoice": Int(min=1), "to": PAYOUT_ADDRESS,
+                                    "rate": Str(choices=("then", "now")), "reason": Opt(REASON)}))
+# cmd.payouts.approve / reject / cancel: an admin's decision on one payout.
+for _verb in ("approve", "reject", "cancel"):
+    register(f"cmd.payouts.{_verb}", Map({**BUSINESS_CMD, "payout": Int(min=1), "reason": Opt(REASON)}))
+# cmd.payouts.import: signatures for a payout: a PSBT (base64) cut to its unsigned transaction and
+# partial signatures (`dctrl payouts import|sign` cut it; PayoutMgr uses its own record for the rest).
+register("cmd.payouts.import", Map({**BUSINESS_CMD, "payout": Int(min=1), "psbt": Str(max=60_000)}))
+# cmd.payouts.bump: a replacement (RBF) of a broadcast payout at a higher fee rate (sat/vB, decimal).
+register("cmd.payouts.bump", Map({**BUSINESS_CMD, "payout": Int(min=1),
+                                  "feerate": Str(max=10, pattern=r"[0-9]{1,6}(\.[0-9]{1,3})?")}))
+# payouts.ack: the answer to any cmd.payouts.* (payout: the payout concerned; state: its state after).
+register("payouts.ack", Map({"id": RID, "status": Str(choices=("done", "refused")), "reason": Opt(REASON),
+                             "payout": Opt(Int(min=1)), "state": Opt(PAYOUT_STATE)}))
+# payout.STATE: a payout changed state (requested, awaiting_signatures, signed, broadcast, confirmed,
+# cancelled, expired, invalidated); payout.signature: a co-signer's signatures were added.
+PAYOUT_EVENT = Map({
+    "event_id": EVENT_ID,
+    "payout": Int(min=1),
+    "state": PAYOUT_STATE,
+    "kind": Str(choices=("refund", "manual", "share", "sweep")),
+    "sats": Int(min=1),
+    "txid": Opt(TXID),
+    "by": Opt(NAME),                       # the identity that caused it (None: the chain, the clock)
+    "reason": Opt(REASON),
+    "signers": Opt(Int(min=0)),            # co-signers on every input so far
+    "needed": Opt(Int(min=1)),
+})
+for _state in ("requested", "awaiting_signatures", "signed", "broadcast", "confirmed", "cancelled", "expired",
+               "invalidated", "signature"):
+    register(f"payout.{_state}", PAYOUT_EVENT)

@@ -707,6 +707,28 @@ EXAMPLES = {
                                             "sales_cents": 350, "sales_sats": 3900}]},
                           required="months", int=("months", 0, "sales_sats"),
                           range=(("months", 0, "sales_sats"), -1), long=()),
+    # PayoutMgr (actors/payout_mgr)
+    "cmd.payouts.request": dict(body={**CMD, "to": "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080", "sats": 5000,
+                                      "cad": None, "kind": "manual", "reason": "revenue share"},
+                                required="reason", int=("sats",), range=(("sats",), 0), long=(("reason",), 513)),
+    "cmd.payouts.refund": dict(body={**CMD, "invoice": 7, "to": "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+                                     "rate": "then", "reason": None},
+                               required="invoice", int=("invoice",), range=(("invoice",), 0), long=(("to",), 101)),
+    **{f"cmd.payouts.{verb}": dict(body={**CMD, "payout": 3, "reason": "why"}, required="payout", int=("payout",),
+                                   range=(("payout",), 0), long=(("reason",), 513))
+       for verb in ("approve", "reject", "cancel")},
+    "cmd.payouts.import": dict(body={**CMD, "payout": 3, "psbt": "cHNidP8BAA=="}, required="psbt",
+                               int=("payout",), range=(("payout",), 0), long=(("psbt",), 60_001)),
+    "cmd.payouts.bump": dict(body={**CMD, "payout": 3, "feerate": "12.5"}, required="feerate", int=("payout",),
+                             range=(("payout",), 0), long=None),
+    "payouts.ack": dict(body={"id": RID, "status": "done", "reason": None, "payout": 3, "state": "requested"},
+                        required="status", int=("payout",), range=(("payout",), 0), long=(("reason",), 513)),
+    **{f"payout.{state}": dict(body={"event_id": "ab" * 32, "payout": 3, "state": "broadcast", "kind": "refund",
+                                     "sats": 5000, "txid": "cd" * 32, "by": None, "reason": None, "signers": 2,
+                                     "needed": 2},
+                               required="payout", int=("sats",), range=(("sats",), 0), long=(("reason",), 513))
+       for state in ("requested", "awaiting_signatures", "signed", "broadcast", "confirmed", "cancelled", "expired",
+                     "invalidated", "signature")},
 }
 
 
