@@ -73,6 +73,7 @@ from .models import (DUES_BOOK, MANUAL_METHODS, TABLES, USED_ON_CHAIN, MemberAdd
                      MemberFact, MemberInputError, MemberMember, MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch,
                      check_date, check_email, check_handle, check_name, check_note, db, format_cents,
                      open_personal, parse_cents)
+from .models import ADD_COLUMNS, check_opt_out, opt_out_kinds
 from .queries import plan as plan_terms
 from .queries import dues_gap, state_from_facts, today
 
@@ -106,7 +107,7 @@ class MemberData(Actor):
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
         self.outbox = Outbox(Outbox.model_for(self.database, "member_outbox"))
-        ensure_tables(self.database, [*TABLES, self.outbox.model])
+        ensure_tables(self.database, [*TABLES, self.outbox.model], add_columns=ADD_COLUMNS)
         self.unsent = True  # a previous run may have left events unsent: look at the first flush
         self._init_dues(home, clock)
         self._curve_secrets: list[bytes] = []  # this identity's Curve secret keys, newest first (personal data)
@@ -611,11 +612,27 @@ class MemberData(Actor):
             if email != m.email:
                 m.email = email
                 changed.append("email")
+        changed += self._opt_out(m, body)
         if not changed:
-            raise Refused("nothing to change: give a new name or email")
+            raise Refused("nothing to change: give a new name or email, or mail to opt out of or back in to")
         m.save()
         log.info("member %s: %s changed", m.handle, " and ".join(changed))
         return [self._fact(cid, m.handle, "details", self._today(), detail=",".join(changed))]
+
+    @staticmethod
+    def _opt_out(m, body) -> list[str]:
+        """``opt_out``/``opt_in`` of cmd.members.set applied to the row: ["opt_out"] if it changed."""
+        out = set(check_opt_out(body["opt_out"], "opt_out")) if body.get("opt_out") else set()
+        back = set(check_opt_out(body["opt_in"], "opt_in")) if body.get("opt_in") else set()
+        if out & back:
+            raise Refused(f"{', '.join(sorted(out & back))}: both opted out of and in to")
+        now = set(opt_out_kinds(m.mail_opt_out))
+        new = (now | out) - back
+        if new == now:
+            return []
+        m.mail_opt_out = ",".join(sorted(new)) or None
+        log.info("member %s: mail opted out of: %s", m.handle, ", ".join(sorted(new)) or "none")
+        return ["opt_out"]
 
     def _pay(self, body, cid):
         m = self._locked_member(body["handle"])
