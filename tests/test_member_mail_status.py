@@ -366,5 +366,10 @@ def test_the_reporters_transition_is_one_mail_at_the_server_over_the_bus(tmp_pat
             assert kinds == [("overdue", "carol"), ("welcome", "ada"), ("welcome", "carol")], kinds
             assert [m["Subject"] for m in sink.to("ada@example.org")] == ["Welcome to DCTRL, Ada"]
             assert "transition overdue -> lapsed is dated" in net.log("member_mail")  # ada's history, skipped
+            # the preview: carol's real arrears; a kind she is not in today, sample figures (said so)
+            out = dctrl(home, "mail", "preview", "overdue", "carol")
+            assert "40.00 CAD is outstanding" in out.stdout and out.stderr == ""
+            out = dctrl(home, "mail", "preview", "reinstated", "carol")
+            assert out.stdout.startswith("Subject: DCTRL: welcome back, Carol") and "sample data" in out.stderr
         finally:
             net.close()
