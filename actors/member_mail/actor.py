@@ -37,6 +37,16 @@ so a changed address is used by mail queued before the change. Events missed (th
 away, the bus lost them) are found by :meth:`MemberMail.reconcile` from a cursor over
 MemberData's rows, at start-up and every 60 s; history before the first start is not mailed.
 
+``member.status`` (the Reporter's, from ``reporter`` only) queues overdue, lapsed and reinstated
+(:func:`~actors.member_mail.context.status_mail_kind`), keyed by the transition's day, if it is
+at most ``status_max_age_days`` old (a Reporter's first run publishes whole histories, dated);
+the transitions not heard are read from ``report_transition`` by the same reconcile (a cursor
+set at its highest id at the first start). :meth:`MemberMail.daily` queues the reminders
+(``reminder_days`` before an uncovered period, keyed by its start) and, from the 1st to the
+7th of a month, the previous month's statements (keyed by the month), in batches. The
+dispatcher skips the reminders and statements a member opted out of (MemberData's
+``opted_out``), never other kinds.
+
 Commands (from ``admin``): ``cmd.mail.retry {row}`` and ``cmd.mail.send_test {to}``, answered
 on ``mail.ack``. A retried command (same id) gets the same answer from a memory of the last
 1,000 ids (a restart forgets them: retry is harmless twice, a test mail's key is its command id).
