@@ -329,6 +329,20 @@ def test_monthly_statement_for_the_previous_month_once(space):
     assert data["lines"] == [{"date": "2027-02-20", "what": "dues, regular plan", "cad_cents": -4000}]
 
 
+def test_the_daily_job_before_member_data_ever_ran_does_nothing(tmp_path):
+    from tests.harness import new_home
+
+    home = new_home(tmp_path / "home")
+    clock = FakeClock(wall=noon(date(2027, 2, 1)))
+    rt = FakeRuntime(MemberMail(home, clock=clock.time, config={"from": FROM}), name="member_mail", clock=clock,
+                     home=home).start()
+    try:
+        rt.advance(300)  # (a handler error would raise here: the fake runtime's raise_errors)
+        assert rt.actor.daily() == 0 and rt.errors == []
+    finally:
+        rt.stop()
+
+
 # -- real processes -------------------------------------------------------------------------
 
 @pytest.mark.slow

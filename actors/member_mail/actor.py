@@ -349,6 +349,8 @@ class MemberMail(Actor):
         the statements of the month before. Keyed by the period's start and the month, so a
         restart or a second run the same day queues nothing new. Returns how many were queued."""
         today = today or self.today()
+        if not self.database.table_exists("member_member"):  # member_data has not run yet: no members
+            return 0
         n = 0
         if self._reminders_day != today:
             n += self.reminders(today)
