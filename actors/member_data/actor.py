@@ -73,9 +73,9 @@ from .models import (DUES_BOOK, MANUAL_METHODS, TABLES, USED_ON_CHAIN, MemberAdd
                      MemberFact, MemberInputError, MemberMember, MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch,
                      check_date, check_email, check_handle, check_name, check_note, db, format_cents,
                      open_personal, parse_cents)
-from .models import ADD_COLUMNS, check_opt_out, opt_out_kinds
 from .queries import plan as plan_terms
 from .queries import dues_gap, state_from_facts, today
+from .models import MAIL_OPT_OUT_COLUMNS, check_opt_out, opt_out_kinds
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ class MemberData(Actor):
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
         self.outbox = Outbox(Outbox.model_for(self.database, "member_outbox"))
-        ensure_tables(self.database, [*TABLES, self.outbox.model], add_columns=ADD_COLUMNS)
+        ensure_tables(self.database, [*TABLES, self.outbox.model])
         self.unsent = True  # a previous run may have left events unsent: look at the first flush
+        ensure_tables(self.database, [MemberMember], add_columns=MAIL_OPT_OUT_COLUMNS)  # (an older member table)
         self._init_dues(home, clock)
         self._curve_secrets: list[bytes] = []  # this identity's Curve secret keys, newest first (personal data)
         self.applied = 0

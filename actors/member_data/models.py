@@ -330,7 +330,7 @@ class MemberPrice(Base):
     stale = peewee.TextField(null=True)  # why there is no price (price.stale), else None
 
 
-ADD_COLUMNS = {MemberMember: ["mail_opt_out"]}  # columns later versions added (actors/db.py ensure_tables)
+MAIL_OPT_OUT_COLUMNS = {MemberMember: ["mail_opt_out"]}  # added to an older table at start (db.ensure_tables)
 FACT_KINDS = ("joined", "plan", "left", "rejoined", "group_joined", "group_left", "details", "forgotten")
 # Short names for readers.
 Member, PlanVersion, Fact, Payment, Adjustment = (MemberMember, MemberPlanVersion, MemberFact, MemberPayment,
