@@ -258,6 +258,8 @@ def test_a_reminder_n_days_before_a_period_once_per_period_at_month_ends(space):
     msg = wait_for(lambda: space.sent("dan", "due in"), what="dan's reminder")[0]
     assert msg["Subject"] == "DCTRL: your dues are due in 5 days"
     assert "40.00 CAD are due on 2027-01-20" in msg.get_body(("plain",)).get_content()
+    for part in ("plain", "html"):  # the member may turn these off: said once in each part
+        assert msg.get_body((part,)).get_content().count("turn off these reminder mails") == 1, part
     # the job twice the same day, the next day, and after a restart: nothing new for dan
     assert space.mail.daily(today) == 0
     assert space.mail.reminders(today) == 0

@@ -6,6 +6,3 @@
 % else:
 <p>You can pay at the space (cash or e-transfer).</p>
 % end
-% if opt_out:
-<p>You can turn off these reminder mails: ask a member of the board.</p>
-% end

@@ -7,6 +7,3 @@
 % end
 </table>
 <p>Balance <b>{{cad(balance_cents)}} CAD</b>; status {{status}}, paid through {{paid_through}}.</p>
-% if opt_out:
-<p>You can turn off these statement mails: ask a member of the board.</p>
-% end
