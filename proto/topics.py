@@ -367,8 +367,11 @@ PERSONAL = Bytes(max=1024)
 # cmd.members.add: a new member, on a plan from the day they join (default: today, UTC).
 register("cmd.members.add", Map({**BUSINESS_CMD, "handle": HANDLE, "personal": PERSONAL, "plan": NAME,
                                  "joined": Opt(ISO_DATE)}))
-# cmd.members.set: correct a member's name or email (sealed as above; nil in the map keeps one).
-register("cmd.members.set", Map({**BUSINESS_CMD, "handle": HANDLE, "personal": PERSONAL}))
+# cmd.members.set: correct a member's name or email (sealed as above; nil in the map keeps one);
+# opt_out / opt_in: kinds of mail the member does (not) want, of reminder and statement only.
+MAIL_OPT_OUT = Opt(List(Str(max=16, choices=("reminder", "statement")), max=2))
+register("cmd.members.set", Map({**BUSINESS_CMD, "handle": HANDLE, "personal": PERSONAL,
+                                 "opt_out": MAIL_OPT_OUT, "opt_in": MAIL_OPT_OUT}))
 # cmd.members.pay: a payment recorded by an admin (cash, etransfer: a note says how), or a bitcoin
 # one with its txid:vout (counted once); on: the day paid (default today).
 register("cmd.members.pay", Map({

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -135,6 +136,83 @@ def test_import_sends_nothing_on_a_dry_run_or_with_a_bad_row_and_the_good_rows_w
     path.write_text(HEADER + "ada,Ada,ada@example.org,regular,\n")
     assert run_import(offline_home, monkeypatch, path, dry_run=True) == (0, [])
     assert run_import(offline_home, monkeypatch, path)[0] == 0
+
+
+def test_members_set_opt_out_and_in_the_command_sent_member_data_applies_it_and_show_and_export(
+        offline_home, monkeypatch, capsys):
+    """`members set --opt-out/--opt-in` (the bus replaced by MemberData's own execute), then
+    `members show` and `export` reading the database."""
+    from actors.member_data.actor import MemberData
+    from actors.member_data.models import seal_personal
+    from keys.registry import Registry
+    from scripts.cli import members as members_cli
+
+    public = Registry.load(offline_home.registry_path).current("member_data").curve
+    sent = []
+
+    def execute(args, commands):
+        actor = MemberData(offline_home)
+        try:
+            acks = []
+            for topic, body in commands:
+                sent.append((topic, body))
+                ack, _ = actor.execute(topic, {**body, "id": os.urandom(16), "expires": 2**40})
+                acks.append(ack)
+            return acks
+        finally:
+            actor.teardown()
+    monkeypatch.setattr(members_cli, "send_commands", execute)
+    execute(None, [("cmd.members.add", {"handle": "ada", "plan": "regular", "joined": "2026-01-31",
+                                        "personal": seal_personal(public, name="Ada", email="ada@example.org")})])
+
+    def members_set(*flags):
+        parsed = {"opt_out": None, "opt_in": None, "name": None, "email": None}
+        for flag, value in zip(flags[::2], flags[1::2]):
+            parsed[flag] = value
+        args = argparse.Namespace(home=str(offline_home.root), handle="ada", as_name="admin", timeout=5.0,
+                                  members_cmd="set", **parsed)
+        return members_cli.cmd_members(args)
+
+    assert members_set("opt_out", "statement, reminder") == 0
+    assert "member ada: opted out of reminder and statement mail" in capsys.readouterr().out
+    assert sent[-1][1]["opt_out"] == ["reminder", "statement"] and sent[-1][1]["opt_in"] is None
+    shown = json.loads(dctrl(offline_home, "members", "export", "ada").stdout)
+    assert shown["mail_opt_out"] == ["reminder", "statement"]
+    assert shown["facts"][-1]["kind"] == "details" and shown["facts"][-1]["detail"] == "opt_out"
+    assert members_set("opt_in", "reminder") == 0
+    assert "opted out of statement" in dctrl(offline_home, "members", "show", "ada").stdout
+    # refused before sending: not a kind one may opt out of, both ways at once, nothing at all
+    n = len(sent)
+    with pytest.raises(DctrlError, match="reminder and statement mail only"):
+        members_set("opt_out", "receipt")
+    with pytest.raises(DctrlError, match="both --opt-out and --opt-in"):
+        members_set("opt_out", "reminder", "opt_in", "reminder")
+    with pytest.raises(DctrlError, match="nothing to change"):
+        members_set()
+    assert len(sent) == n
+    # refused by MemberData: no change (opted in already)
+    with pytest.raises(DctrlError, match="refused: nothing to change"):
+        members_set("opt_in", "reminder")
+    assert json.loads(dctrl(offline_home, "members", "show", "ada", "--json").stdout)["mail_opt_out"] == ["statement"]
+    assert members_set("opt_in", "statement") == 0
+    assert "all (no opt-out)" in dctrl(offline_home, "members", "show", "ada").stdout
+
+
+def test_an_older_member_table_gets_the_opt_out_column_at_start(offline_home):
+    """A database of a version before opt-out: member_data adds member_member.mail_opt_out."""
+    from actors.db import connect
+    from actors.member_data.actor import MemberData
+    from actors.member_data.queries import opted_out
+
+    database = connect(offline_home.database_url)
+    try:
+        database.execute_sql('ALTER TABLE "member_member" DROP COLUMN "mail_opt_out"')
+        assert "mail_opt_out" not in {c.name for c in database.get_columns("member_member")}
+        MemberData(offline_home, database=database).teardown()
+        assert "mail_opt_out" in {c.name for c in database.get_columns("member_member")}
+        assert opted_out(database, "nobody", "reminder") is False
+    finally:
+        database.close()
 
 
 # -- end to end over the bus ------------------------------------------------------

@@ -75,6 +75,7 @@ from .models import (DUES_BOOK, MANUAL_METHODS, TABLES, USED_ON_CHAIN, MemberAdd
                      open_personal, parse_cents)
 from .queries import plan as plan_terms
 from .queries import dues_gap, state_from_facts, today
+from .models import MAIL_OPT_OUT_COLUMNS, check_opt_out, opt_out_kinds
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class MemberData(Actor):
         self.outbox = Outbox(Outbox.model_for(self.database, "member_outbox"))
         ensure_tables(self.database, [*TABLES, self.outbox.model])
         self.unsent = True  # a previous run may have left events unsent: look at the first flush
+        ensure_tables(self.database, [MemberMember], add_columns=MAIL_OPT_OUT_COLUMNS)  # (an older member table)
         self._init_dues(home, clock)
         self._curve_secrets: list[bytes] = []  # this identity's Curve secret keys, newest first (personal data)
         self.applied = 0
@@ -611,11 +613,27 @@ class MemberData(Actor):
             if email != m.email:
                 m.email = email
                 changed.append("email")
+        changed += self._opt_out(m, body)
         if not changed:
-            raise Refused("nothing to change: give a new name or email")
+            raise Refused("nothing to change: give a new name or email, or mail to opt out of or back in to")
         m.save()
         log.info("member %s: %s changed", m.handle, " and ".join(changed))
         return [self._fact(cid, m.handle, "details", self._today(), detail=",".join(changed))]
+
+    @staticmethod
+    def _opt_out(m, body) -> list[str]:
+        """``opt_out``/``opt_in`` of cmd.members.set applied to the row: ["opt_out"] if it changed."""
+        out = set(check_opt_out(body["opt_out"], "opt_out")) if body.get("opt_out") else set()
+        back = set(check_opt_out(body["opt_in"], "opt_in")) if body.get("opt_in") else set()
+        if out & back:
+            raise Refused(f"{', '.join(sorted(out & back))}: both opted out of and in to")
+        now = set(opt_out_kinds(m.mail_opt_out))
+        new = (now | out) - back
+        if new == now:
+            return []
+        m.mail_opt_out = ",".join(sorted(new)) or None
+        log.info("member %s: mail opted out of: %s", m.handle, ", ".join(sorted(new)) or "none")
+        return ["opt_out"]
 
     def _pay(self, body, cid):
         m = self._locked_member(body["handle"])

@@ -7,8 +7,9 @@ the CLI's import uses the same ones to judge a file before it sends anything.
 What is stored where, and what may change:
 
 - ``member_member``: one row per handle, ever (a handle is never given to someone else). Its
-  ``name`` and ``email`` are the only personal data, and the only columns that change: an
-  admin's correction (``cmd.members.set``), or erased for good by ``forget`` (after leaving).
+  ``name`` and ``email`` are the only personal data, and with ``mail_opt_out`` the only columns
+  that change: an admin's correction (``cmd.members.set``), or erased for good by ``forget``
+  (after leaving). ``mail_opt_out``: the kinds of mail the member opted out of.
 - ``member_plan_version``: plans are versioned like BusinessData's policies: a change is a new
   row, a plan's terms are its latest version.
 - ``member_fact``: what happened to a member, append-only: joined, plan changes with the date
@@ -50,6 +51,9 @@ MAX_CENTS = 10**11  # a billion CAD: far beyond any dues, well inside 64 bits
 PERIODS = ("month", "quarter", "year")
 METHODS = ("bitcoin", "cash", "etransfer")
 MANUAL_METHODS = ("cash", "etransfer")  # what an admin records by hand (bitcoin: the chain's, with txid:vout)
+# The mail a member may opt out of (MemberMail's OPT_OUT_KINDS): never receipts, nor the mails
+# about their status (overdue, lapsed, reinstated).
+MAIL_OPT_OUT_KINDS = ("reminder", "statement")
 
 
 class MemberInputError(DctrlError, ValueError):
@@ -95,6 +99,25 @@ def check_note(value, *, required: bool = True) -> str | None:
     if value is None and not required:
         return None
     return check_text("note", value, max_len=256, required=required) or None
+
+
+def check_opt_out(value, field: str = "opt_out") -> tuple[str, ...]:
+    """Kinds of mail to opt out of or back in to, as a list or a comma-separated text
+    ("reminder,statement"): sorted, without repeats; each one of MAIL_OPT_OUT_KINDS."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise MemberInputError(f"{field}: a list of {', '.join(MAIL_OPT_OUT_KINDS)}")
+    kinds = {v.strip() for v in items if v.strip()}
+    bad = sorted(kinds - set(MAIL_OPT_OUT_KINDS))
+    if bad or not kinds:
+        raise MemberInputError(f"{field}: {', '.join(bad) or 'nothing'}: a member may opt out of "
+                               f"{' and '.join(MAIL_OPT_OUT_KINDS)} mail only (never receipts or status mail)")
+    return tuple(sorted(kinds))
+
+
+def opt_out_kinds(column: str | None) -> tuple[str, ...]:
+    """The kinds held in ``member_member.mail_opt_out`` ("reminder,statement"; None or "": none)."""
+    return tuple(k for k in (column or "").split(",") if k)
 
 
 def check_date(value, field: str = "date") -> str:
@@ -189,6 +212,9 @@ class MemberMember(Base):
     joined = peewee.CharField(max_length=10)  # ISO date of the first joining
     created = peewee.BigIntegerField()  # unix s recorded
     forgotten = peewee.BigIntegerField(null=True)  # unix s name and email were erased
+    # The mail the member does not want ("reminder,statement", sorted; None or "": all of it):
+    # MemberMail skips those (cmd.members.set opt_out/opt_in). Added to an older table at start.
+    mail_opt_out = peewee.CharField(null=True, max_length=64)
 
 
 class MemberPlanVersion(Base):
@@ -304,6 +330,7 @@ class MemberPrice(Base):
     stale = peewee.TextField(null=True)  # why there is no price (price.stale), else None
 
 
+MAIL_OPT_OUT_COLUMNS = {MemberMember: ["mail_opt_out"]}  # added to an older table at start (db.ensure_tables)
 FACT_KINDS = ("joined", "plan", "left", "rejoined", "group_joined", "group_left", "details", "forgotten")
 # Short names for readers.
 Member, PlanVersion, Fact, Payment, Adjustment = (MemberMember, MemberPlanVersion, MemberFact, MemberPayment,

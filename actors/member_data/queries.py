@@ -15,6 +15,7 @@ from peewee import fn
 from .models import (DUES_BOOK, PERIODS, USED_ON_CHAIN, MemberAddress, MemberAdjustment, MemberChainPayment,
                      MemberFact, MemberMember, MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch,
                      format_cents)
+from .models import opt_out_kinds
 
 
 def today(clock_time: float) -> str:
@@ -144,6 +145,14 @@ def email_of(database, handle: str) -> str | None:
     return row.email if row is not None else None
 
 
+def opted_out(database, handle: str, kind: str) -> bool:
+    """Whether the member opted out of mail ``kind`` (``reminder``, ``statement``; never others).
+    For MemberMail's dispatcher, asked just before sending."""
+    row = (MemberMember.select(MemberMember.mail_opt_out).where(MemberMember.handle == handle)
+           .bind(database).first())
+    return row is not None and kind in opt_out_kinds(row.mail_opt_out)
+
+
 def dues_addresses(database, handle: str) -> list[dict]:
     """Every dues address handed out to the member, the current one (the newest) last, with
     whether the chain notifier has acknowledged its watch."""
@@ -225,7 +234,8 @@ def member(database, handle: str, as_of: str | None = None) -> dict | None:
         return None
     fs = facts(database, handle)
     return {"handle": m.handle, "name": m.name, "email": m.email, "joined": m.joined, "created": m.created,
-            "forgotten": m.forgotten, **state_from_facts(fs, as_of), "facts": fs,
+            "forgotten": m.forgotten, "mail_opt_out": list(opt_out_kinds(m.mail_opt_out)),
+            **state_from_facts(fs, as_of), "facts": fs,
             "payments": payments(database, handle), "adjustments": adjustments(database, handle),
             "dues_addresses": (addresses := dues_addresses(database, handle)),
             "dues_address": addresses[-1]["address"] if addresses else None,
@@ -234,6 +244,6 @@ def member(database, handle: str, as_of: str | None = None) -> dict | None:
 
 
 __all__ = ["PERIODS", "adjustments", "chain_payments", "changes_after", "dues_addresses", "dues_gap",
-           "dues_uri", "email_of", "last_price", "facts", "handles", "member", "members", "payments", "plan",
+           "dues_uri", "email_of", "last_price", "facts", "handles", "member", "members", "opted_out", "payments", "plan",
            "plan_versions",
            "plans", "state_from_facts", "today"]

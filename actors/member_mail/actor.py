@@ -37,6 +37,16 @@ so a changed address is used by mail queued before the change. Events missed (th
 away, the bus lost them) are found by :meth:`MemberMail.reconcile` from a cursor over
 MemberData's rows, at start-up and every 60 s; history before the first start is not mailed.
 
+``member.status`` (the Reporter's, from ``reporter`` only) queues overdue, lapsed and reinstated
+(:func:`~actors.member_mail.context.status_mail_kind`), keyed by the transition's day, if it is
+at most ``status_max_age_days`` old (a Reporter's first run publishes whole histories, dated);
+the transitions not heard are read from ``report_transition`` by the same reconcile (a cursor
+set at its highest id at the first start). :meth:`MemberMail.daily` queues the reminders
+(``reminder_days`` before an uncovered period, keyed by its start) and, from the 1st to the
+7th of a month, the previous month's statements (keyed by the month), in batches. The
+dispatcher skips the reminders and statements a member opted out of (MemberData's
+``opted_out``), never other kinds.
+
 Commands (from ``admin``): ``cmd.mail.retry {row}`` and ``cmd.mail.send_test {to}``, answered
 on ``mail.ack``. A retried command (same id) gets the same answer from a memory of the last
 1,000 ids (a restart forgets them: retry is harmless twice, a test mail's key is its command id).
@@ -45,6 +55,7 @@ on ``mail.ack``. A retried command (same id) gets the same answer from a memory 
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import threading
 import time
@@ -52,6 +63,7 @@ import time
 from keys.home import Home
 
 from ..db import connect, write_transaction
+from ..reporter.reports import member_rows
 from ..runtime import Actor, every, on
 from . import context
 from .dispatcher import Dispatcher
@@ -66,6 +78,10 @@ SECRET = "smtp_password"
 ASK_AGAIN_S = 30.0  # a refused or unanswered secret is asked for again this often
 STOP_WAIT_S = 5.0  # teardown waits this long for the sender (a hung server: the process ends anyway)
 RECONCILE_S = 60.0  # MemberData's new rows are looked at this often (events missed while away)
+DAILY_CHECK_S = 300.0  # whether today's reminders and the month's statements are done, this often
+STATEMENT_LATE_DAYS = 7  # a month's statements go from the 1st of the next month up to its 7th
+STATEMENT_BATCH = 200  # members whose statement is built per check (each a few queries)
+TRANSITIONS = "report_transition"  # mail_cursor's name for the Reporter's table
 IDLE_S = 60.0      # the sender looks at the outbox at least this often
 MIN_WAIT_S = 0.05  # ... and at most this often (no busy loop on a row due now that cannot go)
 
@@ -94,13 +110,15 @@ class MemberMail(Actor):
         self._acks: collections.OrderedDict = collections.OrderedDict()
         self.error: str | None = None
         self.queued = 0
+        self._reminders_day: datetime.date | None = None  # the day the reminders were last looked for
+        self._statement_progress: tuple[str, str | None] = ("", "")  # (month, last handle done; None: all)
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
 
     def setup(self):
         self.reconcile()  # what was recorded while this actor was away (before the first event)
         self.dispatcher = Dispatcher(self.database, self.config, clock=self.clock, address_of=self._address_of,
-                                     tls_context=self.tls_context, notify=self._notify)
+                                     opted_out=self._opted_out, tls_context=self.tls_context, notify=self._notify)
         if self.needs_password:
             self.runtime.request_secret(SECRET)
         self._thread = threading.Thread(target=self._sender, name="member_mail-send", daemon=True)
@@ -155,6 +173,11 @@ class MemberMail(Actor):
     def _address_of(self, handle: str) -> str | None:
         return context.members.email_of(self.database, handle)
 
+    def _opted_out(self, handle: str, kind: str) -> bool:
+        """MemberData's record (``members set --opt-out``), read just before sending; the
+        dispatcher asks only for reminders and statements."""
+        return context.members.opted_out(self.database, handle, kind)
+
     def _notify(self, row_id, kind, handle, state):
         if state in ("sent", "failed", "held"):
             self.runtime.publish(f"mail.{state}", {"id": row_id, "kind": kind, "handle": handle or None})
@@ -207,6 +230,34 @@ class MemberMail(Actor):
         elif body["kind"] == "paid":
             self.queue("receipt", body["handle"], body["ref"])
 
+    @on("member.status")
+    def member_status(self, msg):
+        """The Reporter's transition: overdue, lapsed or reinstated mail (context.status_mail_kind)."""
+        if msg.sender != "reporter":  # (the grant "member" lets member_data publish it too)
+            log.warning("member.status from %s ignored", msg.sender)
+            return
+        body = msg.body
+        self.transition(body["handle"], body["previous"], body["status"], body["on"])
+
+    def today(self) -> datetime.date:
+        return datetime.datetime.fromtimestamp(self.clock(), datetime.timezone.utc).date()
+
+    def transition(self, handle: str, previous: str | None, status: str, on: str):
+        """Queue the mail of one transition (from its event or from ``report_transition``), once
+        per (kind, handle, day), if it is recent: a Reporter started on an old database
+        publishes every member's history, dated; only the last ``status_max_age_days`` are mailed."""
+        kind = context.status_mail_kind(previous, status)
+        if kind is None:
+            return None
+        today = self.today()
+        age = (today - datetime.date.fromisoformat(on)).days
+        if age > self.config["status_max_age_days"]:
+            log.info("no %s mail for %s: the transition %s -> %s is dated %s, %d days ago (status_max_age_days "
+                     "%d: history, or published late)", kind, handle, previous, status, on, age,
+                     self.config["status_max_age_days"])
+            return None
+        return self.queue(kind, handle, on, today)
+
     def queue(self, kind: str, handle: str, *args):
         """Queue ``kind`` for ``handle`` once (the outbox's key); returns the Enqueued or None."""
         try:
@@ -237,15 +288,15 @@ class MemberMail(Actor):
         if not self.database.table_exists("member_fact"):  # member_data has not run: nothing yet
             if first:
                 self._save_cursor(0, 0)
-            return 0
+            return self._reconcile_transitions(cursor)
+        n = self._reconcile_transitions(cursor)
         seen = context.members.changes_after(self.database, cursor.get("member_fact", 0),
                                              cursor.get("member_payment", 0))
         if first:
             self._save_cursor(seen["max_fact"], seen["max_payment"])
             log.info("mail cursor set at member fact %d, payment %d: earlier rows are not mailed",
                      seen["max_fact"], seen["max_payment"])
-            return 0
-        n = 0
+            return n
         for _, handle, _ in seen["facts"]:
             done = self.queue("welcome", handle)
             n += bool(done and done.queued)
@@ -258,6 +309,98 @@ class MemberMail(Actor):
         self._save_cursor(max(fact, cursor.get("member_fact", 0)), max(payment, cursor.get("member_payment", 0)))
         if n:
             log.info("%d mail(s) queued for member rows whose events were not heard", n)
+        return n
+
+    def _reconcile_transitions(self, cursor: dict) -> int:
+        """The Reporter's transitions recorded in ``report_transition`` since the cursor: the
+        member.status events this actor did not hear. At the first start (no cursor) the cursor
+        is set at the highest id, so the history there is never mailed; a transition recorded
+        later is mailed if recent (:meth:`transition`), once (the key)."""
+        last = cursor.get(TRANSITIONS)
+        seen = context.transitions_after(self.database, last or 0)
+        if last is None:
+            self._save(TRANSITIONS, seen["max"])
+            cursor[TRANSITIONS] = seen["max"]
+            log.info("mail cursor set at report transition %d: earlier transitions are not mailed", seen["max"])
+            return 0
+        n = 0
+        for _, handle, previous, status, on in seen["rows"]:
+            done = self.transition(handle, previous, status, on)
+            n += bool(done and done.queued)
+        top = seen["rows"][-1][0] if len(seen["rows"]) == 1000 else seen["max"]
+        if top > last:
+            self._save(TRANSITIONS, top)
+            cursor[TRANSITIONS] = top
+        if n:
+            log.info("%d status mail(s) queued for transitions whose events were not heard", n)
+        return n
+
+    def _save(self, name: str, value: int):
+        with write_transaction(self.database):
+            (MailCursor.insert(name=name, last_id=value)
+             .on_conflict(conflict_target=[MailCursor.name], update={MailCursor.last_id: value})
+             .bind(self.database).execute())
+
+    # -- the daily mails (loop thread) -------------------------------------------------------
+
+    @every(DAILY_CHECK_S)
+    def daily(self, today: datetime.date | None = None) -> int:
+        """Once a day (UTC; looked at every few minutes): reminders, and from the 1st of a month
+        the statements of the month before. Keyed by the period's start and the month, so a
+        restart or a second run the same day queues nothing new. Returns how many were queued."""
+        today = today or self.today()
+        if not self.database.table_exists("member_member"):  # member_data has not run yet: no members
+            return 0
+        n = 0
+        if self._reminders_day != today:
+            n += self.reminders(today)
+            self._reminders_day = today
+        n += self.statements(today)
+        return n
+
+    def reminders(self, today: datetime.date) -> int:
+        """A reminder to each member whose next period starts within ``reminder_days`` and is not
+        covered (dues.upcoming_charge). Every member's state in one pass (reports.member_rows),
+        the reminder's data read for the few it concerns."""
+        notice = self.config["reminder_days"]
+        n = 0
+        for row in member_rows(self.database, today):
+            nxt = row.get("next_charge")
+            if row["status"] != "current" or nxt is None:
+                continue
+            if (datetime.date.fromisoformat(nxt) - today).days > notice:
+                continue
+            if self.outbox.find("reminder", row["handle"], nxt) is not None:
+                continue  # (already queued for that period: not built again)
+            done = self.queue("reminder", row["handle"], today, notice)
+            n += bool(done and done.queued)
+        if n:
+            log.info("%d reminder(s) queued (periods starting within %d days of %s)", n, notice, today)
+        return n
+
+    def statements(self, today: datetime.date) -> int:
+        """The statements of the month before ``today``'s, from its 1st to its STATEMENT_LATE_DAYS-th
+        day (a member_mail stopped on the 1st catches up), STATEMENT_BATCH members a call in
+        handle order (the data of each is a few queries: the loop stays free), once per member
+        and month (the key). Returns how many were queued by this call."""
+        if today.day > STATEMENT_LATE_DAYS:
+            return 0
+        month = context.previous_month(today)
+        period = month.isoformat()[:7]
+        done_month, after = self._statement_progress
+        if done_month != period:
+            after = ""
+        if after is None:
+            return 0  # this month's are done (in this run of the actor)
+        handles = [h for h in sorted(context.members.handles(self.database)) if h > after][:STATEMENT_BATCH]
+        n = 0
+        for handle in handles:
+            if self.outbox.find("statement", handle, period) is None:
+                done = self.queue("statement", handle, month)
+                n += bool(done and done.queued)
+        self._statement_progress = (period, handles[-1] if len(handles) == STATEMENT_BATCH else None)
+        if n:
+            log.info("%d statement(s) for %s queued", n, period)
         return n
 
     def _save_cursor(self, fact: int, payment: int):

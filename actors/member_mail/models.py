@@ -56,6 +56,8 @@ DEFAULTS = {
     "give_up_after_s": 3 * 86400,   # a mail still not accepted this long after it was queued fails
     "interrupted": "resend",        # a mail maybe sent before a crash: resend (same Message-ID) | hold
     "templates_dir": "",            # "" : the package's templates/
+    "reminder_days": 7,             # the reminder goes this many days (or fewer) before a period starts
+    "status_max_age_days": 3,       # a member.status transition dated longer ago than this is not mailed
 }
 
 SECURITY = ("plain", "starttls", "tls")
@@ -96,9 +98,10 @@ class MailOutbox(Base):
 
 
 class MailCursor(Base):
-    """How far MemberMail has looked at MemberData's rows (``member_fact``, ``member_payment``):
-    the highest id it has queued mail for, or decided none is due. Made at the first start
-    at MemberData's highest ids, so history is never mailed."""
+    """How far MemberMail has looked at MemberData's rows (``member_fact``, ``member_payment``)
+    and the Reporter's (``report_transition``): the highest id it has queued mail for, or
+    decided none is due. Made at the first start at the highest ids there are, so history is
+    never mailed."""
     name = peewee.CharField(max_length=32, primary_key=True)
     last_id = peewee.BigIntegerField()
 

@@ -69,6 +69,11 @@ VARIANTS: dict[str, list[dict]] = {
     "welcome": [{**SAMPLES["welcome"], "address": None, "uri": None}],
     "receipt": [{**SAMPLES["receipt"], "sats": None, "rate": None, "txid": None, "vout": None,
                  "paid_through": None, "method": "cash"}],
+    # a member without a dues address (no [members] receive): pay at the space
+    "reminder": [{**SAMPLES["reminder"], "address": None, "uri": None, "days": 1}],
+    "overdue": [{**SAMPLES["overdue"], "address": None, "uri": None}],
+    "lapsed": [{**SAMPLES["lapsed"], "address": None}],
+    "statement": [{**SAMPLES["statement"], "lines": []}],
 }
 
 

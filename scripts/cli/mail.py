@@ -108,17 +108,19 @@ def _preview(args):
     database = connect(home.database_url)
     try:
         builder = context.BUILDERS.get(args.kind)
-        sample = builder is None
-        if builder is not None:
-            try:
-                _, data = builder(database, args.handle)
-            except context.NoMail as exc:
-                raise DctrlError(str(exc)) from None
-        else:  # a kind whose data comes from the Reporter's member.status (not built yet): the sample's
+        extra = (None, config["reminder_days"]) if args.kind == "reminder" else ()
+        try:
+            _, data = builder(database, args.handle, *extra)
+            sample = False
+        except context.NoMail as exc:
+            # reminder, overdue, lapsed, reinstated, statement: the member is not in that case
+            # today (the mail would not be queued); the template with sample data and their name
             m = member(database, args.handle)
-            if m is None:
-                raise DctrlError(f"no member {args.handle}")
-            data = {**SAMPLES[args.kind], "name": m["name"] or args.handle}
+            if args.kind in ("welcome", "receipt") or m is None or not m["name"]:
+                raise DctrlError(str(exc)) from None
+            print(f"({exc}: shown with sample data)", file=sys.stderr)
+            data = {**SAMPLES[args.kind], "name": m["name"]}
+            sample = True
     finally:
         database.close()
     rendered = templates.render(args.kind, {**data, "handle": args.handle})
@@ -129,9 +131,6 @@ def _preview(args):
         print(json.dumps({"kind": args.kind, "handle": args.handle, "subject": rendered.subject,
                           "text": rendered.text, "html": rendered.html, "sample_data": sample}, sort_keys=True))
         return 0
-    if sample:
-        print(f"(the {args.kind} mail's figures are sample data: its real data comes from the Reporter, "
-              "not built yet)", file=sys.stderr)
     print(f"Subject: {rendered.subject}\n")
     print(rendered.text)
     return 0

@@ -258,15 +258,24 @@ def cmd_members(args):
                                                "plan": args.plan, "joined": args.joined})
         print(f"member {args.handle} added, plan {args.plan}" + (f" from {args.joined}" if args.joined else ""))
     elif action == "set":
-        if args.name is None and args.email is None:
-            raise DctrlError("nothing to change: give --name or --email")
+        from actors.member_data.models import check_opt_out
+
+        if args.name is None and args.email is None and args.opt_out is None and args.opt_in is None:
+            raise DctrlError("nothing to change: give --name, --email, --opt-out or --opt-in")
         if args.name is not None:
             _check(check_name, args.name)
         if args.email is not None:
             _check(check_email, args.email)
-        send_command(args, "cmd.members.set", {"handle": args.handle,
-                                               "personal": sealer(args)(args.name, args.email)})
-        print(f"member {args.handle}: " + " and ".join(k for k in ("name", "email") if getattr(args, k)) + " changed")
+        opt_out = list(_check(check_opt_out, args.opt_out, "--opt-out")) if args.opt_out is not None else None
+        opt_in = list(_check(check_opt_out, args.opt_in, "--opt-in")) if args.opt_in is not None else None
+        if opt_out and opt_in and set(opt_out) & set(opt_in):
+            raise DctrlError(f"{', '.join(sorted(set(opt_out) & set(opt_in)))}: both --opt-out and --opt-in")
+        send_command(args, "cmd.members.set", {"handle": args.handle, "personal": sealer(args)(args.name, args.email),
+                                               "opt_out": opt_out, "opt_in": opt_in})
+        said = [k + " changed" for k in ("name", "email") if getattr(args, k)]
+        said += [f"opted out of {' and '.join(opt_out)} mail"] if opt_out else []
+        said += [f"opted back in to {' and '.join(opt_in)} mail"] if opt_in else []
+        print(f"member {args.handle}: " + ", ".join(said))
     elif action == "pay":
         cents = _check(parse_cents, args.cad, field="--cad")
         _check(check_note, args.note)
@@ -358,6 +367,8 @@ def _show(args):
     for key in ("name", "email", "joined", "plan", "left"):
         print(f"  {key + ':':<8} {printable(found[key] if found[key] is not None else '-')}")
     print(f"  {'groups:':<8} {' '.join(found['groups']) or '-'}")
+    print(f"  {'mail:':<8} " + (f"opted out of {' and '.join(found['mail_opt_out'])}"
+                                if found["mail_opt_out"] else "all (no opt-out)"))
     if found["dues_address"]:
         print(f"  {'dues:':<8} {found['dues_address']}  ({found['dues_uri_amount'] or found['dues_uri']})")
     else:
@@ -464,10 +475,14 @@ def register(sub):
     add.add_argument("--email", required=True, help="email address (kept in the database, never on the bus)")
     add.add_argument("--plan", required=True, help="the plan (dctrl plans list)")
     add.add_argument("--joined", help="YYYY-MM-DD joined (default today, UTC)")
-    mset = ms.add_parser("set", help="correct a member's name or email")
+    mset = ms.add_parser("set", help="correct a member's name or email; opt them out of (or back in to) "
+                                     "reminder and statement mail")
     mset.add_argument("handle", help="the member")
     mset.add_argument("--name", help="new full name")
     mset.add_argument("--email", help="new email address")
+    mset.add_argument("--opt-out", metavar="KINDS", help="no more of these mails: reminder,statement (or one of "
+                                                          "them); receipts and status mails are always sent")
+    mset.add_argument("--opt-in", metavar="KINDS", help="these mails again: reminder,statement (or one of them)")
     lst = ms.add_parser("list", help="every member: handle, status, plan, joined, left, groups")
     lst.add_argument("--status", choices=("prepaid", "current", "due", "overdue", "lapsed", "left"),
                      help="only the members with this status today (the Reporter's rules)")
