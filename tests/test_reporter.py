@@ -338,6 +338,24 @@ def test_members_add_and_pay_then_report_member_shows_current(tmp_path, database
         assert "status:  current (paid through " in dctrl(home, "members", "show", "ada").stdout
         assert net.alive("reporter")
 
+        # `dctrl report run`: cmd.report.run to the running Reporter, its counts printed
+        result = json.loads(dctrl(home, "report", "run", "--as-of", today.isoformat(), "--json").stdout)
+        assert (result["as_of"], result["members"], result["counts"]) == (today.isoformat(), 1, {"current": 1})
+        assert result["judged_through"] == (today - timedelta(days=1)).isoformat()
+        assert "1 member(s): 1 current" in dctrl(home, "report", "run").stdout
+        from actors.db import connect
+        db = connect(home.database_url)
+        try:
+            (n,) = db.execute_sql("SELECT COUNT(*) FROM report_snapshot WHERE kind = 'members' AND as_of = "
+                                  + ("%s" if database == "postgresql" else "?"), (today.isoformat(),)).fetchone()
+        finally:
+            db.close()
+        assert n == 1
+        # no Reporter: a clear error and a non-zero exit once the deadline has passed
+        net.signal("reporter")
+        r = dctrl(home, "report", "run", "--timeout", "2", check=False)
+        assert r.returncode != 0 and "no answer from the reporter within 2 s" in r.stderr, (r.stdout, r.stderr)
+
 
 def test_income_counts_vending_sales_by_machine_and_product_in_their_month(world):
     from actors.business_mgr.models import TABLES as SALES_TABLES, SalesInvoice
