@@ -220,6 +220,27 @@ def test_a_backdated_payment_after_a_published_transition_is_corrected(world):
                                 ("dee", "2027-01-25", "overdue", "current")]
 
 
+def test_a_plans_term_days_sets_when_its_dues_are_overdue(world):
+    """MemberData's plan term (cmd.members.plan_set term_days) is the core's: due_on = start + term."""
+    from actors.reporter.reports import member_report
+
+    for name, term in (("prompt", 0), ("fortnight", 14), ("regular", None)):  # None: the default, 7
+        world.member_cmd("cmd.members.plan_set", name=name, cad="40.00", period="month", grace_days=30,
+                         confirmations=1, **({} if term is None else {"term_days": term}))
+    for handle, plan in (("amy", "prompt"), ("bea", "fortnight"), ("cal", "regular")):
+        world.member_cmd("cmd.members.add", handle=handle, plan=plan, joined="2027-01-15",
+                         personal=seal_personal(world.public, name=handle.title(), email=f"{handle}@example.org"))
+    db = world.reporter.database
+    assert {h: member_report(db, h, D("2027-01-15"))["first_unpaid"]["due_on"] for h in ("amy", "bea", "cal")} == {
+        "amy": "2027-01-15", "bea": "2027-01-29", "cal": "2027-01-22"}
+    world.reporter.judge(D("2027-01-31"))
+    world.reporter.flush()
+    assert sorted(world.statuses()) == [
+        ("amy", "2027-01-15", None, "overdue"),  # a term of 0: overdue from the period's first day
+        ("bea", "2027-01-15", None, "due"), ("bea", "2027-01-29", "due", "overdue"),
+        ("cal", "2027-01-15", None, "due"), ("cal", "2027-01-22", "due", "overdue")]
+
+
 def test_on_demand_commands_are_answered_and_snapshots_stored(world):
     world.plan()
     world.add("ada", "2027-01-01")
