@@ -194,6 +194,7 @@ def run(messages: int, repeat: int, pg_url: str | None = None) -> dict:
                     admin.close()
         finally:
             server.close()
+    out["loadavg_1m_end"] = round(os.getloadavg()[0], 2)  # (the machine's other work: figures are not alone)
     return out
 
 
