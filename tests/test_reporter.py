@@ -331,6 +331,38 @@ def test_cli_reports_members_income_and_one_member_as_json_and_csv(world, capsys
     assert out == "month,kind,what,sats,cad\n2027-01,dues,cash,0,40.00\n"
 
 
+@pytest.mark.parametrize("ack, rc, said", [
+    ({"status": "refused", "reason": "command expired", "result": None}, 2, "the reporter refused: command expired"),
+    ({"status": "done", "reason": None, "result": {"as_of": "2027-01-15",
+                                                   "waiting": "member_data has not made its tables yet"}},
+     2, "the reporter did not run: member_data has not made its tables yet"),
+    (None, 2, "no answer from the reporter within 0.5 s"),
+])
+def test_report_run_says_why_when_the_reporter_refuses_waits_or_is_silent(tmp_path, monkeypatch, capsys, ack, rc,
+                                                                         said):
+    """`dctrl report run`'s answers other than a run (the real Reporter's run: the test below)."""
+    import actors.runtime
+    from scripts.cli import main
+    from tests.harness import new_home
+
+    home = new_home(tmp_path / "home")
+    sent = []
+
+    class Answering:  # the runtime stand-in: the command is "sent" and answered (or not) at once
+        def __init__(self, actor, settings):
+            self.actor = actor
+
+        def run(self, handle_signals=True):
+            for topic, body in self.actor.commands:
+                sent.append((topic, body))
+                if ack is not None:
+                    self.actor.acks[body["id"]] = {"id": body["id"], **ack}
+    monkeypatch.setattr(actors.runtime, "Runtime", Answering)
+    assert main(["report", "run", "--home", str(home.root), "--as-of", "2027-01-15", "--timeout", "0.5"]) == rc
+    assert said in capsys.readouterr().err
+    assert [(t, b["as_of"]) for t, b in sent] == [("cmd.report.run", "2027-01-15")]
+
+
 # -- real processes ----------------------------------------------------------------------
 
 @pytest.mark.slow
