@@ -414,11 +414,9 @@ def _member_status(args, handle: str) -> dict:
 
 def cmd_plans(args):
     if args.plans_cmd == "set":
-        from actors.member_data.models import parse_cents
+        from actors.member_data.models import check_term_days, parse_cents
 
         _check(parse_cents, args.cad, field="--cad")
-        from actors.member_data.models import check_term_days
-
         _check(check_term_days, args.term_days, args.period)
         send_command(args, "cmd.members.plan_set", {"name": args.name, "cad": args.cad, "period": args.period,
                                                     "grace_days": args.grace_days,
