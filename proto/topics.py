@@ -404,6 +404,9 @@ register("cmd.members.plan_set", Map({
     "period": Str(choices=("month", "quarter", "year")),
     "grace_days": Int(min=0, max=3650),    # days past due before a member counts as overdue
     "confirmations": Int(min=1, max=100),  # for dues paid in bitcoin
+    # days from a period's start its dues are due, then overdue (nil: 7); member_data also
+    # refuses more than the plan's shortest period (28 days a month, 89 a quarter)
+    "term_days": Opt(Int(min=0, max=90)),
 }))
 # members.ack: the answer to any cmd.members.* (the same answer for a retried id).
 register("members.ack", Map({"id": RID, "status": Str(choices=("done", "refused")), "reason": Opt(REASON)}))
@@ -428,6 +431,7 @@ register("member.plan.changed", Map({
     "period": Str(choices=("month", "quarter", "year")),
     "grace_days": Int(min=0),
     "confirmations": Int(min=1),
+    "term_days": Opt(Int(min=0)),          # (nil only from a version before plans had a term)
 }))
 
 # -- member mail: MemberMail is the single writer of the outbox (mail_outbox) ----------------

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,6 +182,31 @@ def test_dctrl_up_runs_everything_under_supervisord(home, clients):
                              what="the welcome in the demo's Maildir")
         assert "Subject: Welcome to DCTRL, Ada Lovelace" in mailed.read_text()
         assert json.loads(dctrl(home, "mail", "outbox", "--json").stdout)[0]["state"] == "sent"
+        # The README's walk goes on: ada pays her dues address from the chain simulator, and the
+        # receipt lands in the Maildir too (the same commands as the README's "Member mail").
+        uri = wait_for(lambda: re.search(r"bitcoin:(\w+)\?amount=([0-9.]+)",
+                                         dctrl(home, "members", "show", "ada").stdout), timeout=60,
+                       what="ada's dues address with one month's amount at a fresh price")
+        address, amount = uri.groups()
+        txid = dctrl(home, "sim", "pay", address, amount).stdout.strip().split()[-1]
+        dctrl(home, "sim", "mine", "1")
+
+        from scripts.sim.smtp import messages
+
+        def receipt():  # (the outbox key's header is folded: txid:vout is long)
+            return [m for m in messages(maildir.parent)
+                    if " ".join(str(m["X-Dctrl-Mail"]).split()).startswith(f"receipt ada {txid}:")]
+        (mailed,) = wait_for(receipt, timeout=60, what="the dues receipt in the demo's Maildir")
+        cents = json.loads(dctrl(home, "members", "show", "ada", "--json").stdout)["payments"][0]["cents"]
+        assert cents >= 4000  # (the amount shown is rounded up to the satoshi)
+        assert mailed["Subject"] == f"DCTRL: receipt for {cents // 100}.{cents % 100:02d} CAD"
+        # (the README's `grep -h "^Subject:" var/sim/mail/new/*`)
+        subjects = sorted(line for f in maildir.glob("*") for line in f.read_text().splitlines()
+                          if line.startswith("Subject:"))
+        assert subjects == [f"Subject: DCTRL: receipt for {cents // 100}.{cents % 100:02d} CAD",
+                            "Subject: Welcome to DCTRL, Ada Lovelace"], subjects
+        sent = dctrl(home, "mail", "outbox", "--state", "sent").stdout
+        assert re.search(rf"receipt +ada +{txid[:20]}", sent), sent
     finally:
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0

@@ -120,3 +120,45 @@ def test_vend_bench_setup_refuses_a_configuration_it_cannot_edit():
         == "[drop]\nsimulate = true\nsimulate_delay_ms = 5\n"
     with pytest.raises(RuntimeError, match="not found in the generated configuration"):
         _edit("[drop]\nsimulate = false\n", r"simulate = true", "x")
+
+
+def test_mail_bench_prints_the_dispatcher_and_its_baseline_on_both_databases(monkeypatch, capsys):
+    """`dctrl bench mail` small: one JSON object, on SQLite and PostgreSQL, every message counted
+    in the sink's Maildir, both figures and their ratio. The shape, not the speed: the target (50
+    a second) is the full-size run's (`meets_target`), not asserted here."""
+    from scripts.bench.mail import main as mail_main
+    from tests.test_db import PG_URL
+
+    monkeypatch.setenv("DCTRL_BENCH_PG_URL", PG_URL)
+    rc = mail_main(argparse.Namespace(suite="mail", quick=True, json=True, messages=15))
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("\n") == 1, out
+    result = json.loads(out)
+    assert (result["suite"], result["quick"], result["messages"], result["rounds"]) == ("mail", True, 15, 1)
+    assert result["target_msgs_per_s"] == 50 and result["server"] and result["baseline"]
+    for db, name in (("sqlite", "SqliteDatabase"), ("postgresql", "PostgresqlDatabase")):
+        r = result[db]
+        assert (r["database"], r["messages"], r["rounds"]) == (name, 15, 1)
+        assert r["received"] == {"baseline": 15, "dispatcher": 15} and r["complete"] is True, r
+        for key in ("dispatcher_ms", "dispatcher_msgs_per_s", "baseline_ms", "baseline_msgs_per_s",
+                    "enqueue_msgs_per_s"):
+            assert r[key] > 0, (db, key)
+        assert r["ratio_throughput"] == round(r["dispatcher_msgs_per_s"] / r["baseline_msgs_per_s"], 3)
+        assert r["meets_target"] == (r["dispatcher_msgs_per_s"] >= 50)
+
+
+def test_mail_bench_fails_when_a_message_does_not_arrive(tmp_path, monkeypatch):
+    """A message the server never kept is no speed: the round is not `complete`."""
+    from actors.db import connect
+    from scripts.bench import mail
+
+    server = mail.SimSmtp(tmp_path / "mail")
+    monkeypatch.setattr(server, "received", lambda: 0)  # (as if the sink lost every message)
+    database = connect(f"sqlite:///{tmp_path / 'bench.sqlite3'}")
+    try:
+        r = mail.measure(database, server, 3, 1)
+    finally:
+        database.close()
+        server.close()
+    assert r["complete"] is False and r["meets_target"] is False and r["received"] == {"baseline": 0,
+                                                                                        "dispatcher": 0}

@@ -13,7 +13,7 @@ import pytest
 
 from actors.member_data.actor import MemberData
 from actors.member_data.models import (MemberAdjustment, MemberCommand, MemberFact, MemberInputError, MemberMember,
-                                       MemberPayment, format_cents, parse_cents, seal_personal)
+                                       MemberPayment, check_term_days, format_cents, parse_cents, seal_personal)
 from actors.member_data.queries import adjustments, member, members, payments, plan_versions, plans, today
 from actors.testing import FakeClock, FakeRuntime
 from keys.identity import IdentityKeys
@@ -220,6 +220,55 @@ def test_plans_are_versioned_and_plan_changes_take_effect_on_their_date(md):
     done(md, "cmd.members.group", handle="ada", group="keys", action="remove")
     assert "not in group" in refused(md, "cmd.members.group", handle="ada", group="keys", action="remove")
     assert members(db)[0]["groups"] == []
+
+
+def test_a_plan_has_a_term_of_7_days_unless_given_and_at_most_its_shortest_period(md):
+    plan_set(md)  # no term_days: 7
+    done(md, "cmd.members.plan_set", name="prompt", cad="40.00", period="month", grace_days=30, confirmations=1,
+         term_days=0)
+    done(md, "cmd.members.plan_set", name="monthly", cad="40.00", period="month", grace_days=30, confirmations=1,
+         term_days=28)
+    done(md, "cmd.members.plan_set", name="quarterly", cad="90.00", period="quarter", grace_days=30,
+         confirmations=1, term_days=89)
+    done(md, "cmd.members.plan_set", name="yearly", cad="400.00", period="year", grace_days=30, confirmations=1,
+         term_days=90)
+    db = md.actor.database
+    assert {p["name"]: p["term_days"] for p in plans(db)} == {"monthly": 28, "prompt": 0, "quarterly": 89,
+                                                               "regular": 7, "yearly": 90}
+    assert [e["term_days"] for e in md.bodies("member.plan.changed")] == [7, 0, 28, 89, 90]
+    for period, term in (("month", 29), ("quarter", 90)):  # longer than the plan's shortest period
+        assert f"term_days {term} is out of range: 0 to {term - 1} for a {period} plan" in refused(
+            md, "cmd.members.plan_set", name="long", cad="40.00", period=period, grace_days=30, confirmations=1,
+            term_days=term)
+    for bad in (-1, 91, "7", 7.0):  # the schema's bounds: never reaches the handler
+        with pytest.raises(SchemaError):
+            md.command("cmd.members.plan_set", name="long", cad="40.00", period="year", grace_days=30,
+                       confirmations=1, term_days=bad)
+    assert "long" not in {p["name"] for p in plans(db)}
+    with pytest.raises(MemberInputError, match="out of range: 0 to 28"):
+        check_term_days(29, "month")
+
+
+def test_plan_versions_made_before_plans_had_a_term_are_given_7_days_on_upgrade(md, home):
+    from actors.reporter.inputs import load_plans
+
+    db = md.actor.database
+    plan_set(md, name="fortnight")
+    db.execute_sql('ALTER TABLE "member_plan_version" DROP COLUMN "term_days"')  # as an older version made it
+    db.execute_sql('INSERT INTO "member_plan_version" (name, cents, period, grace_days, confirmations, created) '
+                   "VALUES ('old', 4000, 'month', 30, 1, 1)")
+    clock = FakeClock()
+    rt = FakeRuntime(MemberData(home, clock=clock.time), name="member_data", clock=clock, home=home).start()
+    try:
+        assert {p["name"]: p["term_days"] for p in plans(db)} == {"fortnight": 7, "old": 7}
+        assert {v.name: v.term_days for v in load_plans(db).versions} == {"fortnight": 7, "old": 7}
+        body = {"id": os.urandom(16), "expires": int(clock.time()) + 60, "name": "fortnight", "cad": "40.00",
+                "period": "month", "grace_days": 30, "confirmations": 1, "term_days": 14}
+        rt.send("cmd.members.plan_set", body, sender="admin")
+        assert rt.bodies(ACK, id=body["id"])[0]["status"] == "done"
+        assert [p["term_days"] for p in plan_versions(db, "fortnight")] == [7, 14]
+    finally:
+        rt.stop()
 
 
 def test_forget_erases_name_and_email_and_keeps_the_money(md):

@@ -233,6 +233,17 @@ def test_members_add_pay_show_and_import_through_the_real_bus(members_net, tmp_p
     out = dctrl(home, "plans", "set", "regular", "--cad", "40.00", "--period", "month", "--grace-days", "30")
     assert "plan regular: 40.00 CAD a month" in out.stdout
     assert json.loads(dctrl(home, "plans", "list", "--json").stdout)[0]["cents"] == 4000
+    out = dctrl(home, "plans", "set", "slow", "--cad", "40.00", "--period", "month", "--grace-days", "30",
+                "--term-days", "14")
+    assert "plan slow: 40.00 CAD a month, due within 14 days, 30 days' grace" in out.stdout
+    assert {p["name"]: p["term_days"] for p in json.loads(dctrl(home, "plans", "list", "--json").stdout)} == {
+        "regular": 7, "slow": 14}
+    listed = dctrl(home, "plans", "list").stdout.splitlines()
+    assert listed[0].split()[:5] == ["PLAN", "CAD", "PERIOD", "TERM", "GRACE"] and listed[2].split()[:5] == [
+        "slow", "40.00", "month", "14", "30"]
+    long = dctrl(home, "plans", "set", "slow", "--cad", "40.00", "--period", "month", "--grace-days", "30",
+                 "--term-days", "29", check=False)
+    assert long.returncode == 2 and "term_days 29 is out of range: 0 to 28 for a month plan" in long.stderr
     dctrl(home, "members", "add", "ada", "--name", "Ada Lovelace", "--email", "ada@example.org",
           "--plan", "regular", "--joined", "2026-01-31")
     out = dctrl(home, "members", "pay", "ada", "--cad", "40.00", "--method", "cash", "--note", "at the door")

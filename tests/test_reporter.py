@@ -220,6 +220,27 @@ def test_a_backdated_payment_after_a_published_transition_is_corrected(world):
                                 ("dee", "2027-01-25", "overdue", "current")]
 
 
+def test_a_plans_term_days_sets_when_its_dues_are_overdue(world):
+    """MemberData's plan term (cmd.members.plan_set term_days) is the core's: due_on = start + term."""
+    from actors.reporter.reports import member_report
+
+    for name, term in (("prompt", 0), ("fortnight", 14), ("regular", None)):  # None: the default, 7
+        world.member_cmd("cmd.members.plan_set", name=name, cad="40.00", period="month", grace_days=30,
+                         confirmations=1, **({} if term is None else {"term_days": term}))
+    for handle, plan in (("amy", "prompt"), ("bea", "fortnight"), ("cal", "regular")):
+        world.member_cmd("cmd.members.add", handle=handle, plan=plan, joined="2027-01-15",
+                         personal=seal_personal(world.public, name=handle.title(), email=f"{handle}@example.org"))
+    db = world.reporter.database
+    assert {h: member_report(db, h, D("2027-01-15"))["first_unpaid"]["due_on"] for h in ("amy", "bea", "cal")} == {
+        "amy": "2027-01-15", "bea": "2027-01-29", "cal": "2027-01-22"}
+    world.reporter.judge(D("2027-01-31"))
+    world.reporter.flush()
+    assert sorted(world.statuses()) == [
+        ("amy", "2027-01-15", None, "overdue"),  # a term of 0: overdue from the period's first day
+        ("bea", "2027-01-15", None, "due"), ("bea", "2027-01-29", "due", "overdue"),
+        ("cal", "2027-01-15", None, "due"), ("cal", "2027-01-22", "due", "overdue")]
+
+
 def test_on_demand_commands_are_answered_and_snapshots_stored(world):
     world.plan()
     world.add("ada", "2027-01-01")
@@ -310,6 +331,38 @@ def test_cli_reports_members_income_and_one_member_as_json_and_csv(world, capsys
     assert out == "month,kind,what,sats,cad\n2027-01,dues,cash,0,40.00\n"
 
 
+@pytest.mark.parametrize("ack, rc, said", [
+    ({"status": "refused", "reason": "command expired", "result": None}, 2, "the reporter refused: command expired"),
+    ({"status": "done", "reason": None, "result": {"as_of": "2027-01-15",
+                                                   "waiting": "member_data has not made its tables yet"}},
+     2, "the reporter did not run: member_data has not made its tables yet"),
+    (None, 2, "no answer from the reporter within 0.5 s"),
+])
+def test_report_run_says_why_when_the_reporter_refuses_waits_or_is_silent(tmp_path, monkeypatch, capsys, ack, rc,
+                                                                         said):
+    """`dctrl report run`'s answers other than a run (the real Reporter's run: the test below)."""
+    import actors.runtime
+    from scripts.cli import main
+    from tests.harness import new_home
+
+    home = new_home(tmp_path / "home")
+    sent = []
+
+    class Answering:  # the runtime stand-in: the command is "sent" and answered (or not) at once
+        def __init__(self, actor, settings):
+            self.actor = actor
+
+        def run(self, handle_signals=True):
+            for topic, body in self.actor.commands:
+                sent.append((topic, body))
+                if ack is not None:
+                    self.actor.acks[body["id"]] = {"id": body["id"], **ack}
+    monkeypatch.setattr(actors.runtime, "Runtime", Answering)
+    assert main(["report", "run", "--home", str(home.root), "--as-of", "2027-01-15", "--timeout", "0.5"]) == rc
+    assert said in capsys.readouterr().err
+    assert [(t, b["as_of"]) for t, b in sent] == [("cmd.report.run", "2027-01-15")]
+
+
 # -- real processes ----------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -337,6 +390,24 @@ def test_members_add_and_pay_then_report_member_shows_current(tmp_path, database
         assert json.loads(dctrl(home, "members", "list", "--status", "lapsed", "--json").stdout) == []
         assert "status:  current (paid through " in dctrl(home, "members", "show", "ada").stdout
         assert net.alive("reporter")
+
+        # `dctrl report run`: cmd.report.run to the running Reporter, its counts printed
+        result = json.loads(dctrl(home, "report", "run", "--as-of", today.isoformat(), "--json").stdout)
+        assert (result["as_of"], result["members"], result["counts"]) == (today.isoformat(), 1, {"current": 1})
+        assert result["judged_through"] == (today - timedelta(days=1)).isoformat()
+        assert "1 member(s): 1 current" in dctrl(home, "report", "run").stdout
+        from actors.db import connect
+        db = connect(home.database_url)
+        try:
+            (n,) = db.execute_sql("SELECT COUNT(*) FROM report_snapshot WHERE kind = 'members' AND as_of = "
+                                  + ("%s" if database == "postgresql" else "?"), (today.isoformat(),)).fetchone()
+        finally:
+            db.close()
+        assert n == 1
+        # no Reporter: a clear error and a non-zero exit once the deadline has passed
+        net.signal("reporter")
+        r = dctrl(home, "report", "run", "--timeout", "2", check=False)
+        assert r.returncode != 0 and "no answer from the reporter within 2 s" in r.stderr, (r.stdout, r.stderr)
 
 
 def test_income_counts_vending_sales_by_machine_and_product_in_their_month(world):

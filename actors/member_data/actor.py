@@ -69,10 +69,10 @@ from ..db import connect, ensure_tables, write_transaction
 from .. import outbox
 from ..outbox import Outbox, apply_once, event_id
 from ..runtime import Actor, every, on
-from .models import (DUES_BOOK, MANUAL_METHODS, TABLES, USED_ON_CHAIN, MemberAddress, MemberAdjustment, MemberChainPayment, MemberCommand,
+from .models import (ADD_COLUMNS, DEFAULT_TERM_DAYS, DUES_BOOK, MANUAL_METHODS, TABLES, USED_ON_CHAIN, MemberAddress, MemberAdjustment, MemberChainPayment, MemberCommand,
                      MemberFact, MemberInputError, MemberMember, MemberPayment, MemberPlanVersion, MemberPrice, MemberWatch,
-                     check_date, check_email, check_handle, check_name, check_note, db, format_cents,
-                     open_personal, parse_cents)
+                     check_date, check_email, check_handle, check_name, check_note, check_term_days, db,
+                     fill_added_columns, format_cents, open_personal, parse_cents)
 from .queries import plan as plan_terms
 from .queries import dues_gap, state_from_facts, today
 from .models import MAIL_OPT_OUT_COLUMNS, check_opt_out, opt_out_kinds
@@ -107,7 +107,9 @@ class MemberData(Actor):
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
         self.outbox = Outbox(Outbox.model_for(self.database, "member_outbox"))
-        ensure_tables(self.database, [*TABLES, self.outbox.model])
+        ensure_tables(self.database, [*TABLES, self.outbox.model], add_columns=ADD_COLUMNS)
+        if fill_added_columns(self.database):
+            log.info("plan versions made before plans had a term: given %d days", DEFAULT_TERM_DAYS)
         self.unsent = True  # a previous run may have left events unsent: look at the first flush
         ensure_tables(self.database, [MemberMember], add_columns=MAIL_OPT_OUT_COLUMNS)  # (an older member table)
         self._init_dues(home, clock)
@@ -748,12 +750,15 @@ class MemberData(Actor):
     def _plan_set(self, body, cid):
         name = check_handle(body["name"], "plan")
         cents = parse_cents(body["cad"], field="cad")
+        term = body.get("term_days")
+        term = check_term_days(DEFAULT_TERM_DAYS if term is None else term, body["period"])
         p = MemberPlanVersion.create(name=name, cents=cents, period=body["period"], grace_days=body["grace_days"],
-                                     confirmations=body["confirmations"], created=int(self.clock()))
-        log.info("plan %s: %s CAD a %s, %d days' grace (version %d)", name, format_cents(cents), p.period,
-                 p.grace_days, p.version)
+                                     confirmations=body["confirmations"], term_days=term, created=int(self.clock()))
+        log.info("plan %s: %s CAD a %s, due within %d days, %d days' grace (version %d)", name, format_cents(cents),
+                 p.period, p.term_days, p.grace_days, p.version)
         return [("member.plan.changed", {"name": name, "version": p.version, "cents": cents, "period": p.period,
-                                         "grace_days": p.grace_days, "confirmations": p.confirmations})]
+                                         "grace_days": p.grace_days, "confirmations": p.confirmations,
+                                         "term_days": p.term_days})]
 
     COMMANDS = {"add": _add, "set": _set, "pay": _pay, "adjust": _adjust, "plan": _plan_change, "leave": _leave,
                 "rejoin": _rejoin, "group": _group, "forget": _forget, "plan_set": _plan_set}

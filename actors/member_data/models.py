@@ -49,6 +49,9 @@ CAD_RE = re.compile(r"-?[0-9]{1,9}(?:\.[0-9]+)?")
 TXID_VOUT_RE = re.compile(r"[0-9a-f]{64}:[0-9]{1,6}")
 MAX_CENTS = 10**11  # a billion CAD: far beyond any dues, well inside 64 bits
 PERIODS = ("month", "quarter", "year")
+DEFAULT_TERM_DAYS = 7  # a period's dues are due for this many days from its start (the Reporter's core)
+MAX_TERM_DAYS = 90  # the bound of cmd.members.plan_set's term_days
+SHORTEST_PERIOD_DAYS = {"month": 28, "quarter": 89, "year": 365}  # February; February to April
 METHODS = ("bitcoin", "cash", "etransfer")
 MANUAL_METHODS = ("cash", "etransfer")  # what an admin records by hand (bitcoin: the chain's, with txid:vout)
 # The mail a member may opt out of (MemberMail's OPT_OUT_KINDS): never receipts, nor the mails
@@ -130,6 +133,18 @@ def check_date(value, field: str = "date") -> str:
         raise MemberInputError(f"{field} {value!r} is not a date of the calendar") from None
     if not 1900 <= day.year <= 2999:
         raise MemberInputError(f"{field} {value!r} is out of range")
+    return value
+
+
+def check_term_days(value, period: str) -> int:
+    """A plan's term: whole days from a period's start during which its dues are ``due`` (not
+    yet ``overdue``), 0 to 90 and not more than the shortest period of the plan's kind (28 days
+    for a month, 89 for a quarter), so a period's dues fall due before the next period starts."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MemberInputError(f"term_days {str(value)[:20]!r} is not a whole number of days")
+    longest = min(MAX_TERM_DAYS, SHORTEST_PERIOD_DAYS[period])
+    if not 0 <= value <= longest:
+        raise MemberInputError(f"term_days {value} is out of range: 0 to {longest} for a {period} plan")
     return value
 
 
@@ -224,6 +239,9 @@ class MemberPlanVersion(Base):
     period = peewee.CharField(max_length=8)  # month | quarter | year
     grace_days = peewee.IntegerField()
     confirmations = peewee.IntegerField()  # for dues paid in bitcoin
+    # days from a period's start its dues are due (then overdue); added by a later version: rows
+    # made before it were given DEFAULT_TERM_DAYS when MemberData added the column (ADD_COLUMNS)
+    term_days = peewee.IntegerField(default=DEFAULT_TERM_DAYS)
     created = peewee.BigIntegerField()
 
 
@@ -337,3 +355,12 @@ Member, PlanVersion, Fact, Payment, Adjustment = (MemberMember, MemberPlanVersio
                                                   MemberAdjustment)
 TABLES = [MemberMember, MemberPlanVersion, MemberFact, MemberPayment, MemberAdjustment, MemberCommand, MemberAddress,
           MemberWatch, MemberChainPayment, MemberPrice]
+# Columns a later version added (actors/db.py ensure_tables adds them to an existing table, nullable).
+ADD_COLUMNS = {MemberPlanVersion: ["term_days"]}
+
+
+def fill_added_columns(database) -> int:
+    """Give the rows made before a column was added its value: a plan version without a term gets
+    DEFAULT_TERM_DAYS, the term every plan had before. Returns the rows changed."""
+    return (MemberPlanVersion.update(term_days=DEFAULT_TERM_DAYS)
+            .where(MemberPlanVersion.term_days.is_null()).bind(database).execute())

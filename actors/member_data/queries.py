@@ -28,7 +28,7 @@ def today(clock_time: float) -> str:
 def _plan_row(p) -> dict:
     return {"name": p.name, "version": p.version, "cents": p.cents, "cad": format_cents(p.cents),
             "period": p.period, "grace_days": p.grace_days, "confirmations": p.confirmations,
-            "created": p.created}
+            "term_days": p.term_days, "created": p.created}
 
 
 def plan_versions(database, name: str | None = None) -> list[dict]:

@@ -14,8 +14,8 @@ full status on ``as_of`` passes ``since=as_of``: one aggregate row per member.
 
 Plan versions: MemberData stores a plan's versions with the time each was recorded, no
 effective date. A plan's first version is in force from ever (a member may be entered with a
-joined date before the plan was); each later one from the UTC day it was recorded. Every
-version gets the core's default ``term_days``.
+joined date before the plan was); each later one from the UTC day it was recorded. Each
+version's ``term_days`` is MemberData's (7 for the versions made before plans had a term).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ def utc_day(unix_s: float) -> date:
 def load_plans(database) -> Plans:
     versions, seen = [], set()
     q = MemberPlanVersion.select(MemberPlanVersion.name, MemberPlanVersion.cents, MemberPlanVersion.period,
-                                 MemberPlanVersion.grace_days, MemberPlanVersion.created)
-    for name, cents, period, grace, created in q.order_by(MemberPlanVersion.version).bind(database).tuples():
+                                 MemberPlanVersion.grace_days, MemberPlanVersion.created, MemberPlanVersion.term_days)
+    for name, cents, period, grace, created, term in q.order_by(MemberPlanVersion.version).bind(database).tuples():
         effective = date.min if name not in seen else utc_day(created)
         seen.add(name)
-        versions.append(PlanVersion(name, int(cents), period, int(grace), effective))
+        versions.append(PlanVersion(name, int(cents), period, int(grace), effective, 7 if term is None else int(term)))
     return Plans(tuple(versions))
 
 

@@ -1,4 +1,4 @@
-"""`dctrl bench [bus|chain|vend|faults|members|payouts]`: the benchmarks of scripts/bench/, one JSON object."""
+"""`dctrl bench [bus|chain|vend|faults|members|mail|payouts]`: the benchmarks of scripts/bench/, one JSON object."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def cmd_bench(args):
         from scripts.bench.payouts import main as payouts_main
 
         return payouts_main(args)
+    if args.suite == "mail":
+        from scripts.bench.mail import main as mail_main
+
+        return mail_main(args)
     if args.suite == "faults":
         from scripts.bench.faults import main as faults_main
 
@@ -33,17 +37,21 @@ def cmd_bench(args):
 
 def register(sub):
     sp = command(sub, "bench", cmd_bench, "benchmarks; prints one JSON object")
-    sp.add_argument("suite", nargs="?", default="bus", choices=("bus", "chain", "vend", "faults", "members", "payouts"),
+    sp.add_argument("suite", nargs="?", default="bus",
+                    choices=("bus", "chain", "vend", "faults", "members", "mail", "payouts"),
                     help="bus: the broker against zmq.proxy; chain: payment detection and catch-up; "
                          "vend: payment to relay pin end to end, and the agent's memory and start-up; "
                          "faults: purchases under random kill -9 and SIGSTOP, counting double, lost and "
                          "unpaid vends, unrecorded payments and processes that did not come back; "
                          "members: the Reporter's full status, one member and income against a SQL baseline; "
+                         "mail: MemberMail's dispatcher to a loopback SMTP server against plain smtplib; "
                          "payouts: a 2-of-3 payout built, signed and finalized from 2,000 UTXOs against "
                          "embit alone")
     sp.add_argument("--seeds", default="3", metavar="N",
                     help="faults: seeds 0..N-1 (or A-B, or A,B,...), one scenario each (default 3)")
     sp.add_argument("--members", type=int, default=5000, help="members: how many (default 5000)")
     sp.add_argument("--sales", type=int, default=500_000, help="members: vending sales (default 500000)")
+    sp.add_argument("--messages", type=int, default=None, help="mail: receipts a round (default 1000; "
+                                                                  "--quick: 100)")
     sp.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
     sp.add_argument("--quick", action="store_true", help="finish in under 30 s (faults: about 25 s a seed)")

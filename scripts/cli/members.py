@@ -425,13 +425,16 @@ def _member_status(args, handle: str) -> dict:
 
 def cmd_plans(args):
     if args.plans_cmd == "set":
-        from actors.member_data.models import parse_cents
+        from actors.member_data.models import check_term_days, parse_cents
 
         _check(parse_cents, args.cad, field="--cad")
+        _check(check_term_days, args.term_days, args.period)
         send_command(args, "cmd.members.plan_set", {"name": args.name, "cad": args.cad, "period": args.period,
                                                     "grace_days": args.grace_days,
-                                                    "confirmations": args.confirmations})
-        print(f"plan {args.name}: {args.cad} CAD a {args.period}, {args.grace_days} days' grace")
+                                                    "confirmations": args.confirmations,
+                                                    "term_days": args.term_days})
+        print(f"plan {args.name}: {args.cad} CAD a {args.period}, due within {args.term_days} days, "
+              f"{args.grace_days} days' grace")
         return 0
     from actors.member_data.queries import plans
 
@@ -441,10 +444,10 @@ def cmd_plans(args):
     elif not rows:
         print("no plans (make one with: dctrl plans set NAME --cad 40.00 --period month --grace-days 30)")
     else:
-        print(f"{'PLAN':<16} {'CAD':>10} {'PERIOD':<8} {'GRACE':>5} {'CONF':>4} VERSION")
+        print(f"{'PLAN':<16} {'CAD':>10} {'PERIOD':<8} {'TERM':>4} {'GRACE':>5} {'CONF':>4} VERSION")
         for p in rows:
-            print(f"{p['name']:<16} {p['cad']:>10} {p['period']:<8} {p['grace_days']:>5} {p['confirmations']:>4} "
-                  f"{p['version']}")
+            print(f"{p['name']:<16} {p['cad']:>10} {p['period']:<8} {p['term_days']:>4} {p['grace_days']:>5} "
+                  f"{p['confirmations']:>4} {p['version']}")
     return 0
 
 
@@ -538,6 +541,9 @@ def register(sub):
     pset.add_argument("--cad", required=True, help="dues per period in CAD, e.g. 40.00")
     pset.add_argument("--period", required=True, choices=("month", "quarter", "year"), help="the period")
     pset.add_argument("--grace-days", required=True, type=_nonneg_int, help="days past due before overdue")
+    pset.add_argument("--term-days", type=_nonneg_int, default=7,
+                      help="days from a period's start its dues are due, then overdue (default 7; at most 28 "
+                           "for a month, 89 for a quarter, 90 for a year)")
     pset.add_argument("--confirmations", type=int, default=1, help="confirmations for dues paid in bitcoin "
                                                                    "(default 1)")
     plst = ps.add_parser("list", help="every plan's current terms")

@@ -1,7 +1,11 @@
 """`dctrl report members|income|member HANDLE [--as-of DATE] [--json|--csv]`: the Reporter's
 reports, computed here from the database through the same reader functions the Reporter uses
 (actors/reporter/reports.py): no bus, no running Reporter needed. Dates are UTC days (default
-today); money in CAD (the JSON keeps integer cents and sats)."""
+today); money in CAD (the JSON keeps integer cents and sats).
+
+`dctrl report run [--as-of DATE]` is the one verb that needs the Reporter: it sends
+``cmd.report.run`` (as admin, retried until acknowledged, expiring with ``--timeout``) and prints
+the run's counts from ``report.ack``; no answer within ``--timeout``, or a refusal, is an error."""
 
 from __future__ import annotations
 
@@ -31,7 +35,39 @@ def _cad(cents) -> str:
     return format_cents(cents)
 
 
+def _run(args):
+    """`report run`: ask the Reporter to judge now and store the snapshots of ``--as-of``."""
+    import threading
+
+    from actors.runtime import Runtime
+    from scripts.cli.common import home as _home
+    from scripts.cli.tools import CommandsUntilAcked
+
+    body = {"as_of": _as_of(args).isoformat() if args.as_of else None}
+    actor = CommandsUntilAcked([("cmd.report.run", body)], "report.ack", timeout=args.timeout)
+    Runtime(actor, _home(args).bus_settings(args.as_name)).run(
+        handle_signals=threading.current_thread() is threading.main_thread())
+    (ack,) = [actor.acks.get(b["id"]) for _, b in actor.commands]
+    if ack is None:
+        raise DctrlError(f"no answer from the reporter within {args.timeout:g} s (is it running? dctrl status)")
+    if ack["status"] != "done":
+        raise DctrlError(f"the reporter refused: {ack['reason']}")
+    result = ack["result"] or {}
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return 1 if "waiting" in result else 0
+    if "waiting" in result:
+        raise DctrlError(f"the reporter did not run: {result['waiting']}")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.get("counts", {}).items())) or "none"
+    print(f"report run: judged through {result.get('judged_through')}, {result.get('published', 0)} "
+          f"transition(s) published, {result.get('held', 0)} member(s) held")
+    print(f"  snapshot of {result.get('as_of')}: {result.get('members', 0)} member(s): {counts}")
+    return 0
+
+
 def cmd_report(args):
+    if args.report_cmd == "run":
+        return _run(args)
     from scripts.cli.members import _read
     from actors.reporter.reports import income_rows, member_report, member_rows
 
@@ -106,4 +142,10 @@ def register(sub):
         fmt = p.add_mutually_exclusive_group()
         fmt.add_argument("--json", action="store_true", help=JSON_HELP)
         fmt.add_argument("--csv", action="store_true", help="CSV with a header line instead of the table")
-    hide_home(members, income, member)
+    run = rs.add_parser("run", help="ask the running Reporter to judge transitions now and store the "
+                                    "snapshots (cmd.report.run over the bus)")
+    run.add_argument("--as-of", help="YYYY-MM-DD: the day of the snapshots (default today, UTC)")
+    run.add_argument("--json", action="store_true", help="the run's counts as JSON")
+    run.add_argument("--as", dest="as_name", default="admin", help="identity to act as (default admin)")
+    run.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the Reporter's answer")
+    hide_home(members, income, member, run)
