@@ -58,6 +58,22 @@ def test_tip_blocks_and_transactions(sim, backend):
     assert backend.transaction("00" * 32) is None
 
 
+def test_raw_transaction_is_the_serialization_that_hashes_to_the_txid(sim, backend):
+    """What a PSBT's non-witness UTXO needs (PayoutMgr): the whole previous transaction, in the
+    mempool and once mined; None for a txid the backend does not know."""
+    from embit.transaction import Transaction
+
+    address = sim.new_address()
+    txid = sim.pay(address, "0.25")
+    for _ in range(2):
+        raw = backend.raw_transaction(txid)
+        tx = Transaction.parse(raw)
+        assert tx.txid().hex() == txid
+        assert 25_000_000 in [o.value for o in tx.vout]
+        sim.mine(1)
+    assert backend.raw_transaction("00" * 32) is None
+
+
 def test_unspent_and_history(sim, backend):
     address = sim.new_address()
     t1 = sim.pay(address, "0.1")

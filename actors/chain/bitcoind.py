@@ -139,6 +139,18 @@ class Bitcoind:
             return self._tx(t, height, t["blockhash"])
         return self._tx(t)
 
+    def raw_transaction(self, txid: str) -> bytes | None:
+        """The transaction's serialization (with its witnesses), or None if the node does not know it
+        (a confirmed one needs -txindex unless it is in the mempool or the wallet)."""
+        try:
+            return bytes.fromhex(self.rpc("getrawtransaction", txid, False))
+        except ChainError as exc:
+            if getattr(exc, "rpc_code", None) == NOT_FOUND:
+                return None
+            raise
+        except ValueError:
+            raise ChainError(f"{self.name}: getrawtransaction {txid}: not hex") from None
+
     def mempool(self) -> set[str]:
         return set(self.rpc("getrawmempool"))
 

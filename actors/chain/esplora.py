@@ -105,6 +105,19 @@ class Esplora:
                 return None
             raise
 
+    def raw_transaction(self, txid: str) -> bytes | None:
+        """``/tx/:txid/hex``; None if the server does not know it."""
+        try:
+            text = self._get(f"/tx/{txid}/hex", text=True)
+        except ChainError as exc:
+            if getattr(exc, "http_status", None) in (400, 404):
+                return None
+            raise
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise ChainError(f"{self.name}: /tx/{txid}/hex: not hex ({text[:40]!r})") from None
+
     def mempool(self) -> set[str]:
         return set(self._get("/mempool/txids"))
 
