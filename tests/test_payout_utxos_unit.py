@@ -391,3 +391,18 @@ def test_a_descriptor_that_cannot_be_used_is_said_in_health(tmp_path):
         assert status == "degraded" and "[treasury] descriptor" in detail
     finally:
         actor.teardown()
+
+
+def test_a_spent_check_the_node_could_not_answer_is_tried_again(payouts):
+    payouts.run(0.5)
+    txid, address = payouts.node.fund(payouts.treasury, 6, 30_000, confirmed_at=200)
+    payouts.chain(address, 30_000, "confirmed", txid, confirmations=1, height=200)
+    payouts.rt.wait_for(lambda: payouts.actor._check_queued is False, what="the start's checks")
+    del payouts.node.utxos[(txid, 0)]  # spent elsewhere
+    payouts.node.down = True
+    payouts.block(201)
+    payouts.rt.wait_for(lambda: payouts.actor.chain_error, what="the check failing")
+    assert payouts.utxo(txid).state == "confirmed"
+    payouts.node.down = False
+    payouts.rt.advance(6.0)  # tried again without waiting for the next block
+    payouts.rt.wait_for(lambda: payouts.utxo(txid).state == "spent", what="the spend noticed on the retry")

@@ -113,6 +113,7 @@ class PayoutMgr(Actor):
         self.chain_error: str | None = None
         self._raw_asked: set[tuple[str, int]] = set()
         self._check_queued = False
+        self._check_again = False
         self.secrets: dict[str, str] = {}
         self.needed_secrets = sorted({(self.chain_cfg.get(b) or {}).get("password_secret")
                                       for b in self.chain_cfg["backends"]} - {None})
@@ -327,7 +328,10 @@ class PayoutMgr(Actor):
     def _queue_check(self, everything: bool) -> None:
         """Ask the worker which confirmed outputs are spent (and, ``everything``: which outputs the
         watched addresses hold that are not recorded)."""
-        if self.treasury is None or (self._check_queued and not everything):
+        if self.treasury is None:
+            return
+        if self._check_queued and not everything:
+            self._check_again = True  # one under way: once more when it is done (a block came meanwhile)
             return
         holding = sorted({a for (a,) in PayoutUtxo.select(PayoutUtxo.address)
                           .where(PayoutUtxo.state == "confirmed").tuples()})
@@ -406,9 +410,8 @@ class PayoutMgr(Actor):
         if job[0] == "raw":
             self._raw_asked.discard((job[1], job[2]))  # asked again by the timer
         else:
-            self._check_queued = False
-            if job[3]:  # the start's full check: again shortly
-                self.runtime.call_later(RAW_RETRY, self._queue_check, True)
+            self._check_queued = self._check_again = False
+            self.runtime.call_later(RAW_RETRY, self._queue_check, job[3])  # again shortly
 
     def _got_raw(self, txid, vout, raw):
         self._raw_asked.discard((txid, vout))
@@ -435,6 +438,9 @@ class PayoutMgr(Actor):
                     books.add(self._observe(address, txid, vout, sats, "confirmed", confirmations, height,
                                             snapshot=False))
         self._after(books)
+        if self._check_again:  # a block came while it ran
+            self._check_again = False
+            self._queue_check(everything=False)
 
     # -- the price ----------------------------------------------------------------------------
 
