@@ -406,3 +406,17 @@ def test_a_spent_check_the_node_could_not_answer_is_tried_again(payouts):
     payouts.node.down = False
     payouts.rt.advance(6.0)  # tried again without waiting for the next block
     payouts.rt.wait_for(lambda: payouts.utxo(txid).state == "spent", what="the spend noticed on the retry")
+
+
+def test_a_spend_reorged_out_makes_the_output_confirmed_again(payouts):
+    payouts.run(0.5)
+    txid, address = payouts.node.fund(payouts.treasury, 8, 90_000, confirmed_at=200)
+    payouts.chain(address, 90_000, "confirmed", txid, confirmations=1, height=200)
+    payouts.rt.wait_for(lambda: payouts.actor._check_queued is False, what="the start's checks")
+    utxo = payouts.node.utxos.pop((txid, 0))
+    payouts.block(201)
+    payouts.rt.wait_for(lambda: payouts.utxo(txid).state == "spent", what="the spend noticed")
+    payouts.node.utxos[(txid, 0)] = utxo  # the block with the spend is reorged away
+    payouts.block(201)
+    payouts.rt.wait_for(lambda: payouts.utxo(txid).state == "confirmed", what="unspent again")
+    assert payouts.utxo(txid).spent_at is None and payouts.shown()["balance"]["confirmed_sats"] == 90_000

@@ -26,7 +26,8 @@ addresses holding confirmed ones (``unspent``: bitcoind ``scantxoutset``, Esplor
 ``/address/:a/utxo``, both of the confirmed UTXO set); a confirmed output missing from the answer
 whose own transaction is still in a block (``transaction(txid).height``) is marked ``spent``. (A
 missing one whose transaction is no longer confirmed was reorged out: the notifier's events
-say what it is now.) A spend is therefore seen once it confirms, not while in the mempool. At
+say what it is now.) An output found spent in the last day is looked at too: back in the
+unspent set (the spend was reorged out), it is ``confirmed`` again. A spend is therefore seen once it confirms, not while in the mempool. At
 start the same query covers every watched address, and outputs found there but not recorded
 (paid before this actor first watched the address, further back than the notifier rescans) are
 recorded confirmed.
@@ -67,6 +68,7 @@ DISCOVERING = "checking the chain for treasury addresses already used (waiting f
 CHAIN_STATES = {"seen": "seen", "mempool": "seen", "confirmed": "confirmed", "replaced": "removed",
                 "removed": "removed"}
 RAW_RETRY = 5.0  # s between attempts to fetch the raw transactions still missing
+REVIVE_S = 86_400  # s an output found spent is still looked at: a reorg undoing the spend revives it
 
 
 class PayoutMgr(Actor):
@@ -333,14 +335,17 @@ class PayoutMgr(Actor):
         if self._check_queued and not everything:
             self._check_again = True  # one under way: once more when it is done (a block came meanwhile)
             return
-        holding = sorted({a for (a,) in PayoutUtxo.select(PayoutUtxo.address)
-                          .where(PayoutUtxo.state == "confirmed").tuples()})
-        addresses = sorted(self.watched) if everything else holding
+        # the confirmed outputs, and those found spent in the last REVIVE_S (a reorg may undo the spend)
+        rows = list(PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout, PayoutUtxo.address, PayoutUtxo.state).where(
+            (PayoutUtxo.state == "confirmed")
+            | ((PayoutUtxo.state == "spent") & (PayoutUtxo.spent_at >= int(self.clock()) - REVIVE_S))).tuples())
+        addresses = sorted(self.watched) if everything else sorted({r[2] for r in rows})
         if not addresses:
             return
-        outpoints = {(u.txid, u.vout) for u in PayoutUtxo.select().where(PayoutUtxo.state == "confirmed")}
+        outpoints = {(t, v) for t, v, _, state in rows if state == "confirmed"}
+        spent = {(t, v) for t, v, _, state in rows if state == "spent"}
         self._check_queued = True
-        self.jobs.put(("check", addresses, outpoints, everything))
+        self.jobs.put(("check", addresses, outpoints, spent, everything))
 
     @every(RAW_RETRY)
     def _fetch_missing(self) -> None:
@@ -381,10 +386,12 @@ class PayoutMgr(Actor):
                 log.warning("payout_mgr: chain: %s", exc)
                 self.runtime.call_soon(self._chain_failed, job, f"{type(exc).__name__}: {exc}"[:300])
 
-    def _check(self, addresses, outpoints, everything):
-        """(Worker) the confirmed outputs spent, and (``everything``) unrecorded unspent ones."""
+    def _check(self, addresses, outpoints, spent_before, everything):
+        """(Worker) the confirmed outputs spent, the spent ones unspent again (the spend was reorged
+        out), and (``everything``) unrecorded unspent ones."""
         unspent = self.adaptor.unspent(addresses)
         there = {(u.txid, u.vout) for u in unspent}
+        revived = sorted(spent_before & there)
         spent = []
         for txid, vout in sorted(outpoints - there):
             tx = self.adaptor.transaction(txid)
@@ -392,13 +399,13 @@ class PayoutMgr(Actor):
                 spent.append((txid, vout))
         found = []
         if everything:
-            new = [u for u in unspent if (u.txid, u.vout) not in outpoints]
+            new = [u for u in unspent if (u.txid, u.vout) not in outpoints | spent_before]
             tip = self.adaptor.tip().height if new else None
             for u in new:
                 tx = self.adaptor.transaction(u.txid)
                 if tx is not None and tx.height is not None:
                     found.append((u.address, u.txid, u.vout, u.sats, min(self.depth, tip - tx.height + 1), tx.height))
-        return spent, found, everything
+        return spent, revived, found, everything
 
     # -- results (loop thread) ----------------------------------------------------------------
 
@@ -411,7 +418,7 @@ class PayoutMgr(Actor):
             self._raw_asked.discard((job[1], job[2]))  # asked again by the timer
         else:
             self._check_queued = self._check_again = False
-            self.runtime.call_later(RAW_RETRY, self._queue_check, job[3])  # again shortly
+            self.runtime.call_later(RAW_RETRY, self._queue_check, job[-1])  # again shortly
 
     def _got_raw(self, txid, vout, raw):
         self._raw_asked.discard((txid, vout))
@@ -422,7 +429,7 @@ class PayoutMgr(Actor):
             return
         PayoutUtxo.update(raw_tx=raw).where((PayoutUtxo.txid == txid) & PayoutUtxo.raw_tx.is_null()).execute()
 
-    def _checked(self, spent, found, everything):
+    def _checked(self, spent, revived, found, everything):
         self._check_queued = False
         now = int(self.clock())
         books = set()
@@ -432,6 +439,12 @@ class PayoutMgr(Actor):
                     (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout) & (PayoutUtxo.state == "confirmed")).execute()
                 if n:
                     log.info("treasury: %s:%d spent", txid, vout)
+            for txid, vout in revived:
+                n = PayoutUtxo.update(state="confirmed", spent_at=None, updated=now).where(
+                    (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout) & (PayoutUtxo.state == "spent")).execute()
+                if n:
+                    log.warning("treasury: %s:%d is unspent again (the transaction spending it was reorged out)",
+                                txid, vout)
             for address, txid, vout, sats, confirmations, height in found:
                 if address in self.watched and not PayoutUtxo.select().where(
                         (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout)).exists():
