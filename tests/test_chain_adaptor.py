@@ -71,6 +71,8 @@ def test_raw_transaction_is_the_serialization_that_hashes_to_the_txid(sim, backe
         assert tx.txid().hex() == txid
         assert 25_000_000 in [o.value for o in tx.vout]
         sim.mine(1)
+    # with the block holding it (how a node without -txindex finds a confirmed one)
+    assert backend.raw_transaction(txid, backend.block_hash(backend.tip().height - 1)) == raw
     assert backend.raw_transaction("00" * 32) is None
 
 
@@ -81,7 +83,7 @@ def test_unspent_and_history(sim, backend):
     t2 = sim.pay(address, "0.2")
     utxos = backend.unspent([address])
     # Confirmed outputs are always reported; bitcoind's scantxoutset sees the UTXO set (no mempool).
-    assert (t1, 10_000_000) in {(u.txid, u.sats) for u in utxos}
+    assert (t1, 10_000_000, backend.tip().height) in {(u.txid, u.sats, u.height) for u in utxos}
     history = [t.txid for t in backend.history(address, since_height=backend.tip().height - 1)]
     assert history[:1] == [t1] and t2 in history
 

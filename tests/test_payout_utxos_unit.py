@@ -34,16 +34,23 @@ def home(request, tmp_path_factory):
 
 
 class FakeNode:
-    """The chain as PayoutMgr's own adaptor sees it: transactions (raw, height) and the UTXO set."""
+    """The chain as PayoutMgr's own adaptor sees it: transactions (raw, height), block hashes and
+    the UTXO set. Like a bitcoind without -txindex, it finds a confirmed transaction only when
+    told the block holding it."""
 
     name = "fake"
 
     def __init__(self):
         self.txs: dict[str, tuple[bytes, int | None]] = {}
         self.utxos: dict[tuple[str, int], TxOut] = {}
+        self.blocks: dict[int, str] = {}  # height -> hash (reorged: another one)
         self.height = 200
         self.down = False
         self.unspent_asked: list[list[str]] = []
+
+    def block_hash(self, height):
+        self._up()
+        return self.blocks.setdefault(height, hashlib.sha256(b"block %d" % height).hexdigest())
 
     def _up(self):
         if self.down:
@@ -57,21 +64,17 @@ class FakeNode:
         txid = tx.txid().hex()
         self.txs[txid] = (tx.serialize(), confirmed_at)
         if confirmed_at is not None:
-            self.utxos[(txid, 0)] = TxOut(txid, 0, spk, address, sats)
+            self.utxos[(txid, 0)] = TxOut(txid, 0, spk, address, sats, confirmed_at)
         return txid, address
-
-    def confirm(self, txid, height):
-        raw, _ = self.txs[txid]
-        self.txs[txid] = (raw, height)
-        tx = Transaction.parse(raw)
-        out = tx.vout[0]
-        self.utxos[(txid, 0)] = TxOut(txid, 0, out.script_pubkey.data.hex(), None, out.value)
 
     # -- the ChainAdaptor calls PayoutMgr makes --
 
-    def raw_transaction(self, txid):
+    def raw_transaction(self, txid, block_hash=None):
         self._up()
-        return self.txs.get(txid, (None, None))[0]
+        raw, height = self.txs.get(txid, (None, None))
+        if height is not None and block_hash != self.block_hash(height):
+            return None  # no -txindex: a confirmed transaction is found in its block only
+        return raw
 
     def transaction(self, txid):
         self._up()
@@ -85,7 +88,7 @@ class FakeNode:
         from embit.script import address_to_scriptpubkey
 
         by_script = {address_to_scriptpubkey(a).data.hex(): a for a in addresses}
-        return [TxOut(u.txid, u.vout, u.script, by_script[u.script], u.sats) for u in self.utxos.values()
+        return [TxOut(u.txid, u.vout, u.script, by_script[u.script], u.sats, u.height) for u in self.utxos.values()
                 if u.script in by_script]
 
     def tip(self):
@@ -159,7 +162,10 @@ class Payouts:
         if state == "seen":
             body["rbf"] = False
         elif state == "confirmed":
-            body.update(confirmations=confirmations, height=height or 200, block="ab" * 32)
+            height = height or 200
+            if self.node.txs.get(tx, (None, None))[1] is None and tx in self.node.txs:  # mined now
+                self.node.txs[tx] = (self.node.txs[tx][0], height)
+            body.update(confirmations=confirmations, height=height, block=self.node.block_hash(height))
         elif state == "replaced":
             body["by"] = None
         elif state == "removed":
@@ -299,6 +305,8 @@ def test_a_confirmed_payment_reorged_out_goes_back_to_seen_then_removed(payouts)
     txid, address = payouts.node.fund(payouts.treasury, 2, 80_000)
     payouts.chain(address, 80_000, "confirmed", txid, confirmations=2, height=199)  # first seen in a block
     assert payouts.utxo(txid).state == "confirmed"
+    # its raw transaction asked with the block holding it (the node has no -txindex)
+    payouts.rt.wait_for(lambda: payouts.utxo(txid).raw_tx is not None, what="the raw transaction, from its block")
     payouts.rt.send("chain.reorg", {"fork_height": 198, "depth": 2, "old_tip": "aa" * 32, "new_tip": "bb" * 32},
                     sender="chain_notifier")
     payouts.chain(address, 80_000, "seen", txid)  # back in the mempool
@@ -324,9 +332,9 @@ def test_an_output_spent_elsewhere_is_marked_spent_at_the_next_block(payouts):
     t = payouts.treasury
     spent, a1 = payouts.node.fund(t, 3, 40_000, confirmed_at=200)
     kept, a2 = payouts.node.fund(t, 4, 60_000, confirmed_at=200)
-    gone, a3 = payouts.node.fund(t, 2, 70_000, change=True, confirmed_at=200)
-    for txid, address, sats in ((spent, a1, 40_000), (kept, a2, 60_000), (gone, a3, 70_000)):
-        payouts.chain(address, sats, "confirmed", txid, confirmations=1, height=200)
+    gone, a3 = payouts.node.fund(t, 2, 70_000, change=True, confirmed_at=199)
+    for txid, address, sats, height in ((spent, a1, 40_000, 200), (kept, a2, 60_000, 200), (gone, a3, 70_000, 199)):
+        payouts.chain(address, sats, "confirmed", txid, confirmations=1, height=height)
     payouts.block(201)
     payouts.rt.wait_for(lambda: payouts.actor._check_queued is False, what="the first check")
     assert {payouts.utxo(x).state for x in (spent, kept, gone)} == {"confirmed"}  # the control
@@ -335,6 +343,7 @@ def test_an_output_spent_elsewhere_is_marked_spent_at_the_next_block(payouts):
     del payouts.node.utxos[(spent, 0)]
     del payouts.node.utxos[(gone, 0)]
     payouts.node.txs[gone] = (payouts.node.txs[gone][0], None)
+    payouts.node.blocks[199] = "ee" * 32  # the block that confirmed it is no longer at its height
     payouts.block(202)
     payouts.rt.wait_for(lambda: payouts.utxo(spent).state == "spent", what="the spend noticed")
     assert payouts.utxo(spent).spent_at is not None

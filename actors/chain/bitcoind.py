@@ -139,11 +139,12 @@ class Bitcoind:
             return self._tx(t, height, t["blockhash"])
         return self._tx(t)
 
-    def raw_transaction(self, txid: str) -> bytes | None:
-        """The transaction's serialization (with its witnesses), or None if the node does not know it
-        (a confirmed one needs -txindex unless it is in the mempool or the wallet)."""
+    def raw_transaction(self, txid: str, block_hash: str | None = None) -> bytes | None:
+        """The transaction's serialization (with its witnesses), or None if the node does not know it.
+        A confirmed one is found without -txindex only given ``block_hash``, the block holding it."""
         try:
-            return bytes.fromhex(self.rpc("getrawtransaction", txid, False))
+            params = (txid, False, block_hash) if block_hash else (txid, False)
+            return bytes.fromhex(self.rpc("getrawtransaction", *params))
         except ChainError as exc:
             if getattr(exc, "rpc_code", None) == NOT_FOUND:
                 return None
@@ -160,7 +161,7 @@ class Bitcoind:
         by_script = {address_to_scriptpubkey(a).data.hex(): a for a in addresses}
         res = self.rpc("scantxoutset", "start", [f"addr({a})" for a in addresses])
         return [TxOut(u["txid"], int(u["vout"]), u["scriptPubKey"], by_script.get(u["scriptPubKey"]),
-                      btc_to_sats(u["amount"])) for u in res.get("unspents", [])]
+                      btc_to_sats(u["amount"]), u.get("height")) for u in res.get("unspents", [])]
 
     def used(self, addresses: list[str]) -> set[str]:
         """Those of ``addresses`` that hold coins now (one ``scantxoutset`` over the UTXO set).

@@ -24,7 +24,8 @@ output may be spent by a transaction made outside this server (a co-signer's Spa
 start and after every ``chain.block`` the worker asks the adaptor for the unspent outputs of the
 addresses holding confirmed ones (``unspent``: bitcoind ``scantxoutset``, Esplora
 ``/address/:a/utxo``, both of the confirmed UTXO set); a confirmed output missing from the answer
-whose own transaction is still in a block (``transaction(txid).height``) is marked ``spent``. (A
+whose own block still stands at its height (``block_hash(height)``, no -txindex needed) is
+marked ``spent``. (A
 missing one whose transaction is no longer confirmed was reorged out: the notifier's events
 say what it is now.) An output found spent in the last day is looked at too: back in the
 unspent set (the spend was reorged out), it is ``confirmed`` again. A spend is therefore seen once it confirms, not while in the mempool. At
@@ -281,7 +282,7 @@ class PayoutMgr(Actor):
             return
         with write_transaction(self.database):
             book = self._observe(b["address"], b["txid"], b["vout"], b["sats"], kind, b.get("confirmations") or 0,
-                                 b.get("height"), snapshot=False)
+                                 b.get("height"), snapshot=False, block=b.get("block"))
         self._after({book})
 
     def _after(self, books) -> None:
@@ -290,7 +291,8 @@ class PayoutMgr(Actor):
             self._extend(book)
         self._fetch_missing()
 
-    def _observe(self, address, txid, vout, sats, kind, confirmations, height, *, snapshot, seen_at=None):
+    def _observe(self, address, txid, vout, sats, kind, confirmations, height, *, snapshot, seen_at=None,
+                 block=None):
         """Record what the chain says of one output (in a transaction). Returns the book whose
         address got a new output (its gap may need extending), else None."""
         state = CHAIN_STATES[kind]
@@ -303,6 +305,7 @@ class PayoutMgr(Actor):
             PayoutUtxo.create(txid=txid, vout=vout, sats=sats, branch=BOOKS[book], position=index, address=address,
                               state=state, confirmations=confirmations if state == "confirmed" else 0,
                               height=height if state == "confirmed" else None,
+                              block=block if state == "confirmed" else None,
                               first_seen=seen_at if snapshot and seen_at else now, updated=now)
             log.info("treasury: %s:%d of %d sats to %s /%d/%d (%s)", txid, vout, sats, BOOKS[book],
                      0 if book == RECEIVE_BOOK else 1, index, state)
@@ -314,11 +317,13 @@ class PayoutMgr(Actor):
             if not forward(seen_as, {"seen": "mempool"}.get(kind, kind), confirmations):
                 return None
         if state == "confirmed":
+            if height != u.height or block:  # (a snapshot has the height only: the hash kept is the same block's)
+                u.block = block
             u.confirmations, u.height = max(confirmations, 1), height
             if u.state != "spent":
                 u.state = state
         else:  # seen again (a reorg unconfirmed it) or removed: a spend of it is undone with it
-            u.state, u.confirmations, u.height, u.spent_at = state, 0, None, None
+            u.state, u.confirmations, u.height, u.block, u.spent_at = state, 0, None, None, None
         u.updated = now
         u.save()
         return None
@@ -336,14 +341,15 @@ class PayoutMgr(Actor):
             self._check_again = True  # one under way: once more when it is done (a block came meanwhile)
             return
         # the confirmed outputs, and those found spent in the last REVIVE_S (a reorg may undo the spend)
-        rows = list(PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout, PayoutUtxo.address, PayoutUtxo.state).where(
+        rows = list(PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout, PayoutUtxo.address, PayoutUtxo.state,
+                                      PayoutUtxo.height, PayoutUtxo.block).where(
             (PayoutUtxo.state == "confirmed")
             | ((PayoutUtxo.state == "spent") & (PayoutUtxo.spent_at >= int(self.clock()) - REVIVE_S))).tuples())
         addresses = sorted(self.watched) if everything else sorted({r[2] for r in rows})
         if not addresses:
             return
-        outpoints = {(t, v) for t, v, _, state in rows if state == "confirmed"}
-        spent = {(t, v) for t, v, _, state in rows if state == "spent"}
+        outpoints = {(t, v): (height, block) for t, v, _, state, height, block in rows if state == "confirmed"}
+        spent = {(t, v) for t, v, _, state, _, _ in rows if state == "spent"}
         self._check_queued = True
         self.jobs.put(("check", addresses, outpoints, spent, everything))
 
@@ -352,12 +358,12 @@ class PayoutMgr(Actor):
         """Ask the worker for the raw transactions of live outputs that lack theirs."""
         if self.treasury is None:
             return
-        for txid, vout in (PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout)
-                           .where(PayoutUtxo.raw_tx.is_null() & PayoutUtxo.state.in_(["seen", "confirmed", "spent"]))
-                           .tuples()):
+        for txid, vout, block in (PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout, PayoutUtxo.block)
+                                  .where(PayoutUtxo.raw_tx.is_null()
+                                         & PayoutUtxo.state.in_(["seen", "confirmed", "spent"])).tuples()):
             if (txid, vout) not in self._raw_asked:
                 self._raw_asked.add((txid, vout))
-                self.jobs.put(("raw", txid, vout))
+                self.jobs.put(("raw", txid, vout, block))
 
     # -- the worker (network calls only; results applied on the loop) ---------------------------
 
@@ -376,7 +382,7 @@ class PayoutMgr(Actor):
                 return
             try:
                 if job[0] == "raw":
-                    raw = self.adaptor.raw_transaction(job[1])
+                    raw = self.adaptor.raw_transaction(job[1], job[3])
                     self.runtime.call_soon(self._got_raw, job[1], job[2], raw)
                 else:
                     self.runtime.call_soon(self._checked, *self._check(*job[1:]))
@@ -388,23 +394,37 @@ class PayoutMgr(Actor):
 
     def _check(self, addresses, outpoints, spent_before, everything):
         """(Worker) the confirmed outputs spent, the spent ones unspent again (the spend was reorged
-        out), and (``everything``) unrecorded unspent ones."""
+        out), and (``everything``) unrecorded unspent ones. ``outpoints``: (txid, vout) -> the
+        (height, block hash) recorded. No call here needs -txindex: an output missing from the
+        unspent set is spent if the block that confirmed it still stands at its height."""
         unspent = self.adaptor.unspent(addresses)
         there = {(u.txid, u.vout) for u in unspent}
         revived = sorted(spent_before & there)
+        hashes: dict[int, str] = {}
+
+        def at(height):
+            if height not in hashes:
+                hashes[height] = self.adaptor.block_hash(height)
+            return hashes[height]
+
+        tip = self.adaptor.tip().height
         spent = []
-        for txid, vout in sorted(outpoints - there):
-            tx = self.adaptor.transaction(txid)
-            if tx is not None and tx.height is not None:  # its own block still stands: it was spent
+        for (txid, vout), (height, block) in sorted(outpoints.items()):
+            if (txid, vout) in there or height is None or height > tip:
+                continue
+            if block is None:  # (recorded from a snapshot: the height only) its transaction says
+                tx = self.adaptor.transaction(txid)
+                stands = tx is not None and tx.height == height
+            else:
+                stands = at(height) == block
+            if stands:  # its own block is still in the chain: it was spent
                 spent.append((txid, vout))
         found = []
         if everything:
-            new = [u for u in unspent if (u.txid, u.vout) not in outpoints | spent_before]
-            tip = self.adaptor.tip().height if new else None
-            for u in new:
-                tx = self.adaptor.transaction(u.txid)
-                if tx is not None and tx.height is not None:
-                    found.append((u.address, u.txid, u.vout, u.sats, min(self.depth, tip - tx.height + 1), tx.height))
+            for u in unspent:
+                if (u.txid, u.vout) not in outpoints and (u.txid, u.vout) not in spent_before and u.height is not None:
+                    found.append((u.address, u.txid, u.vout, u.sats, min(self.depth, tip - u.height + 1), u.height,
+                                  at(u.height)))
         return spent, revived, found, everything
 
     # -- results (loop thread) ----------------------------------------------------------------
@@ -445,11 +465,11 @@ class PayoutMgr(Actor):
                 if n:
                     log.warning("treasury: %s:%d is unspent again (the transaction spending it was reorged out)",
                                 txid, vout)
-            for address, txid, vout, sats, confirmations, height in found:
+            for address, txid, vout, sats, confirmations, height, block in found:
                 if address in self.watched and not PayoutUtxo.select().where(
                         (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout)).exists():
                     books.add(self._observe(address, txid, vout, sats, "confirmed", confirmations, height,
-                                            snapshot=False))
+                                            snapshot=False, block=block))
         self._after(books)
         if self._check_again:  # a block came while it ran
             self._check_again = False

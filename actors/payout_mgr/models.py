@@ -72,7 +72,8 @@ class PayoutUtxo(Base):
     address = peewee.CharField(max_length=100, index=True)
     state = peewee.CharField(max_length=10)  # seen, confirmed, spent, removed (UTXO_STATES)
     confirmations = peewee.IntegerField(default=0)  # as the notifier last said (capped at confirm_depth)
-    height = peewee.IntegerField(null=True)  # the block that confirmed it
+    height = peewee.IntegerField(null=True)  # the block that confirmed it: its height
+    block = peewee.CharField(null=True, max_length=64)  # and its hash, when known (chain.tx.confirmed)
     first_seen = peewee.BigIntegerField()  # unix s
     updated = peewee.BigIntegerField()  # unix s of the last change of state
     spent_at = peewee.BigIntegerField(null=True)  # unix s it was found spent
