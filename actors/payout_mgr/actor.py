@@ -375,7 +375,12 @@ class PayoutMgr(Actor):
             from ..chain.adaptor import Failover
             from ..chain_notifier.actor import build_backends
 
-            self.adaptor = Failover(build_backends(self.home, self.chain_cfg, secret=self.secrets.__getitem__))
+            try:
+                self.adaptor = Failover(build_backends(self.home, self.chain_cfg, secret=self.secrets.__getitem__))
+            except Exception as exc:  # (a [chain] the notifier refuses too): said in the heartbeat
+                log.error("payout_mgr: no chain adaptor: %s", exc)
+                self.runtime.call_soon(setattr, self, "chain_error", f"no chain adaptor: {exc}"[:300])
+                return
         while not self.stopping.is_set():
             job = self.jobs.get()
             if job is None:
