@@ -73,6 +73,12 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("reporter", "actors.reporter.actor:Reporter",
           grants=Grants(publish=("report", "member.status"),
                         subscribe=("cmd.report", "member.changed", "price", "health.chain_notifier"))),
+    # PayoutMgr (issue 13): the treasury's outputs through the chain notifier (it asks it to watch and
+    # discover the treasury's addresses: those two commands only), the price for CAD beside sats,
+    # payout commands from admins; payout.* out.
+    Entry("payout_mgr", "actors.payout_mgr.actor:PayoutMgr",
+          grants=Grants(publish=("payout", "cmd.chain.watch", "cmd.chain.discover"),
+                        subscribe=("chain", "price", "cmd.payouts"))),
     # The vending machine's agent (dctrl-agent, machine_agent/main.py): its parts share the machine's
     # identity and its [role.machine] grants; supervisord runs the demo's agent as a simulator.
     Entry("machine_mgr", "machine_agent.mgr:MachineMgr", role="machine", supervised=False, part="agent"),

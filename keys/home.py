@@ -60,6 +60,12 @@ DEFAULTS = {
     # wpkh(...) descriptor) dues addresses are derived from, never the same as [business] receive;
     # a payment is valued at a price.btc_cad at most price_max_age seconds old
     "members": {"receive": "", "gap_limit": 20, "price_max_age": 60, "watch_retry": 2.0},
+    # PayoutMgr's treasury (actors/payout_mgr/): a k-of-n wsh(sortedmulti(...)) descriptor, watch-only
+    # ("": no treasury, payout_mgr runs and does nothing); change_descriptor when the descriptor is
+    # the receive branch alone (/0/*); gap_limit unused addresses watched beyond the last used one
+    # on each branch; name: the wallet's name in the exports
+    "treasury": {"descriptor": "", "change_descriptor": "", "gap_limit": 20, "name": "dctrl treasury",
+                 "watch_retry": 2.0},
     # actors/reporter/actor.py: judge and snapshot daily at `at` (local time, HH:MM) and every
     # `interval` s; a feed is down when ChainNotifier says so, lags more than `max_lag` blocks, or
     # is silent `chain_timeout` s, or the price is stale or silent `price_timeout` s

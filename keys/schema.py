@@ -99,6 +99,9 @@ CONFIG = Table({
                        "reuse_after_s": INT}),
     # actors/member_data/ (its defaults are keys/home.py's)
     "members": Table({"receive": STR, "gap_limit": INT, "price_max_age": NUMBER, "watch_retry": NUMBER}),
+    # actors/payout_mgr/ (its defaults are keys/home.py's)
+    "treasury": Table({"descriptor": STR, "change_descriptor": STR, "gap_limit": INT, "name": STR,
+                       "watch_retry": NUMBER}),
     # actors/price_notifier.py
     "price": Table({"poll_interval": NUMBER, "max_age": NUMBER, "outlier_pct": DECIMAL, "min_sources": INT,
                     "timeout": NUMBER, "min_cad": DECIMAL, "max_cad": DECIMAL, "fx_interval": NUMBER,

@@ -146,7 +146,8 @@ def test_sigterm_stops_actors_and_broker_cleanly(home, network):
 def test_dctrl_up_runs_everything_under_supervisord(home, clients):
     conf = dctrl(home, "supervisor-config").stdout
     for program in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data",
-                    "member_data", "member_mail", "reporter", "business_mgr", "sim_exchanges", "sim_chain", "sim_smtp",
+                    "member_data", "member_mail", "reporter", "business_mgr", "payout_mgr", "sim_exchanges", "sim_chain",
+                    "sim_smtp",
                     "agent_vm1"):
         assert f"[program:{program}]" in conf
     up = subprocess.Popen([sys.executable, "-m", "scripts.cli", "up", "--home", str(home.root)], cwd=ROOT,
@@ -155,7 +156,7 @@ def test_dctrl_up_runs_everything_under_supervisord(home, clients):
         out = dctrl(home, "status", "--until", "30", check=False)
         assert out.returncode == 0, out.stdout + out.stderr
         for name in ("broker", "vault", "event_logger", "price_notifier", "chain_notifier", "business_data",
-                     "member_data", "member_mail", "reporter", "business_mgr", "vm1"):
+                     "member_data", "member_mail", "reporter", "business_mgr", "payout_mgr", "vm1"):
             line = next(ln for ln in out.stdout.splitlines() if ln.startswith(name + " "))
             assert " ok " in line
         price = dctrl(home, "price", "show", "--json", check=False)

@@ -58,6 +58,24 @@ def test_tip_blocks_and_transactions(sim, backend):
     assert backend.transaction("00" * 32) is None
 
 
+def test_raw_transaction_is_the_serialization_that_hashes_to_the_txid(sim, backend):
+    """What a PSBT's non-witness UTXO needs (PayoutMgr): the whole previous transaction, in the
+    mempool and once mined; None for a txid the backend does not know."""
+    from embit.transaction import Transaction
+
+    address = sim.new_address()
+    txid = sim.pay(address, "0.25")
+    for _ in range(2):
+        raw = backend.raw_transaction(txid)
+        tx = Transaction.parse(raw)
+        assert tx.txid().hex() == txid
+        assert 25_000_000 in [o.value for o in tx.vout]
+        sim.mine(1)
+    # with the block holding it (how a node without -txindex finds a confirmed one)
+    assert backend.raw_transaction(txid, backend.block_hash(backend.tip().height - 1)) == raw
+    assert backend.raw_transaction("00" * 32) is None
+
+
 def test_unspent_and_history(sim, backend):
     address = sim.new_address()
     t1 = sim.pay(address, "0.1")
@@ -65,7 +83,7 @@ def test_unspent_and_history(sim, backend):
     t2 = sim.pay(address, "0.2")
     utxos = backend.unspent([address])
     # Confirmed outputs are always reported; bitcoind's scantxoutset sees the UTXO set (no mempool).
-    assert (t1, 10_000_000) in {(u.txid, u.sats) for u in utxos}
+    assert (t1, 10_000_000, backend.tip().height) in {(u.txid, u.sats, u.height) for u in utxos}
     history = [t.txid for t in backend.history(address, since_height=backend.tip().height - 1)]
     assert history[:1] == [t1] and t2 in history
 

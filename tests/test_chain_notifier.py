@@ -426,3 +426,25 @@ def test_a_worker_that_fails_says_so_in_the_heartbeat(home):
         n.stopping.set()
         worker.join(40)
         n.database.close()
+
+
+def test_discovery_of_the_treasury_branches(home, sim):
+    """Books ``treasury`` and ``treasury_change`` (PayoutMgr): the receive and change branches of
+    the k-of-n [treasury] descriptor, derived from the notifier's own config."""
+    from actors.payout_mgr.treasury import Treasury
+
+    n = _notifier(home, sim)
+    n.sync_blocks()
+    t = Treasury(home.config["treasury"]["descriptor"], "regtest")
+    assert n.discover("treasury", 0, 5)["highest"] is None and n.discover("treasury_change", 0, 5)["highest"] is None
+    sim.pay(t.address(4, change=True)[0], "0.0001")
+    sim.mine(1)
+    assert n.discover("treasury_change", 0, 5)["highest"] == 4
+    assert n.discover("treasury", 0, 5)["highest"] is None  # the other branch: not its history
+    sim.pay(t.address(1)[0], "0.0001")
+    sim.mine(1)
+    assert n.discover("treasury", 0, 5)["highest"] == 1
+    n.home.config["treasury"]["descriptor"] = ""
+    refused = n.discover("treasury", 0, 5)
+    assert (refused["status"], refused["reason"]) == ("refused", "no [treasury] descriptor configured")
+    n.database.close()

@@ -446,8 +446,14 @@ def fresh_home(tmp_path):
 def test_home_init_layout_and_modes(fresh_home):
     root = fresh_home.root
     assert root.is_absolute()
-    for sub, want in (("keys", 0o700), ("vault", 0o700), ("events", 0o700), ("run", 0o700), ("log", 0o755)):
+    for sub, want in (("keys", 0o700), ("vault", 0o700), ("events", 0o700), ("run", 0o700), ("log", 0o755),
+                      ("demo", 0o700)):
         assert (root / sub).is_dir() and mode(root / sub) == want, sub
+    # the demo treasury's three co-signers' mnemonics (for the demo only), private to the user
+    cosigners = sorted((root / "demo").glob("cosigner*.key"))
+    assert [p.name for p in cosigners] == ["cosigner1.key", "cosigner2.key", "cosigner3.key"]
+    for p in cosigners:
+        assert mode(p) == 0o600 and len(p.read_text().split()) == 12, p
     key_files = sorted(fresh_home.keys_dir.glob("*.key"))
     names = [*ACTOR_IDENTITIES, "admin", DEMO_MACHINE]
     assert sorted(p.stem for p in key_files) == sorted(names)
@@ -465,6 +471,7 @@ def test_home_init_layout_and_modes(fresh_home):
                                                "chain_notifier": "actor", "price_notifier": "actor",
                                                "business_mgr": "actor", "business_data": "actor", "member_data": "actor",
                                                "reporter": "actor", "member_mail": "actor",
+                                               "payout_mgr": "actor",
                                                "admin": "admin", "vm1": "machine"}
     for name in names:
         keys = IdentityKeys.load(fresh_home.key_file(name))

@@ -15,7 +15,7 @@ import json
 from tests.harness import dctrl, topic_is, wait_for
 
 STAND_INS = ("price_notifier", "chain_notifier", "business_data", "member_data", "member_mail", "business_mgr",
-             "reporter")
+             "reporter", "payout_mgr")
 SERVER = "broker,vault,event_logger"
 
 

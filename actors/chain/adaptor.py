@@ -39,6 +39,7 @@ class TxOut:
     script: str  # scriptPubKey hex
     address: str | None
     sats: int
+    height: int | None = None  # unspent(): the height of the block that confirmed it, when the backend says
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class ChainAdaptor(Protocol):
     def block_hash(self, height: int) -> str: ...
     def block(self, block_hash: str) -> Block: ...
     def transaction(self, txid: str) -> Tx | None: ...
+    # its serialization; None: unknown. block_hash: the block holding it, which lets a node without
+    # -txindex find a confirmed transaction
+    def raw_transaction(self, txid: str, block_hash: str | None = None) -> bytes | None: ...
     def mempool(self) -> set[str]: ...
     def unspent(self, addresses: list[str]) -> list[TxOut]: ...
     def history(self, address: str, since_height: int = 0) -> list[Tx]: ...
@@ -138,6 +142,9 @@ class Failover:
 
     def transaction(self, txid):
         return self._call("transaction", txid)
+
+    def raw_transaction(self, txid, block_hash=None):
+        return self._call("raw_transaction", txid, block_hash)
 
     def mempool(self):
         return self._call("mempool")

@@ -139,6 +139,19 @@ class Bitcoind:
             return self._tx(t, height, t["blockhash"])
         return self._tx(t)
 
+    def raw_transaction(self, txid: str, block_hash: str | None = None) -> bytes | None:
+        """The transaction's serialization (with its witnesses), or None if the node does not know it.
+        A confirmed one is found without -txindex only given ``block_hash``, the block holding it."""
+        try:
+            params = (txid, False, block_hash) if block_hash else (txid, False)
+            return bytes.fromhex(self.rpc("getrawtransaction", *params))
+        except ChainError as exc:
+            if getattr(exc, "rpc_code", None) == NOT_FOUND:
+                return None
+            raise
+        except ValueError:
+            raise ChainError(f"{self.name}: getrawtransaction {txid}: not hex") from None
+
     def mempool(self) -> set[str]:
         return set(self.rpc("getrawmempool"))
 
@@ -148,7 +161,7 @@ class Bitcoind:
         by_script = {address_to_scriptpubkey(a).data.hex(): a for a in addresses}
         res = self.rpc("scantxoutset", "start", [f"addr({a})" for a in addresses])
         return [TxOut(u["txid"], int(u["vout"]), u["scriptPubKey"], by_script.get(u["scriptPubKey"]),
-                      btc_to_sats(u["amount"])) for u in res.get("unspents", [])]
+                      btc_to_sats(u["amount"]), u.get("height")) for u in res.get("unspents", [])]
 
     def used(self, addresses: list[str]) -> set[str]:
         """Those of ``addresses`` that hold coins now (one ``scantxoutset`` over the UTXO set).

@@ -105,6 +105,20 @@ class Esplora:
                 return None
             raise
 
+    def raw_transaction(self, txid: str, block_hash: str | None = None) -> bytes | None:
+        """``/tx/:txid/hex``; None if the server does not know it (it indexes every transaction:
+        ``block_hash`` is not needed)."""
+        try:
+            text = self._get(f"/tx/{txid}/hex", text=True)
+        except ChainError as exc:
+            if getattr(exc, "http_status", None) in (400, 404):
+                return None
+            raise
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise ChainError(f"{self.name}: /tx/{txid}/hex: not hex ({text[:40]!r})") from None
+
     def mempool(self) -> set[str]:
         return set(self._get("/mempool/txids"))
 
@@ -114,7 +128,8 @@ class Esplora:
             script = address_to_scriptpubkey(a).data.hex()
             for u in self._get(f"/address/{a}/utxo"):
                 if (u.get("status") or {}).get("confirmed"):
-                    out.append(TxOut(u["txid"], int(u["vout"]), script, a, int(u["value"])))
+                    out.append(TxOut(u["txid"], int(u["vout"]), script, a, int(u["value"]),
+                                     int(u["status"]["block_height"])))
         return out
 
     def used(self, addresses: list[str]) -> set[str]:

@@ -65,7 +65,10 @@ HEADER_SLACK = 7200  # s: a block's header time may be this far behind the time 
 
 DISCOVER_LIMIT = 100_000  # receive indexes one discovery looks at, at most
 # Address books whose used addresses the notifier can discover: name -> (config section, key).
-BOOKS = {"invoices": ("business", "receive"), "dues": ("members", "receive")}
+# The treasury's two (PayoutMgr): the receive (/0/*) and change (/1/*) branches of [treasury] descriptor.
+BOOKS = {"invoices": ("business", "receive"), "dues": ("members", "receive"),
+         "treasury": ("treasury", "descriptor"), "treasury_change": ("treasury", "descriptor")}
+TREASURY_BRANCHES = {"treasury": "receive", "treasury_change": "change"}
 
 DEFAULTS = {
     "network": "regtest",
@@ -335,6 +338,11 @@ class ChainNotifier(Actor):
             reason = f"unknown address book {book!r}" if section is None else f"no [{section}] {key} configured"
             return {"status": "refused", "reason": reason, "highest": None, "scanned": 0}
         try:
+            if book in TREASURY_BRANCHES:  # a k-of-n multisig: one branch of it, as PayoutMgr derives it
+                from ..payout_mgr.treasury import Treasury
+
+                change = (self.home.config.get("treasury") or {}).get("change_descriptor") or None
+                spec = Treasury(spec, self.cfg["network"], change).descriptors()[TREASURY_BRANCHES[book]]
             deriver = Deriver(spec, self.cfg["network"])
         except DctrlError as exc:
             return {"status": "refused", "reason": f"[{section}] {key}: {exc}"[:500], "highest": None, "scanned": 0}

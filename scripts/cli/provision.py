@@ -86,6 +86,16 @@ receive = "{receive}"
 [members]
 receive = "{members_receive}"
 
+# The treasury (actors/payout_mgr/): a k-of-n wsh(sortedmulti(...)) descriptor with each
+# co-signer's key origin, watch-only; payouts are signed by the co-signers in their own wallets.
+# `dctrl treasury export` gives them the wallet to import. Production: your co-signers' xpubs
+# (e.g. Sparrow's or Bitcoin Core's exported descriptor, /<0;1>/*). The demo's is a 2-of-3 of
+# three thrown-away regtest keys whose mnemonics are in demo/cosigner1.key .. cosigner3.key
+# under this home: FOR THE DEMO ONLY (a real co-signer's key never comes near the server).
+[treasury]
+descriptor = "{treasury}"
+name = "dctrl demo treasury"
+
 # BTC-CAD price sources (actors/price_notifier.py; "" disables one). Production:
 # kraken = "https://api.kraken.com", coinbase = "https://api.coinbase.com",
 # bitstamp = "https://www.bitstamp.net", coingecko = "https://api.coingecko.com",
@@ -162,6 +172,7 @@ def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_
         smtp_port=smtp_port,
         receive=sales_xpub,
         members_receive=dues_xpub,
+        treasury=demo_treasury(root / "demo"),
     ).encode(), mode=0o600)
     atomic_write(root / "policy.toml", policy_template().encode(), mode=0o600)
     registry = Registry(root / "keys" / "registry.json")
@@ -183,6 +194,27 @@ def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_
             os.chmod(root / "dctrl.sqlite3", 0o600)
     SecretStore.create(home.vault_dir / "secrets.json", key=load_key_file(home.vault_dir / "secrets.key"))
     return home
+
+
+def demo_treasury(folder: Path, k: int = 2, n: int = 3) -> str:
+    """A k-of-n regtest treasury descriptor (wsh(sortedmulti), m/48h/1h/0h/2h, /<0;1>/*) of ``n``
+    fresh BIP 39 mnemonics, each written to ``folder``/cosignerI.key (0600) so the demo can sign
+    with them (`payouts sign --key`). For the demo only."""
+    from embit import bip32, bip39
+    from embit.descriptor.checksum import add_checksum
+    from embit.networks import NETWORKS
+
+    net = NETWORKS["regtest"]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    keys = []
+    for i in range(1, n + 1):
+        mnemonic = bip39.mnemonic_from_bytes(os.urandom(16))
+        atomic_write(folder / f"cosigner{i}.key", f"{mnemonic}\n".encode(), mode=0o600)  # (the mnemonic alone)
+        root = bip32.HDKey.from_seed(bip39.mnemonic_to_seed(mnemonic), version=net["xprv"])
+        account = root.derive("m/48h/1h/0h/2h").to_public().to_string(version=net["xpub"])
+        keys.append(f"[{root.my_fingerprint.hex()}/48h/1h/0h/2h]{account}/<0;1>/*")
+    return add_checksum(f"wsh(sortedmulti({k},{','.join(keys)}))")
 
 
 def demo_account_xpub() -> str:

@@ -1,0 +1,499 @@
+"""PayoutMgr (issue 13): the treasury's outputs, tracked through the chain notifier.
+
+Item 1 of the issue, what is here: the treasury's receive (/0/i) and change (/1/i) branches are
+two address books (``treasury``, ``treasury_change``, in ``payout_address``) derived from
+``[treasury] descriptor`` (actors/payout_mgr/treasury.py). Each is first *discovered*
+(``cmd.chain.discover``: the chain notifier scans the branch from its own ``[treasury]`` config,
+no key travels; indexes with history are recorded ``used on the chain``), then *watched*: every
+index from 0 to ``gap_limit`` beyond the last used one (an output recorded there, or history
+found by a discovery), each with a ``cmd.chain.watch`` carrying ``since`` (when it was first
+watched), re-sent until acked and all re-sent at every start (actors/chain/watching.py, as
+MemberData and BusinessMgr do). When an address is paid, the branch's watched run grows so
+that ``gap_limit`` unused addresses are always watched beyond it.
+
+Outputs (``payout_utxo``): ``chain.tx.seen`` -> ``seen``, ``chain.tx.confirmed`` ->
+``confirmed`` (confirmations, height), ``chain.tx.replaced``/``removed`` -> ``removed``; a
+reorg that unconfirms one sends it back to ``seen`` (the notifier's ``chain.tx.seen`` after the
+reorg) or ``removed``. A watch ack's outputs are a snapshot that only moves an output forward.
+The raw transaction that made each output (the PSBT's non-witness UTXO) is fetched through this
+actor's own ChainAdaptor, built from ``[chain]`` as the notifier builds its own, on a worker
+thread (never the loop), retried until it comes, and checked to hash to the txid.
+
+Spent: the chain notifier reports payments *to* watched scripts, not spends *from* them, and an
+output may be spent by a transaction made outside this server (a co-signer's Sparrow). So at
+start and after every ``chain.block`` the worker asks the adaptor for the unspent outputs of the
+addresses holding confirmed ones (``unspent``: bitcoind ``scantxoutset``, Esplora
+``/address/:a/utxo``, both of the confirmed UTXO set); a confirmed output missing from the answer
+whose own block still stands at its height (``block_hash(height)``, no -txindex needed) is
+marked ``spent``. (A
+missing one whose transaction is no longer confirmed was reorged out: the notifier's events
+say what it is now.) An output found spent in the last day is looked at too: back in the
+unspent set (the spend was reorged out), it is ``confirmed`` again. A spend is therefore seen once it confirms, not while in the mempool. At
+start the same query covers every watched address, and outputs found there but not recorded
+(paid before this actor first watched the address, further back than the notifier rescans) are
+recorded confirmed.
+
+No descriptor: the actor runs, its health says "no [treasury] descriptor", and it does nothing
+else. The payout requests and their state machine are actors/payout_mgr/payouts.py (not here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from types import SimpleNamespace
+
+import peewee
+from embit.transaction import Transaction
+
+from keys.home import DEFAULTS as HOME_DEFAULTS
+from keys.home import Home, merge
+from proto.errors import ConfigError
+
+from ..chain.addresses import AddressBook, Deriver
+from ..chain.watching import Discovery, forward, send_due_watches
+from ..db import connect, ensure_tables, write_transaction
+from ..runtime import Actor, every, on
+from . import queries
+from .models import (BOOKS, CHANGE_BOOK, LIVE, RECEIVE_BOOK, TABLES, USED_ON_CHAIN, WATCHED, PayoutAddress,
+                     PayoutPrice, PayoutUtxo, PayoutWatch, db)
+from .treasury import Treasury
+
+log = logging.getLogger(__name__)
+
+NO_TREASURY = "no [treasury] descriptor"
+DISCOVERING = "checking the chain for treasury addresses already used (waiting for chain_notifier)"
+CHAIN_STATES = {"seen": "seen", "mempool": "seen", "confirmed": "confirmed", "replaced": "removed",
+                "removed": "removed"}
+RAW_RETRY = 5.0  # s between attempts to fetch the raw transactions still missing
+REVIVE_S = 86_400  # s an output found spent is still looked at: a reorg undoing the spend revives it
+
+
+class PayoutMgr(Actor):
+    IDENTITY = "payout_mgr"
+
+    def __init__(self, home: Home, *, adaptor=None, database=None, clock=time.time):
+        from ..chain_notifier.actor import DEFAULTS as CHAIN_DEFAULTS
+
+        self.home, self.clock = home, clock
+        self.cfg = merge(HOME_DEFAULTS["treasury"], home.config.get("treasury") or {})
+        self.chain_cfg = merge(CHAIN_DEFAULTS, home.config.get("chain") or {})
+        self.network = self.chain_cfg["network"]
+        self.depth = int(self.chain_cfg["confirm_depth"])
+        self.gap_limit = int(self.cfg["gap_limit"])
+        self.own_database = database is None
+        self.database = database or connect(home.database_url)
+        db.initialize(self.database)
+        ensure_tables(self.database, TABLES)
+        self.adaptor = adaptor  # built on the worker (after any RPC password came from the Vault)
+        self.treasury: Treasury | None = None
+        self.error: str | None = None  # a descriptor that cannot be used: health degraded
+        self.books: dict[str, AddressBook] = {}
+        self.discoveries: dict[str, Discovery] = {}
+        spec = (self.cfg["descriptor"] or "").strip()
+        if spec:
+            try:
+                self.treasury = Treasury(spec, self.network, (self.cfg["change_descriptor"] or "").strip() or None)
+                d = self.treasury.descriptors()
+                for book, branch in BOOKS.items():
+                    self.books[book] = AddressBook(PayoutAddress, book, Deriver(d[branch], self.network),
+                                                   gap_limit=self.gap_limit, clock=clock)
+                    self.discoveries[book] = Discovery(self.books[book], retry=float(self.cfg["watch_retry"]),
+                                                       clock=clock, used_label=USED_ON_CHAIN,
+                                                       section=f"[treasury] descriptor ({branch})")
+            except ConfigError as exc:
+                self.treasury, self.books, self.discoveries = None, {}, {}
+                self.error = str(exc)
+        self.watch_due: dict[str, float] = {}  # address -> monotonic time to (re)send its watch
+        self.watched: dict[str, tuple[str, int]] = {}  # address -> (book, index)
+        # the worker: network calls off the loop thread; results come back through call_soon
+        self.jobs: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.worker: threading.Thread | None = None
+        self.chain_error: str | None = None
+        self._raw_asked: set[tuple[str, int]] = set()
+        self._check_queued = False
+        self._check_again = False
+        self.secrets: dict[str, str] = {}
+        self.needed_secrets = sorted({(self.chain_cfg.get(b) or {}).get("password_secret")
+                                      for b in self.chain_cfg["backends"]} - {None})
+        self.secrets_ready = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def setup(self):
+        if self.treasury is None:
+            log.warning("payout_mgr: %s: nothing to watch", self.error or NO_TREASURY)
+            return
+        for name in self.needed_secrets:  # an RPC password, from the Vault, as chain_notifier's
+            self.runtime.request_secret(name)
+        if not self.needed_secrets:
+            self.secrets_ready.set()
+        # Every treasury address is watched again, with a new command id, so the notifier looks
+        # through its blocks again from the address's birth whatever the order of restarts.
+        now = int(self.clock())
+        with write_transaction(self.database):
+            for a in PayoutAddress.select():
+                self.watched[a.address] = (a.book, a.position)
+                self._ensure_watch(a, now)
+                self.watch_due[a.address] = 0.0
+        log.info("payout_mgr: treasury %s, %d address(es) to watch again", self.treasury.quorum, len(self.watch_due))
+        self.worker = threading.Thread(target=self._work, name="payout-chain", daemon=True)
+        self.worker.start()
+        self._queue_check(everything=True)
+        self._fetch_missing()
+
+    def on_secret(self, name, value, error):
+        if value is None:
+            self.chain_error = f"the Vault refused secret {name}: {error}"
+            return
+        self.secrets[name] = value.decode()
+        if all(n in self.secrets for n in self.needed_secrets):
+            self.secrets_ready.set()
+
+    def teardown(self):
+        self.stopping.set()
+        self.jobs.put(None)
+        if self.worker is not None:
+            self.worker.join(15)
+        if self.adaptor is not None:
+            self.adaptor.close()
+        if self.own_database:
+            self.database.close()
+
+    def health(self):
+        if self.error:
+            return "degraded", f"[treasury] descriptor: {self.error}"
+        if self.treasury is None:
+            return "ok", f"{NO_TREASURY}: nothing to watch"
+        t = queries.treasury(self.database, self.gap_limit, next_count=0)
+        b = t["balance"]
+        detail = (f"treasury {self.treasury.quorum}: {len(t['utxos'])} UTXO(s), {b['confirmed_sats']} sats confirmed, "
+                  f"{b['unconfirmed_sats']} unconfirmed; watching {len(self.watched)} address(es)")
+        waiting = [BOOKS[b] for b in self.discoveries]
+        if waiting:
+            errors = [d.error for d in self.discoveries.values() if d.error]
+            detail += f"; {' and '.join(waiting)} branch: {errors[0] if errors else DISCOVERING}"
+        if self.chain_error:
+            detail += f"; chain: {self.chain_error}"
+        return "ok", detail
+
+    # -- discovery and watches (loop thread) ----------------------------------------------------
+
+    @every(0.5)
+    def chain_tick(self):
+        if self.treasury is None or not self.runtime.ready_to_publish():
+            return
+        now_mono = time.monotonic()
+        for d in self.discoveries.values():
+            body = d.request(now_mono)
+            if body is not None:
+                self.publish("cmd.chain.discover", body)
+        self._send_watches(now_mono)
+
+    @on("chain.discover.ack")
+    def on_discover_ack(self, msg):
+        d = self.discoveries.get(msg.body["book"])
+        if d is not None and d.answer(msg.body):
+            del self.discoveries[msg.body["book"]]
+            self._extend(msg.body["book"])
+            self._queue_check(everything=True)  # coins already there (paid before we watched)
+
+    def _ensure_watch(self, a, now: int) -> None:
+        """(In a transaction) the watch of address row ``a``, due again with a new command id."""
+        updated = PayoutWatch.update(command=os.urandom(16).hex(), expires=now + 60, acked=False, refused=None) \
+            .where(PayoutWatch.address == a.address).execute()
+        if not updated:
+            PayoutWatch.create(address=a.address, book=a.book, position=a.position, since=a.issued_at,
+                               command=os.urandom(16).hex(), expires=now + 60)
+
+    def _extend(self, book: str) -> None:
+        """Watch every index of ``book`` from 0 to ``gap_limit`` beyond its last used one (once its
+        discovery has answered): addresses below a used one may hold coins too."""
+        if book in self.discoveries or book not in self.books:
+            return
+        deriver = self.books[book].deriver
+        last = queries.last_used(self.database, book)
+        top = (-1 if last is None else last) + self.gap_limit
+        now = int(self.clock())
+        added = []
+        with write_transaction(self.database):
+            have = {p for (p,) in PayoutAddress.select(PayoutAddress.position).where(PayoutAddress.book == book)
+                    .tuples()}
+            watching = {a for (a,) in PayoutWatch.select(PayoutWatch.address).where(PayoutWatch.book == book).tuples()}
+            for a in PayoutAddress.select().where(PayoutAddress.book == book):
+                if a.address not in watching:  # (an index the discovery recorded as used)
+                    self._ensure_watch(a, now)
+                    added.append(a)
+            for i in range(0, top + 1):
+                if i in have:
+                    continue
+                address, spk = deriver.address(i)
+                added.append(PayoutAddress.create(book=book, position=i, address=address, script=spk, label=WATCHED,
+                                                  issued_at=now))
+                self._ensure_watch(added[-1], now)
+        for a in added:
+            self.watched[a.address] = (a.book, a.position)
+            self.watch_due[a.address] = 0.0
+        if added:
+            log.info("treasury %s branch: watching %d more address(es), up to /%d/%d", BOOKS[book], len(added),
+                     0 if book == RECEIVE_BOOK else 1, top)
+            self._send_watches(time.monotonic())
+
+    def _send_watches(self, now_mono):
+        send_due_watches(self.publish, PayoutWatch, self.watch_due, now_mono, self.clock(),
+                         float(self.cfg["watch_retry"]),
+                         lambda row: (f"treasury {BOOKS[row.book]} {row.position}", row.since))
+
+    @on("chain.watch.ack")
+    def on_watch_ack(self, msg):
+        b = msg.body
+        if b["address"] not in self.watched:
+            return  # someone else's watch
+        row = PayoutWatch.get_or_none(PayoutWatch.address == b["address"])
+        if row is None or row.command != b["id"].hex() or row.acked:
+            return  # an answer to an older id
+        self.watch_due.pop(row.address, None)
+        try:
+            with write_transaction(self.database):
+                PayoutWatch.update(acked=True, refused=b["reason"] if b["status"] == "refused" else None) \
+                    .where(PayoutWatch.address == row.address).execute()
+                if b["status"] == "refused":
+                    log.error("chain_notifier refused to watch treasury address %s: %s", row.address, b["reason"])
+                    new = set()
+                else:
+                    new = {self._observe(row.address, o["txid"], o["vout"], o["sats"], o["state"],
+                                         o["confirmations"], o.get("height"), snapshot=True, seen_at=o.get("seen_at"))
+                           for o in reversed(b["outputs"] or [])}
+        except BaseException:
+            self.watch_due[row.address] = 0.0
+            raise
+        self._after(new)
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    @on("chain.tx")
+    def on_chain_tx(self, msg):
+        b, kind = msg.body, msg.topic.rsplit(".", 1)[1]
+        if kind not in CHAIN_STATES or b["address"] not in self.watched:
+            return
+        with write_transaction(self.database):
+            book = self._observe(b["address"], b["txid"], b["vout"], b["sats"], kind, b.get("confirmations") or 0,
+                                 b.get("height"), snapshot=False, block=b.get("block"))
+        self._after({book})
+
+    def _after(self, books) -> None:
+        """After outputs were recorded: the branches paid keep their gap; raw transactions fetched."""
+        for book in books - {None}:
+            self._extend(book)
+        self._fetch_missing()
+
+    def _observe(self, address, txid, vout, sats, kind, confirmations, height, *, snapshot, seen_at=None,
+                 block=None):
+        """Record what the chain says of one output (in a transaction). Returns the book whose
+        address got a new output (its gap may need extending), else None."""
+        state = CHAIN_STATES[kind]
+        book, index = self.watched[address]
+        now = int(self.clock())
+        u = PayoutUtxo.get_or_none((PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout))
+        if u is None:
+            if state not in LIVE:
+                return None  # never seen alive: nothing came in
+            PayoutUtxo.create(txid=txid, vout=vout, sats=sats, branch=BOOKS[book], position=index, address=address,
+                              state=state, confirmations=confirmations if state == "confirmed" else 0,
+                              height=height if state == "confirmed" else None,
+                              block=block if state == "confirmed" else None,
+                              first_seen=seen_at if snapshot and seen_at else now, updated=now)
+            log.info("treasury: %s:%d of %d sats to %s /%d/%d (%s)", txid, vout, sats, BOOKS[book],
+                     0 if book == RECEIVE_BOOK else 1, index, state)
+            return book
+        if snapshot:
+            # (forward() speaks the notifier's states; a spent output is a confirmed one to it)
+            seen_as = SimpleNamespace(state={"seen": "mempool", "spent": "confirmed"}.get(u.state, u.state),
+                                      confirmations=u.confirmations)
+            if not forward(seen_as, {"seen": "mempool"}.get(kind, kind), confirmations):
+                return None
+        if state == "confirmed":
+            if height != u.height or block:  # (a snapshot has the height only: the hash kept is the same block's)
+                u.block = block
+            u.confirmations, u.height = max(confirmations, 1), height
+            if u.state != "spent":
+                u.state = state
+        else:  # seen again (a reorg unconfirmed it) or removed: a spend of it is undone with it
+            u.state, u.confirmations, u.height, u.block, u.spent_at = state, 0, None, None, None
+        u.updated = now
+        u.save()
+        return None
+
+    @on("chain.block")
+    def on_block(self, msg):
+        self._queue_check(everything=False)
+
+    def _queue_check(self, everything: bool) -> None:
+        """Ask the worker which confirmed outputs are spent (and, ``everything``: which outputs the
+        watched addresses hold that are not recorded)."""
+        if self.treasury is None:
+            return
+        if self._check_queued and not everything:
+            self._check_again = True  # one under way: once more when it is done (a block came meanwhile)
+            return
+        # the confirmed outputs, and those found spent in the last REVIVE_S (a reorg may undo the spend)
+        rows = list(PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout, PayoutUtxo.address, PayoutUtxo.state,
+                                      PayoutUtxo.height, PayoutUtxo.block).where(
+            (PayoutUtxo.state == "confirmed")
+            | ((PayoutUtxo.state == "spent") & (PayoutUtxo.spent_at >= int(self.clock()) - REVIVE_S))).tuples())
+        addresses = sorted(self.watched) if everything else sorted({r[2] for r in rows})
+        if not addresses:
+            return
+        outpoints = {(t, v): (height, block) for t, v, _, state, height, block in rows if state == "confirmed"}
+        spent = {(t, v) for t, v, _, state, _, _ in rows if state == "spent"}
+        self._check_queued = True
+        self.jobs.put(("check", addresses, outpoints, spent, everything))
+
+    @every(RAW_RETRY)
+    def _fetch_missing(self) -> None:
+        """Ask the worker for the raw transactions of live outputs that lack theirs."""
+        if self.treasury is None:
+            return
+        for txid, vout, block in (PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout, PayoutUtxo.block)
+                                  .where(PayoutUtxo.raw_tx.is_null()
+                                         & PayoutUtxo.state.in_(["seen", "confirmed", "spent"])).tuples()):
+            if (txid, vout) not in self._raw_asked:
+                self._raw_asked.add((txid, vout))
+                self.jobs.put(("raw", txid, vout, block))
+
+    # -- the worker (network calls only; results applied on the loop) ---------------------------
+
+    def _work(self):
+        while not self.secrets_ready.wait(0.5):
+            if self.stopping.is_set():
+                return
+        if self.adaptor is None:
+            from ..chain.adaptor import Failover
+            from ..chain_notifier.actor import build_backends
+
+            try:
+                self.adaptor = Failover(build_backends(self.home, self.chain_cfg, secret=self.secrets.__getitem__))
+            except Exception as exc:  # (a [chain] the notifier refuses too): said in the heartbeat
+                log.error("payout_mgr: no chain adaptor: %s", exc)
+                self.runtime.call_soon(setattr, self, "chain_error", f"no chain adaptor: {exc}"[:300])
+                return
+        while not self.stopping.is_set():
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                if job[0] == "raw":
+                    raw = self.adaptor.raw_transaction(job[1], job[3])
+                    self.runtime.call_soon(self._got_raw, job[1], job[2], raw)
+                else:
+                    self.runtime.call_soon(self._checked, *self._check(*job[1:]))
+                if self.chain_error:
+                    self.runtime.call_soon(self._chain_ok)
+            except Exception as exc:  # ChainError, or a bug: say it in the heartbeat, retry later
+                log.warning("payout_mgr: chain: %s", exc)
+                self.runtime.call_soon(self._chain_failed, job, f"{type(exc).__name__}: {exc}"[:300])
+
+    def _check(self, addresses, outpoints, spent_before, everything):
+        """(Worker) the confirmed outputs spent, the spent ones unspent again (the spend was reorged
+        out), and (``everything``) unrecorded unspent ones. ``outpoints``: (txid, vout) -> the
+        (height, block hash) recorded. No call here needs -txindex: an output missing from the
+        unspent set is spent if the block that confirmed it still stands at its height."""
+        unspent = self.adaptor.unspent(addresses)
+        there = {(u.txid, u.vout) for u in unspent}
+        revived = sorted(spent_before & there)
+        hashes: dict[int, str] = {}
+
+        def at(height):
+            if height not in hashes:
+                hashes[height] = self.adaptor.block_hash(height)
+            return hashes[height]
+
+        tip = self.adaptor.tip().height
+        spent = []
+        for (txid, vout), (height, block) in sorted(outpoints.items()):
+            if (txid, vout) in there or height is None or height > tip:
+                continue
+            if block is None:  # (recorded from a snapshot: the height only) its transaction says
+                tx = self.adaptor.transaction(txid)
+                stands = tx is not None and tx.height == height
+            else:
+                stands = at(height) == block
+            if stands:  # its own block is still in the chain: it was spent
+                spent.append((txid, vout))
+        found = []
+        if everything:
+            for u in unspent:
+                if (u.txid, u.vout) not in outpoints and (u.txid, u.vout) not in spent_before and u.height is not None:
+                    found.append((u.address, u.txid, u.vout, u.sats, min(self.depth, tip - u.height + 1), u.height,
+                                  at(u.height)))
+        return spent, revived, found, everything
+
+    # -- results (loop thread) ----------------------------------------------------------------
+
+    def _chain_ok(self):
+        self.chain_error = None
+
+    def _chain_failed(self, job, error):
+        self.chain_error = error
+        if job[0] == "raw":
+            self._raw_asked.discard((job[1], job[2]))  # asked again by the timer
+        else:
+            self._check_queued = self._check_again = False
+            self.runtime.call_later(RAW_RETRY, self._queue_check, job[-1])  # again shortly
+
+    def _got_raw(self, txid, vout, raw):
+        self._raw_asked.discard((txid, vout))
+        if raw is None:
+            return  # not known to the node (yet): asked again
+        if Transaction.parse(raw).txid().hex() != txid:
+            log.error("the chain backend's raw transaction for %s has another txid: not kept", txid)
+            return
+        PayoutUtxo.update(raw_tx=raw).where((PayoutUtxo.txid == txid) & PayoutUtxo.raw_tx.is_null()).execute()
+
+    def _checked(self, spent, revived, found, everything):
+        self._check_queued = False
+        now = int(self.clock())
+        books = set()
+        with write_transaction(self.database):
+            for txid, vout in spent:
+                n = PayoutUtxo.update(state="spent", spent_at=now, updated=now).where(
+                    (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout) & (PayoutUtxo.state == "confirmed")).execute()
+                if n:
+                    log.info("treasury: %s:%d spent", txid, vout)
+            for txid, vout in revived:
+                n = PayoutUtxo.update(state="confirmed", spent_at=None, updated=now).where(
+                    (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout) & (PayoutUtxo.state == "spent")).execute()
+                if n:
+                    log.warning("treasury: %s:%d is unspent again (the transaction spending it was reorged out)",
+                                txid, vout)
+            for address, txid, vout, sats, confirmations, height, block in found:
+                if address in self.watched and not PayoutUtxo.select().where(
+                        (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout)).exists():
+                    books.add(self._observe(address, txid, vout, sats, "confirmed", confirmations, height,
+                                            snapshot=False, block=block))
+        self._after(books)
+        if self._check_again:  # a block came while it ran
+            self._check_again = False
+            self._queue_check(everything=False)
+
+    # -- the price ----------------------------------------------------------------------------
+
+    @on("price.btc_cad")
+    def on_price(self, msg):
+        b = msg.body
+        fields = {"cad_per_btc": b["cad_per_btc"], "as_of": b["as_of"], "received": int(self.clock()), "stale": None}
+        try:
+            PayoutPrice.insert(id=1, **fields).execute()
+        except peewee.IntegrityError:
+            PayoutPrice.update(**fields).where(PayoutPrice.id == 1).execute()
+
+    @on("price.stale")
+    def on_price_stale(self, msg):
+        PayoutPrice.update(stale=msg.body["reason"]).where(PayoutPrice.id == 1).execute()
+
+
+__all__ = ["PayoutMgr", "CHANGE_BOOK", "RECEIVE_BOOK"]

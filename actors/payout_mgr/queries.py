@@ -1,0 +1,103 @@
+"""PayoutMgr's read queries (``dctrl treasury show``, reports): each takes the database and returns
+plain data. No bus, no embit: the addresses are read as PayoutMgr stored them."""
+
+from __future__ import annotations
+
+from decimal import ROUND_FLOOR, Decimal
+
+import peewee
+
+from .models import BOOKS, LIVE, TABLES, USED_ON_CHAIN, PayoutAddress, PayoutPrice, PayoutUtxo, PayoutWatch
+
+
+def has_tables(database) -> bool:
+    return all(database.table_exists(m._meta.table_name) for m in TABLES)
+
+
+def _last_used(book: str) -> int | None:
+    """The highest index of ``book`` with history: an output recorded, or found by the discovery."""
+    branch = BOOKS[book]
+    paid = PayoutUtxo.select(peewee.fn.MAX(PayoutUtxo.position)).where(PayoutUtxo.branch == branch).scalar()
+    found = (PayoutAddress.select(peewee.fn.MAX(PayoutAddress.position))
+             .where((PayoutAddress.book == book) & (PayoutAddress.label == USED_ON_CHAIN)).scalar())
+    known = [i for i in (paid, found) if i is not None]
+    return max(known) if known else None
+
+
+def last_used(database, book: str) -> int | None:
+    with database.bind_ctx(TABLES):
+        return _last_used(book)
+
+
+def gap(database, book: str, gap_limit: int) -> dict:
+    """How far ``book``'s watched addresses reach beyond its last used index: PayoutMgr keeps
+    ``gap_limit`` unused addresses watched after the last used one (what a restoring wallet scans)."""
+    with database.bind_ctx(TABLES):
+        used = _last_used(book)
+        top = PayoutAddress.select(peewee.fn.MAX(PayoutAddress.position)).where(PayoutAddress.book == book).scalar()
+        watched = PayoutWatch.select().where(PayoutWatch.book == book).count()
+        acked = PayoutWatch.select().where((PayoutWatch.book == book) & PayoutWatch.acked).count()
+    beyond = (-1 if top is None else top) - (-1 if used is None else used)
+    return {"last_used": used, "watched_to": top, "watched": watched, "acked": acked, "unused_beyond": beyond,
+            "gap_limit": gap_limit}
+
+
+def utxo_dict(u: PayoutUtxo, depth: int | None = None) -> dict:
+    return {"txid": u.txid, "vout": u.vout, "sats": u.sats, "branch": u.branch, "index": u.position,
+            "address": u.address, "state": u.state, "confirmations": u.confirmations, "height": u.height,
+            "first_seen": u.first_seen, "spent_at": u.spent_at, "raw_tx": u.raw_tx is not None}
+
+
+def utxos(database, states=LIVE) -> list[dict]:
+    """The treasury's outputs in ``states`` (default: unspent, confirmed or not), oldest first."""
+    with database.bind_ctx(TABLES):
+        q = PayoutUtxo.select().order_by(PayoutUtxo.first_seen, PayoutUtxo.id)
+        if states is not None:
+            q = q.where(PayoutUtxo.state.in_(list(states)))
+        return [utxo_dict(u) for u in q]
+
+
+def spendable(database, min_confirmations: int = 1) -> list[dict]:
+    """Confirmed outputs (at least ``min_confirmations``) whose raw transaction is known, with it
+    (``prev_tx`` bytes): what a payout can be built from (actors/payout_mgr/psbt.py ``Utxo``)."""
+    with database.bind_ctx(TABLES):
+        q = (PayoutUtxo.select().where((PayoutUtxo.state == "confirmed") & PayoutUtxo.raw_tx.is_null(False)
+                                       & (PayoutUtxo.confirmations >= min_confirmations))
+             .order_by(PayoutUtxo.id))
+        return [{**utxo_dict(u), "prev_tx": bytes(u.raw_tx)} for u in q]
+
+
+def last_price(database) -> dict | None:
+    with database.bind_ctx(TABLES):
+        p = PayoutPrice.get_or_none(PayoutPrice.id == 1)
+        if p is None:
+            return None
+        return {"cad_per_btc": p.cad_per_btc, "as_of": p.as_of, "received": p.received, "stale": p.stale}
+
+
+def cad(sats: int, cad_per_btc: str) -> str:
+    """``sats`` in CAD at ``cad_per_btc``, rounded down to the cent (Decimal, never a float)."""
+    cents = (Decimal(sats) * Decimal(cad_per_btc) / 1_000_000).to_integral_value(rounding=ROUND_FLOOR)
+    return f"{cents / 100:.2f}"
+
+
+def treasury(database, gap_limit: int, next_count: int = 5) -> dict:
+    """Balances (sats; CAD at the last price, if any), the unspent outputs, the next receive
+    addresses and the gap of each branch."""
+    live = utxos(database)
+    confirmed = sum(u["sats"] for u in live if u["state"] == "confirmed")
+    unconfirmed = sum(u["sats"] for u in live if u["state"] == "seen")
+    price = last_price(database)
+    with database.bind_ctx(TABLES):
+        used = _last_used("treasury")
+        q = (PayoutAddress.select().where((PayoutAddress.book == "treasury")
+                                          & (PayoutAddress.position > (-1 if used is None else used)))
+             .order_by(PayoutAddress.position).limit(next_count))
+        nxt = [{"index": a.position, "address": a.address} for a in q]
+    out = {"balance": {"confirmed_sats": confirmed, "unconfirmed_sats": unconfirmed},
+           "utxos": live, "next_addresses": nxt, "price": price,
+           "gap": {BOOKS[b]: gap(database, b, gap_limit) for b in BOOKS}}
+    if price is not None:
+        out["balance"].update(confirmed_cad=cad(confirmed, price["cad_per_btc"]),
+                              unconfirmed_cad=cad(unconfirmed, price["cad_per_btc"]))
+    return out
