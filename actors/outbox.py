@@ -41,7 +41,8 @@ def apply_once(database, commands, outbox, topic: str, body: dict, now: float, a
     the single writer of its tables (BusinessData, MemberData); returns (ack body, [(topic,
     event)], "done" | "refused" | None for a retry).
 
-    ``apply(cid)`` makes the change and returns its events; it raises :class:`Refused` or
+    ``apply(cid)`` makes the change and returns its events (or ``(events, fields)``: fields the
+    ack carries besides status and reason, kept for a retry too); it raises :class:`Refused` or
     ValueError (a unique index met, IntegrityError, too) to refuse. The dedup record in
     ``commands`` (a model with ``id``, ``topic``, ``result``, ``created``), the change and its
     events (in ``outbox``, each with ``event_id(source, cid, n)``) commit in one transaction: a
@@ -49,6 +50,7 @@ def apply_once(database, commands, outbox, topic: str, body: dict, now: float, a
     writes only its dedup record (a retry gets the same refusal). Nothing is published here."""
     cid = body["id"].hex()
     events: list = []
+    extra: dict = {}
     with write_transaction(database):
         done = commands.get_or_none(commands.id == cid)
         if done is not None:  # a retry: the same answer again, nothing done twice
@@ -59,10 +61,12 @@ def apply_once(database, commands, outbox, topic: str, body: dict, now: float, a
             try:
                 with database.atomic():  # a savepoint: a refused command writes nothing
                     events = apply(cid)
+                    if isinstance(events, tuple):  # (events, fields the ack carries besides status)
+                        events, extra = events
             except peewee.IntegrityError as exc:  # a unique index met (the same thing added at once)
                 raise Refused(f"conflicts with a record made meanwhile: {str(exc).splitlines()[0][:200]}") \
                     from None
-            result = {"status": "done", "reason": None}
+            result = {"status": "done", "reason": None, **extra}
         except (Refused, ValueError) as exc:
             result = {"status": "refused", "reason": str(exc)[:512]}
             log.info("refused %s %s: %s", topic, cid, exc)

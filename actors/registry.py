@@ -75,9 +75,10 @@ ENTRIES: tuple[Entry, ...] = (
                         subscribe=("cmd.report", "member.changed", "price", "health.chain_notifier"))),
     # PayoutMgr (issue 13): the treasury's outputs through the chain notifier (it asks it to watch and
     # discover the treasury's addresses: those two commands only), the price for CAD beside sats,
-    # payout commands from admins; payout.* out.
+    # payout commands from admins; payout.* out, and payouts.ack (not covered by "payout": grants
+    # match whole segments).
     Entry("payout_mgr", "actors.payout_mgr.actor:PayoutMgr",
-          grants=Grants(publish=("payout", "cmd.chain.watch", "cmd.chain.discover"),
+          grants=Grants(publish=("payout", "payouts.ack", "cmd.chain.watch", "cmd.chain.discover"),
                         subscribe=("chain", "price", "cmd.payouts"))),
     # The vending machine's agent (dctrl-agent, machine_agent/main.py): its parts share the machine's
     # identity and its [role.machine] grants; supervisord runs the demo's agent as a simulator.
@@ -92,7 +93,8 @@ ALL_GRANTS = Grants(publish=("health.{self}", "error.{self}", "vault.req.{self}"
                     subscribe=("vault.token.{self}", "vault.secret.{self}", "vault.revoked"))
 ROLE_GRANTS = {
     "machine": Grants(publish=("machine.{self}",), subscribe=("cmd.machine.{self}",)),
-    "admin": Grants(publish=("debug", "cmd.chain", "cmd.business", "cmd.members", "cmd.mail", "cmd.report"),
+    "admin": Grants(publish=("debug", "cmd.chain", "cmd.business", "cmd.members", "cmd.mail", "cmd.report",
+                             "cmd.payouts"),
                     subscribe=("",)),
 }
 

@@ -102,6 +102,10 @@ CONFIG = Table({
     # actors/payout_mgr/ (its defaults are keys/home.py's)
     "treasury": Table({"descriptor": STR, "change_descriptor": STR, "gap_limit": INT, "name": STR,
                        "watch_retry": NUMBER}),
+    # actors/payout_mgr/ledger.py (its defaults are DEFAULTS there)
+    "payouts": Table({"max_payout_cad": DECIMAL, "daily_limit_cad": DECIMAL, "allowlist": STR_LIST,
+                      "approvals": INT, "open_hours": INT, "fee_target_blocks": INT, "min_feerate": NUMBER,
+                      "max_feerate": NUMBER, "max_fee_sats": INT, "price_max_age": NUMBER}),
     # actors/price_notifier.py
     "price": Table({"poll_interval": NUMBER, "max_age": NUMBER, "outlier_pct": DECIMAL, "min_sources": INT,
                     "timeout": NUMBER, "min_cad": DECIMAL, "max_cad": DECIMAL, "fx_interval": NUMBER,

@@ -16,6 +16,7 @@ from actors import price_notifier
 from actors.business_mgr import models as business_mgr
 from actors.chain_notifier import actor as chain_notifier
 from actors.member_mail import models as member_mail_models
+from actors.payout_mgr import ledger as payout_ledger
 from keys import home as home_module
 from keys.home import Home
 from keys.policy import Policy
@@ -94,7 +95,7 @@ def test_what_the_defaults_hold_is_valid_and_every_default_has_a_schema_entry():
 
     sections = {**home_module.DEFAULTS, "business": business_mgr.DEFAULTS,
                 "chain": chain_notifier.DEFAULTS, "price": price_notifier.DEFAULTS,
-                "member_mail": member_mail_models.DEFAULTS}
+                "member_mail": member_mail_models.DEFAULTS, "payouts": payout_ledger.DEFAULTS}
     for name, table in sections.items():
         check({name: without_none(table)}, CONFIG, "defaults")
     # and the other way round: every section the schema knows has defaults (or is [business]'s receive,

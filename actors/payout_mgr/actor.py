@@ -34,7 +34,8 @@ start the same query covers every watched address, and outputs found there but n
 recorded confirmed.
 
 No descriptor: the actor runs, its health says "no [treasury] descriptor", and it does nothing
-else. The payout requests and their state machine are actors/payout_mgr/payouts.py (not here).
+else. The payouts themselves (commands, building, broadcast, their chain states) are the mixin
+actors/payout_mgr/desk.py; their books are ledger.py.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ from ..chain.addresses import AddressBook, Deriver
 from ..chain.watching import Discovery, forward, send_due_watches
 from ..db import connect, ensure_tables, write_transaction
 from ..runtime import Actor, every, on
-from . import queries
+from . import ledger, queries
 from .models import (BOOKS, CHANGE_BOOK, LIVE, RECEIVE_BOOK, TABLES, USED_ON_CHAIN, WATCHED, PayoutAddress,
                      PayoutPrice, PayoutUtxo, PayoutWatch, db)
+from .desk import PayoutDesk
 from .treasury import Treasury
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ RAW_RETRY = 5.0  # s between attempts to fetch the raw transactions still missin
 REVIVE_S = 86_400  # s an output found spent is still looked at: a reorg undoing the spend revives it
 
 
-class PayoutMgr(Actor):
+class PayoutMgr(PayoutDesk, Actor):
     IDENTITY = "payout_mgr"
 
     def __init__(self, home: Home, *, adaptor=None, database=None, clock=time.time):
@@ -121,6 +123,7 @@ class PayoutMgr(Actor):
         self.needed_secrets = sorted({(self.chain_cfg.get(b) or {}).get("password_secret")
                                       for b in self.chain_cfg["backends"]} - {None})
         self.secrets_ready = threading.Event()
+        self._desk_init()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -145,6 +148,7 @@ class PayoutMgr(Actor):
         self.worker.start()
         self._queue_check(everything=True)
         self._fetch_missing()
+        self._desk_setup()
 
     def on_secret(self, name, value, error):
         if value is None:
@@ -179,6 +183,11 @@ class PayoutMgr(Actor):
             detail += f"; {' and '.join(waiting)} branch: {errors[0] if errors else DISCOVERING}"
         if self.chain_error:
             detail += f"; chain: {self.chain_error}"
+        pending = ledger.pending_counts()
+        if pending:
+            detail += "; payouts " + ", ".join(f"{n} {s}" for s, n in sorted(pending.items()))
+        if self.policy_error:
+            return "degraded", f"[payouts]: {self.policy_error}; {detail}"
         return "ok", detail
 
     # -- discovery and watches (loop thread) ----------------------------------------------------
@@ -389,8 +398,10 @@ class PayoutMgr(Actor):
                 if job[0] == "raw":
                     raw = self.adaptor.raw_transaction(job[1], job[3])
                     self.runtime.call_soon(self._got_raw, job[1], job[2], raw)
-                else:
+                elif job[0] == "check":
                     self.runtime.call_soon(self._checked, *self._check(*job[1:]))
+                else:  # the payouts' jobs (desk.py)
+                    self._desk_job(job)
                 if self.chain_error:
                     self.runtime.call_soon(self._chain_ok)
             except Exception as exc:  # ChainError, or a bug: say it in the heartbeat, retry later
@@ -441,6 +452,10 @@ class PayoutMgr(Actor):
         self.chain_error = error
         if job[0] == "raw":
             self._raw_asked.discard((job[1], job[2]))  # asked again by the timer
+        elif job[0] == "lookup":
+            self._lookup_queued = False  # asked again after the next block or check
+        elif job[0] in ("fees", "broadcast"):
+            pass  # asked again by their timers
         else:
             self._check_queued = self._check_again = False
             self.runtime.call_later(RAW_RETRY, self._queue_check, job[-1])  # again shortly
@@ -476,6 +491,8 @@ class PayoutMgr(Actor):
                     books.add(self._observe(address, txid, vout, sats, "confirmed", confirmations, height,
                                             snapshot=False, block=block))
         self._after(books)
+        self._queue_lookup()  # (desk.py) where the payouts are, now that spends are known
+        self._build_ready()  # coins may have confirmed
         if self._check_again:  # a block came while it ran
             self._check_again = False
             self._queue_check(everything=False)

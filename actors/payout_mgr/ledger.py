@@ -52,6 +52,7 @@ DEFAULTS = {
     "min_feerate": 1.0,            # sat/vB: the estimate is kept within these bounds
     "max_feerate": 200.0,
     "max_fee_sats": 50_000,        # a payout whose fee would be more is refused
+    "price_max_age": 300,          # s: a CAD amount or limit is judged only at a price this fresh
 }
 
 
@@ -76,7 +77,8 @@ def settings(section: dict) -> dict:
         out[key] = value
     if not isinstance(out["allowlist"], list) or not all(isinstance(a, str) for a in out["allowlist"]):
         raise ConfigError("[payouts] allowlist is a list of addresses")
-    for key, low in (("approvals", 0), ("open_hours", 1), ("fee_target_blocks", 1), ("max_fee_sats", 0)):
+    for key, low in (("approvals", 0), ("open_hours", 1), ("fee_target_blocks", 1), ("max_fee_sats", 0),
+                     ("price_max_age", 1)):
         if not isinstance(out[key], int) or out[key] < low:
             raise ConfigError(f"[payouts] {key} must be a whole number, at least {low}")
     if not 0 < float(out["min_feerate"]) <= float(out["max_feerate"]):
@@ -111,6 +113,7 @@ class Payout(Base):
     fee = peewee.BigIntegerField(null=True)
     vsize = peewee.IntegerField(null=True)
     change_sats = peewee.BigIntegerField(null=True)
+    change_index = peewee.IntegerField(null=True)             # the change address's index (/1/i)
     raw_tx = peewee.TextField(null=True)                      # hex, once finalized
     updated_at = peewee.BigIntegerField()
 
@@ -144,6 +147,14 @@ class PayoutSignature(Base):
         indexes = ((("payout", "fingerprint"), True),)
 
 
+class PayoutCommand(Base):
+    """cmd.payouts.* ids applied or refused (actors/outbox.py apply_once): a retry gets the same answer."""
+    id = peewee.CharField(primary_key=True, max_length=32)
+    topic = peewee.CharField(max_length=64)
+    result = peewee.TextField()  # the ack's fields, as JSON
+    created = peewee.BigIntegerField()
+
+
 class PayoutHistory(Base):
     """Append-only: every change of state, when, by whom, why."""
     payout = peewee.IntegerField(index=True)
@@ -153,7 +164,7 @@ class PayoutHistory(Base):
     reason = peewee.TextField(null=True)
 
 
-MODELS = (Payout, PayoutClaim, PayoutApproval, PayoutSignature, PayoutHistory)
+MODELS = (Payout, PayoutClaim, PayoutApproval, PayoutSignature, PayoutHistory, PayoutCommand)
 
 
 def _move(p: Payout, state: str, by: str, now: int, reason: str | None = None) -> Payout:
@@ -273,7 +284,7 @@ def claimed_outpoints() -> set[str]:
 
 
 def attach(payout_id: int, *, psbt_b64: str, txid: str, inputs: list[str], fee: int, vsize: int,
-           change_sats: int, by: str, clock=time.time) -> Payout:
+           change_sats: int, by: str, change_index: int | None = None, clock=time.time) -> Payout:
     """The payout's PSBT is built: claim its inputs (refused if another payout took one meanwhile)."""
     now = int(clock())
     with write_transaction(db):
@@ -284,6 +295,7 @@ def attach(payout_id: int, *, psbt_b64: str, txid: str, inputs: list[str], fee: 
             _claim(f"utxo:{outpoint}", p.id, f"output {outpoint}")
         p.psbt, p.txid, p.inputs, p.fee, p.vsize, p.change_sats = (psbt_b64, txid, json.dumps(inputs), fee,
                                                                    vsize, change_sats)
+        p.change_index = change_index if change_sats else None
         return _move(p, "awaiting_signatures", by, now, f"{len(inputs)} inputs, fee {fee} sats")
 
 
@@ -333,3 +345,9 @@ def expire(clock=time.time) -> list[int]:
             _move(p, "expired", "payout_mgr", now, "not signed in time")
             out.append(p.id)
     return out
+
+
+def pending_counts() -> dict[str, int]:
+    """Payouts not finished, by state (for the heartbeat)."""
+    return {s: n for s, n in Payout.select(Payout.state, peewee.fn.COUNT(Payout.id))
+            .where(Payout.state.in_(PENDING)).group_by(Payout.state).tuples()}

@@ -42,7 +42,7 @@ def build(treasury: Treasury, policy: dict, payout_id: int, utxos: list[tx.Utxo]
                      max_fee=policy["max_fee_sats"])
     return ledger.attach(p.id, psbt_b64=built.psbt.to_base64(), txid=tx.txid(built.psbt),
                          inputs=[u.outpoint for u in built.inputs], fee=built.fee, vsize=built.vsize,
-                         change_sats=built.change_sats, by=by, clock=clock)
+                         change_sats=built.change_sats, change_index=change_index, by=by, clock=clock)
 
 
 def take_signatures(treasury: Treasury, payout_id: int, data: bytes | str, identity: str,

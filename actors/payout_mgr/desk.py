@@ -1,0 +1,336 @@
+"""PayoutMgr's payouts: the commands admins send, and each payout's life from request to
+confirmed (issue 13 items 2 to 6). A mixin of :class:`actors.payout_mgr.actor.PayoutMgr`, which
+tracks the treasury's outputs; this part spends them.
+
+- **Commands** (``cmd.payouts.*``, admins only by the policy): request, refund, approve, reject,
+  cancel, import. Each is applied at most once (actors/outbox.py ``apply_once``: the dedup
+  record, the change in the books and its ``payout.*`` events commit together) and answered on
+  ``payouts.ack`` with the payout's id and state. ``bump`` is refused: not built yet.
+- **Building**: a payout with the approvals the policy asks for is built (service.build) from
+  the confirmed outputs whose previous transaction is known and that no other payout claimed,
+  at the fee rate of the node's estimate within the policy's bounds, its change to the next
+  change index. Not enough money yet: it stays ``requested`` with the reason and is tried again
+  every ``BUILD_RETRY`` s and after every block.
+- **Broadcast**: once k co-signers have signed every input the transaction is final and kept
+  (``signed``); the worker broadcasts it. At every start every ``signed`` payout is broadcast
+  again: a crash between finalizing and broadcasting sends it once, and a second broadcast of
+  the same transaction is the node saying it has it already, which counts as broadcast.
+- **The chain**: after every block (and at start) the worker looks each pending payout's txid
+  up: found unconfirmed -> ``broadcast`` (also a payout co-signers finalized and broadcast
+  elsewhere: recognised by its txid), confirmed -> ``confirmed``, a confirmed one gone ->
+  ``broadcast`` again (reorged out). Not found while one of its inputs is spent (the output
+  tracking marks it) -> ``invalidated``, its claims released.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from decimal import ROUND_FLOOR, Decimal
+
+from proto.errors import DctrlError
+
+from ..db import ensure_tables, write_transaction
+from ..outbox import Outbox, Refused, apply_once
+from ..runtime import every, on
+from . import ledger, queries, service
+from . import psbt as tx
+from .ledger import Payout, PayoutRefused
+from .models import PayoutPrice, PayoutUtxo
+
+log = logging.getLogger(__name__)
+
+ACK = "payouts.ack"
+BUILD_RETRY = 30.0   # s between attempts to build the approved payouts still waiting for money
+FEES_EVERY = 60.0    # s between fee estimates asked of the node
+REBROADCAST = 60.0   # s between broadcasts of a signed payout the node has not taken yet
+ALREADY_KNOWN = ("already in block chain", "already known", "txn-already-in-mempool", "txn-already-known",
+                 "already in utxo set", "outputs already in utxo set")
+
+
+class PayoutDesk:
+    """The payouts part of PayoutMgr (a mixin: it uses the actor's database, treasury, worker
+    queue, clock and runtime)."""
+
+    def _desk_init(self) -> None:
+        ledger.db.initialize(self.database)
+        self.outbox = Outbox(Outbox.model_for(self.database, "payout_outbox"))
+        ensure_tables(self.database, list(ledger.MODELS) + [self.outbox.model])
+        self.policy_error: str | None = None
+        try:
+            self.policy = ledger.settings(self.home.config.get("payouts") or {})
+        except DctrlError as exc:
+            self.policy, self.policy_error = ledger.settings({}), str(exc)
+        self.fee_estimates: dict[int, Decimal] = {}
+        self.unsent = True
+        self._broadcast_at: dict[int, float] = {}  # payout -> monotonic time of its last broadcast
+        self._lookup_queued = False
+
+    def _desk_setup(self) -> None:
+        """At start: every signed payout broadcast again; the pending ones looked up on the chain."""
+        if self.treasury is None:
+            return
+        self.jobs.put(("fees",))
+        self._rebroadcast(force=True)
+        self._queue_lookup()
+
+    # -- commands ---------------------------------------------------------------------------
+
+    @on("cmd.payouts")
+    def payout_command(self, msg):
+        """cmd.payouts.VERB {"id", "expires", ...}: one admin's request or decision."""
+        verb = msg.topic.split(".", 2)[2]
+        handler = getattr(self, f"_cmd_{verb}", None)
+
+        def apply(cid):
+            if self.treasury is None:
+                raise Refused(self.error or "no [treasury] descriptor: this server has no treasury to pay from")
+            if self.policy_error:
+                raise Refused(f"[payouts]: {self.policy_error}")
+            if handler is None:
+                raise Refused(f"payouts {verb} is not built yet" if verb == "bump" else f"unknown command {msg.topic}")
+            try:
+                return handler(msg.sender, msg.body)
+            except PayoutRefused as exc:
+                raise Refused(str(exc)) from None
+            except tx.PayoutError as exc:
+                raise Refused(str(exc)) from None
+
+        ack, events, _ = apply_once(self.database, ledger.PayoutCommand, self.outbox, msg.topic, msg.body,
+                                    self.clock(), apply, "payout")
+        ack.setdefault("payout", None)
+        ack.setdefault("state", None)
+        if events:
+            self.unsent = True
+        self.publish(ACK, ack)
+        self._after_change()
+
+    def _price(self) -> tuple[Decimal, int] | None:
+        """The last BTC/CAD price if fresh (``[payouts] price_max_age``) and not declared stale."""
+        p = PayoutPrice.get_or_none(PayoutPrice.id == 1)
+        if p is None or p.stale or self.clock() - p.received > self.policy["price_max_age"]:
+            return None
+        return Decimal(p.cad_per_btc), p.as_of
+
+    def _request(self, sender, *, kind, to, sats, reason, invoice=None):
+        tx.output_script(to, self.treasury)  # an address of our network, or refused now
+        price = self._price()
+        p = ledger.request(self.policy, kind=kind, destination=to, sats=sats, rate=price and price[0],
+                           rate_as_of=price and price[1], reason=reason, by=sender, invoice=invoice,
+                           clock=self.clock)
+        return [self._event(p, "requested", sender, reason)], {"payout": p.id, "state": p.state}
+
+    def _cmd_request(self, sender, body):
+        if (body["sats"] is None) == (body["cad"] is None):
+            raise Refused("give the amount in sats or in CAD, one of the two")
+        sats = body["sats"]
+        if sats is None:
+            price = self._price()
+            if price is None:
+                raise Refused("no fresh BTC/CAD price to turn CAD into sats; try again later or give --sats")
+            sats = int((Decimal(body["cad"]) * 100_000_000 / price[0]).to_integral_value(rounding=ROUND_FLOOR))
+        return self._request(sender, kind=body["kind"], to=body["to"], sats=sats, reason=body["reason"])
+
+    def _cmd_refund(self, sender, body):
+        from ..business_mgr.queries import invoice
+
+        inv = invoice(self.database, body["invoice"])
+        if inv is None:
+            raise Refused(f"no invoice {body['invoice']}")
+        owed = inv["refund_sats"]
+        if owed <= 0:
+            raise Refused(f"invoice {body['invoice']} ({inv['state']}) owes nothing back")
+        sats = owed
+        if body["rate"] == "now":  # the CAD value of what was paid, at the invoice's rate, in sats of today
+            price = self._price()
+            if price is None:
+                raise Refused("no fresh BTC/CAD price for --rate now; try again later or use --rate then")
+            cad = Decimal(owed) * Decimal(str(inv["cad_per_btc"])) / 100_000_000
+            sats = int((cad * 100_000_000 / price[0]).to_integral_value(rounding=ROUND_FLOOR))
+        reason = body["reason"] or f"refund of invoice {body['invoice']} ({inv['state']}, rate {body['rate']})"
+        return self._request(sender, kind="refund", to=body["to"], sats=sats, reason=reason,
+                             invoice=str(body["invoice"]))
+
+    def _cmd_approve(self, sender, body):
+        p, ready = ledger.decide(body["payout"], sender, "approve", self.policy, reason=body["reason"],
+                                 clock=self.clock)
+        return [], {"payout": p.id, "state": p.state}
+
+    def _cmd_reject(self, sender, body):
+        p, _ = ledger.decide(body["payout"], sender, "reject", self.policy, reason=body["reason"], clock=self.clock)
+        return [self._event(p, "cancelled", sender, p.state_reason)], {"payout": p.id, "state": p.state}
+
+    def _cmd_cancel(self, sender, body):
+        p = ledger.cancel(body["payout"], sender, body["reason"] or f"cancelled by {sender}", clock=self.clock)
+        return [self._event(p, "cancelled", sender, p.state_reason)], {"payout": p.id, "state": p.state}
+
+    def _cmd_import(self, sender, body):
+        p, new = service.take_signatures(self.treasury, body["payout"], body["psbt"], sender, clock=self.clock)
+        signers = ledger.PayoutSignature.select().where(ledger.PayoutSignature.payout == p.id).count()
+        events = []
+        if new:
+            events.append(self._event(p, "signature", sender, f"signed by {', '.join(new)}", signers=signers))
+        if p.state == "signed":
+            events.append(self._event(p, "signed", sender, "enough signatures: final", signers=signers))
+        return events, {"payout": p.id, "state": p.state}
+
+    def _event(self, p: Payout, state: str, by: str | None, reason: str | None, **more) -> tuple[str, dict]:
+        return (f"payout.{state}", {"payout": p.id, "state": p.state, "kind": p.kind, "sats": p.sats, "txid": p.txid,
+                                    "by": by, "reason": (reason or "")[:512] or None,
+                                    "signers": more.get("signers"), "needed": self.treasury.threshold})
+
+    # -- building, broadcasting, the clock ---------------------------------------------------
+
+    def _after_change(self) -> None:
+        self._build_ready()
+        self._rebroadcast()
+        self.flush_payouts()
+
+    @every(1.0)
+    def flush_payouts(self):
+        if self.unsent:
+            self.outbox.flush(self.runtime)
+            self.unsent = self.outbox.pending() > 0
+
+    def _record(self, p: Payout, state: str, by: str | None, reason: str | None) -> None:
+        """(In the caller's transaction) the event of a change made outside a command."""
+        topic, body = self._event(p, state, by, reason)
+        from ..outbox import event_id
+        eid = event_id("payout", p.id, state, int(self.clock()), reason or "")
+        self.outbox.add(topic, body, eid)
+        self.unsent = True
+
+    def _spendable(self) -> list[tx.Utxo]:
+        return [tx.Utxo(u["txid"], u["vout"], u["sats"], u["branch"] == "change", u["index"], u["prev_tx"])
+                for u in queries.spendable(self.database)]
+
+    def _next_change_index(self) -> int:
+        used = {u for (u,) in PayoutUtxo.select(PayoutUtxo.position).where(PayoutUtxo.branch == "change").tuples()}
+        used |= {c for (c,) in Payout.select(Payout.change_index).where(
+            Payout.change_index.is_null(False) & Payout.state.not_in(ledger.ENDED_UNPAID)).tuples()}
+        return max(used) + 1 if used else 0
+
+    @every(BUILD_RETRY)
+    def _build_ready(self) -> None:
+        """Build the PSBT of every requested payout that has its approvals."""
+        if self.treasury is None or self.policy_error:
+            return
+        waiting = [p for p in Payout.select().where(Payout.state == "requested").order_by(Payout.id)
+                   if ledger.approvals(p.id) >= self.policy["approvals"]]
+        if not waiting:
+            return
+        rate = service.feerate(self.policy, self.fee_estimates)
+        utxos = self._spendable()
+        for p in waiting:
+            try:
+                with write_transaction(self.database):
+                    p = service.build(self.treasury, self.policy, p.id, utxos, rate=rate,
+                                      change_index=self._next_change_index(), clock=self.clock)
+                    self._record(p, "awaiting_signatures", None, f"{len(p.outpoints)} input(s), fee {p.fee} sats "
+                                                                f"at {rate} sat/vB")
+                log.info("payout %d built: %s, %d input(s), fee %d sats; waiting for %d signature(s)", p.id, p.txid,
+                         len(p.outpoints), p.fee, self.treasury.threshold)
+            except (tx.PayoutError, PayoutRefused) as exc:
+                if p.state_reason != f"waiting: {exc}":
+                    log.warning("payout %d cannot be built yet: %s", p.id, exc)
+                    Payout.update(state_reason=f"waiting: {exc}"[:1000]).where(Payout.id == p.id).execute()
+        if self.unsent:
+            self.flush_payouts()
+
+    @every(REBROADCAST)
+    def _rebroadcast(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for p in Payout.select().where(Payout.state == "signed"):
+            if force or now - self._broadcast_at.get(p.id, -REBROADCAST) >= REBROADCAST:
+                self._broadcast_at[p.id] = now
+                self.jobs.put(("broadcast", p.id, p.raw_tx, p.txid))
+
+    @every(60.0)
+    def _expire(self) -> None:
+        with write_transaction(self.database):  # the change and its events together
+            expired = ledger.expire(clock=self.clock)
+            for pid in expired:
+                self._record(Payout.get_by_id(pid), "expired", None, "not signed in time")
+        if expired:
+            log.info("payouts expired (not signed in time): %s", expired)
+            self.flush_payouts()
+
+    @every(FEES_EVERY)
+    def _ask_fees(self) -> None:
+        if self.treasury is not None:
+            self.jobs.put(("fees",))
+
+    def _queue_lookup(self) -> None:
+        """Ask the worker where the chain has each pending payout's transaction."""
+        if self._lookup_queued or self.treasury is None:
+            return
+        recent = int(self.clock()) - 86_400
+        rows = [(p.id, p.txid, p.state, p.outpoints) for p in Payout.select().where(
+            Payout.txid.is_null(False) & (Payout.state.in_(("awaiting_signatures", "signed", "broadcast"))
+                                          | ((Payout.state == "confirmed") & (Payout.updated_at >= recent))))]
+        if rows:
+            self._lookup_queued = True
+            self.jobs.put(("lookup", rows))
+
+    # -- the worker's jobs (network calls; results applied on the loop) ----------------------
+
+    def _desk_job(self, job) -> None:
+        """(Worker) fees, broadcast, lookup."""
+        if job[0] == "fees":
+            estimates = self.adaptor.fee_estimates()
+            self.runtime.call_soon(setattr, self, "fee_estimates", estimates)
+        elif job[0] == "broadcast":
+            _, pid, raw_hex, txid = job
+            try:
+                self.adaptor.broadcast(raw_hex)
+                self.runtime.call_soon(self._broadcast_done, pid, "the node took it")
+            except Exception as exc:
+                text = str(exc)
+                if any(k in text.lower() for k in ALREADY_KNOWN):
+                    self.runtime.call_soon(self._broadcast_done, pid, "the node had it already")
+                else:
+                    self.runtime.call_soon(self._broadcast_refused, pid, text[:300])
+        elif job[0] == "lookup":
+            found = [(pid, self.adaptor.transaction(txid)) for pid, txid, _, _ in job[1]]
+            self.runtime.call_soon(self._looked_up, job[1], found)
+
+    def _broadcast_done(self, pid: int, how: str) -> None:
+        with write_transaction(self.database):
+            p = ledger.chain_state(pid, "broadcast", "payout_mgr", how, clock=self.clock)
+            if p is not None:
+                self._record(p, "broadcast", None, how)
+        if p is not None:
+            log.info("payout %d broadcast: %s (%s)", pid, p.txid, how)
+            self.flush_payouts()
+
+    def _broadcast_refused(self, pid: int, reason: str) -> None:
+        log.error("payout %d not broadcast: %s (tried again in %d s; if an input was spent elsewhere the "
+                  "payout is invalidated once that spend confirms)", pid, reason, REBROADCAST)
+        Payout.update(state_reason=f"not broadcast yet: {reason}"[:1000]).where(Payout.id == pid).execute()
+
+    def _looked_up(self, rows, found) -> None:
+        self._lookup_queued = False
+        spent = {f"{t}:{v}" for t, v in PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout)
+                 .where(PayoutUtxo.state == "spent").tuples()}
+        with write_transaction(self.database):
+            for (pid, txid, state, inputs), (_, t) in zip(rows, found):
+                change = None
+                if t is not None and t.height is not None:
+                    change = ledger.chain_state(pid, "confirmed", "payout_mgr", f"confirmed at height {t.height}",
+                                                clock=self.clock) if state != "confirmed" else None
+                    new = "confirmed"
+                elif t is not None:
+                    new = "broadcast"
+                    change = ledger.chain_state(pid, "broadcast", "payout_mgr",
+                                                "in the mempool" if state != "confirmed" else "reorged out",
+                                                clock=self.clock) if state != "broadcast" else None
+                elif spent & set(inputs):
+                    new = "invalidated"
+                    change = ledger.chain_state(pid, "invalidated", "payout_mgr",
+                                                "an input was spent by another transaction", clock=self.clock)
+                else:
+                    continue
+                if change is not None:
+                    self._record(change, new, None, change.state_reason)
+                    log.info("payout %d %s: %s", pid, new, change.state_reason)
+        self.flush_payouts()

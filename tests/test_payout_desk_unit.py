@@ -1,0 +1,286 @@
+"""PayoutMgr's payouts on the fake runtime (actors/payout_mgr/desk.py), on SQLite and PostgreSQL:
+commands from admins, building, co-signing with the demo's three software keys, broadcast once
+(also across a restart between finalizing and broadcasting), the chain's answers, invalidation.
+
+The test plays the chain notifier and, through a fake ChainAdaptor (tests/test_payout_utxos_unit.py
+FakeNode, with a mempool and broadcast here), the node.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from embit.transaction import Transaction
+
+from actors.chain.adaptor import ChainError, TxOut
+from actors.payout_mgr import ledger, service
+from actors.payout_mgr import psbt as tx
+from actors.payout_mgr.ledger import Payout
+from proto.errors import NotGranted
+from keys.identity import IdentityKeys
+from keys.registry import Registry
+from tests.test_payout_utxos_unit import FakeNode, Payouts
+from tests.unit_db import empty, unit_home
+
+DEST = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+PRICE = "100000.00"  # CAD per BTC: 1,000 sats = 1.00 CAD
+
+
+class Node(FakeNode):
+    """FakeNode with a mempool: broadcast checks the inputs, refuses what it has, mine() confirms."""
+
+    def __init__(self):
+        super().__init__()
+        self.broadcasts: list[str] = []
+        self.refuse: str | None = None
+
+    def fee_estimates(self, targets=(1, 3, 6, 144)):
+        self._up()
+        from decimal import Decimal
+        return {1: Decimal("20"), 6: Decimal("3"), 144: Decimal("1")}
+
+    def broadcast(self, raw_hex):
+        self._up()
+        if self.refuse:
+            raise ChainError(self.refuse)
+        t = Transaction.parse(bytes.fromhex(raw_hex))
+        txid = t.txid().hex()
+        self.broadcasts.append(txid)
+        if txid in self.txs:
+            raise ChainError("RPC error -27: Transaction already in block chain"
+                             if self.txs[txid][1] is not None else "RPC error -26: txn-already-in-mempool")
+        for v in t.vin:
+            if (v.txid.hex(), v.vout) not in self.utxos:
+                raise ChainError("RPC error -25: bad-txns-inputs-missingorspent")
+        self.txs[txid] = (bytes.fromhex(raw_hex), None)
+        return txid
+
+    def mine(self, txid, height):
+        """Confirm a transaction: its inputs leave the UTXO set, its outputs enter it."""
+        raw, _ = self.txs[txid]
+        t = Transaction.parse(raw)
+        self.txs[txid] = (raw, height)
+        for v in t.vin:
+            self.utxos.pop((v.txid.hex(), v.vout), None)
+        from embit.networks import NETWORKS
+        for n, o in enumerate(t.vout):
+            self.utxos[(txid, n)] = TxOut(txid, n, o.script_pubkey.data.hex(),
+                                          o.script_pubkey.address(NETWORKS["regtest"]), o.value, height)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def home(request, tmp_path_factory):
+    """A home per database kind, with three admins besides `admin`: alice, bob and carol."""
+    with unit_home(request.param, tmp_path_factory.mktemp("payout_desk") / "home", "payout_desk") as h:
+        registry = Registry.load(h.registry_path)
+        for name in ("alice", "bob", "carol"):
+            keys = IdentityKeys.generate(name)
+            registry.add(keys, "admin")
+            keys.save(h.key_file(name))
+        registry.save()
+        yield h
+
+
+@pytest.fixture
+def desk(home):
+    empty(home.database_url)
+    p = Payouts(home, Node())
+    p.run(0.5)  # discovery answered, every address watched
+    p.rt.send("price.btc_cad", {"cad_per_btc": PRICE, "sources": [], "used": 2,
+                                "as_of": int(p.clock.time() * 1000)}, sender="price_notifier")
+    yield p
+    p.close()
+
+
+def _fund(desk, sats, index=0):
+    txid, address = desk.node.fund(desk.treasury, index, sats, confirmed_at=200)
+    desk.chain(address, sats, "confirmed", txid, confirmations=1, height=200)
+    desk.rt.wait_for(lambda: desk.utxo(txid).raw_tx is not None, what="the raw transaction")
+    return txid
+
+
+def _cmd(desk, verb, sender="alice", **body):
+    body = {"id": os.urandom(16), "expires": int(desk.clock.time()) + 60, **body}
+    desk.rt.send(f"cmd.payouts.{verb}", body, sender=sender)
+    (ack,) = desk.rt.bodies("payouts.ack", id=body["id"])
+    return ack
+
+
+def _request(desk, sats=50_000, sender="alice", **kw):
+    body = {"to": DEST, "sats": sats, "cad": None, "kind": "manual", "reason": "revenue share", **kw}
+    return _cmd(desk, "request", sender, **body)
+
+
+def _cosign(desk, pid, n, sender):
+    """A co-signer signs with their demo key (HOME/demo/cosignerN.key) and imports the signatures."""
+    secret = (desk.home.root / "demo" / f"cosigner{n}.key").read_text()
+    with desk.db.bind_ctx(ledger.MODELS):
+        theirs = tx.decode(Payout.get_by_id(pid).psbt)
+    tx.sign(desk.treasury, theirs, secret)
+    return _cmd(desk, "import", sender, payout=pid, psbt=service.signatures_only(theirs.to_base64()))
+
+
+def _payout(desk, pid):
+    with desk.db.bind_ctx(ledger.MODELS):
+        return Payout.get_by_id(pid)
+
+
+def _events(desk, pid):
+    return [t.split(".", 1)[1] for t, b in desk.rt.published if t.startswith("payout.") and b["payout"] == pid]
+
+
+def test_a_payout_from_request_to_confirmed(desk):
+    _fund(desk, 200_000)
+    ack = _request(desk)
+    assert (ack["status"], ack["state"]) == ("done", "requested")
+    pid = ack["payout"]
+    refused = _cmd(desk, "approve", "alice", payout=pid, reason=None)
+    assert refused["status"] == "refused" and "cannot approve their own" in refused["reason"]
+    assert _cmd(desk, "approve", "bob", payout=pid, reason=None)["status"] == "done"
+    p = _payout(desk, pid)
+    assert p.state == "awaiting_signatures" and p.change_index == 0
+    assert Decimal_rate(p) >= 3  # the node's estimate for 6 blocks
+    assert _cosign(desk, pid, 1, "alice")["state"] == "awaiting_signatures"
+    assert _cosign(desk, pid, 3, "carol")["state"] == "signed"
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="the broadcast")
+    assert desk.node.broadcasts == [p.txid]
+    desk.node.mine(p.txid, 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "confirmed", what="the confirmation")
+    assert _events(desk, pid) == ["requested", "awaiting_signatures", "signature", "signature", "signed",
+                                  "broadcast", "confirmed"]
+    view = service.summary(desk.treasury, _payout(desk, pid))
+    assert [s["brought_by"] for s in view["signers"] if s["signed"]] == ["alice", "carol"]
+
+
+def Decimal_rate(p):
+    from decimal import Decimal
+    return Decimal(p.fee) / p.vsize
+
+
+def test_a_command_retried_is_applied_once(desk):
+    body = {"id": os.urandom(16), "expires": int(desk.clock.time()) + 60, "to": DEST, "sats": 10_000, "cad": None,
+            "kind": "manual", "reason": "twice"}
+    for _ in range(2):
+        desk.rt.send("cmd.payouts.request", body, sender="alice")
+    a, b = desk.rt.bodies("payouts.ack", id=body["id"])
+    assert a == b and a["status"] == "done"
+    with desk.db.bind_ctx(ledger.MODELS):
+        assert Payout.select().count() == 1
+
+
+def test_requests_refused_with_the_reason(desk):
+    assert "one of the two" in _request(desk, sats=None)["reason"]
+    assert "not an address of the regtest network" in _request(
+        desk, to="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4")["reason"]
+    assert "above the per-payout limit" in _request(desk, sats=10**9)["reason"]
+    assert "not built yet" in _cmd(desk, "bump", payout=1, feerate="5")["reason"]
+    with pytest.raises(NotGranted):  # a machine cannot ask for money: the policy grants admins only
+        _request(desk, sender="vm1")
+    desk.rt.send("price.stale", {"reason": "sources disagree", "fresh": 1, "needed": 2, "sources": []},
+                 sender="price_notifier")
+    ack = _request(desk, sats=None, cad="10.00")
+    assert ack["status"] == "refused" and "no fresh BTC/CAD price" in ack["reason"]
+
+
+def test_an_amount_in_cad_is_turned_into_sats_at_the_price_now(desk):
+    ack = _request(desk, sats=None, cad="12.34")
+    assert _payout(desk, ack["payout"]).sats == 12_340 and _payout(desk, ack["payout"]).cad_cents == 1234
+
+
+def test_without_money_a_payout_waits_with_the_reason_and_is_built_when_coins_come(desk):
+    pid = _request(desk)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    p = _payout(desk, pid)
+    assert p.state == "requested" and "waiting: the treasury holds 0 sats" in p.state_reason
+    _fund(desk, 100_000, index=3)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "awaiting_signatures", what="the payout built")
+
+
+def test_killed_between_finalizing_and_broadcasting_it_is_broadcast_once_after_restart(desk):
+    _fund(desk, 200_000)
+    pid = _request(desk)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    _cosign(desk, pid, 2, "bob")
+    desk.node.down = True  # the node unreachable: finalized, kept, not broadcast
+    assert _cosign(desk, pid, 3, "carol")["state"] == "signed"
+    desk.rt.wait_for(lambda: (_payout(desk, pid).state_reason or "").startswith("not broadcast yet: fake: "
+                                                                                "connection refused"),
+                     what="the broadcast to fail")
+    assert _payout(desk, pid).state == "signed" and desk.node.broadcasts == []
+    desk.node.down = False
+    desk.restart()
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="the broadcast after the restart")
+    assert desk.node.broadcasts == [_payout(desk, pid).txid]
+    assert [e for e in _events(desk, pid) if e == "broadcast"] == ["broadcast"]
+
+
+def test_a_broadcast_whose_answer_was_lost_counts_when_the_node_says_it_has_it(desk):
+    """Killed after the node took the transaction, before that was recorded: the broadcast at the
+    next start meets "already in the mempool", which is the payout broadcast, once."""
+    _fund(desk, 200_000)
+    pid = _request(desk)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    _cosign(desk, pid, 1, "alice")
+    desk.node.down = True
+    _cosign(desk, pid, 2, "bob")
+    desk.rt.wait_for(lambda: (_payout(desk, pid).state_reason or "").startswith("not broadcast yet"),
+                     what="the broadcast to fail")
+    p = _payout(desk, pid)
+    desk.node.txs[p.txid] = (bytes.fromhex(p.raw_tx), None)  # it reached the node after all
+    desk.node.down = False
+    desk.restart()
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="the payout broadcast")
+    assert desk.node.broadcasts == [p.txid]  # one attempt, answered "already in the mempool"
+    assert "had it already" in _payout(desk, pid).state_reason
+
+
+def test_an_input_spent_elsewhere_while_signatures_are_collected_invalidates_the_payout(desk):
+    txid = _fund(desk, 200_000)
+    pid = _request(desk)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    _cosign(desk, pid, 1, "alice")
+    # a co-signer spends the same coin from their own wallet; it confirms
+    from embit.script import Script
+    from embit.transaction import TransactionInput, TransactionOutput
+    other = Transaction(vin=[TransactionInput(bytes.fromhex(txid), 0)],
+                        vout=[TransactionOutput(190_000, Script(bytes.fromhex("0014" + "22" * 20)))])
+    desk.node.txs[other.txid().hex()] = (other.serialize(), None)
+    desk.node.mine(other.txid().hex(), 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "invalidated", what="the payout invalidated")
+    assert "spent by another transaction" in _payout(desk, pid).state_reason
+    with desk.db.bind_ctx(ledger.MODELS):
+        assert ledger.claimed_outpoints() == set()
+    assert _cosign(desk, pid, 2, "bob")["status"] == "refused"
+
+
+def test_a_payout_co_signers_finalized_elsewhere_is_recognised_by_its_txid(desk):
+    _fund(desk, 200_000)
+    pid = _request(desk)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    p = _payout(desk, pid)
+    psbt = tx.decode(p.psbt)  # signed and finalized in Sparrow, say, and broadcast from there
+    for n in (1, 2):
+        tx.sign(desk.treasury, psbt, (desk.home.root / "demo" / f"cosigner{n}.key").read_text())
+    final = tx.finalize(desk.treasury, psbt)
+    desk.node.broadcast(final.serialize().hex())
+    desk.block(200)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="the payout recognised")
+    desk.node.mine(p.txid, 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "confirmed", what="its confirmation")
+
+
+def test_two_payouts_take_different_coins(desk):
+    _fund(desk, 120_000, index=0)
+    _fund(desk, 120_000, index=1)
+    a, b = (_request(desk, sats=100_000)["payout"] for _ in range(2))
+    for pid in (a, b):
+        _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    pa, pb = _payout(desk, a), _payout(desk, b)
+    assert pa.state == pb.state == "awaiting_signatures"
+    assert set(pa.outpoints).isdisjoint(pb.outpoints)
+    assert pa.change_index != pb.change_index
