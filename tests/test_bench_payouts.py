@@ -16,3 +16,4 @@ def test_the_payouts_bench_prints_a_ratio_against_embit_alone(capsys):
     assert out["inputs"] == out["baseline_inputs"] >= 2
     assert out["payout_ms"] > 0 and out["baseline_ms"] > 0
     assert out["ratio"] == round(out["payout_ms"] / out["baseline_ms"], 2)
+    assert out["pending"] == 20 and 0 < out["restart_s"] < 60
