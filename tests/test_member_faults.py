@@ -219,3 +219,61 @@ def test_the_dispatcher_killed_in_the_middle_of_a_batch_resends_only_the_mail_in
     finally:
         database.close()
         sink.stop()
+
+
+# -- MemberMail (the process) killed with SIGKILL in the middle of a batch ------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def mail_net(request, tmp_path):
+    """Broker, Vault, member_data and member_mail as processes; member_mail sends to a server
+    here that holds its 250 to the third message it is given."""
+    from tests.harness import Network, home_on
+
+    with home_on(request.param, tmp_path / "home", "faults_net") as h, SmtpSink() as sink:
+        sink._controller.handler = StallNth(sink, 3)
+        path = h.root / "config.toml"
+        old = h.config["member_mail"]["smtp_port"]
+        path.write_text(path.read_text().replace(f"smtp_port = {old}\n", f"smtp_port = {sink.port}\n"))
+        sink.start()
+        net = Network(h).start_healthy("broker", "vault", "member_data", "member_mail")
+        try:
+            yield h, net, sink
+        finally:
+            net.close()
+
+
+@pytest.mark.slow
+def test_member_mail_killed_in_the_middle_of_a_batch_resends_only_the_mail_in_flight_flagged(mail_net, tmp_path):
+    import json
+
+    from tests.harness import dctrl
+
+    home, net, sink = mail_net
+
+    def outbox():
+        return {r["handle"]: r for r in json.loads(dctrl(home, "mail", "outbox", "--json").stdout)}
+
+    dctrl(home, "plans", "set", "regular", "--cad", "40.00", "--period", "month", "--grace-days", "30")
+    assert net.signal("member_mail") == 0  # (it has run: what is recorded from now on is mailed at its start)
+    members = tmp_path / "members.csv"
+    members.write_text("handle,name,email,plan,joined\n"
+                       + "".join(f"{h},{h.title()},{h}@example.org,regular,\n" for h in HANDLES))
+    assert "imported 5 member(s)" in dctrl(home, "members", "import", str(members)).stdout
+    net.start("member_mail")  # its reconciliation queues the five welcomes: one batch
+    wait_for(sink.stalled.is_set, timeout=30, what="the server holding the third welcome")
+    assert net.signal("member_mail", signal.SIGKILL) == -signal.SIGKILL
+    assert {h: r["state"] for h, r in outbox().items()} == {"alice": "sent", "bob": "sent", "carol": "sending",
+                                                            "dave": "queued", "erin": "queued"}
+    sink.release.set()
+    net.start_healthy("member_mail")
+    def all_sent():
+        o = outbox()
+        return len(o) == 5 and all(r["state"] == "sent" for r in o.values()) and o
+    rows = wait_for(all_sent, timeout=30, what="the five welcomes sent")
+    assert {h: (r["possible_duplicate"], r["attempts"]) for h, r in rows.items()} == {
+        "alice": (False, 1), "bob": (False, 1), "carol": (True, 2), "dave": (False, 1), "erin": (False, 1)}
+    for h in HANDLES:
+        got = sink.to(f"{h}@example.org")
+        assert [m["Message-ID"] for m in got] == [rows[h]["message_id"]] * (2 if h == "carol" else 1), h
+        assert [m[POSSIBLE_DUPLICATE] for m in got] == ([None, "yes"] if h == "carol" else [None]), h
+    assert "found in state 'sending' at start-up" in net.log("member_mail")
