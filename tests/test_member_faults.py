@@ -13,6 +13,7 @@ Waits are predicates with a deadline, never sleeps.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import signal
 import subprocess
@@ -21,17 +22,19 @@ import time
 
 import pytest
 
+from actors.db import connect
 from actors.member_data.actor import MemberData
 from actors.member_data.models import MemberAdjustment, MemberPayment
 from actors.member_data.queries import chain_payments
+from actors.member_mail.actor import MemberMail
 from actors.member_mail.dispatcher import Dispatcher
 from actors.member_mail.message import POSSIBLE_DUPLICATE
 from actors.member_mail.models import MailOutbox
 from actors.member_mail.outbox import Outbox
 from actors.member_mail.templates import SAMPLES
-from actors.member_mail.actor import MemberMail
+from actors.reporter.reports import member_report
 from actors.testing import FakeClock, FakeRuntime
-from tests.harness import ROOT, wait_for
+from tests.harness import ROOT, Network, dctrl, home_on, wait_for
 from tests.smtp_sink import Handler, SmtpSink
 from tests.test_member_dues_unit import Dues
 from tests.unit_db import empty, unit_home
@@ -90,8 +93,6 @@ class World:
                                   timeout=15, what=f"{n} mail(s) sent")
 
     def balance(self):
-        from actors.reporter.reports import member_report
-
         today = datetime.datetime.fromtimestamp(self.dues.clock.time(), datetime.timezone.utc).date()
         return member_report(self.dues.db, "ada", today)["balance_cents"]
 
@@ -178,8 +179,6 @@ HANDLES = ("alice", "bob", "carol", "dave", "erin")
 
 def test_the_dispatcher_killed_in_the_middle_of_a_batch_resends_only_the_mail_in_flight_flagged(home):
     empty(home.database_url)
-    from actors.db import connect
-
     sink = SmtpSink()
     sink._controller.handler = StallNth(sink, 3)  # (before start: the server is made with it)
     sink.start()
@@ -227,8 +226,6 @@ def test_the_dispatcher_killed_in_the_middle_of_a_batch_resends_only_the_mail_in
 def mail_net(request, tmp_path):
     """Broker, Vault, member_data and member_mail as processes; member_mail sends to a server
     here that holds its 250 to the third message it is given."""
-    from tests.harness import Network, home_on
-
     with home_on(request.param, tmp_path / "home", "faults_net") as h, SmtpSink() as sink:
         sink._controller.handler = StallNth(sink, 3)
         path = h.root / "config.toml"
@@ -244,10 +241,6 @@ def mail_net(request, tmp_path):
 
 @pytest.mark.slow
 def test_member_mail_killed_in_the_middle_of_a_batch_resends_only_the_mail_in_flight_flagged(mail_net, tmp_path):
-    import json
-
-    from tests.harness import dctrl
-
     home, net, sink = mail_net
 
     def outbox():
