@@ -13,6 +13,7 @@ Waits are predicates with a deadline, never sleeps.
 from __future__ import annotations
 
 import datetime
+import os
 import json
 import logging
 import signal
@@ -270,3 +271,63 @@ def test_member_mail_killed_in_the_middle_of_a_batch_resends_only_the_mail_in_fl
         assert [m["Message-ID"] for m in got] == [rows[h]["message_id"]] * (2 if h == "carol" else 1), h
         assert [m[POSSIBLE_DUPLICATE] for m in got] == ([None, "yes"] if h == "carol" else [None]), h
     assert "found in state 'sending' at start-up" in net.log("member_mail")
+
+
+# -- two admins changing one member's details at once ----------------------------------------------
+
+def test_two_admins_setting_one_members_email_at_once_are_applied_in_turn(home, monkeypatch):
+    """As tests/test_member_data_unit.py's two writers (pay, leave), for `members set`: each
+    writer holds after reading the member until the other has read it too, or half a second.
+    With the row locked the second reads what the first wrote: the same new address twice is
+    applied once and refused once ("nothing to change"); two different ones are both applied, in
+    turn, each a details fact. Without the lock both would read the old address."""
+    import threading
+
+    from actors.member_data.models import MemberFact, seal_personal
+    from actors.member_data.queries import email_of
+
+    empty(home.database_url)
+    dues = Dues(home)
+    try:
+        dues.plan()
+        dues.add("ada")
+        actor = dues.actor
+        original = MemberData._locked_member
+        for emails, expect in ((("new@example.org", "new@example.org"), ["done", "refused"]),
+                               (("one@example.org", "two@example.org"), ["done", "done"])):
+            barrier = threading.Barrier(2)
+
+            def locked_then_wait(self, handle):
+                m = original(self, handle)
+                try:
+                    barrier.wait(0.5)  # both here at once only if the first did not lock the row
+                except threading.BrokenBarrierError:
+                    pass
+                return m
+            monkeypatch.setattr(MemberData, "_locked_member", locked_then_wait)
+            acks = {}
+
+            def run(email):
+                body = {"id": os.urandom(16), "expires": int(dues.clock.time()) + 60, "handle": "ada",
+                        "personal": seal_personal(dues.public, name=None, email=email)}
+                ack = actor.execute("cmd.members.set", body)[0]
+                acks[email] = acks.get(email, []) + [(ack["status"], ack["reason"])]
+                actor.database.close()  # this thread's connection
+            threads = [threading.Thread(target=run, args=(e,)) for e in emails]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert sorted(s for v in acks.values() for s, _ in v) == expect, acks
+            assert barrier.broken, "the second writer read the member while the first held it"
+            monkeypatch.setattr(MemberData, "_locked_member", original)
+            if expect == ["done", "refused"]:
+                assert any("nothing to change" in (r or "") for v in acks.values() for _, r in v)
+                assert email_of(dues.db, "ada") == "new@example.org"
+            else:
+                assert email_of(dues.db, "ada") in emails
+        details = [f for f in MemberFact.select().where(MemberFact.handle == "ada").bind(dues.db)
+                   if f.kind == "details"]
+        assert len(details) == 3 and all(f.detail == "email" for f in details)
+    finally:
+        dues.close()
