@@ -4,8 +4,11 @@
   test playing the chain notifier as tests/test_member_dues_unit.py does) reverses it once, the
   balance is back, and MemberMail (on the fake runtime, a real SMTP server on loopback) sends no
   second receipt and no mail about the reversal (no mail kind says it: docs/architecture.md);
-- the mail dispatcher killed with SIGKILL in the middle of a batch: what the server answered is
-  not sent again, the one it held is sent again flagged, the rest go once.
+- MemberMail killed with SIGKILL in the middle of a batch (the dispatcher in a process of its
+  own, and member_mail as a real process on the bus): what the server answered is not sent
+  again, the one it held is sent again flagged, the rest go once;
+- two admins setting one member's email at once (as tests/test_member_data_unit.py's pay and
+  leave).
 
 Waits are predicates with a deadline, never sleeps.
 """
