@@ -415,6 +415,39 @@ def test_a_restart_values_at_once_at_the_last_price_if_still_fresh_and_never_at_
             "57000.00"]
 
 
+def test_a_payment_made_while_down_counts_after_a_restart_though_the_first_acks_are_lost_and_the_price_late(dues):
+    """The orderings after a restart (tests/test_member_dues.py's flaky restart): the re-sent watch
+    answered before this process hears its answers (lost: the bus keeps nothing), then answered
+    again before the discovery is, with the price too old to value the payment at; it counts at
+    the next price, once, and the next address comes once the discovery answers."""
+    dues.ready(confirmations=2)
+    address = dues.address()
+    dues.rt.advance(61)  # the last price is older than price_max_age when the process comes back
+    dues.restart()
+    dues.rt.advance(0.5)
+    sent = [b for t, b in dues.rt.published if t == "cmd.chain.watch"]
+    assert [b["address"] for b in sent] == [address] and dues.rt.bodies("cmd.chain.discover")
+    dues.rt.advance(dues.actor.cfg["watch_retry"])  # no answer heard: asked again, the same id
+    again = [b for t, b in dues.rt.published if t == "cmd.chain.watch"][len(sent):]
+    assert [b["id"] for b in again] == [sent[0]["id"]]
+    tx = hashlib.sha256(b"paid while down").hexdigest()
+    output = {"txid": tx, "vout": 0, "sats": 80_000, "state": "confirmed", "confirmations": 2, "height": 120,
+              "rbf": False, "seen_at": int(dues.clock.time()) - 30, "by": None}
+    for _ in range(2):  # (a duplicate answer changes nothing)
+        dues.rt.send("chain.watch.ack", {"id": again[0]["id"], "address": address, "script": "0014" + "00" * 20,
+                                         "status": "watching", "reason": None, "outputs": [output]},
+                     sender="chain_notifier")
+    (cp,) = chain_payments(dues.db, "ada")
+    assert (cp["state"], cp["confirmations"], cp["cad_per_btc"]) == ("confirmed", 2, None)
+    assert dues.count(MemberPayment) == 0  # no fresh price: it waits, it is not lost
+    dues.price(PRICE)
+    (pay,) = dues.shown()["payments"]
+    assert (pay["txid_vout"], pay["cents"]) == (f"{tx}:0", 4000)
+    assert dues.address() == address  # no next address before the discovery has answered
+    dues.run(1.0)  # the discovery answered
+    assert dues.address() != address and dues.count(MemberPayment) == 1
+
+
 def test_the_bip21_uri_carries_one_periods_dues_rounded_up_to_the_satoshi():
     assert dues_uri("bcrt1qx") == "bitcoin:bcrt1qx"
     assert dues_uri("bcrt1qx", 4000, "50000.00") == "bitcoin:bcrt1qx?amount=0.00080000"
