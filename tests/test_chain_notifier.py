@@ -367,6 +367,42 @@ def test_a_watch_without_since_or_for_a_newer_address_does_not_rescan(home, sim)
     n.database.close()
 
 
+def test_a_rescan_done_is_not_done_again_when_the_watch_is_sent_again(home, sim):
+    """Watchers send every watch again at each start, with the address's birth. The blocks the
+    first rescan walked are not fetched again (found by h4: each member_data start refetched
+    every block back to every member's address birth), also by a notifier restarted, whose
+    block times beyond the last few are gone; a watch with an earlier birth rescans again."""
+    clock = Clock(int(time.time()))
+    n = _notifier(home, sim, clock)
+    n.sync_blocks()
+    clock.t += 100
+    since = int(clock.t)
+    address = sim.new_address()
+    txid = sim.pay(address, "0.0007")
+    sim.mine(1)
+    clock.t += 10
+    n.sync_blocks()  # processed while nobody watched the address
+    calls = []
+    real = n.adaptor.block
+    n.adaptor.block = lambda h: calls.append(h) or real(h)
+    script = n.watch(address, "dues ada", since=since)["script"]
+    assert [o["txid"] for o in n.outputs(script)] == [txid] and len(calls) >= 1
+    calls.clear()
+    n.watch(address, "dues ada", since=since)  # the watcher restarted
+    assert calls == []
+    n.database.close()
+    from actors.chain_notifier.models import ChainBlock
+    n = _notifier(home, sim, clock)  # restarted, and the block times it kept are gone
+    ChainBlock.update(processed_at=None).execute()
+    n.adaptor.block = lambda h: calls.append(h) or real(h)
+    n.watch(address, "dues ada", since=since)
+    assert calls == []
+    n.watch(address, "dues ada", since=since - 3600)  # an earlier birth: looked at again
+    assert calls != []
+    assert [o["txid"] for o in n.outputs(script)] == [txid]  # and found once
+    n.database.close()
+
+
 # -- discovery: which receive addresses have history (issue 9.3) --------------------------
 
 def test_discovery_finds_the_highest_used_index_within_the_gap(home, sim):

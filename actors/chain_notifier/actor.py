@@ -128,7 +128,8 @@ class ChainNotifier(Actor):
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
         ensure_tables(self.database, TABLES, add_columns={ChainOutput: ["seen_at", "replaced_by"],
-                                                          ChainBlock: ["processed_at"]})  # (older versions)
+                                                          ChainBlock: ["processed_at"],
+                                                          ChainWatched: ["rescanned_since"]})  # (older versions)
         self.sql = Statements(self.database)  # a payment's path: fixed statements (see actors/db.py)
         self.commands: queue.Queue = queue.Queue()
         self.sent: queue.Queue = queue.Queue()
@@ -317,8 +318,14 @@ class ChainNotifier(Actor):
             ChainWatched.insert(script=script_hex, address=address, label=label, created=watched_from) \
                 .on_conflict_ignore().execute()
         self._watched[script_hex] = (address, label)
-        if since is not None:
-            self._rescan(script_hex, int(since), watched_from)
+        done = known.rescanned_since if known else None
+        # A watcher sends every watch again at each of its starts (with the address's birth): a
+        # rescan already done back to that birth is not done again. (Without this, each start of
+        # member_data refetched every block since each member's address was handed out, beyond
+        # the few block times kept: about 1,900 blocks for an address a month old, per address.)
+        if since is not None and (done is None or int(since) < done):
+            if self._rescan(script_hex, int(since), watched_from):
+                ChainWatched.update(rescanned_since=int(since)).where(ChainWatched.script == script_hex).execute()
         # A payment to it may already be waiting in the mempool (the customer was quick).
         self._recheck.extend(t for t, scripts in self._mempool_checked.items() if script_hex in scripts)
         self.status["watched"] = len(self._watched)
@@ -377,8 +384,10 @@ class ChainNotifier(Actor):
 
     # -- blocks ---------------------------------------------------------------
 
-    def _rescan(self, script: str, since: int, watched_from: int):
-        """Record payments to ``script`` in blocks processed while it was not watched.
+    def _rescan(self, script: str, since: int, watched_from: int) -> bool:
+        """Record payments to ``script`` in blocks processed while it was not watched; True when
+        the walk is complete (False: nothing processed yet, so nothing to walk; an exception: the
+        node is away, and the watch is not acked).
 
         Walks back from the cursor. A block processed more than ``CLOCK_SLACK`` s before
         ``since`` was mined before the address existed: the walk ends there. One processed
@@ -389,7 +398,7 @@ class ChainNotifier(Actor):
         handed out, stops at the first block and costs no RPC."""
         cursor = ChainCursor.get_or_none(id=1)
         if cursor is None:  # nothing processed yet: the first sync starts at the tip, which it rescans below
-            return
+            return False
         known = {b.height: b for b in ChainBlock.select().where(ChainBlock.height <= cursor.height)}
         found, scanned = 0, 0
         for height in range(cursor.height, max(-1, cursor.height - int(self.cfg["rescan_limit"])), -1):
@@ -414,6 +423,7 @@ class ChainNotifier(Actor):
         if scanned:
             log.info("rescanned %d block(s) for %s handed out at %d: %d payment(s) found", scanned,
                      self._watched[script][0], since, found)
+        return True
 
     def sync_blocks(self):
         tip = self.adaptor.tip()

@@ -21,6 +21,10 @@ class ChainWatched(Base):
     address = peewee.CharField(max_length=100)
     label = peewee.CharField(null=True, max_length=64)
     created = peewee.BigIntegerField()
+    # the earliest ``since`` a rescan for this script completed back to (NULL: none yet): the
+    # blocks processed before ``created`` were looked at down to it, those after were scanned
+    # live, so a watch again with a ``since`` not earlier needs no rescan
+    rescanned_since = peewee.BigIntegerField(null=True)
 
 
 class ChainCursor(Base):
