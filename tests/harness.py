@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -28,10 +29,42 @@ ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 15.0
 
 
+def _port_slice() -> tuple[int, int]:
+    """This process's range of ports: below the kernel's ephemeral range, split between xdist workers."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    low, high = 10_000, max(10_500, ephemeral)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker[2:].isdigit() else 0
+    width = (high - low) // 8
+    return low + (n % 8) * width, low + (n % 8 + 1) * width
+
+
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now, for a server a test starts later. Not one the kernel picks
+    (binding port 0 gives one of its ephemeral range, which every outgoing connection on the
+    machine draws from too, and hands the same port to the next caller once released: a
+    chain simulator failed with "Address already in use" on 127.0.0.1:35171): a random one
+    below that range, from this xdist worker's own slice, never the same twice in a process."""
+    low, high = _port_slice()
+    for _ in range(500):
+        port = random.randrange(low, high)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {low}..{high}")
 
 
 def new_home(path, heartbeat_interval=1, database_url=None) -> Home:
