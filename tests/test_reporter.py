@@ -249,6 +249,17 @@ def test_on_demand_commands_are_answered_and_snapshots_stored(world):
     cid = os.urandom(16)  # expired
     world.send("cmd.report.run", {"id": cid, "expires": int(world.clock.time()) - 1, "as_of": None}, sender="admin")
     assert world.rep.bodies("report.ack", id=cid)[0]["status"] == "refused"
+    # a run folds what has settled into the kept totals (actors/reporter/totals.py); the reports stay the same
+    from actors.reporter.reports import member_rows
+    from actors.reporter.totals import cursor, kept_rows
+
+    db = world.reporter.database
+    before = member_rows(db, D("2027-01-16"))
+    world.set_day(D("2027-01-16"))
+    world.reporter.run()
+    assert cursor(db).payment > 0 and cursor(db).fact > 0
+    assert list(kept_rows(db, D("2027-01-16"))[0]) == ["ada"]
+    assert member_rows(db, D("2027-01-16")) == before
 
 
 # -- the fast path agrees with the core ---------------------------------------------------

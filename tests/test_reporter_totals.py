@@ -358,3 +358,17 @@ def test_rows_made_within_the_settling_time_stay_past_the_cursor_yet_are_read(db
     fold(db, NOW + SETTLE_S)
     assert cursor(db).payment == young + 1 and cursor(db).invoice > 0
     check(db, [D("2025-03-31"), datetime.datetime.fromtimestamp(NOW, datetime.timezone.utc).date()])
+
+
+def test_a_fold_in_small_chunks_gives_the_totals_of_one_fold(db):
+    rnd = random.Random(3)
+    members = [f"c{i:02d}" for i in range(8)]
+    for i, h in enumerate(members):
+        member(db, h, D("2024-02-01") + timedelta(days=11 * i))
+    random_rows(db, rnd, members, 90, 15, 50)
+    report_tables(db)
+    done = fold(db, NOW, as_of=D("2025-01-31"), chunk=7)
+    assert (done["payments"], done["adjustments"], done["facts"]) == (90, 15, 16)
+    assert cursor(db).payment == sql(db, 'SELECT MAX("id") FROM "member_payment"').fetchone()[0]
+    assert cursor(db).invoice == sql(db, 'SELECT MAX("id") FROM "sales_invoice"').fetchone()[0] + 1
+    check(db, [D("2025-01-31"), D("2025-02-15"), D("2026-01-01")])

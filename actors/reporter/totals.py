@@ -56,6 +56,9 @@ SETTLE_S = 600  # a fold leaves rows younger than this past the cursor (not yet 
 CLOSED = ("vended", "overpaid", "expired", "underpaid", "failed")  # BusinessMgr's closed states
 UNFINISHED_VENDS = ("sent", "unanswered")  # a vend that can still dispense an item
 IN_CHUNK = 500  # handles per IN (...) list
+FOLD_CHUNK = 20_000  # rows of each table per write transaction of a fold
+STATE_COLUMNS = ("state_on", "state_until", "status", "paid_through", "balance_cents", "next_charge",
+                 "next_charge_cents")
 
 
 def _rows(database, sql: str, *params) -> list[tuple]:
@@ -250,91 +253,128 @@ def sales_income(database, as_of: date) -> list[Sale]:
 
 # -- the fold (the Reporter only) ------------------------------------------------------------------
 
-def fold(database, now: float | None = None, settle_s: int = SETTLE_S, as_of: date | None = None) -> dict:
+def fold(database, now: float | None = None, settle_s: int = SETTLE_S, as_of: date | None = None,
+         chunk: int = FOLD_CHUNK) -> dict:
     """Bring the totals up to date (the Reporter's runs; it is their only writer): add the rows
     past the cursor made at least ``settle_s`` seconds before ``now``, fold the invoices that
-    became final, move the cursor, and compute the report row on ``as_of`` (default: the UTC
-    day of ``now``) of every member whose kept row does not hold on that day. In one write
-    transaction. Returns what it did."""
+    became final, move the cursor; then compute the report row on ``as_of`` (default: the UTC
+    day of ``now``) of every member whose kept row does not hold on that day. Returns what it did.
+
+    The rows are folded ``chunk`` at a time, each chunk in a write transaction of its own (on
+    SQLite a write transaction stops every other writer: a first fold over years of rows must not
+    hold up a vend for seconds). Each leaves the tables as readers need them: the cursor and the
+    totals together, and the kept row of every member with money or facts folded in it dropped.
+    The rows are computed from a read snapshot, then written in one short write transaction."""
     from ..db import write_transaction  # (the readers above need no write lock)
 
     now = time.time() if now is None else now
     as_of = as_of or datetime.datetime.fromtimestamp(int(now), datetime.timezone.utc).date()
     young = int(now) - settle_s
-    with write_transaction(database):
-        cur = cursor(database)
-        added = {"payments": 0, "adjustments": 0, "facts": 0, "invoices": 0, "open": 0, "states": 0}
-        credit = {h: [int(c), on] for h, c, on in _rows(database, 'SELECT "handle", "cents", "last_on" '
-                                                                  'FROM "report_member_total"')}
-        existing = {(h,) for h in credit}
-        touched: set[str] = set()
-        dues: dict[tuple[str, str], int] = {}
-        ids = {"payment": cur.payment, "adjustment": cur.adjustment}
-        for key, table, cols in (("payment", "member_payment", '"method"'),
-                                 ("adjustment", "member_adjustment", "NULL")):
-            for pid, h, on, cents, method, created in _rows(
-                    database, f'SELECT "id", "handle", "on", "cents", {cols}, "created" FROM "{table}" '
-                              'WHERE "id" > ? ORDER BY "id"', ids[key]):
-                if created > young:
-                    break  # maybe a younger row with a lower id is not committed yet: next time
-                c = credit.setdefault(h, [0, ""])
-                c[0] += int(cents)
-                c[1] = max(c[1], on)
-                touched.add(h)
-                if key == "payment":
-                    dues[(on, method)] = dues.get((on, method), 0) + int(cents)
-                ids[key] = pid
-                added[key + "s"] += 1
-        fact = cur.fact
-        for fid, h, created in _rows(database, 'SELECT "id", "handle", "created" FROM "member_fact" WHERE "id" > ? '
-                                               'ORDER BY "id"', cur.fact):
-            if created > young:
-                break
-            touched.add(h)
-            fact = fid
-            added["facts"] += 1
-        (plan,), = _rows(database, 'SELECT MAX("version") FROM "member_plan_version" WHERE "created" <= ?', young)
-        plan = int(plan or 0)
-        if dues:
-            have = {(d, m): int(c) for d, m, c in _rows(database, 'SELECT "day", "method", "cents" FROM "report_dues" '
-                                                                  'WHERE "day" >= ?', min(d for d, _ in dues))}
-            _upsert(database, "report_dues", ("day", "method"), ("cents",),
-                    {k: (have.get(k, 0) + c,) for k, c in dues.items()}, have)
-        invoice = cur.invoice
-        if database.table_exists("sales_invoice"):
-            invoice, added["invoices"], added["open"] = _fold_sales(database, cur, young)
-        values = (ids["payment"], ids["adjustment"], fact, plan, invoice, int(now))
-        if cur.kept:
-            _exec(database, 'UPDATE "report_cursor" SET "payment" = ?, "adjustment" = ?, "fact" = ?, "plan" = ?, '
-                            '"invoice" = ?, "updated" = ? WHERE "id" = 1', *values)
-        else:
-            _exec(database, 'INSERT INTO "report_cursor" ("id", "payment", "adjustment", "fact", "plan", "invoice", '
-                            '"updated") VALUES (1, ?, ?, ?, ?, ?, ?)', *values)
-        _upsert(database, "report_member_total", ("handle",), ("cents", "last_on"),
-                {(h,): tuple(credit[h]) for h in touched if h in credit}, existing)
-        existing.update((h,) for h in touched if h in credit)
-        # the members whose kept row does not hold on as_of (or whose facts changed): computed now
-        day = as_of.isoformat()
-        holds = set() if plan != cur.plan else {h for (h,) in _rows(
-            database, 'SELECT "handle" FROM "report_member_total" WHERE "state_on" <= ? AND "state_until" > ?',
-            day, day)}
-        need = [h for (h,) in _rows(database, 'SELECT "handle" FROM "member_member"')
-                if h not in holds or h in touched]
-        states = _states(database, as_of, need, credit) if need else {}
-        added["states"] = len(states)
-        rows = {}
-        for h in {*touched, *need}:
-            cents, last_on = credit.get(h, (0, ""))
-            rows[(h,)] = (cents, last_on, *states.get(h, (None,) * 7))
-        _upsert(database, "report_member_total", ("handle",),  # (the money again: a new row needs it)
-                ("cents", "last_on", "state_on", "state_until", "status", "paid_through", "balance_cents",
-                 "next_charge", "next_charge_cents"), rows, existing)
+    added = {"payments": 0, "adjustments": 0, "facts": 0, "invoices": 0, "open": 0, "states": 0}
+    while True:
+        with write_transaction(database):
+            more = _fold_step(database, young, chunk, added)
+        if not more:
+            break
+    day = as_of.isoformat()
+    with snapshot(database):
+        holds = {h for (h,) in _rows(database, 'SELECT "handle" FROM "report_member_total" '
+                                               'WHERE "state_on" <= ? AND "state_until" > ?', day, day)}
+        need = [h for (h,) in _rows(database, 'SELECT "handle" FROM "member_member"') if h not in holds]
+        last_on = {h: on for h, on in _rows(database, 'SELECT "handle", "last_on" FROM "report_member_total"')}
+        states = _states(database, as_of, need, last_on) if need else {}
+    added["states"] = len(states)
+    if need:
+        with write_transaction(database):
+            have = {(h,) for h in last_on}
+            rows = {(h,): states.get(h, (None,) * 7) for h in need if (h,) in have}
+            _upsert(database, "report_member_total", ("handle",), STATE_COLUMNS, rows, have)
+            rows = {(h,): (0, "", *states.get(h, (None,) * 7)) for h in need if (h,) not in have}
+            _upsert(database, "report_member_total", ("handle",), ("cents", "last_on", *STATE_COLUMNS), rows, ())
     return added
 
 
-def _states(database, as_of: date, handles: list[str], credit: dict) -> dict[str, tuple]:
+def _fold_step(database, young: int, chunk: int, added: dict) -> bool:
+    """One chunk of the fold (in the caller's write transaction); True if rows are left."""
+    cur = cursor(database)
+    more = False
+    credit: dict[str, list] = {}
+    touched: set[str] = set()
+    dues: dict[tuple[str, str], int] = {}
+    ids = {"payment": cur.payment, "adjustment": cur.adjustment}
+    for key, table, cols in (("payment", "member_payment", '"method"'), ("adjustment", "member_adjustment", "NULL")):
+        found = _rows(database, f'SELECT "id", "handle", "on", "cents", {cols}, "created" FROM "{table}" '
+                                f'WHERE "id" > ? ORDER BY "id" LIMIT {int(chunk)}', ids[key])
+        for pid, h, on, cents, method, created in found:
+            if created > young:
+                break  # maybe a younger row with a lower id is not committed yet: next time
+            c = credit.setdefault(h, [0, ""])
+            c[0] += int(cents)
+            c[1] = max(c[1], on)
+            if key == "payment":
+                dues[(on, method)] = dues.get((on, method), 0) + int(cents)
+            ids[key] = pid
+            added[key + "s"] += 1
+        else:
+            more |= len(found) == chunk
+    fact = cur.fact
+    found = _rows(database, f'SELECT "id", "handle", "created" FROM "member_fact" WHERE "id" > ? ORDER BY "id" '
+                            f'LIMIT {int(chunk)}', cur.fact)
+    for fid, h, created in found:
+        if created > young:
+            break
+        touched.add(h)
+        fact = fid
+        added["facts"] += 1
+    else:
+        more |= len(found) == chunk
+    (plan,), = _rows(database, 'SELECT MAX("version") FROM "member_plan_version" WHERE "created" <= ?', young)
+    plan = int(plan or 0)
+    if credit:
+        names = sorted(credit)
+        have = {}
+        for n in range(0, len(names), IN_CHUNK):
+            part = names[n:n + IN_CHUNK]
+            have.update({(h,): (int(c), on) for h, c, on in _rows(
+                database, f'SELECT "handle", "cents", "last_on" FROM "report_member_total" WHERE "handle" IN '
+                          f'({", ".join("?" * len(part))})', *part)})
+        rows = {}
+        for h, (cents, on) in credit.items():
+            c0, on0 = have.get((h,), (0, ""))
+            rows[(h,)] = (c0 + cents, max(on0, on))
+        _upsert(database, "report_member_total", ("handle",), ("cents", "last_on"), rows, have)
+        touched.update(credit)
+    if dues:
+        have = {(d, m): int(c) for d, m, c in _rows(database, 'SELECT "day", "method", "cents" FROM "report_dues" '
+                                                              'WHERE "day" >= ?', min(d for d, _ in dues))}
+        _upsert(database, "report_dues", ("day", "method"), ("cents",),
+                {k: (have.get(k, 0) + c,) for k, c in dues.items()}, have)
+    # the kept rows these facts may change are dropped with them (a new plan version: every one)
+    if plan != cur.plan:
+        _exec(database, 'UPDATE "report_member_total" SET "state_on" = NULL, "state_until" = NULL')
+    else:
+        names = sorted(touched)
+        for n in range(0, len(names), IN_CHUNK):
+            part = names[n:n + IN_CHUNK]
+            _exec(database, 'UPDATE "report_member_total" SET "state_on" = NULL, "state_until" = NULL '
+                            f'WHERE "handle" IN ({", ".join("?" * len(part))})', *part)
+    invoice = cur.invoice
+    if database.table_exists("sales_invoice"):
+        invoice, sales_more = _fold_sales(database, cur, young, chunk, added)
+        more |= sales_more
+    values = (ids["payment"], ids["adjustment"], fact, plan, invoice, int(time.time()))
+    if cur.kept:
+        _exec(database, 'UPDATE "report_cursor" SET "payment" = ?, "adjustment" = ?, "fact" = ?, "plan" = ?, '
+                        '"invoice" = ?, "updated" = ? WHERE "id" = 1', *values)
+    else:
+        _exec(database, 'INSERT INTO "report_cursor" ("id", "payment", "adjustment", "fact", "plan", "invoice", '
+                        '"updated") VALUES (1, ?, ?, ?, ?, ?, ?)', *values)
+    return more
+
+
+def _states(database, as_of: date, handles: list[str], last_on: dict) -> dict[str, tuple]:
     """Each member's report row on ``as_of`` and the day it can next change, as the columns of
-    report_member_total (from state_on); members whose row cannot be kept are left out (money
+    report_member_total (STATE_COLUMNS); members whose row cannot be kept are left out (money
     dated after ``as_of``, facts the core cannot read, credit at the core's horizon)."""
     from .dues import Adjustment, DuesError, MemberBook, MemberHistory, PlanChange
     from .fast import closed_form, state, unchanged_until
@@ -345,7 +385,7 @@ def _states(database, as_of: date, handles: list[str], credit: dict) -> dict[str
     out = {}
 
     def keep(s, fact_days=()):
-        if credit.get(s.handle, (0, ""))[1] > day:
+        if last_on.get(s.handle, "") > day:
             return  # money dated after as_of: its day is a change the row cannot know of
         until = unchanged_until(s, fact_days)
         if until is None:
@@ -369,28 +409,33 @@ def _states(database, as_of: date, handles: list[str], credit: dict) -> dict[str
     return out
 
 
-def _fold_sales(database, cur: Cursor, young: int) -> tuple[int, int, int]:
+def _fold_sales(database, cur: Cursor, young: int, chunk: int, added: dict) -> tuple[int, bool]:
+    """Fold the invoices that became final (in the caller's transaction): the open ones, and up to
+    ``chunk`` from the cursor on. Returns the new cursor and whether invoices are left."""
     opened = {i for (i,) in _rows(database, 'SELECT "invoice" FROM "report_sales_open"')}
     unfinished = {i for (i,) in _rows(database, 'SELECT DISTINCT "invoice_id" FROM "sales_vend" WHERE "state" IN '
                                                 f'({", ".join("?" * len(UNFINISHED_VENDS))})', *UNFINISHED_VENDS)}
     cols = f'{SALE_COLUMNS}, "state", "created"'
-    rows = _rows(database, f'SELECT {cols} FROM "sales_invoice" WHERE "id" >= ? ORDER BY "id"', cur.invoice)
+    rows = _rows(database, f'SELECT {cols} FROM "sales_invoice" WHERE "id" >= ? ORDER BY "id" LIMIT {int(chunk)}',
+                 cur.invoice)
+    more = len(rows) == chunk
     opened_list = sorted(opened)
     for n in range(0, len(opened_list), IN_CHUNK):
         part = opened_list[n:n + IN_CHUNK]
         rows += _rows(database, f'SELECT {cols} FROM "sales_invoice" WHERE "id" IN ({", ".join("?" * len(part))})',
                       *part)
     rows.sort(key=lambda r: r[0])
-    next_id, folded = cur.invoice, 0
+    next_id = cur.invoice
     sums: dict[tuple[str, str, str], list[int]] = {}
     still_open, now_closed = set(), set()
     for iid, machine, product, due_sats, vended, items, price_cents, paid_at, state, created in rows:
         if iid >= cur.invoice:
             if created > young:
+                more = False
                 break  # this one and every later id: next time
             next_id = iid + 1
         if state in CLOSED and iid not in unfinished:
-            folded += 1
+            added["invoices"] += 1
             if iid in opened:
                 now_closed.add(iid)
             if vended > 0 and items > 0 and paid_at is not None:
@@ -418,7 +463,8 @@ def _fold_sales(database, cur: Cursor, young: int) -> tuple[int, int, int]:
     if still_open:
         database.cursor().executemany('INSERT INTO "report_sales_open" ("invoice") VALUES (?)'.replace(
             "?", database.param), [(i,) for i in sorted(still_open)])
-    return next_id, folded, len(opened) - len(now_closed) + len(still_open)
+    added["open"] = len(opened) - len(now_closed) + len(still_open)
+    return next_id, more
 
 
 def _exec(database, sql: str, *params) -> None:
