@@ -65,6 +65,14 @@ def _rows(database, sql: str, *params) -> list[tuple]:
     return database.execute_sql(sql.replace("?", database.param), params).fetchall()
 
 
+def has_table(database, name: str) -> bool:
+    """Whether ``name`` exists (in the search path): one cheap query (peewee's table_exists lists
+    every table, which costs PostgreSQL milliseconds)."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return _rows(database, "SELECT to_regclass(?)", f'"{name}"')[0][0] is not None
+    return bool(_rows(database, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", name))
+
+
 @contextlib.contextmanager
 def snapshot(database):
     """One consistent view for a reader's several queries (nested: the caller's)."""
@@ -88,12 +96,10 @@ class Cursor:
 
 
 def cursor(database) -> Cursor:
-    try:
-        with database.atomic():  # (a savepoint inside the reader's transaction: a missing table
-            found = _rows(database, 'SELECT "payment", "adjustment", "fact", "plan", "invoice" FROM "report_cursor" '
-                                    'WHERE "id" = 1')
-    except (peewee.OperationalError, peewee.ProgrammingError):  # must not spoil it on PostgreSQL)
+    if not has_table(database, "report_cursor"):  # the Reporter never ran on this database
         return Cursor()
+    found = _rows(database, 'SELECT "payment", "adjustment", "fact", "plan", "invoice" FROM "report_cursor" '
+                            'WHERE "id" = 1')
     return Cursor(*(int(v) for v in found[0]), kept=True) if found else Cursor()
 
 
@@ -212,7 +218,7 @@ def sales_income(database, as_of: date) -> list[Sale]:
     """BusinessMgr's vending sales paid on or before ``as_of`` (UTC days), per month, machine and
     product (one :class:`~actors.reporter.business.Sale` each, dated the month's first day): the
     same totals as :func:`actors.reporter.inputs.sales`, which sums every invoice."""
-    if not database.table_exists("sales_invoice"):
+    if not has_table(database, "sales_invoice"):
         return []
     end, this_month = _end_of(as_of), as_of.isoformat()[:7]
     sums: dict[tuple[str, str, str], list[int]] = {}
@@ -359,7 +365,7 @@ def _fold_step(database, young: int, chunk: int, added: dict) -> bool:
             _exec(database, 'UPDATE "report_member_total" SET "state_on" = NULL, "state_until" = NULL '
                             f'WHERE "handle" IN ({", ".join("?" * len(part))})', *part)
     invoice = cur.invoice
-    if database.table_exists("sales_invoice"):
+    if has_table(database, "sales_invoice"):
         invoice, sales_more = _fold_sales(database, cur, young, chunk, added)
         more |= sales_more
     values = (ids["payment"], ids["adjustment"], fact, plan, invoice, int(time.time()))
@@ -383,10 +389,21 @@ def _states(database, as_of: date, handles: list[str], last_on: dict) -> dict[st
     day = as_of.isoformat()
     inputs = load(database, as_of, since=as_of, simple=True, handles=handles)
     out = {}
+    # money dated after as_of (a payment entered ahead, or as_of in the past): the row holds until its day
+    ahead: dict[str, date] = {}
+    later = [h for h in handles if last_on.get(h, "") > day]
+    for n in range(0, len(later), IN_CHUNK):
+        part = later[n:n + IN_CHUNK]
+        for table in ("member_payment", "member_adjustment"):
+            for h, on in _rows(database, f'SELECT "handle", MIN("on") FROM "{table}" WHERE "on" > ? AND "handle" IN '
+                                         f'({", ".join("?" * len(part))}) GROUP BY "handle"', day, *part):
+                ahead[h] = min(ahead.get(h, date.max), date.fromisoformat(on))
 
     def keep(s, fact_days=()):
-        if last_on.get(s.handle, "") > day:
-            return  # money dated after as_of: its day is a change the row cannot know of
+        if s.handle in ahead:
+            fact_days = (*fact_days, ahead[s.handle])
+        elif last_on.get(s.handle, "") > day:
+            return  # (money past the cursor, not committed when the totals were: the reader recomputes it)
         until = unchanged_until(s, fact_days)
         if until is None:
             return
