@@ -1,11 +1,20 @@
-"""Totals kept instead of recomputed: each member's credit, the dues per day and method, the
-vending sales per month, machine and product (issue 12's benchmark targets).
+"""Totals kept instead of recomputed: each member's credit and report row, the dues per day and
+method, the vending sales per month, machine and product (issue 12's benchmark targets).
 
 The Reporter is the only writer of these ``report_*`` tables (:func:`fold`, in its runs); it
 reads MemberData's and BusinessMgr's tables and never writes them. The readers (the CLI, the
-Reporter's snapshots: :func:`credits`, :func:`dues_income`, :func:`sales_income`) add to the
-totals the rows past the cursor, so their answer equals a full recompute whether the Reporter
-ran a minute ago, a month ago or never (no report tables: every row is past the cursor).
+Reporter's snapshots: :func:`credits`, :func:`kept_rows`, :func:`dues_income`,
+:func:`sales_income`) add to the totals the rows past the cursor, so their answer equals a full
+recompute whether the Reporter ran a minute ago, a month ago or never (no report tables: every
+row is past the cursor).
+
+Kept report rows
+    A member's row (status, paid-through, balance, next charge) computed on ``state_on`` is the
+    same on every later day before ``state_until`` (:func:`actors.reporter.fast.unchanged_until`)
+    unless money or facts are added: :func:`kept_rows` answers with it for a member with no
+    payment, adjustment or fact past the cursor, when no plan version was added since; the
+    others are computed. A fold drops the kept row of every member whose rows it folds (in the
+    same transaction), then computes the rows that do not hold on its day.
 
 Cursors
     ``member_payment`` and ``member_adjustment`` are append-only (MemberData never updates or
@@ -147,6 +156,11 @@ def kept_rows(database, as_of: date) -> tuple[dict[str, dict], list[str] | None]
     on or before ``as_of``, valid until after it, no payment, adjustment or fact of the member
     past the cursor, no new plan version), by handle; and the handles to compute (None: every
     member, when nothing is kept or a plan changed)."""
+    with snapshot(database):
+        return _kept_rows(database, as_of)
+
+
+def _kept_rows(database, as_of: date) -> tuple[dict[str, dict], list[str] | None]:
     cur = cursor(database)
     if not cur.kept:
         return {}, None
