@@ -200,12 +200,16 @@ def test_kept_member_rows_hold_on_the_days_after_the_fold_and_facts_added_are_se
             'VALUES (?, ?, ?, ?, ?, ?)', "k01", "left", "2025-02-10", None, "t", OLD)  # not the closed form
     random_rows(db, rnd, members, 120, 10, 0, span=440)  # up to 2025-01-13
     pay(db, "k02", D("2025-02-27"), 4000)  # dated ahead of the fold's day: k02's row holds until then
+    member(db, "k50", D("2025-02-10"))  # joins after the fold's day, paid before
+    pay(db, "k50", D("2025-01-02"), 4000)
     report_tables(db)
     fold_day = D("2025-01-20")
     fold(db, NOW, as_of=fold_day)
     kept, stale = kept_rows(db, fold_day)
     assert len(kept) >= 10 and stale == []
     assert "k02" not in kept_rows(db, D("2025-02-27"))[0]
+    assert (kept["k50"]["status"], kept["k50"]["balance_cents"]) == (None, 4000)
+    assert "k50" in kept_rows(db, D("2025-02-09"))[0] and "k50" not in kept_rows(db, D("2025-02-10"))[0]
     days = [fold_day + timedelta(days=n) for n in range(0, 75, 2)]
     assert sum(len(kept_rows(db, d)[0]) for d in days) > 50  # the kept rows answer on later days too
     check(db, days)
