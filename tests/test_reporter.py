@@ -270,6 +270,17 @@ def test_on_demand_commands_are_answered_and_snapshots_stored(world):
     cid = os.urandom(16)  # expired
     world.send("cmd.report.run", {"id": cid, "expires": int(world.clock.time()) - 1, "as_of": None}, sender="admin")
     assert world.rep.bodies("report.ack", id=cid)[0]["status"] == "refused"
+    # a run folds what has settled into the kept totals (actors/reporter/totals.py); the reports stay the same
+    from actors.reporter.reports import member_rows
+    from actors.reporter.totals import cursor, kept_rows
+
+    db = world.reporter.database
+    before = member_rows(db, D("2027-01-16"))
+    world.set_day(D("2027-01-16"))
+    world.reporter.run()
+    assert cursor(db).payment > 0 and cursor(db).fact > 0
+    assert list(kept_rows(db, D("2027-01-16"))[0]) == ["ada"]
+    assert member_rows(db, D("2027-01-16")) == before
 
 
 # -- the fast path agrees with the core ---------------------------------------------------
@@ -462,9 +473,13 @@ def test_bench_members_reports_each_measure_and_its_baseline():
     assert out["sales"] == 120 and out["sales_cents"] == 10 * sum(150 + 25 * i for i in range(12))
     assert out["members"] == 60 and out["payments"] == 60 * 60 - 2 * 12  # two of them stopped a year ago
     assert out["counts"]["current"] >= 50 and out["counts"].get("lapsed") == 2
-    for key in ("full_status_ms", "baseline_ms", "one_member_ms", "income_ms", "income_baseline_ms"):
+    for key in ("full_status_ms", "full_status_computed_ms", "baseline_ms", "one_member_ms", "income_ms",
+                "income_baseline_ms"):
         assert out[key] > 0
     assert out["ratio"] == round(out["full_status_ms"] / out["baseline_ms"], 2)
+    # the Reporter's fold on the bench's day kept the rows of all but the members with money dated later
+    assert out["fold_first_states"] == 60  # (m00020 and m00040 pay a month late: kept until their next payment)
+    assert out["behind"]["payments"] == 2 and out["behind"]["full_status_ms"] > 0
     # the one-pass, summed, closed-form path gives what the core gives from every row
     from actors.reporter.inputs import load
     from actors.reporter.reports import member_rows

@@ -63,6 +63,7 @@ from .feeds import Outage, publishable
 from .inputs import load, utc_day
 from .models import TABLES, ReportMemberStatus, ReportOutage, ReportSnapshot, ReportTransition, db
 from .reports import counts, income_rows, member_report, member_rows
+from .totals import fold
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ class Reporter(Actor):
         self._last_run_mono = self.monotonic()
         if not self.database.table_exists("member_member"):
             return {"as_of": (as_of or today).isoformat(), "waiting": "member_data has not made its tables yet"}
+        folded = fold(self.database, self.clock())  # the totals the reports read, brought up to date
+        log.debug("totals: added %s", folded)
         judged = self.judge(today - ONE_DAY)
         snap = self.snapshot(as_of or today)
         self.last_run = today.isoformat()

@@ -108,3 +108,25 @@ def states(histories: Iterable[MemberHistory], plans: Plans, as_of: date) -> lis
         s = fast_state(h, plans, as_of)
         out.append(s if s is not None else MemberBook(h, plans).state(as_of))
     return out
+
+
+def unchanged_until(state: MemberState, fact_days: Iterable[date] = ()) -> date | None:
+    """The first day after ``state.as_of`` on which the member's report row (status,
+    paid-through, balance, next charge) can differ, if no payment, adjustment or fact is added:
+    the next period's start, the oldest unpaid period's start, ``due_on`` and ``lapses_on``, and
+    the days of facts dated later (``fact_days``: a leave, a rejoin, a plan change; money dated
+    later must be left out by the caller, who counts it). Before joining: the joined day. None
+    when the row may change any day (credit reaching the core's horizon: paid-through moves with
+    ``as_of``)."""
+    as_of = state.as_of
+    if state.paid_through >= _add_months(as_of, 12 * HORIZON_YEARS - 12):
+        return None
+    days = [d for d in fact_days if d > as_of]
+    if state.status is None:  # not joined yet: paid_through is the day before joining
+        days.append(state.paid_through + ONE_DAY)
+    if state.next_charge is not None:
+        days.append(state.next_charge.start)
+    u = state.first_unpaid
+    if u is not None:
+        days += [d for d in (u.start, u.due_on, u.lapses_on) if d > as_of]
+    return min(days) if days else date.max

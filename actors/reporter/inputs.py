@@ -29,6 +29,7 @@ from ..member_data.models import MemberPlanVersion
 from .business import Sale
 from .dues import Adjustment, DuesError, GroupChange, MemberHistory, Payment, PlanChange, Plans, PlanVersion
 from .fast import simple_plan
+from .totals import IN_CHUNK, credits, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Inputs:
 
 
 def load(database, as_of: date, *, since: date | None = None, handle: str | None = None,
-         simple: bool = False) -> Inputs:
+         simple: bool = False, handles: list[str] | None = None) -> Inputs:
     """Every member's history up to ``as_of`` (or one member's), the plans: five queries (plans,
     members, facts, payments and adjustments after ``since``, and two aggregates of the money up
     to ``since`` when it is given). Payments and adjustments after ``as_of`` are left
@@ -65,13 +66,25 @@ def load(database, as_of: date, *, since: date | None = None, handle: str | None
 
     ``simple`` (with ``since=as_of``: a status on one day): the members the closed form answers
     (:func:`actors.reporter.fast.simple_plan`: one plan, never left, all money summed) come in
-    ``Inputs.simple`` as (handle, joined, plan version, credit) instead of a MemberHistory."""
+    ``Inputs.simple`` as (handle, joined, plan version, credit) instead of a MemberHistory.
+
+    ``handles``: only these members (a few hundred at most are asked by name; more are read
+    with everyone's and the rest left out)."""
+    if handle is not None:
+        handles = [handle]
+    with snapshot(database):  # the facts and the money of one moment
+        return _load(database, as_of, since, handles, simple)
+
+
+def _load(database, as_of: date, since: date | None, handles: list[str] | None, simple: bool) -> Inputs:
     until = as_of.isoformat()
     cut = since.isoformat() if since is not None and since < as_of else until if since is not None else None
     plans = load_plans(database)
 
-    one = ' AND "handle" = ?' if handle is not None else ""
-    extra = (handle,) if handle is not None else ()
+    named = handles is not None and len(handles) <= IN_CHUNK
+    one = f' AND "handle" IN ({", ".join("?" * len(handles))})' if named else ""
+    extra = tuple(handles) if named else ()
+    wanted = set(handles) if handles is not None else None
 
     def rows(sql: str, *params) -> list[tuple]:  # plain cursors: peewee's row objects cost more than the query
         return database.execute_sql(sql.replace("?", database.param), params).fetchall()
@@ -79,6 +92,8 @@ def load(database, as_of: date, *, since: date | None = None, handle: str | None
     by: dict[str, dict] = {}
     fromiso = date.fromisoformat
     for h, joined in rows(f'SELECT "handle", "joined" FROM "member_member" WHERE 1 = 1{one}', *extra):
+        if wanted is not None and h not in wanted:
+            continue
         by[h] = {"joined": fromiso(joined), "plans": [], "leaves": [], "rejoins": [], "groups": [],
                  "payments": [], "adjustments": []}
     for h, kind, on, plan, group in rows(
@@ -106,12 +121,10 @@ def load(database, as_of: date, *, since: date | None = None, handle: str | None
     for h, on, cents in money:
         if h in by:
             by[h]["adjustments"].append(Adjustment(fromiso(on), int(cents)))
-    if cut is not None:  # the money up to the cut, summed by the database: one credit per member
-        for table in ("member_payment", "member_adjustment"):  # (each grouped along its handle index)
-            for h, cents in rows(f'SELECT "handle", SUM("cents") FROM "{table}" '
-                                 f'WHERE "on" <= ?{one} GROUP BY "handle"', cut, *extra):
-                if h in by and cents:
-                    by[h].setdefault("summed", []).append(int(cents))
+    if cut is not None:  # the money up to the cut, one credit per member: the kept totals and the rows since
+        for h, cents in credits(database, fromiso(cut), handles if named else None).items():
+            if h in by and cents:
+                by[h]["summed"] = [cents]
 
     histories, broken, simple_ = [], {}, []
     cut_day = fromiso(cut) if cut is not None else None
@@ -138,7 +151,7 @@ def load(database, as_of: date, *, since: date | None = None, handle: str | None
 
 
 def dues_payments(database, until: date) -> list[Payment]:
-    """The dues booked on or before ``until`` for the income report, summed by the database per
+    """From every row (totals.dues_income keeps them instead): the dues booked on or before ``until`` for the income report, summed by the database per
     month and method: one :class:`~actors.reporter.dues.Payment` each, dated the month's first
     day (monthly_income books a payment in its month, per method: the same totals as one per row)."""
     sql = ('SELECT SUBSTR("on", 1, 7), "method", SUM("cents") FROM "member_payment" WHERE "on" <= ? '
@@ -148,7 +161,7 @@ def dues_payments(database, until: date) -> list[Payment]:
 
 
 def sales(database, until: date) -> list[Sale]:
-    """BusinessMgr's vending sales on or before ``until`` (UTC days), summed by the database per
+    """From every invoice (totals.sales_income keeps them instead): BusinessMgr's vending sales on or before ``until`` (UTC days), summed by the database per
     month, machine and product (one :class:`~actors.reporter.business.Sale` each, dated the
     month's first day). An invoice with items dispensed is a sale of those items: in sats at its
     quote (the amount due for the items dispensed), in CAD at its price, in the month it was

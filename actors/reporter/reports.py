@@ -12,13 +12,25 @@ from datetime import date
 from .business import monthly_income
 from .dues import Adjustment, DuesError, MemberBook, MemberHistory, PlanChange
 from .fast import closed_form, state
-from .inputs import dues_payments, load, sales
+from .inputs import load
+from .totals import dues_income, kept_rows, sales_income, snapshot
 
 
 def member_rows(database, as_of: date) -> list[dict]:
-    """Every member's status, paid-through and balance on ``as_of``, by handle: one aggregate
-    pass over the money (inputs.load with since=as_of)."""
-    inputs = load(database, as_of, since=as_of, simple=True)
+    """Every member's status, paid-through and balance on ``as_of``, by handle: the rows the
+    Reporter kept that still hold on that day (totals.kept_rows), and the others computed, each
+    member's credit from the kept totals and the rows since (inputs.load with since=as_of)."""
+    with snapshot(database):
+        rows, stale = kept_rows(database, as_of)
+        if stale is None:
+            rows = {}
+        if stale is None or stale:
+            rows.update((r["handle"], r) for r in _computed_rows(database, as_of, stale))
+    return sorted(rows.values(), key=lambda r: r["handle"])
+
+
+def _computed_rows(database, as_of: date, handles: list[str] | None) -> list[dict]:
+    inputs = load(database, as_of, since=as_of, simple=True, handles=handles)
     rows = []
     for h, joined, version, credit in inputs.simple:
         s = closed_form(h, joined, version, credit, as_of)
@@ -34,7 +46,7 @@ def member_rows(database, as_of: date) -> list[dict]:
             inputs.broken[h.handle] = str(exc)
     rows += [{"handle": h, "as_of": as_of.isoformat(), "status": "error", "paid_through": None, "balance_cents": None,
               "next_charge": None, "next_charge_cents": None, "error": why} for h, why in inputs.broken.items()]
-    return sorted(rows, key=lambda r: r["handle"])
+    return rows
 
 
 def member_report(database, handle: str, as_of: date) -> dict | None:
@@ -69,7 +81,9 @@ def income_rows(database, as_of: date) -> list[dict]:
     """Income per month up to ``as_of``: dues by method, vending sales by machine and product,
     each in sats and CAD cents, and the month's totals."""
     out = []
-    for month, inc in monthly_income(dues_payments(database, as_of), sales(database, as_of)).items():
+    with snapshot(database):
+        dues, sales = dues_income(database, as_of), sales_income(database, as_of)
+    for month, inc in monthly_income(dues, sales).items():
         total = inc.total
         out.append({"month": month.isoformat()[:7],
                     "dues": {m: {"sats": a.sats, "cents": a.cents} for m, a in sorted(inc.dues.items())},
