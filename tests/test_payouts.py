@@ -185,3 +185,36 @@ def test_without_payout_mgr_the_reads_say_so_and_the_commands_say_no_one_answere
     assert r.returncode == 2 and "at most 2 decimals" in r.stderr, r.stderr
     r = dctrl(home, "payouts", "approve", "1", "--timeout", "1", check=False)
     assert r.returncode == 2 and "no answer from payout_mgr" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("argv, topic, body", [
+    (["payouts", "request", "--to", "bcrt1qdest000000000", "--cad", "12.50", "--reason", "rent", "--kind", "share"],
+     "cmd.payouts.request", {"to": "bcrt1qdest000000000", "sats": None, "cad": "12.50", "kind": "share",
+                             "reason": "rent"}),
+    (["payouts", "request", "--to", "bcrt1qdest000000000", "--sats", "5000", "--reason", "rent"],
+     "cmd.payouts.request", {"to": "bcrt1qdest000000000", "sats": 5000, "cad": None, "kind": "manual",
+                             "reason": "rent"}),
+    (["payouts", "approve", "3"], "cmd.payouts.approve", {"payout": 3, "reason": None}),
+    (["payouts", "reject", "3", "--reason", "not ours"], "cmd.payouts.reject", {"payout": 3, "reason": "not ours"}),
+    (["payouts", "cancel", "3", "--reason", "typo"], "cmd.payouts.cancel", {"payout": 3, "reason": "typo"}),
+    (["invoices", "refund", "42", "--to", "bcrt1qdest000000000", "--rate", "now"], "cmd.payouts.refund",
+     {"invoice": 42, "to": "bcrt1qdest000000000", "rate": "now", "reason": None}),
+])
+def test_each_command_sends_a_body_its_schema_takes(monkeypatch, capsys, argv, topic, body):
+    """What PayoutMgr receives from each command (the whole flow on processes is above; the
+    bodies of reject, cancel and refund are checked here against proto/topics.py)."""
+    import os
+
+    from proto.topics import REGISTRY
+    from scripts.cli import main, payouts
+
+    sent = []
+
+    def send(args, verb, b):
+        sent.append((f"cmd.payouts.{verb}", b))
+        return {"status": "done", "payout": 3, "state": "requested", "reason": None}
+    monkeypatch.setattr(payouts, "send", send)
+    assert main([*argv, "--home", "/nonexistent"]) == 0
+    assert sent == [(topic, body)]
+    REGISTRY.schema_for(topic).check({**body, "id": os.urandom(16), "expires": 1})
+    assert "payout 3: requested" in capsys.readouterr().out
