@@ -218,3 +218,18 @@ def test_each_command_sends_a_body_its_schema_takes(monkeypatch, capsys, argv, t
     assert sent == [(topic, body)]
     REGISTRY.schema_for(topic).check({**body, "id": os.urandom(16), "expires": 1})
     assert "payout 3: requested" in capsys.readouterr().out
+
+
+def test_a_key_file_others_can_read_is_warned_about_and_never_echoed(tmp_path, capsys):
+    from scripts.cli.payouts import _read_key
+
+    words = "abandon " * 11 + "about"
+    f = tmp_path / "cosigner.key"
+    f.write_text(words + "\n")
+    f.chmod(0o600)
+    assert _read_key(str(f)).split() == words.split()
+    assert capsys.readouterr().err == ""
+    f.chmod(0o644)
+    _read_key(str(f))
+    err = capsys.readouterr().err
+    assert "can be read by others (mode 0644)" in err and "abandon" not in err
