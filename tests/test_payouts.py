@@ -106,7 +106,9 @@ def test_a_payout_requested_approved_signed_by_two_co_signers_is_confirmed(home,
 
         # the first co-signer: the software signer, the summary shown before signing
         signed = dctrl(home, "payouts", "sign", "1", "--key", str(key[0]))
-        assert "You are signing:" in signed.stdout and f"100,000 sats" in signed.stdout
+        assert "You are signing:" in signed.stdout and "100,000 sats" in signed.stdout
+        fp = tx.signing_key(treasury, key[0].read_text()).my_fingerprint.hex()  # (a master key: its own)
+        assert f"as co-signer {fp}" in signed.stdout, signed.stdout
         assert "payout 1: awaiting_signatures" in signed.stdout and "warning" not in signed.stderr
         assert key[0].read_text().split()[0] not in signed.stdout + signed.stderr  # the key is never printed
 

@@ -312,13 +312,15 @@ def _sign(args):
     print("You are signing:")
     _print_view(view)
     psbt = tx.decode(p.psbt)
+    before = set(tx.signers(treasury, psbt))
     try:
         added = tx.sign(treasury, psbt, secret)
     finally:
         del secret
     if not added:
         raise DctrlError(f"this key added no signature to payout {p.id} (it has signed already)")
-    print(f"signed {added} input(s) locally; sending the signatures to payout_mgr")
+    who = ", ".join(fp for fp in tx.signers(treasury, psbt) if fp not in before) or "?"
+    print(f"signed {added} input(s) here as co-signer {who}; sending the signatures to payout_mgr")
     ack = send(args, "import", {"payout": p.id, "psbt": _signatures(psbt.to_base64())})
     return _said(ack, "signatures taken" + ("; final, to be broadcast" if ack["state"] == "signed" else ""))
 
