@@ -20,7 +20,7 @@ log = logging.getLogger("dctrl")
 
 # In the order `dctrl --help` lists them.
 GROUPS = ("run", "agent", "keys", "bus", "chain", "business", "members", "mail", "report", "invoices", "treasury",
-          "events", "vault", "sim", "price", "bench")
+          "payouts", "events", "vault", "sim", "price", "bench")
 
 
 def build_parser():

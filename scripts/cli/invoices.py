@@ -1,4 +1,6 @@
-"""`dctrl invoices list|show`: BusinessMgr's invoices, read from the database (read only)."""
+"""`dctrl invoices list|show|refund`: BusinessMgr's invoices, read from the database (read only);
+``refund`` asks PayoutMgr for a refund payout of what an invoice owes back (``cmd.payouts.refund``,
+sent until answered on ``payouts.ack``, as scripts/cli/payouts.py sends its commands)."""
 
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ def cmd_invoices(args):
     from actors.business_data.models import format_cad
     from actors.business_mgr.queries import invoice, invoices
 
+    if args.invoices_cmd == "refund":
+        return _refund(args)
     database = _database(args)
     try:
         if args.invoices_cmd == "show":
@@ -110,8 +114,20 @@ def cmd_invoices(args):
         database.close()
 
 
+def _refund(args):
+    """cmd.payouts.refund: PayoutMgr records a refund payout of the invoice's refund_sats (once per invoice)."""
+    from scripts.cli.payouts import send
+
+    ack = send(args, "refund", {"invoice": args.id, "to": args.to, "rate": args.rate, "reason": args.reason})
+    print(f"payout {ack['payout']}: {ack['state']} (refund of invoice {args.id}; other admins approve it with "
+          f"`dctrl payouts approve {ack['payout']}`, then the co-signers sign)")
+    return 0
+
+
 def register(sub):
-    """`dctrl invoices list|show`."""
+    """`dctrl invoices list|show|refund`."""
+    from scripts.cli.payouts import add_command_options
+
     sp = command(sub, "invoices", cmd_invoices, "sales invoices (BusinessMgr): states, payments, vends, refunds due")
     sub = sp.add_subparsers(dest="invoices_cmd", required=True, metavar="ACTION")
     lst = sub.add_parser("list", help="the newest invoices, with what is owed back on each (OWED, sats)")
@@ -125,5 +141,14 @@ def register(sub):
     show = sub.add_parser("show", help="one invoice with its payments and vend commands")
     show.add_argument("id", help="the invoice number")
     show.add_argument("--json", action="store_true", help="one JSON document instead of the text")
-    for parser in (lst, show):
+    refund = sub.add_parser("refund", help="ask for a refund payout from the treasury of what an invoice owes back "
+                                           "(late, excess or unsold payments); admins approve it, co-signers sign")
+    refund.add_argument("id", type=int, help="the invoice number")
+    refund.add_argument("--to", required=True, metavar="ADDRESS", help="the customer's address to refund to")
+    refund.add_argument("--rate", choices=("then", "now"), default="then",
+                        help="then (default): the sats paid; now: their CAD value at the invoice's rate, "
+                             "in sats at the price now")
+    refund.add_argument("--reason", help="why (default: the invoice, its state and the rate)")
+    add_command_options(refund)
+    for parser in (lst, show, refund):
         parser.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
