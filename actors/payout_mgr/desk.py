@@ -58,6 +58,7 @@ BUILD_RETRY = 30.0   # s between attempts to build the approved payouts still wa
 FEES_EVERY = 60.0    # s between fee estimates asked of the node
 REBROADCAST = 60.0   # s between broadcasts of a signed payout the node has not taken yet
 POLICY_EVERY = 60.0  # s between looks at the sweep threshold and the month's revenue shares
+POLICY_CHECK_INDEXES = 100  # sweep_to and shares' addresses: not any of the treasury's first receive/change ones
 POLICY_BY = "payout_mgr"  # requested_by of the payouts the policy asks for
 ALREADY_KNOWN = ("already in block chain", "already known", "txn-already-in-mempool", "txn-already-known",
                  "already in utxo set", "outputs already in utxo set")
@@ -89,7 +90,12 @@ class PayoutDesk:
             return
         named = ([("sweep_to", self.policy["sweep_to"])] if self.policy["sweep_to"] else []) + \
             [("[payouts.shares]", a) for a in self.policy["shares"]]
-        ours = {a for (a,) in PayoutAddress.select(PayoutAddress.address).tuples()} if named else set()
+        if not named:
+            return
+        # the addresses watched, and the first indexes of each branch (a fresh database has none watched)
+        ours = set(self._treasury_addresses_named(a for _, a in named))
+        for change in (False, True):
+            ours |= {self.treasury.address(i, change=change)[0] for i in range(POLICY_CHECK_INDEXES)}
         for what, address in named:
             try:
                 tx.output_script(address, self.treasury)
@@ -97,6 +103,12 @@ class PayoutDesk:
                 raise ConfigError(f"{what}: {exc}") from None
             if address in ours:
                 raise ConfigError(f"{what} {address} is an address of the treasury itself")
+
+    @staticmethod
+    def _treasury_addresses_named(addresses) -> list[str]:
+        wanted = list(addresses)
+        return [a for (a,) in PayoutAddress.select(PayoutAddress.address)
+                .where(PayoutAddress.address.in_(wanted)).tuples()] if wanted else []
 
     def _desk_setup(self) -> None:
         """At start: every signed payout broadcast again; the pending ones looked up on the chain."""
@@ -396,6 +408,12 @@ class PayoutDesk:
     @every(POLICY_EVERY)
     def _policy_payouts(self) -> None:
         if self.treasury is None or self.policy_error:
+            return
+        named = ([self.policy["sweep_to"]] if self.policy["sweep_to"] else []) + list(self.policy["shares"])
+        ours = self._treasury_addresses_named(named)  # one the treasury watches (beyond the first indexes)
+        if ours:
+            self.policy_error = f"{ours[0]} (sweep_to or [payouts.shares]) is an address of the treasury itself"
+            log.error("payout_mgr: [payouts]: %s", self.policy_error)
             return
         made = []
         if self.policy["sweep_to"]:
