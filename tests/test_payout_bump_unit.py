@@ -174,3 +174,27 @@ def test_bump_psbt_rule_4_raises_a_rate_too_close_to_the_old_one(desk):
     assert built.fee == p.fee + built.vsize
     final = Transaction.parse(built.psbt.tx.serialize())
     assert final.vout[1].value == p.change_sats - built.vsize
+
+
+def test_a_reorg_that_swaps_which_transaction_confirmed_keeps_the_payment_paid_once(desk):
+    pid = _broadcast_payout(desk)
+    p = _payout(desk, pid)
+    rid = _bump(desk, pid, "12")["payout"]
+    _cosign(desk, rid, 2, "bob")
+    _cosign(desk, rid, 3, "carol")
+    desk.rt.wait_for(lambda: _payout(desk, rid).state == "broadcast", what="the replacement broadcast")
+    r = _payout(desk, rid)
+    original_raw = desk.node.txs.pop(p.txid)[0]
+    desk.node.mine(r.txid, 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "replaced", what="the original replaced")
+    # block 201 reorged away; the new chain has the original instead (the replacement dropped)
+    del desk.node.txs[r.txid]
+    desk.node.txs[p.txid] = (original_raw, None)
+    desk.node.mine(p.txid, 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "confirmed", what="the original confirmed after all")
+    desk.rt.wait_for(lambda: _payout(desk, rid).state == "invalidated", what="the replacement dropped")
+    with desk.db.bind_ctx(ledger.MODELS):
+        assert ledger.Payout.select().where(ledger.Payout.state == "confirmed").count() == 1
+    assert set(_claims(desk).values()) == {pid}

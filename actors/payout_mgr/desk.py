@@ -317,9 +317,14 @@ class PayoutDesk:
         if self._lookup_queued or self.treasury is None:
             return
         recent = int(self.clock()) - 86_400
+        # also, for a day: the confirmed (a reorg), and a bump's transactions that lost to another
+        # of the same payment (a reorg may swap which one confirmed)
         rows = [(p.id, p.txid, p.state, p.outpoints) for p in Payout.select().where(
             Payout.txid.is_null(False) & (Payout.state.in_(("awaiting_signatures", "signed", "broadcast"))
-                                          | ((Payout.state == "confirmed") & (Payout.updated_at >= recent))))]
+                                          | ((Payout.state == "confirmed") & (Payout.updated_at >= recent))
+                                          | ((Payout.state == "replaced") & (Payout.updated_at >= recent))
+                                          | ((Payout.state == "invalidated") & Payout.replaces.is_null(False)
+                                             & (Payout.updated_at >= recent))))]
         if rows:
             self._lookup_queued = True
             self.jobs.put(("lookup", rows))

@@ -400,7 +400,9 @@ def finalized(payout_id: int, raw_tx_hex: str, by: str, clock=time.time) -> Payo
 def chain_state(payout_id: int, state: str, by: str, reason: str, clock=time.time) -> Payout | None:
     """broadcast, confirmed, invalidated, or back to broadcast on a reorg; None if nothing changes."""
     allowed = {"broadcast": ("signed", "awaiting_signatures", "confirmed"),
-               "confirmed": ("signed", "awaiting_signatures", "broadcast"),
+               # replaced/invalidated -> confirmed: a reorg swapped which of a bump's transactions
+               # confirmed (only those are looked up again: desk._queue_lookup)
+               "confirmed": ("signed", "awaiting_signatures", "broadcast", "replaced", "invalidated"),
                "invalidated": ("awaiting_signatures", "signed", "broadcast"),
                "replaced": ("awaiting_signatures", "signed", "broadcast")}
     with write_transaction(db):
@@ -435,8 +437,9 @@ def ancestors(p: Payout) -> set[int]:
 def settle(payout_id: int, by: str, clock=time.time) -> list[Payout]:
     """(After ``payout_id`` confirmed) the other transactions of the same payment can never
     confirm now (they spend the same inputs): those it replaces become ``replaced``, those that
-    replace it ``invalidated``; every claim of the family is the confirmed one's. Returns the
-    payouts moved. One payment is reported paid once, whichever of its transactions confirmed."""
+    replace it ``invalidated`` (also one recorded confirmed before a reorg put this one in its
+    place); every claim of the family is the confirmed one's. Returns the payouts moved. One
+    payment is reported paid once, whichever of its transactions confirmed."""
     now = int(clock())
     moved = []
     with write_transaction(db):
@@ -449,7 +452,7 @@ def settle(payout_id: int, by: str, clock=time.time) -> list[Payout]:
         PayoutClaim.update(payout=p.id).where(PayoutClaim.payout.in_([q.id for q in fam])).execute()
         older = ancestors(p)
         for q in fam:
-            if q.id == p.id or q.state not in PENDING:
+            if q.id == p.id or q.state not in PENDING + ("confirmed",):  # confirmed: before a reorg
                 continue
             q = _get(q.id)
             if q.id in older:
