@@ -13,13 +13,18 @@ States::
     requested, awaiting_signatures --(open longer than the policy allows)--> expired
     awaiting_signatures, signed, broadcast --(an input spent by another transaction)--> invalidated
     confirmed --(reorged out)--> broadcast
+    broadcast --(bump)--> a new payout (``replaces`` = it), awaiting_signatures, ...; whichever of
+        the two confirms is the payment (ledger.settle): the older one ``replaced``, the newer
+        one ``invalidated``; never two confirmed
 
 Claims (``payout_claim``, the key its primary key): ``utxo:TXID:VOUT`` for each input while the
 payout can still spend it, and ``invoice:ID`` for a refund, for good once the refund is
 confirmed. A second payout claiming the same key fails on the primary key, whichever process
 and database: two payouts never spend the same coin and an invoice is refunded once (the
 double payouts of btcpayserver/btcpayserver#5957 came from two paths deciding apart). A payout
-that ends without paying (cancelled, expired, invalidated) releases its claims.
+that ends without paying (cancelled, expired, invalidated) releases its claims, except a
+``share:YYYY-MM:ADDRESS`` (a month's revenue share, kept: asked for once) and a bump's
+replacement's, which go back to the payout it was to replace while that one may still pay.
 """
 
 from __future__ import annotations
