@@ -198,3 +198,38 @@ def test_a_reorg_that_swaps_which_transaction_confirmed_keeps_the_payment_paid_o
     with desk.db.bind_ctx(ledger.MODELS):
         assert ledger.Payout.select().where(ledger.Payout.state == "confirmed").count() == 1
     assert set(_claims(desk).values()) == {pid}
+
+
+def test_a_replacement_bumped_again_and_the_newest_confirms(desk):
+    pid = _broadcast_payout(desk)
+    r1 = _bump(desk, pid, "6")["payout"]
+    refused = _bump(desk, pid, "20")
+    assert "already has a replacement" in refused["reason"]
+    _cosign(desk, r1, 1, "alice")
+    _cosign(desk, r1, 2, "bob")
+    desk.rt.wait_for(lambda: _payout(desk, r1).state == "broadcast", what="the first replacement broadcast")
+    ack = _bump(desk, r1, "20")
+    assert ack["status"] == "done", ack
+    r2 = ack["payout"]
+    assert _payout(desk, r2).replaces == r1 and _payout(desk, r2).fee > _payout(desk, r1).fee
+    _cosign(desk, r2, 1, "alice")
+    _cosign(desk, r2, 3, "carol")
+    desk.rt.wait_for(lambda: _payout(desk, r2).state == "broadcast", what="the second replacement broadcast")
+    for old in (pid, r1):
+        desk.node.txs.pop(_payout(desk, old).txid, None)
+    desk.node.mine(_payout(desk, r2).txid, 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, r2).state == "confirmed", what="the newest confirmed")
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == _payout(desk, r1).state == "replaced",
+                     what="both older ones replaced")
+    assert set(_claims(desk).values()) == {r2}
+
+
+def test_a_replacement_not_signed_in_time_expires_and_the_original_keeps_its_inputs(desk):
+    pid = _broadcast_payout(desk)
+    before = _claims(desk)
+    rid = _bump(desk, pid, "9")["payout"]
+    desk.clock.advance(desk.actor.policy["open_hours"] * 3600)
+    desk.rt.advance(60)
+    desk.rt.wait_for(lambda: _payout(desk, rid).state == "expired", what="the replacement expired")
+    assert _payout(desk, pid).state == "broadcast" and _claims(desk) == before

@@ -131,6 +131,16 @@ def test_a_sweep_leaves_what_requested_payouts_will_need(home):
         assert sweep.sats == 250_000 - 80_000 - 50_000
 
 
+def test_a_sweep_of_dust_is_not_requested(home):
+    with _desk(home, {"sweep_to": COLD, "sweep_above_sats": 100_000, "sweep_keep_sats": 100_000}) as d:
+        _fund(d, 100_200)  # 200 sats above what is kept: below the dust limit of a P2WPKH output
+        _tick(d)
+        assert _policy_payouts(d, "sweep") == []
+        _fund(d, 10_000, index=1)
+        _tick(d)
+        assert [p.sats for p in _policy_payouts(d, "sweep")] == [10_200]
+
+
 def test_a_sweep_the_policy_refuses_is_not_requested_and_is_tried_again(home):
     with _desk(home, {**SWEEP, "max_payout_cad": "100.00"}) as d:  # 150,000 sats = 150.00 CAD
         _fund(d, 200_000)

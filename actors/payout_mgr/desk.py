@@ -450,6 +450,11 @@ class PayoutDesk:
             self._say("sweep", None)
             return []
         sats = free - pol["sweep_keep_sats"]
+        dust = tx.dust_limit(tx.output_script(pol["sweep_to"], self.treasury))
+        if sats < dust:
+            self._say("sweep", f"{sats} sats above sweep_keep_sats is below the dust limit of {dust}: not requested",
+                      logging.INFO)
+            return []
         reason = (f"sweep: {free} sats confirmed and free in the treasury, above sweep_above_sats "
                   f"{pol['sweep_above_sats']}; {pol['sweep_keep_sats']} kept")
         price = self._price()

@@ -49,7 +49,7 @@ def bump(treasury: Treasury, policy: dict, payout_id: int, feerate: Decimal, by:
          clock=time.time) -> Payout:
     """A broadcast payout's replacement (RBF) at ``feerate`` sat/vB: a new payout replacing it,
     for the co-signers to sign (psbt.bump says what a replacement may be)."""
-    o = Payout.get_by_id(payout_id) if Payout.get_or_none(Payout.id == payout_id) else None
+    o = Payout.get_or_none(Payout.id == payout_id)
     if o is None:
         raise PayoutRefused(f"no payout {payout_id}")
     if o.state != "broadcast":
