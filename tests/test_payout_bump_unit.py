@@ -14,7 +14,7 @@ from embit.transaction import Transaction
 
 from actors.payout_mgr import ledger
 from actors.payout_mgr import psbt as tx
-from tests.test_payout_desk_unit import DEST, _cmd, _cosign, _events, _fund, _payout, _request, desk, home  # noqa: F401
+from tests.test_payout_desk_unit import _cmd, _cosign, _events, _fund, _payout, _request, desk, home  # noqa: F401
 
 
 def _broadcast_payout(desk, fund=200_000, sats=50_000):
