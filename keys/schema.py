@@ -105,7 +105,9 @@ CONFIG = Table({
     # actors/payout_mgr/ledger.py (its defaults are DEFAULTS there)
     "payouts": Table({"max_payout_cad": DECIMAL, "daily_limit_cad": DECIMAL, "allowlist": STR_LIST,
                       "approvals": INT, "open_hours": INT, "fee_target_blocks": INT, "min_feerate": NUMBER,
-                      "max_feerate": NUMBER, "max_fee_sats": INT, "price_max_age": NUMBER}),
+                      "max_feerate": NUMBER, "max_fee_sats": INT, "price_max_age": NUMBER,
+                      "sweep_to": STR, "sweep_above_sats": INT, "sweep_keep_sats": INT,
+                      "shares": Table(patterns=((lambda k: True, "<address>", STR),))}),
     # actors/price_notifier.py
     "price": Table({"poll_interval": NUMBER, "max_age": NUMBER, "outlier_pct": DECIMAL, "min_sources": INT,
                     "timeout": NUMBER, "min_cad": DECIMAL, "max_cad": DECIMAL, "fx_interval": NUMBER,

@@ -492,7 +492,7 @@ register("report.income", Map({
 PAYOUT_ADDRESS = Str(max=100, pattern=r"[a-zA-Z0-9]{14,100}")  # judged against the network by PayoutMgr
 CAD = Str(max=32, pattern=r"[0-9]{1,12}(\.[0-9]{1,2})?")       # "40.00": a decimal string, never a float
 PAYOUT_STATE = Str(choices=("requested", "awaiting_signatures", "signed", "broadcast", "confirmed",
-                            "cancelled", "expired", "invalidated"))
+                            "cancelled", "expired", "invalidated", "replaced"))
 # cmd.payouts.request: pay ADDRESS an amount in sats or in CAD (at the price now), with the reason.
 register("cmd.payouts.request", Map({**BUSINESS_CMD, "to": PAYOUT_ADDRESS, "sats": Opt(Int(min=1)), "cad": Opt(CAD),
                                      "kind": Str(choices=("manual", "share", "sweep")), "reason": REASON}))
@@ -506,14 +506,16 @@ for _verb in ("approve", "reject", "cancel"):
 # cmd.payouts.import: signatures for a payout: a PSBT (base64) cut to its unsigned transaction and
 # partial signatures (`dctrl payouts import|sign` cut it; PayoutMgr uses its own record for the rest).
 register("cmd.payouts.import", Map({**BUSINESS_CMD, "payout": Int(min=1), "psbt": Str(max=60_000)}))
-# cmd.payouts.bump: a replacement (RBF) of a broadcast payout at a higher fee rate (sat/vB, decimal).
+# cmd.payouts.bump: a replacement (RBF) of a broadcast payout at a higher fee rate (sat/vB, decimal);
+# the ack's payout is the replacement's id (a new payout, awaiting signatures, replacing this one).
 register("cmd.payouts.bump", Map({**BUSINESS_CMD, "payout": Int(min=1),
                                   "feerate": Str(max=10, pattern=r"[0-9]{1,6}(\.[0-9]{1,3})?")}))
 # payouts.ack: the answer to any cmd.payouts.* (payout: the payout concerned; state: its state after).
 register("payouts.ack", Map({"id": RID, "status": Str(choices=("done", "refused")), "reason": Opt(REASON),
                              "payout": Opt(Int(min=1)), "state": Opt(PAYOUT_STATE)}))
 # payout.STATE: a payout changed state (requested, awaiting_signatures, signed, broadcast, confirmed,
-# cancelled, expired, invalidated); payout.signature: a co-signer's signatures were added.
+# cancelled, expired, invalidated, replaced: its replacement confirmed); payout.signature: a co-signer's
+# signatures were added.
 PAYOUT_EVENT = Map({
     "event_id": EVENT_ID,
     "payout": Int(min=1),
@@ -527,5 +529,5 @@ PAYOUT_EVENT = Map({
     "needed": Opt(Int(min=1)),
 })
 for _state in ("requested", "awaiting_signatures", "signed", "broadcast", "confirmed", "cancelled", "expired",
-               "invalidated", "signature"):
+               "invalidated", "replaced", "signature"):
     register(f"payout.{_state}", PAYOUT_EVENT)

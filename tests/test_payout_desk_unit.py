@@ -175,7 +175,7 @@ def test_requests_refused_with_the_reason(desk):
     assert "not an address of the regtest network" in _request(
         desk, to="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4")["reason"]
     assert "above the per-payout limit" in _request(desk, sats=10**9)["reason"]
-    assert "not built yet" in _cmd(desk, "bump", payout=1, feerate="5")["reason"]
+    assert "no payout 1" in _cmd(desk, "bump", payout=1, feerate="5")["reason"]
     with pytest.raises(NotGranted):  # a machine cannot ask for money: the policy grants admins only
         _request(desk, sender="vm1")
     desk.rt.send("price.stale", {"reason": "sources disagree", "fresh": 1, "needed": 2, "sources": []},

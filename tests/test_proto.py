@@ -728,7 +728,7 @@ EXAMPLES = {
                                      "needed": 2},
                                required="payout", int=("sats",), range=(("sats",), 0), long=(("reason",), 513))
        for state in ("requested", "awaiting_signatures", "signed", "broadcast", "confirmed", "cancelled", "expired",
-                     "invalidated", "signature")},
+                     "invalidated", "replaced", "signature")},
 }
 
 

@@ -5,7 +5,14 @@ tracks the treasury's outputs; this part spends them.
 - **Commands** (``cmd.payouts.*``, admins only by the policy): request, refund, approve, reject,
   cancel, import. Each is applied at most once (actors/outbox.py ``apply_once``: the dedup
   record, the change in the books and its ``payout.*`` events commit together) and answered on
-  ``payouts.ack`` with the payout's id and state. ``bump`` is refused: not built yet.
+  ``payouts.ack`` with the payout's id and state. ``bump`` makes a replacement (RBF) of a
+  broadcast payout: a new payout (``replaces``) with the same inputs, destination and amount and
+  a higher fee taken from the change, for the co-signers to sign (the ack names the new payout).
+- **Policy payouts** (every ``POLICY_EVERY`` s): a ``sweep`` to ``[payouts] sweep_to`` of the
+  free confirmed balance above ``sweep_keep_sats`` once it is above ``sweep_above_sats`` (not
+  while a sweep is pending); each ``[payouts.shares]`` destination's share of the previous
+  month's vending sales, once per month (claim ``share:YYYY-MM:ADDRESS``). Requested by
+  ``payout_mgr``: approvals and signatures as for any payout.
 - **Building**: a payout with the approvals the policy asks for is built (service.build) from
   the confirmed outputs whose previous transaction is known and that no other payout claimed,
   at the fee rate of the node's estimate within the policy's bounds, its change to the next
@@ -19,16 +26,22 @@ tracks the treasury's outputs; this part spends them.
   up: found unconfirmed -> ``broadcast`` (also a payout co-signers finalized and broadcast
   elsewhere: recognised by its txid), confirmed -> ``confirmed``, a confirmed one gone ->
   ``broadcast`` again (reorged out). Not found while one of its inputs is spent (the output
-  tracking marks it) -> ``invalidated``, its claims released.
+  tracking marks it) -> ``invalidated``, its claims released. One of a bumped payment's
+  transactions confirmed: the others are ``replaced`` (older) or ``invalidated`` (newer),
+  ledger.settle.
 """
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import logging
 import time
 from decimal import ROUND_FLOOR, Decimal
 
-from proto.errors import DctrlError
+import peewee
+
+from proto.errors import ConfigError, DctrlError
 
 from ..db import ensure_tables, write_transaction
 from ..outbox import Outbox, Refused, apply_once
@@ -36,7 +49,7 @@ from ..runtime import every, on
 from . import ledger, queries, service
 from . import psbt as tx
 from .ledger import Payout, PayoutRefused
-from .models import PayoutPrice, PayoutUtxo
+from .models import PayoutAddress, PayoutPrice, PayoutUtxo
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,9 @@ ACK = "payouts.ack"
 BUILD_RETRY = 30.0   # s between attempts to build the approved payouts still waiting for money
 FEES_EVERY = 60.0    # s between fee estimates asked of the node
 REBROADCAST = 60.0   # s between broadcasts of a signed payout the node has not taken yet
+POLICY_EVERY = 60.0  # s between looks at the sweep threshold and the month's revenue shares
+POLICY_CHECK_INDEXES = 100  # sweep_to and shares' addresses: not any of the treasury's first receive/change ones
+POLICY_BY = "payout_mgr"  # requested_by of the payouts the policy asks for
 ALREADY_KNOWN = ("already in block chain", "already known", "txn-already-in-mempool", "txn-already-known",
                  "already in utxo set", "outputs already in utxo set")
 
@@ -55,16 +71,44 @@ class PayoutDesk:
     def _desk_init(self) -> None:
         ledger.db.initialize(self.database)
         self.outbox = Outbox(Outbox.model_for(self.database, "payout_outbox"))
-        ensure_tables(self.database, list(ledger.MODELS) + [self.outbox.model])
+        ensure_tables(self.database, list(ledger.MODELS) + [self.outbox.model], add_columns=ledger.ADDED_COLUMNS)
         self.policy_error: str | None = None
         try:
             self.policy = ledger.settings(self.home.config.get("payouts") or {})
+            self._check_policy_addresses()
         except DctrlError as exc:
             self.policy, self.policy_error = ledger.settings({}), str(exc)
+        self._policy_said: dict[str, str] = {}  # what -> the last reason logged (said once, not every minute)
         self.fee_estimates: dict[int, Decimal] = {}
         self.unsent = True
         self._broadcast_at: dict[int, float] = {}  # payout -> monotonic time of its last broadcast
         self._lookup_queued = False
+
+    def _check_policy_addresses(self) -> None:
+        """sweep_to and the shares' destinations: addresses of our network, and not the treasury's."""
+        if self.treasury is None:
+            return
+        named = ([("sweep_to", self.policy["sweep_to"])] if self.policy["sweep_to"] else []) + \
+            [("[payouts.shares]", a) for a in self.policy["shares"]]
+        if not named:
+            return
+        # the addresses watched, and the first indexes of each branch (a fresh database has none watched)
+        ours = set(self._treasury_addresses_named(a for _, a in named))
+        for change in (False, True):
+            ours |= {self.treasury.address(i, change=change)[0] for i in range(POLICY_CHECK_INDEXES)}
+        for what, address in named:
+            try:
+                tx.output_script(address, self.treasury)
+            except tx.PayoutError as exc:
+                raise ConfigError(f"{what}: {exc}") from None
+            if address in ours:
+                raise ConfigError(f"{what} {address} is an address of the treasury itself")
+
+    @staticmethod
+    def _treasury_addresses_named(addresses) -> list[str]:
+        wanted = list(addresses)
+        return [a for (a,) in PayoutAddress.select(PayoutAddress.address)
+                .where(PayoutAddress.address.in_(wanted)).tuples()] if wanted else []
 
     def _desk_setup(self) -> None:
         """At start: every signed payout broadcast again; the pending ones looked up on the chain."""
@@ -88,7 +132,7 @@ class PayoutDesk:
             if self.policy_error:
                 raise Refused(f"[payouts]: {self.policy_error}")
             if handler is None:
-                raise Refused(f"payouts {verb} is not built yet" if verb == "bump" else f"unknown command {msg.topic}")
+                raise Refused(f"unknown command {msg.topic}")
             try:
                 return handler(msg.sender, msg.body)
             except PayoutRefused as exc:
@@ -173,6 +217,14 @@ class PayoutDesk:
         if p.state == "signed":
             events.append(self._event(p, "signed", sender, "enough signatures: final", signers=signers))
         return events, {"payout": p.id, "state": p.state}
+
+    def _cmd_bump(self, sender, body):
+        rate = Decimal(body["feerate"])
+        p = service.bump(self.treasury, self.policy, body["payout"], rate, sender, clock=self.clock)
+        log.info("payout %d replaces payout %d (RBF) at %s sat/vB: fee %d sats, %s; waiting for %d signature(s)",
+                 p.id, p.replaces, rate, p.fee, p.txid, self.treasury.threshold)
+        return [self._event(p, "awaiting_signatures", sender, f"replaces payout {p.replaces} (RBF) at {rate} sat/vB: "
+                                                              f"fee {p.fee} sats")], {"payout": p.id, "state": p.state}
 
     def _event(self, p: Payout, state: str, by: str | None, reason: str | None, **more) -> tuple[str, dict]:
         return (f"payout.{state}", {"payout": p.id, "state": p.state, "kind": p.kind, "sats": p.sats, "txid": p.txid,
@@ -265,9 +317,14 @@ class PayoutDesk:
         if self._lookup_queued or self.treasury is None:
             return
         recent = int(self.clock()) - 86_400
+        # also, for a day: the confirmed (a reorg), and a bump's transactions that lost to another
+        # of the same payment (a reorg may swap which one confirmed)
         rows = [(p.id, p.txid, p.state, p.outpoints) for p in Payout.select().where(
             Payout.txid.is_null(False) & (Payout.state.in_(("awaiting_signatures", "signed", "broadcast"))
-                                          | ((Payout.state == "confirmed") & (Payout.updated_at >= recent))))]
+                                          | ((Payout.state == "confirmed") & (Payout.updated_at >= recent))
+                                          | ((Payout.state == "replaced") & (Payout.updated_at >= recent))
+                                          | ((Payout.state == "invalidated") & Payout.replaces.is_null(False)
+                                             & (Payout.updated_at >= recent))))]
         if rows:
             self._lookup_queued = True
             self.jobs.put(("lookup", rows))
@@ -312,13 +369,23 @@ class PayoutDesk:
         self._lookup_queued = False
         spent = {f"{t}:{v}" for t, v in PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout)
                  .where(PayoutUtxo.state == "spent").tuples()}
+        # a transaction found confirmed first: the other transactions of its payment (a bump's
+        # original or replacement) are then replaced or invalidated, never paid too (ledger.settle)
+        pairs = sorted(zip(rows, found), key=lambda rf: not (rf[1][1] is not None and rf[1][1].height is not None))
         with write_transaction(self.database):
-            for (pid, txid, state, inputs), (_, t) in zip(rows, found):
+            for (pid, txid, state, inputs), (_, t) in pairs:
                 change = None
                 if t is not None and t.height is not None:
                     change = ledger.chain_state(pid, "confirmed", "payout_mgr", f"confirmed at height {t.height}",
                                                 clock=self.clock) if state != "confirmed" else None
                     new = "confirmed"
+                    if change is not None:
+                        self._record(change, new, None, change.state_reason)
+                        log.info("payout %d %s: %s", pid, new, change.state_reason)
+                        change = None
+                        for q in ledger.settle(pid, "payout_mgr", clock=self.clock):
+                            self._record(q, q.state, None, q.state_reason)
+                            log.info("payout %d %s: %s", q.id, q.state, q.state_reason)
                 elif t is not None:
                     new = "broadcast"
                     change = ledger.chain_state(pid, "broadcast", "payout_mgr",
@@ -334,3 +401,110 @@ class PayoutDesk:
                     self._record(change, new, None, change.state_reason)
                     log.info("payout %d %s: %s", pid, new, change.state_reason)
         self.flush_payouts()
+
+    # -- payouts the policy asks for: sweeps and revenue shares -----------------------------
+
+    def _say(self, what: str, reason: str | None, level=logging.WARNING) -> None:
+        """Log ``reason`` about ``what`` when it changes (a policy look runs every minute)."""
+        if reason and self._policy_said.get(what) != reason:
+            log.log(level, "payout_mgr: %s: %s", what, reason)
+        self._policy_said[what] = reason or ""
+
+    @every(POLICY_EVERY)
+    def _policy_payouts(self) -> None:
+        if self.treasury is None or self.policy_error:
+            return
+        named = ([self.policy["sweep_to"]] if self.policy["sweep_to"] else []) + list(self.policy["shares"])
+        ours = self._treasury_addresses_named(named)  # one the treasury watches (beyond the first indexes)
+        if ours:
+            self.policy_error = f"{ours[0]} (sweep_to or [payouts.shares]) is an address of the treasury itself"
+            log.error("payout_mgr: [payouts]: %s", self.policy_error)
+            return
+        made = []
+        if self.policy["sweep_to"]:
+            made += self._sweep()
+        if self.policy["shares"]:
+            made += self._shares()
+        if made:
+            self._build_ready()
+            self.flush_payouts()
+
+    def free_confirmed_sats(self) -> int:
+        """The confirmed treasury outputs no payout has claimed, less what the payouts requested
+        but not built yet will take: what a sweep may move."""
+        taken = ledger.claimed_outpoints()
+        free = sum(u.sats for u in PayoutUtxo.select().where(PayoutUtxo.state == "confirmed")
+                   if u.outpoint not in taken)
+        owed = Payout.select(peewee.fn.COALESCE(peewee.fn.SUM(Payout.sats), 0)).where(
+            Payout.state == "requested").scalar()
+        return free - int(owed)
+
+    def _sweep(self) -> list[Payout]:
+        pol = self.policy
+        pending = Payout.select().where(Payout.kind == "sweep", Payout.requested_by == POLICY_BY,
+                                        Payout.state.in_(ledger.PENDING)).first()
+        if pending is not None:
+            return []
+        free = self.free_confirmed_sats()
+        if free <= pol["sweep_above_sats"]:
+            self._say("sweep", None)
+            return []
+        sats = free - pol["sweep_keep_sats"]
+        dust = tx.dust_limit(tx.output_script(pol["sweep_to"], self.treasury))
+        if sats < dust:
+            self._say("sweep", f"{sats} sats above sweep_keep_sats is below the dust limit of {dust}: not requested",
+                      logging.INFO)
+            return []
+        reason = (f"sweep: {free} sats confirmed and free in the treasury, above sweep_above_sats "
+                  f"{pol['sweep_above_sats']}; {pol['sweep_keep_sats']} kept")
+        price = self._price()
+        try:
+            with write_transaction(self.database):
+                p = ledger.request(pol, kind="sweep", destination=pol["sweep_to"], sats=sats,
+                                   rate=price and price[0], rate_as_of=price and price[1], reason=reason,
+                                   by=POLICY_BY, clock=self.clock)
+                self._record(p, "requested", POLICY_BY, reason)
+        except PayoutRefused as exc:
+            self._say("sweep", f"{sats} sats to {pol['sweep_to']} not requested: {exc}")
+            return []
+        self._say("sweep", None)
+        log.info("payout %d: %s", p.id, reason)
+        return [p]
+
+    def _shares(self) -> list[Payout]:
+        """Each destination's share of the previous month's sales, once (claim share:YYYY-MM:ADDRESS)."""
+        now = datetime.datetime.fromtimestamp(int(self.clock()), datetime.timezone.utc)
+        this = datetime.datetime(now.year, now.month, 1, tzinfo=datetime.timezone.utc)
+        last = (this - datetime.timedelta(days=1)).replace(day=1)
+        month = f"{last.year:04d}-{last.month:02d}"
+        keys = {a: f"share:{month}:{a}" for a in self.policy["shares"]}
+        done = {c.key for c in ledger.PayoutClaim.select().where(ledger.PayoutClaim.key.in_(list(keys.values())))}
+        todo = [a for a in keys if keys[a] not in done]
+        if not todo:
+            return []
+        sales = ledger.month_sales_sats(calendar.timegm(last.timetuple()), calendar.timegm(this.timetuple()))
+        price = self._price()
+        made = []
+        for address in todo:
+            pct = self.policy["shares"][address]
+            sats = int((Decimal(sales) * pct / 100).to_integral_value(rounding=ROUND_FLOOR))
+            dust = tx.dust_limit(tx.output_script(address, self.treasury))
+            what = f"share {month} to {address}"
+            if sats < dust:
+                self._say(what, f"{pct}% of {sales} sats of sales is {sats} sats, below the dust limit of {dust}: "
+                                "not requested", logging.INFO)
+                continue
+            reason = f"revenue share {month}: {pct}% of {sales} sats of vending sales"
+            try:
+                with write_transaction(self.database):
+                    p = ledger.request(self.policy, kind="share", destination=address, sats=sats,
+                                       rate=price and price[0], rate_as_of=price and price[1], reason=reason,
+                                       by=POLICY_BY, claims=(keys[address],), clock=self.clock)
+                    self._record(p, "requested", POLICY_BY, reason)
+            except PayoutRefused as exc:
+                self._say(what, f"{sats} sats not requested: {exc}")
+                continue
+            self._say(what, None)
+            log.info("payout %d: %s", p.id, reason)
+            made.append(p)
+        return made

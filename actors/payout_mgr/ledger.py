@@ -13,17 +13,23 @@ States::
     requested, awaiting_signatures --(open longer than the policy allows)--> expired
     awaiting_signatures, signed, broadcast --(an input spent by another transaction)--> invalidated
     confirmed --(reorged out)--> broadcast
+    broadcast --(bump)--> a new payout (``replaces`` = it), awaiting_signatures, ...; whichever of
+        the two confirms is the payment (ledger.settle): the older one ``replaced``, the newer
+        one ``invalidated``; never two confirmed
 
 Claims (``payout_claim``, the key its primary key): ``utxo:TXID:VOUT`` for each input while the
 payout can still spend it, and ``invoice:ID`` for a refund, for good once the refund is
 confirmed. A second payout claiming the same key fails on the primary key, whichever process
 and database: two payouts never spend the same coin and an invoice is refunded once (the
 double payouts of btcpayserver/btcpayserver#5957 came from two paths deciding apart). A payout
-that ends without paying (cancelled, expired, invalidated) releases its claims.
+that ends without paying (cancelled, expired, invalidated) releases its claims, except a
+``share:YYYY-MM:ADDRESS`` (a month's revenue share, kept: asked for once) and a bump's
+replacement's, which go back to the payout it was to replace while that one may still pay.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from decimal import ROUND_CEILING, Decimal
@@ -37,10 +43,12 @@ db = peewee.DatabaseProxy()
 
 KINDS = ("refund", "manual", "share", "sweep")
 STATES = ("requested", "awaiting_signatures", "signed", "broadcast", "confirmed",
-          "cancelled", "expired", "invalidated")
+          "cancelled", "expired", "invalidated", "replaced")
 OPEN = ("requested", "awaiting_signatures")            # may be cancelled, rejected or expire
 PENDING = ("requested", "awaiting_signatures", "signed", "broadcast")
 ENDED_UNPAID = ("cancelled", "expired", "invalidated")
+# "replaced": paid by its replacement (a bump, ``replaces`` = this payout), which confirmed; not unpaid.
+KEPT_CLAIMS = ("share:",)  # claims kept even when their payout ends unpaid (a share is asked for once)
 
 DEFAULTS = {
     "max_payout_cad": "500.00",    # one payout at most (CAD; "0" refuses every payout)
@@ -53,7 +61,12 @@ DEFAULTS = {
     "max_feerate": 200.0,
     "max_fee_sats": 50_000,        # a payout whose fee would be more is refused
     "price_max_age": 300,          # s: a CAD amount or limit is judged only at a price this fresh
+    "sweep_to": "",                # an address outside the treasury (cold storage); empty: no sweeps
+    "sweep_above_sats": 0,         # sweep when the free confirmed balance is above this (0: never)
+    "sweep_keep_sats": 0,          # ... the excess above this (at most sweep_above_sats)
+    "shares": {},                  # [payouts.shares] address -> "10%": monthly shares of last month's sales
 }
+INCREMENTAL_FEERATE = Decimal(1)   # sat/vB: Bitcoin Core's incremental relay fee (BIP 125 rule 4)
 
 
 class PayoutRefused(DctrlError):
@@ -83,7 +96,54 @@ def settings(section: dict) -> dict:
             raise ConfigError(f"[payouts] {key} must be a whole number, at least {low}")
     if not 0 < float(out["min_feerate"]) <= float(out["max_feerate"]):
         raise ConfigError("[payouts] need 0 < min_feerate <= max_feerate")
+    _policy_settings(out)
     return out
+
+
+def _percent(address: str, value) -> Decimal:
+    text = value.strip() if isinstance(value, str) else None
+    if not text or not text.endswith("%"):
+        raise ConfigError(f"[payouts.shares] {address} = {value!r}: a percentage as a string, e.g. \"10%\"")
+    try:
+        pct = Decimal(text[:-1].strip())
+    except Exception:
+        raise ConfigError(f"[payouts.shares] {address} = {value!r} is not a percentage") from None
+    if not pct.is_finite() or not 0 < pct <= 100 or pct.as_tuple().exponent < -2:
+        raise ConfigError(f"[payouts.shares] {address} = {value!r}: above 0% and at most 100%, "
+                          "at most 2 decimals")
+    return pct
+
+
+def _policy_settings(out: dict) -> None:
+    """The sweep and the revenue shares (checked here; the addresses against the network and the
+    treasury by PayoutMgr, which has the treasury)."""
+    if not isinstance(out["sweep_to"], str):
+        raise ConfigError("[payouts] sweep_to is an address (empty: no sweeps)")
+    out["sweep_to"] = out["sweep_to"].strip()
+    for key in ("sweep_above_sats", "sweep_keep_sats"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 0:
+            raise ConfigError(f"[payouts] {key} must be a whole number of sats, 0 or more")
+    if out["sweep_to"]:
+        if out["sweep_above_sats"] <= 0:
+            raise ConfigError("[payouts] sweep_to needs sweep_above_sats above 0: the balance a sweep starts at")
+        if out["sweep_keep_sats"] > out["sweep_above_sats"]:
+            raise ConfigError("[payouts] sweep_keep_sats must be at most sweep_above_sats")
+        if out["allowlist"] and out["sweep_to"] not in out["allowlist"]:
+            raise ConfigError(f"[payouts] sweep_to {out['sweep_to']} is not on the [payouts] allowlist")
+    elif out["sweep_above_sats"] or out["sweep_keep_sats"]:
+        raise ConfigError("[payouts] sweep_above_sats and sweep_keep_sats need sweep_to")
+    if not isinstance(out["shares"], dict):
+        raise ConfigError("[payouts.shares] is a table: address = \"10%\"")
+    shares = {}
+    for address, value in out["shares"].items():
+        if not isinstance(address, str) or not address.strip():
+            raise ConfigError("[payouts.shares]: a key is an address")
+        if out["allowlist"] and address not in out["allowlist"]:
+            raise ConfigError(f"[payouts.shares] {address} is not on the [payouts] allowlist")
+        shares[address] = _percent(address, value)
+    if sum(shares.values(), Decimal(0)) > 100:
+        raise ConfigError(f"[payouts.shares] add up to {sum(shares.values())}%, more than 100%")
+    out["shares"] = shares
 
 
 class Base(peewee.Model):
@@ -116,6 +176,7 @@ class Payout(Base):
     change_index = peewee.IntegerField(null=True)             # the change address's index (/1/i)
     raw_tx = peewee.TextField(null=True)                      # hex, once finalized
     updated_at = peewee.BigIntegerField()
+    replaces = peewee.IntegerField(null=True, index=True)     # a bump: the payout this one replaces (RBF)
 
     @property
     def outpoints(self) -> list[str]:
@@ -123,7 +184,7 @@ class Payout(Base):
 
 
 class PayoutClaim(Base):
-    key = peewee.CharField(max_length=100, primary_key=True)  # "utxo:TXID:VOUT" | "invoice:ID"
+    key = peewee.CharField(max_length=160, primary_key=True)  # "utxo:TXID:VOUT" | "invoice:ID" | "share:YYYY-MM:ADDR"
     payout = peewee.IntegerField(index=True)
 
 
@@ -165,6 +226,7 @@ class PayoutHistory(Base):
 
 
 MODELS = (Payout, PayoutClaim, PayoutApproval, PayoutSignature, PayoutHistory, PayoutCommand)
+ADDED_COLUMNS = {Payout: ["replaces"]}  # for ensure_tables: columns later than the tables
 
 
 def _move(p: Payout, state: str, by: str, now: int, reason: str | None = None) -> Payout:
@@ -172,8 +234,21 @@ def _move(p: Payout, state: str, by: str, now: int, reason: str | None = None) -
     p.save()
     PayoutHistory.create(payout=p.id, state=state, at=now, by=by, reason=reason)
     if state in ENDED_UNPAID:
-        PayoutClaim.delete().where(PayoutClaim.payout == p.id).execute()
+        _release(p)
     return p
+
+
+def _release(p: Payout) -> None:
+    """A payout ended unpaid: its claims go back to the payout it replaces if that one can still
+    pay (a bump abandoned: the original keeps its inputs), else they are released; a share's
+    claim is kept (the month's share is asked for once)."""
+    mine = PayoutClaim.payout == p.id
+    before = Payout.get_or_none(Payout.id == p.replaces) if p.replaces else None
+    if before is not None and before.state in PENDING + ("confirmed",):
+        PayoutClaim.update(payout=before.id).where(mine).execute()
+        return
+    kept = functools.reduce(lambda a, b: a | b, [PayoutClaim.key.startswith(k) for k in KEPT_CLAIMS])
+    PayoutClaim.delete().where(mine & ~kept).execute()
 
 
 def _get(payout_id: int, *, lock: bool = True) -> Payout:
@@ -205,7 +280,7 @@ def cents_of(sats: int, rate: Decimal) -> int:
 
 def request(policy: dict, *, kind: str, destination: str, sats: int, rate: Decimal | None,
             rate_as_of: int | None, reason: str, by: str, invoice: str | None = None,
-            clock=time.time) -> Payout:
+            claims: tuple[str, ...] = (), clock=time.time) -> Payout:
     """Record a payout request, checked against the policy; a refund claims its invoice."""
     now = int(clock())
     if kind not in KINDS:
@@ -228,7 +303,8 @@ def request(policy: dict, *, kind: str, destination: str, sats: int, rate: Decim
         if isinstance(db.obj, peewee.PostgresqlDatabase):  # one limit check at a time
             db.execute_sql("SELECT pg_advisory_xact_lock(hashtext('dctrl-payout-limit'))")
         day = (Payout.select(peewee.fn.COALESCE(peewee.fn.SUM(Payout.cad_cents), 0))
-               .where(Payout.requested_at > now - 86_400, Payout.state.not_in(ENDED_UNPAID)).scalar())
+               .where(Payout.requested_at > now - 86_400, Payout.state.not_in(ENDED_UNPAID),
+                      Payout.replaces.is_null()).scalar())  # a replacement is its original's money
         daily = int(policy["daily_limit_cad"] * 100)
         if day + cents > daily:
             raise PayoutRefused(f"{cents / 100:.2f} CAD would bring the last 24 hours' payouts to "
@@ -238,6 +314,8 @@ def request(policy: dict, *, kind: str, destination: str, sats: int, rate: Decim
                           requested_at=now, expires_at=now + 3600 * policy["open_hours"], updated_at=now)
         if invoice:
             _claim(f"invoice:{invoice}", p.id, f"invoice {invoice}'s refund")
+        for key in claims:
+            _claim(key, p.id, key)
         PayoutHistory.create(payout=p.id, state="requested", at=now, by=by, reason=reason)
     return p
 
@@ -327,13 +405,108 @@ def finalized(payout_id: int, raw_tx_hex: str, by: str, clock=time.time) -> Payo
 def chain_state(payout_id: int, state: str, by: str, reason: str, clock=time.time) -> Payout | None:
     """broadcast, confirmed, invalidated, or back to broadcast on a reorg; None if nothing changes."""
     allowed = {"broadcast": ("signed", "awaiting_signatures", "confirmed"),
-               "confirmed": ("signed", "awaiting_signatures", "broadcast"),
-               "invalidated": ("awaiting_signatures", "signed", "broadcast")}
+               # replaced/invalidated -> confirmed: a reorg swapped which of a bump's transactions
+               # confirmed (only those are looked up again: desk._queue_lookup)
+               "confirmed": ("signed", "awaiting_signatures", "broadcast", "replaced", "invalidated"),
+               "invalidated": ("awaiting_signatures", "signed", "broadcast"),
+               "replaced": ("awaiting_signatures", "signed", "broadcast")}
     with write_transaction(db):
         p = _get(payout_id)
         if p.state not in allowed[state]:
             return None
         return _move(p, state, by, int(clock()), reason)
+
+
+def family(p: Payout) -> list[Payout]:
+    """The payout, the payouts it replaces (transitively) and those replacing it: one payment's
+    possible transactions, oldest first."""
+    root = p
+    while root.replaces:
+        root = Payout.get_by_id(root.replaces)
+    out, frontier = [root], [root.id]
+    while frontier:
+        found = list(Payout.select().where(Payout.replaces.in_(frontier)).order_by(Payout.id))
+        out += found
+        frontier = [q.id for q in found]
+    return sorted(out, key=lambda q: q.id)
+
+
+def ancestors(p: Payout) -> set[int]:
+    out, q = set(), p
+    while q.replaces:
+        out.add(q.replaces)
+        q = Payout.get_by_id(q.replaces)
+    return out
+
+
+def settle(payout_id: int, by: str, clock=time.time) -> list[Payout]:
+    """(After ``payout_id`` confirmed) the other transactions of the same payment can never
+    confirm now (they spend the same inputs): those it replaces become ``replaced``, those that
+    replace it ``invalidated`` (also one recorded confirmed before a reorg put this one in its
+    place); every claim of the family is the confirmed one's. Returns the payouts moved. One
+    payment is reported paid once, whichever of its transactions confirmed."""
+    now = int(clock())
+    moved = []
+    with write_transaction(db):
+        p = _get(payout_id)
+        if p.state != "confirmed":
+            return []
+        fam = family(p)
+        if len(fam) == 1:
+            return []
+        PayoutClaim.update(payout=p.id).where(PayoutClaim.payout.in_([q.id for q in fam])).execute()
+        older = ancestors(p)
+        for q in fam:
+            if q.id == p.id or q.state not in PENDING + ("confirmed",):  # confirmed: before a reorg
+                continue
+            q = _get(q.id)
+            if q.id in older:
+                moved.append(_move(q, "replaced", by, now, f"replaced by payout {p.id} ({p.txid}), which confirmed"))
+            elif q.state == "requested":
+                continue
+            else:
+                moved.append(_move(q, "invalidated", by, now, f"payout {p.id} ({p.txid}), which it was to "
+                                   "replace, confirmed instead"))
+    return moved
+
+
+def replacement(original_id: int, *, psbt_b64: str, txid: str, fee: int, vsize: int, change_sats: int,
+                feerate: Decimal, by: str, policy: dict, clock=time.time) -> Payout:
+    """A bump recorded: a new payout (``replaces`` = the original) with the same destination, amount
+    and inputs, awaiting the co-signers' signatures; the original's claims move to it (never
+    released: the original, still in the mempool, may yet confirm, and then they move back)."""
+    now = int(clock())
+    with write_transaction(db):
+        o = _get(original_id)
+        if o.state != "broadcast":
+            raise PayoutRefused(f"payout {o.id} is {o.state}: only a broadcast payout still unconfirmed can be "
+                                "bumped")
+        newer = (Payout.select().where(Payout.replaces == o.id, Payout.state.in_(PENDING)).first())
+        if newer is not None:
+            raise PayoutRefused(f"payout {o.id} already has a replacement, payout {newer.id} ({newer.state}): "
+                                "sign that one, or cancel it first")
+        p = Payout.create(kind=o.kind, destination=o.destination, sats=o.sats, cad_cents=o.cad_cents, rate=o.rate,
+                          rate_as_of=o.rate_as_of, reason=o.reason, invoice=o.invoice, requested_by=by,
+                          requested_at=now, expires_at=now + 3600 * policy["open_hours"], updated_at=now,
+                          state="awaiting_signatures", psbt=psbt_b64, txid=txid, inputs=o.inputs, fee=fee,
+                          vsize=vsize, change_sats=change_sats, change_index=o.change_index, replaces=o.id)
+        PayoutClaim.update(payout=p.id).where(PayoutClaim.payout == o.id).execute()
+        PayoutHistory.create(payout=p.id, state="awaiting_signatures", at=now, by=by,
+                             reason=f"replaces payout {o.id} (RBF): fee {o.fee} -> {fee} sats at {feerate} sat/vB")
+        return p
+
+
+def month_sales_sats(start: int, end: int) -> int:
+    """BusinessMgr's vending sales paid in [start, end) (unix s), in sats: an invoice with items
+    dispensed is a sale of those items at its quote (the amount due for the items dispensed), as
+    the Reporter counts them (actors/reporter/inputs.py ``sales``). 0 when BusinessMgr never ran."""
+    database = db.obj
+    if not database.table_exists("sales_invoice"):
+        return 0
+    sql = ('SELECT COALESCE(SUM(COALESCE("due_sats", 0) * "vended" / "items"), 0) FROM "sales_invoice" '
+           'WHERE "vended" > 0 AND "items" > 0 AND "paid_at" IS NOT NULL AND "paid_at" >= ? AND "paid_at" < ?'
+           ).replace("?", database.param)
+    return int(database.execute_sql(sql, (start, end)).fetchone()[0])
 
 
 def expire(clock=time.time) -> list[int]:

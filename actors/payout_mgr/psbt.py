@@ -188,6 +188,56 @@ def build(treasury: Treasury, utxos: list[Utxo], destinations: list[tuple[str, i
     return Built(psbt, tuple(inputs), fee, n_vsize, change)
 
 
+# -- replacing (RBF, BIP 125) ------------------------------------------------------------------
+
+def bump(treasury: Treasury, original: PSBT, *, old_fee: int, change_index: int | None, feerate: Decimal,
+         max_fee: int, max_feerate: Decimal, incremental: Decimal = Decimal(1)) -> Built:
+    """A replacement of ``original`` (BIP 125): ALL its inputs (the original can then never confirm
+    as well), the same outputs, the fee raised to ``feerate`` sat/vB and taken from the change.
+    Rule 3 and 4: the new fee is at least the old one plus ``incremental`` × the new vsize, so the
+    fee rate asked is raised when it would not be enough. Refused: a rate not above the
+    original's, a rate above ``max_feerate`` or a fee above ``max_fee``, no change output, or
+    change that would fall below dust. No input is added (the coins of other payouts stay theirs)."""
+    feerate = Decimal(feerate)
+    t = original.tx
+    k, n = treasury.threshold, len(treasury.cosigners)
+    scripts = [o.script_pubkey.data for o in t.vout]
+    size = vsize(len(t.vin), scripts, k, n)
+    old_rate = Decimal(old_fee) / size
+    if feerate <= old_rate:
+        raise PayoutError(f"{feerate} sat/vB is not above the payout's fee rate of {old_rate:.2f} sat/vB "
+                          f"({old_fee} sats for {size} vB)")
+    fee = max(math.ceil(feerate * size), old_fee + math.ceil(incremental * size))
+    if Decimal(fee) / size > Decimal(str(max_feerate)):
+        raise PayoutError(f"{Decimal(fee) / size:.2f} sat/vB (BIP 125: at least the old fee plus {incremental} "
+                          f"sat/vB) is above the [payouts] max_feerate of {max_feerate} sat/vB")
+    if fee > max_fee:
+        raise PayoutError(f"the fee would be {fee} sats, above the [payouts] max_fee_sats of {max_fee} sats")
+    if change_index is None:
+        raise PayoutError("the payout has no change output to take a higher fee from")
+    change_spk = bytes.fromhex(treasury.address(change_index, change=True)[1])
+    at = [i for i, s in enumerate(scripts) if s == change_spk]
+    if len(at) != 1:
+        raise PayoutError("the payout has no change output to take a higher fee from")
+    c = at[0]
+    change = t.vout[c].value - (fee - old_fee)
+    if change < dust_limit(change_spk):
+        raise PayoutError(f"the change of {t.vout[c].value} sats cannot pay {fee - old_fee} sats more of fee "
+                          f"without falling below the dust limit of {dust_limit(change_spk)} sats")
+    vin = [TransactionInput(v.txid, v.vout, sequence=RBF_SEQUENCE) for v in t.vin]
+    vout = [TransactionOutput(change if i == c else o.value, o.script_pubkey) for i, o in enumerate(t.vout)]
+    psbt = PSBT(Transaction(version=t.version, vin=vin, vout=vout, locktime=t.locktime))
+    for mine, theirs in zip(psbt.inputs, original.inputs):
+        mine.non_witness_utxo, mine.witness_utxo = theirs.non_witness_utxo, theirs.witness_utxo
+        mine.witness_script = theirs.witness_script
+        mine.bip32_derivations.update(theirs.bip32_derivations)
+    for mine, theirs in zip(psbt.outputs, original.outputs):
+        mine.witness_script = theirs.witness_script
+        mine.bip32_derivations.update(theirs.bip32_derivations)
+    psbt.xpubs.update(original.xpubs)
+    return Built(psbt, (), fee, size, change)
+
+
 # -- reading back -----------------------------------------------------------------------------
 
 def txid(psbt: PSBT) -> str:

@@ -45,6 +45,23 @@ def build(treasury: Treasury, policy: dict, payout_id: int, utxos: list[tx.Utxo]
                          change_sats=built.change_sats, change_index=change_index, by=by, clock=clock)
 
 
+def bump(treasury: Treasury, policy: dict, payout_id: int, feerate: Decimal, by: str,
+         clock=time.time) -> Payout:
+    """A broadcast payout's replacement (RBF) at ``feerate`` sat/vB: a new payout replacing it,
+    for the co-signers to sign (psbt.bump says what a replacement may be)."""
+    o = Payout.get_or_none(Payout.id == payout_id)
+    if o is None:
+        raise PayoutRefused(f"no payout {payout_id}")
+    if o.state != "broadcast":
+        raise PayoutRefused(f"payout {o.id} is {o.state}: only a broadcast payout still unconfirmed can be bumped")
+    built = tx.bump(treasury, tx.decode(o.psbt), old_fee=o.fee, change_index=o.change_index, feerate=feerate,
+                    max_fee=policy["max_fee_sats"], max_feerate=Decimal(str(policy["max_feerate"])),
+                    incremental=ledger.INCREMENTAL_FEERATE)
+    return ledger.replacement(o.id, psbt_b64=built.psbt.to_base64(), txid=tx.txid(built.psbt), fee=built.fee,
+                              vsize=built.vsize, change_sats=built.change_sats, feerate=feerate, by=by,
+                              policy=policy, clock=clock)
+
+
 def take_signatures(treasury: Treasury, payout_id: int, data: bytes | str, identity: str,
                     clock=time.time) -> tuple[Payout, list[str]]:
     """A PSBT signed elsewhere: its valid signatures kept (psbt.combine refuses anything else),
@@ -81,7 +98,8 @@ def summary(treasury: Treasury, p: Payout) -> dict:
     out = {"id": p.id, "kind": p.kind, "state": p.state, "reason": p.reason, "requested_by": p.requested_by,
            "destination": p.destination, "sats": p.sats, "cad_cents": p.cad_cents, "rate": p.rate,
            "txid": p.txid, "fee": p.fee, "vsize": p.vsize, "outputs": [], "signers": [],
-           "needed": treasury.threshold, "feerate": None}
+           "needed": treasury.threshold, "feerate": None, "replaces": p.replaces,
+           "replaced_by": [q.id for q in Payout.select(Payout.id).where(Payout.replaces == p.id).order_by(Payout.id)]}
     if not p.psbt:
         return out
     psbt = tx.decode(p.psbt)
