@@ -165,7 +165,7 @@ def test_every_payouts_action_explains_itself_in_its_help():
     top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     payouts = next(a for a in top["payouts"]._actions if isinstance(a, argparse._SubParsersAction))
     assert set(payouts.choices) == {"list", "show", "request", "approve", "reject", "cancel", "export", "import",
-                                    "sign"}
+                                    "sign", "bump"}
     for name, sp in payouts.choices.items():
         text = sp.format_help()
         assert sp.description and len(sp.description) > 30, name
@@ -199,6 +199,7 @@ def test_without_payout_mgr_the_reads_say_so_and_the_commands_say_no_one_answere
     (["payouts", "approve", "3"], "cmd.payouts.approve", {"payout": 3, "reason": None}),
     (["payouts", "reject", "3", "--reason", "not ours"], "cmd.payouts.reject", {"payout": 3, "reason": "not ours"}),
     (["payouts", "cancel", "3", "--reason", "typo"], "cmd.payouts.cancel", {"payout": 3, "reason": "typo"}),
+    (["payouts", "bump", "3", "--feerate", "12.5"], "cmd.payouts.bump", {"payout": 3, "feerate": "12.5"}),
     (["invoices", "refund", "42", "--to", "bcrt1qdest000000000", "--rate", "now"], "cmd.payouts.refund",
      {"invoice": 42, "to": "bcrt1qdest000000000", "rate": "now", "reason": None}),
 ])

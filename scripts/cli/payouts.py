@@ -1,4 +1,4 @@
-"""`dctrl payouts list|show|request|approve|reject|cancel|export|import|sign`: multisig payouts
+"""`dctrl payouts list|show|request|approve|reject|cancel|export|import|sign|bump`: multisig payouts
 from the treasury (issue 13).
 
 Reads (``list``, ``show``, ``export``) go to PayoutMgr's tables (actors/payout_mgr/ledger.py,
@@ -171,7 +171,8 @@ def _print_view(v: dict) -> None:
 
 def cmd_payouts(args):
     return {"list": _list, "show": _show, "request": _request, "approve": _approve, "reject": _reject,
-            "cancel": _cancel, "export": _export, "import": _import, "sign": _sign}[args.payouts_cmd](args)
+            "cancel": _cancel, "export": _export, "import": _import, "sign": _sign,
+            "bump": _bump}[args.payouts_cmd](args)
 
 
 def _list(args):
@@ -233,6 +234,15 @@ def _reject(args):
 def _cancel(args):
     ack = send(args, "cancel", {"payout": args.id, "reason": args.reason})
     return _said(ack, f"cancelled by {args.as_name}")
+
+
+def _bump(args):
+    if not re.fullmatch(r"[0-9]{1,6}(\.[0-9]{1,3})?", args.feerate):
+        raise DctrlError(f"--feerate {args.feerate!r}: sat/vB such as 12 or 12.5 (at most 3 decimals)")
+    ack = send(args, "bump", {"payout": args.id, "feerate": args.feerate})
+    return _said(ack, f"payout {args.id} is to be replaced at {args.feerate} sat/vB by payout {ack['payout']}: "
+                      f"the co-signers sign that one (`dctrl payouts show {ack['payout']}`); whichever of the two "
+                      "confirms is the payment")
 
 
 def _stored_psbt(args, payout_id):
@@ -374,6 +384,10 @@ def register(sub):
     sign.add_argument("id", type=int, help="the payout's number")
     sign.add_argument("--key", required=True, metavar="FILE",
                       help="the co-signer's BIP 39 mnemonic or extended private key (keep it mode 0600)")
-    for p in (req, appr, rej, can, imp, sign):
+    bump = ps.add_parser("bump", help="a broadcast payout stuck unconfirmed: make a replacement (RBF) paying a "
+                                      "higher fee from its change, for the co-signers to sign")
+    bump.add_argument("id", type=int, help="the payout's number (in state broadcast)")
+    bump.add_argument("--feerate", required=True, metavar="R", help="the new fee rate in sat/vB (above the old one)")
+    for p in (req, appr, rej, can, imp, sign, bump):
         add_command_options(p)
-    hide_home(lst, show, req, appr, rej, can, exp, imp, sign)
+    hide_home(lst, show, req, appr, rej, can, exp, imp, sign, bump)
