@@ -54,7 +54,7 @@ def db(dbm):
         if dbm.table_exists(t):
             dbm.execute_sql(f'DELETE FROM "{t}"')
     sql(dbm, 'INSERT INTO "member_plan_version" ("name", "cents", "period", "grace_days", "confirmations", '
-             '"created") VALUES (?, ?, ?, ?, ?, ?)', "regular", 4000, "month", 30, 1, OLD)
+             '"term_days", "created") VALUES (?, ?, ?, ?, ?, ?, ?)', "regular", 4000, "month", 30, 1, 7, OLD)
     return dbm
 
 
@@ -226,7 +226,8 @@ def test_kept_member_rows_hold_on_the_days_after_the_fold_and_facts_added_are_se
     check(db, days)
     # a new plan version (a new price from its day): every kept row is recomputed
     sql(db, 'INSERT INTO "member_plan_version" ("name", "cents", "period", "grace_days", "confirmations", '
-            '"created") VALUES (?, ?, ?, ?, ?, ?)', "regular", 5000, "month", 30, 1, ts(D("2025-02-15")))
+            '"term_days", "created") VALUES (?, ?, ?, ?, ?, ?, ?)', "regular", 5000, "month", 30, 1, 7,
+        ts(D("2025-02-15")))
     assert kept_rows(db, D("2025-03-01")) == ({}, None)
     check(db, days)
     fold(db, NOW, as_of=D("2025-03-01"))
