@@ -286,9 +286,11 @@ def combine(treasury: Treasury, ours: PSBT, theirs: PSBT) -> tuple[PSBT, list[st
     if len(theirs.inputs) != len(ours.inputs):
         raise PayoutError("the PSBT has another number of inputs")
     added: dict[int, dict] = {}
+    unsigned = ours.tx  # (PSBT.tx builds a new transaction at each use: once, so its BIP 143 hashes are kept)
     for i, (mine, other) in enumerate(zip(ours.inputs, theirs.inputs)):
         keys = _cosigner_of(treasury, mine)
-        h = ours.sighash(i, sighash=SIGHASH_ALL)  # from OUR utxo and witness script
+        # from OUR utxo and witness script
+        h = unsigned.sighash_segwit(i, mine.witness_script, mine.utxo.value, sighash=SIGHASH_ALL)
         for pub, sig in other.partial_sigs.items():
             if pub.sec() not in keys:
                 raise PayoutError(f"input {i}: a signature by {pub.sec().hex()}, which is not a key of "

@@ -80,11 +80,11 @@ def take_signatures(treasury: Treasury, payout_id: int, data: bytes | str, ident
     return p, new
 
 
-def signatures_only(psbt_b64: str) -> str:
-    """The PSBT cut to the unsigned transaction and the partial signatures, for the bus (a
-    message is at most 64 KiB, and whole previous transactions can be larger; the receiver
-    uses its own record of them anyway)."""
-    full = PSBT.from_base64(psbt_b64)
+def signatures_only(psbt: str | PSBT) -> str:
+    """The PSBT (base64, or parsed) cut to the unsigned transaction and the partial signatures,
+    for the bus (a message is at most 64 KiB, and whole previous transactions can be larger;
+    the receiver uses its own record of them anyway)."""
+    full = PSBT.from_base64(psbt) if isinstance(psbt, str) else psbt
     slim = PSBT(full.tx)
     for mine, theirs in zip(slim.inputs, full.inputs):
         mine.partial_sigs.update(theirs.partial_sigs)

@@ -79,7 +79,7 @@ def _ours(treasury, mnemonics, utxos, amount, dest):
     for m in mnemonics[:2]:
         theirs = tx.decode(exported)
         tx.sign(treasury, theirs, m)
-        ours, _ = tx.combine(treasury, ours, tx.decode(signatures_only(theirs.to_base64())))
+        ours, _ = tx.combine(treasury, ours, tx.decode(signatures_only(theirs)))
     return tx.finalize(treasury, ours), len(built.inputs)
 
 
