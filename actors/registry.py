@@ -62,9 +62,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("member_data", "actors.member_data.actor:MemberData",
           grants=Grants(publish=("member", "members.ack", "cmd.chain.watch", "cmd.chain.discover"),
                         subscribe=("cmd.members", "chain", "price"))),
-    # MemberMail: the single writer of mail_outbox; member.* in, mail.* out (the acks of cmd.mail.* too).
+    # MemberMail: the single writer of mail_outbox; member.* in, mail.* out (the acks of cmd.mail.* too);
+    # payout.* in: payout.awaiting_signatures asks the co-signers ([member_mail] cosigners) to sign.
     Entry("member_mail", "actors.member_mail.actor:MemberMail",
-          grants=Grants(publish=("mail",), subscribe=("member", "cmd.mail"))),
+          grants=Grants(publish=("mail",), subscribe=("member", "cmd.mail", "payout"))),
     Entry("business_mgr", "actors.business_mgr.actor:BusinessMgr",
           grants=Grants(publish=("cmd.machine", "cmd.chain", "invoice"),
                         subscribe=("machine", "chain", "price", "business"))),

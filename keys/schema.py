@@ -83,7 +83,7 @@ CONFIG = Table({
                           "staging_to": STR, "rate_per_second": INT, "rate_per_minute": INT, "batch": INT,
                           "retry_base_s": NUMBER, "retry_max_s": NUMBER, "give_up_after_s": NUMBER,
                           "interrupted": STR, "templates_dir": STR, "reminder_days": INT,
-                          "status_max_age_days": INT}),
+                          "status_max_age_days": INT, "cosigners": STR_LIST}),
     # actors/chain_notifier/; a backend's table is named like it: [chain.bitcoind], [chain.esplora2]
     "chain": Table({"network": NETWORK, "backends": STR_LIST, "confirm_depth": INT, "reconcile_interval": NUMBER,
                     "recent_blocks": INT, "rescan_limit": INT},

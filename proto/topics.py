@@ -437,7 +437,7 @@ register("member.plan.changed", Map({
 # -- member mail: MemberMail is the single writer of the outbox (mail_outbox) ----------------
 # Events name the outbox row, its kind and the member's handle (nil for a test mail), never an
 # address or a mail's text; `dctrl mail outbox` reads the rest from the table.
-MAIL_KIND = Str(choices=("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement", "test"))
+MAIL_KIND = Str(choices=("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement", "payout", "test"))
 MAIL_EVENT = Map({"id": Int(min=1), "kind": MAIL_KIND, "handle": Opt(HANDLE)})
 # mail.sent: the server accepted it (250 after DATA); mail.failed: given up (5xx, or too long
 # undelivered); mail.held: maybe delivered before a crash, waiting for `dctrl mail retry ID`.

@@ -47,6 +47,15 @@ set at its highest id at the first start). :meth:`MemberMail.daily` queues the r
 dispatcher skips the reminders and statements a member opted out of (MemberData's
 ``opted_out``), never other kinds.
 
+``payout.awaiting_signatures`` (PayoutMgr's, from ``payout_mgr`` only: a payout's PSBT, or a
+bump's replacement, is ready) queues a mail to each of ``[member_mail] cosigners`` (member
+handles: their address is MemberData's, as for every mail), keyed (payout, handle, payout:N):
+one per co-signer and payout, ever. Its data is read from PayoutMgr's ``payout`` table
+(destination, reason, who asked), never from the event alone; a payout no longer awaiting
+signatures is not mailed. A handle that is no member, or forgotten, is logged and named in
+health (degraded). Payouts awaiting signatures whose event was not heard are found by the same
+reconcile (above a mark set at the first start). Not opt-out-able: signing is a duty.
+
 Commands (from ``admin``): ``cmd.mail.retry {row}`` and ``cmd.mail.send_test {to}``, answered
 on ``mail.ack``. A retried command (same id) gets the same answer from a memory of the last
 1,000 ids (a restart forgets them: retry is harmless twice, a test mail's key is its command id).
@@ -57,6 +66,7 @@ from __future__ import annotations
 import collections
 import datetime
 import logging
+import re
 import threading
 import time
 
@@ -82,6 +92,7 @@ DAILY_CHECK_S = 300.0  # whether today's reminders and the month's statements ar
 STATEMENT_LATE_DAYS = 7  # a month's statements go from the 1st of the next month up to its 7th
 STATEMENT_BATCH = 200  # members whose statement is built per check (each a few queries)
 TRANSITIONS = "report_transition"  # mail_cursor's name for the Reporter's table
+PAYOUTS = "payout"  # mail_cursor's name for PayoutMgr's table: a fixed mark (see _reconcile_payouts)
 IDLE_S = 60.0      # the sender looks at the outbox at least this often
 MIN_WAIT_S = 0.05  # ... and at most this often (no busy loop on a row due now that cannot go)
 
@@ -112,6 +123,7 @@ class MemberMail(Actor):
         self.queued = 0
         self._reminders_day: datetime.date | None = None  # the day the reminders were last looked for
         self._statement_progress: tuple[str, str | None] = ("", "")  # (month, last handle done; None: all)
+        self.cosigner_problems: dict[str, str] = {}  # [member_mail] cosigners not mailable: handle -> why
 
     # -- lifecycle (loop thread) -----------------------------------------------------------
 
@@ -139,6 +151,9 @@ class MemberMail(Actor):
     def health(self):
         if self.error:
             return "degraded", self.error
+        if self.cosigner_problems:
+            return "degraded", ("[member_mail] cosigners not mailed: "
+                                + "; ".join(f"{h}: {why}" for h, why in sorted(self.cosigner_problems.items())))
         if self.needs_password and not self._password_new.is_set() and self._password is None:
             return "degraded", f"waiting for secret {SECRET} from the Vault"
         stats = self.dispatcher.stats if self.dispatcher else {}
@@ -239,6 +254,53 @@ class MemberMail(Actor):
         body = msg.body
         self.transition(body["handle"], body["previous"], body["status"], body["on"])
 
+    @on("payout.awaiting_signatures")
+    def payout_awaiting(self, msg):
+        """PayoutMgr built a payout's PSBT (or a bump's replacement): each co-signer is asked to
+        sign it, once per payout (key (payout, handle, payout:N)). The details are read from
+        PayoutMgr's table, not taken from the event."""
+        if msg.sender != "payout_mgr":  # (the broker grants payout.* to payout_mgr only)
+            log.warning("payout.awaiting_signatures from %s ignored", msg.sender)
+            return
+        self.ask_cosigners(msg.body["payout"], msg.body.get("needed"))
+
+    def cosigners(self) -> list[str]:
+        """The ``[member_mail] cosigners`` that can be mailed now: each a member with an address.
+        The others are logged (when that changes) and named in health (degraded)."""
+        problems = {}
+        good = []
+        known = self.database.table_exists("member_member")
+        for handle in self.config["cosigners"]:
+            m = context.members.member(self.database, handle) if known else None
+            if m is None:
+                problems[handle] = "no such member"
+            elif m["forgotten"] is not None or not m["email"]:
+                problems[handle] = "no mail address (forgotten)"
+            else:
+                good.append(handle)
+        if problems != self.cosigner_problems:
+            for handle, why in sorted(problems.items()):
+                log.warning("[member_mail] cosigners: %s: %s; no payout mail goes to them", handle, why)
+            self.cosigner_problems = problems
+        return good
+
+    def needed(self) -> int | None:
+        """The signatures a payout needs: k of ``[treasury] descriptor``'s sortedmulti (None: not
+        configured here). For the catch-up; an event says it (``needed``)."""
+        found = re.search(r"sortedmulti\(\s*(\d+)\s*,", self.home.config.get("treasury", {}).get("descriptor") or "")
+        return int(found.group(1)) if found else None
+
+    def ask_cosigners(self, payout_id: int, needed: int | None = None) -> int:
+        """Queue the mail asking each co-signer to sign payout ``payout_id`` (at most once per
+        co-signer and payout); returns how many were queued."""
+        n = 0
+        for handle in self.cosigners():
+            if self.outbox.find("payout", handle, f"payout:{payout_id}") is not None:
+                continue  # (asked already: not built again)
+            done = self.queue("payout", handle, payout_id, needed)
+            n += bool(done and done.queued)
+        return n
+
     def today(self) -> datetime.date:
         return datetime.datetime.fromtimestamp(self.clock(), datetime.timezone.utc).date()
 
@@ -284,12 +346,12 @@ class MemberMail(Actor):
         set at MemberData's highest ids: history (an imported list, years of payments) is
         never mailed. Returns how many mails were queued."""
         cursor = {c.name: c.last_id for c in MailCursor.select().bind(self.database)}
-        first = not cursor
+        first = "member_fact" not in cursor
         if not self.database.table_exists("member_fact"):  # member_data has not run: nothing yet
             if first:
                 self._save_cursor(0, 0)
-            return self._reconcile_transitions(cursor)
-        n = self._reconcile_transitions(cursor)
+            return self._reconcile_transitions(cursor) + self._reconcile_payouts(cursor)
+        n = self._reconcile_transitions(cursor) + self._reconcile_payouts(cursor)
         seen = context.members.changes_after(self.database, cursor.get("member_fact", 0),
                                              cursor.get("member_payment", 0))
         if first:
@@ -333,6 +395,33 @@ class MemberMail(Actor):
             cursor[TRANSITIONS] = top
         if n:
             log.info("%d status mail(s) queued for transitions whose events were not heard", n)
+        return n
+
+    def _reconcile_payouts(self, cursor: dict) -> int:
+        """The payouts awaiting signatures whose co-signers have not been asked (the event not
+        heard: member_mail was away, the bus lost it, a co-signer added to the config since).
+        The cursor here is a fixed mark, not a moving one: at the first start it is set at the
+        highest payout id there is, and only payouts above it are ever mailed from the table
+        (history, and payouts already waiting then, are not); every call looks at all payouts
+        above it that await signatures now (few: a payout waits at most ``[payouts] open_hours``),
+        because a payout reaches that state after its row is made (approvals), so an id cursor
+        moved past a requested payout would miss it. The outbox's key makes it once."""
+        if self.config["cosigners"]:
+            self.cosigners()  # (a co-signer unknown or forgotten: said in health from the start)
+        mark = cursor.get(PAYOUTS)
+        if mark is None:
+            mark = context.payouts_top(self.database)
+            self._save(PAYOUTS, mark)
+            cursor[PAYOUTS] = mark
+            log.info("mail cursor set at payout %d: payouts up to it are not mailed from the table", mark)
+            return 0
+        waiting = context.payouts_awaiting(self.database, mark)
+        if not waiting or not self.config["cosigners"]:
+            return 0
+        needed = self.needed()
+        n = sum(self.ask_cosigners(payout_id, needed) for payout_id in waiting)
+        if n:
+            log.info("%d payout mail(s) queued for payouts whose events were not heard", n)
         return n
 
     def _save(self, name: str, value: int):

@@ -19,6 +19,10 @@ Keys (docs/architecture.md, "Member mail"):
 - ``reminder``: period the start of the period it is for (``dues.upcoming_charge``): one
   reminder per period, whichever day of the notice window it is queued.
 - ``statement``: period the month it covers (``2027-01``).
+- ``payout``: period ``payout:N``: one mail per co-signer (``[member_mail] cosigners``, member
+  handles) per payout, ever. Its data is PayoutMgr's row (``actors/payout_mgr/ledger.py``,
+  peewee only), read when the mail is queued: a payout no longer awaiting signatures (signed,
+  cancelled, expired) is not mailed (:class:`NoMail`).
 
 The dues arithmetic is the Reporter's (its readers ``inputs.load`` and ``fast.state``, and
 ``dues.upcoming_charge``/``dues.schedule``: pure, no bus), computed here from MemberData's tables.
@@ -32,6 +36,7 @@ from datetime import date
 import peewee
 
 from ..member_data import queries as members
+from ..payout_mgr.ledger import Payout, PayoutSignature
 from ..reporter.dues import DuesError, MemberState, Status, schedule, upcoming_charge
 from ..reporter.fast import state as member_state
 from ..reporter.inputs import load
@@ -211,8 +216,58 @@ def statement(database, handle: str, month=None) -> tuple[str, dict]:
         "lines": [{"date": d, "what": what, "cad_cents": cents} for d, _, what, cents in lines]}
 
 
+def _utc(ts: int | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def payout_row(database, payout_id: int):
+    """PayoutMgr's row of payout ``payout_id`` (None: no such payout, or payout_mgr never ran here)."""
+    if not database.table_exists(Payout._meta.table_name):
+        return None
+    return Payout.select().where(Payout.id == payout_id).bind(database).first()
+
+
+def payout(database, handle: str, payout_id: int, needed: int | None = None) -> tuple[str, dict]:
+    """The mail asking co-signer ``handle`` (a member) to sign payout ``payout_id``: read from
+    PayoutMgr's table (the event carries no destination, and a redelivered event of a payout
+    signed or cancelled since must not ask anyone). ``needed``: the signatures the treasury needs
+    (the event's, or ``[treasury] descriptor``'s k; None: not said)."""
+    m = _member(database, handle)
+    p = payout_row(database, payout_id)
+    if p is None:
+        raise NoMail(f"no payout {payout_id} in PayoutMgr's table")
+    if p.state != "awaiting_signatures":
+        raise NoMail(f"payout {payout_id} is {p.state}: not awaiting signatures")
+    signers = (PayoutSignature.select().where(PayoutSignature.payout == p.id).bind(database).count()
+               if database.table_exists(PayoutSignature._meta.table_name) else 0)
+    return f"payout:{p.id}", {
+        "name": m["name"], "handle": handle, "payout": p.id, "payout_kind": p.kind, "sats": p.sats,
+        "cad_cents": p.cad_cents, "destination": p.destination, "reason": p.reason,
+        "requested_by": p.requested_by, "requested_at": _utc(p.requested_at), "expires_at": _utc(p.expires_at),
+        "fee": p.fee, "txid": p.txid, "replaces": p.replaces, "needed": needed, "signers": signers}
+
+
+def payouts_awaiting(database, above: int) -> list[int]:
+    """The ids of the payouts awaiting signatures whose id is above ``above`` (the first-start
+    mark: older ones are history), oldest first; [] when payout_mgr never ran here. Few rows: a
+    payout awaits signatures at most ``[payouts] open_hours``."""
+    if not database.table_exists(Payout._meta.table_name):
+        return []
+    return [i for (i,) in Payout.select(Payout.id).where((Payout.state == "awaiting_signatures") & (Payout.id > above))
+            .order_by(Payout.id).tuples().bind(database)]
+
+
+def payouts_top(database) -> int:
+    """The highest payout id there is (0: none, or payout_mgr never ran here)."""
+    if not database.table_exists(Payout._meta.table_name):
+        return 0
+    return Payout.select(peewee.fn.MAX(Payout.id)).bind(database).scalar() or 0
+
+
 BUILDERS = {"welcome": welcome, "receipt": receipt, "overdue": overdue, "lapsed": lapsed, "reinstated": reinstated,
-            "reminder": reminder, "statement": statement}
+            "reminder": reminder, "statement": statement, "payout": payout}
 # The kinds queued on a member.status transition (the Reporter's), by (previous, status): see
 # status_mail_kind.
 STATUS_KINDS = ("overdue", "lapsed", "reinstated")

@@ -23,17 +23,20 @@ States::
 
 from __future__ import annotations
 
+import re
+
 import peewee
 
 from proto.errors import ConfigError
 
 db = peewee.DatabaseProxy()
 
-KINDS = ("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement", "test")
+KINDS = ("welcome", "receipt", "reminder", "overdue", "lapsed", "reinstated", "statement", "payout", "test")
 # Mails that go to the row's own recipient, not to a member's address read at send time:
 # ``test`` (`dctrl mail send-test ADDRESS`; handle "", period "test:<command id>").
 DIRECT_KINDS = frozenset({"test"})
-# A member may opt out of these; never of receipts, nor of the mails about their status.
+# A member may opt out of these; never of receipts, nor of the mails about their status, nor of
+# ``payout`` (a co-signer's duty: a payout waits for their signature).
 OPT_OUT_KINDS = frozenset({"reminder", "statement"})
 STATES = ("queued", "sending", "sent", "failed", "held", "skipped")
 FINAL = ("sent", "failed", "skipped")
@@ -58,6 +61,7 @@ DEFAULTS = {
     "templates_dir": "",            # "" : the package's templates/
     "reminder_days": 7,             # the reminder goes this many days (or fewer) before a period starts
     "status_max_age_days": 3,       # a member.status transition dated longer ago than this is not mailed
+    "cosigners": [],                # member handles mailed when a payout awaits signatures (payout.awaiting_signatures)
 }
 
 SECURITY = ("plain", "starttls", "tls")
@@ -111,6 +115,25 @@ class MailCursor(Base):
 
 TABLES = [MailOutbox, MailCursor]
 
+HANDLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # MemberData's (actors/member_data/models.py HANDLE_RE)
+
+
+def cosigner_handles(values: list[str]) -> list[str]:
+    """``[member_mail] cosigners``: member handles, in order, without repeats. Handles only: an
+    address would put personal data in config.toml, outside MemberData (where a member's address
+    is changed or forgotten), so one with ``@`` is refused with the reason."""
+    out: list[str] = []
+    for value in values:
+        handle = value.strip()
+        if "@" in handle:
+            raise ConfigError(f"[member_mail] cosigners: {value!r} is a mail address; name the co-signer's member "
+                              "handle (their address comes from MemberData: `dctrl members add HANDLE --email ...`)")
+        if not HANDLE_RE.fullmatch(handle):
+            raise ConfigError(f"[member_mail] cosigners: {value!r} is not a member handle")
+        if handle not in out:
+            out.append(handle)
+    return out
+
 
 def settings(config: dict | None = None) -> dict:
     """``config`` (a ``[member_mail]`` table) over :data:`DEFAULTS`, checked; raises ConfigError
@@ -122,7 +145,9 @@ def settings(config: dict | None = None) -> dict:
     out = {**DEFAULTS, **config}
     for key, default in DEFAULTS.items():
         value = out[key]
-        if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(default, list):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif isinstance(default, bool) or isinstance(value, bool):
             ok = isinstance(value, type(default))
         elif isinstance(default, (int, float)):
             ok = isinstance(value, (int, float)) and value >= 0
@@ -138,6 +163,7 @@ def settings(config: dict | None = None) -> dict:
     if out["smtp_user"] and out["smtp_security"] == "plain" and out["smtp_host"] not in LOOPBACK:
         raise ConfigError(f"[member_mail] smtp_user is set: the password would cross the network in clear to "
                           f"{out['smtp_host']}; set smtp_security to starttls or tls")
+    out["cosigners"] = cosigner_handles(out["cosigners"])
     if "@" not in out["from"] or (out["staging_to"] and "@" not in out["staging_to"]):
         raise ConfigError("[member_mail] from and staging_to must be mail addresses")
     return out

@@ -58,6 +58,12 @@ SAMPLES: dict[str, dict] = {
                   "status": "current", "paid_through": "2027-01-31",
                   "lines": [{"date": "2027-01-01", "what": "dues, regular plan", "cad_cents": -4000},
                             {"date": "2027-01-03", "what": "payment 4a5e1e4b:0", "cad_cents": 4000}]},
+    "payout": {"name": "Alice Example", "handle": "alice", "payout": 12, "payout_kind": "refund", "sats": 125_000,
+               "cad_cents": 16_250, "destination": "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
+               "reason": "refund of invoice 41 (overpaid)", "requested_by": "bob",
+               "requested_at": "2027-01-15 12:00 UTC", "expires_at": "2027-01-18 12:00 UTC", "fee": 1_410,
+               "txid": "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b", "replaces": None,
+               "needed": 2, "signers": 0},
     "test": {"handle": ""},
 }
 assert set(SAMPLES) == set(KINDS)
@@ -74,6 +80,11 @@ VARIANTS: dict[str, list[dict]] = {
     "overdue": [{**SAMPLES["overdue"], "address": None, "uri": None}],
     "lapsed": [{**SAMPLES["lapsed"], "address": None}],
     "statement": [{**SAMPLES["statement"], "lines": []}],
+    # a bump's replacement (one signature in already), and one found by the catch-up (the number
+    # needed not known) requested in sats (no CAD value)
+    "payout": [{**SAMPLES["payout"], "replaces": 11, "signers": 1},
+               {**SAMPLES["payout"], "needed": None, "cad_cents": None, "fee": None, "txid": None,
+                "expires_at": None}],
 }
 
 
