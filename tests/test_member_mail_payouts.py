@@ -26,7 +26,7 @@ from keys.identity import IdentityKeys
 from keys.registry import Registry
 from proto.errors import ConfigError
 from tests.smtp_sink import SmtpSink
-from tests.test_payout_desk_unit import DEST, PRICE, Node, _cmd, _fund, _payout, _request
+from tests.test_payout_desk_unit import DEST, PRICE, Node, _cmd, _cosign, _fund, _payout, _request
 from tests.test_payout_utxos_unit import Payouts
 from tests.unit_db import empty, unit_home
 
@@ -186,6 +186,26 @@ def test_each_cosigner_gets_one_mail_per_payout_also_redelivered_and_after_a_res
     pid2 = space.payout(sats=20_000)
     space.events()
     assert {h for _, h, period in space.keys() if period == f"payout:{pid2}"} == {"ada", "bea", "zed"}
+
+
+def test_a_bumps_replacement_asks_the_cosigners_again_and_says_what_it_replaces(space):
+    space.start_mail()
+    pid = space.payout()
+    space.events()
+    _cosign(space.desk, pid, 1, "alice")
+    _cosign(space.desk, pid, 3, "carol")
+    space.desk.rt.wait_for(lambda: _payout(space.desk, pid).state == "broadcast", what="the broadcast")
+    space.events()  # (signature, signed, broadcast: not mailed)
+    ack = _cmd(space.desk, "bump", "alice", payout=pid, feerate="10")
+    assert (ack["status"], ack["state"]) == ("done", "awaiting_signatures"), ack
+    rid = ack["payout"]
+    (event,) = space.events()
+    assert event["payout"] == rid
+    assert space.keys() == [("payout", h, f"payout:{n}") for n in (pid, rid) for h in ("ada", "bea")]
+    (msg,) = space.mm.wait_for(lambda: space.sent("bea", rid), what="bea's mail for the replacement")
+    text = msg.get_body(("plain",)).get_content()
+    assert f"replaces      payout {pid}: a fee bump (RBF)" in text and "requested by  alice, " in text
+    assert f"dctrl payouts sign {rid} --key FILE" in text
 
 
 def test_a_payout_no_longer_awaiting_signatures_is_not_mailed(space, caplog):
