@@ -270,6 +270,8 @@ def test_cosigner_settings_and_templates(tmp_path):
         rendered = templates.render("payout", data)
         assert rendered.subject.startswith("DCTRL: payout 12 waits for your signature")
     assert "replaces      payout 11: a fee bump (RBF)" in templates.render("payout", VARIANTS["payout"][0]).text
+    html = templates.render("payout", {**SAMPLES["payout"], "reason": "<b>urgent</b>"}).html
+    assert "&lt;b&gt;urgent&lt;/b&gt;" in html and "<b>" not in html  # a reason cannot inject markup
     # a broken copy in a space's templates_dir stops the start
     own = tmp_path / "templates"
     own.mkdir()
