@@ -391,6 +391,27 @@ class PayoutDesk:
                     change = ledger.chain_state(pid, "broadcast", "payout_mgr",
                                                 "in the mempool" if state != "confirmed" else "reorged out",
                                                 clock=self.clock) if state != "broadcast" else None
+                elif state == "confirmed":
+                    # not found: normal for a confirmed transaction on a node without -txindex; it
+                    # is gone only if the notifier removed every output of it the treasury has
+                    # (its change). Then it is reported paid no longer: back to broadcast, and
+                    # invalidated if an input is spent by another transaction.
+                    outs = [s for (s,) in PayoutUtxo.select(PayoutUtxo.state).where(PayoutUtxo.txid == txid)
+                            .tuples()]
+                    if not outs or any(s != "removed" for s in outs):
+                        continue
+                    back = ledger.chain_state(pid, "broadcast", "payout_mgr",
+                                              "reorged out, and not in the node's mempool", clock=self.clock)
+                    if back is None:
+                        continue
+                    self._record(back, "broadcast", None, back.state_reason)
+                    log.warning("payout %d: %s", pid, back.state_reason)
+                    if not spent & set(inputs):
+                        continue
+                    new = "invalidated"
+                    change = ledger.chain_state(pid, "invalidated", "payout_mgr",
+                                                "reorged out, and an input was spent by another transaction",
+                                                clock=self.clock)
                 elif spent & set(inputs):
                     new = "invalidated"
                     change = ledger.chain_state(pid, "invalidated", "payout_mgr",
