@@ -25,6 +25,7 @@ import pytest
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
+from actors.payout_mgr import psbt as tx
 from tests.harness import BusClient, Network, dctrl, home_on, wait_for
 from tests.test_payout_desk_unit import PRICE as DESK_PRICE
 from tests.test_payout_desk_unit import Node, _cmd, _cosign, _events, _fund, _payout, _request
@@ -263,3 +264,26 @@ def test_a_reorg_that_confirms_another_spend_of_an_input_invalidates_a_confirmed
     desk.rt.wait_for(lambda: _payout(desk, pid).state == "invalidated", what="the payout invalidated")
     assert "an input was spent by another transaction" in _payout(desk, pid).state_reason
     assert _events(desk, pid)[-3:] == ["confirmed", "broadcast", "invalidated"]
+
+
+def test_through_the_desk_a_key_signing_twice_counts_once_and_an_outside_key_is_refused(desk):
+    """The PSBT-level checks (tests/test_payout_psbt.py) as an admin's `payouts import` meets them."""
+    from embit import bip32, bip39
+
+    from actors.payout_mgr import ledger, service
+
+    _fund(desk, 200_000)
+    pid = _request(desk)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    assert _cosign(desk, pid, 1, "alice")["state"] == "awaiting_signatures"
+    assert _cosign(desk, pid, 1, "bob")["state"] == "awaiting_signatures"  # the same key again, by another admin
+    with desk.db.bind_ctx(ledger.MODELS):
+        assert ledger.PayoutSignature.select().where(ledger.PayoutSignature.payout == pid).count() == 1
+    assert _events(desk, pid).count("signature") == 1
+    theirs = tx.decode(_payout(desk, pid).psbt)
+    outsider = bip32.HDKey.from_seed(bip39.mnemonic_to_seed("zoo " * 11 + "wrong")).derive("m/0/0")
+    theirs.inputs[0].partial_sigs[outsider.get_public_key()] = \
+        outsider.key.sign(theirs.sighash(0, sighash=1)).serialize() + b"\x01"
+    ack = _cmd(desk, "import", "carol", payout=pid, psbt=service.signatures_only(theirs.to_base64()))
+    assert ack["status"] == "refused" and "not a key of this treasury" in ack["reason"], ack
+    assert _payout(desk, pid).state == "awaiting_signatures" and _events(desk, pid).count("signature") == 1
