@@ -24,9 +24,11 @@ tracks the treasury's outputs; this part spends them.
   the same transaction is the node saying it has it already, which counts as broadcast.
 - **The chain**: after every block (and at start) the worker looks each pending payout's txid
   up: found unconfirmed -> ``broadcast`` (also a payout co-signers finalized and broadcast
-  elsewhere: recognised by its txid), confirmed -> ``confirmed``, a confirmed one gone ->
-  ``broadcast`` again (reorged out). Not found while one of its inputs is spent (the output
-  tracking marks it) -> ``invalidated``, its claims released. One of a bumped payment's
+  elsewhere: recognised by its txid), confirmed -> ``confirmed``, a confirmed one back in the
+  mempool -> ``broadcast`` again (reorged out). Not found while one of its inputs is spent (the
+  output tracking marks it) -> ``invalidated``, its claims released. A confirmed one not found
+  is gone only once the notifier removed its change output (a node without -txindex finds no
+  confirmed transaction): ``broadcast``, then ``invalidated`` if an input is spent elsewhere. One of a bumped payment's
   transactions confirmed: the others are ``replaced`` (older) or ``invalidated`` (newer),
   ledger.settle.
 """
