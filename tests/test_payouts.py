@@ -52,6 +52,30 @@ def _last_price(home):
         database.close()
 
 
+def price_and_fund(home, prices, treasury, btc="0.00250000"):
+    """(Shared setup) payout_mgr hears a fresh price; the treasury's first receive address is paid
+    ``btc`` and the coin confirmed with its raw transaction. Returns ``treasury show --json``."""
+    def priced():
+        prices.publish("price.btc_cad", {"cad_per_btc": PRICE, "sources": [], "used": 2,
+                                         "as_of": int(time.time() * 1000)})
+        return _last_price(home)
+    wait_for(priced, timeout=30, interval=0.5, what="payout_mgr to hear the price")
+    wait_for(lambda: treasury_show(home)["gap"]["receive"]["acked"] >= 1, timeout=30, what="the treasury watched")
+    dctrl(home, "sim", "pay", treasury.address(0)[0], btc)
+    dctrl(home, "sim", "mine", "1")
+    return wait_for(lambda: (t := treasury_show(home))["utxos"] and t["utxos"][0]["state"] == "confirmed"
+                    and t["utxos"][0]["raw_tx"] and t, timeout=30,
+                    what="the treasury's coin confirmed with its raw transaction")
+
+
+def treasury_show(home):
+    return json.loads(dctrl(home, "treasury", "show", "--json").stdout)
+
+
+def payout_show(home, pid=1):
+    return json.loads(dctrl(home, "payouts", "show", str(pid), "--json").stdout)
+
+
 @pytest.mark.slow
 def test_a_payout_requested_approved_signed_by_two_co_signers_is_confirmed(home, sim, tmp_path):
     from actors.payout_mgr import psbt as tx
@@ -68,19 +92,7 @@ def test_a_payout_requested_approved_signed_by_two_co_signers_is_confirmed(home,
         assert gone.returncode == 0 and "no payouts" in gone.stdout, gone.stderr
         prices = BusClient(home, "price_notifier")
 
-        def priced():
-            prices.publish("price.btc_cad", {"cad_per_btc": PRICE, "sources": [], "used": 2,
-                                             "as_of": int(time.time() * 1000)})
-            return _last_price(home)
-        wait_for(priced, timeout=30, interval=0.5, what="payout_mgr to hear the price")
-
-        def treasury_show():
-            return json.loads(dctrl(home, "treasury", "show", "--json").stdout)
-        wait_for(lambda: treasury_show()["gap"]["receive"]["acked"] >= 1, timeout=30, what="the treasury watched")
-        dctrl(home, "sim", "pay", treasury.address(0)[0], "0.00250000")
-        dctrl(home, "sim", "mine", "1")
-        wait_for(lambda: (u := treasury_show()["utxos"]) and u[0]["state"] == "confirmed" and u[0]["raw_tx"],
-                 timeout=30, what="the treasury's coin confirmed with its raw transaction")
+        price_and_fund(home, prices, treasury)
 
         dest = sim.new_address()
         asked = dctrl(home, "payouts", "request", "--to", dest, "--sats", "100000", "--reason", "revenue share Q3",
@@ -91,7 +103,7 @@ def test_a_payout_requested_approved_signed_by_two_co_signers_is_confirmed(home,
         assert "approved by bob" in dctrl(home, "payouts", "approve", "1", "--as", "bob").stdout
 
         def show():
-            return json.loads(dctrl(home, "payouts", "show", "1", "--json").stdout)
+            return payout_show(home, 1)
         v = wait_for(lambda: (s := show())["state"] == "awaiting_signatures" and s, timeout=30,
                      what="the payout's PSBT built")
         assert (v["state"], v["kind"], v["sats"], v["cad"], v["destination"]) == (

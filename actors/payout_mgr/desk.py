@@ -24,9 +24,11 @@ tracks the treasury's outputs; this part spends them.
   the same transaction is the node saying it has it already, which counts as broadcast.
 - **The chain**: after every block (and at start) the worker looks each pending payout's txid
   up: found unconfirmed -> ``broadcast`` (also a payout co-signers finalized and broadcast
-  elsewhere: recognised by its txid), confirmed -> ``confirmed``, a confirmed one gone ->
-  ``broadcast`` again (reorged out). Not found while one of its inputs is spent (the output
-  tracking marks it) -> ``invalidated``, its claims released. One of a bumped payment's
+  elsewhere: recognised by its txid), confirmed -> ``confirmed``, a confirmed one back in the
+  mempool -> ``broadcast`` again (reorged out). Not found while one of its inputs is spent (the
+  output tracking marks it) -> ``invalidated``, its claims released. A confirmed one not found
+  is gone only once the notifier removed its change output (a node without -txindex finds no
+  confirmed transaction): ``broadcast``, then ``invalidated`` if an input is spent elsewhere. One of a bumped payment's
   transactions confirmed: the others are ``replaced`` (older) or ``invalidated`` (newer),
   ledger.settle.
 """
@@ -391,6 +393,27 @@ class PayoutDesk:
                     change = ledger.chain_state(pid, "broadcast", "payout_mgr",
                                                 "in the mempool" if state != "confirmed" else "reorged out",
                                                 clock=self.clock) if state != "broadcast" else None
+                elif state == "confirmed":
+                    # not found: normal for a confirmed transaction on a node without -txindex; it
+                    # is gone only if the notifier removed every output of it the treasury has
+                    # (its change). Then it is reported paid no longer: back to broadcast, and
+                    # invalidated if an input is spent by another transaction.
+                    outs = [s for (s,) in PayoutUtxo.select(PayoutUtxo.state).where(PayoutUtxo.txid == txid)
+                            .tuples()]
+                    if not outs or any(s != "removed" for s in outs):
+                        continue
+                    back = ledger.chain_state(pid, "broadcast", "payout_mgr",
+                                              "reorged out, and not in the node's mempool", clock=self.clock)
+                    if back is None:
+                        continue
+                    self._record(back, "broadcast", None, back.state_reason)
+                    log.warning("payout %d: %s", pid, back.state_reason)
+                    if not spent & set(inputs):
+                        continue
+                    new = "invalidated"
+                    change = ledger.chain_state(pid, "invalidated", "payout_mgr",
+                                                "reorged out, and an input was spent by another transaction",
+                                                clock=self.clock)
                 elif spent & set(inputs):
                     new = "invalidated"
                     change = ledger.chain_state(pid, "invalidated", "payout_mgr",
