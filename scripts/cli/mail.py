@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 
 from proto.errors import DctrlError
@@ -137,15 +136,9 @@ def _preview(args):
 
 
 def _command(args, topic: str, body: dict) -> dict:
-    from actors.runtime import Runtime
-    from scripts.cli.tools import CommandsUntilAcked
+    from scripts.cli.tools import send_command
 
-    actor = CommandsUntilAcked([(topic, body)], "mail.ack", timeout=args.timeout)
-    Runtime(actor, _home(args).bus_settings(args.as_name)).run(
-        handle_signals=threading.current_thread() is threading.main_thread())
-    (ack,) = [actor.acks.get(b["id"]) for _, b in actor.commands]
-    if ack is None:
-        raise DctrlError(f"no answer from member_mail within {args.timeout:g} s (is it running?)")
+    ack = send_command(_home(args), args.as_name, topic, body, "mail.ack", timeout=args.timeout, who="member_mail")
     if ack["status"] != "done":
         raise DctrlError(f"refused: {ack['reason']}")
     return ack

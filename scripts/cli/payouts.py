@@ -23,7 +23,6 @@ import os
 import re
 import stat
 import sys
-import threading
 
 from proto.errors import DctrlError
 from scripts.cli.common import JSON_HELP, command, hide_home, printable
@@ -48,15 +47,10 @@ def add_command_options(p):
 def send(args, verb: str, body: dict) -> dict:
     """``cmd.payouts.VERB`` as ``args.as_name`` until answered; the ack, or DctrlError with the
     reason when refused or unanswered."""
-    from actors.runtime import Runtime
-    from scripts.cli.tools import CommandsUntilAcked
+    from scripts.cli.tools import send_command
 
-    actor = CommandsUntilAcked([(f"cmd.payouts.{verb}", body)], ACK, timeout=args.timeout)
-    Runtime(actor, _home(args).bus_settings(args.as_name)).run(
-        handle_signals=threading.current_thread() is threading.main_thread())
-    (ack,) = [actor.acks.get(b["id"]) for _, b in actor.commands]
-    if ack is None:
-        raise DctrlError(f"no answer from payout_mgr within {args.timeout:g} s (is it running? `dctrl status`)")
+    ack = send_command(_home(args), args.as_name, f"cmd.payouts.{verb}", body, ACK, timeout=args.timeout,
+                       who="payout_mgr")
     if ack["status"] != "done":
         what = f"payout {ack['payout']}: " if ack.get("payout") else ""
         raise DctrlError(f"refused: {what}{ack['reason']}")

@@ -37,19 +37,12 @@ def _cad(cents) -> str:
 
 def _run(args):
     """`report run`: ask the Reporter to judge now and store the snapshots of ``--as-of``."""
-    import threading
-
-    from actors.runtime import Runtime
     from scripts.cli.common import home as _home
-    from scripts.cli.tools import CommandsUntilAcked
+    from scripts.cli.tools import send_command
 
     body = {"as_of": _as_of(args).isoformat() if args.as_of else None}
-    actor = CommandsUntilAcked([("cmd.report.run", body)], "report.ack", timeout=args.timeout)
-    Runtime(actor, _home(args).bus_settings(args.as_name)).run(
-        handle_signals=threading.current_thread() is threading.main_thread())
-    (ack,) = [actor.acks.get(b["id"]) for _, b in actor.commands]
-    if ack is None:
-        raise DctrlError(f"no answer from the reporter within {args.timeout:g} s (is it running? dctrl status)")
+    ack = send_command(_home(args), args.as_name, "cmd.report.run", body, "report.ack", timeout=args.timeout,
+                       who="the reporter")
     if ack["status"] != "done":
         raise DctrlError(f"the reporter refused: {ack['reason']}")
     result = ack["result"] or {}

@@ -164,3 +164,21 @@ class CommandOnce(Actor):
         elif now >= self.next_send and self.runtime.proxy.token_valid():
             self.publish(self.topic, self.body)
             self.next_send = now + self.retry
+
+
+def send_command(home, as_name: str, topic: str, body: dict, ack_topic: str, *, timeout: float, who: str) -> dict:
+    """One command as ``as_name``, retried until ``who`` answers on ``ack_topic``; its ack, or
+    DctrlError when unanswered at the deadline. (A refusal is the caller's to word: the ack's
+    ``status`` says it.)"""
+    import threading
+
+    from actors.runtime import Runtime
+    from proto.errors import DctrlError
+
+    actor = CommandsUntilAcked([(topic, body)], ack_topic, timeout=timeout)
+    Runtime(actor, home.bus_settings(as_name)).run(
+        handle_signals=threading.current_thread() is threading.main_thread())
+    (ack,) = [actor.acks.get(b["id"]) for _, b in actor.commands]
+    if ack is None:
+        raise DctrlError(f"no answer from {who} within {timeout:g} s (is it running? `dctrl status`)")
+    return ack

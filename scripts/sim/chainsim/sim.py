@@ -47,6 +47,7 @@ DEFAULT_ZMQ_PORT = 28332
 PREMINE = 101
 DEFAULT_PAY_FEERATE = 2  # sat/vB
 DEFAULT_ESTIMATE_FEERATE = 1000  # sat/kvB: what estimatesmartfee answers
+PREMINE_AGE = 3 * 3600  # s: how old the premined blocks are (under the 24 h after which a node is in IBD)
 
 
 class ChainSim:
@@ -194,8 +195,11 @@ class ChainSim:
         self.chain = Chain(clock=self.clock)
         self.wallet = SimWallet()
         if self.premine:
-            # Like a node started on an existing datadir: these blocks exist before ZMQ is up.
-            self.chain.mine(self.wallet.funding_script, self.premine)
+            # Like a node started on an existing datadir: these blocks exist before ZMQ is up, and
+            # they are old, as a real chain's earlier blocks are (stamped PREMINE_AGE ago). Stamped
+            # now, every watch with a birth (`since`) took them for blocks mined after it and
+            # fetched all of them again: 40 treasury addresses times 101 blocks at PayoutMgr's start.
+            self.chain.mine(self.wallet.funding_script, self.premine, when=int(self.clock()) - PREMINE_AGE)
         self.save()
 
     def _load(self, state: dict):
