@@ -15,7 +15,7 @@ import pytest
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from actors.chain.adaptor import ChainError, Tip, Tx, TxOut
+from actors.chain.adaptor import Block, ChainError, Tip, Tx, TxOut
 from actors.payout_mgr import queries
 from actors.payout_mgr.actor import PayoutMgr
 from actors.payout_mgr.models import PayoutUtxo
@@ -34,11 +34,13 @@ def home(request, tmp_path_factory):
 
 
 class FakeNode:
-    """The chain as PayoutMgr's own adaptor sees it: transactions (raw, height), block hashes and
-    the UTXO set. Like a bitcoind without -txindex, it finds a confirmed transaction only when
-    told the block holding it."""
+    """The chain as PayoutMgr's own adaptor sees it: transactions (raw, height), block hashes,
+    blocks (the transactions at a height) and the UTXO set. Like a bitcoind without -txindex (its
+    default), it finds a confirmed transaction only when told the block holding it:
+    ``transaction()`` finds only unconfirmed ones (``txindex = True``: every one)."""
 
     name = "fake"
+    txindex = False
 
     def __init__(self):
         self.txs: dict[str, tuple[bytes, int | None]] = {}
@@ -47,6 +49,7 @@ class FakeNode:
         self.height = 200
         self.down = False
         self.unspent_asked: list[list[str]] = []
+        self.blocks_read: list[int] = []
 
     def block_hash(self, height):
         self._up()
@@ -80,7 +83,24 @@ class FakeNode:
         self._up()
         if txid not in self.txs:
             return None
-        return Tx(txid, (), (), False, self.txs[txid][1])
+        raw, height = self.txs[txid]
+        if height is not None and not self.txindex:
+            return None  # bitcoind without -txindex: "No such mempool transaction"
+        return self._tx(txid, raw, height)
+
+    @staticmethod
+    def _tx(txid, raw, height, block_hash=None):
+        t = Transaction.parse(raw)
+        return Tx(txid, (), tuple((v.txid.hex(), v.vout) for v in t.vin), False, height, block_hash)
+
+    def block(self, block_hash):
+        """The block with that hash: the transactions confirmed at its height (the fake's chain
+        has one block per height; a reorg gives the height another hash)."""
+        self._up()
+        height = next(h for h in range(self.height + 1) if self.block_hash(h) == block_hash)
+        self.blocks_read.append(height)
+        return Block(height, block_hash, self.block_hash(height - 1) if height else "00" * 32, 1,
+                     tuple(self._tx(t, raw, h, block_hash) for t, (raw, h) in self.txs.items() if h == height))
 
     def unspent(self, addresses):
         self._up()
