@@ -25,7 +25,11 @@ start and after every ``chain.block`` the worker asks the adaptor for the unspen
 addresses holding confirmed ones (``unspent``: bitcoind ``scantxoutset``, Esplora
 ``/address/:a/utxo``, both of the confirmed UTXO set); a confirmed output missing from the answer
 whose own block still stands at its height (``block_hash(height)``, no -txindex needed) is
-marked ``spent``. (A
+marked ``spent``, and the transaction spending it is found in the blocks from the tip down to
+its height (``block(block_hash(h))``, at most ``[chain] rescan_limit`` blocks): ``spent_by``,
+``spent_height``, ``spent_block``, from which desk.py tells a payout of ours confirmed from one
+whose input was spent elsewhere (bitcoind without -txindex finds neither by txid). A spent
+output whose spender's block no longer stands has its spender looked for again. (A
 missing one whose transaction is no longer confirmed was reorged out: the notifier's events
 say what it is now.) An output found spent in the last day is looked at too: back in the
 unspent set (the spend was reorged out), it is ``confirmed`` again. A spend is therefore seen once it confirms, not while in the mempool. At

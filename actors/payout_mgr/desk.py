@@ -23,14 +23,17 @@ tracks the treasury's outputs; this part spends them.
   again: a crash between finalizing and broadcasting sends it once, and a second broadcast of
   the same transaction is the node saying it has it already, which counts as broadcast.
 - **The chain**: after every block (and at start) the worker looks each pending payout's txid
-  up: found unconfirmed -> ``broadcast`` (also a payout co-signers finalized and broadcast
-  elsewhere: recognised by its txid), confirmed -> ``confirmed``, a confirmed one back in the
-  mempool -> ``broadcast`` again (reorged out). Not found while one of its inputs is spent (the
-  output tracking marks it) -> ``invalidated``, its claims released. A confirmed one not found
-  is gone only once the notifier removed its change output (a node without -txindex finds no
-  confirmed transaction): ``broadcast``, then ``invalidated`` if an input is spent elsewhere. One of a bumped payment's
-  transactions confirmed: the others are ``replaced`` (older) or ``invalidated`` (newer),
-  ledger.settle.
+  up in the node (``transaction``: without -txindex, bitcoind's default, the mempool only):
+  unconfirmed -> ``broadcast`` (also a payout co-signers finalized and broadcast elsewhere:
+  recognised by its txid), a confirmed one back in the mempool -> ``broadcast`` again (reorged
+  out). Confirmed or not is decided from the spenders the output tracking found in the blocks
+  (``payout_utxo.spent_by``, actor.py ``_spenders``), never from "not found" alone: an input
+  spent by its own txid -> ``confirmed``; by another transaction of its bump family -> that one
+  ``confirmed``, the others ``replaced`` (older) or ``invalidated`` (newer), ledger.settle; by
+  any other transaction -> ``invalidated``, its claims released (a confirmed one via
+  ``broadcast``: a reorg put another spend in its place); a confirmed one whose inputs are
+  unspent again and not in the mempool -> ``broadcast`` (reorged out); a spender not found
+  (beyond ``[chain] rescan_limit``) decides nothing.
 """
 
 from __future__ import annotations
