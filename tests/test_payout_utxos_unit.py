@@ -449,3 +449,62 @@ def test_a_spend_reorged_out_makes_the_output_confirmed_again(payouts):
     payouts.block(201)
     payouts.rt.wait_for(lambda: payouts.utxo(txid).state == "confirmed", what="unspent again")
     assert payouts.utxo(txid).spent_at is None and payouts.shown()["balance"]["confirmed_sats"] == 90_000
+
+
+def test_an_older_payout_utxo_table_gets_the_spender_columns_on_upgrade(home):
+    """payout_utxo made before spent_by/spent_height/spent_block: PayoutMgr adds them (nullable)
+    and keeps the rows."""
+    empty(home.database_url)
+    p = Payouts(home)
+    try:
+        txid, address = p.node.fund(p.treasury, 1, 10_000, confirmed_at=200)
+        p.run(0.5)
+        p.chain(address, 10_000, "confirmed", txid, confirmations=1, height=200)
+        for column in ("spent_by", "spent_height", "spent_block"):
+            p.db.execute_sql(f"ALTER TABLE payout_utxo DROP COLUMN {column}")
+        assert "spent_by" not in {c.name for c in p.db.get_columns("payout_utxo")}
+        p.restart()
+        assert {"spent_by", "spent_height", "spent_block"} <= {c.name for c in p.db.get_columns("payout_utxo")}
+        u = p.utxo(txid)
+        assert (u.state, u.spent_by, u.spent_height, u.spent_block) == ("confirmed", None, None, None)
+    finally:
+        p.close()
+
+
+def test_the_spender_of_an_output_is_found_in_the_blocks_and_found_again_after_a_reorg(payouts):
+    from embit.transaction import Transaction, TransactionInput, TransactionOutput
+
+    payouts.run(0.5)
+    txid, address = payouts.node.fund(payouts.treasury, 9, 70_000, confirmed_at=200)
+    payouts.chain(address, 70_000, "confirmed", txid, confirmations=1, height=200)
+    payouts.rt.wait_for(lambda: payouts.actor._check_queued is False, what="the start's checks")
+
+    def spend(salt):
+        t = Transaction(vin=[TransactionInput(bytes.fromhex(txid), 0)],
+                        vout=[TransactionOutput(60_000 - salt, Script(bytes.fromhex("0014" + "44" * 20)))])
+        return t.txid().hex(), t.serialize()
+
+    first, raw = spend(0)
+    payouts.node.txs[first] = (raw, 203)
+    del payouts.node.utxos[(txid, 0)]
+    payouts.node.blocks_read.clear()
+    payouts.block(205)
+    payouts.rt.wait_for(lambda: payouts.utxo(txid).spent_by == first, what="the spender found")
+    u = payouts.utxo(txid)
+    assert (u.state, u.spent_height, u.spent_block) == ("spent", 203, payouts.node.block_hash(203))
+    assert payouts.node.blocks_read == [205, 204, 203]  # from the tip down, stopping once found
+    # the next block: the spender's block still stands, nothing read again
+    payouts.node.blocks_read.clear()
+    payouts.block(206)
+    payouts.rt.wait_for(lambda: payouts.actor._check_queued is False, what="the check")
+    assert payouts.node.blocks_read == []
+    # a reorg from 203: another transaction spends it in the new chain, at 204
+    second, raw2 = spend(1)
+    del payouts.node.txs[first]
+    payouts.node.txs[second] = (raw2, 204)
+    for h in range(203, 207):
+        payouts.node.blocks[h] = hashlib.sha256(b"other %d" % h).hexdigest()
+    payouts.block(206)
+    payouts.rt.wait_for(lambda: payouts.utxo(txid).spent_by == second, what="the new spender found")
+    u = payouts.utxo(txid)
+    assert (u.state, u.spent_height, u.spent_block) == ("spent", 204, payouts.node.block_hash(204))
