@@ -185,6 +185,8 @@ def server_options(p, *, home_suppressed: bool):
     p.add_argument("--datadir", help="sim data directory (default HOME/sim/chain)")
     p.add_argument("--rpc-user", help="RPC user instead of the cookie (needs --rpc-password)")
     p.add_argument("--rpc-password", help="RPC password instead of the cookie")
+    if p.prog.split()[-1] not in ("chain", "sim_chain"):
+        return  # (the clients share these options; txindex is the server's)
     p.add_argument("--no-txindex", dest="txindex", action="store_false", default=True,
                    help="getrawtransaction finds a confirmed transaction only given its block hash, as bitcoind "
                         "without -txindex (its default)")
