@@ -190,6 +190,7 @@ def test_a_reorg_that_swaps_which_transaction_confirmed_keeps_the_payment_paid_o
     desk.rt.wait_for(lambda: _payout(desk, pid).state == "replaced", what="the original replaced")
     # block 201 reorged away; the new chain has the original instead (the replacement dropped)
     del desk.node.txs[r.txid]
+    desk.node.blocks[201] = "a2" * 32  # another block at that height
     desk.node.txs[p.txid] = (original_raw, None)
     desk.node.mine(p.txid, 201)
     desk.block(201)

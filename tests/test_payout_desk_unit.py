@@ -284,3 +284,112 @@ def test_two_payouts_take_different_coins(desk):
     assert pa.state == pb.state == "awaiting_signatures"
     assert set(pa.outpoints).isdisjoint(pb.outpoints)
     assert pa.change_index != pb.change_index
+
+
+# -- a node without -txindex (bitcoind's default): the fake's transaction() finds only unconfirmed ones --
+
+def _signed_and_broadcast(desk, sats=50_000, fund=200_000):
+    txid = _fund(desk, fund)
+    pid = _request(desk, sats=sats)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    with desk.db.bind_ctx(ledger.MODELS):  # as a refund's claim on its invoice
+        ledger.PayoutClaim.create(key="invoice:4242", payout=pid)
+    _cosign(desk, pid, 1, "alice")
+    _cosign(desk, pid, 3, "carol")
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="the broadcast")
+    return txid, pid
+
+
+def test_our_payout_confirmed_on_a_node_without_txindex_is_confirmed_and_keeps_its_claims(desk):
+    """The bug: once mined, getrawtransaction finds it no more and its input is spent; m3 read
+    that as "spent by another transaction", invalidated the paid payout and released its
+    invoice's claim (a second refund possible). Its spender is found in the blocks instead."""
+    assert desk.node.txindex is False
+    funding, pid = _signed_and_broadcast(desk)
+    p = _payout(desk, pid)
+    desk.node.mine(p.txid, 201)
+    assert desk.node.transaction(p.txid) is None  # the node finds it no more
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "confirmed", what="the confirmation")
+    assert _payout(desk, pid).state_reason == "confirmed at height 201"
+    u = desk.utxo(funding)
+    assert (u.state, u.spent_by, u.spent_height, u.spent_block) == ("spent", p.txid, 201, desk.node.block_hash(201))
+    with desk.db.bind_ctx(ledger.MODELS):
+        claims = {c.key: c.payout for c in ledger.PayoutClaim.select()}
+    assert claims.get("invoice:4242") == pid and claims.get(f"utxo:{funding}:0") == pid
+    # later blocks, lookups and a restart change nothing: still paid, once
+    for h in (202, 203):
+        desk.node.height = h
+        desk.block(h)
+        desk.rt.advance(1.0)
+    desk.restart()
+    desk.rt.advance(2.0)
+    desk.rt.wait_for(lambda: desk.actor._check_queued is False and desk.actor._lookup_queued is False,
+                     what="the start's checks")
+    assert _payout(desk, pid).state == "confirmed"
+    assert "invalidated" not in _events(desk, pid)
+
+
+def test_a_broadcast_payout_whose_input_another_transaction_spent_is_invalidated_without_txindex(desk):
+    from embit.script import Script
+    from embit.transaction import TransactionInput, TransactionOutput
+
+    funding, pid = _signed_and_broadcast(desk)
+    p = _payout(desk, pid)
+    del desk.node.txs[p.txid]  # evicted: a co-signer's own transaction spending the same coin was mined
+    other = Transaction(vin=[TransactionInput(bytes.fromhex(funding), 0)],
+                        vout=[TransactionOutput(190_000, Script(bytes.fromhex("0014" + "22" * 20)))])
+    desk.node.txs[other.txid().hex()] = (other.serialize(), None)
+    desk.node.mine(other.txid().hex(), 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "invalidated", what="the payout invalidated")
+    assert other.txid().hex() in _payout(desk, pid).state_reason
+    assert desk.utxo(funding).spent_by == other.txid().hex()
+    with desk.db.bind_ctx(ledger.MODELS):
+        assert ledger.PayoutClaim.get_or_none(ledger.PayoutClaim.key == "invoice:4242") is None  # released
+
+
+def test_our_payout_reorged_out_goes_back_to_broadcast_then_confirms_again(desk):
+    funding, pid = _signed_and_broadcast(desk)
+    p = _payout(desk, pid)
+    raw = desk.node.txs[p.txid][0]
+    desk.node.mine(p.txid, 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "confirmed", what="the confirmation")
+    # block 201 reorged away: the coin is unspent again, the payout back in the mempool
+    desk.node.blocks[201] = "a3" * 32
+    desk.node.txs[p.txid] = (raw, None)
+    for n in range(2):
+        desk.node.utxos.pop((p.txid, n), None)
+    funding_out = TxOut(funding, 0, *_out(desk, funding))
+    desk.node.utxos[(funding, 0)] = funding_out
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="back to broadcast")
+    assert _payout(desk, pid).state_reason == "reorged out"
+    assert desk.utxo(funding).state == "confirmed" and desk.utxo(funding).spent_by is None
+    # mined again in the new chain's next block
+    desk.node.mine(p.txid, 202)
+    desk.block(202)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "confirmed", what="confirmed again")
+    assert _payout(desk, pid).state_reason == "confirmed at height 202"
+
+
+def _out(desk, funding):
+    """(script, address, sats, height) of the funding transaction's output 0."""
+    from embit.networks import NETWORKS
+    raw, height = desk.node.txs[funding]
+    o = Transaction.parse(raw).vout[0]
+    return o.script_pubkey.data.hex(), o.script_pubkey.address(NETWORKS["regtest"]), o.value, height
+
+
+def test_a_spend_older_than_rescan_limit_leaves_the_payout_as_it_is(desk):
+    """A spender not found within [chain] rescan_limit blocks decides nothing (never "gone")."""
+    funding, pid = _signed_and_broadcast(desk)
+    p = _payout(desk, pid)
+    desk.node.mine(p.txid, 201)
+    desk.actor.rescan_limit = 1
+    desk.node.height = 203  # the spend is 3 blocks down: beyond the 1 block searched
+    desk.block(203)
+    desk.rt.wait_for(lambda: desk.utxo(funding).state == "spent", what="the spend noticed")
+    desk.rt.wait_for(lambda: desk.actor._lookup_queued is False, what="the lookup")
+    assert desk.utxo(funding).spent_by is None and _payout(desk, pid).state == "broadcast"

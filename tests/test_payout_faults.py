@@ -48,7 +48,8 @@ def sim(proc_home):
     from scripts.sim.chain import ChainSim
 
     demo = proc_home.config["demo"]
-    s = ChainSim(proc_home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"])
+    s = ChainSim(proc_home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
+                 txindex=False)  # bitcoind's default: what production sees
     s.start()
     yield s
     s.stop()
@@ -211,13 +212,20 @@ def test_a_broadcast_refused_because_an_input_is_spent_stays_signed_until_the_sp
 
 
 def test_a_reorg_that_unconfirms_a_payout_sends_it_back_to_broadcast_then_confirmed(desk):
-    _, pid = _signed(desk, None)
+    coin, pid = _signed(desk, None)
     desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="the broadcast")
     p = _payout(desk, pid)
+    coin_out = desk.node.utxos[(coin, 0)]
     desk.node.mine(p.txid, 201)
     desk.block(201)
     desk.rt.wait_for(lambda: _payout(desk, pid).state == "confirmed", what="the confirmation")
-    desk.node.txs[p.txid] = (desk.node.txs[p.txid][0], None)  # reorged out, back in the mempool
+    assert desk.utxo(coin).spent_by == p.txid  # found in block 201 (the node has no -txindex)
+    # reorged out, back in the mempool: another block at 201, the coin unspent again
+    desk.node.blocks[201] = "a1" * 32
+    desk.node.txs[p.txid] = (desk.node.txs[p.txid][0], None)
+    for n in range(len(Transaction.parse(desk.node.txs[p.txid][0]).vout)):
+        desk.node.utxos.pop((p.txid, n), None)
+    desk.node.utxos[(coin, 0)] = coin_out
     desk.block(201)
     desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="back to broadcast")
     assert _payout(desk, pid).state_reason == "reorged out"
@@ -238,8 +246,8 @@ def _change(desk, p):
 def test_a_reorg_that_confirms_another_spend_of_an_input_invalidates_a_confirmed_payout(desk):
     """Found by this test: a confirmed payout whose transaction a reorg removed, an input spent
     by another transaction in the new chain, stayed `confirmed` (paid in the books, never paid).
-    The notifier removing its change output is what says it is gone (a node without -txindex
-    does not find a confirmed transaction either)."""
+    The spender of the coin, found again in the new chain's blocks (the recorded one's block is
+    gone), is another transaction: invalidated (no -txindex needed)."""
     coin, pid = _signed(desk, None)
     desk.rt.wait_for(lambda: _payout(desk, pid).state == "broadcast", what="the broadcast")
     p = _payout(desk, pid)
@@ -255,14 +263,15 @@ def test_a_reorg_that_confirms_another_spend_of_an_input_invalidates_a_confirmed
     other = Transaction(vin=[TransactionInput(bytes.fromhex(coin), 0)],
                         vout=[TransactionOutput(190_000, Script(bytes.fromhex("0014" + "22" * 20)))])
     desk.node.txs[other.txid().hex()] = (other.serialize(), None)
+    desk.node.blocks[201] = "a2" * 32  # another block at that height
     desk.node.mine(other.txid().hex(), 201)
     desk.block(201)
-    desk.run(1.0)
-    assert _payout(desk, pid).state == "confirmed"  # not found is not gone: its change still stands
-    desk.chain(address, sats, "removed", p.txid, vout=vout)
-    desk.block(201)
     desk.rt.wait_for(lambda: _payout(desk, pid).state == "invalidated", what="the payout invalidated")
-    assert "an input was spent by another transaction" in _payout(desk, pid).state_reason
+    assert _payout(desk, pid).state_reason == f"an input was spent by another transaction, {other.txid().hex()}"
+    assert desk.utxo(coin).spent_by == other.txid().hex()
+    desk.chain(address, sats, "removed", p.txid, vout=vout)  # (the notifier's word on its change, later)
+    desk.block(201)
+    desk.run(1.0)
     assert _events(desk, pid)[-3:] == ["confirmed", "broadcast", "invalidated"]
 
 

@@ -24,7 +24,8 @@ def sim(home):
     from scripts.sim.chain import ChainSim
 
     demo = home.config["demo"]
-    s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"])
+    s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
+                 txindex=False)  # bitcoind's default: what production sees
     s.start()
     yield s
     s.stop()
@@ -77,3 +78,32 @@ def test_a_payment_to_the_treasury_is_listed_confirmed_with_its_raw_transaction(
         assert "2 of 3" in text and f"{txid}:{u['vout']}" in text and "250,000" in text
     finally:
         net.close()
+
+
+@pytest.mark.parametrize("txindex", [False, True])
+def test_the_simulator_without_txindex_finds_a_confirmed_transaction_only_in_its_block(tmp_path, txindex):
+    """bitcoind's default (no -txindex), which payout_mgr must cope with: getrawtransaction finds
+    a transaction in the mempool, a confirmed one only given its block hash (RPC error -5, Core's
+    words); ``txindex=True`` (the simulator's default) finds it without."""
+    from scripts.sim.chain import ChainSim
+    from scripts.sim.chainsim.errors import RpcError
+
+    s = ChainSim(tmp_path / "chain", rpc_port=0, zmq_port=0, txindex=txindex).start()
+    try:
+        txid = s.pay(s.new_address(), "0.1")
+        assert s.call("getrawtransaction", txid, 1)["txid"] == txid  # in the mempool: found
+        (block,) = s.mine(1)
+        assert s.call("getrawtransaction", txid, 1, block)["blockhash"] == block
+        if txindex:
+            assert s.call("getrawtransaction", txid, 1)["blockhash"] == block
+            return
+        with pytest.raises(RpcError) as exc:
+            s.call("getrawtransaction", txid, 1)
+        assert exc.value.rpc_code == -5 and exc.value.message == (
+            "No such mempool transaction. Use -txindex or provide a block hash to enable blockchain transaction "
+            "queries. Use gettransaction for wallet transactions.")
+        with pytest.raises(RpcError) as unknown:
+            s.call("getrawtransaction", "ab" * 32)
+        assert unknown.value.message == exc.value.message  # (any transaction outside the mempool)
+    finally:
+        s.stop()

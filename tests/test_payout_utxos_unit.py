@@ -15,7 +15,7 @@ import pytest
 from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-from actors.chain.adaptor import ChainError, Tip, Tx, TxOut
+from actors.chain.adaptor import Block, ChainError, Tip, Tx, TxOut
 from actors.payout_mgr import queries
 from actors.payout_mgr.actor import PayoutMgr
 from actors.payout_mgr.models import PayoutUtxo
@@ -34,11 +34,13 @@ def home(request, tmp_path_factory):
 
 
 class FakeNode:
-    """The chain as PayoutMgr's own adaptor sees it: transactions (raw, height), block hashes and
-    the UTXO set. Like a bitcoind without -txindex, it finds a confirmed transaction only when
-    told the block holding it."""
+    """The chain as PayoutMgr's own adaptor sees it: transactions (raw, height), block hashes,
+    blocks (the transactions at a height) and the UTXO set. Like a bitcoind without -txindex (its
+    default), it finds a confirmed transaction only when told the block holding it:
+    ``transaction()`` finds only unconfirmed ones (``txindex = True``: every one)."""
 
     name = "fake"
+    txindex = False
 
     def __init__(self):
         self.txs: dict[str, tuple[bytes, int | None]] = {}
@@ -47,6 +49,7 @@ class FakeNode:
         self.height = 200
         self.down = False
         self.unspent_asked: list[list[str]] = []
+        self.blocks_read: list[int] = []
 
     def block_hash(self, height):
         self._up()
@@ -80,7 +83,24 @@ class FakeNode:
         self._up()
         if txid not in self.txs:
             return None
-        return Tx(txid, (), (), False, self.txs[txid][1])
+        raw, height = self.txs[txid]
+        if height is not None and not self.txindex:
+            return None  # bitcoind without -txindex: "No such mempool transaction"
+        return self._tx(txid, raw, height)
+
+    @staticmethod
+    def _tx(txid, raw, height, block_hash=None):
+        t = Transaction.parse(raw)
+        return Tx(txid, (), tuple((v.txid.hex(), v.vout) for v in t.vin), False, height, block_hash)
+
+    def block(self, block_hash):
+        """The block with that hash: the transactions confirmed at its height (the fake's chain
+        has one block per height; a reorg gives the height another hash)."""
+        self._up()
+        height = next(h for h in range(self.height + 1) if self.block_hash(h) == block_hash)
+        self.blocks_read.append(height)
+        return Block(height, block_hash, self.block_hash(height - 1) if height else "00" * 32, 1,
+                     tuple(self._tx(t, raw, h, block_hash) for t, (raw, h) in self.txs.items() if h == height))
 
     def unspent(self, addresses):
         self._up()
@@ -429,3 +449,62 @@ def test_a_spend_reorged_out_makes_the_output_confirmed_again(payouts):
     payouts.block(201)
     payouts.rt.wait_for(lambda: payouts.utxo(txid).state == "confirmed", what="unspent again")
     assert payouts.utxo(txid).spent_at is None and payouts.shown()["balance"]["confirmed_sats"] == 90_000
+
+
+def test_an_older_payout_utxo_table_gets_the_spender_columns_on_upgrade(home):
+    """payout_utxo made before spent_by/spent_height/spent_block: PayoutMgr adds them (nullable)
+    and keeps the rows."""
+    empty(home.database_url)
+    p = Payouts(home)
+    try:
+        txid, address = p.node.fund(p.treasury, 1, 10_000, confirmed_at=200)
+        p.run(0.5)
+        p.chain(address, 10_000, "confirmed", txid, confirmations=1, height=200)
+        for column in ("spent_by", "spent_height", "spent_block"):
+            p.db.execute_sql(f"ALTER TABLE payout_utxo DROP COLUMN {column}")
+        assert "spent_by" not in {c.name for c in p.db.get_columns("payout_utxo")}
+        p.restart()
+        assert {"spent_by", "spent_height", "spent_block"} <= {c.name for c in p.db.get_columns("payout_utxo")}
+        u = p.utxo(txid)
+        assert (u.state, u.spent_by, u.spent_height, u.spent_block) == ("confirmed", None, None, None)
+    finally:
+        p.close()
+
+
+def test_the_spender_of_an_output_is_found_in_the_blocks_and_found_again_after_a_reorg(payouts):
+    from embit.transaction import Transaction, TransactionInput, TransactionOutput
+
+    payouts.run(0.5)
+    txid, address = payouts.node.fund(payouts.treasury, 9, 70_000, confirmed_at=200)
+    payouts.chain(address, 70_000, "confirmed", txid, confirmations=1, height=200)
+    payouts.rt.wait_for(lambda: payouts.actor._check_queued is False, what="the start's checks")
+
+    def spend(salt):
+        t = Transaction(vin=[TransactionInput(bytes.fromhex(txid), 0)],
+                        vout=[TransactionOutput(60_000 - salt, Script(bytes.fromhex("0014" + "44" * 20)))])
+        return t.txid().hex(), t.serialize()
+
+    first, raw = spend(0)
+    payouts.node.txs[first] = (raw, 203)
+    del payouts.node.utxos[(txid, 0)]
+    payouts.node.blocks_read.clear()
+    payouts.block(205)
+    payouts.rt.wait_for(lambda: payouts.utxo(txid).spent_by == first, what="the spender found")
+    u = payouts.utxo(txid)
+    assert (u.state, u.spent_height, u.spent_block) == ("spent", 203, payouts.node.block_hash(203))
+    assert payouts.node.blocks_read == [205, 204, 203]  # from the tip down, stopping once found
+    # the next block: the spender's block still stands, nothing read again
+    payouts.node.blocks_read.clear()
+    payouts.block(206)
+    payouts.rt.wait_for(lambda: payouts.actor._check_queued is False, what="the check")
+    assert payouts.node.blocks_read == []
+    # a reorg from 203: another transaction spends it in the new chain, at 204
+    second, raw2 = spend(1)
+    del payouts.node.txs[first]
+    payouts.node.txs[second] = (raw2, 204)
+    for h in range(203, 207):
+        payouts.node.blocks[h] = hashlib.sha256(b"other %d" % h).hexdigest()
+    payouts.block(206)
+    payouts.rt.wait_for(lambda: payouts.utxo(txid).spent_by == second, what="the new spender found")
+    u = payouts.utxo(txid)
+    assert (u.state, u.spent_height, u.spent_block) == ("spent", 204, payouts.node.block_hash(204))

@@ -35,7 +35,8 @@ def sim(home):
     from scripts.sim.chain import ChainSim
 
     demo = home.config["demo"]
-    s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"])
+    s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
+                 txindex=False)  # bitcoind's default: what production sees
     s.start()
     yield s
     s.stop()

@@ -25,7 +25,11 @@ start and after every ``chain.block`` the worker asks the adaptor for the unspen
 addresses holding confirmed ones (``unspent``: bitcoind ``scantxoutset``, Esplora
 ``/address/:a/utxo``, both of the confirmed UTXO set); a confirmed output missing from the answer
 whose own block still stands at its height (``block_hash(height)``, no -txindex needed) is
-marked ``spent``. (A
+marked ``spent``, and the transaction spending it is found in the blocks from the tip down to
+its height (``block(block_hash(h))``, at most ``[chain] rescan_limit`` blocks): ``spent_by``,
+``spent_height``, ``spent_block``, from which desk.py tells a payout of ours confirmed from one
+whose input was spent elsewhere (bitcoind without -txindex finds neither by txid). A spent
+output whose spender's block no longer stands has its spender looked for again. (A
 missing one whose transaction is no longer confirmed was reorged out: the notifier's events
 say what it is now.) An output found spent in the last day is looked at too: back in the
 unspent set (the spend was reorged out), it is ``confirmed`` again. A spend is therefore seen once it confirms, not while in the mempool. At
@@ -59,8 +63,8 @@ from ..chain.watching import Discovery, forward, send_due_watches
 from ..db import connect, ensure_tables, write_transaction
 from ..runtime import Actor, every, on
 from . import ledger, queries
-from .models import (BOOKS, CHANGE_BOOK, LIVE, RECEIVE_BOOK, TABLES, USED_ON_CHAIN, WATCHED, PayoutAddress,
-                     PayoutPrice, PayoutUtxo, PayoutWatch, db)
+from .models import (ADDED_COLUMNS, BOOKS, CHANGE_BOOK, LIVE, RECEIVE_BOOK, TABLES, USED_ON_CHAIN, WATCHED,
+                     PayoutAddress, PayoutPrice, PayoutUtxo, PayoutWatch, db)
 from .desk import PayoutDesk
 from .treasury import Treasury
 
@@ -86,10 +90,11 @@ class PayoutMgr(PayoutDesk, Actor):
         self.network = self.chain_cfg["network"]
         self.depth = int(self.chain_cfg["confirm_depth"])
         self.gap_limit = int(self.cfg["gap_limit"])
+        self.rescan_limit = int(self.chain_cfg["rescan_limit"])  # blocks searched back for a spend
         self.own_database = database is None
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
-        ensure_tables(self.database, TABLES)
+        ensure_tables(self.database, TABLES, add_columns=ADDED_COLUMNS)
         self.adaptor = adaptor  # built on the worker (after any RPC password came from the Vault)
         self.treasury: Treasury | None = None
         self.error: str | None = None  # a descriptor that cannot be used: health degraded
@@ -117,6 +122,7 @@ class PayoutMgr(PayoutDesk, Actor):
         self.worker: threading.Thread | None = None
         self.chain_error: str | None = None
         self._raw_asked: set[tuple[str, int]] = set()
+        self._searched: dict[tuple[str, int], int] = {}  # (worker) spender not found: the tip searched from
         self._check_queued = False
         self._check_again = False
         self.secrets: dict[str, str] = {}
@@ -333,6 +339,7 @@ class PayoutMgr(PayoutDesk, Actor):
                 u.state = state
         else:  # seen again (a reorg unconfirmed it) or removed: a spend of it is undone with it
             u.state, u.confirmations, u.height, u.block, u.spent_at = state, 0, None, None, None
+            u.spent_by = u.spent_height = u.spent_block = None
         u.updated = now
         u.save()
         return None
@@ -351,14 +358,17 @@ class PayoutMgr(PayoutDesk, Actor):
             return
         # the confirmed outputs, and those found spent in the last REVIVE_S (a reorg may undo the spend)
         rows = list(PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout, PayoutUtxo.address, PayoutUtxo.state,
-                                      PayoutUtxo.height, PayoutUtxo.block).where(
+                                      PayoutUtxo.height, PayoutUtxo.block, PayoutUtxo.spent_by,
+                                      PayoutUtxo.spent_height, PayoutUtxo.spent_block).where(
             (PayoutUtxo.state == "confirmed")
             | ((PayoutUtxo.state == "spent") & (PayoutUtxo.spent_at >= int(self.clock()) - REVIVE_S))).tuples())
         addresses = sorted(self.watched) if everything else sorted({r[2] for r in rows})
         if not addresses:
             return
-        outpoints = {(t, v): (height, block) for t, v, _, state, height, block in rows if state == "confirmed"}
-        spent = {(t, v) for t, v, _, state, _, _ in rows if state == "spent"}
+        outpoints = {(t, v): (height, block) for t, v, _, state, height, block, *_ in rows if state == "confirmed"}
+        # spent: (txid, vout) -> (its height, the spender's txid, height and block hash recorded)
+        spent = {(t, v): (height, by, at, where) for t, v, _, state, height, _, by, at, where in rows
+                 if state == "spent"}
         self._check_queued = True
         self.jobs.put(("check", addresses, outpoints, spent, everything))
 
@@ -409,13 +419,15 @@ class PayoutMgr(PayoutDesk, Actor):
                 self.runtime.call_soon(self._chain_failed, job, f"{type(exc).__name__}: {exc}"[:300])
 
     def _check(self, addresses, outpoints, spent_before, everything):
-        """(Worker) the confirmed outputs spent, the spent ones unspent again (the spend was reorged
-        out), and (``everything``) unrecorded unspent ones. ``outpoints``: (txid, vout) -> the
-        (height, block hash) recorded. No call here needs -txindex: an output missing from the
-        unspent set is spent if the block that confirmed it still stands at its height."""
+        """(Worker) the confirmed outputs spent and the transaction spending each, the spent ones
+        unspent again (the spend was reorged out), and (``everything``) unrecorded unspent ones.
+        ``outpoints``: (txid, vout) -> the (height, block hash) recorded; ``spent_before``: (txid,
+        vout) -> (height, spent_by, spent_height, spent_block) recorded. No call here needs
+        -txindex: an output missing from the unspent set is spent if the block that confirmed it
+        still stands at its height, and its spender is found in the blocks (``_spenders``)."""
         unspent = self.adaptor.unspent(addresses)
         there = {(u.txid, u.vout) for u in unspent}
-        revived = sorted(spent_before & there)
+        revived = sorted(set(spent_before) & there)
         hashes: dict[int, str] = {}
 
         def at(height):
@@ -423,25 +435,70 @@ class PayoutMgr(PayoutDesk, Actor):
                 hashes[height] = self.adaptor.block_hash(height)
             return hashes[height]
 
-        tip = self.adaptor.tip().height
+        tip = self.adaptor.tip().height  # (after unspent(): a spend it left out is at or below this tip)
         spent = []
         for (txid, vout), (height, block) in sorted(outpoints.items()):
             if (txid, vout) in there or height is None or height > tip:
                 continue
-            if block is None:  # (recorded from a snapshot: the height only) its transaction says
-                tx = self.adaptor.transaction(txid)
-                stands = tx is not None and tx.height == height
+            if block is None:  # (recorded from a snapshot: the height only) is it in the block there?
+                stands = self.adaptor.raw_transaction(txid, at(height)) is not None
             else:
                 stands = at(height) == block
             if stands:  # its own block is still in the chain: it was spent
                 spent.append((txid, vout))
+        # the spender of each output found spent now, and again of one whose recorded spender is
+        # unknown or whose block was reorged away (the output may be spent by another one now)
+        need = {k: outpoints[k][0] for k in spent}
+        for k, (height, by, by_height, by_block) in spent_before.items():
+            if k in there:
+                continue
+            if by is None or by_height is None or by_height > tip or at(by_height) != by_block:
+                need[k] = height
+        found_by = self._spenders(need, tip, at)
+        spends = [(t, v, *found_by.get((t, v), (None, None, None))) for t, v in sorted(need)]
         found = []
         if everything:
             for u in unspent:
                 if (u.txid, u.vout) not in outpoints and (u.txid, u.vout) not in spent_before and u.height is not None:
                     found.append((u.address, u.txid, u.vout, u.sats, min(self.depth, tip - u.height + 1), u.height,
                                   at(u.height)))
-        return spent, revived, found, everything
+        return spends, revived, found, everything
+
+    def _spenders(self, need, tip, at) -> dict:
+        """(Worker) the confirmed transaction spending each outpoint of ``need`` ((txid, vout) ->
+        the height of the block that made it, or None): (spender txid, height, block hash), found
+        by reading the blocks from the tip down to the output's own height, at most
+        ``[chain] rescan_limit`` blocks (a spend is usually in the last block or so: the search
+        stops once every spender is found). No -txindex needed: ``block(block_hash(h))``."""
+        if not need:
+            return {}
+        floor = max(0, tip - self.rescan_limit + 1)
+        # (a spender not found before is looked for above the blocks already searched only)
+        lowest = {k: max(floor, h if h is not None else floor, self._searched.get(k, -1) + 1)
+                  for k, h in need.items()}
+        if min(lowest.values()) > tip:
+            return {}
+        wanted = set(need)
+        out = {}
+        for height in range(tip, min(lowest.values()) - 1, -1):
+            if not wanted:
+                break
+            block_hash = at(height)
+            for t in self.adaptor.block(block_hash).txs:
+                for outpoint in t.inputs:
+                    if outpoint in wanted:
+                        out[outpoint] = (t.txid, height, block_hash)
+                        wanted.discard(outpoint)
+            wanted = {k for k in wanted if lowest[k] < height}
+        for k in out:
+            self._searched.pop(k, None)
+        for txid, vout in sorted(set(need) - set(out)):
+            if (txid, vout) not in self._searched:
+                log.warning("treasury: %s:%d is spent, by a transaction not found in the %d block(s) searched "
+                            "([chain] rescan_limit); its payout, if any, is left as it is", txid, vout,
+                            tip - lowest[(txid, vout)] + 1)
+            self._searched[(txid, vout)] = tip
+        return out
 
     # -- results (loop thread) ----------------------------------------------------------------
 
@@ -469,18 +526,30 @@ class PayoutMgr(PayoutDesk, Actor):
             return
         PayoutUtxo.update(raw_tx=raw).where((PayoutUtxo.txid == txid) & PayoutUtxo.raw_tx.is_null()).execute()
 
-    def _checked(self, spent, revived, found, everything):
+    def _checked(self, spends, revived, found, everything):
         self._check_queued = False
         now = int(self.clock())
         books = set()
         with write_transaction(self.database):
-            for txid, vout in spent:
-                n = PayoutUtxo.update(state="spent", spent_at=now, updated=now).where(
-                    (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout) & (PayoutUtxo.state == "confirmed")).execute()
+            for txid, vout, by, by_height, by_block in spends:
+                where = (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout)
+                n = PayoutUtxo.update(state="spent", spent_at=now, updated=now, spent_by=by, spent_height=by_height,
+                                      spent_block=by_block).where(where & (PayoutUtxo.state == "confirmed")).execute()
                 if n:
-                    log.info("treasury: %s:%d spent", txid, vout)
+                    log.info("treasury: %s:%d spent by %s at height %s", txid, vout, by or "(not found)", by_height)
+                elif by is not None:  # already spent: its spender found, or another one after a reorg
+                    n = PayoutUtxo.update(spent_by=by, spent_height=by_height, spent_block=by_block, updated=now) \
+                        .where(where & (PayoutUtxo.state == "spent")
+                               & ((PayoutUtxo.spent_by.is_null()) | (PayoutUtxo.spent_by != by)
+                                  | PayoutUtxo.spent_block.is_null() | (PayoutUtxo.spent_block != by_block))).execute()
+                    if n:
+                        log.info("treasury: %s:%d spent by %s at height %d", txid, vout, by, by_height)
+                else:  # the recorded spender's block was reorged away and no other found (yet)
+                    PayoutUtxo.update(spent_by=None, spent_height=None, spent_block=None).where(
+                        where & (PayoutUtxo.state == "spent")).execute()
             for txid, vout in revived:
-                n = PayoutUtxo.update(state="confirmed", spent_at=None, updated=now).where(
+                n = PayoutUtxo.update(state="confirmed", spent_at=None, spent_by=None, spent_height=None,
+                                      spent_block=None, updated=now).where(
                     (PayoutUtxo.txid == txid) & (PayoutUtxo.vout == vout) & (PayoutUtxo.state == "spent")).execute()
                 if n:
                     log.warning("treasury: %s:%d is unspent again (the transaction spending it was reorged out)",

@@ -23,14 +23,17 @@ tracks the treasury's outputs; this part spends them.
   again: a crash between finalizing and broadcasting sends it once, and a second broadcast of
   the same transaction is the node saying it has it already, which counts as broadcast.
 - **The chain**: after every block (and at start) the worker looks each pending payout's txid
-  up: found unconfirmed -> ``broadcast`` (also a payout co-signers finalized and broadcast
-  elsewhere: recognised by its txid), confirmed -> ``confirmed``, a confirmed one back in the
-  mempool -> ``broadcast`` again (reorged out). Not found while one of its inputs is spent (the
-  output tracking marks it) -> ``invalidated``, its claims released. A confirmed one not found
-  is gone only once the notifier removed its change output (a node without -txindex finds no
-  confirmed transaction): ``broadcast``, then ``invalidated`` if an input is spent elsewhere. One of a bumped payment's
-  transactions confirmed: the others are ``replaced`` (older) or ``invalidated`` (newer),
-  ledger.settle.
+  up in the node (``transaction``: without -txindex, bitcoind's default, the mempool only):
+  unconfirmed -> ``broadcast`` (also a payout co-signers finalized and broadcast elsewhere:
+  recognised by its txid), a confirmed one back in the mempool -> ``broadcast`` again (reorged
+  out). Confirmed or not is decided from the spenders the output tracking found in the blocks
+  (``payout_utxo.spent_by``, actor.py ``_spenders``), never from "not found" alone: an input
+  spent by its own txid -> ``confirmed``; by another transaction of its bump family -> that one
+  ``confirmed``, the others ``replaced`` (older) or ``invalidated`` (newer), ledger.settle; by
+  any other transaction -> ``invalidated``, its claims released (a confirmed one via
+  ``broadcast``: a reorg put another spend in its place); a confirmed one whose inputs are
+  unspent again and not in the mempool -> ``broadcast`` (reorged out); a spender not found
+  (beyond ``[chain] rescan_limit``) decides nothing.
 """
 
 from __future__ import annotations
@@ -367,63 +370,77 @@ class PayoutDesk:
                   "payout is invalidated once that spend confirms)", pid, reason, REBROADCAST)
         Payout.update(state_reason=f"not broadcast yet: {reason}"[:1000]).where(Payout.id == pid).execute()
 
+    def _verdict(self, txid, inputs, t, spends) -> tuple[str, object]:
+        """Where the chain has a payout's transaction: ("confirmed", height), ("mempool", None),
+        ("spent", the other txid spending an input), ("unknown", None): an input spent by a
+        transaction not found in the blocks, or ("nothing", None). ``t``: the node's answer for
+        the txid, which without -txindex finds it in the mempool only; ``spends``: outpoint ->
+        (spent_by, spent_height) of the treasury's spent outputs (the worker's ``_spenders``)."""
+        if t is not None and t.height is not None:  # (a node with -txindex, Esplora)
+            return "confirmed", t.height
+        if t is not None:
+            return "mempool", None
+        ours = [spends[o][1] for o in inputs if o in spends and spends[o][0] == txid]
+        if ours:  # its inputs spent by itself: it is in a block
+            return "confirmed", ours[0]
+        others = sorted({spends[o][0] for o in inputs if o in spends and spends[o][0] is not None})
+        if others:
+            return "spent", others[0]
+        if any(o in spends for o in inputs):
+            return "unknown", None
+        return "nothing", None
+
     def _looked_up(self, rows, found) -> None:
+        """(Loop) the lookup's answers applied. Never decides "gone" from a transaction not found
+        alone (bitcoind without -txindex finds no confirmed one): a payout is confirmed when its
+        inputs are spent by its own txid, invalidated when by a transaction outside its bump
+        family, and a family member spending them is the one confirmed (ledger.settle)."""
         self._lookup_queued = False
-        spent = {f"{t}:{v}" for t, v in PayoutUtxo.select(PayoutUtxo.txid, PayoutUtxo.vout)
-                 .where(PayoutUtxo.state == "spent").tuples()}
+        spends = {f"{t}:{v}": (by, h) for t, v, by, h in PayoutUtxo.select(
+            PayoutUtxo.txid, PayoutUtxo.vout, PayoutUtxo.spent_by, PayoutUtxo.spent_height)
+            .where(PayoutUtxo.state == "spent").tuples()}
+        answers = [(row, self._verdict(row[1], row[3], t, spends)) for row, (_, t) in zip(rows, found)]
         # a transaction found confirmed first: the other transactions of its payment (a bump's
         # original or replacement) are then replaced or invalidated, never paid too (ledger.settle)
-        pairs = sorted(zip(rows, found), key=lambda rf: not (rf[1][1] is not None and rf[1][1].height is not None))
+        answers.sort(key=lambda a: a[1][0] != "confirmed")
         with write_transaction(self.database):
-            for (pid, txid, state, inputs), (_, t) in pairs:
-                change = None
-                if t is not None and t.height is not None:
-                    change = ledger.chain_state(pid, "confirmed", "payout_mgr", f"confirmed at height {t.height}",
-                                                clock=self.clock) if state != "confirmed" else None
-                    new = "confirmed"
-                    if change is not None:
-                        self._record(change, new, None, change.state_reason)
-                        log.info("payout %d %s: %s", pid, new, change.state_reason)
-                        change = None
-                        for q in ledger.settle(pid, "payout_mgr", clock=self.clock):
-                            self._record(q, q.state, None, q.state_reason)
-                            log.info("payout %d %s: %s", q.id, q.state, q.state_reason)
-                elif t is not None:
-                    new = "broadcast"
-                    change = ledger.chain_state(pid, "broadcast", "payout_mgr",
-                                                "in the mempool" if state != "confirmed" else "reorged out",
-                                                clock=self.clock) if state != "broadcast" else None
-                elif state == "confirmed":
-                    # not found: normal for a confirmed transaction on a node without -txindex; it
-                    # is gone only if the notifier removed every output of it the treasury has
-                    # (its change). Then it is reported paid no longer: back to broadcast, and
-                    # invalidated if an input is spent by another transaction.
-                    outs = [s for (s,) in PayoutUtxo.select(PayoutUtxo.state).where(PayoutUtxo.txid == txid)
-                            .tuples()]
-                    if not outs or any(s != "removed" for s in outs):
+            for (pid, txid, state, inputs), (verdict, detail) in answers:
+                if verdict == "confirmed":
+                    if state != "confirmed":
+                        self._confirm(pid, f"confirmed at height {detail}")
+                elif verdict == "mempool":
+                    if state != "broadcast":
+                        self._move(pid, "broadcast", "in the mempool" if state != "confirmed" else "reorged out")
+                elif verdict == "spent":
+                    p = Payout.get_by_id(pid)
+                    member = next((q for q in ledger.family(p) if q.txid == detail and q.id != pid), None)
+                    if member is not None:  # another transaction of the same payment confirmed
+                        self._confirm(member.id, f"confirmed (its inputs spent by it, {detail})")
                         continue
-                    back = ledger.chain_state(pid, "broadcast", "payout_mgr",
-                                              "reorged out, and not in the node's mempool", clock=self.clock)
-                    if back is None:
+                    if state == "confirmed" and not self._move(pid, "broadcast", "reorged out, and an input is "
+                                                                                 "spent by another transaction"):
                         continue
-                    self._record(back, "broadcast", None, back.state_reason)
-                    log.warning("payout %d: %s", pid, back.state_reason)
-                    if not spent & set(inputs):
-                        continue
-                    new = "invalidated"
-                    change = ledger.chain_state(pid, "invalidated", "payout_mgr",
-                                                "reorged out, and an input was spent by another transaction",
-                                                clock=self.clock)
-                elif spent & set(inputs):
-                    new = "invalidated"
-                    change = ledger.chain_state(pid, "invalidated", "payout_mgr",
-                                                "an input was spent by another transaction", clock=self.clock)
-                else:
-                    continue
-                if change is not None:
-                    self._record(change, new, None, change.state_reason)
-                    log.info("payout %d %s: %s", pid, new, change.state_reason)
+                    self._move(pid, "invalidated", f"an input was spent by another transaction, {detail}")
+                elif verdict == "nothing" and state == "confirmed":
+                    # its inputs unspent again (or gone with their own transaction) and it is not in
+                    # the mempool: the block that had it was reorged away
+                    self._move(pid, "broadcast", "reorged out, and not in the node's mempool", logging.WARNING)
         self.flush_payouts()
+
+    def _move(self, pid: int, state: str, reason: str, level=logging.INFO) -> Payout | None:
+        """(In the caller's transaction) a payout's chain state changed, with its event."""
+        change = ledger.chain_state(pid, state, "payout_mgr", reason, clock=self.clock)
+        if change is not None:
+            self._record(change, state, None, change.state_reason)
+            log.log(level, "payout %d %s: %s", pid, state, change.state_reason)
+        return change
+
+    def _confirm(self, pid: int, reason: str) -> None:
+        """(In the caller's transaction) confirmed; the other transactions of its payment settled."""
+        self._move(pid, "confirmed", reason)
+        for q in ledger.settle(pid, "payout_mgr", clock=self.clock):
+            self._record(q, q.state, None, q.state_reason)
+            log.info("payout %d %s: %s", q.id, q.state, q.state_reason)
 
     # -- payouts the policy asks for: sweeps and revenue shares -----------------------------
 

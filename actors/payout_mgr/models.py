@@ -12,7 +12,8 @@ Light on purpose: peewee only (no zmq, no runtime, no embit), for every reader o
   until acked and again at every start.
 - ``payout_utxo``: one row per output paying a treasury address (``txid``, ``vout``), its branch
   and index, amount, where the chain has it (``state``: ``seen`` in the mempool, ``confirmed``,
-  ``spent`` by a confirmed transaction, ``removed``: replaced or reorged out and not back) and
+  ``spent`` by a confirmed transaction (``spent_by``, ``spent_height``, ``spent_block``: which one, where),
+  ``removed``: replaced or reorged out and not back) and
   the raw transaction that made it (the PSBT's non-witness UTXO; NULL until fetched).
 - ``payout_price``: the last ``price.btc_cad`` heard (one row), for the CAD shown beside sats.
 """
@@ -77,6 +78,12 @@ class PayoutUtxo(Base):
     first_seen = peewee.BigIntegerField()  # unix s
     updated = peewee.BigIntegerField()  # unix s of the last change of state
     spent_at = peewee.BigIntegerField(null=True)  # unix s it was found spent
+    # the confirmed transaction spending it, found in the blocks (no -txindex needed): its txid,
+    # and its block's height and hash (a reorg that takes that block away is noticed); NULL while
+    # unspent, or spent by a transaction not found (yet) within [chain] rescan_limit blocks
+    spent_by = peewee.CharField(null=True, max_length=64)
+    spent_height = peewee.IntegerField(null=True)
+    spent_block = peewee.CharField(null=True, max_length=64)
     raw_tx = peewee.BlobField(null=True)  # the transaction that made it (NULL until fetched)
 
     class Meta:
@@ -97,3 +104,4 @@ class PayoutPrice(Base):
 
 
 TABLES = [PayoutAddress, PayoutWatch, PayoutUtxo, PayoutPrice]
+ADDED_COLUMNS = {PayoutUtxo: ["spent_by", "spent_height", "spent_block"]}  # for ensure_tables: later columns

@@ -42,7 +42,8 @@ def cmd_sim_chain(args) -> int:
     zmq_port = DEFAULT_ZMQ_PORT if getattr(args, "zmq_port", None) is None else args.zmq_port
     sim = ChainSim(default_datadir(args), rpc_port=rpc_port, zmq_port=zmq_port,
                    user=getattr(args, "rpc_user", None), password=getattr(args, "rpc_password", None),
-                   esplora_port=getattr(args, "esplora_port", None))
+                   esplora_port=getattr(args, "esplora_port", None),
+                   txindex=getattr(args, "txindex", True))
     try:
         sim.start()
     except OSError as exc:
@@ -184,6 +185,11 @@ def server_options(p, *, home_suppressed: bool):
     p.add_argument("--datadir", help="sim data directory (default HOME/sim/chain)")
     p.add_argument("--rpc-user", help="RPC user instead of the cookie (needs --rpc-password)")
     p.add_argument("--rpc-password", help="RPC password instead of the cookie")
+    if p.prog.split()[-1] not in ("chain", "sim_chain"):
+        return  # (the clients share these options; txindex is the server's)
+    p.add_argument("--no-txindex", dest="txindex", action="store_false", default=True,
+                   help="getrawtransaction finds a confirmed transaction only given its block hash, as bitcoind "
+                        "without -txindex (its default)")
 
 
 def client_options(p):

@@ -32,6 +32,9 @@ CORE_VERSION = 280000
 CORE_SUBVERSION = "/Satoshi:28.0.0/"
 PROTOCOL_VERSION = 70016
 NOT_FOUND_TX = "No such mempool or blockchain transaction. Use gettransaction for wallet transactions."
+# Bitcoin Core's answer without -txindex (its default), for any transaction not in the mempool
+NO_TXINDEX = ("No such mempool transaction. Use -txindex or provide a block hash to enable blockchain "
+              "transaction queries. Use gettransaction for wallet transactions.")
 DEFAULT_MAX_RAW_TX_FEE_RATE = COIN // 10  # 0.10 BTC/kvB
 IBD_MAX_TIP_AGE = 24 * 3600
 
@@ -438,8 +441,9 @@ class NodeRpc:
 
     @rpc("getrawtransaction", Param("txid", "str", True), Param("verbosity", "any", default=0, aliases=("verbose",)),
          Param("blockhash", "str"), category="Rawtransactions",
-         summary="By default, this call only returns a transaction if it is in the mempool. (The simulator "
-                 "behaves as if -txindex were set: it finds every transaction it knows.)")
+         summary="By default, this call only returns a transaction if it is in the mempool. (A simulator "
+                 "started with txindex=True behaves as if -txindex were set: it finds every transaction it knows "
+                 "in the active chain.)")
     def getrawtransaction(self, txid, verbosity, blockhash):
         chain = self.chain
         txid = parse_hash(txid, "parameter 1")
@@ -459,11 +463,15 @@ class NodeRpc:
             result["in_active_chain"] = chain.in_active_chain(block)
         elif txid in chain.mempool:
             tx, block = chain.mempool[txid].tx, None
+        elif chain.tx_blocks.get(txid) and not getattr(self.sim, "txindex", True):
+            # bitcoind without -txindex (its default): a confirmed transaction needs its block hash
+            raise RpcError(RPC_INVALID_ADDRESS_OR_KEY, NO_TXINDEX)
         elif chain.tx_blocks.get(txid):
             block = chain.tx_location(txid)
             tx = next(t for t in block.txs if t.txid == txid)
         else:
-            raise RpcError(RPC_INVALID_ADDRESS_OR_KEY, NOT_FOUND_TX)
+            raise RpcError(RPC_INVALID_ADDRESS_OR_KEY,
+                           NOT_FOUND_TX if getattr(self.sim, "txindex", True) else NO_TXINDEX)
         if verbosity <= 0:
             return tx.raw.hex()
         result.update(self._tx_json(tx, include_hex=True,

@@ -56,7 +56,7 @@ class ChainSim:
     def __init__(self, datadir, rpc_port: int = 0, zmq_port: int = 0, user: str | None = None,
                  password: str | None = None, *, host: str = "127.0.0.1", premine: int = PREMINE,
                  estimate_feerate: int = DEFAULT_ESTIMATE_FEERATE, deprecated_rpc=(), clock=time.time,
-                 esplora_port: int | None = None):
+                 esplora_port: int | None = None, txindex: bool = True):
         if (user is None) != (password is None):
             raise ValueError("give both user and password, or neither (cookie authentication)")
         self.datadir = Path(datadir)
@@ -68,6 +68,9 @@ class ChainSim:
         self.feerate = estimate_feerate
         self.deprecated_rpc = set(deprecated_rpc)
         self.clock = clock
+        # False: getrawtransaction finds a confirmed transaction only given its block hash, as
+        # bitcoind without -txindex (its default) does
+        self.txindex = txindex
         self._lock = threading.RLock()
         self.chain: Chain | None = None
         self.wallet: SimWallet | None = None
