@@ -247,6 +247,41 @@ def test_killed_between_a_block_and_its_publication(home, network, sim, clients)
     assert confirmed_once == [], "confirmation 1 was published twice"
 
 
+def test_a_payment_mined_before_the_block_sync_is_not_called_removed_without_txindex(home):
+    """bitcoind without -txindex (its default) finds a confirmed transaction by txid only given
+    its block. A payment that leaves the mempool because a block the notifier has not synced yet
+    confirmed it must not be published removed (a sale or a dues payment undone): found by h10."""
+    from actors.chain_notifier.models import ChainOutbox
+    from scripts.sim.chain import ChainSim
+
+    demo = home.config["demo"]
+    with ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
+                  txindex=False) as sim:
+        n = _notifier(home, sim)
+        n.sync_blocks()
+        address = sim.new_address()
+        script = n.watch(address, "invoice 3")["script"]
+        txid = sim.pay(address, "0.0005")
+        n.sync_mempool()
+        assert [(o["txid"], o["state"]) for o in n.outputs(script)] == [(txid, "mempool")]
+        sim.mine(1)  # mined; the notifier looks at the mempool before its next block sync
+        n.sync_mempool()
+        assert [o["state"] for o in n.outputs(script)] == ["mempool"]
+        n.sync_blocks()
+        assert [(o["state"], o["confirmations"]) for o in n.outputs(script)] == [("confirmed", 1)]
+        topics = [r.topic for r in ChainOutbox.select().order_by(ChainOutbox.id)]
+        assert "chain.tx.removed" not in topics and "chain.tx.confirmed" in topics
+        # and a payment that really left the mempool (the tip did not move) is still removed
+        other = sim.new_address()
+        script2 = n.watch(other, "invoice 4")["script"]
+        gone = sim.pay(other, "0.0004")
+        n.sync_mempool()
+        sim.chain.mempool.pop(gone)  # evicted (the node's mempool only: nothing mined)
+        n.sync_mempool()
+        assert [o["state"] for o in n.outputs(script2)] == ["removed"]
+        n.database.close()
+
+
 def test_a_transaction_paying_nothing_watched_takes_no_write_lock(home, sim):
     """Most transactions a node announces are not ours: looking at one must not take the
     database's write lock, which BusinessMgr and BusinessData share (on SQLite a writer

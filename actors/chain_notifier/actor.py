@@ -586,6 +586,7 @@ class ChainNotifier(Actor):
         self._mempool_checked = {t: s for t, s in self._mempool_checked.items() if t in txids}
         self.check_txs(sorted(txids - self._mempool_checked.keys()))
         # Tracked unconfirmed outputs that left the mempool without confirming.
+        tip_moved = None
         for row in ChainOutput.select().where(ChainOutput.state == "mempool"):
             if row.txid in txids:
                 if row.generation > 0 and row.confirmations == 0:
@@ -594,6 +595,14 @@ class ChainNotifier(Actor):
             tx = self.adaptor.transaction(row.txid)
             if tx is not None and tx.height is not None:
                 continue  # confirmed: the next block sync records it
+            # Without -txindex (bitcoind's default) a confirmed transaction is not found by its
+            # txid: gone from the mempool may mean mined in a block this notifier has not synced.
+            # Only when the tip is still the block it synced last is it really gone.
+            if tip_moved is None:
+                cursor = ChainCursor.get_or_none(id=1)
+                tip_moved = cursor is None or self.adaptor.tip().hash != cursor.hash
+            if tip_moved:
+                continue  # the block sync, next, records it confirmed; or this is asked again then
             with write_transaction(self.database):
                 ChainOutput.update(state="removed").where(ChainOutput.id == row.id).execute()
                 reason = "unconfirmed by a reorg and not back in the mempool" if row.generation else "left the mempool"
