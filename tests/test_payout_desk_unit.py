@@ -393,3 +393,40 @@ def test_a_spend_older_than_rescan_limit_leaves_the_payout_as_it_is(desk):
     desk.rt.wait_for(lambda: desk.utxo(funding).state == "spent", what="the spend noticed")
     desk.rt.wait_for(lambda: desk.actor._lookup_queued is False, what="the lookup")
     assert desk.utxo(funding).spent_by is None and _payout(desk, pid).state == "broadcast"
+
+
+def _invoice(desk, **fields):
+    """A BusinessMgr invoice in the shared database (BusinessMgr's own tables, as it writes them)."""
+    from actors.business_mgr.models import TABLES, SalesInvoice
+    from actors.db import ensure_tables
+
+    with desk.db.bind_ctx(TABLES):
+        ensure_tables(desk.db, TABLES)
+    now = int(desk.clock.time())
+    row = {"mode": "invoice", "machine": "vm1", "slot": 1, "product": "club-mate", "price_cents": 350, "items": 1,
+           "cad_per_btc": "50000.00", "due_sats": 7000, "address": "bcrt1qinvoice", "state": "expired",
+           "created": now - 900, "expires": now - 300, **fields}
+    with desk.db.bind_ctx(TABLES):
+        return SalesInvoice.create(**row).id
+
+
+def test_a_refund_is_drafted_from_an_invoice_once_at_the_rate_then_or_now(desk):
+    """`dctrl invoices refund`: an expired invoice paid 6,000 sats (at 50,000 CAD/BTC, 3.00 CAD)
+    owes them back; "then" pays the sats, "now" their CAD value at today's price (100,000 CAD/BTC:
+    3,000 sats); once per invoice while a refund of it is alive."""
+    inv = _invoice(desk, received_sats=6_000)
+    then = _cmd(desk, "refund", invoice=inv, to=DEST, rate="then", reason=None)
+    assert then["status"] == "done", then
+    p = _payout(desk, then["payout"])
+    assert (p.kind, p.sats, p.invoice, p.requested_by) == ("refund", 6_000, str(inv), "alice")
+    assert "refund of invoice" in p.reason and "rate then" in p.reason
+    again = _cmd(desk, "refund", "bob", invoice=inv, to=DEST, rate="now", reason=None)
+    assert again["status"] == "refused" and f"invoice {inv}'s refund is already taken by payout {p.id}" in again["reason"]
+    _cmd(desk, "cancel", payout=p.id, reason="wrong address")
+    now = _cmd(desk, "refund", "bob", invoice=inv, to=DEST, rate="now", reason="customer asked")
+    assert now["status"] == "done", now
+    assert (_payout(desk, now["payout"]).sats, _payout(desk, now["payout"]).reason) == (3_000, "customer asked")
+    paid = _invoice(desk, state="paid", received_sats=7_000, vended=1)
+    nothing = _cmd(desk, "refund", invoice=paid, to=DEST, rate="then", reason=None)
+    assert nothing["status"] == "refused" and "owes nothing back" in nothing["reason"]
+    assert "no invoice 999" in _cmd(desk, "refund", invoice=999, to=DEST, rate="then", reason=None)["reason"]
