@@ -15,7 +15,7 @@ from proto.errors import DctrlError
 
 from .business import month_of, monthly_income
 from .dues import ACTIVE, ONE_DAY, Adjustment, DuesError, MemberBook, MemberHistory, PlanChange, Status, add_months
-from .fast import closed_form, state, statuses_on
+from .fast import closed_form, closed_status, state, statuses_on
 from .groups import KEYHOLDER_STATUSES, GroupRule, groups_on
 from .inputs import load
 from .totals import dues_income, kept_rows, sales_income, snapshot
@@ -114,25 +114,54 @@ def activity_rows(database, as_of: date, months: int = 12) -> list[dict]:
     leaves, and retention from the previous month's end (Fraction, and ``retention`` as a
     percentage string, ``retention_permille`` an int; None when nobody was active then).
 
-    The definitions are actors/reporter/business.py's; the cost is not its per-day recomputation:
-    one load with the money up to the day before the first month summed by the database
-    (inputs.load ``since``: exact for every day after), then each member's statuses on the
-    month ends by :func:`actors.reporter.fast.statuses_on` (closed form, else one MemberBook)."""
+    The definitions are actors/reporter/business.py's; the cost is not its per-day recomputation.
+    The simple members (one plan, never left: inputs.load ``simple``) come with their credit on
+    ``as_of`` (the kept totals); their money in the window is summed by the database per month,
+    so the credit at each month end is a subtraction and the status the closed form
+    (fast.closed_status). The others are loaded with the money up to the day before the first
+    month summed (``since``: exact for every day after) and go through
+    :func:`actors.reporter.fast.statuses_on` (closed form while it applies, else one MemberBook).
+    Joins and leaves dated after ``as_of`` are not counted (not yet, on that day)."""
     if not isinstance(months, int) or isinstance(months, bool) or not 1 <= months <= 120:
         raise DctrlError(f"months must be an integer from 1 to 120, not {months!r}")
     first = add_months(month_of(as_of), -(months - 1))
     starts = [add_months(first, i) for i in range(months)]
     before = first - ONE_DAY
     days = [before, *(min(add_months(m, 1) - ONE_DAY, as_of) for m in starts)]
-    inputs = load(database, as_of, since=before)
+    with snapshot(database):  # the facts and the money of one moment
+        inputs = load(database, as_of, since=as_of, simple=True)
+        others = [h.handle for h in inputs.histories]
+        money = _money_by_month(database, before, as_of, starts) if inputs.simple else {}
+        rest = load(database, as_of, since=before, handles=others) if others else None
     active: list[set] = [set() for _ in days]
     joins = {m: 0 for m in starts}
     leaves = {m: 0 for m in starts}
-    for h in inputs.histories:
+    none = [0] * months
+    for h, joined, version, credit in inputs.simple:
+        # the credit at each month end: the total on as_of less the money dated after that end
+        sums = money.get(h, none)
+        credit_on = [0] * len(days)
+        credit_on[-1] = credit
+        for i in range(months - 1, -1, -1):
+            credit_on[i] = credit_on[i + 1] - sums[i]
+        for i, day in enumerate(days):
+            if day < joined:
+                continue
+            st = closed_status(joined, version, credit_on[i], day)
+            if st is None:  # credit past the core's horizon: the core, from the same facts
+                st = MemberBook(MemberHistory(h, joined, (PlanChange(joined, version.name),),
+                                              adjustments=(Adjustment(day, credit_on[i]),) if credit_on[i] else ()),
+                                inputs.plans).status(day)
+            if st in ACTIVE:
+                active[i].add(h)
+        if first <= joined <= as_of:
+            joins[month_of(joined)] += 1
+    broken = {**inputs.broken, **(rest.broken if rest else {})}
+    for h in rest.histories if rest else ():
         try:
-            got = statuses_on(h, inputs.plans, days)
+            got = statuses_on(h, rest.plans, days)
         except DuesError as exc:  # a plan with no version in force: left out, as by the member report
-            inputs.broken[h.handle] = str(exc)
+            broken[h.handle] = str(exc)
             continue
         for i, st in enumerate(got):
             if st in ACTIVE:
@@ -151,6 +180,22 @@ def activity_rows(database, as_of: date, months: int = 12) -> list[dict]:
                     "joins": joins[m], "leaves": leaves[m], "retention_fraction": kept,
                     "retention": percent(kept),
                     "retention_permille": None if kept is None else int(kept * 1000 + Fraction(1, 2))})
+    return out
+
+
+def _money_by_month(database, before: date, as_of: date, starts: list[date]) -> dict[str, list[int]]:
+    """Each member's payments and adjustments dated after ``before`` up to ``as_of``, summed by
+    the database per month (one list per handle, the months of ``starts``)."""
+    index = {m.isoformat()[:7]: i for i, m in enumerate(starts)}
+    out: dict[str, list[int]] = {}
+    for table in ("member_payment", "member_adjustment"):
+        sql = (f'SELECT "handle", SUBSTR("on", 1, 7), SUM("cents") FROM "{table}" WHERE "on" > ? AND "on" <= ? '
+               'GROUP BY "handle", SUBSTR("on", 1, 7)').replace("?", database.param)
+        for h, month, cents in database.execute_sql(sql, (before.isoformat(), as_of.isoformat())).fetchall():
+            sums = out.get(h)
+            if sums is None:
+                sums = out[h] = [0] * len(starts)
+            sums[index[month]] += int(cents)
     return out
 
 
