@@ -37,8 +37,8 @@ Snapshots
     ``report.members`` (counts per status, the rows in ``report_snapshot``) and
     ``report.income`` (the months' totals), ``report.activity`` (the last 12 months: active
     members, joins, leaves, retention) and ``report.groups`` (members per explicit group and per
-    rule of ``[reporter.groups]``; the handles in ``report_snapshot`` only) for the day, stored (a rerun of the same day replaces
-    the body) and published through the outbox.
+    rule of ``[reporter.groups]``; the handles in ``report_snapshot`` only) for the day, stored
+    (a rerun of the same day replaces the body) and published through the outbox.
 
 Commands: ``cmd.report.run`` {as_of} and ``cmd.report.member`` {handle, as_of}, answered on
 ``report.ack`` {id, status, reason, result}. Both only read or recompute, so a retried one is
