@@ -291,3 +291,25 @@ def test_a_configured_rule_reaches_the_reporter_and_a_bad_one_stops_it(world, tm
             Reporter(world.home, database=world.reporter.database)
     finally:
         world.home.config["reporter"].pop("groups", None)
+
+
+def test_report_groups_reads_the_rules_from_config_toml_and_says_what_is_wrong(world, capsys):
+    from scripts.cli import main
+
+    make_small(world)
+    root = str(world.home.root)
+    path = world.home.root / "config.toml"
+    text = path.read_text()
+    try:
+        path.write_text(text + '\n[reporter.groups]\nowing = {statuses = ["overdue", "lapsed"]}\n')
+        groups = json.loads(run_cli(capsys, "report", "groups", "--home", root, "--as-of", "2027-02-10", "--json"))
+        assert [(g["name"], g["kind"], g["members"]) for g in groups] == [("keys", "explicit", ["ada", "bob"]),
+                                                                            ("owing", "rule", ["bob"])]
+        path.write_text(text + '\n[reporter.groups]\nowing = {statuses = ["paid"]}\n')
+        assert main(["report", "groups", "--home", root]) != 0
+        assert "statuses must be a non-empty list of member statuses" in capsys.readouterr().err
+        path.write_text(text + '\n[reporter.groups]\nowing = {group = "keys"}\n')
+        assert main(["report", "groups", "--home", root]) != 0
+        assert "[reporter.groups] owing: statuses must be a non-empty list" in capsys.readouterr().err
+    finally:
+        path.write_text(text)
