@@ -51,6 +51,9 @@ NUMBER = Kind("a number", lambda v: type(v) in (int, float))
 STR = Kind("a string", lambda v: isinstance(v, str))
 BOOL = Kind("true or false", lambda v: isinstance(v, bool))
 STR_LIST = Kind("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+MEMBER_STATUSES = Kind("a non-empty list of member statuses (prepaid, current, due, overdue, lapsed, left)",
+                       lambda v: isinstance(v, list) and bool(v) and all(
+                           x in ("prepaid", "current", "due", "overdue", "lapsed", "left") for x in v))
 DECIMAL = Kind("an integer or a decimal string", lambda v: type(v) is int or isinstance(v, str))
 NETWORKS = ("mainnet", "testnet", "signet", "regtest")
 NETWORK = Kind(" or ".join(repr(n) for n in NETWORKS), lambda v: v in NETWORKS)
@@ -91,7 +94,11 @@ CONFIG = Table({
                              (lambda k: k.startswith("esplora"), "esplora*", ESPLORA))),
     # actors/reporter/actor.py
     "reporter": Table({"at": STR, "interval": NUMBER, "max_lag": INT, "chain_timeout": NUMBER,
-                       "price_timeout": NUMBER}),
+                       "price_timeout": NUMBER,
+                       # rule groups: name = {statuses = [...], group = "keys"} (actors/reporter/reports.py
+                       # group_rules checks the names, the statuses and that statuses is given)
+                       "groups": Table(patterns=((lambda k: True, "<rule>",
+                                                  Table({"statuses": MEMBER_STATUSES, "group": STR})),))}),
     # actors/business_mgr/
     "business": Table({"receive": STR, "price_max_age": NUMBER, "watch_retry": NUMBER, "vend_retry": NUMBER,
                        "vend_command_ttl": INT, "vend_deadline": INT, "late_window": INT, "reannounce_min_s": INT,

@@ -487,6 +487,24 @@ register("report.income", Map({
     "months": List(Map({"month": Str(max=7, pattern=r"[0-9]{4}-[0-9]{2}"), "dues_cents": Int(),
                         "dues_sats": Int(min=0), "sales_cents": Int(min=0), "sales_sats": Int(min=0)}), max=24),
 }))
+# report.activity: an activity snapshot was stored: per month (the last 12 up to as_of's), members
+# active at its end (on as_of for the running month), joins (rejoins included), leaves, and
+# retention from the previous month's end in permille (None: nobody was active then).
+register("report.activity", Map({
+    "event_id": EVENT_ID,
+    "as_of": ISO_DATE,
+    "months": List(Map({"month": Str(max=7, pattern=r"[0-9]{4}-[0-9]{2}"), "active": Int(min=0),
+                        "joins": Int(min=0), "leaves": Int(min=0),
+                        "retention_permille": Opt(Int(min=0, max=1000))}), max=120),
+}))
+# report.groups: a groups snapshot was stored: members per explicit group and per rule group
+# ([reporter.groups]); counts only: the handles are in report_snapshot.
+register("report.groups", Map({
+    "event_id": EVENT_ID,
+    "as_of": ISO_DATE,
+    "groups": List(Map({"name": NAME,
+                        "kind": Str(choices=("explicit", "rule")), "members": Int(min=0)}), max=256),
+}))
 
 # -- payouts: PayoutMgr is the single writer of the payout tables (issue 13) ----------------------
 PAYOUT_ADDRESS = Str(max=100, pattern=r"[a-zA-Z0-9]{14,100}")  # judged against the network by PayoutMgr

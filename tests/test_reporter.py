@@ -474,7 +474,7 @@ def test_bench_members_reports_each_measure_and_its_baseline():
     assert out["members"] == 60 and out["payments"] == 60 * 60 - 2 * 12  # two of them stopped a year ago
     assert out["counts"]["current"] >= 50 and out["counts"].get("lapsed") == 2
     for key in ("full_status_ms", "full_status_computed_ms", "baseline_ms", "one_member_ms", "income_ms",
-                "income_baseline_ms"):
+                "income_baseline_ms", "activity_ms", "groups_ms"):
         assert out[key] > 0
     assert out["ratio"] == round(out["full_status_ms"] / out["baseline_ms"], 2)
     # the Reporter's fold on the bench's day kept the rows of all but the members with money dated later
@@ -485,6 +485,12 @@ def test_bench_members_reports_each_measure_and_its_baseline():
     from actors.reporter.reports import member_rows
 
     as_of = D(out["as_of"])
+    # activity from the kept totals and the months summed by the database, as the pure functions say
+    from actors.reporter.business import active_members
+
+    full = load(database, as_of)
+    assert out["activity_active"] == list(active_members(full.histories, full.plans, D("2025-01-01"), as_of).values())
+    assert out["activity_active"][-1] == 58 and out["groups"] == {"keyholders": 0}  # (no group keys in the bench)
     for day in (as_of, as_of - timedelta(days=400), D("2021-01-15")):
         full = load(database, day)
         assert full.simple == [] and len(full.histories) == 60

@@ -35,8 +35,10 @@ Feeds
 
 Snapshots
     ``report.members`` (counts per status, the rows in ``report_snapshot``) and
-    ``report.income`` (the months' totals) for the day, stored (a rerun of the same day replaces
-    the body) and published through the outbox.
+    ``report.income`` (the months' totals), ``report.activity`` (the last 12 months: active
+    members, joins, leaves, retention) and ``report.groups`` (members per explicit group and per
+    rule of ``[reporter.groups]``; the handles in ``report_snapshot`` only) for the day, stored
+    (a rerun of the same day replaces the body) and published through the outbox.
 
 Commands: ``cmd.report.run`` {as_of} and ``cmd.report.member`` {handle, as_of}, answered on
 ``report.ack`` {id, status, reason, result}. Both only read or recompute, so a retried one is
@@ -62,7 +64,8 @@ from .dues import DuesError, MemberBook, Status
 from .feeds import Outage, publishable
 from .inputs import load, utc_day
 from .models import TABLES, ReportMemberStatus, ReportOutage, ReportSnapshot, ReportTransition, db
-from .reports import counts, income_rows, member_report, member_rows
+from .reports import (activity_json, activity_rows, counts, group_rows, group_rules, income_rows, member_report,
+                      member_rows)
 from .totals import fold
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ class Reporter(Actor):
         self.home = home
         self.clock, self.monotonic = clock, monotonic
         self.cfg = merge(DEFAULTS["reporter"], home.config.get("reporter", {}))
+        self.rules = group_rules(self.cfg.get("groups"))  # [reporter.groups]: a bad rule stops the start
         self.own_database = database is None
         self.database = database or connect(home.database_url)
         db.initialize(self.database)
@@ -273,14 +277,16 @@ class Reporter(Actor):
         return {"judged_through": now.isoformat(), "published": published, "held": held}
 
     def snapshot(self, as_of: date) -> dict:
-        """Store and publish the members and income reports of ``as_of``."""
+        """Store and publish the members, income, activity and groups reports of ``as_of``."""
         rows = member_rows(self.database, as_of)
         income = income_rows(self.database, as_of)
+        activity = activity_json(activity_rows(self.database, as_of))
+        groups = group_rows(self.database, as_of, self.rules)
         by_status = counts(rows)
         balance = sum(r["balance_cents"] or 0 for r in rows)
         day, created = as_of.isoformat(), int(self.clock())
         with write_transaction(self.database):
-            for kind, body in (("members", rows), ("income", income)):
+            for kind, body in (("members", rows), ("income", income), ("activity", activity), ("groups", groups)):
                 text = json.dumps(body, sort_keys=True)
                 n = (ReportSnapshot.update(body=text, created=created)
                      .where((ReportSnapshot.kind == kind) & (ReportSnapshot.as_of == day)).execute())
@@ -295,6 +301,13 @@ class Reporter(Actor):
                        "sales_sats": sum(s["sats"] for s in m["sales"])} for m in income[-24:]]
             self.outbox.add("report.income", {"as_of": day, "months": months},
                             event_id("report.income", day, created, json.dumps(months)))
+            active = [{"month": m["month"], "active": m["active"], "joins": m["joins"], "leaves": m["leaves"],
+                       "retention_permille": m["retention_permille"]} for m in activity]
+            self.outbox.add("report.activity", {"as_of": day, "months": active},
+                            event_id("report.activity", day, created, json.dumps(active)))
+            counted = [{"name": g["name"], "kind": g["kind"], "members": g["count"]} for g in groups]
+            self.outbox.add("report.groups", {"as_of": day, "groups": counted},
+                            event_id("report.groups", day, created, json.dumps(counted)))
         self.unsent = True
         return {"as_of": day, "members": len(rows), "counts": by_status}
 

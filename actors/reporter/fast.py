@@ -13,11 +13,12 @@ histories.
 
 from __future__ import annotations
 
-from datetime import date
+from bisect import bisect_right
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Iterable
 
-from .dues import (HORIZON_YEARS, ONE_DAY, MemberBook, MemberHistory, MemberState, Period, Plans, PlanVersion,
+from .dues import (HORIZON_YEARS, ONE_DAY, MemberBook, MemberHistory, MemberState, Period, Plans, PlanVersion, Status,
                    _status, add_months, check_day)
 
 
@@ -130,3 +131,63 @@ def unchanged_until(state: MemberState, fact_days: Iterable[date] = ()) -> date 
     if u is not None:
         days += [d for d in (u.start, u.due_on, u.lapses_on) if d > as_of]
     return min(days) if days else date.max
+
+
+def statuses_on(history: MemberHistory, plans: Plans, days: list[date]) -> list:
+    """The member's status on each of ``days`` (None before joining), for the monthly reports:
+    the credit by bisection over the running totals, then the closed form on the days it
+    applies (one plan, one version, no leave by that day), else one :class:`MemberBook` (its
+    periods generated once, searched by bisection) for the other days."""
+    book = None
+    simple = None
+    if history.plan_changes and all(c.plan == history.plan_changes[0].plan for c in history.plan_changes):
+        simple = simple_plan(plans, history.plan_changes[0].plan, history.joined)
+    days_credit: list = []
+    totals: list = []
+    if simple is not None:
+        credits = sorted([(p.paid_on, p.cents) for p in history.payments if not p.pending]
+                         + [(a.on, a.cents) for a in history.adjustments])
+        t = 0
+        for d, c in credits:
+            t += c
+            days_credit.append(d)
+            totals.append(t)
+    first_leave = history.leaves[0] if history.leaves else date.max
+    out = []
+    for day in days:
+        if day < history.joined:
+            out.append(None)
+            continue
+        s = None
+        if simple is not None and day < first_leave:
+            i = bisect_right(days_credit, day)
+            s = closed_status(history.joined, simple, totals[i - 1] if i else 0, day)
+        if s is None:
+            if book is None:
+                book = MemberBook(history, plans)
+            s = book.state(day).status
+        out.append(s)
+    return out
+
+
+def closed_status(anchor: date, plan: PlanVersion, credit: int, as_of: date) -> Status | None:
+    """:func:`closed_form`'s status alone (the periods it names are not built), on a day on or
+    after ``anchor``; None when the core must answer (credit past its horizon)."""
+    m, dues = plan.months, plan.dues_cents
+    k = ((as_of.year - anchor.year) * 12 + as_of.month - anchor.month) // m
+    while _add_months(anchor, (k + 1) * m) <= as_of:
+        k += 1
+    while k > 0 and _add_months(anchor, k * m) > as_of:
+        k -= 1
+    paid = credit // dues if credit > 0 else 0
+    if paid * m > (k + 1) * m + 12 * HORIZON_YEARS:
+        return None
+    start = _add_months(anchor, paid * m)  # the first unpaid period's
+    if start > _add_months(as_of, 12 * HORIZON_YEARS):
+        return None
+    if paid <= k:  # an unpaid period has started
+        due_on = start + timedelta(days=plan.term_days)
+        if as_of < due_on:
+            return Status.DUE
+        return Status.OVERDUE if as_of < due_on + timedelta(days=plan.grace_days) else Status.LAPSED
+    return Status.PREPAID if paid > k + 1 else Status.CURRENT

@@ -7,11 +7,16 @@ named by their handle only.
 
 from __future__ import annotations
 
+import re
 from datetime import date
+from fractions import Fraction
 
-from .business import monthly_income
-from .dues import Adjustment, DuesError, MemberBook, MemberHistory, PlanChange
-from .fast import closed_form, state
+from proto.errors import DctrlError
+
+from .business import month_of, monthly_income
+from .dues import ACTIVE, ONE_DAY, Adjustment, DuesError, MemberBook, MemberHistory, PlanChange, Status, add_months
+from .fast import closed_form, closed_status, state, statuses_on
+from .groups import KEYHOLDER_STATUSES, GroupRule, groups_on
 from .inputs import load
 from .totals import dues_income, kept_rows, sales_income, snapshot
 
@@ -90,4 +95,177 @@ def income_rows(database, as_of: date) -> list[dict]:
                     "sales": [{"machine": mc, "product": pr, "sats": a.sats, "cents": a.cents}
                               for (mc, pr), a in sorted(inc.sales.items())],
                     "total_sats": total.sats, "total_cents": total.cents})
+    return out
+
+
+# -- business reports: activity per month, groups (issue 12) ------------------------------------
+
+def percent(fraction: Fraction | None) -> str | None:
+    """A retention as a percentage with one decimal ("87.5"), rounded half up; None stays None."""
+    if fraction is None:
+        return None
+    tenths = int(fraction * 1000 + Fraction(1, 2))  # (>= 0: floor is int())
+    return f"{tenths // 10}.{tenths % 10}"
+
+
+def activity_rows(database, as_of: date, months: int = 12) -> list[dict]:
+    """Per month, the last ``months`` up to the one holding ``as_of`` (oldest first): members
+    active at its end (on ``as_of`` for the running month), joins (joined and rejoin dates in it),
+    leaves, and retention from the previous month's end (Fraction, and ``retention`` as a
+    percentage string, ``retention_permille`` an int; None when nobody was active then).
+
+    The definitions are actors/reporter/business.py's; the cost is not its per-day recomputation.
+    The simple members (one plan, never left: inputs.load ``simple``) come with their credit on
+    ``as_of`` (the kept totals); their money in the window is summed by the database per month,
+    so the credit at each month end is a subtraction and the status the closed form
+    (fast.closed_status). The others are loaded with the money up to the day before the first
+    month summed (``since``: exact for every day after) and go through
+    :func:`actors.reporter.fast.statuses_on` (closed form while it applies, else one MemberBook).
+    Joins and leaves dated after ``as_of`` are not counted (not yet, on that day)."""
+    if not isinstance(months, int) or isinstance(months, bool) or not 1 <= months <= 120:
+        raise DctrlError(f"months must be an integer from 1 to 120, not {months!r}")
+    first = add_months(month_of(as_of), -(months - 1))
+    starts = [add_months(first, i) for i in range(months)]
+    before = first - ONE_DAY
+    days = [before, *(min(add_months(m, 1) - ONE_DAY, as_of) for m in starts)]
+    with snapshot(database):  # the facts and the money of one moment
+        inputs = load(database, as_of, since=as_of, simple=True)
+        others = [h.handle for h in inputs.histories]
+        money = _money_by_month(database, before, as_of, starts) if inputs.simple else {}
+        rest = load(database, as_of, since=before, handles=others) if others else None
+    active: list[set] = [set() for _ in days]
+    joins = {m: 0 for m in starts}
+    leaves = {m: 0 for m in starts}
+    none = [0] * months
+    for h, joined, version, credit in inputs.simple:
+        # the credit at each month end: the total on as_of less the money dated after that end
+        sums = money.get(h, none)
+        credit_on = [0] * len(days)
+        credit_on[-1] = credit
+        for i in range(months - 1, -1, -1):
+            credit_on[i] = credit_on[i + 1] - sums[i]
+        for i, day in enumerate(days):
+            if day < joined:
+                continue
+            st = closed_status(joined, version, credit_on[i], day)
+            if st is None:  # credit past the core's horizon: the core, from the same facts
+                st = MemberBook(MemberHistory(h, joined, (PlanChange(joined, version.name),),
+                                              adjustments=(Adjustment(day, credit_on[i]),) if credit_on[i] else ()),
+                                inputs.plans).status(day)
+            if st in ACTIVE:
+                active[i].add(h)
+        if first <= joined <= as_of:
+            joins[month_of(joined)] += 1
+    broken = {**inputs.broken, **(rest.broken if rest else {})}
+    for h in rest.histories if rest else ():
+        try:
+            got = statuses_on(h, rest.plans, days)
+        except DuesError as exc:  # a plan with no version in force: left out, as by the member report
+            broken[h.handle] = str(exc)
+            continue
+        for i, st in enumerate(got):
+            if st in ACTIVE:
+                active[i].add(h.handle)
+        for d in (h.joined, *h.rejoins):
+            if first <= d <= as_of:
+                joins[month_of(d)] += 1
+        for d in h.leaves:
+            if first <= d <= as_of:
+                leaves[month_of(d)] += 1
+    out = []
+    for i, m in enumerate(starts):
+        prev, now = active[i], active[i + 1]
+        kept = Fraction(len(prev & now), len(prev)) if prev else None
+        out.append({"month": m.isoformat()[:7], "end": days[i + 1].isoformat(), "active": len(now),
+                    "joins": joins[m], "leaves": leaves[m], "retention_fraction": kept,
+                    "retention": percent(kept),
+                    "retention_permille": None if kept is None else int(kept * 1000 + Fraction(1, 2))})
+    return out
+
+
+def _money_by_month(database, before: date, as_of: date, starts: list[date]) -> dict[str, list[int]]:
+    """Each member's payments and adjustments dated after ``before`` up to ``as_of``, summed by
+    the database per month (one list per handle, the months of ``starts``)."""
+    index = {m.isoformat()[:7]: i for i, m in enumerate(starts)}
+    out: dict[str, list[int]] = {}
+    for table in ("member_payment", "member_adjustment"):
+        sql = (f'SELECT "handle", SUBSTR("on", 1, 7), SUM("cents") FROM "{table}" WHERE "on" > ? AND "on" <= ? '
+               'GROUP BY "handle", SUBSTR("on", 1, 7)').replace("?", database.param)
+        for h, month, cents in database.execute_sql(sql, (before.isoformat(), as_of.isoformat())).fetchall():
+            sums = out.get(h)
+            if sums is None:
+                sums = out[h] = [0] * len(starts)
+            sums[index[month]] += int(cents)
+    return out
+
+
+def activity_json(rows: list[dict]) -> list[dict]:
+    """The rows without the Fractions (for JSON)."""
+    return [{k: v for k, v in r.items() if k != "retention_fraction"} for r in rows]
+
+
+KEYHOLDERS = GroupRule("keyholders", KEYHOLDER_STATUSES, "keys")
+NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # a rule's, an explicit group's (proto/topics.py NAME)
+
+
+def group_rules(config: dict | None) -> list[GroupRule]:
+    """The rule groups of ``[reporter.groups]`` (a table of name = {statuses = [...], group = "..."});
+    absent: the default, keyholders = current members (prepaid, current, due) of group keys.
+    When given, the table lists every rule (the default is not added). Raises DctrlError naming
+    the rule and the key for anything else."""
+    if config is None:
+        return [KEYHOLDERS]
+    if not isinstance(config, dict):
+        raise DctrlError(f"[reporter.groups] must be a table of rules, not {config!r}")
+    names = ", ".join(s.value for s in Status)
+    rules = []
+    for name, spec in sorted(config.items()):
+        where = f"[reporter.groups] {name}"
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise DctrlError(f"[reporter.groups] rule name {name!r}: a lowercase letter, then letters, digits, '-' "
+                             f"or '_', at most 32")
+        if not isinstance(spec, dict):
+            raise DctrlError(f"{where} must be a table like {{statuses = [\"current\"], group = \"keys\"}}, "
+                             f"not {spec!r}")
+        unknown = sorted(set(spec) - {"statuses", "group"})
+        if unknown:
+            raise DctrlError(f"{where}: unknown key {unknown[0]!r} (known: statuses, group)")
+        statuses = spec.get("statuses")
+        if not isinstance(statuses, list) or not statuses or not all(isinstance(x, str) for x in statuses):
+            raise DctrlError(f"{where}: statuses must be a non-empty list of statuses ({names})")
+        bad = [x for x in statuses if x not in Status._value2member_map_]
+        if bad:
+            raise DctrlError(f"{where}: unknown status {bad[0]!r} (known: {names})")
+        group = spec.get("group")
+        if group is not None and (not isinstance(group, str) or not NAME.fullmatch(group)):
+            raise DctrlError(f"{where}: group must be an explicit group's name (a string), not {group!r}")
+        rules.append(GroupRule(name, frozenset(Status(x) for x in statuses), group))
+    return rules
+
+
+def group_rows(database, as_of: date, rules: list[GroupRule] | None = None) -> list[dict]:
+    """The groups on ``as_of``: every explicit group with members (kind explicit), then each rule
+    (kind rule: members_of's selection), each with its members' handles, sorted. The
+    members' statuses come from the closed form where it applies (fast.py), the groups from
+    the facts (groups.groups_on)."""
+    rules = [KEYHOLDERS] if rules is None else rules
+    inputs = load(database, as_of, since=as_of)
+    explicit: dict[str, list[str]] = {}
+    in_groups: dict[str, frozenset[str]] = {}
+    status: dict[str, Status | None] = {}
+    for h in inputs.histories:
+        mine = in_groups[h.handle] = groups_on(h, as_of)
+        for g in mine:
+            explicit.setdefault(g, []).append(h.handle)
+        try:
+            status[h.handle] = statuses_on(h, inputs.plans, [as_of])[0]
+        except DuesError as exc:
+            inputs.broken[h.handle] = str(exc)
+    out = [{"name": g, "kind": "explicit", "members": sorted(hs), "count": len(hs)}
+           for g, hs in sorted(explicit.items())]
+    for rule in rules:
+        hs = sorted(h for h, st in status.items() if st in rule.statuses
+                    and (rule.group is None or rule.group in in_groups[h]))
+        out.append({"name": rule.name, "kind": "rule", "members": hs, "count": len(hs),
+                    "statuses": sorted(s.value for s in rule.statuses), "group": rule.group})
     return out

@@ -12,12 +12,17 @@ the median of several runs:
 - ``one_member_ms``: one member's page (member_report);
 - ``income_ms``: the monthly income report over the five years (income_rows), with
   ``--sales`` vended invoices (default 500,000; ``--quick``: 20,000) spread over those years;
+- ``activity_ms``: active members, joins, leaves and retention for the 12 month ends up to the
+  last day (activity_rows: the money before the first month summed, then the closed form per
+  member and month end), and ``groups_ms``: the explicit groups and the keyholders rule on the
+  last day (group_rows);
 - ``baseline_ms``: one SQL aggregate of the same totals (each member's payments summed up to
   the day), and ``ratio`` = full_status_ms / baseline_ms; ``income_baseline_ms``: the dues
   summed per month and method plus the sales per month, machine and product, by hand.
 
 Targets (issue 12, this machine): full status at most 100 ms, one member at most 10 ms, the
-income report at most 200 ms.
+income report at most 200 ms. Activity and groups (no target in the issue): at most 1 s each
+for a CLI (measured: see docs/architecture.md, "Reporter (actor)").
 """
 
 from __future__ import annotations
@@ -140,7 +145,8 @@ def add_day(database, members: int, as_of: date, sales: int) -> tuple[int, int]:
 def measure(database, members: int, repeat: int, sales: int = 0) -> dict:
     from actors.db import ensure_tables
     from actors.reporter.models import TABLES as REPORT_TABLES, db as report_db
-    from actors.reporter.reports import _computed_rows, counts, income_rows, member_report, member_rows
+    from actors.reporter.reports import (_computed_rows, activity_rows, counts, group_rows, income_rows, member_report,
+                                         member_rows)
     from actors.reporter.totals import fold
 
     t = time.perf_counter()
@@ -164,6 +170,8 @@ def measure(database, members: int, repeat: int, sales: int = 0) -> dict:
     computed_ms, computed = _timed(lambda: _computed_rows(database, as_of, None), repeat)
     one_ms, one = _timed(lambda: member_report(database, "m00007", as_of), repeat * 4)
     income_ms, income = _timed(lambda: income_rows(database, as_of), repeat)
+    activity_ms, activity = _timed(lambda: activity_rows(database, as_of), repeat)
+    groups_ms, groups = _timed(lambda: group_rows(database, as_of), repeat)
     base_ms, base = _timed(baseline(BASELINE_SQL), repeat)
     income_base_ms, _ = _timed(baseline(INCOME_BASELINE_SQL), repeat)
     if sales:  # the same month grouping of the sales, by hand, added to the dues baseline
@@ -191,9 +199,12 @@ def measure(database, members: int, repeat: int, sales: int = 0) -> dict:
             "one_member_ms": one_ms, "income_ms": income_ms, "income_months": len(income), "sales": sales,
             "sales_cents": sum(x["cents"] for m in income for x in m["sales"]),
             "income_baseline_ms": income_base_ms, "income_ratio": round(income_ms / income_base_ms, 2),
+            "activity_ms": activity_ms, "activity_active": [m["active"] for m in activity],
+            "groups_ms": groups_ms, "groups": {g["name"]: g["count"] for g in groups},
             "counts": counts(rows), "one_member": {k: one[k] for k in ("handle", "status", "paid_through")},
-            "targets_ms": {"full_status": 100, "one_member": 10, "income": 200},
-            "met": {"full_status": full_ms <= 100, "one_member": one_ms <= 10, "income": income_ms <= 200}}
+            "targets_ms": {"full_status": 100, "one_member": 10, "income": 200, "activity": 1000, "groups": 1000},
+            "met": {"full_status": full_ms <= 100, "one_member": one_ms <= 10, "income": income_ms <= 200,
+                    "activity": activity_ms <= 1000, "groups": groups_ms <= 1000}}
 
 
 def main(args) -> int:

@@ -1,7 +1,9 @@
-"""`dctrl report members|income|member HANDLE [--as-of DATE] [--json|--csv]`: the Reporter's
+"""`dctrl report members|income|activity|groups|member HANDLE [--as-of DATE] [--json|--csv]`: the Reporter's
 reports, computed here from the database through the same reader functions the Reporter uses
 (actors/reporter/reports.py): no bus, no running Reporter needed. Dates are UTC days (default
-today); money in CAD (the JSON keeps integer cents and sats).
+today); money in CAD (the JSON keeps integer cents and sats). ``activity [--months N]``: active
+members at each month's end, joins, leaves, retention; ``groups``: the explicit groups and the
+rule groups of ``[reporter.groups]`` (default keyholders), members by handle only.
 
 `dctrl report run [--as-of DATE]` is the one verb that needs the Reporter: it sends
 ``cmd.report.run`` (as admin, retried until acknowledged, expiring with ``--timeout``) and prints
@@ -64,6 +66,11 @@ def cmd_report(args):
     from scripts.cli.members import _read
     from actors.reporter.reports import income_rows, member_report, member_rows
 
+    if args.report_cmd == "activity":
+        return _activity(args)
+    if args.report_cmd == "groups":
+        return _groups(args)
+
     as_of = _as_of(args)
     out = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
     if args.report_cmd == "members":
@@ -122,6 +129,57 @@ def cmd_report(args):
     return 0
 
 
+def _activity(args):
+    from scripts.cli.members import _read
+    from actors.reporter.reports import activity_json, activity_rows
+
+    if not 1 <= args.months <= 120:
+        raise DctrlError(f"--months {args.months}: from 1 to 120")
+    as_of = _as_of(args)
+    rows = activity_json(_read(args, activity_rows, as_of, args.months))
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+    elif args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["month", "end", "active", "joins", "leaves", "retention_pct"])
+        for r in rows:
+            out.writerow([r["month"], r["end"], r["active"], r["joins"], r["leaves"], r["retention"] or ""])
+    else:
+        print(f"activity up to {as_of} (active at each month's end; retention from the previous month's end)")
+        print(f"{'MONTH':<8} {'END':<10} {'ACTIVE':>7} {'JOINS':>6} {'LEAVES':>6} {'RETENTION':>9}")
+        for r in rows:
+            kept = f"{r['retention']}%" if r["retention"] is not None else "-"
+            print(f"{r['month']:<8} {r['end']:<10} {r['active']:>7} {r['joins']:>6} {r['leaves']:>6} {kept:>9}")
+    return 0
+
+
+def _groups(args):
+    from scripts.cli.common import home as _home
+    from scripts.cli.members import _read
+    from actors.reporter.reports import group_rows, group_rules
+
+    rules = group_rules(_home(args).config.get("reporter", {}).get("groups"))
+    as_of = _as_of(args)
+    rows = _read(args, group_rows, as_of, rules)
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+    elif args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["group", "kind", "handle"])
+        for g in rows:
+            for h in g["members"]:
+                out.writerow([g["name"], g["kind"], h])
+    else:
+        print(f"groups on {as_of}")
+        for g in rows:
+            how = ("explicit" if g["kind"] == "explicit" else
+                   f"rule: {', '.join(g['statuses'])}" + (f" in group {g['group']}" if g["group"] else ""))
+            print(f"{g['name']} ({how}): {g['count']} member(s)")
+            if g["members"]:
+                print("  " + " ".join(g["members"]))
+    return 0
+
+
 def register(sub):
     """`dctrl report`."""
     sp = command(sub, "report", cmd_report, "reports on members and income (computed from the database)")
@@ -130,7 +188,21 @@ def register(sub):
     income = rs.add_parser("income", help="income by month: dues by method, vending sales by machine and product")
     member = rs.add_parser("member", help="one member: status, paid-through, balance, next charge")
     member.add_argument("handle", help="the member")
-    for p in (members, income, member):
+    activity = rs.add_parser(
+        "activity", help="per month: members active at its end, joins, leaves, retention",
+        description="Per month (the last --months up to --as-of's): the members active at its end "
+                    "(prepaid, current, due or overdue; on --as-of for the running month), joins "
+                    "(rejoins included), leaves, and retention: of the members active at the "
+                    "previous month's end, the share still active (a percentage, 1 decimal; "
+                    "empty when nobody was active).")
+    activity.add_argument("--months", type=int, default=12, help="how many months (default 12, at most 120)")
+    groups = rs.add_parser(
+        "groups", help="explicit groups and rule groups (e.g. keyholders), by handle",
+        description="The explicit groups (cmd.members.group) and the rule groups of "
+                    "[reporter.groups] in config.toml (default keyholders = {statuses = "
+                    "[\"prepaid\", \"current\", \"due\"], group = \"keys\"}) on --as-of, each "
+                    "with its members' handles (never names or emails).")
+    for p in (members, income, member, activity, groups):
         p.add_argument("--as-of", help="YYYY-MM-DD (default today, UTC)")
         fmt = p.add_mutually_exclusive_group()
         fmt.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -141,4 +213,4 @@ def register(sub):
     run.add_argument("--json", action="store_true", help="the run's counts as JSON")
     run.add_argument("--as", dest="as_name", default="admin", help="identity to act as (default admin)")
     run.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the Reporter's answer")
-    hide_home(members, income, member, run)
+    hide_home(members, income, member, activity, groups, run)
