@@ -98,6 +98,22 @@ def pg_schema(prefix="t"):
 
 
 @contextlib.contextmanager
+def chain_sim(home, **options):
+    """The chain simulator on the home's demo ports (`dctrl init` configured [chain] for them),
+    stopped at the end; ``options`` go to ChainSim (``txindex=False``: bitcoind's default)."""
+    from scripts.sim.chain import ChainSim
+
+    demo = home.config["demo"]
+    s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
+                 **options)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@contextlib.contextmanager
 def home_on(database, path, prefix="t"):
     """A fresh home on ``database``: "sqlite" (a file in the home) or "postgresql" (a
     schema of its own, named from ``prefix``, dropped at the end)."""

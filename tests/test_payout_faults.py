@@ -26,7 +26,7 @@ from embit.script import Script
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from actors.payout_mgr import psbt as tx
-from tests.harness import BusClient, Network, dctrl, home_on, wait_for
+from tests.harness import BusClient, Network, chain_sim, dctrl, home_on, wait_for
 from tests.test_payout_desk_unit import PRICE as DESK_PRICE
 from tests.test_payout_desk_unit import Node, _cmd, _cosign, _events, _fund, _payout, _request
 from tests.test_payout_desk_unit import home  # noqa: F401 (the fake runtime's home, module-scoped)
@@ -45,14 +45,8 @@ def proc_home(request, tmp_path):
 
 @pytest.fixture
 def sim(proc_home):
-    from scripts.sim.chain import ChainSim
-
-    demo = proc_home.config["demo"]
-    s = ChainSim(proc_home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
-                 txindex=False)  # bitcoind's default: what production sees
-    s.start()
-    yield s
-    s.stop()
+    with chain_sim(proc_home, txindex=False) as s:  # bitcoind's default: what production sees
+        yield s
 
 
 

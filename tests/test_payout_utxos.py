@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.harness import Network, dctrl, home_on, wait_for
+from tests.harness import Network, chain_sim, dctrl, home_on, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +21,8 @@ def home(request, tmp_path):
 
 @pytest.fixture
 def sim(home):
-    from scripts.sim.chain import ChainSim
-
-    demo = home.config["demo"]
-    s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
-                 txindex=False)  # bitcoind's default: what production sees
-    s.start()
-    yield s
-    s.stop()
+    with chain_sim(home, txindex=False) as s:  # bitcoind's default: what production sees
+        yield s
 
 
 def test_a_payment_to_the_treasury_is_listed_confirmed_with_its_raw_transaction(home, sim):

@@ -19,7 +19,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.harness import BusClient, Network, dctrl, home_on, wait_for
+from tests.harness import BusClient, Network, chain_sim, dctrl, home_on, wait_for
 
 PRICE = "50000.00"  # CAD per BTC: 100,000 sats = 50.00 CAD
 
@@ -32,14 +32,8 @@ def home(request, tmp_path):
 
 @pytest.fixture
 def sim(home):
-    from scripts.sim.chain import ChainSim
-
-    demo = home.config["demo"]
-    s = ChainSim(home.root / "sim" / "chain", rpc_port=demo["chain_rpc_port"], zmq_port=demo["chain_zmq_port"],
-                 txindex=False)  # bitcoind's default: what production sees
-    s.start()
-    yield s
-    s.stop()
+    with chain_sim(home, txindex=False) as s:  # bitcoind's default: what production sees
+        yield s
 
 
 def _last_price(home):
