@@ -153,7 +153,11 @@ def test_size_threshold_compacts_while_running(tmp_path):
     # 300 commands of 3 lines (~110 kB) never grew the file past twice what is kept plus the threshold
     live_bytes = sum(len(x) + 1 for cid in keep for x in lines_of(cid, expires=T + 3600, invoice=keep[cid]))
     assert biggest <= max(4096, 2 * live_bytes) + 1024, (biggest, live_bytes)
-    assert len(j.state) <= len(keep) + 4096 // 300 + 10  # memory is compacted too
+    # memory is compacted too: it holds what the file holds, no more (the file's growth between
+    # compactions is bounded above; a fixed count here failed once, 54 against 53, as the
+    # threshold doubles with what is kept)
+    in_file = {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
+    assert set(j.state) == in_file and len(in_file) < 300
     assert all(j.status(cid) == "done" for cid in keep)
     j.close()
     again = CommandJournal(path, clock=lambda: None)  # nothing forgotten at this open
