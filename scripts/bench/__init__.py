@@ -1,3 +1,28 @@
 """The benchmarks behind `dctrl bench`: ``bus`` (the broker against zmq.proxy), ``chain``
-(payment detection and catch-up), ``vend`` (payment to relay pin end to end) and ``faults``
-(purchases under kill -9 and SIGSTOP). Each module's ``main(args)`` prints one JSON object."""
+(payment detection and catch-up), ``vend`` (payment to relay pin end to end), ``faults``
+(purchases under kill -9 and SIGSTOP), ``members``, ``mail`` and ``payouts``. Each module's
+``main(args)`` prints one JSON object."""
+
+import contextlib
+
+
+@contextlib.contextmanager
+def pg_schema_database(url: str):
+    """A database on a throwaway schema of the PostgreSQL at ``url`` (DCTRL_BENCH_PG_URL), dropped
+    at the end."""
+    import uuid
+
+    from actors.db import connect
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = connect(url)
+    admin.execute_sql(f"CREATE SCHEMA {schema}")
+    try:
+        database = connect(f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}")
+        try:
+            yield database
+        finally:
+            database.close()
+    finally:
+        admin.execute_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()

@@ -32,8 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+
+from scripts.bench import pg_schema_database
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET_MSGS_PER_S = 50
@@ -180,18 +181,8 @@ def run(messages: int, repeat: int, pg_url: str | None = None) -> dict:
             finally:
                 database.close()
             if pg_url:
-                schema = f"bench_{uuid.uuid4().hex[:10]}"
-                admin = connect(pg_url)
-                admin.execute_sql(f"CREATE SCHEMA {schema}")
-                try:
-                    database = connect(f"{pg_url}{'&' if '?' in pg_url else '?'}options=-csearch_path%3D{schema}")
-                    try:
-                        out["postgresql"] = measure(database, server, messages, repeat)
-                    finally:
-                        database.close()
-                finally:
-                    admin.execute_sql(f"DROP SCHEMA {schema} CASCADE")
-                    admin.close()
+                with pg_schema_database(pg_url) as database:
+                    out["postgresql"] = measure(database, server, messages, repeat)
         finally:
             server.close()
     out["loadavg_1m_end"] = round(os.getloadavg()[0], 2)  # (the machine's other work: figures are not alone)

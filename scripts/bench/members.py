@@ -32,7 +32,6 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
 from datetime import date
 
 PLAN_CENTS = 4000
@@ -222,17 +221,9 @@ def main(args) -> int:
             database.close()
     pg = os.environ.get("DCTRL_BENCH_PG_URL")
     if pg:
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        admin = connect(pg)
-        admin.execute_sql(f"CREATE SCHEMA {schema}")
-        try:
-            database = connect(f"{pg}{'&' if '?' in pg else '?'}options=-csearch_path%3D{schema}")
-            try:
-                out["postgresql"] = measure(database, members, repeat, sales)
-            finally:
-                database.close()
-        finally:
-            admin.execute_sql(f"DROP SCHEMA {schema} CASCADE")
-            admin.close()
+        from scripts.bench import pg_schema_database
+
+        with pg_schema_database(pg) as database:
+            out["postgresql"] = measure(database, members, repeat, sales)
     print(json.dumps(out, sort_keys=True))
     return 0
