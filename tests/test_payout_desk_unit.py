@@ -430,3 +430,49 @@ def test_a_refund_is_drafted_from_an_invoice_once_at_the_rate_then_or_now(desk):
     nothing = _cmd(desk, "refund", invoice=paid, to=DEST, rate="then", reason=None)
     assert nothing["status"] == "refused" and "owes nothing back" in nothing["reason"]
     assert "no invoice 999" in _cmd(desk, "refund", invoice=999, to=DEST, rate="then", reason=None)["reason"]
+
+
+def test_a_refund_withdrawn_after_its_psbt_went_out_is_paid_once_if_the_co_signers_complete_it(desk):
+    """Found by review: a refund cancelled while waiting for signatures released its invoice, a
+    second refund of the invoice was paid, and the co-signers could still complete the first in
+    their wallets: the invoice refunded twice, the first never recorded. Now the invoice stays the
+    withdrawn payout's own, and its completion is recorded as paid."""
+    _fund(desk, 200_000)
+    inv = _invoice(desk, received_sats=6_000)
+    pid = _cmd(desk, "refund", invoice=inv, to=DEST, rate="then", reason=None)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    assert _payout(desk, pid).state == "awaiting_signatures"
+    _cosign(desk, pid, 1, "alice")
+    assert _cmd(desk, "cancel", payout=pid, reason="changed our minds")["state"] == "cancelled"
+    again = _cmd(desk, "refund", "bob", invoice=inv, to=DEST, rate="then", reason=None)
+    assert again["status"] == "refused" and f"already taken by payout {pid}" in again["reason"]
+    # the co-signers finish it in their own wallets and broadcast it
+    p = _payout(desk, pid)
+    psbt = tx.decode(p.psbt)
+    tx.sign(desk.treasury, psbt, (desk.home.root / "demo" / "cosigner2.key").read_text())
+    final = tx.finalize(desk.treasury, psbt)
+    desk.node.broadcast(final.serialize().hex())
+    desk.node.mine(p.txid, 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, pid).state == "confirmed", what="the withdrawn refund recorded paid")
+    assert "confirmed" in _events(desk, pid)
+    assert _cmd(desk, "refund", "bob", invoice=inv, to=DEST, rate="then", reason=None)["status"] == "refused"
+
+
+def test_a_withdrawn_payout_whose_coin_is_spent_elsewhere_frees_its_invoice(desk):
+    txid = _fund(desk, 200_000)
+    inv = _invoice(desk, received_sats=6_000)
+    pid = _cmd(desk, "refund", invoice=inv, to=DEST, rate="then", reason=None)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    _cmd(desk, "cancel", payout=pid, reason="wrong address")
+    # the coin is spent by another transaction: the withdrawn PSBT can never confirm now
+    from embit.script import Script
+    from embit.transaction import TransactionInput, TransactionOutput
+    other = Transaction(vin=[TransactionInput(bytes.fromhex(txid), 0)],
+                        vout=[TransactionOutput(190_000, Script(bytes.fromhex("0014" + "33" * 20)))])
+    desk.node.txs[other.txid().hex()] = (other.serialize(), None)
+    desk.node.mine(other.txid().hex(), 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _cmd(desk, "refund", "bob", invoice=inv, to=DEST, rate="then",
+                                  reason=None)["status"] == "done", what="the invoice free for a new refund")
+    assert _payout(desk, pid).state == "cancelled"

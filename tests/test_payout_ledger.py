@@ -206,7 +206,27 @@ def test_open_requests_expire_and_release_their_claims(books, clock):
     clock.now += 1
     assert ledger.expire(clock=clock) == [p.id]
     assert Payout.get_by_id(p.id).state == "expired" and ledger.claimed_outpoints() == set()
+    # its PSBT went out: co-signers may still complete it, so the invoice stays its own (found by
+    # review: releasing it let a second refund of the invoice be paid beside the first) ...
+    with pytest.raises(PayoutRefused, match=f"invoice inv-3's refund is already taken by payout {p.id}"):
+        _request(policy, clock, kind="refund", invoice="inv-3")
+    # ... until its transaction can no longer confirm (an input spent by another transaction)
+    assert ledger.dead(p.id, "payout_mgr", "an input was spent by " + "ee" * 32, clock=clock).id == p.id
+    assert ledger.dead(p.id, "payout_mgr", "again", clock=clock) is None
     _request(policy, clock, kind="refund", invoice="inv-3")
+
+
+def test_a_withdrawn_payout_completed_by_its_co_signers_is_recorded_paid(books, clock):
+    policy = _policy(approvals=0)
+    p = _request(policy, clock, kind="refund", invoice="inv-5")
+    ledger.attach(p.id, psbt_b64="cHNidP8=", txid="ab" * 32, inputs=["77" * 32 + ":0"], fee=1, vsize=1,
+                  change_sats=0, by="payout_mgr", clock=clock)
+    ledger.cancel(p.id, "alice", "not needed after all", clock=clock)
+    assert ledger.chain_state(p.id, "confirmed", "payout_mgr", "confirmed at height 300", clock=clock).state == \
+        "confirmed"
+    assert [c.key for c in ledger.PayoutClaim.select()] == ["invoice:inv-5"]  # paid: once, for good
+    with pytest.raises(PayoutRefused, match="already taken"):
+        _request(policy, clock, kind="refund", invoice="inv-5")
 
 
 @pytest.mark.parametrize("section, reason", [
@@ -220,3 +240,27 @@ def test_open_requests_expire_and_release_their_claims(books, clock):
 def test_the_policy_is_checked(section, reason):
     with pytest.raises(ConfigError, match=reason):
         ledger.settings(section)
+
+
+def test_an_abandoned_bump_that_confirms_anyway_is_the_payment(books, clock):
+    """Found by review: a bump cancelled while waiting for signatures gave its claims back to the
+    original; completed by the co-signers anyway, it confirmed, and the books could not record it
+    (confirmed was not a state a cancelled payout could reach), leaving the original 'broadcast'."""
+    policy = _policy(approvals=0)
+    o = _request(policy, clock, kind="refund", invoice="inv-9")
+    ledger.attach(o.id, psbt_b64="cHNidP8=", txid="a1" * 32, inputs=["88" * 32 + ":0"], fee=150, vsize=150,
+                  change_sats=1000, by="payout_mgr", clock=clock)
+    ledger.add_signatures(o.id, psbt_b64="cHNidP8=", fingerprints=["0a0b0c0d"], identity="alice", complete=True,
+                          clock=clock)
+    ledger.finalized(o.id, "00", "payout_mgr", clock=clock)
+    ledger.chain_state(o.id, "broadcast", "payout_mgr", "the node took it", clock=clock)
+    p = ledger.replacement(o.id, psbt_b64="cHNidP8=", txid="b2" * 32, fee=600, vsize=150, change_sats=550,
+                           feerate=Decimal("4"), by="bob", policy=policy, clock=clock)
+    ledger.cancel(p.id, "bob", "the original will do", clock=clock)
+    assert {c.key: c.payout for c in ledger.PayoutClaim.select()}["invoice:inv-9"] == o.id
+    assert ledger.chain_state(p.id, "confirmed", "payout_mgr", "confirmed at height 301", clock=clock) is not None
+    moved = ledger.settle(p.id, "payout_mgr", clock=clock)
+    assert [(q.id, q.state) for q in moved] == [(o.id, "replaced")]
+    assert {c.key: c.payout for c in ledger.PayoutClaim.select()}["invoice:inv-9"] == p.id
+    with pytest.raises(PayoutRefused, match="already taken"):
+        _request(policy, clock, kind="refund", invoice="inv-9")

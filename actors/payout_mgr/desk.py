@@ -62,6 +62,7 @@ ACK = "payouts.ack"
 BUILD_RETRY = 30.0   # s between attempts to build the approved payouts still waiting for money
 FEES_EVERY = 60.0    # s between fee estimates asked of the node
 REBROADCAST = 60.0   # s between broadcasts of a signed payout the node has not taken yet
+WITHDRAWN_WATCH_S = 30 * 86_400  # s a cancelled or expired payout whose PSBT went out is looked for
 POLICY_EVERY = 60.0  # s between looks at the sweep threshold and the month's revenue shares
 POLICY_CHECK_INDEXES = 100  # sweep_to and shares' addresses: not any of the treasury's first receive/change ones
 POLICY_BY = "payout_mgr"  # requested_by of the payouts the policy asks for
@@ -324,8 +325,11 @@ class PayoutDesk:
         recent = int(self.clock()) - 86_400
         # also, for a day: the confirmed (a reorg), and a bump's transactions that lost to another
         # of the same payment (a reorg may swap which one confirmed)
+        withdrawn = int(self.clock()) - WITHDRAWN_WATCH_S
+        # and withdrawn ones whose PSBT went out (co-signers may still complete them: ledger._release)
         rows = [(p.id, p.txid, p.state, p.outpoints) for p in Payout.select().where(
             Payout.txid.is_null(False) & (Payout.state.in_(("awaiting_signatures", "signed", "broadcast"))
+                                          | (Payout.state.in_(ledger.WITHDRAWN) & (Payout.updated_at >= withdrawn))
                                           | ((Payout.state == "confirmed") & (Payout.updated_at >= recent))
                                           | ((Payout.state == "replaced") & (Payout.updated_at >= recent))
                                           | ((Payout.state == "invalidated") & Payout.replaces.is_null(False)
@@ -416,6 +420,12 @@ class PayoutDesk:
                     member = next((q for q in ledger.family(p) if q.txid == detail and q.id != pid), None)
                     if member is not None:  # another transaction of the same payment confirmed
                         self._confirm(member.id, f"confirmed (its inputs spent by it, {detail})")
+                        continue
+                    if state in ledger.WITHDRAWN:  # can no longer confirm: what it claimed is free
+                        if ledger.dead(pid, "payout_mgr", f"its transaction can no longer confirm: an input "
+                                                          f"was spent by {detail}", clock=self.clock):
+                            log.info("payout %d (%s) can no longer be completed: an input was spent by %s",
+                                     pid, state, detail)
                         continue
                     if state == "confirmed" and not self._move(pid, "broadcast", "reorged out, and an input is "
                                                                                  "spent by another transaction"):

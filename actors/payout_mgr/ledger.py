@@ -47,6 +47,7 @@ STATES = ("requested", "awaiting_signatures", "signed", "broadcast", "confirmed"
 OPEN = ("requested", "awaiting_signatures")            # may be cancelled, rejected or expire
 PENDING = ("requested", "awaiting_signatures", "signed", "broadcast")
 ENDED_UNPAID = ("cancelled", "expired", "invalidated")
+WITHDRAWN = ("cancelled", "expired")  # by a person or the clock; with a PSBT out, still completable
 # "replaced": paid by its replacement (a bump, ``replaces`` = this payout), which confirmed; not unpaid.
 KEPT_CLAIMS = ("share:",)  # claims kept even when their payout ends unpaid (a share is asked for once)
 
@@ -241,14 +242,36 @@ def _move(p: Payout, state: str, by: str, now: int, reason: str | None = None) -
 def _release(p: Payout) -> None:
     """A payout ended unpaid: its claims go back to the payout it replaces if that one can still
     pay (a bump abandoned: the original keeps its inputs), else they are released; a share's
-    claim is kept (the month's share is asked for once)."""
+    claim is kept (the month's share is asked for once).
+
+    A payout withdrawn (cancelled, expired) after its PSBT went out to the co-signers is not dead:
+    they can still sign it in their wallets and broadcast it. Its coins are released (a payout
+    spending one of them conflicts with it: at most one of the two confirms), but what it pays
+    for (``invoice:``) stays claimed by it until one of its inputs is spent by another transaction
+    (:func:`dead`), or it confirms after all (then it is paid, once)."""
     mine = PayoutClaim.payout == p.id
     before = Payout.get_or_none(Payout.id == p.replaces) if p.replaces else None
     if before is not None and before.state in PENDING + ("confirmed",):
         PayoutClaim.update(payout=before.id).where(mine).execute()
         return
     kept = functools.reduce(lambda a, b: a | b, [PayoutClaim.key.startswith(k) for k in KEPT_CLAIMS])
+    if p.txid is not None and p.state in WITHDRAWN:
+        kept = ~PayoutClaim.key.startswith("utxo:")  # its coins only
     PayoutClaim.delete().where(mine & ~kept).execute()
+
+
+def dead(payout_id: int, by: str, reason: str, clock=time.time) -> Payout | None:
+    """A withdrawn payout whose transaction can no longer confirm (an input spent by another):
+    what it still claimed is released. None if it is not a withdrawn one still holding claims."""
+    with write_transaction(db):
+        p = _get(payout_id)
+        mine = PayoutClaim.payout == p.id
+        if p.state not in WITHDRAWN or not PayoutClaim.select().where(mine).exists():
+            return None
+        kept = functools.reduce(lambda a, b: a | b, [PayoutClaim.key.startswith(k) for k in KEPT_CLAIMS])
+        PayoutClaim.delete().where(mine & ~kept).execute()
+        PayoutHistory.create(payout=p.id, state=p.state, at=int(clock()), by=by, reason=reason)
+        return p
 
 
 def _get(payout_id: int, *, lock: bool = True) -> Payout:
@@ -404,10 +427,13 @@ def finalized(payout_id: int, raw_tx_hex: str, by: str, clock=time.time) -> Payo
 
 def chain_state(payout_id: int, state: str, by: str, reason: str, clock=time.time) -> Payout | None:
     """broadcast, confirmed, invalidated, or back to broadcast on a reorg; None if nothing changes."""
-    allowed = {"broadcast": ("signed", "awaiting_signatures", "confirmed"),
+    # cancelled, expired -> broadcast, confirmed: withdrawn after its PSBT went out, the co-signers
+    # completed it in their wallets anyway (it is paid: recorded so, once; see _release)
+    allowed = {"broadcast": ("signed", "awaiting_signatures", "confirmed", "cancelled", "expired"),
                # replaced/invalidated -> confirmed: a reorg swapped which of a bump's transactions
                # confirmed (only those are looked up again: desk._queue_lookup)
-               "confirmed": ("signed", "awaiting_signatures", "broadcast", "replaced", "invalidated"),
+               "confirmed": ("signed", "awaiting_signatures", "broadcast", "replaced", "invalidated",
+                             "cancelled", "expired"),
                "invalidated": ("awaiting_signatures", "signed", "broadcast"),
                "replaced": ("awaiting_signatures", "signed", "broadcast")}
     with write_transaction(db):
