@@ -234,3 +234,29 @@ def test_a_replacement_not_signed_in_time_expires_and_the_original_keeps_its_inp
     desk.rt.advance(60)
     desk.rt.wait_for(lambda: _payout(desk, rid).state == "expired", what="the replacement expired")
     assert _payout(desk, pid).state == "broadcast" and _claims(desk) == before
+
+
+def test_a_signed_payout_the_node_refuses_for_its_fee_can_be_bumped(desk):
+    """The node refuses the final transaction (its fee below the minimum relay fee): it stays
+    `signed`, retried, and the way on is a replacement at a higher rate for the co-signers to
+    sign; the replacement is broadcast and confirms, the original is `replaced`, paid once."""
+    _fund(desk, 200_000)
+    pid = _request(desk)["payout"]
+    _cmd(desk, "approve", "bob", payout=pid, reason=None)
+    _cosign(desk, pid, 1, "alice")
+    desk.node.refuse = "RPC error -26: min relay fee not met, 150 < 300"
+    assert _cosign(desk, pid, 3, "carol")["state"] == "signed"
+    desk.rt.wait_for(lambda: "min relay fee not met" in (_payout(desk, pid).state_reason or ""),
+                     what="the node's refusal kept")
+    desk.node.refuse = None  # (the fake node takes anything now; the original's retry waits a minute)
+    ack = _bump(desk, pid, "10")
+    assert (ack["status"], ack["state"]) == ("done", "awaiting_signatures"), ack
+    rid = ack["payout"]
+    _cosign(desk, rid, 1, "alice")
+    _cosign(desk, rid, 2, "bob")
+    desk.rt.wait_for(lambda: _payout(desk, rid).state == "broadcast", what="the replacement broadcast")
+    desk.node.mine(_payout(desk, rid).txid, 201)
+    desk.block(201)
+    desk.rt.wait_for(lambda: _payout(desk, rid).state == "confirmed", what="the replacement confirmed")
+    assert _payout(desk, pid).state == "replaced"
+    assert set(_claims(desk).values()) <= {rid}

@@ -48,6 +48,9 @@ OPEN = ("requested", "awaiting_signatures")            # may be cancelled, rejec
 PENDING = ("requested", "awaiting_signatures", "signed", "broadcast")
 ENDED_UNPAID = ("cancelled", "expired", "invalidated")
 WITHDRAWN = ("cancelled", "expired")  # by a person or the clock; with a PSBT out, still completable
+# a replacement (RBF) is made for a payout in the mempool, or for one signed that the node refused
+# (its fee below the node's minimum: the original stays possible, whichever confirms is the payment)
+BUMPABLE = ("broadcast", "signed")
 # "replaced": paid by its replacement (a bump, ``replaces`` = this payout), which confirmed; not unpaid.
 KEPT_CLAIMS = ("share:",)  # claims kept even when their payout ends unpaid (a share is asked for once)
 
@@ -504,9 +507,9 @@ def replacement(original_id: int, *, psbt_b64: str, txid: str, fee: int, vsize: 
     now = int(clock())
     with write_transaction(db):
         o = _get(original_id)
-        if o.state != "broadcast":
-            raise PayoutRefused(f"payout {o.id} is {o.state}: only a broadcast payout still unconfirmed can be "
-                                "bumped")
+        if o.state not in BUMPABLE:
+            raise PayoutRefused(f"payout {o.id} is {o.state}: only a broadcast payout still unconfirmed, or a "
+                                "signed one the node has not taken (a fee too low), can be bumped")
         newer = (Payout.select().where(Payout.replaces == o.id, Payout.state.in_(PENDING)).first())
         if newer is not None:
             raise PayoutRefused(f"payout {o.id} already has a replacement, payout {newer.id} ({newer.state}): "

@@ -15,7 +15,7 @@ from embit.psbt import PSBT
 
 from . import ledger
 from . import psbt as tx
-from .ledger import Payout, PayoutRefused
+from .ledger import BUMPABLE, Payout, PayoutRefused
 from .treasury import Treasury
 
 
@@ -52,8 +52,9 @@ def bump(treasury: Treasury, policy: dict, payout_id: int, feerate: Decimal, by:
     o = Payout.get_or_none(Payout.id == payout_id)
     if o is None:
         raise PayoutRefused(f"no payout {payout_id}")
-    if o.state != "broadcast":
-        raise PayoutRefused(f"payout {o.id} is {o.state}: only a broadcast payout still unconfirmed can be bumped")
+    if o.state not in BUMPABLE:
+        raise PayoutRefused(f"payout {o.id} is {o.state}: only a broadcast payout still unconfirmed, or a signed "
+                            "one the node has not taken (a fee too low), can be bumped")
     built = tx.bump(treasury, tx.decode(o.psbt), old_fee=o.fee, change_index=o.change_index, feerate=feerate,
                     max_fee=policy["max_fee_sats"], max_feerate=Decimal(str(policy["max_feerate"])),
                     incremental=ledger.INCREMENTAL_FEERATE)

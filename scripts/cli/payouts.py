@@ -378,9 +378,10 @@ def register(sub):
     sign.add_argument("id", type=int, help="the payout's number")
     sign.add_argument("--key", required=True, metavar="FILE",
                       help="the co-signer's BIP 39 mnemonic or extended private key (keep it mode 0600)")
-    bump = ps.add_parser("bump", help="a broadcast payout stuck unconfirmed: make a replacement (RBF) paying a "
+    bump = ps.add_parser("bump", help="a payout stuck unconfirmed, or signed but refused by the node for its fee: "
+                                      "make a replacement (RBF) paying a "
                                       "higher fee from its change, for the co-signers to sign")
-    bump.add_argument("id", type=int, help="the payout's number (in state broadcast)")
+    bump.add_argument("id", type=int, help="the payout's number (in state broadcast or signed)")
     bump.add_argument("--feerate", required=True, metavar="R", help="the new fee rate in sat/vB (above the old one)")
     for p in (req, appr, rej, can, imp, sign, bump):
         add_command_options(p)
