@@ -61,6 +61,17 @@ def fast_state(history: MemberHistory, plans: Plans, as_of: date) -> MemberState
     return closed_form(history.handle, history.joined, plan, credit, as_of)
 
 
+def _last_started(anchor: date, months: int, as_of: date) -> int:
+    """k: the last period (of ``months`` months from ``anchor``) started on or before ``as_of``
+    (k >= 0 when as_of >= anchor)."""
+    k = ((as_of.year - anchor.year) * 12 + as_of.month - anchor.month) // months
+    while _add_months(anchor, (k + 1) * months) <= as_of:
+        k += 1
+    while k > 0 and _add_months(anchor, k * months) > as_of:
+        k -= 1
+    return k
+
+
 def closed_form(handle: str, anchor: date, plan: PlanVersion, credit: int, as_of: date) -> MemberState | None:
     """The state on ``as_of`` of a member who joined on ``anchor`` (never left) on the one version
     ``plan`` (see :func:`simple_plan`), with ``credit`` cents paid and adjusted up to that day;
@@ -68,12 +79,7 @@ def closed_form(handle: str, anchor: date, plan: PlanVersion, credit: int, as_of
     if as_of < anchor:
         return None
     m, dues = plan.months, plan.dues_cents
-    # k: the last period started on or before as_of (k >= 0 since as_of >= joined)
-    k = ((as_of.year - anchor.year) * 12 + as_of.month - anchor.month) // m
-    while _add_months(anchor, (k + 1) * m) <= as_of:
-        k += 1
-    while k > 0 and _add_months(anchor, k * m) > as_of:
-        k -= 1
+    k = _last_started(anchor, m, as_of)
     started = k + 1
     paid = credit // dues if credit > 0 else 0
     if paid * m > (k + 1) * m + 12 * HORIZON_YEARS:
@@ -174,11 +180,7 @@ def closed_status(anchor: date, plan: PlanVersion, credit: int, as_of: date) -> 
     """:func:`closed_form`'s status alone (the periods it names are not built), on a day on or
     after ``anchor``; None when the core must answer (credit past its horizon)."""
     m, dues = plan.months, plan.dues_cents
-    k = ((as_of.year - anchor.year) * 12 + as_of.month - anchor.month) // m
-    while _add_months(anchor, (k + 1) * m) <= as_of:
-        k += 1
-    while k > 0 and _add_months(anchor, k * m) > as_of:
-        k -= 1
+    k = _last_started(anchor, m, as_of)
     paid = credit // dues if credit > 0 else 0
     if paid * m > (k + 1) * m + 12 * HORIZON_YEARS:
         return None
