@@ -87,6 +87,9 @@ USER_ID = b"User-Id"
 X_KEY = b"X-Key"  # ZAP metadata on every message: the connection's Curve key (z85), see RegistryAuthenticator
 DRAIN = 2000  # messages per poll wake-up before looking at the other socket
 SUBSCRIPTION_FRAME_MAX = 1024  # bytes; a useful one is at most 1 + wire.MAX_TOPIC
+# Messages queued per peer and direction; beyond it the XPUB drops what a lagging subscriber has
+# not taken (uncounted), and the XSUB stops reading the publisher (TCP pushes back).
+PEER_QUEUE = 100_000
 
 # The header as wire.pack_payload lays it out: a map of 8, "v": 1, "id": bin8 of 16 bytes
 # (at 9..25), then "src" and the sender's name. Anything else takes the slow path.
@@ -271,7 +274,7 @@ class Broker:
         s.heartbeat_ivl = self.bus["heartbeat_ivl_ms"]
         s.heartbeat_timeout = self.bus["heartbeat_timeout_ms"]
         s.handshake_ivl = self.bus["handshake_ivl_ms"]
-        s.sndhwm = s.rcvhwm = 100_000
+        s.sndhwm = s.rcvhwm = PEER_QUEUE
         return s
 
     def start(self):
