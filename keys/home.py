@@ -56,6 +56,9 @@ DEFAULTS = {
     "event_logger": {"segment_mb": 16, "fsync_interval_ms": 50, "retention_days": 90, "max_mb": 2048,
                      "rejected_sample": 100, "rejected_period_s": 60, "quota_mb": 64, "quota_period_s": 3600},
     "database": {"url": ""},
+    # the report server (actors/server/): listen HOST:PORT, waitress worker threads, the longest
+    # page of a listing; [spaceapi] holds its SpaceAPI's static fields (actors/server/spaceapi.py)
+    "server": {"listen": "127.0.0.1:8080", "threads": 8, "page_max": 500},
     # MemberData's dues in bitcoin (actors/member_data/actor.py): receive is the account xpub (or a
     # wpkh(...) descriptor) dues addresses are derived from, never the same as [business] receive;
     # a payment is valued at a price.btc_cad at most price_max_age seconds old
@@ -107,6 +110,7 @@ class Home:
     events_dir = property(lambda self: self.root / "events")
     log_dir = property(lambda self: self.root / "log")
     run_dir = property(lambda self: self.root / "run")
+    server_tokens_path = property(lambda self: self.root / "server_tokens.json")  # hashed (actors/server/tokens.py)
 
     def key_file(self, name) -> Path:
         return self.keys_dir / f"{name}.key"

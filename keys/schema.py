@@ -78,6 +78,9 @@ CONFIG = Table({
                            "max_mb": NUMBER, "rejected_sample": INT, "rejected_period_s": NUMBER,
                            "quota_mb": NUMBER, "quota_period_s": NUMBER}),
     "database": Table({"url": STR}),
+    # actors/server/ (its defaults are keys/home.py's); [spaceapi]: checked by actors/server/spaceapi.py
+    "server": Table({"listen": STR, "threads": INT, "page_max": INT}),
+    "spaceapi": ANY_TABLE,
     "demo": Table({"simulators": BOOL, "exchanges_port": INT, "chain_rpc_port": INT, "chain_zmq_port": INT,
                    "smtp_port": INT}),
     # actors/member_mail/ (its DEFAULTS in models.py; settings() there checks the values' ranges)

@@ -72,7 +72,7 @@ def new_home(path, heartbeat_interval=1, database_url=None) -> Home:
     home = init_home(path, publish_endpoint=f"tcp://127.0.0.1:{free_port()}",
                     subscribe_endpoint=f"tcp://127.0.0.1:{free_port()}", exchanges_port=free_port(),
                     chain_rpc_port=free_port(), chain_zmq_port=free_port(), smtp_port=free_port(),
-                    database_url=database_url)
+                    server_port=free_port(), database_url=database_url)
     with open(home.root / "config.toml", "a") as f:
         f.write(f"\n[runtime]\nheartbeat_interval = {heartbeat_interval}\n")
     return Home(home.root)

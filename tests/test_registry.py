@@ -65,9 +65,11 @@ def test_the_policy_template_holds_each_entrys_grants(fresh):
 def test_supervisor_config_runs_exactly_the_supervised_entries_in_order(fresh):
     fresh.config["demo"]["simulators"] = False
     conf = supervisor_config(fresh)
-    assert programs(conf) == set(registry.supervised())
-    order = [conf.index(f"[program:{name}]") for name in registry.supervised()]
+    # the actors, and the report server (`dctrl serve`: no bus identity) after them
+    assert programs(conf) == set(registry.supervised()) | {"server"}
+    order = [conf.index(f"[program:{name}]") for name in (*registry.supervised(), "server")]
     assert order == sorted(order)
+    assert f"scripts.cli serve --home {fresh.root}" in conf
     for e in registry.ENTRIES:
         assert (f"scripts.cli run {e.name} --home" in conf) == e.supervised, e.name
 

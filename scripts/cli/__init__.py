@@ -20,7 +20,7 @@ log = logging.getLogger("dctrl")
 
 # In the order `dctrl --help` lists them.
 GROUPS = ("run", "agent", "keys", "bus", "chain", "business", "members", "mail", "report", "invoices", "treasury",
-          "payouts", "events", "vault", "sim", "price", "bench")
+          "payouts", "events", "serve", "vault", "sim", "price", "bench")
 
 
 def build_parser():
@@ -53,7 +53,7 @@ def main(argv=None):
     os.umask(0o077)
     args = build_parser().parse_args(argv)
     # Long-running processes log what they do; one-shot tools only warnings, unless -v.
-    quiet = args.cmd not in ("run", "broker", "up") and not (
+    quiet = args.cmd not in ("run", "broker", "up", "serve") and not (
         args.cmd == "sim" and args.sim_cmd in ("chain", "exchanges", "smtp"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
                         stream=sys.stderr,
@@ -84,7 +84,7 @@ def main(argv=None):
 
 # Top-level modules of the optional installs (setup.cfg extras_require) -> the extra to install.
 # `dctrl --help` and the commands that need none of them work on every install.
-EXTRAS = {**dict.fromkeys(("embit", "peewee", "psycopg2", "bottle", "bitcoinrpc", "supervisor"), "server"),
+EXTRAS = {**dict.fromkeys(("embit", "peewee", "psycopg2", "bottle", "bitcoinrpc", "supervisor", "waitress", "pygal"), "server"),
           **dict.fromkeys(("gpiozero", "smbus2"), "agent")}
 
 

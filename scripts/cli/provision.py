@@ -43,6 +43,11 @@ token_public_key = "{token_pub}"
 [database]
 url = "{db_url}"
 
+# The report server (`dctrl serve`, run by `dctrl up`): read-only REST, HTML and SpaceAPI.
+# Tokens: `dctrl server token add NAME --scope S --ttl 30d`. For the LAN: "0.0.0.0:{server_port}".
+[server]
+listen = "127.0.0.1:{server_port}"
+
 [demo]
 # `dctrl up` also runs the exchange simulator, and the notifiers use it: dctrl runs
 # anywhere with no internet. In production set simulators = false and point
@@ -138,7 +143,8 @@ def identities() -> list[tuple[str, str]]:
 
 
 def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_url=None,
-              exchanges_port=7480, chain_rpc_port=18443, chain_zmq_port=28332, smtp_port=2525) -> Home:
+              exchanges_port=7480, chain_rpc_port=18443, chain_zmq_port=28332, smtp_port=2525,
+              server_port=8080) -> Home:
     """Create a new home with keys for every server actor, ``admin`` and ``vm1``.
 
     Refuses to touch an existing home (its keys would be replaced).
@@ -170,6 +176,7 @@ def init_home(root, *, publish_endpoint=None, subscribe_endpoint=None, database_
         chain_rpc_port=chain_rpc_port,
         chain_zmq_port=chain_zmq_port,
         smtp_port=smtp_port,
+        server_port=server_port,
         receive=sales_xpub,
         members_receive=dues_xpub,
         treasury=demo_treasury(root / "demo"),

@@ -91,6 +91,8 @@ def supervisor_config(home, actors=None, *, supervisor_pid=None) -> str:
     cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     programs = [(name, f"scripts.cli run {name} --home {home.root}", priority * 10)
                 for priority, name in enumerate(actors, start=1)]
+    # The report server: no bus identity, it reads the database and the event log (`dctrl serve`).
+    programs.append(("server", f"scripts.cli serve --home {home.root}", (len(actors) + 1) * 10))
     if home.config["demo"]["simulators"]:
         programs += [(name, command.format(demo=home.config["demo"], home=home.root), prio)
                      for name, (command, prio) in SIMULATORS.items()]
@@ -191,6 +193,9 @@ def _tcp_ports(home):
                 out.append((split.port, "" if host == "*" else host, f"[bus] {key} {endpoint}"))
             except ValueError:
                 continue
+    host, _, port = home.config["server"]["listen"].rpartition(":")
+    if port.isdigit():
+        out.append((int(port), host.strip("[]"), f"[server] listen {home.config['server']['listen']}"))
     demo = home.config["demo"]
     if demo["simulators"]:
         out += [(demo[key], "127.0.0.1", f"[demo] {key}")

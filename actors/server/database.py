@@ -1,0 +1,36 @@
+"""The report server's database connection: read-only, whatever the database.
+
+SQLite is opened as ``file:PATH?mode=ro`` with ``query_only`` set, so no statement of the server
+can write, even by mistake; PostgreSQL sessions start with ``default_transaction_read_only`` on,
+so every transaction is a read-only one. peewee keeps one connection per thread (waitress's
+workers each get theirs).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import peewee
+from playhouse.db_url import connect as _connect
+
+from actors.db import redact
+from proto.errors import ConfigError
+
+READ_ONLY_PRAGMAS = {"query_only": 1, "busy_timeout": 5000, "foreign_keys": 1}
+
+
+def open_read_only(url: str):
+    """The database at ``url`` (as ``[database] url``), opened for reading only."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+        db = peewee.SqliteDatabase(uri, uri=True, pragmas=READ_ONLY_PRAGMAS)
+    elif url.startswith(("postgres://", "postgresql://")):
+        db = _connect(url, options="-c default_transaction_read_only=on")
+    else:
+        raise ConfigError(f"database url {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
+    try:
+        db.connect(reuse_if_open=True)
+    except Exception as exc:  # peewee wraps driver errors in several types
+        raise ConfigError(f"cannot open database {redact(url)} read-only: {exc}".strip()) from None
+    return db
