@@ -331,6 +331,32 @@ def pg_database(prefix="bk"):
         conn.close()
 
 
+def test_a_postgresql_home_on_its_own_schema_restores_into_that_schema_only(tmp_path):
+    """A home whose URL pins a schema (options=-csearch_path=S, as the test harness's): the dump
+    holds that schema alone, and loads where the URL pins the same schema in a database without it."""
+    from tests.harness import home_on
+
+    with home_on("postgresql", tmp_path / "src", "bk") as home, pg_database() as fresh:
+        add_members_offline(home)
+        add_invoices(home)
+        before = listings(home)
+        out = tmp_path / "b.tar.gz"
+        dctrl(home, "backup", "--out", str(out))
+        schema = json.loads(members(out)["manifest.json"])["pg_schema"]
+        assert schema and schema.startswith("bk_") and f"options=-csearch_path%3D{schema}" in home.database_url
+        done = restore_into(tmp_path / "a", out, "--database-url", fresh, check=False)
+        assert done.returncode == 2 and f"holds the PostgreSQL schema {schema}" in done.stderr, done.stderr
+        done = restore_into(tmp_path / "b", out, check=False)  # the source: it has the schema
+        assert done.returncode == 2 and f"already has the schema {schema}" in done.stderr, done.stderr
+        assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+        url = f"{fresh}?options=-csearch_path%3D{schema}"
+        restore_into(tmp_path / "c", out, "--database-url", url)
+        from keys.home import Home
+
+        restored = Home(tmp_path / "c")
+        assert restored.database_url == url and listings(restored) == before
+
+
 NETWORK = ("broker", "vault", "event_logger", "member_data")
 
 

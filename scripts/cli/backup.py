@@ -226,6 +226,7 @@ def backup(home, out, *, events=False, force=False) -> dict:
             manifest = {"format": FORMAT, "dctrl_version": VERSION,
                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         "created_at": time.time(), "home": str(home.root), "database": kind,
+                        "pg_schema": pg_schema_of(url) if kind == "postgresql" else None,
                         "events": bool(events), "files": entries}
             data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
             info = tarfile.TarInfo(MANIFEST)
@@ -401,6 +402,26 @@ def pg_tables(url: str) -> int:
         database.close()
 
 
+def check_pg_schema(url: str, schema: str | None):
+    """A dump of one schema (a URL with ``options=-csearch_path=S``) loads only where the URL
+    pins the same schema and the database does not have it yet (pg_restore creates it)."""
+    from actors.db import connect, redact
+
+    if schema is None:
+        return
+    if pg_schema_of(url) != schema:
+        raise DctrlError(f"the backup holds the PostgreSQL schema {schema} (its URL set search_path={schema}); "
+                         f"give --database-url with ?options=-csearch_path%3D{schema} (now {redact(url)})")
+    database = connect(url)
+    try:
+        exists = database.execute_sql("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    finally:
+        database.close()
+    if exists:
+        raise DctrlError(f"the database {redact(url)} already has the schema {schema}, which the restore creates: "
+                         f"drop it (if it is empty) or restore into another database")
+
+
 def restore(archive, root, *, database_url=None) -> dict:
     """Restore ``archive`` into the new or empty directory ``root``; returns a summary."""
     import hashlib
@@ -443,6 +464,7 @@ def restore(archive, root, *, database_url=None) -> dict:
             raise DctrlError(f"the backup's config.toml has [database] url {redact(url)!r}, not a PostgreSQL "
                              f"URL: give the database to restore into with --database-url postgresql://...")
         pg_tool("pg_restore")
+        check_pg_schema(url, manifest.get("pg_schema"))
         n = pg_tables(url)
         if n:
             raise DctrlError(f"the database {redact(url)} is not empty ({n} tables): restore only into an empty "
