@@ -112,6 +112,7 @@ def filled(tmp_path):
     add_members_offline(home)
     add_invoices(home)
     dctrl(home, "vault", "set-secret", "smtp_password", input="hunter2hunter2")
+    dctrl(home, "server", "token", "add", "treasurer", "--scope", "finance")  # the report server's, hashed
     (home.run_dir / "broker.pid").write_text("123\n")
     (home.run_dir / "admin.boot").write_text("7\n")
     (home.log_dir / "broker.log").write_text("a log line\n")
@@ -134,7 +135,8 @@ def test_backup_then_restore_gives_the_same_files_private_and_the_same_data(fill
     assert names == set(files) - {"manifest.json"}
     assert {"home/config.toml", "home/policy.toml", "home/keys/registry.json", "home/keys/admin.key",
             "home/keys/member_data.key", "home/vault/secrets.json", "home/vault/secrets.key",
-            "home/vault/token.key", "database/dctrl.sqlite3", "home/agents/vm1/agent.toml"} <= names
+            "home/vault/token.key", "database/dctrl.sqlite3", "home/agents/vm1/agent.toml",
+            "home/server_tokens.json"} <= names
     identities = {r["name"] for r in json.loads(dctrl(filled, "keys", "list", "--json").stdout)}
     assert len(identities) == 13 and {f"home/keys/{n}.key" for n in identities} <= names
     assert not [n for n in names if n.startswith(("home/run/", "home/log/", "home/events/")) or "/." in n]

@@ -3,7 +3,7 @@
 The archive is a tar.gz (written to a temporary file beside ``--out``, renamed into place, 0600):
 
     manifest.json             format, dctrl version, created time, database kind, every file's sha256
-    home/config.toml, home/policy.toml, home/keys/registry.json, home/keys/NAME.key,
+    home/config.toml, home/policy.toml, home/server_tokens.json, home/keys/registry.json, home/keys/NAME.key,
     home/vault/..., home/agents/NAME/* (a machine folder, its state/ left out), home/demo/*,
     home/events/... (only with --events)
     database/dctrl.sqlite3    SQLite, copied with sqlite3's online backup API (consistent while
@@ -60,7 +60,8 @@ def _tree(root, sub, *, skip_dirs=()):
 def home_files(home, *, events: bool) -> list[str]:
     """The home's files a backup holds, relative to the home."""
     root = home.root
-    files = [f for f in ("config.toml", "policy.toml") if (root / f).is_file()]
+    # server_tokens.json: the report server's API tokens, hashed (actors/server/tokens.py)
+    files = [f for f in ("config.toml", "policy.toml", "server_tokens.json") if (root / f).is_file()]
     files += _tree(root, "keys")  # registry.json and every identity's NAME.key
     files += _tree(root, "vault")
     files += _tree(root, "agents", skip_dirs=("state",))  # a machine's agent.toml and key copy
