@@ -4,7 +4,7 @@
 <div class="card">
 <h2>Members by status</h2>
 % if status_counts is None:
-<p class="needs">not ready: {{why['members']}}</p>
+<p class="needs">{{why['members']}}</p>
 % else:
 <p class="big">{{member_total}} <small>members</small></p>
 <table class="counts">
@@ -18,7 +18,7 @@
 % if 'activity' in charts:
 {{!charts['activity']}}
 % else:
-<h2>Active members</h2><p class="needs">not ready: {{why['activity']}}</p>
+<h2>Active members</h2><p class="needs">{{why['activity']}}</p>
 % end
 </div>
 </section>
@@ -27,7 +27,7 @@
 % if 'income' in charts:
 {{!charts['income']}}
 % else:
-<h2>Income by month</h2><p class="needs">not ready: {{why['income']}}</p>
+<h2>Income by month</h2><p class="needs">{{why['income']}}</p>
 % end
 </div>
 <div class="card chart" id="chart-sales">
@@ -41,7 +41,7 @@
 % end
 </table></div></details>
 % else:
-<h2>Sales per machine and product</h2><p class="needs">not ready: {{why['income']}}</p>
+<h2>Sales per machine and product</h2><p class="needs">{{why['income']}}</p>
 % end
 </div>
 </section>
@@ -51,7 +51,7 @@
 % if 'finance' not in token.scopes:
 %   include('needs.tpl', scope='finance')
 % elif payouts is None:
-<p class="needs">not ready: {{payouts_why}}</p>
+<p class="needs">{{payouts_why}}</p>
 % else:
 %   waiting = [p for p in payouts['payouts'] if p['state'] == 'awaiting_signatures']
 <p>{{payouts['pending'].get('awaiting_signatures', 0)}} awaiting signatures, {{payouts['pending'].get('requested', 0)}} awaiting approval. <a href="/payouts">all payouts</a></p>
@@ -70,7 +70,7 @@
 % if 'finance' not in token.scopes:
 %   include('needs.tpl', scope='finance')
 % elif invoices is None:
-<p class="needs">not ready: {{invoices_why}}</p>
+<p class="needs">{{invoices_why}}</p>
 % else:
 <div class="scroll"><table>
 <tr><th>#</th><th>state</th><th>machine</th><th>product</th><th class="num">CAD</th></tr>
