@@ -335,9 +335,11 @@ def install(app: bottle.Bottle, server: Server) -> None:
         activity, activity_why = section(activity_rows, day, 12)
         income, income_why = section(income_rows, day)
         charts = {}
-        if income is not None:
-            first = (day.replace(day=1) - datetime.timedelta(days=335)).isoformat()[:7]
-            income = [m for m in income if m["month"] >= first]
+        if income is not None:  # the last 12 months, those without income too
+            months = [(day.year * 12 + day.month - 1 - i) for i in range(11, -1, -1)]
+            by_month = {m["month"]: m for m in income}
+            income = [by_month.get(key, {"month": key, "dues": {}, "sales": []})
+                      for key in (f"{k // 12:04d}-{k % 12 + 1:02d}" for k in months)]
             charts["income"] = income_chart(income)
             charts["sales"], sales = sales_chart(income)
         else:
