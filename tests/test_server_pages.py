@@ -193,7 +193,7 @@ class Demo:
             "old", ["members", "finance", "events"], 10)[0]
         self.tokens["revoked"] = store.add("gone", ["members", "finance", "events"], 86400)[0]
         store.revoke("gone")
-        self.database = read_only(home.database_url)
+        self.database = open_read_only(home.database_url)
         self.app = make_app(home, database=self.database)
 
     def get(self, path, token=None, method="GET"):
@@ -210,23 +210,6 @@ class Demo:
             seen["status"], seen["headers"] = int(status.split()[0]), headers
         body = b"".join(self.app(environ, start))
         return seen["status"], dict(seen["headers"]), body.decode()
-
-
-def read_only(url):
-    """The database read-only, as the server opens it; a PostgreSQL test URL's search_path (in
-    its ``options``) kept beside default_transaction_read_only."""
-    if not url.startswith("postgres"):
-        return open_read_only(url)
-    from urllib.parse import parse_qs, urlsplit
-
-    from playhouse.db_url import connect
-
-    parts = urlsplit(url)
-    options = parse_qs(parts.query).get("options", [""])[0]
-    bare = parts._replace(query="").geturl()
-    db = connect(bare, options=f"{options} -c default_transaction_read_only=on".strip())
-    db.connect(reuse_if_open=True)
-    return db
 
 
 @pytest.fixture(scope="module")
