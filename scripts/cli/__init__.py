@@ -19,7 +19,7 @@ from scripts.cli.common import HOME_HELP
 log = logging.getLogger("dctrl")
 
 # In the order `dctrl --help` lists them.
-GROUPS = ("run", "agent", "keys", "bus", "chain", "business", "members", "mail", "report", "invoices", "treasury",
+GROUPS = ("run", "agent", "doctor", "keys", "bus", "chain", "business", "members", "mail", "report", "invoices", "treasury",
           "payouts", "events", "vault", "sim", "price", "bench")
 
 
