@@ -5,7 +5,8 @@ to break); every line that is not ok says how to fix it. The exit code is 1 if a
 
 - **file modes**: the home is 0700, every secret file (keys, the Vault's files, config.toml,
   which may hold the database's password, the SQLite database) 0600, all of it owned by the
-  user running dctrl (the key loader refuses a key file others can read).
+  user running dctrl (the key loader refuses a key file others can read); in ``log/``, root's
+  files too (a system supervisord opens its programs' logs as root).
 - **clock**: synchronised by NTP (``timedatectl``, else the kernel's adjtimex(2), else
   systemd-timesyncd's flag file); unknown is a warning.
 - **disk**: free space on the home's filesystem (warn under 1 GiB or 10 %, FAIL under 100 MiB).
@@ -81,6 +82,7 @@ def check_files(home) -> Check:
     secrets = secret_files(home)
     loose = [p for p in secrets if stat.S_IMODE(os.stat(p).st_mode) & 0o077]
     foreign, wide = [], []  # owned by someone else; other files group/other may read
+    logs = str(home.log_dir)
     for top, dirs, files in os.walk(root):
         for name in dirs + files:
             path = os.path.join(top, name)
@@ -88,8 +90,8 @@ def check_files(home) -> Check:
                 st = os.lstat(path)
             except FileNotFoundError:
                 continue  # (a file an actor just replaced)
-            if st.st_uid != uid:
-                foreign.append(path)
+            if st.st_uid != uid and not (st.st_uid == 0 and (top == logs or top.startswith(logs + os.sep))):
+                foreign.append(path)  # (a system supervisord, root, writes the programs' logs)
             elif not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o077:
                 wide.append(path)
     loose_names = {str(p) for p in loose}
