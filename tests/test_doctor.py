@@ -17,7 +17,7 @@ import pytest
 
 from keys.home import Home
 from scripts.cli import doctor
-from tests.harness import ROOT, Network, dctrl, new_home
+from tests.harness import ROOT, Network, dctrl, home_on, new_home
 
 
 def run_doctor(home, *args):
@@ -90,13 +90,21 @@ def _make_schema(home):
     return database
 
 
-def test_a_database_missing_a_table_or_a_column_fails(home):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_database_missing_a_table_or_a_column_fails(database, tmp_path):
+    with home_on(database, tmp_path / "home", prefix="doctor") as home:
+        _database_missing_a_table_or_a_column_fails(home)
+
+
+def _database_missing_a_table_or_a_column_fails(home):
     _, checks = run_doctor(home, "--offline")
     assert checks["database"]["status"] == "warn" and "no tables yet" in checks["database"]["summary"]
 
     database = _make_schema(home)
     _, checks = run_doctor(home, "--offline")
     assert checks["database"]["status"] == "ok", checks["database"]
+    kind = "PostgreSQL" if home.database_url.startswith("postgres") else "SQLite"
+    assert checks["database"]["summary"].startswith(kind), checks["database"]
 
     database.execute_sql('DROP TABLE "sales_outbox"')
     database.execute_sql('DROP INDEX "business_slot_sticker_address"')

@@ -396,12 +396,14 @@ def handshake(home, as_name: str, timeout: float) -> dict:
 
 
 def check_broker(home, as_name, timeout) -> Check:
-    from proto.errors import DctrlError
+    from proto.errors import DctrlError, InsecureKeyFile
 
     try:
         results = handshake(home, as_name, timeout)
+    except InsecureKeyFile as exc:  # (refused before any connection: the file modes line has the fix)
+        return Check("broker", FAIL, f"not checked: {exc}", "see the file modes line")
     except DctrlError as exc:
-        return Check("broker", FAIL, str(exc), f"give --as an identity with a key in {home.keys_dir}")
+        return Check("broker", FAIL, f"not checked: {exc}", f"give --as an identity with a key in {home.keys_dir}")
     details = [{"endpoint": e, "ok": ok, "what": what, "seconds": round(t, 3)} for e, (ok, what, t) in results.items()]
     bad = [f"{e}: {what}" for e, (ok, what, _) in results.items() if not ok]
     if bad:
@@ -476,7 +478,7 @@ def check_keys(home, heard: dict | None) -> Check:
 
 def check_tokens(home, heard: dict | None, wait: float) -> Check:
     if heard is None:
-        return Check("tokens", WARN, "not checked: the broker is unreachable", "see the broker line")
+        return Check("tokens", WARN, "not checked: no handshake with the broker", "see the broker line")
     if not heard:
         return Check("tokens", WARN, f"no heartbeat heard in {wait:g} s", "`dctrl status` says which process is down")
     now = time.time()
