@@ -480,7 +480,7 @@ RestrictSUIDSGID=yes
 RestrictRealtime=yes
 RestrictNamespaces=yes
 LockPersonality=yes
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
 # Not set, on purpose: PrivateDevices= (it hides the GPIO and I2C devices) and ProtectClock=
 # (it forbids adjtimex(2), which clock = "kernel" asks whether NTP has synchronised the clock).

@@ -61,7 +61,7 @@ def secret_files(home) -> list:
     the Vault's secrets, the database's password or the members' personal data."""
     root = home.root
     found = [*root.glob("keys/*.key"), *root.glob("vault/*"), *root.glob("demo/*.key"),
-             *root.glob("agents/*/*.key"), *root.glob("agents/*/agent.toml"), root / "config.toml",
+             *root.glob("agents/*/*.key"), root / "config.toml",
              *root.glob("dctrl.sqlite3*")]
     passphrase = home.config["vault"].get("passphrase_file")
     if passphrase:
