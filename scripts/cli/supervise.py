@@ -95,7 +95,9 @@ def supervisor_config(home, actors=None, *, supervisor_pid=None, programs_only=F
     ]
     out = [head[0], f"; the programs of home {home.root}, for a system supervisord's conf.d\n\n"] if programs_only \
         else head
-    cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # the directory holding the packages (scripts/cli/supervise.py is three levels down), where
+    # `python -m scripts.cli` finds them even without an install
+    cwd = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     programs = [(name, f"scripts.cli run {name} --home {home.root}", priority * 10)
                 for priority, name in enumerate(actors, start=1)]
     # The report server: no bus identity, it reads the database and the event log (`dctrl serve`).
