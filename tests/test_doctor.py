@@ -326,3 +326,17 @@ def test_every_command_in_the_deployment_guide_exists():
                 assert option in parser._option_string_actions, f"{cmd!r}: no option {option}"
         checked += 1
     assert checked >= 25
+
+
+def test_report_server_tokens_about_to_end_are_a_warning(home):
+    assert doctor.check_server_tokens(home).status == "ok"
+    dctrl(home, "server", "token", "add", "grafana", "--scope", "events", "--ttl", "90d")
+    check = doctor.check_server_tokens(home)
+    assert check.status == "ok" and "1 valid" in check.summary
+    dctrl(home, "server", "token", "add", "treasurer", "--scope", "finance", "--ttl", "2d")
+    check = doctor.check_server_tokens(home)
+    assert check.status == "warn" and "1 of 2 end within 7 days: treasurer in 4" in check.summary, check
+    assert "dctrl server token add" in check.fix
+    dctrl(home, "server", "token", "revoke", "treasurer")
+    assert doctor.check_server_tokens(home).status == "ok"
+    assert lines(home, "--offline")["api tokens"][0] == "ok"

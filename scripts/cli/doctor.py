@@ -15,6 +15,8 @@ to break); every line that is not ok says how to fix it. The exit code is 1 if a
 - **broker**: a CURVE handshake, as ``admin``, with both bus endpoints within a deadline.
 - **keys**: keys in their grace period after a rotation, and who still runs one.
 - **tokens**: every process's Vault token, from its heartbeat (renewed at half-life).
+- **api tokens**: the report server's API tokens (`dctrl server token list`): one that ends
+  within 7 days is a warning naming it.
 
 The last two listen to the bus for the heartbeats (``[runtime] heartbeat_interval`` + 1.5 s);
 ``--offline`` skips the bus. Heavy imports are inside the functions.
@@ -476,6 +478,25 @@ def check_keys(home, heard: dict | None) -> Check:
     return Check("keys", WARN, "; ".join(words), fix, details)
 
 
+SERVER_TOKEN_WARN_S = 7 * 86400
+
+
+def check_server_tokens(home, now=None) -> Check:
+    from actors.server.tokens import TokenStore
+
+    now = time.time() if now is None else now
+    valid = [r for r in TokenStore(home.server_tokens_path).list() if r.state(now) == "valid"]
+    if not valid:
+        return Check("api tokens", OK, "none valid (the report server answers only /spaceapi.json and /login)")
+    ending = sorted((r for r in valid if r.expires - now < SERVER_TOKEN_WARN_S), key=lambda r: r.expires)
+    if ending:
+        words = ", ".join(f"{printable(r.name)} in {max(0, int(r.expires - now)) // 3600} h" for r in ending[:SHOWN])
+        return Check("api tokens", WARN, f"{len(ending)} of {len(valid)} end within 7 days: {words}",
+                     "issue new ones: `dctrl server token add NAME --scope S --ttl 30d`, then revoke the old")
+    return Check("api tokens", OK, f"{len(valid)} valid; the soonest ends in "
+                                      f"{int(min(r.expires for r in valid) - now) // 86400} days")
+
+
 def check_tokens(home, heard: dict | None, wait: float) -> Check:
     if heard is None:
         return Check("tokens", WARN, "not checked: no handshake with the broker", "see the broker line")
@@ -507,7 +528,7 @@ def run_checks(home, *, as_name="admin", timeout=5.0, wait=None, offline=False) 
 
     checks = [guarded("file modes", check_files, home), guarded("clock", check_clock),
               guarded("disk", check_disk, home), guarded("database", check_database, home),
-              guarded("simulators", check_simulators, home)]
+              guarded("simulators", check_simulators, home), guarded("api tokens", check_server_tokens, home)]
     heard = None
     if offline:
         broker = Check("broker", WARN, "not checked (--offline)")
