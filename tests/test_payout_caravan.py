@@ -206,3 +206,16 @@ def test_caravan_refuses_what_does_not_match(treasury, payout):
     seen = caravan(wallet=json.dumps(other))
     assert not seen["config"]["accepted"]
     assert seen["config"]["errors"] == ["key 3: Extended public key must begin with 'xpub' or 'tpub'."]
+
+
+def test_a_replacement_psbt_too(treasury, payout):
+    """`payouts bump` sends co-signers a new PSBT: Caravan sees it as the same wallet's, the fee
+    raised out of the change."""
+    built, _, _ = payout
+    bumped = tx.bump(treasury, built.psbt, old_fee=built.fee, change_index=4, feerate=Decimal(5),
+                     max_fee=10_000, max_feerate=Decimal(50))
+    seen = caravan(wallet=treasury.caravan("dctrl treasury"), psbt=bumped.psbt.to_base64())["psbt"]
+    assert all(i["wallet"]["mine"] for i in seen["inputs"]) and seen["outputs"][1]["wallet"]["mine"]
+    assert [(o["address"], o["value"]) for o in seen["outputs"]] == [
+        (DEST, 120_000), (treasury.address(4, change=True)[0], built.change_sats - (bumped.fee - built.fee))]
+    assert [i["sequence"] for i in seen["inputs"]] == [tx.RBF_SEQUENCE] * 2
