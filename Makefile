@@ -45,3 +45,17 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# Caravan's own libraries for tests/test_payout_caravan.py (npm; versions pinned in
+# tests/wallets/caravan/package-lock.json), installed again only when those files change.
+# Without node and npm it says so and that test skips (with CI=true it fails instead).
+CARAVAN_STAMP := tests/wallets/caravan/node_modules/.installed
+.PHONY: wallets
+wallets:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  $(MAKE) -s --no-print-directory $(CARAVAN_STAMP); \
+	else echo "make wallets: no node/npm here: tests/test_payout_caravan.py will skip (fail with CI=true)"; fi
+$(CARAVAN_STAMP): tests/wallets/caravan/package.json tests/wallets/caravan/package-lock.json
+	npm ci --prefix tests/wallets/caravan --no-audit --no-fund
+	touch $@
+test: wallets
