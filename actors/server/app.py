@@ -45,6 +45,16 @@ class Server:
     tokens: TokenStore
     clock: object = time.time
     config: dict = field(default_factory=dict)  # [server] of config.toml
+    _heartbeats: object = field(default=None, repr=False)
+
+    def heartbeats(self):
+        """The event log's last heartbeat of every sender, kept for the server's life with the
+        position read to (actors/server/events.py): each request reads only what is new."""
+        if self._heartbeats is None:
+            from actors.server.events import Heartbeats
+
+            self._heartbeats = Heartbeats(self.home.events_dir)
+        return self._heartbeats
 
     # -- access ----------------------------------------------------------------------------------
 
@@ -158,13 +168,32 @@ class Guard:
         return out
 
 
+# Every component's models go through a peewee DatabaseProxy that its queries rebind for a moment
+# (``database.bind_ctx(MODELS)``), restoring what was there before on the way out. From waitress's
+# threads at once, one request's exit could restore the uninitialized proxy under another's query
+# (a 500: "Cannot use uninitialized Proxy"). With every proxy pointing at the server's database
+# (one object; peewee keeps a connection per thread), whatever is restored is that database.
+PROXIES = ("actors.member_data.models", "actors.member_mail.models", "actors.business_mgr.models",
+           "actors.business_data.models", "actors.reporter.models", "actors.payout_mgr.models",
+           "actors.payout_mgr.ledger", "actors.chain_notifier.models")
+
+
+def bind_models(database) -> None:
+    import importlib
+
+    for name in PROXIES:
+        importlib.import_module(name).db.initialize(database)
+
+
 def make_app(home, *, database=None, tokens: TokenStore | None = None, clock=time.time):
     """The WSGI application for ``home``; ``database``: an open (read-only) database, by default
     :func:`actors.server.database.open_read_only` of the home's."""
     from actors.server import api, pages, spaceapi
     from actors.server.database import open_read_only
 
-    server = Server(home=home, database=database or open_read_only(home.database_url),
+    database = database or open_read_only(home.database_url)
+    bind_models(database)
+    server = Server(home=home, database=database,
                     tokens=tokens or TokenStore(home.server_tokens_path, clock), clock=clock,
                     config=home.config.get("server", {}))
     app = bottle.Bottle(autojson=False)
