@@ -140,6 +140,7 @@ def _version() -> str:
 COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
 HANDLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # (actors/member_data/models.py HANDLE_RE)
 MAX_ID = 2**62  # database ids: anything larger is no row (and would overflow a BIGINT)
+SCAN_MAX = 100_000  # records /api/events looks at in one request at most (then more: true)
 
 
 def limit_param(server: Server, default: int = 100) -> int:
@@ -417,7 +418,7 @@ def install(app: bottle.Bottle, server: Server) -> Api:
 
     @api.endpoint("/api/events", "events",
                   "the event log, oldest first, from a cursor: by topic prefix and time; stops at limit or "
-                  "after [server] scan_max records looked at (more: true, go on from next_after)",
+                  "after 100,000 records looked at (more: true, go on from next_after)",
                   obj({"events": array(EVENT), "next_after": NINT, "more": BOOL}),
                   params=[Param("after", {"type": "integer", "minimum": -1},
                                 "records after this log_seq (the last page's next_after); default from the start"),
@@ -438,7 +439,7 @@ def install(app: bottle.Bottle, server: Server) -> Api:
             raise bottle.HTTPError(400, "topic: dot-separated segments of A-Z a-z 0-9 _ -") from None
         since, until = time_param(server, "since"), time_param(server, "until")
         got = page(server.home.events_dir, after=None if after is None or after < 0 else after, limit=limit,
-                   prefix=prefix, since=since, until=until, scan_max=int(server.config.get("scan_max", 100_000)))
+                   prefix=prefix, since=since, until=until, scan_max=SCAN_MAX)
         return {"events": got["events"], "next_after": got["next_after"], "more": got["more"]}
 
     @api.endpoint("/api/health", "public",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ SECURITY_HEADERS = [
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                 "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
 ]
+_WHOLE = re.compile(r"-?[0-9]{1,12}")
 bottle.BaseRequest.MEMFILE_MAX = 0  # no request bodies: GET and HEAD only
 
 
@@ -103,7 +105,7 @@ class Server:
         text = bottle.request.query.get(name)
         if text is None or text == "":
             return default
-        if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 12:
+        if not _WHOLE.fullmatch(text):  # ("--5" passed a lstrip("-").isdigit() test, then int() failed: 500)
             raise bottle.HTTPError(400, f"{name} must be a whole number from {lo} to {hi}")
         value = int(text)
         if not lo <= value <= hi:
