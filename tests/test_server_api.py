@@ -520,3 +520,47 @@ def test_event_pages_stop_at_the_page_or_the_scan_budget(tmp_path):
     assert page(tmp_path / "nothing", after=None, limit=10)["events"] == []
     with pytest.raises(ValueError):
         topic_prefix("' OR 1=1 --")
+
+
+def call(app, path, token=None, method="GET"):
+    """One request to the WSGI application in process: (status code, body)."""
+    import io
+
+    path, _, query = path.partition("?")
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "SERVER_NAME": "t",
+               "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO()}
+    if token:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    seen = {}
+    body = b"".join(app(environ, lambda status, headers, exc=None: seen.update(status=int(status[:3]))))
+    return seen["status"], body
+
+
+def test_a_missing_table_is_503_saying_why(tmp_path):
+    """A database no actor has started on: 503 "not ready" (no traceback, no SQL), not 500."""
+    from actors.server.app import make_app
+    from tests.harness import new_home
+
+    home = new_home(tmp_path / "home")
+    connect(home.database_url).close()  # (an empty SQLite file: opened read-only it must exist)
+    token, _ = TokenStore(home.server_tokens_path).add("t", ("members", "finance", "events"), 60)
+    app = make_app(home)
+    try:
+        _missing_tables(app, token)
+    finally:  # (make_app points every component's proxy at its database: not for the next tests)
+        import importlib
+
+        from actors.server.app import PROXIES
+        for name in PROXIES:
+            importlib.import_module(name).db.initialize(None)
+
+
+def _missing_tables(app, token):
+    for path in ("/api/reports/members", "/api/members", "/api/members/ada", "/api/invoices", "/api/payouts/1",
+                 "/api/machines"):
+        code, body = call(app, path, token)
+        assert code == 503, (path, code, body)
+        assert json.loads(body)["error"].startswith("not ready: a table is missing"), body
+    code, body = call(app, "/api/events", token)  # no log yet: an empty page
+    assert code == 200 and json.loads(body)["events"] == []
+    assert call(app, "/api/health", token)[0] == 200

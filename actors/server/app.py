@@ -129,8 +129,10 @@ def json_response(data, status: int = 200):
 
 def _error_page(err: bottle.HTTPError):
     """Errors say what went wrong and hold nothing else: JSON for the API, a plain page elsewhere."""
-    reason = err.body if isinstance(err.body, str) and err.status_code < 500 else "internal error"
-    if err.status_code >= 500:
+    # (503 is ours, a fixed sentence: Server.read's missing table; any other 5xx says nothing)
+    said = err.status_code < 500 or (err.status_code == 503 and err.exception is None)
+    reason = err.body if isinstance(err.body, str) and said else "internal error"
+    if err.status_code >= 500 and not said:
         # (bottle has written the traceback to wsgi.errors, waitress's log)
         log.error("%s %s: %s", bottle.request.method, bottle.request.path, err.exception or err.body)
     if bottle.request.path.startswith("/api/") or bottle.request.path.endswith(".json"):
@@ -198,7 +200,8 @@ def make_app(home, *, database=None, tokens: TokenStore | None = None, clock=tim
     server = Server(home=home, database=database,
                     tokens=tokens or TokenStore(home.server_tokens_path, clock), clock=clock,
                     config=home.config.get("server", {}))
-    app = bottle.Bottle(autojson=False)
+    app = bottle.Bottle()
+    app.config["json.enable"] = False  # (Bottle(autojson=False) is deprecated in 0.13)
     app.default_error_handler = _error_page
     app.config["dctrl.server"] = server
     api.install(app, server)
