@@ -406,6 +406,13 @@ def test_huge_pages_and_numbers_are_refused(served):
     assert get(base, "/api/invoices?before=99999999999999999999", tokens["all"])[0] == 400
     assert get(base, "/api/members?after=" + "a" * 33, tokens["all"])[0] == 400
     assert get(base, "/api/events?topic=" + "a" * 300, tokens["all"])[0] == 400
+    for day in ("20260131", "2026-02-30", "2026-1-31", "31/01/2026", "2026-01-31T00"):
+        assert get(base, f"/api/reports/members?as_of={day}", tokens["all"])[0] == 400, day
+    assert get(base, "/api/reports/members?as_of=2026-01-31", tokens["all"])[0] == 200
+    doc = get_json(base, "/api/openapi.json", None)
+    limits = [p["schema"]["maximum"] for item in doc["paths"].values() for p in item["get"]["parameters"]
+              if p["name"] == "limit"]
+    assert limits == [500] * 4  # [server] page_max, as enforced
 
 
 def test_the_database_handle_is_read_only(served):
@@ -461,7 +468,7 @@ def test_schemathesis(served):
     proc = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "schemathesis") if (ROOT / ".venv" / "bin" / "schemathesis").exists()
          else "schemathesis", "run", base + "/api/openapi.json", "--header", f"Authorization: Bearer {tokens['all']}",
-         "--checks", ",".join(ST_CHECKS), "--max-examples", "20", "--seed", "14", "--workers", "2",
+         "--checks", ",".join(ST_CHECKS), "--max-examples", os.environ.get("DCTRL_ST_EXAMPLES", "20"), "--seed", os.environ.get("DCTRL_ST_SEED", "14"), "--workers", "2",
          "--generation-database", "none", "--no-color", "--request-timeout", "20",
          "--report", "junit", "--report-dir", str(home.root / "st")],
         capture_output=True, text=True, timeout=300, cwd=home.root)

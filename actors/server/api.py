@@ -56,12 +56,17 @@ class Endpoint:
     response: dict  # the JSON schema of a 200 answer
 
 
+DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def as_of(server: Server) -> datetime.date:
     """The ``as_of`` query parameter (a UTC day), default today."""
     text = server.str_param("as_of", max_len=10)
     if text is None:
         return datetime.datetime.fromtimestamp(server.clock(), datetime.timezone.utc).date()
     try:
+        if not DATE_RE.fullmatch(text):  # (fromisoformat takes 20260131 too: not an OpenAPI date)
+            raise ValueError(text)
         return datetime.date.fromisoformat(text)
     except ValueError:
         raise bottle.HTTPError(400, "as_of must be a date like 2026-01-31") from None
@@ -138,7 +143,8 @@ def _version() -> str:
 # -- the endpoints ---------------------------------------------------------------------------------
 
 COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
-HANDLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # (actors/member_data/models.py HANDLE_RE)
+HANDLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # (actors/member_data/models.py HANDLE_RE; machines' too)
+NAME_SCHEMA = {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,31}$"}
 MAX_ID = 2**62  # database ids: anything larger is no row (and would overflow a BIGINT)
 SCAN_MAX = 100_000  # records /api/events looks at in one request at most (then more: true)
 
@@ -179,9 +185,10 @@ def _day_iso(server: Server) -> str:
     return as_of(server).isoformat()
 
 
-LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 500},
-              "rows in a page: 1 to [server] page_max (500), default 100")
-BEFORE = Param("before", {"type": "integer", "minimum": 1}, "the next page: ids below this (the last page's "
+def limit_doc(page_max: int) -> Param:
+    return Param("limit", {"type": "integer", "minimum": 1, "maximum": page_max},
+                 f"rows in a page: 1 to [server] page_max ({page_max}), default {min(100, page_max)}")
+BEFORE = Param("before", {"type": "integer", "minimum": 1, "maximum": MAX_ID}, "the next page: ids below this (the last page's "
                                                             "next_before)")
 
 # -- schemas of the answers --
@@ -291,6 +298,7 @@ def _member(database, handle: str, day) -> dict | None:
 
 def install(app: bottle.Bottle, server: Server) -> Api:
     api = Api(app, server)
+    LIMIT = limit_doc(int(server.config.get("page_max", 500)))  # noqa: N806 (as the other Params)
 
     @api.endpoint("/api/reports/members", "public", "members by status on a day (counts, no names)",
                   {"type": "object", "properties": {"as_of": {"type": "string"}, "total": {"type": "integer"},
@@ -339,7 +347,7 @@ def install(app: bottle.Bottle, server: Server) -> Api:
 
     @api.endpoint("/api/members/<handle>", "members",
                   "one member: name, email, plan, groups, facts, payments, dues addresses and status",
-                  MEMBER, params=[Param("handle", {"type": "string"}, "the member's handle", in_path=True), AS_OF])
+                  MEMBER, params=[Param("handle", NAME_SCHEMA, "the member's handle", in_path=True), AS_OF])
     def member_one(server: Server, handle: str):
         day = as_of(server)
         found = server.read(_member, handle, day) if HANDLE_RE.fullmatch(handle) else None
@@ -404,7 +412,7 @@ def install(app: bottle.Bottle, server: Server) -> Api:
         return {"machines": server.read(read)}
 
     @api.endpoint("/api/machines/<name>", "public", "one vending machine with its slots", MACHINE,
-                  params=[Param("name", {"type": "string"}, "the machine's name", in_path=True)])
+                  params=[Param("name", NAME_SCHEMA, "the machine's name", in_path=True)])
     def machine_one(server: Server, name: str):
         from actors.business_data.queries import machines
 
@@ -420,13 +428,13 @@ def install(app: bottle.Bottle, server: Server) -> Api:
                   "the event log, oldest first, from a cursor: by topic prefix and time; stops at limit or "
                   "after 100,000 records looked at (more: true, go on from next_after)",
                   obj({"events": array(EVENT), "next_after": NINT, "more": BOOL}),
-                  params=[Param("after", {"type": "integer", "minimum": -1},
+                  params=[Param("after", {"type": "integer", "minimum": -1, "maximum": MAX_ID},
                                 "records after this log_seq (the last page's next_after); default from the start"),
                           LIMIT,
                           Param("topic", {"type": "string", "maxLength": 255}, "a topic prefix: machine.vm1, health"),
-                          Param("since", {"type": "string"}, "logged at or after: unix s, ISO 8601 (UTC unless "
+                          Param("since", {"type": "string", "maxLength": 40}, "logged at or after: unix s, ISO 8601 (UTC unless "
                                                              "an offset), or 15m/2h/1d ago"),
-                          Param("until", {"type": "string"}, "logged at or before (as since)")])
+                          Param("until", {"type": "string", "maxLength": 40}, "logged at or before (as since)")])
     def events_page(server: Server):
         from actors.server.events import page, topic_prefix
 
