@@ -34,6 +34,7 @@ from tests.harness import ROOT, free_port, home_on, wait_for
 
 NOW = int(time.time())
 SECRET_NAME, SECRET_EMAIL = "Ada Secretname", "ada.secret@example.org"
+SEALED = bytes(range(7, 7 + 90))  # (a stand-in: the server must not show it, whatever it is)
 SCOPED = {"all": ("members", "finance", "events"), "public": (), "members": ("members",),
           "finance": ("finance",), "events": ("events",)}
 
@@ -104,6 +105,11 @@ def log_events(directory) -> None:
     with EventLog(directory) as log:
         def append(logged_ms, fr, code=None, reason=None):
             log.append(msgpack.packb([logged_ms, fr[0], fr[1], code, reason], use_bin_type=True))
+        # two hours and more ago: a member's name and email sealed to member_data, a sealed secret
+        append((NOW - 8000) * 1000, frames("admin", "cmd.members.add", {
+            "id": b"\x01" * 16, "expires": NOW, "handle": "ada", "personal": SEALED, "plan": "regular"}, 1))
+        append((NOW - 7900) * 1000, frames("vault", "vault.secret.member_mail", {
+            "rid": b"\x02" * 16, "secret": "smtp_password", "sealed": SEALED, "code": None, "reason": None}, 2))
         append((NOW - 3600) * 1000, frames("vault", "health.vault", beat("vault"), 1))
         for i in range(30):
             append((NOW - 600 + i) * 1000, frames("vm1", "machine.vm1.button", {"slot": 1, "pressed_at": i}, i + 1))
@@ -255,6 +261,12 @@ def test_events(served):
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - 595))
     assert len(get_json(base, f"/api/events?since={iso}&topic=machine.vm1.button", tokens["events"])["events"]) == 25
     assert get_json(base, "/api/events?topic=nothing.here", tokens["events"])["events"] == []
+    # sealed blobs and credentials in bodies: shown to be there, never what they are
+    for topic, field in (("cmd.members.add", "personal"), ("vault.secret", "sealed")):
+        code, _h, body = get(base, f"/api/events?topic={topic}", tokens["events"])
+        assert code == 200 and SEALED.hex().encode() not in body
+        (event,) = json.loads(body)["events"]
+        assert event["body"][field] == "(withheld)", event
     assert get_json(base, "/api/events?after=100000", tokens["events"])["events"] == []
 
 

@@ -75,6 +75,21 @@ def _first_since(directory, since: float) -> int:
     return segments[-1][0] if segments else 0
 
 
+# Fields of bodies that hold something sealed or a credential: cmd.members.add/set ``personal`` (a
+# name and an email sealed to member_data), vault.secret ``sealed``, vault.token ``token`` (a bus
+# token). The log keeps them (sealed); the API shows that they were there, not what.
+REDACTED = frozenset(("personal", "sealed", "token"))
+WITHHELD = "(withheld)"
+
+
+def redact(value):
+    if isinstance(value, dict):
+        return {k: (WITHHELD if k in REDACTED and v is not None else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
 def page(directory, *, after: int | None, limit: int, prefix: bytes = b"", since: float | None = None,
          until: float | None = None, scan_max: int = 100_000) -> dict:
     """Up to ``limit`` records after ``after`` (oldest first) whose topic starts with ``prefix``
@@ -102,6 +117,7 @@ def page(directory, *, after: int | None, limit: int, prefix: bytes = b"", since
             continue
         if not ((rec["topic"] or "") + ".").encode().startswith(prefix):
             continue
+        rec["body"] = redact(rec["body"])
         events.append(rec)
         if len(events) >= limit:
             more = True
