@@ -280,7 +280,7 @@ def test_health(served):
         log.append(msgpack.packb([int(time.time() * 1000), fr[0], fr[1], None, None], use_bin_type=True))
     public = {r["name"]: r for r in get_json(base, "/api/health", tokens["public"])["actors"]}
     assert public["broker"]["status"] == "ok" and public["broker"]["age_s"] < 30
-    assert public["vault"]["status"] == "down" and public["vault"]["age_s"] > 3000  # an hour-old heartbeat
+    assert public["vault"]["status"] == "stale" and public["vault"]["age_s"] > 3000  # an hour-old heartbeat
     assert public["member_data"]["status"] == "down" and public["member_data"]["last_seen"] is None  # never
     assert "detail" not in public["broker"] and "pid" not in public["broker"]
     assert public["vm1"]["role"] == "machine" and public["vm1"]["expected"] and public["vm1"]["status"] == "down"
@@ -583,3 +583,30 @@ def _missing_tables(app, token):
     code, body = call(app, "/api/events", token)  # no log yet: an empty page
     assert code == 200 and json.loads(body)["events"] == []
     assert call(app, "/api/health", token)[0] == 200
+
+
+def test_health_names_a_revoked_machine(tmp_path):
+    """A machine whose keys are revoked is listed as revoked, not expected (as `dctrl status`)."""
+    from actors.server.app import make_app
+    from tests.harness import new_home
+
+    home = new_home(tmp_path / "home")
+    connect(home.database_url).close()
+    registry = json.loads(home.registry_path.read_text())
+    vm1 = registry["identities"]["vm1"]
+    vm1["revoked_up_to"] = max(k["version"] for k in vm1["keys"])
+    home.registry_path.write_text(json.dumps(registry))
+    token, _ = TokenStore(home.server_tokens_path).add("t", (), 60)
+    app = make_app(home)
+    try:
+        code, body = call(app, "/api/health", token)
+    finally:
+        import importlib
+
+        from actors.server.app import PROXIES
+        for name in PROXIES:
+            importlib.import_module(name).db.initialize(None)
+    rows = {r["name"]: r for r in json.loads(body)["actors"]}
+    assert code == 200 and rows["vm1"]["status"] == "revoked" and not rows["vm1"]["expected"]
+    assert rows["broker"]["status"] == "down" and rows["broker"]["expected"]
+

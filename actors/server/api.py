@@ -451,8 +451,8 @@ def install(app: bottle.Bottle, server: Server) -> Api:
         return {"events": got["events"], "next_after": got["next_after"], "more": got["more"]}
 
     @api.endpoint("/api/health", "public",
-                  "every actor's and machine's last heartbeat: status (ok, degraded, starting; stale, down) and "
-                  "age; version, pid, uptime, detail and counters with the events scope",
+                  "every actor's and machine's last heartbeat: status (ok, degraded, starting; stale, down, "
+                  "revoked) and age; version, pid, uptime, detail and counters with the events scope",
                   obj({"now": {"type": "number"}, "actors": array(HEALTH_ROW)}))
     def health(server: Server):
         now = server.clock()
@@ -473,31 +473,34 @@ PAYOUT_STATES = ("requested", "awaiting_signatures", "signed", "broadcast", "con
                  "invalidated", "replaced")
 
 
-def expected_names(home) -> dict[str, str]:
-    """Who `dctrl status` expects: every supervised actor, and every machine of the key registry
-    not revoked (name -> role). The registry's JSON is read here (keys.registry brings zmq)."""
+def expected_names(home) -> tuple[dict[str, str], set[str]]:
+    """Who `dctrl status` expects: every supervised actor and every machine of the key registry
+    (name -> role); and the machines revoked. The registry's JSON is read here (keys.registry
+    brings zmq)."""
     import json
 
     from actors.registry import supervised
 
     out = {n: "actor" for n in supervised()}
+    revoked = set()
     try:
         with open(home.registry_path, "rb") as f:
             identities = json.load(f)["identities"]
         for n, ident in identities.items():
-            current = max(k["version"] for k in ident["keys"])
-            if ident["role"] == "machine" and ident.get("revoked_up_to", 0) < current:
+            if ident["role"] == "machine":
                 out[n] = "machine"
+                if ident.get("revoked_up_to", 0) >= max(k["version"] for k in ident["keys"]):
+                    revoked.add(n)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # (no registry: the actors alone)
-    return out
+    return out, revoked
 
 
 def health_rows(server: Server, now: float, detail: bool) -> list[dict]:
-    from actors.server.events import STALE_INTERVALS, judge
+    from actors.server.events import LATE_INTERVALS, judge
 
     beats = server.heartbeats().current()
-    expected = expected_names(server.home)
+    expected, revoked = expected_names(server.home)
     default_interval = float(server.home.config.get("runtime", {}).get("heartbeat_interval", 5))
     rows = []
     for name in sorted(set(expected) | set(beats)):
@@ -505,11 +508,11 @@ def health_rows(server: Server, now: float, detail: bool) -> list[dict]:
         body = beat["body"] if beat else {}
         interval = body.get("interval") if isinstance(body.get("interval"), int) else default_interval
         age = None if beat is None else max(0.0, now - beat["logged"])
-        status = judge(age, body.get("status"), interval)
-        if name not in expected and (age is None or age > STALE_INTERVALS * interval + 60):
+        status = "revoked" if name in revoked else judge(age, body.get("status"), interval)
+        if name not in expected and (age is None or age > LATE_INTERVALS * interval + 60):
             continue  # a CLI session heard once (dctrl status as admin...): not listed for ever
         row = {"name": name, "role": body.get("role") or expected.get(name), "status": status,
-               "expected": name in expected, "last_seen": beat["logged"] if beat else None,
+               "expected": name in expected and name not in revoked, "last_seen": beat["logged"] if beat else None,
                "age_s": None if age is None else round(age, 3)}
         if detail and beat:
             row.update(reported=body.get("status"), version=body.get("version"), pid=body.get("pid"),

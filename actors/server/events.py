@@ -127,23 +127,21 @@ def page(directory, *, after: int | None, limit: int, prefix: bytes = b"", since
 
 # -- heartbeats --------------------------------------------------------------------------------------
 
-# `dctrl status` listens ``heartbeat_interval + 1.5`` s and calls whoever it did not hear down
-# (scripts/cli/run.py): a heartbeat that recent counts with the status it reports. Here, where the
-# log remembers older ones too: up to three intervals late is ``stale``, later ``down``.
+# `dctrl status` listens ``heartbeat_interval + 1.5`` s on the bus and calls whoever it did not hear
+# down (scripts/cli/run.py). From the log, which adds the logger's delay, the HTML /health page
+# (pages.health_rows) allows two intervals and 1.5 s; the API judges the same way.
 GRACE_S = 1.5
-STALE_INTERVALS = 3
+LATE_INTERVALS = 2
 
 
 def judge(age: float | None, reported: str | None, interval: float) -> str:
-    """ok / degraded / starting (as reported) while the last heartbeat is at most one interval
-    and 1.5 s old (`dctrl status`'s window); ``stale`` up to three intervals; else ``down``."""
-    if age is None or reported is None:
+    """What the heartbeat reports (ok, degraded, starting) while it is at most two intervals and
+    1.5 s old; ``stale`` when older; ``down`` when none was heard (in the segments read)."""
+    if age is None:
         return "down"
-    if age <= interval + GRACE_S:
-        return reported
-    if age <= STALE_INTERVALS * interval + GRACE_S:
-        return "stale"
-    return "down"
+    if age <= LATE_INTERVALS * interval + GRACE_S:
+        return reported or "ok"
+    return "stale"
 
 
 class Heartbeats:
