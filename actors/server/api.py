@@ -473,50 +473,10 @@ PAYOUT_STATES = ("requested", "awaiting_signatures", "signed", "broadcast", "con
                  "invalidated", "replaced")
 
 
-def expected_names(home) -> tuple[dict[str, str], set[str]]:
-    """Who `dctrl status` expects: every supervised actor and every machine of the key registry
-    (name -> role); and the machines revoked. The registry's JSON is read here (keys.registry
-    brings zmq)."""
-    import json
-
-    from actors.registry import supervised
-
-    out = {n: "actor" for n in supervised()}
-    revoked = set()
-    try:
-        with open(home.registry_path, "rb") as f:
-            identities = json.load(f)["identities"]
-        for n, ident in identities.items():
-            if ident["role"] == "machine":
-                out[n] = "machine"
-                if ident.get("revoked_up_to", 0) >= max(k["version"] for k in ident["keys"]):
-                    revoked.add(n)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # (no registry: the actors alone)
-    return out, revoked
-
-
 def health_rows(server: Server, now: float, detail: bool) -> list[dict]:
-    from actors.server.events import LATE_INTERVALS, judge
+    """``/api/health``'s rows: the judgement for every token, what the heartbeat says with ``events``."""
+    from actors.server.events import health
 
-    beats = server.heartbeats().current()
-    expected, revoked = expected_names(server.home)
-    default_interval = float(server.home.config.get("runtime", {}).get("heartbeat_interval", 5))
-    rows = []
-    for name in sorted(set(expected) | set(beats)):
-        beat = beats.get(name)
-        body = beat["body"] if beat else {}
-        interval = body.get("interval") if isinstance(body.get("interval"), int) else default_interval
-        age = None if beat is None else max(0.0, now - beat["logged"])
-        status = "revoked" if name in revoked else judge(age, body.get("status"), interval)
-        if name not in expected and (age is None or age > LATE_INTERVALS * interval + 60):
-            continue  # a CLI session heard once (dctrl status as admin...): not listed for ever
-        row = {"name": name, "role": body.get("role") or expected.get(name), "status": status,
-               "expected": name in expected and name not in revoked, "last_seen": beat["logged"] if beat else None,
-               "age_s": None if age is None else round(age, 3)}
-        if detail and beat:
-            row.update(reported=body.get("status"), version=body.get("version"), pid=body.get("pid"),
-                       uptime=body.get("uptime"), interval=body.get("interval"), detail=body.get("detail"),
-                       counters=body.get("counters") or {})
-        rows.append(row)
-    return rows
+    keep = ("name", "role", "status", "expected", "last_seen", "age_s")
+    return [row if detail else {k: row[k] for k in keep}
+            for row in health(server.home, server.heartbeats().current(), now)]

@@ -55,7 +55,8 @@ def topic_prefix(text: str) -> bytes:
         raise ValueError(str(exc)) from None
 
 
-def _segments(directory) -> list[tuple[int, str]]:
+def segments(directory) -> list[tuple[int, str]]:
+    """``(first seq, path)`` of the log's segments, oldest first ([] when there is no log)."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -65,14 +66,14 @@ def _segments(directory) -> list[tuple[int, str]]:
 
 def _first_since(directory, since: float) -> int:
     """The first seq of the oldest segment last written at or after ``since`` (0: none known)."""
-    segments = _segments(directory)
-    for base, path in segments:
+    found = segments(directory)
+    for base, path in found:
         try:
             if os.stat(path).st_mtime >= since:
                 return base
         except FileNotFoundError:  # pruned just now
             continue
-    return segments[-1][0] if segments else 0
+    return found[-1][0] if found else 0
 
 
 # Fields of bodies that hold something sealed or a credential: cmd.members.add/set ``personal`` (a
@@ -180,3 +181,50 @@ class Heartbeats:
                     continue
                 self.latest[rec["sender"]] = {"logged": rec["logged"] / 1000, "body": rec["body"]}
             return dict(self.latest)
+
+
+def expected_names(home) -> tuple[dict[str, str], set[str]]:
+    """Who `dctrl status` expects: every supervised actor and every machine of the key registry
+    (name -> role); and the machines revoked. The registry's JSON is read here (keys.registry
+    brings zmq, which the server's contract forbids)."""
+    import json
+
+    from actors.registry import supervised
+
+    out = {n: "actor" for n in supervised()}
+    revoked = set()
+    try:
+        with open(home.registry_path, "rb") as f:
+            identities = json.load(f)["identities"]
+        for n, ident in identities.items():
+            if ident["role"] == "machine":
+                out[n] = "machine"
+                if ident.get("revoked_up_to", 0) >= max(k["version"] for k in ident["keys"]):
+                    revoked.add(n)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # (no registry: the actors alone)
+    return out, revoked
+
+
+def health(home, beats: dict[str, dict], now: float) -> list[dict]:
+    """Every expected actor and machine, and any other sender heard lately, with :func:`judge`'s
+    status (``revoked`` for a revoked machine) and what its last heartbeat (``beats``, from
+    :class:`Heartbeats`) says; the expected first, by name."""
+    expected, revoked = expected_names(home)
+    default_interval = float(home.config.get("runtime", {}).get("heartbeat_interval", 5))
+    rows = []
+    for name in sorted(set(expected) | set(beats), key=lambda n: (n not in expected, n)):
+        beat = beats.get(name)
+        body = beat["body"] if beat else {}
+        interval = body.get("interval") if isinstance(body.get("interval"), int) else default_interval
+        age = None if beat is None else max(0.0, now - beat["logged"])
+        status = "revoked" if name in revoked else judge(age, body.get("status"), interval)
+        if name not in expected and (age is None or age > LATE_INTERVALS * interval + 60):
+            continue  # a CLI session heard once (dctrl status as admin...): not listed for ever
+        rows.append({"name": name, "role": body.get("role") or expected.get(name), "status": status,
+                     "expected": name in expected and name not in revoked,
+                     "last_seen": beat["logged"] if beat else None, "age_s": None if age is None else round(age, 3),
+                     "reported": body.get("status"), "version": body.get("version"), "pid": body.get("pid"),
+                     "uptime": body.get("uptime"), "interval": body.get("interval"), "detail": body.get("detail"),
+                     "counters": body.get("counters") or {}})
+    return rows

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import os
 import re
 from pathlib import Path
 
@@ -143,21 +142,13 @@ def sales_chart(months: list[dict]) -> tuple[str, list[dict]]:
 
 # -- the event log -----------------------------------------------------------------------------------
 
-def _segments(directory) -> list[int]:
-    """The first sequence numbers of the log's segments (``%020d.seg``), oldest first."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(int(n[:20]) for n in names if len(n) == 24 and n.endswith(".seg") and n[:20].isdigit())
-
-
 def latest_records(directory, n: int, keep=None, segments: int = SEGMENTS_READ) -> list[tuple[int, bytes]]:
     """The newest ``n`` records (``(seq, body)``, newest first) for which ``keep(body)`` is true,
     from the newest ``segments`` segments only (a page must not read the whole log)."""
     from actors.eventlog import read_records
+    from actors.server.events import segments as log_segments
 
-    bases = _segments(directory)
+    bases = [base for base, _path in log_segments(directory)]
     found: list[tuple[int, bytes]] = []
     for i in range(len(bases) - 1, max(-1, len(bases) - 1 - segments), -1):
         stop = bases[i + 1] if i + 1 < len(bases) else None
@@ -205,61 +196,13 @@ def event_rows(home, n: int, prefix: str = "", with_health: bool = False) -> lis
             latest_records(home.events_dir, n, topic_filter(prefix, with_health))]
 
 
-def registered_machines(home) -> dict[str, dict]:
-    """The machines of keys/registry.json, read as JSON (keys.registry imports the key files'
-    module, which imports zmq: the server's contract forbids it); {} if unreadable."""
-    import json
+def health_rows(server: Server, now: float) -> list[dict]:
+    """Every expected actor and machine with its judgement (actors/server/events.health, as
+    ``/api/health``), in the keys the templates use."""
+    from actors.server.events import health
 
-    try:
-        identities = json.loads(Path(home.registry_path).read_text())["identities"]
-        return {n: i for n, i in identities.items() if isinstance(i, dict) and i.get("role") == "machine"}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
-def health_rows(home, now: float) -> list[dict]:
-    """Every supervised actor and registered machine with its last heartbeat in the event log
-    and the judgement: ``ok`` (or what the heartbeat says: ``degraded``...) if heard within two
-    intervals and 1.5 s (``dctrl status`` listens one interval and 1.5 s on the bus; the log
-    adds the logger's delay), else ``stale``; ``down`` if never heard in the newest segments;
-    ``revoked`` for a revoked machine."""
-    from actors.event_logger.queries import decode_record
-    from actors.registry import supervised
-
-    interval = float(home.config.get("runtime", {}).get("heartbeat_interval", 5))
-    expected: dict[str, str] = {name: "actor" for name in supervised()}
-    revoked: set[str] = set()
-    for name, ident in registered_machines(home).items():
-        expected[name] = "machine"
-        versions = [k.get("version", 0) for k in ident.get("keys") or ()]
-        if versions and ident.get("revoked_up_to", 0) >= max(versions):
-            revoked.add(name)
-    last: dict[str, dict] = {}
-    for seq, body in latest_records(home.events_dir, 10_000, lambda b: _topic_of(b).startswith(b"health.")):
-        rec = decode_record(seq, body)
-        if rec.get("verdict") == "accepted" and rec["sender"] and rec["sender"] not in last:
-            last[rec["sender"]] = rec
-        if set(expected) <= set(last):
-            break
-    rows = []
-    for name in sorted(set(expected) | set(last), key=lambda x: (x not in expected, x)):
-        rec = last.get(name)
-        body = rec["body"] if rec and isinstance(rec.get("body"), dict) else {}
-        seen = rec["logged"] / 1000 if rec else None
-        every = float(body.get("interval") or interval)
-        if name in revoked:
-            judged = "revoked"
-        elif rec is None:
-            judged = "down"
-        elif now - seen > 2 * every + 1.5:
-            judged = "stale"
-        else:
-            judged = str(body.get("status") or "ok")
-        rows.append({"name": name, "role": body.get("role") or expected.get(name, "?"), "judged": judged,
-                     "status": body.get("status"), "seen": seen, "age": None if seen is None else now - seen,
-                     "version": body.get("version"), "pid": body.get("pid"), "uptime": body.get("uptime"),
-                     "detail": body.get("detail")})
-    return rows
+    return [{**r, "judged": r["status"], "status": r["reported"], "seen": r["last_seen"], "age": r["age_s"]}
+            for r in health(server.home, server.heartbeats().current(), now)]
 
 
 # -- the pages ---------------------------------------------------------------------------------------
@@ -354,7 +297,7 @@ def install(app: bottle.Bottle, server: Server) -> None:
             extra["payouts"], extra["payouts_why"] = section(payouts, limit=5)
             extra["invoices"], extra["invoices_why"] = section(invoices, limit=5)
         if "events" in record.scopes:
-            extra["health"] = health_rows(server.home, server.clock())
+            extra["health"] = health_rows(server, server.clock())
             extra["events"] = event_rows(server.home, 10)
         return render("dashboard", title="dashboard", day=day, charts=charts, sales=sales,
                       status_counts=None if members is None else counts(members),
@@ -412,7 +355,7 @@ def install(app: bottle.Bottle, server: Server) -> None:
     @app.route("/health", ["GET"])
     def health_page():
         page("events")
-        rows = health_rows(server.home, server.clock())
+        rows = health_rows(server, server.clock())
         return render("health", title="health", rows=rows, refresh=REFRESH_S, now=server.clock())
 
 
