@@ -8,6 +8,9 @@ named by their handle only.
 from __future__ import annotations
 
 import re
+import threading
+import weakref
+from collections import OrderedDict
 from datetime import date
 from fractions import Fraction
 
@@ -18,7 +21,7 @@ from .dues import ACTIVE, ONE_DAY, Adjustment, DuesError, MemberBook, MemberHist
 from .fast import closed_form, closed_status, state, statuses_on
 from .groups import KEYHOLDER_STATUSES, GroupRule, groups_on
 from .inputs import load
-from .totals import dues_income, kept_rows, sales_income, snapshot
+from .totals import dues_income, income_version, kept_rows, members_version, sales_income, snapshot
 
 
 def member_rows(database, as_of: date) -> list[dict]:
@@ -26,12 +29,65 @@ def member_rows(database, as_of: date) -> list[dict]:
     Reporter kept that still hold on that day (totals.kept_rows), and the others computed, each
     member's credit from the kept totals and the rows since (inputs.load with since=as_of)."""
     with snapshot(database):
+        memo = _memo(database)
+        key = ("members", as_of, members_version(database)) if memo is not None else None
+        if key is not None:
+            kept = memo.get(key)
+            if kept is not None:
+                return [dict(r) for r in kept]
         rows, stale = kept_rows(database, as_of)
         if stale is None:
             rows = {}
         if stale is None or stale:
             rows.update((r["handle"], r) for r in _computed_rows(database, as_of, stale))
-    return sorted(rows.values(), key=lambda r: r["handle"])
+    out = sorted(rows.values(), key=lambda r: r["handle"])
+    if key is not None:
+        memo.put(key, [dict(r) for r in out])
+    return out
+
+
+# -- answers kept for a reader asked again and again (the report server) ------------------------
+
+class _Memo:
+    """The last answers of the readers for one database, by what they depend on (thread-safe)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.lock = threading.Lock()
+        self.items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        with self.lock:
+            value = self.items.get(key)
+            if value is not None:
+                self.items.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def keep_answers(database, size: int = 16) -> None:
+    """Keep :func:`member_rows`' and :func:`income_rows`' answers for ``database`` (a server
+    asked the same report by many clients): each is kept with what it depends on, read in the
+    same snapshot at every call (totals.members_version, totals.income_version: a few cheap
+    queries), and given again, as a copy, while that has not changed. The answers are the same
+    as without (tests/test_reporter_totals.py); only the work differs."""
+    _MEMOS.setdefault(database, _Memo(size))
+
+
+def _memo(database) -> _Memo | None:
+    try:
+        return _MEMOS.get(database)
+    except TypeError:  # (not weakly referable: never kept)
+        return None
 
 
 def _computed_rows(database, as_of: date, handles: list[str] | None) -> list[dict]:
@@ -86,7 +142,15 @@ def income_rows(database, as_of: date) -> list[dict]:
     """Income per month up to ``as_of``: dues by method, vending sales by machine and product,
     each in sats and CAD cents, and the month's totals."""
     out = []
+    key = None
     with snapshot(database):
+        memo = _memo(database)
+        if memo is not None:
+            version = income_version(database, as_of)
+            key = ("income", as_of, version) if version is not None else None
+            kept = memo.get(key) if key is not None else None
+            if kept is not None:
+                return _copy_income(kept)
         dues, sales = dues_income(database, as_of), sales_income(database, as_of)
     for month, inc in monthly_income(dues, sales).items():
         total = inc.total
@@ -95,7 +159,14 @@ def income_rows(database, as_of: date) -> list[dict]:
                     "sales": [{"machine": mc, "product": pr, "sats": a.sats, "cents": a.cents}
                               for (mc, pr), a in sorted(inc.sales.items())],
                     "total_sats": total.sats, "total_cents": total.cents})
+    if key is not None:
+        memo.put(key, _copy_income(out))
     return out
+
+
+def _copy_income(rows: list[dict]) -> list[dict]:
+    return [{**r, "dues": {m: dict(a) for m, a in r["dues"].items()}, "sales": [dict(x) for x in r["sales"]]}
+            for r in rows]
 
 
 # -- business reports: activity per month, groups (issue 12) ------------------------------------
