@@ -11,7 +11,7 @@ config.toml and three live ones:
   no live state (the static ``state`` table, if any, is passed through).
 - ``sensors.total_member_count``: the members active today (prepaid, current, due, overdue:
   :data:`actors.reporter.dues.ACTIVE`), from the members report
-  (:func:`actors.reporter.reports.member_rows`), computed at most once a minute
+  (:func:`actors.reporter.reports.member_counts`), computed at most once a minute
   (``member_count = false`` leaves it out).
 
 No token is needed (it holds no names, only counts), and the answer carries
@@ -252,7 +252,7 @@ class SpaceApi:
         """Members active today, computed at most once every MAX_AGE seconds; None when the
         members' tables are not there yet."""
         from actors.reporter.dues import ACTIVE
-        from actors.reporter.reports import member_rows
+        from actors.reporter.reports import member_counts
 
         now = self.server.clock()
         day = datetime.fromtimestamp(now, timezone.utc).date()
@@ -261,8 +261,8 @@ class SpaceApi:
             if cached is not None and cached[0] == day.isoformat() and now - cached[1] < MAX_AGE:
                 return cached[2]
             try:
-                rows = self.server.read(member_rows, day)
-                count = sum(1 for r in rows if r["status"] in ACTIVE)
+                by_status = self.server.read(member_counts, day)
+                count = sum(n for status, n in by_status.items() if status in ACTIVE)
             except bottle.HTTPError:  # (503: MemberData has not made its tables yet)
                 count = None
             self._count = (day.isoformat(), now, count)

@@ -9,7 +9,8 @@ For each database (a throwaway SQLite file; PostgreSQL when ``DCTRL_BENCH_PG_URL
 schema of its own, dropped at the end):
 
 - MemberData's and BusinessMgr's tables are filled as `dctrl bench members` fills them
-  (``--members``, 5,000 paying monthly for five years; ``--sales`` vended invoices, 500,000;
+  (``--members``, 5,000 paying monthly for the five years up to this month; ``--sales`` vended
+  invoices over those years, 500,000;
   ``--quick``: 300 and 5,000), then the Reporter's kept totals are folded on today (what a
   running Reporter holds; ``ANALYZE`` on PostgreSQL, which autovacuum would do);
 - a minimal home (config.toml naming the database) and an API token with every scope;
@@ -204,21 +205,22 @@ def load(port: int, path: str, headers: dict, seconds: float, warmup: float, cli
 def fill(database, members: int, sales: int) -> dict:
     """MemberData's and BusinessMgr's tables as `dctrl bench members` fills them, and the
     Reporter's kept totals folded on today."""
-    from datetime import date
-
     from actors.db import ensure_tables
+    from actors.reporter.business import month_of
+    from actors.reporter.dues import add_months
     from actors.reporter.models import TABLES as REPORT_TABLES, db as report_db
     from actors.reporter.totals import fold
     from scripts.bench.members import populate, populate_sales
 
+    today = datetime.now(timezone.utc).date()
+    start = add_months(month_of(today), -59)  # five years of monthly payments up to this month
     t = time.perf_counter()
-    last = populate(database, members)
+    populate(database, members, start=start)
     if sales:
-        populate_sales(database, sales, date(2021, 1, 1), last)
+        populate_sales(database, sales, start, today)
     if database.param != "?":
         database.execute_sql("ANALYZE")
     populate_s = round(time.perf_counter() - t, 1)
-    today = datetime.now(timezone.utc).date()
     report_db.initialize(database)
     ensure_tables(database, REPORT_TABLES)
     t = time.perf_counter()
