@@ -28,11 +28,12 @@ def test_bench_server_quick():
         run = out[kind]
         base = run["baseline_static"]
         assert base["requests"] > 0 and base["rps"] > 0 and 0 < base["p50_ms"] <= base["p99_ms"]
+        assert base["server_cpu_ms_per_request"] >= 0
         # each path measured or skipped with why (before the dashboard or an endpoint exists)
         assert set(run["endpoints"]) | set(run["skipped"]) == set(out["targets_p99_ms"])
         assert "reports_members" in run["endpoints"]  # (there since the server's skeleton)
         for name, e in run["endpoints"].items():
-            assert e["requests"] > 0 and e["rps"] > 0 and e["bytes"] > 0
+            assert e["requests"] > 0 and e["rps"] > 0 and e["bytes"] > 0 and e["server_cpu_ms_per_request"] > 0
             assert 0 < e["p50_ms"] <= e["p99_ms"] and e["ratio_p50"] > 0 and e["ratio_p99"] > 0
             assert e["target_p99_ms"] == out["targets_p99_ms"][name] and e["met"] == (e["p99_ms"] <= e["target_p99_ms"])
         for s in run["skipped"].values():

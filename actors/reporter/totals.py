@@ -291,10 +291,16 @@ def members_version(database) -> tuple:
     can have changed: the highest id of each append-only table (members, facts, payments and
     adjustments are only ever added, their ids in commit order: one writer, one transaction at a
     time, as the cursors above assume) and every plan version row (a handful; a migration may
-    update them). The kept totals are not in it: a reader's answer does not depend on them."""
-    (ids,) = _rows(database, "SELECT " + ", ".join(f'(SELECT MAX("id") FROM "{t}")' for t in MEMBER_TABLES))
+    update them). The kept totals are not in it: a reader's answer does not depend on them.
+    On PostgreSQL it is one statement (consistent without a transaction)."""
+    ids = ", ".join(f'(SELECT MAX("id") FROM "{t}")' for t in MEMBER_TABLES)
+    if isinstance(database, peewee.PostgresqlDatabase):  # one statement: one snapshot, no transaction needed
+        (row,) = _rows(database, f'SELECT {ids}, (SELECT string_agg(p::text, \'|\' ORDER BY p."version") '
+                                 'FROM "member_plan_version" p)')
+        return tuple(row)
+    (row,) = _rows(database, f"SELECT {ids}")
     plans = tuple(tuple(r) for r in _rows(database, 'SELECT * FROM "member_plan_version" ORDER BY "version"'))
-    return (*ids, plans)
+    return (*row, plans)
 
 
 def income_version(database, as_of: date) -> tuple | None:

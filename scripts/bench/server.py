@@ -24,7 +24,9 @@ schema of its own, dropped at the end):
   in ``skipped``.
 
 Reported per path: requests, requests a second, p50 and p99 in ms, the ratios to the static
-baseline's p50 and p99, the target and whether p99 met it.
+baseline's p50 and p99, the target and whether p99 met it, and the server process's CPU time per
+request (``server_cpu_ms_per_request``: what the server spent, apart from waiting its turn; the
+clients share the machine).
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def server_process(home_dir: Path):
                 raise RuntimeError(f"the bench's server did not start: "
                                    f"{(home_dir / 'server.log').read_text()[-2000:]}")
             time.sleep(0.1)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         try:
@@ -149,7 +151,15 @@ def request(port: int, path: str, headers: dict, conn=None) -> tuple[int, bytes]
             conn.close()
 
 
-def load(port: int, path: str, headers: dict, seconds: float, warmup: float, clients: int = CLIENTS) -> dict:
+def cpu_s(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` has used, in seconds (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(port: int, path: str, headers: dict, seconds: float, warmup: float, clients: int = CLIENTS,
+         pid: int | None = None) -> dict:
     """``clients`` threads, each on one keep-alive connection, asking ``path`` over and over for
     ``warmup`` then ``seconds``; the latencies of the second part."""
     start = threading.Barrier(clients + 1)
@@ -188,13 +198,20 @@ def load(port: int, path: str, headers: dict, seconds: float, warmup: float, cli
     now = time.perf_counter()
     times["from"], times["end"] = now + warmup, now + warmup + seconds
     start.wait()
+    cpu = None
+    if pid is not None:  # the server's CPU over the measured part (the warm-up left out)
+        time.sleep(max(0.0, times["from"] - time.perf_counter()))
+        cpu = cpu_s(pid)
+        time.sleep(max(0.0, times["end"] - time.perf_counter()))
+        cpu = cpu_s(pid) - cpu
     for th in threads:
         th.join()
     if errors:
         raise RuntimeError(f"{len(errors)} client(s) failed, the first: {errors[0]}")
     if not latencies:
         raise RuntimeError(f"{path}: no request finished within the {seconds} s measured")
-    return {"requests": len(latencies), "rps": round(len(latencies) / seconds, 1),
+    more = {} if cpu is None else {"server_cpu_ms_per_request": round(cpu * 1000 / len(latencies), 3)}
+    return {**more, "requests": len(latencies), "rps": round(len(latencies) / seconds, 1),
             "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
             "mean_ms": round(statistics.fmean(latencies), 2)}
 
@@ -236,8 +253,8 @@ def measure(home_dir: Path, database_url: str, seconds: float, warmup: float) ->
     token, _ = TokenStore(home_dir / "server_tokens.json").add("bench", list(SCOPES), 86400)
     headers = {"Authorization": f"Bearer {token}", "Cookie": f"dctrl_token={token}"}
     out: dict = {"endpoints": {}, "skipped": {}}
-    with server_process(home_dir) as port:
-        base = load(port, STATIC_PATH, {}, seconds, warmup)
+    with server_process(home_dir) as (port, pid):
+        base = load(port, STATIC_PATH, {}, seconds, warmup, pid=pid)
         out["baseline_static"] = {"path": STATIC_PATH, "bytes": len(STATIC_BODY), **base}
         for name, path, target in PATHS:
             status, body = request(port, path, headers)
@@ -246,7 +263,7 @@ def measure(home_dir: Path, database_url: str, seconds: float, warmup: float) ->
                                         "note": "not measured: the server answered this, not 200 "
                                                 "(not there yet?)", "body": body[:200].decode(errors="replace")}
                 continue
-            got = load(port, path, headers, seconds, warmup)
+            got = load(port, path, headers, seconds, warmup, pid=pid)
             out["endpoints"][name] = {
                 "path": path, "bytes": len(body), **got,
                 "ratio_p50": round(got["p50_ms"] / base["p50_ms"], 2),
