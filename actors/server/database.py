@@ -26,7 +26,7 @@ def open_read_only(url: str):
         uri = f"file:{urllib.parse.quote(path)}?mode=ro"
         db = peewee.SqliteDatabase(uri, uri=True, pragmas=READ_ONLY_PRAGMAS)
     elif url.startswith(("postgres://", "postgresql://")):
-        # (the URL's own options, e.g. a search_path, kept: a keyword would replace them)
+        # (kept beside the URL's own ``options``, a search_path say: a keyword would replace them)
         given = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("options", [""])[-1]
         db = _connect(url, options=f"{given} -c default_transaction_read_only=on".strip())
     else:
