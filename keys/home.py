@@ -59,6 +59,7 @@ DEFAULTS = {
     # the report server (actors/server/): listen HOST:PORT, waitress worker threads, the longest
     # page of a listing; [spaceapi] holds its SpaceAPI's static fields (actors/server/spaceapi.py)
     "server": {"listen": "127.0.0.1:8080", "threads": 8, "page_max": 500},
+    "spaceapi": {},
     # MemberData's dues in bitcoin (actors/member_data/actor.py): receive is the account xpub (or a
     # wpkh(...) descriptor) dues addresses are derived from, never the same as [business] receive;
     # a payment is valued at a price.btc_cad at most price_max_age seconds old
@@ -66,9 +67,11 @@ DEFAULTS = {
     # PayoutMgr's treasury (actors/payout_mgr/): a k-of-n wsh(sortedmulti(...)) descriptor, watch-only
     # ("": no treasury, payout_mgr runs and does nothing); change_descriptor when the descriptor is
     # the receive branch alone (/0/*); gap_limit unused addresses watched beyond the last used one
-    # on each branch; name: the wallet's name in the exports
+    # on each branch; name: the wallet's name in the exports; lookahead: when [business] or
+    # [members] receive is the treasury's descriptor, a payment to a receive address up to this many
+    # beyond the watched run is recognised and the run extended to it (at most 1000)
     "treasury": {"descriptor": "", "change_descriptor": "", "gap_limit": 20, "name": "dctrl treasury",
-                 "watch_retry": 2.0},
+                 "watch_retry": 2.0, "lookahead": 200},
     # actors/reporter/actor.py: judge and snapshot daily at `at` (local time, HH:MM) and every
     # `interval` s; a feed is down when ChainNotifier says so, lags more than `max_lag` blocks, or
     # is silent `chain_timeout` s, or the price is stale or silent `price_timeout` s

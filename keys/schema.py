@@ -111,7 +111,7 @@ CONFIG = Table({
     "members": Table({"receive": STR, "gap_limit": INT, "price_max_age": NUMBER, "watch_retry": NUMBER}),
     # actors/payout_mgr/ (its defaults are keys/home.py's)
     "treasury": Table({"descriptor": STR, "change_descriptor": STR, "gap_limit": INT, "name": STR,
-                       "watch_retry": NUMBER}),
+                       "watch_retry": NUMBER, "lookahead": INT}),
     # actors/payout_mgr/ledger.py (its defaults are DEFAULTS there)
     "payouts": Table({"max_payout_cad": DECIMAL, "daily_limit_cad": DECIMAL, "allowlist": STR_LIST,
                       "approvals": INT, "open_hours": INT, "fee_target_blocks": INT, "min_feerate": NUMBER,

@@ -435,3 +435,73 @@ def write_folder(home, name, out, *, demo=False, server=None, slots=None, force=
     atomic_write(out / "agent.toml", text.encode(), mode=0o600)
     atomic_write(out / f"{name}.key", home.key_file(name).read_bytes(), mode=0o600)
     return out / "agent.toml"
+
+
+STATE_DIR = "state"  # the state_dir `dctrl agent-config` writes (TEMPLATE), beside agent.toml
+
+UNIT = """\
+# systemd unit for the dctrl agent of vending machine {name}; made by `dctrl agent-config`.
+# On the machine: sudo install -m 0644 dctrl-agent.service /etc/systemd/system/
+#                 sudo systemctl daemon-reload && sudo systemctl enable --now dctrl-agent
+# It expects agent.toml and {name}.key in {install} (owned by {user}, 0600) and dctrl-agent
+# installed in {install}/venv (docs/deployment.md).
+[Unit]
+Description=dctrl agent of vending machine {name}
+Wants=network-online.target time-sync.target
+After=network-online.target time-sync.target
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+User={user}
+# GPIO (/dev/gpiomem, /dev/gpiochip*) and I2C (/dev/i2c-*) relays, buttons and sensors
+SupplementaryGroups={groups}
+# The state directory (boot counter, replay and command journals) is the only place the agent
+# writes; made here, as root ("+"), because the rest of the filesystem is read-only to it. It is
+# also the working directory ("-": not there yet for ExecStartPre), where gpiozero's lgpio pin
+# factory makes its notification pipes (LG_WD).
+ExecStartPre=+/usr/bin/install -d -o {user} -m 0700 {state}
+WorkingDirectory=-{state}
+Environment=LG_WD={state}
+ExecStart={install}/venv/bin/dctrl-agent --config {install}/agent.toml
+Restart=always
+RestartSec=5
+UMask=0077
+Environment=PYTHONUNBUFFERED=1
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome={protect_home}
+ReadWritePaths={state}
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
+# Not set, on purpose: PrivateDevices= (it hides the GPIO and I2C devices) and ProtectClock=
+# (it forbids adjtimex(2), which clock = "kernel" asks whether NTP has synchronised the clock).
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def systemd_unit(name: str, *, install_dir: str = "/opt/dctrl-agent", user: str = "dctrl",
+                 groups: str = "gpio i2c") -> str:
+    """The systemd unit running ``dctrl-agent`` for machine ``name`` from ``install_dir``: the
+    folder ``dctrl agent-config --out`` writes, copied there, with ``dctrl[agent]`` installed in
+    ``install_dir``/venv."""
+    install = str(Path(install_dir))
+    if not Path(install).is_absolute() or any(c.isspace() or c in "\"'\\%$;" for c in install):
+        raise ConfigError(f"--install-dir must be an absolute path without spaces, quotes, %, $ or ;, "
+                          f"not {install_dir!r}")
+    check_name(name)
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
+        raise ConfigError(f"--user must be a system user name, not {user!r}")
+    home_like = install == "/root" or install.startswith(("/home/", "/root/", "/run/user/"))
+    return UNIT.format(name=name, install=install, user=user, groups=groups, state=f"{install}/{STATE_DIR}",
+                       protect_home="read-only" if home_like else "yes")

@@ -69,7 +69,7 @@ def test_agent_config_out_writes_a_private_folder(tmp_path):
     home = cli_home(tmp_path / "home")
     out = tmp_path / "machines" / "vm1"
     dctrl(home, "agent-config", "vm1", "--out", str(out))
-    assert sorted(p.name for p in out.iterdir()) == ["agent.toml", "vm1.key"]
+    assert sorted(p.name for p in out.iterdir()) == ["agent.toml", "dctrl-agent.service", "vm1.key"]
     bad = readable_by_others(out)
     assert not bad, f"readable by others: {', '.join(bad)}"
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o700

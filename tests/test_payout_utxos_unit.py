@@ -508,3 +508,132 @@ def test_the_spender_of_an_output_is_found_in_the_blocks_and_found_again_after_a
     payouts.rt.wait_for(lambda: payouts.utxo(txid).spent_by == second, what="the new spender found")
     u = payouts.utxo(txid)
     assert (u.state, u.spent_height, u.spent_block) == ("spent", 204, payouts.node.block_hash(204))
+
+
+@pytest.fixture
+def shared(home):
+    """PayoutMgr on a home whose `[members] receive` is the treasury's descriptor: MemberData
+    hands out the treasury's receive addresses from its own index (issue 13, gap 1)."""
+    empty(home.database_url)
+    members = dict(home.config["members"])
+    home.config["members"]["receive"] = home.config["treasury"]["descriptor"]
+    p = None
+    try:
+        p = Payouts(home)
+        yield p
+    finally:
+        if p is not None:
+            p.close()
+        home.config["members"] = members
+
+
+def _others_ack(payouts, address, outputs, sender="chain_notifier"):
+    """The notifier's ack of another watcher's watch (MemberData's) of ``address``."""
+    payouts.rt.send("chain.watch.ack", {"id": os.urandom(16), "address": address, "script": "0020" + "00" * 32,
+                                        "status": "watching", "reason": None, "outputs": outputs},
+                    sender=sender, bypass_broker=sender != "chain_notifier")
+
+
+def _receive_watched(payouts, upto):
+    index = {payouts.treasury.address(i)[0]: i for i in range(upto)}
+    return sorted({index[b["address"]] for b in payouts.rt.bodies("cmd.chain.watch") if b["address"] in index})
+
+
+def test_a_payment_beyond_the_run_to_an_address_members_hand_out_is_recorded_and_the_run_extended(shared):
+    payouts = shared
+    assert payouts.actor.shared == ["members"] and payouts.actor.lookahead == 200
+    payouts.run(0.5)
+    # the discovery at start looks as far past the run as a payment is recognised while running
+    gaps = {b["book"]: b["gap"] for b in payouts.rt.bodies("cmd.chain.discover")}
+    assert gaps == {"treasury": 200, "treasury_change": GAP}
+    assert payouts.watched("receive") == list(range(GAP))
+    # /0/60 (a member's dues address, beyond the run) is paid: recorded, and the run reaches 60 + GAP
+    txid, address = payouts.node.fund(payouts.treasury, 60, 70_000)
+    payouts.chain(address, 70_000, "seen", txid)
+    u = payouts.utxo(txid)
+    assert (u.state, u.sats, u.branch, u.position, u.address) == ("seen", 70_000, "receive", 60, address)
+    assert _receive_watched(payouts, 120) == list(range(60 + GAP + 1))
+    g = payouts.shown()["gap"]["receive"]
+    assert (g["last_used"], g["watched_to"]) == (60, 80)
+    # confirmed: the same output, not a second one
+    payouts.chain(address, 70_000, "confirmed", txid, confirmations=1)
+    assert payouts.utxo(txid).state == "confirmed" and payouts.shown()["balance"]["confirmed_sats"] == 70_000
+    # the lookahead moved with the run: /0/250 (within 200 of /0/80) is recognised too
+    txid2, address2 = payouts.node.fund(payouts.treasury, 250, 1_000)
+    payouts.chain(address2, 1_000, "confirmed", txid2, confirmations=1)
+    assert payouts.utxo(txid2).position == 250
+    # a restart: every address watched again, the discovery from past the run with the lookahead as gap
+    payouts.restart()
+    payouts.rt.take()
+    payouts.answered = 0
+    payouts.run(0.5)
+    asked = payouts.rt.bodies("cmd.chain.discover", book="treasury")
+    assert {(b["start"], b["gap"]) for b in asked} == {(250 + GAP + 1, 200)}
+    assert PayoutUtxo.select().count() == 2
+
+
+def test_what_may_not_extend_the_run_is_ignored(shared):
+    payouts = shared
+    payouts.run(0.5)
+    before = len(payouts.actor.watched)
+    # beyond the lookahead (200 past /0/19)
+    txid, address = payouts.node.fund(payouts.treasury, GAP + 200, 5_000)
+    payouts.chain(address, 5_000, "seen", txid)
+    # within it, but not from the chain notifier (the broker would not let another publish chain.*)
+    txid2, address2 = payouts.node.fund(payouts.treasury, 30, 5_000)
+    body = {"event_id": "ab" * 32, "txid": txid2, "vout": 0, "address": address2, "script": "0020" + "00" * 32,
+            "sats": 5_000, "label": None, "rbf": False}
+    payouts.rt.send("chain.tx.seen", body, sender="admin", bypass_broker=True)
+    # a removal names no live output; another watcher's ack of an unpaid address extends nothing
+    payouts.chain(address2, 5_000, "removed", txid2)
+    _others_ack(payouts, payouts.treasury.address(40)[0], [])
+    _others_ack(payouts, payouts.treasury.address(41)[0], [{"txid": txid2, "vout": 0, "sats": 5_000,
+                                                            "state": "confirmed", "confirmations": 1, "height": 199,
+                                                            "rbf": False, "seen_at": None, "by": None}],
+                sender="admin")
+    payouts.run(0.5)
+    assert len(payouts.actor.watched) == before and PayoutUtxo.select().count() == 0
+    assert payouts.watched("receive") == list(range(GAP))
+
+
+def test_another_watchers_ack_of_a_paid_address_extends_the_run_and_its_own_watch_records_it(shared):
+    payouts = shared
+    payouts.run(0.5)
+    # MemberData restarted and watched /0/45 again; the notifier has a payment to it (made while
+    # payout_mgr was stopped, its events missed)
+    txid, address = payouts.node.fund(payouts.treasury, 45, 9_000, confirmed_at=199)
+    out = {"txid": txid, "vout": 0, "sats": 9_000, "state": "confirmed", "confirmations": 2, "height": 199,
+           "rbf": False, "seen_at": None, "by": None}
+    _others_ack(payouts, address, [out])
+    payouts.run(0.5, outputs={address: [out]})  # payout_mgr's own watch of it, acked with the output
+    u = payouts.utxo(txid)
+    assert (u.state, u.position, u.confirmations) == ("confirmed", 45, 2)
+    assert _receive_watched(payouts, 100) == list(range(45 + GAP + 1))
+    _others_ack(payouts, address, [out])  # again: nothing twice
+    payouts.run(0.5, outputs={address: [out]})
+    assert PayoutUtxo.select().count() == 1
+
+
+def test_without_a_component_sharing_the_descriptor_nothing_is_looked_for_beyond_the_run(payouts):
+    assert payouts.actor.shared == [] and payouts.actor.lookahead == 0 and not payouts.actor.ahead
+    payouts.run(0.5)
+    assert {b["gap"] for b in payouts.rt.bodies("cmd.chain.discover")} == {GAP}
+    txid, address = payouts.node.fund(payouts.treasury, 30, 5_000)
+    payouts.chain(address, 5_000, "seen", txid)
+    assert payouts.utxo(txid) is None
+
+
+def test_a_payment_beyond_the_run_made_while_payout_mgr_was_down_is_found_at_its_start(shared):
+    payouts = shared
+    payouts.run(0.5)
+    payouts.rt.stop()  # (as kill -9: nothing more runs) /0/150, a member's, is paid meanwhile
+    txid, address = payouts.node.fund(payouts.treasury, 150, 8_000, confirmed_at=199)
+    out = {"txid": txid, "vout": 0, "sats": 8_000, "state": "confirmed", "confirmations": 2, "height": 199,
+           "rbf": False, "seen_at": None, "by": None}
+    payouts.start()
+    # the discovery looks 200 past the run (/0/20 on): the notifier finds /0/150 used
+    payouts.run(0.5, highest={"treasury": 150}, outputs={address: [out]})
+    assert {(b["start"], b["gap"]) for b in payouts.rt.bodies("cmd.chain.discover", book="treasury")} == {(GAP, 200)}
+    u = payouts.utxo(txid)
+    assert (u.state, u.position, u.sats) == ("confirmed", 150, 8_000)
+    assert _receive_watched(payouts, 200) == list(range(150 + GAP + 1))

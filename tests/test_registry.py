@@ -70,6 +70,9 @@ def test_supervisor_config_runs_exactly_the_supervised_entries_in_order(fresh):
     order = [conf.index(f"[program:{name}]") for name in (*registry.supervised(), "server")]
     assert order == sorted(order)
     assert f"scripts.cli serve --home {fresh.root}" in conf
+    from tests.harness import ROOT
+
+    assert f"\ndirectory={ROOT}\n" in conf  # where `python -m scripts.cli` finds the packages
     for e in registry.ENTRIES:
         assert (f"scripts.cli run {e.name} --home" in conf) == e.supervised, e.name
 

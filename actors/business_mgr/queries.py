@@ -34,6 +34,15 @@ def invoices(database, *, state: str | None = None, limit: int = 50) -> list[dic
     return [_invoice_dict(i) for i in q.bind(database)]
 
 
+def invoices_before(database, *, before: int | None = None, limit: int = 50) -> list[dict]:
+    """A page of invoices, newest first: those numbered below ``before`` (None: the newest), at
+    most ``limit`` (the report server's /invoices, paged by number)."""
+    q = SalesInvoice.select().order_by(SalesInvoice.id.desc()).limit(limit)
+    if before is not None:
+        q = q.where(SalesInvoice.id < before)
+    return [_invoice_dict(i) for i in q.bind(database)]
+
+
 _LAST_USED_SQL = (
     'SELECT MAX(a."position") FROM "sales_address" a WHERE a."book" = ? AND (a."label" = ? OR EXISTS '
     '(SELECT 1 FROM "sales_invoice" i JOIN "sales_payment" p ON p."invoice_id" = i."id" '

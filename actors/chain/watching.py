@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 class Discovery:
     """One discovery of ``book``'s used addresses, asked until answered (``done``)."""
 
-    def __init__(self, book, *, retry: float, clock, used_label: str, section: str):
+    def __init__(self, book, *, retry: float, clock, used_label: str, section: str, gap: int | None = None):
         self.book, self.retry, self.clock = book, retry, clock
+        self.gap = gap  # unused addresses in a row the scan stops after (None: the book's gap limit)
         self.used_label, self.section = used_label, section  # the label of skipped addresses; "[business] receive"
         self.id, self.expires, self.due = os.urandom(16), 0, 0.0
         self.done = False
@@ -35,7 +36,7 @@ class Discovery:
             self.id, self.expires = os.urandom(16), int(self.clock()) + 60
         self.due = now_mono + self.retry
         return {"id": self.id, "expires": self.expires, "book": self.book.name, "start": self.book.next_index(),
-                "gap": self.book.gap_limit}
+                "gap": self.gap or self.book.gap_limit}
 
     def answer(self, b: dict) -> bool:
         """Apply a chain.discover.ack; True if it answered this discovery and it is now done."""

@@ -11,6 +11,17 @@ watched), re-sent until acked and all re-sent at every start (actors/chain/watch
 MemberData and BusinessMgr do). When an address is paid, the branch's watched run grows so
 that ``gap_limit`` unused addresses are always watched beyond it.
 
+Addresses others hand out: ``[business] receive`` or ``[members] receive`` may be the treasury's
+descriptor (found at start by comparing their first addresses), and BusinessMgr and MemberData
+then hand out receive addresses from their own index, maybe beyond the watched run. The
+``[treasury] lookahead`` receive addresses past the run are kept derived (``ahead``); a
+``chain.tx.seen``/``confirmed`` from chain_notifier naming one (the notifier's event for the
+other component's watch) extends the run to it and records the output in one transaction, and
+another watcher's ``chain.watch.ack`` naming one with a live output extends the run (this
+actor's own watch then records the outputs). Unpaid addresses extend nothing. At start the
+receive branch's discovery asks with the lookahead as its gap, so a payment missed while down is
+found then.
+
 Outputs (``payout_utxo``): ``chain.tx.seen`` -> ``seen``, ``chain.tx.confirmed`` ->
 ``confirmed`` (confirmations, height), ``chain.tx.replaced``/``removed`` -> ``removed``; a
 reorg that unconfirms one sends it back to ``seen`` (the notifier's ``chain.tx.seen`` after the
@@ -76,6 +87,9 @@ CHAIN_STATES = {"seen": "seen", "mempool": "seen", "confirmed": "confirmed", "re
                 "removed": "removed"}
 RAW_RETRY = 5.0  # s between attempts to fetch the raw transactions still missing
 REVIVE_S = 86_400  # s an output found spent is still looked at: a reorg undoing the spend revives it
+LOOKAHEAD_MAX = 1000  # [treasury] lookahead at most (cmd.chain.discover's largest gap)
+SHARING = ("business", "members")  # the sections whose `receive` may be the treasury's descriptor
+NOTIFIER = "chain_notifier"  # the one sender whose events may extend the watched run
 
 
 class PayoutMgr(PayoutDesk, Actor):
@@ -100,6 +114,12 @@ class PayoutMgr(PayoutDesk, Actor):
         self.error: str | None = None  # a descriptor that cannot be used: health degraded
         self.books: dict[str, AddressBook] = {}
         self.discoveries: dict[str, Discovery] = {}
+        # [business]/[members] receive set to the treasury's descriptor: the sections that hand out
+        # its receive addresses from their own index, and how far beyond the watched run a payment
+        # to one is recognised (0: none shares it, nothing is looked for beyond the run)
+        self.shared: list[str] = []
+        self.lookahead = 0
+        self.ahead: dict[str, int] = {}  # receive address -> index, for the lookahead beyond the run
         spec = (self.cfg["descriptor"] or "").strip()
         if spec:
             try:
@@ -111,6 +131,14 @@ class PayoutMgr(PayoutDesk, Actor):
                     self.discoveries[book] = Discovery(self.books[book], retry=float(self.cfg["watch_retry"]),
                                                        clock=clock, used_label=USED_ON_CHAIN,
                                                        section=f"[treasury] descriptor ({branch})")
+                self.shared = self._sharing()
+                if self.shared:
+                    self.lookahead = min(max(int(self.cfg["lookahead"]), 0), LOOKAHEAD_MAX)
+                    if self.lookahead != int(self.cfg["lookahead"]):
+                        log.warning("[treasury] lookahead %s: %d used (0 to %d)", self.cfg["lookahead"],
+                                    self.lookahead, LOOKAHEAD_MAX)
+                    # the discovery at start looks as far past the run as a payment is recognised live
+                    self.discoveries[RECEIVE_BOOK].gap = max(self.gap_limit, self.lookahead)
             except ConfigError as exc:
                 self.treasury, self.books, self.discoveries = None, {}, {}
                 self.error = str(exc)
@@ -131,6 +159,23 @@ class PayoutMgr(PayoutDesk, Actor):
         self.secrets_ready = threading.Event()
         self._desk_init()
 
+    def _sharing(self) -> list[str]:
+        """The sections among ``SHARING`` whose ``receive`` derives the treasury's receive addresses
+        (its /0/0 and /0/1). A section that cannot be read is theirs to report, not shared here."""
+        ours = [self.treasury.address(i)[0] for i in (0, 1)]
+        shared = []
+        for section in SHARING:
+            spec = ((self.home.config.get(section) or {}).get("receive") or "").strip()
+            if not spec:
+                continue
+            try:
+                d = Deriver(spec, self.network)
+                if [d.address(i)[0] for i in (0, 1)] == ours:
+                    shared.append(section)
+            except Exception:  # (a descriptor the section's own actor refuses, and says so)
+                continue
+        return shared
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     def setup(self):
@@ -150,6 +195,10 @@ class PayoutMgr(PayoutDesk, Actor):
                 self._ensure_watch(a, now)
                 self.watch_due[a.address] = 0.0
         log.info("payout_mgr: treasury %s, %d address(es) to watch again", self.treasury.quorum, len(self.watch_due))
+        if self.shared:
+            self._look_ahead()
+            log.info("payout_mgr: [%s] receive hand(s) out the treasury's receive addresses: a payment up to %d "
+                     "beyond the watched run is recognised", "], [".join(self.shared), self.lookahead)
         self.worker = threading.Thread(target=self._work, name="payout-chain", daemon=True)
         self.worker.start()
         self._queue_check(everything=True)
@@ -230,33 +279,83 @@ class PayoutMgr(PayoutDesk, Actor):
         discovery has answered): addresses below a used one may hold coins too."""
         if book in self.discoveries or book not in self.books:
             return
-        deriver = self.books[book].deriver
         last = queries.last_used(self.database, book)
         top = (-1 if last is None else last) + self.gap_limit
         now = int(self.clock())
         added = []
         with write_transaction(self.database):
-            have = {p for (p,) in PayoutAddress.select(PayoutAddress.position).where(PayoutAddress.book == book)
-                    .tuples()}
             watching = {a for (a,) in PayoutWatch.select(PayoutWatch.address).where(PayoutWatch.book == book).tuples()}
             for a in PayoutAddress.select().where(PayoutAddress.book == book):
                 if a.address not in watching:  # (an index the discovery recorded as used)
                     self._ensure_watch(a, now)
                     added.append(a)
-            for i in range(0, top + 1):
-                if i in have:
-                    continue
-                address, spk = deriver.address(i)
-                added.append(PayoutAddress.create(book=book, position=i, address=address, script=spk, label=WATCHED,
-                                                  issued_at=now))
-                self._ensure_watch(added[-1], now)
+            added += self._add_run(book, top, now)
+        self._watching(added)
+        if added:
+            log.info("treasury %s branch: watching %d more address(es), up to /%d/%d", BOOKS[book], len(added),
+                     0 if book == RECEIVE_BOOK else 1, top)
+
+    def _add_run(self, book: str, top: int, now: int) -> list:
+        """(In a transaction) a row and a watch for every index of ``book`` from 0 to ``top`` not
+        recorded yet; the rows made."""
+        deriver = self.books[book].deriver
+        have = {p for (p,) in PayoutAddress.select(PayoutAddress.position).where(PayoutAddress.book == book).tuples()}
+        added = []
+        for i in range(0, top + 1):
+            if i in have:
+                continue
+            address, spk = deriver.address(i)
+            added.append(PayoutAddress.create(book=book, position=i, address=address, script=spk, label=WATCHED,
+                                              issued_at=now))
+            self._ensure_watch(added[-1], now)
+        return added
+
+    def _watching(self, added) -> None:
+        """After the rows ``added`` were committed: watch them now (and look further ahead)."""
         for a in added:
             self.watched[a.address] = (a.book, a.position)
             self.watch_due[a.address] = 0.0
         if added:
-            log.info("treasury %s branch: watching %d more address(es), up to /%d/%d", BOOKS[book], len(added),
-                     0 if book == RECEIVE_BOOK else 1, top)
+            if self.shared and any(a.book == RECEIVE_BOOK for a in added):
+                self._look_ahead()
             self._send_watches(time.monotonic())
+
+    # -- receive addresses handed out by others ([business]/[members] receive = the treasury) ----
+
+    def _look_ahead(self) -> None:
+        """Derive the ``lookahead`` receive addresses after the watched run's highest index (each
+        once; those now in the run are dropped)."""
+        top = max((i for book, i in self.watched.values() if book == RECEIVE_BOOK), default=-1)
+        self.ahead = {a: i for a, i in self.ahead.items() if i > top}
+        have = set(self.ahead.values())
+        deriver = self.books[RECEIVE_BOOK].deriver
+        for i in range(top + 1, top + 1 + self.lookahead):
+            if i not in have:
+                self.ahead[deriver.address(i)[0]] = i
+
+    def _recognised(self, address, sender) -> int | None:
+        """The receive index of ``address`` if it is one of the treasury's within the lookahead
+        beyond the watched run, named by the chain notifier (None otherwise: someone else's
+        address, or a publisher that may not extend the run)."""
+        if sender != NOTIFIER or not isinstance(address, str):
+            return None
+        return self.ahead.get(address)
+
+    def _adopt(self, index: int) -> list:
+        """(In a transaction) the receive run extended to ``index``, paid though beyond it (a
+        component sharing the descriptor handed it out): rows and watches for every index up to
+        it, known to ``_observe`` at once. The caller calls ``_watching`` after the commit, or
+        ``_unadopt`` if the transaction failed."""
+        added = self._add_run(RECEIVE_BOOK, index, int(self.clock()))
+        for a in added:
+            self.watched[a.address] = (a.book, a.position)
+        log.info("treasury receive branch: /0/%d, beyond the watched run, was paid (handed out by [%s] receive): "
+                 "watching up to it", index, "], [".join(self.shared))
+        return added
+
+    def _unadopt(self, added) -> None:
+        for a in added:
+            self.watched.pop(a.address, None)
 
     def _send_watches(self, now_mono):
         send_due_watches(self.publish, PayoutWatch, self.watch_due, now_mono, self.clock(),
@@ -266,8 +365,9 @@ class PayoutMgr(PayoutDesk, Actor):
     @on("chain.watch.ack")
     def on_watch_ack(self, msg):
         b = msg.body
-        if b["address"] not in self.watched:
-            return  # someone else's watch
+        if b["address"] not in self.watched:  # someone else's watch
+            self._others_watch(msg)
+            return
         row = PayoutWatch.get_or_none(PayoutWatch.address == b["address"])
         if row is None or row.command != b["id"].hex() or row.acked:
             return  # an answer to an older id
@@ -288,16 +388,54 @@ class PayoutMgr(PayoutDesk, Actor):
             raise
         self._after(new)
 
+    def _others_watch(self, msg) -> None:
+        """Another watcher's ack (BusinessMgr's, MemberData's, re-sent at their start): if it names
+        a treasury receive address within the lookahead that holds a live payment, the run is
+        extended to it; this actor's own watch of it, sent now, brings the outputs in its ack. An
+        address handed out but unpaid extends nothing (no publisher grows the watch list for free)."""
+        b = msg.body
+        if b["status"] != "watching" or not any(
+                isinstance(o, dict) and o.get("state") in ("mempool", "confirmed") for o in b["outputs"] or []):
+            return
+        index = self._recognised(b["address"], msg.sender)
+        if index is None:
+            return
+        added = []
+        try:
+            with write_transaction(self.database):
+                added = self._adopt(index)
+        except BaseException:
+            self._unadopt(added)
+            raise
+        self._watching(added)
+        self._extend(RECEIVE_BOOK)
+
     # -- outputs --------------------------------------------------------------------------------
 
     @on("chain.tx")
     def on_chain_tx(self, msg):
         b, kind = msg.body, msg.topic.rsplit(".", 1)[1]
-        if kind not in CHAIN_STATES or b["address"] not in self.watched:
+        if kind not in CHAIN_STATES:
             return
-        with write_transaction(self.database):
-            book = self._observe(b["address"], b["txid"], b["vout"], b["sats"], kind, b.get("confirmations") or 0,
-                                 b.get("height"), snapshot=False, block=b.get("block"))
+        index = None
+        if b["address"] not in self.watched:
+            # a treasury receive address another component handed out beyond the run, now paid:
+            # the run is extended to it and the output recorded in one transaction (a crash before
+            # the commit: the next event for it, or the discovery at the next start, finds it)
+            index = self._recognised(b["address"], msg.sender) if kind in ("seen", "confirmed") else None
+            if index is None:
+                return
+        added = []
+        try:
+            with write_transaction(self.database):
+                if index is not None:
+                    added = self._adopt(index)
+                book = self._observe(b["address"], b["txid"], b["vout"], b["sats"], kind,
+                                     b.get("confirmations") or 0, b.get("height"), snapshot=False, block=b.get("block"))
+        except BaseException:
+            self._unadopt(added)
+            raise
+        self._watching(added)
         self._after({book})
 
     def _after(self, books) -> None:

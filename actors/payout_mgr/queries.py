@@ -101,3 +101,43 @@ def treasury(database, gap_limit: int, next_count: int = 5) -> dict:
         out["balance"].update(confirmed_cad=cad(confirmed, price["cad_per_btc"]),
                               unconfirmed_cad=cad(unconfirmed, price["cad_per_btc"]))
     return out
+
+
+# -- payouts (the report server's /payouts page) -----------------------------------------------------
+
+# awaiting signatures first (what a co-signer is asked for), then the other payouts not finished
+PAYOUT_ORDER = ("awaiting_signatures", "requested", "signed", "broadcast")
+
+
+def payouts(database, *, limit: int = 50, offset: int = 0) -> dict:
+    """Payouts for a listing: those awaiting signatures first, then requested, signed and
+    broadcast ones, then the finished ones newest first; each with its approvals, rejections and
+    signatures counted (no PSBT, no raw transaction). ``total`` counts every payout, ``pending``
+    those not finished, by state."""
+    from . import ledger
+
+    P, A, S = ledger.Payout, ledger.PayoutApproval, ledger.PayoutSignature
+    with database.bind_ctx(ledger.MODELS):
+        rank = peewee.Case(P.state, [(s, i) for i, s in enumerate(PAYOUT_ORDER)], len(PAYOUT_ORDER))
+        rows = list(P.select(P.id, P.kind, P.state, P.state_reason, P.sats, P.cad_cents, P.destination, P.reason,
+                             P.invoice, P.requested_by, P.requested_at, P.expires_at, P.txid, P.fee, P.updated_at)
+                    .order_by(rank, P.id.desc()).limit(limit).offset(offset))
+        ids = [p.id for p in rows]
+        votes: dict[tuple[int, str], int] = {}
+        signed: dict[int, int] = {}
+        if ids:
+            for pid, decision, n in (A.select(A.payout, A.decision, peewee.fn.COUNT(A.id)).where(A.payout.in_(ids))
+                                     .group_by(A.payout, A.decision).tuples()):
+                votes[pid, decision] = n
+            for pid, n in S.select(S.payout, peewee.fn.COUNT(S.id)).where(S.payout.in_(ids)).group_by(S.payout).tuples():
+                signed[pid] = n
+        total = P.select().count()
+        pending = {s: n for s, n in P.select(P.state, peewee.fn.COUNT(P.id)).where(P.state.in_(ledger.PENDING))
+                   .group_by(P.state).tuples()}
+    return {"total": total, "pending": pending, "payouts": [
+        {"id": p.id, "kind": p.kind, "state": p.state, "state_reason": p.state_reason, "sats": p.sats,
+         "cad": None if p.cad_cents is None else f"{p.cad_cents / 100:.2f}", "destination": p.destination,
+         "reason": p.reason, "invoice": p.invoice, "requested_by": p.requested_by, "requested_at": p.requested_at,
+         "expires_at": p.expires_at, "txid": p.txid, "fee": p.fee, "updated_at": p.updated_at,
+         "approvals": votes.get((p.id, "approve"), 0), "rejections": votes.get((p.id, "reject"), 0),
+         "signatures": signed.get(p.id, 0)} for p in rows]}

@@ -26,9 +26,10 @@ def open_read_only(url: str):
         uri = f"file:{urllib.parse.quote(path)}?mode=ro"
         db = peewee.SqliteDatabase(uri, uri=True, pragmas=READ_ONLY_PRAGMAS)
     elif url.startswith(("postgres://", "postgresql://")):
-        # (kept beside the URL's own ``options``, a search_path say: a keyword would replace them)
-        given = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("options", [""])[-1]
-        db = _connect(url, options=f"{given} -c default_transaction_read_only=on".strip())
+        # beside the URL's own options (a search_path, say), never instead of them
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        options = " ".join([*query.get("options", []), "-c default_transaction_read_only=on"])
+        db = _connect(url, options=options)
     else:
         raise ConfigError(f"database url {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
     try:

@@ -19,8 +19,8 @@ from scripts.cli.common import HOME_HELP
 log = logging.getLogger("dctrl")
 
 # In the order `dctrl --help` lists them.
-GROUPS = ("run", "agent", "keys", "bus", "chain", "business", "members", "mail", "report", "invoices", "treasury",
-          "payouts", "events", "serve", "vault", "sim", "price", "bench")
+GROUPS = ("run", "backup", "doctor", "agent", "keys", "bus", "chain", "business", "members", "mail", "report",
+          "invoices", "treasury", "payouts", "events", "serve", "vault", "sim", "price", "bench")
 
 
 def build_parser():

@@ -78,7 +78,7 @@ def cmd_db(args):
 def cmd_supervisor_config(args):
     from scripts.cli.supervise import supervisor_config
 
-    print(supervisor_config(_home(args)), end="")
+    print(supervisor_config(_home(args), programs_only=args.programs_only, user=args.user), end="")
 
 
 def cmd_up(args):
@@ -146,7 +146,11 @@ def register(sub):
     command(sub, "broker", lambda a: cmd_run(argparse.Namespace(home=a.home, name="broker")),
         "run the broker (SubscriptionMgr) in the foreground")
     command(sub, "up", cmd_up, "run every server actor under supervisord in the foreground")
-    command(sub, "supervisor-config", cmd_supervisor_config, "print the supervisord config (for /etc/supervisor/conf.d)")
+    sp = command(sub, "supervisor-config", cmd_supervisor_config,
+                 "print the supervisord config (with --programs-only, for /etc/supervisor/conf.d)")
+    sp.add_argument("--programs-only", action="store_true",
+                    help="only the [program:*] sections: a system supervisord keeps its own log, pid file and socket")
+    sp.add_argument("--user", help="run each program as this user (user=; for a supervisord running as root)")
 
     command(sub, "db", cmd_db, "open the configured database and say what it is")
 

@@ -1,0 +1,1 @@
+<p class="needs">needs the {{scope}} scope</p>
