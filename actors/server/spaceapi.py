@@ -16,7 +16,7 @@ config.toml and three live ones:
 
 No token is needed (it holds no names, only counts), and the answer carries
 ``Access-Control-Allow-Origin: *`` (SpaceAPI directories and dashboards fetch it from browsers)
-and ``Cache-Control: max-age=60``. Without a ``[spaceapi]`` table it answers 404.
+and ``Cache-Control: max-age=60``. Without a ``[spaceapi]`` table (or an empty one) it answers 404.
 
 ``[spaceapi]`` is checked when the app is made (``dctrl serve`` refuses to start on a bad one,
 with a ConfigError naming the key): ``space``, ``logo``, ``url`` (strings) and ``contact`` (a
@@ -291,8 +291,8 @@ class SpaceApi:
 
 
 def install(app: bottle.Bottle, server: Server) -> None:
-    config = server.home.config.get("spaceapi")
-    api = SpaceApi(server, check_config(config)) if config is not None else None
+    config = server.home.config.get("spaceapi")  # (an empty table by default: not configured)
+    api = SpaceApi(server, check_config(config)) if config else None
 
     @app.route("/spaceapi.json", "GET")
     def spaceapi():
