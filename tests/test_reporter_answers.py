@@ -15,7 +15,7 @@ from actors.business_mgr.models import TABLES as SALES_TABLES
 from actors.db import connect, ensure_tables
 from actors.member_data.models import TABLES as MEMBER_TABLES
 from actors.reporter import reports
-from actors.reporter.reports import counts, income_rows, keep_answers, member_counts, member_rows
+from actors.reporter.reports import activity_rows, counts, income_rows, keep_answers, member_counts, member_rows
 from actors.reporter.totals import fold
 from tests.harness import pg_schema
 from tests.test_reporter_totals import (NOW, OLD, D, invoice, member, pay, random_rows, report_tables, sql, ts,
@@ -63,6 +63,7 @@ def same(plain, kept, days=DAYS):
             assert member_rows(kept, day) == member_rows(plain, day), day
             assert member_counts(kept, day) == counts(member_rows(plain, day)) == member_counts(plain, day), day
             assert income_rows(kept, day) == income_rows(plain, day), day
+            assert activity_rows(kept, day, 6) == activity_rows(plain, day, 6), day
 
 
 def test_kept_answers_equal_the_readers_while_everything_changes(pair):

@@ -114,7 +114,8 @@ _MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def keep_answers(database, size: int = 16) -> None:
-    """Keep :func:`member_rows`', :func:`member_counts`' and :func:`income_rows`' answers for
+    """Keep :func:`member_rows`', :func:`member_counts`', :func:`activity_rows`' and
+    :func:`income_rows`' answers for
     ``database`` (a server asked the same report by many clients): each is kept with what it
     depends on, read in the same snapshot at every call (totals.members_version,
     totals.income_version: a few cheap queries; on SQLite only after another connection wrote:
@@ -273,6 +274,11 @@ def activity_rows(database, as_of: date, months: int = 12) -> list[dict]:
     Joins and leaves dated after ``as_of`` are not counted (not yet, on that day)."""
     if not isinstance(months, int) or isinstance(months, bool) or not 1 <= months <= 120:
         raise DctrlError(f"months must be an integer from 1 to 120, not {months!r}")
+    return _answer(database, ("activity", months), as_of, _members_version,
+                   lambda: _activity_rows(database, as_of, months), _copy_rows, one_statement=True)
+
+
+def _activity_rows(database, as_of: date, months: int) -> list[dict]:
     first = add_months(month_of(as_of), -(months - 1))
     starts = [add_months(first, i) for i in range(months)]
     before = first - ONE_DAY
