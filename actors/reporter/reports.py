@@ -137,7 +137,11 @@ def _answer(database, name: str, as_of: date, version_of, compute, copy, one_sta
     key = memo.recent(stamp, what)
     if key is None and one_statement and isinstance(database, peewee.PostgresqlDatabase) and \
             not database.in_transaction():
-        key = (name, as_of, version_of(database, as_of))
+        try:
+            version = version_of(database, as_of)
+        except peewee.DatabaseError:  # (a table missing: the snapshot below says so, or copes)
+            version = None
+        key = (name, as_of, version) if version is not None else None
     if key is not None:
         kept = memo.get(key)
         if kept is not None:
@@ -226,7 +230,8 @@ def member_counts(database, as_of: date) -> dict[str, int]:
 def income_rows(database, as_of: date) -> list[dict]:
     """Income per month up to ``as_of``: dues by method, vending sales by machine and product,
     each in sats and CAD cents, and the month's totals."""
-    return _answer(database, "income", as_of, income_version, lambda: _income_rows(database, as_of), _copy_income)
+    return _answer(database, "income", as_of, income_version, lambda: _income_rows(database, as_of), _copy_income,
+                   one_statement=True)
 
 
 def _income_rows(database, as_of: date) -> list[dict]:

@@ -308,7 +308,12 @@ def income_version(database, as_of: date) -> tuple | None:
     can answer otherwise (read in the same snapshot), or None when there is no cheap one (no kept
     totals: every row is past the cursor). The kept totals change only with the cursor or the
     list of open invoices; the payments past the cursor are append-only (their highest id); the
-    invoices past the cursor and the open ones can still change: their rows are in it."""
+    invoices past the cursor and the open ones can still change: their rows are in it.
+
+    On PostgreSQL it is one statement (consistent without a transaction; outside one it raises
+    when a table is missing: the caller reads it again in a snapshot, where it is None)."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return _income_version_pg(database, as_of)
     cur = cursor(database)
     if not cur.kept:
         return None
@@ -326,6 +331,25 @@ def income_version(database, as_of: date) -> tuple | None:
                          *part, end)
         sales = (tuple(opened), tuple(tuple(r) for r in new))
     return (cur, pay, sales)
+
+
+def _income_version_pg(database, as_of: date) -> tuple | None:
+    if database.in_transaction() and not (has_table(database, "report_cursor")
+                                          and has_table(database, "sales_invoice")):
+        return None
+    columns = ", ".join(f'i.{c.strip()}' for c in SALE_COLUMNS.split(","))
+    found = _rows(database, 'SELECT c."payment", c."adjustment", c."fact", c."plan", c."invoice", '
+                            '(SELECT MAX("id") FROM "member_payment"), '
+                            '(SELECT string_agg(o."invoice"::text, \',\' ORDER BY o."invoice") '
+                            'FROM "report_sales_open" o), '
+                            f'(SELECT string_agg(ROW({columns})::text, \'|\' ORDER BY i."id") FROM "sales_invoice" i '
+                            'WHERE (i."id" >= c."invoice" OR i."id" IN (SELECT "invoice" FROM "report_sales_open")) '
+                            f'AND {A_SALE} AND i."paid_at" < ?) '
+                            'FROM "report_cursor" c WHERE c."id" = 1', _end_of(as_of))
+    if not found:
+        return None
+    row = found[0]
+    return (Cursor(*(int(v) for v in row[:5]), kept=True), *row[5:])
 
 
 # -- the fold (the Reporter only) ------------------------------------------------------------------
