@@ -27,20 +27,21 @@ def refund_sats(inv) -> int:
     return inv.credit_sats + inv.late_sats
 
 
-def invoices(database, *, state: str | None = None, limit: int = 50) -> list[dict]:
+def invoices(database, *, state: str | None = None, limit: int = 50, before: int | None = None) -> list[dict]:
+    """Invoices, newest first: of ``state`` if given, with ids below ``before`` if given (the
+    report server's pages), at most ``limit``."""
     q = SalesInvoice.select().order_by(SalesInvoice.id.desc()).limit(limit)
     if state:
         q = q.where(SalesInvoice.state == state)
+    if before is not None:
+        q = q.where(SalesInvoice.id < before)
     return [_invoice_dict(i) for i in q.bind(database)]
 
 
 def invoices_before(database, *, before: int | None = None, limit: int = 50) -> list[dict]:
     """A page of invoices, newest first: those numbered below ``before`` (None: the newest), at
     most ``limit`` (the report server's /invoices, paged by number)."""
-    q = SalesInvoice.select().order_by(SalesInvoice.id.desc()).limit(limit)
-    if before is not None:
-        q = q.where(SalesInvoice.id < before)
-    return [_invoice_dict(i) for i in q.bind(database)]
+    return invoices(database, before=before, limit=limit)
 
 
 _LAST_USED_SQL = (

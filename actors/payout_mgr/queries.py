@@ -141,3 +141,61 @@ def payouts(database, *, limit: int = 50, offset: int = 0) -> dict:
          "expires_at": p.expires_at, "txid": p.txid, "fee": p.fee, "updated_at": p.updated_at,
          "approvals": votes.get((p.id, "approve"), 0), "rejections": votes.get((p.id, "reject"), 0),
          "signatures": signed.get(p.id, 0)} for p in rows]}
+
+
+# -- the payout books by id (the report server's /api/payouts and /api/payouts/ID) ---------------------
+
+def _payout_dict(p) -> dict:
+    """One payout as plain data: amounts in integer sats and CAD cents (the rate as text), its
+    transaction's id, inputs, fee and size once built; never the PSBT or the raw transaction."""
+    return {"id": p.id, "kind": p.kind, "state": p.state, "state_reason": p.state_reason,
+            "destination": p.destination, "sats": p.sats, "cad_cents": p.cad_cents, "rate": p.rate,
+            "rate_as_of": p.rate_as_of, "reason": p.reason, "invoice": p.invoice, "requested_by": p.requested_by,
+            "requested_at": p.requested_at, "expires_at": p.expires_at, "updated_at": p.updated_at,
+            "txid": p.txid, "inputs": p.outpoints, "fee": p.fee, "vsize": p.vsize, "change_sats": p.change_sats,
+            "replaces": p.replaces}
+
+
+def payouts_before(database, *, state: str | None = None, before: int | None = None, limit: int = 50) -> list[dict]:
+    """Payouts, newest first (ids below ``before`` if given, at most ``limit``), each with how many
+    approvals and co-signers' signatures it has."""
+    from peewee import fn
+
+    from .ledger import MODELS, Payout, PayoutApproval, PayoutSignature
+
+    with database.bind_ctx(MODELS):
+        q = Payout.select().order_by(Payout.id.desc()).limit(limit)
+        if state:
+            q = q.where(Payout.state == state)
+        if before is not None:
+            q = q.where(Payout.id < before)
+        rows = [_payout_dict(p) for p in q]
+        ids = [r["id"] for r in rows]
+        approved = dict(PayoutApproval.select(PayoutApproval.payout, fn.COUNT(PayoutApproval.id))
+                        .where(PayoutApproval.payout.in_(ids) & (PayoutApproval.decision == "approve"))
+                        .group_by(PayoutApproval.payout).tuples()) if ids else {}
+        signed = dict(PayoutSignature.select(PayoutSignature.payout, fn.COUNT(PayoutSignature.id))
+                      .where(PayoutSignature.payout.in_(ids)).group_by(PayoutSignature.payout).tuples()) if ids else {}
+    for r in rows:
+        r["approvals"], r["signatures"] = approved.get(r["id"], 0), signed.get(r["id"], 0)
+    return rows
+
+
+def payout(database, payout_id: int) -> dict | None:
+    """One payout with its approvals and rejections (who, when), its co-signers' signatures (the
+    co-signer's fingerprint, who brought it, when) and its history of states; None if unknown."""
+    from .ledger import MODELS, Payout, PayoutApproval, PayoutHistory, PayoutSignature
+
+    with database.bind_ctx(MODELS):
+        p = Payout.get_or_none(Payout.id == payout_id)
+        if p is None:
+            return None
+        out = _payout_dict(p)
+        out["approvals"] = [{"identity": a.identity, "decision": a.decision, "at": a.at} for a in
+                            PayoutApproval.select().where(PayoutApproval.payout == p.id).order_by(PayoutApproval.id)]
+        out["signatures"] = [{"fingerprint": s.fingerprint, "identity": s.identity, "at": s.at} for s in
+                             PayoutSignature.select().where(PayoutSignature.payout == p.id)
+                             .order_by(PayoutSignature.id)]
+        out["history"] = [{"state": h.state, "at": h.at, "by": h.by, "reason": h.reason} for h in
+                          PayoutHistory.select().where(PayoutHistory.payout == p.id).order_by(PayoutHistory.id)]
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ SECURITY_HEADERS = [
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                 "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
 ]
+_WHOLE = re.compile(r"-?[0-9]{1,12}")
 bottle.BaseRequest.MEMFILE_MAX = 0  # no request bodies: GET and HEAD only
 
 
@@ -45,6 +47,16 @@ class Server:
     tokens: TokenStore
     clock: object = time.time
     config: dict = field(default_factory=dict)  # [server] of config.toml
+    _heartbeats: object = field(default=None, repr=False)
+
+    def heartbeats(self):
+        """The event log's last heartbeat of every sender, kept for the server's life with the
+        position read to (actors/server/events.py): each request reads only what is new."""
+        if self._heartbeats is None:
+            from actors.server.events import Heartbeats
+
+            self._heartbeats = Heartbeats(self.home.events_dir)
+        return self._heartbeats
 
     # -- access ----------------------------------------------------------------------------------
 
@@ -93,7 +105,7 @@ class Server:
         text = bottle.request.query.get(name)
         if text is None or text == "":
             return default
-        if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 12:
+        if not _WHOLE.fullmatch(text):  # ("--5" passed a lstrip("-").isdigit() test, then int() failed: 500)
             raise bottle.HTTPError(400, f"{name} must be a whole number from {lo} to {hi}")
         value = int(text)
         if not lo <= value <= hi:
@@ -117,8 +129,10 @@ def json_response(data, status: int = 200):
 
 def _error_page(err: bottle.HTTPError):
     """Errors say what went wrong and hold nothing else: JSON for the API, a plain page elsewhere."""
-    reason = err.body if isinstance(err.body, str) and err.status_code < 500 else "internal error"
-    if err.status_code >= 500:
+    # (503 is ours, a fixed sentence: Server.read's missing table; any other 5xx says nothing)
+    said = err.status_code < 500 or (err.status_code == 503 and err.exception is None)
+    reason = err.body if isinstance(err.body, str) and said else "internal error"
+    if err.status_code >= 500 and not said:
         # (bottle has written the traceback to wsgi.errors, waitress's log)
         log.error("%s %s: %s", bottle.request.method, bottle.request.path, err.exception or err.body)
     if bottle.request.path.startswith("/api/") or bottle.request.path.endswith(".json"):
@@ -158,16 +172,36 @@ class Guard:
         return out
 
 
+# Every component's models go through a peewee DatabaseProxy that its queries rebind for a moment
+# (``database.bind_ctx(MODELS)``), restoring what was there before on the way out. From waitress's
+# threads at once, one request's exit could restore the uninitialized proxy under another's query
+# (a 500: "Cannot use uninitialized Proxy"). With every proxy pointing at the server's database
+# (one object; peewee keeps a connection per thread), whatever is restored is that database.
+PROXIES = ("actors.member_data.models", "actors.member_mail.models", "actors.business_mgr.models",
+           "actors.business_data.models", "actors.reporter.models", "actors.payout_mgr.models",
+           "actors.payout_mgr.ledger", "actors.chain_notifier.models")
+
+
+def bind_models(database) -> None:
+    import importlib
+
+    for name in PROXIES:
+        importlib.import_module(name).db.initialize(database)
+
+
 def make_app(home, *, database=None, tokens: TokenStore | None = None, clock=time.time):
     """The WSGI application for ``home``; ``database``: an open (read-only) database, by default
     :func:`actors.server.database.open_read_only` of the home's."""
     from actors.server import api, pages, spaceapi
     from actors.server.database import open_read_only
 
-    server = Server(home=home, database=database or open_read_only(home.database_url),
+    database = database or open_read_only(home.database_url)
+    bind_models(database)
+    server = Server(home=home, database=database,
                     tokens=tokens or TokenStore(home.server_tokens_path, clock), clock=clock,
                     config=home.config.get("server", {}))
-    app = bottle.Bottle(autojson=False)
+    app = bottle.Bottle()
+    app.config["json.enable"] = False  # (Bottle(autojson=False) is deprecated in 0.13)
     app.default_error_handler = _error_page
     app.config["dctrl.server"] = server
     api.install(app, server)

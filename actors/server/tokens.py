@@ -13,9 +13,12 @@ event log, actors' health). Every token has ``public``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import threading
@@ -35,7 +38,7 @@ MAX_TTL = 3 * 365 * 86400
 
 def parse_ttl(text: str) -> int:
     """``30d``, ``12h``, ``2w``... in seconds (at most three years)."""
-    m = TTL_RE.match(text or "")
+    m = TTL_RE.fullmatch(text or "")
     if not m:
         raise DctrlError(f"ttl {text!r}: a number and a unit, like 30d, 12h, 2w (s, m, h, d, w)")
     seconds = int(m[1]) * TTL_UNITS[m[2]]
@@ -111,39 +114,56 @@ class TokenStore:
 
     def add(self, name: str, scopes, ttl: int) -> tuple[str, TokenRecord]:
         """A new token: returns it (shown once, never stored) and its record."""
-        if not NAME_RE.match(name or ""):
+        if not NAME_RE.fullmatch(name or ""):
             raise DctrlError(f"token name {name!r}: letters, digits and _.@- (up to 64), starting with a "
                              f"letter or digit")
-        scopes = tuple(sorted(set(scopes) | {"public"}, key=SCOPES.index)) if all(
-            s in SCOPES for s in scopes) else None
-        if scopes is None:
-            raise DctrlError(f"unknown scope; the scopes are {', '.join(SCOPES)}")
-        records = dict(self._read())
-        if any(r.name == name and r.state(self.clock()) == "valid" for r in records.values()):
-            raise DctrlError(f"a valid token named {name!r} exists: revoke it first, or choose another name")
-        token_id = secrets.token_hex(4)
-        while token_id in records:
+        unknown = [s for s in scopes if s not in SCOPES]
+        if unknown:
+            raise DctrlError(f"unknown scope {', '.join(repr(s[:40]) for s in unknown)}; the scopes are "
+                             f"{', '.join(SCOPES)}")
+        scopes = tuple(sorted(set(scopes) | {"public"}, key=SCOPES.index))
+        if not isinstance(ttl, int) or not 0 < ttl <= MAX_TTL:
+            raise DctrlError(f"ttl {ttl!r}: from 1 s to {MAX_TTL // 86400} days")
+        with self._exclusive():
+            records = dict(self._read())
+            if any(r.name == name and r.state(self.clock()) == "valid" for r in records.values()):
+                raise DctrlError(f"a valid token named {name!r} exists: revoke it first, or choose another name")
             token_id = secrets.token_hex(4)
-        token = f"dctrl_{token_id}_{secrets.token_urlsafe(32)}"
-        now = int(self.clock())
-        record = TokenRecord(token_id, name, scopes, now, now + ttl, _hash(token))
-        records[token_id] = record
-        self._write(records)
+            while token_id in records:
+                token_id = secrets.token_hex(4)
+            token = f"dctrl_{token_id}_{secrets.token_urlsafe(32)}"
+            now = int(self.clock())
+            record = TokenRecord(token_id, name, scopes, now, now + ttl, _hash(token))
+            records[token_id] = record
+            self._write(records)
         return token, record
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One ``add`` or ``revoke`` at a time (read, change, write: two at once would lose one):
+        an flock on ``server_tokens.json.lock`` beside the file (0600). The server never takes it."""
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def list(self) -> list[TokenRecord]:
         return sorted(self._read().values(), key=lambda r: (r.created, r.id))
 
     def revoke(self, name_or_id: str) -> list[TokenRecord]:
         """Revoke every valid token with this name, or the token with this id; returns them."""
-        records = dict(self._read())
-        now = self.clock()
-        hit = [r for r in records.values() if r.revoked is None and name_or_id in (r.name, r.id)]
-        if not hit:
-            raise DctrlError(f"no unrevoked token named {name_or_id!r} or with that id (dctrl server token list)")
-        for r in hit:
-            records[r.id] = TokenRecord(**{**asdict(r), "revoked": int(now)})
-        self._write(records)
+        with self._exclusive():
+            records = dict(self._read())
+            now = self.clock()
+            hit = [r for r in records.values() if r.revoked is None and name_or_id in (r.name, r.id)]
+            if not hit:
+                raise DctrlError(f"no unrevoked token named {name_or_id[:64]!r} or with that id "
+                                 f"(dctrl server token list)")
+            for r in hit:
+                records[r.id] = TokenRecord(**{**asdict(r), "revoked": int(now)})
+            self._write(records)
         return hit
 
     # -- the server ------------------------------------------------------------------------------
@@ -152,7 +172,7 @@ class TokenStore:
         """The record of a valid ``token``, or None and why not (for the log, never the client)."""
         if not token:
             return None, "no token"
-        m = TOKEN_RE.match(token)
+        m = TOKEN_RE.fullmatch(token)
         if not m:
             return None, "not a dctrl token"
         record = self._load().get(m[1])
