@@ -281,6 +281,81 @@ def sales_income(database, as_of: date) -> list[Sale]:
             for (month, machine, product), (sats, cents) in sorted(sums.items())]
 
 
+# -- what a reader's answer depends on (for readers that keep answers: the report server) -------------
+
+MEMBER_TABLES = ("member_member", "member_fact", "member_payment", "member_adjustment")
+
+
+def members_version(database) -> tuple:
+    """A value that changes whenever anything a member report reads from MemberData's tables
+    can have changed: the highest id of each append-only table (members, facts, payments and
+    adjustments are only ever added, their ids in commit order: one writer, one transaction at a
+    time, as the cursors above assume) and every plan version row (a handful; a migration may
+    update them). The kept totals are not in it: a reader's answer does not depend on them.
+    On PostgreSQL it is one statement (consistent without a transaction)."""
+    ids = ", ".join(f'(SELECT MAX("id") FROM "{t}")' for t in MEMBER_TABLES)
+    if isinstance(database, peewee.PostgresqlDatabase):  # one statement: one snapshot, no transaction needed
+        (row,) = _rows(database, f'SELECT {ids}, (SELECT string_agg(p::text, \'|\' ORDER BY p."version") '
+                                 'FROM "member_plan_version" p)')
+        return tuple(row)
+    (row,) = _rows(database, f"SELECT {ids}")
+    plans = tuple(tuple(r) for r in _rows(database, 'SELECT * FROM "member_plan_version" ORDER BY "version"'))
+    return (*row, plans)
+
+
+def income_version(database, as_of: date) -> tuple | None:
+    """A value that changes whenever :func:`dues_income` or :func:`sales_income` on ``as_of``
+    can answer otherwise (read in the same snapshot), or None when there is no cheap one (no kept
+    totals: every row is past the cursor). The kept totals change only with the cursor or the
+    list of open invoices; the payments past the cursor are append-only (their highest id); the
+    invoices past the cursor and the open ones can still change: their rows are in it.
+
+    On PostgreSQL it is one statement (consistent without a transaction; outside one it raises
+    when a table is missing: the caller reads it again in a snapshot, where it is None)."""
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return _income_version_pg(database, as_of)
+    cur = cursor(database)
+    if not cur.kept:
+        return None
+    (pay,), = _rows(database, 'SELECT MAX("id") FROM "member_payment"')
+    sales: tuple = ()
+    if has_table(database, "sales_invoice"):
+        end = _end_of(as_of)
+        opened = [i for (i,) in _rows(database, 'SELECT "invoice" FROM "report_sales_open" ORDER BY "invoice"')]
+        new = _rows(database, f'SELECT {SALE_COLUMNS} FROM "sales_invoice" WHERE "id" >= ? AND {A_SALE} '
+                              'AND "paid_at" < ? ORDER BY "id"', cur.invoice, end)
+        for n in range(0, len(opened), IN_CHUNK):
+            part = opened[n:n + IN_CHUNK]
+            new += _rows(database, f'SELECT {SALE_COLUMNS} FROM "sales_invoice" WHERE "id" IN '
+                                   f'({", ".join("?" * len(part))}) AND {A_SALE} AND "paid_at" < ? ORDER BY "id"',
+                         *part, end)
+        sales = (tuple(opened), tuple(tuple(r) for r in new))
+    return (cur, pay, sales)
+
+
+def _income_version_pg(database, as_of: date) -> tuple | None:
+    if database.in_transaction() and not (has_table(database, "report_cursor")
+                                          and has_table(database, "sales_invoice")):
+        return None
+    end = _end_of(as_of)
+    # (two selects, not one with an OR: each is an index range of the primary key, where the OR
+    # read all 500,000 invoices every time)
+    found = _rows(database, 'SELECT c."payment", c."adjustment", c."fact", c."plan", c."invoice", '
+                            '(SELECT MAX("id") FROM "member_payment"), '
+                            '(SELECT string_agg(o."invoice"::text, \',\' ORDER BY o."invoice") '
+                            'FROM "report_sales_open" o), '
+                            '(SELECT string_agg(ROW(u.*)::text, \'|\' ORDER BY u."id") FROM ('
+                            f'SELECT {SALE_COLUMNS} FROM "sales_invoice" WHERE "id" >= c."invoice" AND {A_SALE} '
+                            'AND "paid_at" < ? UNION '
+                            f'SELECT {SALE_COLUMNS} FROM "sales_invoice" WHERE "id" IN (SELECT "invoice" FROM '
+                            f'"report_sales_open") AND {A_SALE} AND "paid_at" < ?) u) '
+                            'FROM "report_cursor" c WHERE c."id" = 1', end, end)
+    if not found:
+        return None
+    row = found[0]
+    return (Cursor(*(int(v) for v in row[:5]), kept=True), *row[5:])
+
+
 # -- the fold (the Reporter only) ------------------------------------------------------------------
 
 def fold(database, now: float | None = None, settle_s: int = SETTLE_S, as_of: date | None = None,

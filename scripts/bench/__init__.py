@@ -1,6 +1,7 @@
 """The benchmarks behind `dctrl bench`: ``bus`` (the broker against zmq.proxy), ``chain``
 (payment detection and catch-up), ``vend`` (payment to relay pin end to end), ``faults``
-(purchases under kill -9 and SIGSTOP), ``members``, ``mail`` and ``payouts``. Each module's
+(purchases under kill -9 and SIGSTOP), ``members``, ``mail``, ``payouts`` and ``server`` (the report
+server under 20 concurrent clients). Each module's
 ``main(args)`` prints one JSON object."""
 
 import contextlib
