@@ -82,7 +82,9 @@ class Api:
         self.app, self.server = app, server
         self.endpoints: list[Endpoint] = []
 
-    def endpoint(self, path: str, scope: str, summary: str, response: dict, params=()):
+    def endpoint(self, path: str, scope: str, summary: str, response: dict, params=(), recent_s: float = 0):
+        """``recent_s``: the answer (the same for every token with ``scope``) may be that many
+        seconds old: asked again within them, it is not computed again (:class:`Recent`)."""
         def register(fn):
             self.endpoints.append(Endpoint(path, scope, summary, tuple(params), response))
 
@@ -93,7 +95,12 @@ class Api:
                 for name in query:  # (the pages' forms may send empty fields; the API's callers do not)
                     if bottle.request.query.get(name) == "":
                         raise bottle.HTTPError(400, f"{name} is empty: give a value or leave it out")
-                return json_response(fn(self.server, **kwargs))
+                if not recent_s:
+                    return json_response(fn(self.server, **kwargs))
+                key = (bottle.request.path, bottle.request.query_string)
+                body = self.server.recent(key, recent_s, lambda: json_response(fn(self.server, **kwargs)))
+                bottle.response.content_type = "application/json"
+                return body
             handler.__name__ = fn.__name__
             self.app.route(path, "GET", handler)
             return fn
@@ -296,6 +303,9 @@ def _member(database, handle: str, day) -> dict | None:
     return found
 
 
+REPORTS_RECENT_S = 1.0  # the public reports may be a second old (many clients, one computation)
+
+
 def install(app: bottle.Bottle, server: Server) -> Api:
     api = Api(app, server)
     LIMIT = limit_doc(int(server.config.get("page_max", 500)))  # noqa: N806 (as the other Params)
@@ -303,18 +313,18 @@ def install(app: bottle.Bottle, server: Server) -> Api:
     @api.endpoint("/api/reports/members", "public", "members by status on a day (counts, no names)",
                   {"type": "object", "properties": {"as_of": {"type": "string"}, "total": {"type": "integer"},
                                                     "by_status": COUNTS},
-                   "required": ["as_of", "total", "by_status"]}, params=[AS_OF])
+                   "required": ["as_of", "total", "by_status"]}, params=[AS_OF], recent_s=REPORTS_RECENT_S)
     def report_members(server: Server):
-        from actors.reporter.reports import counts, member_rows
+        from actors.reporter.reports import member_counts
 
         day = as_of(server)
-        rows = server.read(member_rows, day)
-        return {"as_of": day.isoformat(), "total": len(rows), "by_status": counts(rows)}
+        by_status = server.read(member_counts, day)
+        return {"as_of": day.isoformat(), "total": sum(by_status.values()), "by_status": by_status}
 
     @api.endpoint("/api/reports/income", "public",
                   "income per month up to a day: totals, dues by method and sales by machine and product "
                   "(sats and CAD cents; aggregates, no names)",
-                  obj({"as_of": STR, "months": array(INCOME_MONTH)}), params=[AS_OF])
+                  obj({"as_of": STR, "months": array(INCOME_MONTH)}), params=[AS_OF], recent_s=REPORTS_RECENT_S)
     def report_income(server: Server):
         from actors.reporter.reports import income_rows
 
@@ -325,7 +335,8 @@ def install(app: bottle.Bottle, server: Server) -> Api:
                   "members active, joins, leaves and retention per month (counts, no names)",
                   obj({"as_of": STR, "months": array(ACTIVITY_MONTH)}),
                   params=[AS_OF, Param("months", {"type": "integer", "minimum": 1, "maximum": 120},
-                                       "how many months up to as_of's (default 12)")])
+                                       "how many months up to as_of's (default 12)")],
+                  recent_s=REPORTS_RECENT_S)
     def report_activity(server: Server):
         from actors.reporter.reports import activity_json, activity_rows
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -48,6 +49,13 @@ class Server:
     clock: object = time.time
     config: dict = field(default_factory=dict)  # [server] of config.toml
     _heartbeats: object = field(default=None, repr=False)
+    _recent: "Recent" = field(default=None, repr=False)
+
+    def recent(self, key, seconds: float, compute):
+        """``compute()``, or what it gave for ``key`` less than ``seconds`` ago (:class:`Recent`)."""
+        if self._recent is None:
+            self._recent = Recent(time.monotonic)
+        return self._recent.get(key, seconds, compute)
 
     def heartbeats(self):
         """The event log's last heartbeat of every sender, kept for the server's life with the
@@ -119,6 +127,44 @@ class Server:
         if len(text) > max_len or any(ord(c) < 32 for c in text):
             raise bottle.HTTPError(400, f"{name}: at most {max_len} printable characters")
         return text
+
+
+class Recent:
+    """Answers kept a second or two (the dashboard, the public reports): a page asked by many
+    clients at once is computed once per period, by one thread while the others wait for it
+    (not all of them at once). What it shows is at most that old; a key holds everything the
+    answer depends on besides the data (the path, the query, the token's scopes)."""
+
+    def __init__(self, clock, size: int = 64):
+        self.clock, self.size = clock, size
+        self.lock = threading.Lock()
+        self.items: dict = {}  # key -> (time computed, value)
+        self.computing: dict = {}  # key -> lock held by the thread computing it
+
+    def get(self, key, seconds: float, compute):
+        while True:
+            with self.lock:
+                item = self.items.get(key)
+                if item is not None and self.clock() - item[0] < seconds:
+                    return item[1]
+                busy = self.computing.get(key)
+                if busy is None:
+                    busy = self.computing[key] = threading.Lock()
+                    busy.acquire()
+                    break
+            with busy:  # another thread computes it: wait, then look again
+                pass
+        try:
+            value = compute()
+            with self.lock:
+                if len(self.items) >= self.size:
+                    self.items.pop(next(iter(self.items)))
+                self.items[key] = (self.clock(), value)
+            return value
+        finally:
+            with self.lock:
+                del self.computing[key]
+            busy.release()
 
 
 def json_response(data, status: int = 200):

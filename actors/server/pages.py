@@ -217,6 +217,9 @@ def needed_signatures(home) -> str | None:
     return f"{m[1]} of {n}"
 
 
+DASHBOARD_RECENT_S = 2.0  # the dashboard may be this old (its tail and health too)
+
+
 def install(app: bottle.Bottle, server: Server) -> None:
     lookup = [str(VIEWS)]
 
@@ -271,6 +274,13 @@ def install(app: bottle.Bottle, server: Server) -> None:
     @app.route("/", ["GET"])
     def dashboard():
         record = page("public")
+        # Many phones on one dashboard: drawn once per DASHBOARD_RECENT_S for each set of scopes.
+        body = server.recent(("dashboard", record.scopes), DASHBOARD_RECENT_S, lambda: draw_dashboard(record))
+        bottle.response.content_type = "text/html; charset=utf-8"  # (render sets them only when it draws)
+        bottle.response.set_header("Cache-Control", "no-store")
+        return body
+
+    def draw_dashboard(record):
         from actors.reporter.reports import activity_rows, counts, income_rows, member_rows
 
         day = today()
