@@ -81,16 +81,18 @@ class TokenStore:
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
-        self._stamp = object()
-        self._records: dict[str, TokenRecord] = {}
+        self._loaded: tuple = (object(), {})  # (the file's stamp, its records by id)
 
     def _load(self) -> dict[str, TokenRecord]:
+        stamp = file_stamp(self.path)
+        loaded = self._loaded  # (one reference read: the stamp and the records it was read at)
+        if stamp == loaded[0]:
+            return loaded[1]  # unchanged: no lock (every request of every thread comes here)
         with self._lock:
             stamp = file_stamp(self.path)
-            if stamp != self._stamp:
-                self._records = self._read()
-                self._stamp = stamp
-            return self._records
+            if stamp != self._loaded[0]:
+                self._loaded = (stamp, self._read())
+            return self._loaded[1]
 
     def _read(self) -> dict[str, TokenRecord]:
         try:
