@@ -1,6 +1,6 @@
-"""The report server's short-lived answers (actors/server/app.py Recent): computed once by one
-thread while the others wait, given again within the period, computed again after it; a
-failure is not kept."""
+"""The report server's short-lived answers (actors/server/app.py Recent): the first computed once
+by one thread while the others wait, given again within the period, renewed after it by one
+thread while the others get the previous one; a failure is not kept."""
 
 from __future__ import annotations
 
@@ -70,3 +70,24 @@ def test_it_keeps_at_most_size_answers():
     for i in range(10):
         recent.get(i, 60, lambda i=i: i)
     assert len(recent.items) == 3 and recent.get(9, 60, lambda: "new") == 9
+
+
+def test_while_one_thread_renews_an_old_answer_the_others_get_the_old_one_at_once():
+    clock = Clock()
+    recent = Recent(clock)
+    assert recent.get("k", 2, lambda: "old") == "old"
+    clock.now += 5
+    started, release = threading.Event(), threading.Event()
+
+    def renew():
+        started.set()
+        assert release.wait(10)
+        return "new"
+    got = []
+    renewer = threading.Thread(target=lambda: got.append(recent.get("k", 2, renew)))
+    renewer.start()
+    assert started.wait(10)
+    assert recent.get("k", 2, lambda: "never") == "old"  # not waiting for the renewal
+    release.set()
+    renewer.join(10)
+    assert got == ["new"] and recent.get("k", 2, lambda: "never") == "new"

@@ -131,9 +131,11 @@ class Server:
 
 class Recent:
     """Answers kept a second or two (the dashboard, the public reports): a page asked by many
-    clients at once is computed once per period, by one thread while the others wait for it
-    (not all of them at once). What it shows is at most that old; a key holds everything the
-    answer depends on besides the data (the path, the query, the token's scopes)."""
+    clients at once is computed once per period, by one thread. When the period is over, the
+    thread that finds it so computes the answer again while the others are given the previous
+    one (stale while it is renewed); only when there is none yet do they wait for it. What it
+    shows is at most a period and one computation old; a key holds everything the answer
+    depends on besides the data (the path, the query, the token's scopes)."""
 
     def __init__(self, clock, size: int = 64):
         self.clock, self.size = clock, size
@@ -152,12 +154,14 @@ class Recent:
                     busy = self.computing[key] = threading.Lock()
                     busy.acquire()
                     break
-            with busy:  # another thread computes it: wait, then look again
+                if item is not None:
+                    return item[1]  # being renewed by another thread: the previous answer meanwhile
+            with busy:  # the first answer, computed by another thread: wait for it, then look again
                 pass
         try:
             value = compute()
             with self.lock:
-                if len(self.items) >= self.size:
+                if key not in self.items and len(self.items) >= self.size:
                     self.items.pop(next(iter(self.items)))
                 self.items[key] = (self.clock(), value)
             return value
