@@ -48,6 +48,15 @@ url = "{db_url}"
 [server]
 listen = "127.0.0.1:{server_port}"
 
+# The SpaceAPI (https://spaceapi.io, v15) at /spaceapi.json, open to all: these static fields,
+# state.open from door_machine's door switch (machine.NAME.door), the active members counted.
+# [spaceapi]
+# space = "DCTRL"
+# logo = "https://example.org/logo.png"
+# url = "https://example.org/"
+# contact = {{ email = "info@example.org" }}
+# door_machine = "vm1"
+
 [demo]
 # `dctrl up` also runs the exchange simulator, and the notifiers use it: dctrl runs
 # anywhere with no internet. In production set simulators = false and point
