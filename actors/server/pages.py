@@ -21,7 +21,7 @@ page           scope     what
 Charts are pygal's SVG, inlined: no JavaScript (pygal's config script is removed: the CSP allows
 no inline script), labels escaped by pygal's XML writer. Everything else is escaped by the
 templates (``{{ }}``). Database reads go through :meth:`Server.read`; the event log is read from
-its newest segments only (:func:`latest_records`).
+its newest segments only (:func:`latest_records`), the heartbeats by actors/server/events.py.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 VIEWS = HERE / "views"
 STATIC = HERE / "static"
 REFRESH_S = 10  # /events reloads itself this often (<meta http-equiv="refresh">)
-SEGMENTS_READ = 3  # /events and /health read at most the newest three segments of the log (16 MiB each)
+SEGMENTS_READ = 3  # /events and the dashboard's tail read at most the newest three segments of the log (16 MiB each)
 PAGE = 50  # rows per page of /invoices and /payouts
 NAV = (("/", "dashboard", "public"), ("/members", "members", "members"), ("/invoices", "invoices", "finance"),
        ("/payouts", "payouts", "finance"), ("/events", "events", "events"), ("/health", "health", "events"))
