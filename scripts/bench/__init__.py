@@ -8,9 +8,9 @@ import contextlib
 
 
 @contextlib.contextmanager
-def pg_schema_database(url: str):
-    """A database on a throwaway schema of the PostgreSQL at ``url`` (DCTRL_BENCH_PG_URL), dropped
-    at the end."""
+def pg_schema_url(url: str):
+    """A throwaway schema of the PostgreSQL at ``url`` (DCTRL_BENCH_PG_URL): yields a URL whose
+    connections use it (for a process of the bench's), dropped at the end."""
     import uuid
 
     from actors.db import connect
@@ -19,11 +19,20 @@ def pg_schema_database(url: str):
     admin = connect(url)
     admin.execute_sql(f"CREATE SCHEMA {schema}")
     try:
-        database = connect(f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}")
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+
+@contextlib.contextmanager
+def pg_schema_database(url: str):
+    """A database on a throwaway schema of the PostgreSQL at ``url`` (:func:`pg_schema_url`)."""
+    from actors.db import connect
+
+    with pg_schema_url(url) as schema_url:
+        database = connect(schema_url)
         try:
             yield database
         finally:
             database.close()
-    finally:
-        admin.execute_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()

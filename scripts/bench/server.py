@@ -286,24 +286,6 @@ def measure(home_dir: Path, database_url: str, seconds: float, warmup: float) ->
     return out
 
 
-@contextlib.contextmanager
-def pg_schema_url(url: str):
-    """A throwaway schema of the PostgreSQL at ``url``: yields a URL whose connections use it
-    (for the server's process), dropped at the end."""
-    import uuid
-
-    from actors.db import connect
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = connect(url)
-    admin.execute_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        admin.execute_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
-
-
 def one(kind: str, url: str, tmp: Path, members: int, sales: int, seconds: float, warmup: float) -> dict:
     from actors.db import connect
 
@@ -329,6 +311,8 @@ def main(args) -> int:
         out["sqlite"] = one("sqlite", f"sqlite:///{tmp}/bench.sqlite3", tmp, members, sales, seconds, warmup)
         pg = os.environ.get("DCTRL_BENCH_PG_URL")
         if pg:
+            from scripts.bench import pg_schema_url
+
             with pg_schema_url(pg) as url:
                 out["postgresql"] = one("postgresql", url, tmp, members, sales, seconds, warmup)
     out["met"] = all(out[k]["met"] for k in ("sqlite", "postgresql") if k in out)
