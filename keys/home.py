@@ -58,7 +58,7 @@ DEFAULTS = {
     "database": {"url": ""},
     # the report server (actors/server/): listen HOST:PORT, waitress worker threads, the longest
     # page of a listing; [spaceapi] holds its SpaceAPI's static fields (actors/server/spaceapi.py)
-    "server": {"listen": "127.0.0.1:8080", "threads": 8, "page_max": 500},
+    "server": {"listen": "127.0.0.1:8080", "threads": 16, "page_max": 500},
     "spaceapi": {},
     # MemberData's dues in bitcoin (actors/member_data/actor.py): receive is the account xpub (or a
     # wpkh(...) descriptor) dues addresses are derived from, never the same as [business] receive;
