@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+import urllib.parse
 
 import peewee
 from playhouse.db_url import connect as _connect
@@ -28,10 +29,24 @@ SQLITE_PRAGMAS = {
 }
 
 
-def connect(url: str):
-    """Open the database at ``url``; raises ConfigError with the reason if it cannot."""
-    if url.startswith("sqlite"):
+# A reader that must never write (the report server): SQLite's query_only beside mode=ro.
+READ_ONLY_PRAGMAS = {"query_only": 1, "busy_timeout": SQLITE_PRAGMAS["busy_timeout"], "foreign_keys": 1}
+
+
+def connect(url: str, *, read_only: bool = False):
+    """Open the database at ``url``; raises ConfigError with the reason if it cannot.
+
+    ``read_only``: no statement can write, even by mistake: SQLite is opened as
+    ``file:PATH?mode=ro`` with ``query_only``; PostgreSQL sessions start with
+    ``default_transaction_read_only`` on, beside the URL's own options (a search_path, say)."""
+    if url.startswith("sqlite:///") and read_only:
+        uri = f"file:{urllib.parse.quote(url[len('sqlite:///'):])}?mode=ro"
+        db = peewee.SqliteDatabase(uri, uri=True, pragmas=READ_ONLY_PRAGMAS)
+    elif url.startswith("sqlite"):
         db = _connect(url, pragmas=SQLITE_PRAGMAS)
+    elif url.startswith(("postgres://", "postgresql://")) and read_only:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        db = _connect(url, options=" ".join([*query.get("options", []), "-c default_transaction_read_only=on"]))
     elif url.startswith(("postgres://", "postgresql://")):
         db = _connect(url)
     else:
@@ -39,7 +54,8 @@ def connect(url: str):
     try:
         db.connect(reuse_if_open=True)
     except Exception as exc:  # peewee wraps driver errors in several types
-        raise ConfigError(f"cannot open database {redact(url)}: {exc}".strip()) from None
+        how = " read-only" if read_only else ""
+        raise ConfigError(f"cannot open database {redact(url)}{how}: {exc}".strip()) from None
     return db
 
 

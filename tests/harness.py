@@ -82,19 +82,11 @@ def new_home(path, heartbeat_interval=1, database_url=None) -> Home:
 def pg_schema(prefix="t"):
     """A fresh PostgreSQL schema; yields a database URL whose connections use it (for
     actors running as processes). Dropped at the end."""
-    import uuid
-
-    from actors.db import connect
+    from scripts.bench import pg_schema_url
     from tests.test_db import PG_URL
 
-    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = connect(PG_URL)
-    admin.execute_sql(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    finally:
-        admin.execute_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
+    with pg_schema_url(PG_URL, prefix) as url:
+        yield url
 
 
 @contextlib.contextmanager

@@ -22,13 +22,12 @@ from actors.member_mail.actor import MemberMail
 from actors.member_mail.models import DEFAULTS, MailCursor, MailOutbox, settings
 from actors.member_mail.templates import SAMPLES, VARIANTS, TemplateError, check_templates
 from actors.testing import FakeClock, FakeRuntime
-from keys.identity import IdentityKeys
 from keys.registry import Registry
 from proto.errors import ConfigError
 from tests.smtp_sink import SmtpSink
 from tests.test_payout_desk_unit import DEST, PRICE, Node, _cmd, _cosign, _fund, _payout, _request
 from tests.test_payout_utxos_unit import Payouts
-from tests.unit_db import empty, unit_home
+from tests.unit_db import add_admins, empty, unit_home
 
 FROM = "DCTRL <members@dctrl.test>"
 DAY = 86400
@@ -38,12 +37,7 @@ DAY = 86400
 def home(request, tmp_path_factory):
     """A home per database kind, with admins alice, bob and carol besides `admin`."""
     with unit_home(request.param, tmp_path_factory.mktemp("mm_payouts") / "home", "mm_payouts") as h:
-        registry = Registry.load(h.registry_path)
-        for name in ("alice", "bob", "carol"):
-            keys = IdentityKeys.generate(name)
-            registry.add(keys, "admin")
-            keys.save(h.key_file(name))
-        registry.save()
+        add_admins(h)
         yield h
 
 

@@ -18,10 +18,8 @@ from actors.payout_mgr import ledger, service
 from actors.payout_mgr import psbt as tx
 from actors.payout_mgr.ledger import Payout
 from proto.errors import NotGranted
-from keys.identity import IdentityKeys
-from keys.registry import Registry
 from tests.test_payout_utxos_unit import FakeNode, Payouts
-from tests.unit_db import empty, unit_home
+from tests.unit_db import add_admins, empty, unit_home
 
 DEST = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 PRICE = "100000.00"  # CAD per BTC: 1,000 sats = 1.00 CAD
@@ -73,12 +71,7 @@ class Node(FakeNode):
 def home(request, tmp_path_factory):
     """A home per database kind, with three admins besides `admin`: alice, bob and carol."""
     with unit_home(request.param, tmp_path_factory.mktemp("payout_desk") / "home", "payout_desk") as h:
-        registry = Registry.load(h.registry_path)
-        for name in ("alice", "bob", "carol"):
-            keys = IdentityKeys.generate(name)
-            registry.add(keys, "admin")
-            keys.save(h.key_file(name))
-        registry.save()
+        add_admins(h)
         yield h
 
 

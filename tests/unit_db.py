@@ -42,3 +42,16 @@ def unit_home(database: str, path, prefix: str):
         return
     with pg_schema(prefix) as url:
         yield new_home(path, database_url=url.replace("options=", "options=-csynchronous_commit%3Doff%20", 1))
+
+
+def add_admins(home, names=("alice", "bob", "carol")) -> None:
+    """Identities of role admin besides `admin` (approvers and co-signers of payouts), with keys."""
+    from keys.identity import IdentityKeys
+    from keys.registry import Registry
+
+    registry = Registry.load(home.registry_path)
+    for name in names:
+        keys = IdentityKeys.generate(name)
+        registry.add(keys, "admin")
+        keys.save(home.key_file(name))
+    registry.save()

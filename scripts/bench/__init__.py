@@ -8,14 +8,14 @@ import contextlib
 
 
 @contextlib.contextmanager
-def pg_schema_url(url: str):
-    """A throwaway schema of the PostgreSQL at ``url`` (DCTRL_BENCH_PG_URL): yields a URL whose
-    connections use it (for a process of the bench's), dropped at the end."""
+def pg_schema_url(url: str, prefix: str = "bench"):
+    """A throwaway schema of the PostgreSQL at ``url`` (DCTRL_BENCH_PG_URL; the tests' too): yields
+    a URL whose connections use it (for processes), dropped at the end."""
     import uuid
 
     from actors.db import connect
 
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = connect(url)
     admin.execute_sql(f"CREATE SCHEMA {schema}")
     try:
